@@ -1,0 +1,161 @@
+/**
+ * The shapes that cross the activity boundary: types only, so workflow code can import them.
+ *
+ * History stays small: everything here is a reference (key, digest, path) or an aggregate whose size
+ * grows with cohorts and metrics, never with vehicles or events.
+ */
+import type { CohortSpec, Sku } from '../policies/schema';
+
+/** Input/output contract of an ONNX model, as onnxruntime reads it from the file. */
+export interface TensorSpec {
+  name: string;
+  type: string; // e.g. "float32"
+  shape: (number | string)[]; // symbolic dims as strings
+}
+export interface IoContract {
+  inputs: TensorSpec[];
+  outputs: TensorSpec[];
+}
+
+/** An immutable registry version record. */
+export interface ModelRecord {
+  name: string;
+  version: string;
+  /** sha256 of the ONNX file; also its content-addressed key in the object store. */
+  digest: string;
+  /** sha256 of the manifest file. */
+  manifestDigest: string;
+  /** Object-store key of the write-once record. */
+  recordKey: string;
+  contract: IoContract;
+}
+
+export interface RegisterInput {
+  rolloutId: string;
+  packDir: string;
+}
+export interface ProductionLookup {
+  cohorts: string[];
+}
+export interface ProductionModels {
+  /** Production model per cohort. */
+  byCohort: Record<string, ModelRecord>;
+}
+
+export interface MovePointerInput {
+  cohort: string;
+  stage: 'production' | 'candidate';
+  /** New digest, or null to clear the pointer. */
+  digest: string | null;
+  /** Compare-and-swap: the digest the pointer must hold now (null: must be unset). */
+  expected: string | null;
+  rolloutId: string;
+  reason: string;
+}
+
+export interface BenchInput {
+  rolloutId: string;
+  digest: string;
+  sku: Sku;
+  goldenInputs: number;
+  repeats: number;
+}
+export interface BenchResult {
+  sku: string;
+  p95Ms: number;
+  p99Ms: number;
+  budgetMs: number;
+  deterministic: boolean;
+  contractOk: boolean;
+  passed: boolean;
+  reason?: string;
+}
+
+export interface FleetSummary {
+  name: string;
+  skus: Sku[];
+  cohorts: CohortSpec[];
+}
+
+export interface FleetInput {
+  rolloutId: string;
+  manifest: string;
+}
+
+export interface ShadowInput extends FleetInput {
+  candidateDigest: string;
+  cohorts: string[];
+  share: number;
+  /** Simulated-fleet time window [fromMs, toMs) covered by this batch. */
+  fromMs: number;
+  toMs: number;
+}
+
+export interface DeliverInput extends FleetInput {
+  wave: number;
+  percent: number;
+  cohorts: string[];
+  digest: string;
+}
+export interface DeliveryResult {
+  jobId: string;
+  /** Vehicles running the candidate per cohort after this delivery. */
+  vehicles: Record<string, number>;
+}
+export interface RevertInput extends FleetInput {
+  wave: number;
+  cohorts: string[];
+}
+export interface PromoteInput extends FleetInput {
+  cohort: string;
+  digest: string;
+}
+
+export interface TelemetryInput extends FleetInput {
+  cohorts: string[];
+  candidateDigest: string;
+  fromMs: number;
+  toMs: number;
+}
+export interface BatchResult {
+  batchId: string;
+  events: number;
+  /** False when the batch had already been written (idempotent retry). */
+  written: boolean;
+}
+
+export interface LabelInput {
+  rolloutId: string;
+  asOfMs: number;
+}
+export interface LabelCoverage {
+  requested: number;
+  labeled: number;
+  coverage: number;
+}
+
+/** Sufficient statistics of one arm. */
+export interface ArmStats {
+  events: number;
+  labeled: number;
+  errors: number;
+  latency: { n: number; sum: number; sumSq: number };
+}
+export interface CohortStats {
+  cohort: string;
+  candidate: ArmStats;
+  production: ArmStats;
+  /** Shadow only: events where both models ran, and how many of them they disagreed on. */
+  paired?: { events: number; disagreements: number };
+}
+export interface AnalyzeInput {
+  rolloutId: string;
+  phase: 'shadow' | 'canary';
+  cohorts: string[];
+  asOfMs: number;
+}
+
+export interface ReportInput {
+  rolloutId: string;
+  report: unknown;
+}

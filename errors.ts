@@ -1,0 +1,52 @@
+/**
+ * The one module of fleetgate's error types.
+ *
+ * Every failure that crosses the activity/workflow boundary is an `ApplicationFailure` whose `type` is
+ * one of `ErrorType`. Retry policies take `nonRetryableErrorTypes` from here, so a digest mismatch or an
+ * invalid policy is never retried, while a flaky store or a busy server is.
+ *
+ * This module must stay free of side effects: workflows import it.
+ */
+import { ApplicationFailure } from '@temporalio/common';
+
+export const ErrorType = {
+  /** Input failed its zod schema (policy, rollout request, manifest). */
+  InvalidInput: 'InvalidInput',
+  /** A model pack's files do not match the sha256 digests of its manifest. */
+  DigestMismatch: 'DigestMismatch',
+  /** The candidate's ONNX inputs/outputs (names, element types, shapes) differ from production's. */
+  ContractMismatch: 'ContractMismatch',
+  /** A write-once record already exists with different content. */
+  ImmutableConflict: 'ImmutableConflict',
+  /** A compare-and-swap on a pointer found another value than expected. */
+  PointerConflict: 'PointerConflict',
+  /** Something the rollout refers to does not exist (pack, record, pointer, fleet manifest). */
+  NotFound: 'NotFound',
+  /** A model failed its bench on a hardware SKU. */
+  BenchFailed: 'BenchFailed',
+  /** A transient failure of a dependency: retried. */
+  Unavailable: 'Unavailable',
+} as const;
+export type ErrorType = (typeof ErrorType)[keyof typeof ErrorType];
+
+/** Types that no retry can fix. Used by every retry policy in fleetgate. */
+export const nonRetryableErrorTypes: string[] = [
+  ErrorType.InvalidInput,
+  ErrorType.DigestMismatch,
+  ErrorType.ContractMismatch,
+  ErrorType.ImmutableConflict,
+  ErrorType.PointerConflict,
+  ErrorType.NotFound,
+  ErrorType.BenchFailed,
+];
+
+/** Builds a non-retryable failure of a known type, keeping the cause chain. */
+export function fail(type: ErrorType, message: string, details?: unknown, cause?: Error): ApplicationFailure {
+  return ApplicationFailure.create({
+    type,
+    message,
+    nonRetryable: nonRetryableErrorTypes.includes(type),
+    details: details === undefined ? undefined : [details],
+    cause,
+  });
+}

@@ -1,0 +1,214 @@
+/**
+ * zod schemas of every input fleetgate accepts, and the types inferred from them.
+ *
+ * The policy (YAML or JSON), the rollout request (the workflow's input), the fleet manifest and the
+ * model manifest are all validated here before anything runs. Errors name the path, the value and
+ * what is allowed (see `formatIssues`). Pure: imported by workflows, activities and the CLI.
+ */
+import { z } from 'zod';
+import { DURATION_PATTERN } from './duration';
+
+export const Duration = z
+  .union([z.string().regex(DURATION_PATTERN, { message: 'a duration such as "250ms", "10s", "5m", "6h" or "2d"' }), z.number().nonnegative()])
+  .describe('A duration: "250ms", "10s", "5m", "6h", "2d", or milliseconds as a number');
+
+const Name = z.string().regex(/^[a-z0-9][a-z0-9._-]*$/, { message: 'lowercase letters, digits, ".", "_" or "-"' });
+const CohortName = z
+  .string()
+  .regex(/^[a-z0-9][a-z0-9._-]*(\/[a-z0-9][a-z0-9._-]*)*$/, { message: 'a cohort name such as "hw3/eu"' });
+
+export const Approval = z
+  .object({
+    gate: Name.describe('Name of the gate, as reviewers give it to `fleetgate approve --gate`'),
+    required: z.number().int().min(1).default(1).describe('How many different reviewers must approve'),
+    timeout: Duration.default('24h').describe('Without enough approvals by then, the rollout is aborted and compensated'),
+  })
+  .strict();
+
+export const Wave = z
+  .object({
+    percent: z.number().gt(0).max(100).describe('Share of each cohort that runs the candidate in this wave'),
+    hold: Duration.describe('Minimum time the wave is held before the next wave'),
+    looks: z.number().int().min(1).max(50).default(2).describe('Analyses during the hold, evenly spaced'),
+    approval: Approval.optional().describe('A reviewer gate before this wave is delivered'),
+  })
+  .strict();
+
+export const Metric = z
+  .object({
+    name: z.enum(['error_rate', 'latency_ms']).describe('error_rate: share of labeled events misclassified; latency_ms: inference latency'),
+    kind: z.enum(['binary', 'continuous']),
+    margin: z.number().nonnegative().describe('Largest harm (candidate minus production) still accepted as non-inferior'),
+  })
+  .strict();
+
+export const Policy = z
+  .object({
+    apiVersion: z.literal('fleetgate/v1'),
+    kind: z.literal('RolloutPolicy'),
+    name: Name,
+    cohorts: z.array(CohortName).min(1).optional().describe('Cohorts in scope; all cohorts of the fleet when absent'),
+    reviewers: z.array(Name).default([]).describe('Who may approve gates'),
+    bench: z
+      .object({
+        goldenInputs: z.number().int().min(8).max(100_000).default(256),
+        repeats: z.number().int().min(2).max(20).default(3),
+      })
+      .strict()
+      .default({ goldenInputs: 256, repeats: 3 }),
+    shadow: z
+      .object({
+        share: z.number().gt(0).max(1).describe('Share of each cohort that runs the candidate in shadow'),
+        duration: Duration,
+        maxDisagreement: z.number().min(0).max(1).describe('Highest share of events where the two models may disagree'),
+        maxLatencyRatio: z.number().gt(0).default(1.5).describe('Highest candidate/production mean latency ratio'),
+        minEvents: z.number().int().min(1).default(200),
+      })
+      .strict(),
+    waves: z
+      .array(Wave)
+      .min(1)
+      .superRefine((waves, ctx) => {
+        waves.forEach((w, i) => {
+          if (i > 0 && w.percent <= waves[i - 1]!.percent) {
+            ctx.addIssue({
+              code: 'custom',
+              path: [i, 'percent'],
+              message: `waves must grow: ${w.percent} is not above the previous wave's ${waves[i - 1]!.percent}`,
+            });
+          }
+        });
+      }),
+    labelWait: z
+      .object({
+        coverage: z.number().gt(0).max(1).describe('Share of requested labels that must have arrived'),
+        poll: Duration.default('1h'),
+        timeout: Duration.describe('After this, the analysis runs on whatever labels have arrived'),
+      })
+      .strict(),
+    analysis: z
+      .object({
+        alpha: z.number().gt(0).lt(0.5).default(0.05).describe('Family-wise false-alarm rate over all looks and metrics'),
+        mixtureSd: z.number().gt(0).default(0.05).describe('Scale of the mSPRT normal mixture, in metric units'),
+        minLabeledPerArm: z.number().int().min(1).default(100),
+        maxExtraLooks: z.number().int().min(0).default(2).describe('Extra looks when a wave ends without enough data'),
+        metrics: z.array(Metric).min(1),
+      })
+      .strict(),
+  })
+  .strict();
+
+export type Policy = z.infer<typeof Policy>;
+export type PolicyInput = z.input<typeof Policy>;
+export type Wave = z.infer<typeof Wave>;
+export type Metric = z.infer<typeof Metric>;
+
+export const RolloutRequest = z
+  .object({
+    rolloutId: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/, { message: 'letters, digits, ".", "_" or "-", at most 100' }),
+    candidate: z.object({ pack: z.string().min(1).describe('Model pack directory, relative to the worker') }).strict(),
+    fleet: z
+      .object({
+        manifest: z.string().min(1).describe('Fleet manifest file, relative to the worker'),
+        timeScale: z.number().positive().default(1).describe('Simulated fleet time per real second (simulated fleets only)'),
+      })
+      .strict(),
+    policy: Policy,
+    requestedBy: z.string().min(1).default('unknown'),
+  })
+  .strict();
+export type RolloutRequest = z.infer<typeof RolloutRequest>;
+export type RolloutRequestInput = z.input<typeof RolloutRequest>;
+
+export const Sku = z
+  .object({
+    name: Name,
+    speedFactor: z.number().positive().describe('Latency on this SKU divided by latency on the bench host'),
+    latencyBudgetMs: z.number().positive().describe('p95 latency budget per frame'),
+    intraOpThreads: z.number().int().min(1).default(1),
+    graphOptimization: z.enum(['disabled', 'basic', 'extended', 'all']).default('all'),
+  })
+  .strict();
+export type Sku = z.infer<typeof Sku>;
+
+export const CohortSpec = z
+  .object({
+    name: CohortName,
+    sku: Name,
+    region: Name,
+    vehicles: z.number().int().min(1).max(1_000_000),
+    nightShare: z.number().min(0).max(1).describe('Share of frames captured at night'),
+  })
+  .strict();
+export type CohortSpec = z.infer<typeof CohortSpec>;
+
+export const FleetManifest = z
+  .object({
+    apiVersion: z.literal('fleetgate/v1'),
+    kind: z.literal('Fleet'),
+    name: Name,
+    seed: z.number().int().default(1),
+    skus: z.array(Sku).min(1),
+    cohorts: z.array(CohortSpec).min(1),
+    eventsPerVehicleHour: z.number().positive().default(20),
+    labels: z
+      .object({
+        rate: z.number().gt(0).max(1).describe('Share of events sent for labeling'),
+        delay: Duration.describe('Mean delay before a label arrives'),
+      })
+      .strict(),
+  })
+  .strict()
+  .superRefine((f, ctx) => {
+    const skus = new Set(f.skus.map((s) => s.name));
+    f.cohorts.forEach((c, i) => {
+      if (!skus.has(c.sku)) {
+        ctx.addIssue({ code: 'custom', path: ['cohorts', i, 'sku'], message: `unknown SKU "${c.sku}"; declared: ${[...skus].join(', ')}` });
+      }
+    });
+  });
+export type FleetManifest = z.infer<typeof FleetManifest>;
+
+export const ModelManifest = z
+  .object({
+    apiVersion: z.literal('fleetgate/v1'),
+    kind: z.literal('ModelPack'),
+    name: Name,
+    version: z.string().regex(/^\d+\.\d+\.\d+$/, { message: 'a semantic version such as "1.2.0"' }),
+    model: z.string().min(1).describe('The ONNX file inside the pack'),
+    files: z.record(z.string(), z.string().regex(/^[0-9a-f]{64}$/, { message: 'a sha256 hex digest' })),
+  })
+  .strict();
+export type ModelManifest = z.infer<typeof ModelManifest>;
+
+/** One line per problem: `path: message (got <value>)`. */
+export function formatIssues(error: z.ZodError, input: unknown, root = ''): string {
+  return error.issues
+    .map((issue) => {
+      const path = [root, ...issue.path.map(String)].filter(Boolean).join('.');
+      const got = valueAt(input, issue.path as PropertyKey[]);
+      const shown = got === undefined ? 'missing' : JSON.stringify(got);
+      return `${path || '(root)'}: ${issue.message} (got ${shown && shown.length > 80 ? shown.slice(0, 77) + '...' : shown})`;
+    })
+    .join('\n');
+}
+
+function valueAt(input: unknown, path: PropertyKey[]): unknown {
+  let cur: unknown = input;
+  for (const key of path) {
+    if (cur === null || typeof cur !== 'object') return undefined;
+    cur = (cur as Record<PropertyKey, unknown>)[key];
+  }
+  return cur;
+}
+
+/** Parses with a schema, or throws an Error whose message lists every problem. */
+export function parseOrThrow<S extends z.ZodType>(schema: S, input: unknown, what: string): z.infer<S> {
+  const r = schema.safeParse(input);
+  if (r.success) return r.data;
+  throw new InvalidInputError(`invalid ${what}:\n${formatIssues(r.error, input)}`);
+}
+
+export class InvalidInputError extends Error {
+  override name = 'InvalidInputError';
+}

