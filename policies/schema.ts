@@ -9,10 +9,15 @@ import { z } from 'zod';
 import { DURATION_PATTERN } from './duration';
 
 export const Duration = z
-  .union([z.string().regex(DURATION_PATTERN, { message: 'a duration such as "250ms", "10s", "5m", "6h" or "2d"' }), z.number().nonnegative()])
+  .union([
+    z.string().regex(DURATION_PATTERN, { message: 'a duration such as "250ms", "10s", "5m", "6h" or "2d"' }),
+    z.number().nonnegative(),
+  ])
   .describe('A duration: "250ms", "10s", "5m", "6h", "2d", or milliseconds as a number');
 
-const Name = z.string().regex(/^[a-z0-9][a-z0-9._-]*$/, { message: 'lowercase letters, digits, ".", "_" or "-"' });
+const Name = z
+  .string()
+  .regex(/^[a-z0-9][a-z0-9._-]*$/, { message: 'lowercase letters, digits, ".", "_" or "-"' });
 const CohortName = z
   .string()
   .regex(/^[a-z0-9][a-z0-9._-]*(\/[a-z0-9][a-z0-9._-]*)*$/, { message: 'a cohort name such as "hw3/eu"' });
@@ -21,7 +26,9 @@ export const Approval = z
   .object({
     gate: Name.describe('Name of the gate, as reviewers give it to `fleetgate approve --gate`'),
     required: z.number().int().min(1).default(1).describe('How many different reviewers must approve'),
-    timeout: Duration.default('24h').describe('Without enough approvals by then, the rollout is aborted and compensated'),
+    timeout: Duration.default('24h').describe(
+      'Without enough approvals by then, the rollout is aborted and compensated',
+    ),
   })
   .strict();
 
@@ -36,9 +43,19 @@ export const Wave = z
 
 export const Metric = z
   .object({
-    name: z.enum(['error_rate', 'latency_ms']).describe('error_rate: share of labeled events misclassified; latency_ms: inference latency'),
+    name: z
+      .enum(['error_rate', 'latency_ms'])
+      .describe('error_rate: share of labeled events misclassified; latency_ms: inference latency'),
     kind: z.enum(['binary', 'continuous']),
-    margin: z.number().nonnegative().describe('Largest harm (candidate minus production) still accepted as non-inferior'),
+    margin: z
+      .number()
+      .nonnegative()
+      .describe('Largest harm (candidate minus production) still accepted as non-inferior'),
+    harmThreshold: z
+      .number()
+      .nonnegative()
+      .default(0)
+      .describe('Harm is declared when the confidence sequence lies wholly above this (0: any proven harm)'),
   })
   .strict();
 
@@ -47,7 +64,11 @@ export const Policy = z
     apiVersion: z.literal('fleetgate/v1'),
     kind: z.literal('RolloutPolicy'),
     name: Name,
-    cohorts: z.array(CohortName).min(1).optional().describe('Cohorts in scope; all cohorts of the fleet when absent'),
+    cohorts: z
+      .array(CohortName)
+      .min(1)
+      .optional()
+      .describe('Cohorts in scope; all cohorts of the fleet when absent'),
     reviewers: z.array(Name).default([]).describe('Who may approve gates'),
     bench: z
       .object({
@@ -60,8 +81,16 @@ export const Policy = z
       .object({
         share: z.number().gt(0).max(1).describe('Share of each cohort that runs the candidate in shadow'),
         duration: Duration,
-        maxDisagreement: z.number().min(0).max(1).describe('Highest share of events where the two models may disagree'),
-        maxLatencyRatio: z.number().gt(0).default(1.5).describe('Highest candidate/production mean latency ratio'),
+        maxDisagreement: z
+          .number()
+          .min(0)
+          .max(1)
+          .describe('Highest share of events where the two models may disagree'),
+        maxLatencyRatio: z
+          .number()
+          .gt(0)
+          .default(1.5)
+          .describe('Highest candidate/production mean latency ratio'),
         minEvents: z.number().int().min(1).default(200),
       })
       .strict(),
@@ -88,10 +117,24 @@ export const Policy = z
       .strict(),
     analysis: z
       .object({
-        alpha: z.number().gt(0).lt(0.5).default(0.05).describe('Family-wise false-alarm rate over all looks and metrics'),
-        mixtureSd: z.number().gt(0).default(0.05).describe('Scale of the mSPRT normal mixture, in metric units'),
+        alpha: z
+          .number()
+          .gt(0)
+          .lt(0.5)
+          .default(0.05)
+          .describe('Family-wise false-alarm rate over all looks and metrics'),
+        mixtureSd: z
+          .number()
+          .gt(0)
+          .default(0.05)
+          .describe('Scale of the mSPRT normal mixture, in metric units'),
         minLabeledPerArm: z.number().int().min(1).default(100),
-        maxExtraLooks: z.number().int().min(0).default(2).describe('Extra looks when a wave ends without enough data'),
+        maxExtraLooks: z
+          .number()
+          .int()
+          .min(0)
+          .default(2)
+          .describe('Extra looks when a wave ends without enough data'),
         metrics: z.array(Metric).min(1),
       })
       .strict(),
@@ -105,12 +148,22 @@ export type Metric = z.infer<typeof Metric>;
 
 export const RolloutRequest = z
   .object({
-    rolloutId: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/, { message: 'letters, digits, ".", "_" or "-", at most 100' }),
-    candidate: z.object({ pack: z.string().min(1).describe('Model pack directory, relative to the worker') }).strict(),
+    rolloutId: z
+      .string()
+      .regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/, {
+        message: 'letters, digits, ".", "_" or "-", at most 100',
+      }),
+    candidate: z
+      .object({ pack: z.string().min(1).describe('Model pack directory, relative to the worker') })
+      .strict(),
     fleet: z
       .object({
         manifest: z.string().min(1).describe('Fleet manifest file, relative to the worker'),
-        timeScale: z.number().positive().default(1).describe('Simulated fleet time per real second (simulated fleets only)'),
+        timeScale: z
+          .number()
+          .positive()
+          .default(1)
+          .describe('Simulated fleet time per real second (simulated fleets only)'),
       })
       .strict(),
     policy: Policy,
@@ -163,7 +216,11 @@ export const FleetManifest = z
     const skus = new Set(f.skus.map((s) => s.name));
     f.cohorts.forEach((c, i) => {
       if (!skus.has(c.sku)) {
-        ctx.addIssue({ code: 'custom', path: ['cohorts', i, 'sku'], message: `unknown SKU "${c.sku}"; declared: ${[...skus].join(', ')}` });
+        ctx.addIssue({
+          code: 'custom',
+          path: ['cohorts', i, 'sku'],
+          message: `unknown SKU "${c.sku}"; declared: ${[...skus].join(', ')}`,
+        });
       }
     });
   });

@@ -1,0 +1,361 @@
+/**
+ * The canary and shadow gates: (policy, per-cohort sufficient statistics, sequential state) -> a closed
+ * set of verdicts per metric and one action per cohort, each with a reason a person can check.
+ *
+ * Every metric is tested with the always-valid mSPRT of `./stats` at alpha / (number of metrics), so
+ * looking at every wave, and extending a wave, does not inflate false alarms. Inconclusive or missing
+ * data never promotes.
+ *
+ * Pure and deterministic: this module runs inside Temporal workflow code. It must never import node
+ * modules or third-party values, read the clock or a random source, do I/O, mutate its inputs, or put
+ * NaN or ±Infinity in a result (results travel as JSON, where they would become null).
+ */
+import type { CohortStats } from '../activities/contracts';
+import type { Metric, Policy } from './schema';
+import { diffOfMeans, diffOfProportions, msprt, proportion, type Difference } from './stats';
+
+export interface MetricResult {
+  metric: 'error_rate' | 'latency_ms';
+  nCandidate: number;
+  nProduction: number;
+  candidate: number;
+  production: number; // point estimates (rate or mean); NaN-free: 0 when n=0
+  estimate: number; // candidate - production (positive = harm)
+  lambda: number; // mSPRT statistic for H0: estimate = 0
+  boundary: number; // 1 / alphaPerMetric
+  pValue: number; // always-valid p-value (running minimum over looks)
+  ci: [number, number]; // confidence sequence at alphaPerMetric
+  margin: number;
+  verdict: 'harm' | 'noninferior' | 'inconclusive' | 'insufficient';
+}
+
+/** Running minimum of each always-valid p-value, keyed `${cohort}|${metric}`; empty at the start. */
+export interface SequentialState {
+  minP: Record<string, number>;
+}
+
+export type CohortAction = 'continue' | 'extend' | 'rollback' | 'promote' | 'hold';
+
+export interface CohortDecision {
+  cohort: string;
+  action: CohortAction;
+  reason: string;
+  metrics: MetricResult[];
+}
+
+export interface LookContext {
+  stage: 'canary' | 'final';
+  isLastLookOfWave: boolean;
+  extraLooksUsed: number;
+}
+
+export interface ShadowVerdict {
+  cohort: string;
+  passed: boolean;
+  events: number;
+  disagreement: number;
+  latencyRatio: number;
+  reason: string;
+}
+
+/** Stands in for an unbounded interval end; finite so it survives JSON. */
+const UNBOUNDED = Number.MAX_VALUE;
+
+/**
+ * Tests every metric of the policy for one cohort.
+ *
+ * error_rate: errors / labeled per arm (difference of proportions), mixture sd τ = analysis.mixtureSd.
+ * latency_ms: latency {n, sum, sumSq} per arm (difference of means, Welch variance), τ =
+ * max(analysis.mixtureSd, margin) in milliseconds, since a mixtureSd meant for rates is far too small
+ * for milliseconds. The data source follows the metric's name; `kind` is descriptive.
+ *
+ * Verdicts: `insufficient` when an arm has fewer than minLabeledPerArm observations or no variance;
+ * `harm` when the confidence sequence lies above 0; `noninferior` when it lies below the margin;
+ * `inconclusive` otherwise. Returns a new state; the input state is not changed.
+ */
+export function evaluateMetrics(
+  policy: Policy,
+  stats: CohortStats,
+  state: SequentialState,
+): { metrics: MetricResult[]; state: SequentialState } {
+  const { alpha, mixtureSd, minLabeledPerArm, metrics: specs } = policy.analysis;
+  const alphaPerMetric = alpha / specs.length;
+  const boundary = 1 / alphaPerMetric;
+  const minP: Record<string, number> = { ...state.minP };
+  const metrics: MetricResult[] = [];
+
+  for (const spec of specs) {
+    const key = `${stats.cohort}|${spec.name}`;
+    const previous = state.minP[key] ?? 1;
+    const arms = armsOf(spec, stats);
+    const base = {
+      metric: spec.name,
+      nCandidate: arms.nCandidate,
+      nProduction: arms.nProduction,
+      candidate: arms.candidate,
+      production: arms.production,
+      estimate: arms.candidate - arms.production,
+      boundary,
+      margin: spec.margin,
+    };
+    const enough = arms.nCandidate >= minLabeledPerArm && arms.nProduction >= minLabeledPerArm;
+    if (!enough || arms.diff === undefined) {
+      metrics.push({
+        ...base,
+        lambda: 1,
+        pValue: previous,
+        ci: [-UNBOUNDED, UNBOUNDED],
+        verdict: 'insufficient',
+      });
+      continue;
+    }
+    const tau = spec.name === 'latency_ms' ? Math.max(mixtureSd, spec.margin) : mixtureSd;
+    const test = msprt({
+      estimate: arms.diff.estimate,
+      variance: arms.diff.variance,
+      tau,
+      alpha: alphaPerMetric,
+    });
+    const pValue = Math.min(previous, test.pValue);
+    minP[key] = pValue;
+    const [lo, hi] = test.ci;
+    const verdict: MetricResult['verdict'] =
+      lo > 0 ? 'harm' : hi < spec.margin ? 'noninferior' : 'inconclusive';
+    metrics.push({
+      ...base,
+      estimate: arms.diff.estimate,
+      lambda: Math.min(test.lambda, Number.MAX_VALUE),
+      pValue,
+      ci: [Math.max(lo, -UNBOUNDED), Math.min(hi, UNBOUNDED)],
+      verdict,
+    });
+  }
+  return { metrics, state: { minP } };
+}
+
+interface Arms {
+  nCandidate: number;
+  nProduction: number;
+  candidate: number;
+  production: number;
+  diff: Difference | undefined;
+}
+
+function armsOf(spec: Metric, stats: CohortStats): Arms {
+  const { candidate: c, production: p } = stats;
+  if (spec.name === 'error_rate') {
+    return {
+      nCandidate: c.labeled,
+      nProduction: p.labeled,
+      candidate: proportion(c.errors, c.labeled),
+      production: proportion(p.errors, p.labeled),
+      diff: diffOfProportions({ x: c.errors, n: c.labeled }, { x: p.errors, n: p.labeled }),
+    };
+  }
+  return {
+    nCandidate: c.latency.n,
+    nProduction: p.latency.n,
+    candidate: c.latency.n > 0 ? c.latency.sum / c.latency.n : 0,
+    production: p.latency.n > 0 ? p.latency.sum / p.latency.n : 0,
+    diff: diffOfMeans(c.latency, p.latency),
+  };
+}
+
+/**
+ * One look of the canary (or the final analysis) over every cohort.
+ *
+ * canary: any harm -> rollback; a look inside the wave -> continue; at the wave's last look, any
+ * insufficient metric -> extend (while extra looks remain) or hold, otherwise continue (advance).
+ * final: any harm -> rollback; every metric non-inferior -> promote; otherwise hold.
+ */
+export function decideLook(
+  policy: Policy,
+  ctx: LookContext,
+  stats: CohortStats[],
+  state: SequentialState,
+): { decisions: CohortDecision[]; state: SequentialState } {
+  let current = state;
+  const decisions: CohortDecision[] = [];
+  for (const cohort of stats) {
+    const evaluated = evaluateMetrics(policy, cohort, current);
+    current = evaluated.state;
+    const { action, reason } = actionFor(policy, ctx, evaluated.metrics);
+    decisions.push({ cohort: cohort.cohort, action, reason, metrics: evaluated.metrics });
+  }
+  return { decisions, state: current };
+}
+
+function actionFor(
+  policy: Policy,
+  ctx: LookContext,
+  metrics: MetricResult[],
+): { action: CohortAction; reason: string } {
+  const harm = metrics.filter((m) => m.verdict === 'harm');
+  const insufficient = metrics.filter((m) => m.verdict === 'insufficient');
+  const minN = policy.analysis.minLabeledPerArm;
+  const all = metrics.map((m) => describe(m, minN)).join('; ');
+
+  if (harm.length > 0) {
+    return {
+      action: 'rollback',
+      reason: `Rolling back: the candidate is worse than production. ${harm.map((m) => describe(m, minN)).join('; ')}.`,
+    };
+  }
+
+  if (ctx.stage === 'final') {
+    const open = metrics.filter((m) => m.verdict !== 'noninferior');
+    if (open.length === 0) {
+      return { action: 'promote', reason: `Promoting: every metric is non-inferior. ${all}.` };
+    }
+    return {
+      action: 'hold',
+      reason:
+        'Holding: not every metric is shown non-inferior, and inconclusive or missing data never promotes. ' +
+        `${open.map((m) => describe(m, minN)).join('; ')}.`,
+    };
+  }
+
+  if (!ctx.isLastLookOfWave) {
+    return { action: 'continue', reason: `No harm detected at this look; the wave continues. ${all}.` };
+  }
+  if (insufficient.length > 0) {
+    const what = insufficient.map((m) => describe(m, minN)).join('; ');
+    const max = policy.analysis.maxExtraLooks;
+    if (ctx.extraLooksUsed < max) {
+      return {
+        action: 'extend',
+        reason: `The wave ended without enough data (${what}); extending it with extra look ${ctx.extraLooksUsed + 1} of ${max}.`,
+      };
+    }
+    return {
+      action: 'hold',
+      reason: `The wave ended without enough data (${what}) and ${max} of ${max} extra looks are used; holding.`,
+    };
+  }
+  return { action: 'continue', reason: `The wave is complete with no harm detected; advancing. ${all}.` };
+}
+
+/** A clause with the numbers behind one metric's verdict. */
+function describe(m: MetricResult, minN: number): string {
+  if (m.verdict === 'insufficient') {
+    const unit = m.metric === 'error_rate' ? 'labeled events' : 'latency samples';
+    if (m.nCandidate < minN || m.nProduction < minN) {
+      return `${m.metric} insufficient: ${m.nCandidate} candidate and ${m.nProduction} production ${unit}, ${minN} needed per arm`;
+    }
+    return `${m.metric} insufficient: no variance to test with (${m.nCandidate} candidate and ${m.nProduction} production ${unit})`;
+  }
+  const d = decimals(m.metric);
+  const level = formatPercent(1 - 1 / m.boundary);
+  const core =
+    `${m.metric} ${m.candidate.toFixed(d)} vs ${m.production.toFixed(d)} (n=${m.nCandidate}/${m.nProduction}): ` +
+    `Δ=${signed(m.estimate, d)}, ${level} confidence sequence [${signed(m.ci[0], d)}, ${signed(m.ci[1], d)}], ` +
+    `Λ=${formatLambda(m.lambda)} ${m.lambda >= m.boundary ? '≥' : '<'} ${formatLambda(m.boundary)}`;
+  switch (m.verdict) {
+    case 'harm':
+      return `${core}; the interval lies above 0: harm`;
+    case 'noninferior':
+      return `${core}; the interval lies below the margin ${m.margin.toFixed(d)}: non-inferior`;
+    case 'inconclusive':
+      return `${core}; the interval reaches the margin ${m.margin.toFixed(d)}: inconclusive`;
+  }
+}
+
+/**
+ * One line naming the metric that decided the cohort, e.g.
+ * "error_rate Δ=+0.142 [+0.090, +0.194] Λ=3.2e5 ≥ 40 → harm".
+ */
+export function headline(d: CohortDecision): string {
+  const m = decidingMetric(d.metrics);
+  if (m === undefined) return `no metrics → ${d.action}`;
+  if (m.verdict === 'insufficient') {
+    return `${m.metric} n=${m.nCandidate}/${m.nProduction} → insufficient`;
+  }
+  const dp = decimals(m.metric);
+  const head =
+    `${m.metric} Δ=${signed(m.estimate, dp)} [${signed(m.ci[0], dp)}, ${signed(m.ci[1], dp)}] ` +
+    `Λ=${formatLambda(m.lambda)} ${m.lambda >= m.boundary ? '≥' : '<'} ${formatLambda(m.boundary)}`;
+  if (m.verdict === 'harm') return `${head} → harm`;
+  const upper = `upper ${signed(m.ci[1], dp)} ${m.ci[1] < m.margin ? '<' : '≥'} margin ${m.margin.toFixed(dp)}`;
+  return `${head}, ${upper} → ${m.verdict}`;
+}
+
+/**
+ * The worst verdict decides: harm, then insufficient, then inconclusive, then non-inferior. Among
+ * harms and inconclusives the largest Λ; among insufficients the first; among non-inferiors the one
+ * whose upper bound is closest to its margin, in interval widths.
+ */
+function decidingMetric(metrics: MetricResult[]): MetricResult | undefined {
+  const order: MetricResult['verdict'][] = ['harm', 'insufficient', 'inconclusive', 'noninferior'];
+  for (const verdict of order) {
+    const group = metrics.filter((m) => m.verdict === verdict);
+    if (group.length === 0) continue;
+    if (verdict === 'insufficient') return group[0];
+    const score =
+      verdict === 'noninferior'
+        ? (m: MetricResult) => -(m.margin - m.ci[1]) / Math.max(m.ci[1] - m.ci[0], Number.MIN_VALUE)
+        : (m: MetricResult) => m.lambda;
+    return group.reduce((best, m) => (score(m) > score(best) ? m : best));
+  }
+  return undefined;
+}
+
+/**
+ * The shadow gate, per cohort: the candidate ran beside production on the same events.
+ *
+ * passed = paired events >= minEvents && disagreement share <= maxDisagreement && candidate/production
+ * mean latency <= maxLatencyRatio. Too few events fails as "insufficient shadow data". latencyRatio is
+ * 0 when either arm has no latency samples (which also fails).
+ */
+export function decideShadow(policy: Policy, stats: CohortStats[]): ShadowVerdict[] {
+  const { maxDisagreement, maxLatencyRatio, minEvents } = policy.shadow;
+  return stats.map((s) => {
+    const events = s.paired?.events ?? 0;
+    const disagreement = events > 0 ? (s.paired?.disagreements ?? 0) / events : 0;
+    const cand = s.candidate.latency;
+    const prod = s.production.latency;
+    const measurable = cand.n > 0 && prod.n > 0 && prod.sum > 0;
+    const latencyRatio = measurable ? cand.sum / cand.n / (prod.sum / prod.n) : 0;
+
+    const failures: string[] = [];
+    if (events < minEvents) {
+      failures.push(`insufficient shadow data: ${events} paired events, ${minEvents} needed`);
+    }
+    if (disagreement > maxDisagreement) {
+      failures.push(
+        `models disagree on ${formatPercent(disagreement)} of events, above ${formatPercent(maxDisagreement)}`,
+      );
+    }
+    if (!measurable) {
+      failures.push('no latency samples to compare');
+    } else if (latencyRatio > maxLatencyRatio) {
+      failures.push(`candidate latency is ${latencyRatio.toFixed(2)}× production, above ${maxLatencyRatio}×`);
+    }
+    const passed = failures.length === 0;
+    const reason = passed
+      ? `Shadow passed: ${events} paired events, disagreement ${formatPercent(disagreement)} ≤ ` +
+        `${formatPercent(maxDisagreement)}, latency ${latencyRatio.toFixed(2)}× ≤ ${maxLatencyRatio}×.`
+      : `Shadow failed: ${failures.join('; ')}.`;
+    return { cohort: s.cohort, passed, events, disagreement, latencyRatio, reason };
+  });
+}
+
+function decimals(metric: MetricResult['metric']): number {
+  return metric === 'error_rate' ? 3 : 2;
+}
+
+function signed(x: number, dp: number): string {
+  const s = x.toFixed(dp);
+  return s.startsWith('-') ? s : `+${s}`;
+}
+
+function formatPercent(share: number): string {
+  const pct = share * 100;
+  return `${Number.isInteger(pct) ? pct.toFixed(0) : Number(pct.toPrecision(3)).toString()}%`;
+}
+
+/** 40 -> "40", 3.2 -> "3.2", 321456 -> "3.2e5", 0.004 -> "4.0e-3". */
+function formatLambda(x: number): string {
+  if (x >= 1e4 || (x > 0 && x < 0.01)) return x.toExponential(1).replace('e+', 'e');
+  if (x >= 10) return x.toFixed(0);
+  return x.toPrecision(2);
+}

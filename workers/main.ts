@@ -1,0 +1,28 @@
+/**
+ * `fleetgate worker`: a long-running worker process for a Temporal server or cluster, configured from
+ * the environment (see workers/config.ts). Stops cleanly on SIGINT/SIGTERM.
+ */
+import { NativeConnection } from '@temporalio/worker';
+import { connectionOptions, loadConfig } from './config';
+import { createFleetgateWorker, openServices } from './worker';
+
+export async function runWorker(): Promise<void> {
+  const config = loadConfig();
+  const services = await openServices(config.dataDir, config.root);
+  const connection = await NativeConnection.connect(connectionOptions(config));
+  const worker = await createFleetgateWorker({ connection, namespace: config.namespace, taskQueue: config.taskQueue, services });
+  console.error(`fleetgate worker: task queue "${config.taskQueue}" on ${connectionOptions(config).address}, data in ${config.dataDir}`);
+  try {
+    await worker.run();
+  } finally {
+    await connection.close();
+    await services.close();
+  }
+}
+
+if (require.main === module) {
+  runWorker().catch((err) => {
+    console.error(err);
+    process.exit(1);
+  });
+}

@@ -1,0 +1,135 @@
+/**
+ * The messages of a rollout, defined once: the workflow, the CLI and the tests import these constants,
+ * so no call site spells a message name as a string.
+ *
+ * Updates are what callers wait on (approve, reject, abort); each has a validator in the workflow, so a
+ * refused request leaves nothing in history. `status` is a query.
+ *
+ * Pure: imported by workflow code.
+ */
+import { defineQuery, defineUpdate } from '@temporalio/workflow';
+import type { MetricResult } from '../policies/decide';
+import type { BenchResult } from '../activities/contracts';
+
+export const TASK_QUEUE = 'fleetgate';
+export const WORKFLOW_TYPE = 'rolloutWorkflow';
+
+export type Phase =
+  | 'register'
+  | 'bench'
+  | 'shadow'
+  | 'canary'
+  | 'label-wait'
+  | 'analysis'
+  | 'promote'
+  | 'rollback'
+  | 'done';
+
+/** Where a cohort is; the last four are final outcomes. */
+export type CohortState =
+  | 'pending'
+  | 'shadow'
+  | 'canary'
+  | 'promoted'
+  | 'rolled_back'
+  | 'held'
+  | 'rejected'
+  | 'aborted';
+
+export const FINAL_COHORT_STATES: readonly CohortState[] = ['promoted', 'rolled_back', 'held', 'rejected', 'aborted'];
+
+export interface CohortStatus {
+  cohort: string;
+  state: CohortState;
+  /** Number of waves delivered to this cohort (0: none). */
+  wave: number;
+  /** Vehicles of the cohort running the candidate. */
+  vehicles: number;
+  /** One line: the deciding statistic against its boundary, or why the cohort is where it is. */
+  headline?: string;
+  metrics?: MetricResult[];
+}
+
+export interface DecisionLogEntry {
+  seq: number;
+  /** Workflow time, ISO 8601. */
+  at: string;
+  /** Simulated fleet time of the data looked at, ISO 8601. */
+  dataAsOf?: string;
+  phase: Phase;
+  wave?: number;
+  look?: number;
+  cohort?: string;
+  action: string;
+  reason: string;
+  by?: string;
+  metrics?: MetricResult[];
+}
+
+export interface PendingGate {
+  gate: string;
+  wave: number;
+  required: number;
+  approvals: string[];
+  openedAt: string;
+  deadline: string;
+}
+
+export interface RolloutStatus {
+  rolloutId: string;
+  phase: Phase;
+  /** Index (1-based) of the wave being held; 0 before the first. */
+  wave: number;
+  waves: number;
+  look: number;
+  candidate?: { name: string; version: string; digest: string };
+  cohorts: CohortStatus[];
+  pendingGate?: PendingGate;
+  lastDecision?: DecisionLogEntry;
+  benches: BenchResult[];
+  outcome?: RolloutOutcome;
+  simNow: string;
+}
+
+export type RolloutOutcome = 'completed' | 'rejected' | 'aborted';
+
+export interface RolloutResult {
+  rolloutId: string;
+  outcome: RolloutOutcome;
+  /** Phase in which the rollout was rejected, when it was. */
+  rejectedAt?: Phase;
+  reason: string;
+  cohorts: CohortStatus[];
+  reportPath?: string;
+  historyEvents?: number;
+}
+
+export interface ApproveRequest {
+  gate: string;
+  reviewer: string;
+  comment?: string;
+}
+export interface RejectRequest {
+  gate: string;
+  reviewer: string;
+  reason: string;
+}
+export interface GateReceipt {
+  gate: string;
+  approvals: string[];
+  required: number;
+  open: boolean;
+}
+export interface AbortRequest {
+  reason: string;
+  by: string;
+}
+export interface AbortReceipt {
+  outcome: RolloutOutcome;
+  compensations: number;
+}
+
+export const approveUpdate = defineUpdate<GateReceipt, [ApproveRequest]>('approve');
+export const rejectUpdate = defineUpdate<GateReceipt, [RejectRequest]>('reject');
+export const abortUpdate = defineUpdate<AbortReceipt, [AbortRequest]>('abort');
+export const statusQuery = defineQuery<RolloutStatus>('status');

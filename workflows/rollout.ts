@@ -1,0 +1,652 @@
+/**
+ * rolloutWorkflow: one model rollout, from registration to a recorded outcome per cohort.
+ *
+ *   register -> bench (per SKU) -> shadow -> canary waves (looks on a timer) -> label wait
+ *            -> final analysis -> promote | roll back | hold, per cohort
+ *
+ * Deterministic code only: no I/O, no clocks but the workflow's, no imports with side effects. Activities
+ * are imported as types; statistics and decisions are pure functions from `policies/`. History carries
+ * references and aggregates (digests, keys, per-cohort sufficient statistics), never events, so its
+ * length grows with waves x looks, not with vehicles.
+ *
+ * Every change applied to the fleet first pushes its compensation; a rollback (of one cohort, or of all
+ * on abort) runs them last-in first-out in a non-cancellable scope, each exactly once.
+ */
+import {
+  ApplicationFailure,
+  CancellationScope,
+  condition,
+  isCancellation,
+  proxyActivities,
+  setHandler,
+  sleep,
+  workflowInfo,
+  allHandlersFinished,
+} from '@temporalio/workflow';
+import type { createRegistryActivities } from '../activities/registry';
+import type { createInferenceActivities } from '../activities/inference';
+import type { createFleetActivities } from '../activities/fleet';
+import type { createLabelActivities } from '../activities/labels';
+import type { createAnalysisActivities } from '../activities/analysis';
+import type { createReportActivities } from '../activities/report';
+import type { BenchResult, CohortStats, ModelRecord } from '../activities/contracts';
+import type { RetryPolicy } from '@temporalio/common';
+import { ErrorType, nonRetryableErrorTypes } from '../errors';
+import { RolloutRequest, formatIssues, type Policy, type RolloutRequestInput, type Sku } from '../policies/schema';
+import { parseDuration } from '../policies/duration';
+import { compareContracts } from '../policies/contract';
+import {
+  decideLook,
+  decideShadow,
+  headline,
+  type CohortDecision,
+  type SequentialState,
+} from '../policies/decide';
+import {
+  abortUpdate,
+  approveUpdate,
+  FINAL_COHORT_STATES,
+  rejectUpdate,
+  statusQuery,
+  type AbortReceipt,
+  type AbortRequest,
+  type ApproveRequest,
+  type CohortState,
+  type CohortStatus,
+  type DecisionLogEntry,
+  type GateReceipt,
+  type PendingGate,
+  type Phase,
+  type RejectRequest,
+  type RolloutOutcome,
+  type RolloutResult,
+  type RolloutStatus,
+} from './definitions';
+
+type Activities = ReturnType<typeof createRegistryActivities> &
+  ReturnType<typeof createInferenceActivities> &
+  ReturnType<typeof createFleetActivities> &
+  ReturnType<typeof createLabelActivities> &
+  ReturnType<typeof createAnalysisActivities> &
+  ReturnType<typeof createReportActivities>;
+
+const retry: RetryPolicy = {
+  initialInterval: '1s',
+  backoffCoefficient: 2,
+  maximumInterval: '30s',
+  maximumAttempts: 5,
+  nonRetryableErrorTypes,
+};
+const acts = proxyActivities<Activities>({ startToCloseTimeout: '5m', retry });
+/** Bench runs many inferences per SKU. */
+const benchActs = proxyActivities<Activities>({ startToCloseTimeout: '15m', retry });
+
+/** A change applied to the fleet, and what undoes it. */
+type Compensation =
+  | { kind: 'revertWave'; wave: number; cohorts: string[] }
+  | { kind: 'clearCandidatePointer'; cohorts: string[] };
+
+class RolloutEnded extends Error {
+  constructor(
+    readonly outcome: RolloutOutcome,
+    readonly phase: Phase,
+    readonly why: string,
+  ) {
+    super(why);
+  }
+}
+
+/** The state of one rollout and its message handlers; the workflow function wires them. */
+export class Rollout {
+  phase: Phase = 'register';
+  wave = 0;
+  look = 0;
+  candidate?: ModelRecord;
+  readonly cohorts = new Map<string, CohortStatus>();
+  readonly production = new Map<string, string>();
+  readonly log: DecisionLogEntry[] = [];
+  readonly benches: BenchResult[] = [];
+  readonly compensations: Compensation[] = [];
+  readonly compensationsRun: { kind: Compensation['kind']; wave?: number; cohorts: string[] }[] = [];
+  pendingGate?: PendingGate;
+  rejection?: RejectRequest;
+  abortRequest?: AbortRequest;
+  outcome?: RolloutOutcome;
+  finished = false;
+  seq: SequentialState = { minP: {} };
+  readonly startMs = Date.now();
+  private lastCollectedSimMs: number;
+  readonly scope = new CancellationScope();
+
+  constructor(readonly req: RolloutRequest) {
+    this.lastCollectedSimMs = this.startMs;
+  }
+
+  get policy(): Policy {
+    return this.req.policy;
+  }
+
+  /** Simulated fleet time: real workflow time stretched by the fleet's time scale. */
+  simNow(): number {
+    return this.startMs + Math.round((Date.now() - this.startMs) * this.req.fleet.timeScale);
+  }
+
+  status(): RolloutStatus {
+    return {
+      rolloutId: this.req.rolloutId,
+      phase: this.phase,
+      wave: this.wave,
+      waves: this.policy.waves.length,
+      look: this.look,
+      candidate: this.candidate && {
+        name: this.candidate.name,
+        version: this.candidate.version,
+        digest: this.candidate.digest,
+      },
+      cohorts: [...this.cohorts.values()],
+      pendingGate: this.pendingGate,
+      lastDecision: this.log[this.log.length - 1],
+      benches: this.benches,
+      outcome: this.outcome,
+      simNow: new Date(this.simNow()).toISOString(),
+    };
+  }
+
+  record(entry: Omit<DecisionLogEntry, 'seq' | 'at'>): void {
+    this.log.push({ seq: this.log.length + 1, at: new Date().toISOString(), ...entry });
+  }
+
+  active(): string[] {
+    return [...this.cohorts.values()].filter((c) => c.state === 'canary' || c.state === 'shadow').map((c) => c.cohort);
+  }
+
+  setState(cohort: string, state: CohortState, headlineText?: string): void {
+    const c = this.cohorts.get(cohort);
+    if (!c) return;
+    c.state = state;
+    if (headlineText !== undefined) c.headline = headlineText;
+  }
+
+  // ---- messages ---------------------------------------------------------------------------------
+
+  validateGate(gate: string, reviewer: string): void {
+    const pending = this.pendingGate;
+    if (!pending) throw new Error(`no gate is pending; the rollout is in phase "${this.phase}"`);
+    if (gate !== pending.gate) throw new Error(`gate "${gate}" is not pending; the pending gate is "${pending.gate}"`);
+    if (!this.policy.reviewers.includes(reviewer)) {
+      throw new Error(
+        `reviewer "${reviewer}" is not allowed to approve; the policy's reviewers are: ${this.policy.reviewers.join(', ') || '(none)'}`,
+      );
+    }
+  }
+
+  validateApprove(a: ApproveRequest): void {
+    this.validateGate(a.gate, a.reviewer);
+    if (this.pendingGate!.approvals.includes(a.reviewer)) {
+      throw new Error(`reviewer "${a.reviewer}" has already approved gate "${a.gate}"; another reviewer must approve`);
+    }
+  }
+
+  approve(a: ApproveRequest): GateReceipt {
+    const gate = this.pendingGate!;
+    gate.approvals.push(a.reviewer);
+    this.record({
+      phase: this.phase,
+      wave: gate.wave,
+      action: 'approve',
+      by: a.reviewer,
+      reason: `${a.reviewer} approved gate "${gate.gate}" (${gate.approvals.length}/${gate.required})${a.comment ? `: ${a.comment}` : ''}`,
+    });
+    return { gate: gate.gate, approvals: [...gate.approvals], required: gate.required, open: gate.approvals.length >= gate.required };
+  }
+
+  validateReject(r: RejectRequest): void {
+    this.validateGate(r.gate, r.reviewer);
+    if (!r.reason || !r.reason.trim()) throw new Error('a rejection needs a reason');
+  }
+
+  reject(r: RejectRequest): GateReceipt {
+    const gate = this.pendingGate!;
+    this.rejection = r;
+    this.record({ phase: this.phase, wave: gate.wave, action: 'reject', by: r.reviewer, reason: `${r.reviewer} rejected gate "${gate.gate}": ${r.reason}` });
+    return { gate: gate.gate, approvals: [...gate.approvals], required: gate.required, open: false };
+  }
+
+  validateAbort(a: AbortRequest): void {
+    if (this.finished || this.outcome) throw new Error(`the rollout has already ended (${this.outcome ?? 'finishing'})`);
+    if (this.abortRequest) throw new Error(`an abort is already under way, requested by ${this.abortRequest.by}`);
+    if (!a.reason || !a.reason.trim()) throw new Error('an abort needs a reason');
+    if (!a.by || !a.by.trim()) throw new Error('an abort needs the name of who asks (by)');
+  }
+
+  async abort(a: AbortRequest): Promise<AbortReceipt> {
+    this.abortRequest = a;
+    this.record({ phase: this.phase, action: 'abort', by: a.by, reason: `abort requested by ${a.by}: ${a.reason}` });
+    this.scope.cancel();
+    await condition(() => this.finished);
+    return { outcome: this.outcome ?? 'aborted', compensations: this.compensationsRun.length };
+  }
+
+  // ---- compensation -----------------------------------------------------------------------------
+
+  /** Pushes the compensation of a change before the change is made. */
+  push(c: Compensation): void {
+    this.compensations.push(c);
+  }
+
+  /** Runs, last-in first-out, every remaining compensation that concerns `cohorts`; each exactly once. */
+  async compensate(cohorts: string[]): Promise<void> {
+    await CancellationScope.nonCancellable(async () => {
+      for (let i = this.compensations.length - 1; i >= 0; i--) {
+        const c = this.compensations[i]!;
+        const mine = c.cohorts.filter((x) => cohorts.includes(x));
+        if (mine.length === 0) continue;
+        if (c.kind === 'revertWave') {
+          await acts.revertWave({ rolloutId: this.req.rolloutId, manifest: this.req.fleet.manifest, wave: c.wave, cohorts: mine });
+        } else {
+          for (const cohort of mine) {
+            await acts.movePointer({
+              cohort,
+              stage: 'candidate',
+              digest: null,
+              expected: this.candidate!.digest,
+              rolloutId: this.req.rolloutId,
+              reason: 'rollback',
+            });
+          }
+        }
+        c.cohorts = c.cohorts.filter((x) => !mine.includes(x));
+        this.compensationsRun.push({ kind: c.kind, wave: c.kind === 'revertWave' ? c.wave : undefined, cohorts: mine });
+      }
+      for (const cohort of cohorts) {
+        const s = this.cohorts.get(cohort);
+        if (s) s.vehicles = 0;
+      }
+    });
+  }
+
+  /** Forgets the compensations of a cohort whose promotion is final. */
+  settle(cohort: string): void {
+    for (const c of this.compensations) c.cohorts = c.cohorts.filter((x) => x !== cohort);
+  }
+
+  async rollbackCohort(cohort: string, state: 'rolled_back' | 'held' | 'aborted', why: string, d?: CohortDecision) {
+    const prev = this.phase;
+    this.phase = 'rollback';
+    this.setState(cohort, state, d ? headline(d) : why);
+    await this.compensate([cohort]);
+    this.record({ phase: 'rollback', wave: this.wave, cohort, action: state === 'held' ? 'withdraw' : 'rollback', reason: why, metrics: d?.metrics });
+    this.phase = prev;
+  }
+
+  // ---- phases -----------------------------------------------------------------------------------
+
+  async run(): Promise<void> {
+    await this.register();
+    await this.bench();
+    await this.shadow();
+    await this.canary();
+    await this.labelWait();
+    await this.finalAnalysis();
+  }
+
+  private fleetRef() {
+    return { rolloutId: this.req.rolloutId, manifest: this.req.fleet.manifest };
+  }
+
+  async register(): Promise<void> {
+    this.phase = 'register';
+    const fleet = await acts.describeFleet(this.fleetRef());
+    const known = fleet.cohorts.map((c) => c.name);
+    const wanted = this.policy.cohorts ?? known;
+    const unknown = wanted.filter((c) => !known.includes(c));
+    if (unknown.length > 0) {
+      throw new RolloutEnded('rejected', 'register', `policy.cohorts names cohorts the fleet "${fleet.name}" does not have: ${unknown.join(', ')}; known: ${known.join(', ')}`);
+    }
+    for (const name of wanted) this.cohorts.set(name, { cohort: name, state: 'pending', wave: 0, vehicles: 0 });
+    this.skus = new Map(fleet.skus.map((s) => [s.name, s]));
+    this.cohortSku = new Map(fleet.cohorts.map((c) => [c.name, c.sku]));
+
+    const production = await acts.lookupProduction({ cohorts: wanted });
+    let candidate: ModelRecord;
+    try {
+      candidate = await acts.registerCandidate({ rolloutId: this.req.rolloutId, packDir: this.req.candidate.pack });
+    } catch (err) {
+      throw new RolloutEnded('rejected', 'register', `candidate pack refused: ${causeMessage(err)}`);
+    }
+    this.candidate = candidate;
+    for (const cohort of wanted) {
+      const prod = production.byCohort[cohort]!;
+      this.production.set(cohort, prod.digest);
+      const problems = compareContracts(prod.contract, candidate.contract);
+      if (problems.length > 0) {
+        throw new RolloutEnded('rejected', 'register', `candidate contract differs from production ${prod.name}@${prod.version} (cohort ${cohort}): ${problems.join('; ')}`);
+      }
+      if (prod.digest === candidate.digest) {
+        throw new RolloutEnded('rejected', 'register', `candidate ${candidate.name}@${candidate.version} is already production for cohort ${cohort}`);
+      }
+    }
+    this.push({ kind: 'clearCandidatePointer', cohorts: [...wanted] });
+    for (const cohort of wanted) {
+      await acts.movePointer({
+        cohort,
+        stage: 'candidate',
+        digest: candidate.digest,
+        expected: null,
+        rolloutId: this.req.rolloutId,
+        reason: `rollout ${this.req.rolloutId} started by ${this.req.requestedBy}`,
+      });
+    }
+    this.record({
+      phase: 'register',
+      action: 'registered',
+      reason: `${candidate.name}@${candidate.version} (${candidate.digest.slice(0, 12)}) registered; contract matches production in ${wanted.length} cohort(s)`,
+    });
+  }
+
+  private skus = new Map<string, Sku>();
+  private cohortSku = new Map<string, string>();
+
+  async bench(): Promise<void> {
+    this.phase = 'bench';
+    const skuNames = [...new Set([...this.cohorts.keys()].map((c) => this.cohortSku.get(c)!))].sort();
+    const results = await Promise.all(
+      skuNames.map((name) =>
+        benchActs.benchModel({
+          rolloutId: this.req.rolloutId,
+          digest: this.candidate!.digest,
+          sku: this.skus.get(name)!,
+          goldenInputs: this.policy.bench.goldenInputs,
+          repeats: this.policy.bench.repeats,
+        }),
+      ),
+    );
+    this.benches.push(...results);
+    const failed = results.filter((r) => !r.passed);
+    for (const r of results) {
+      this.record({
+        phase: 'bench',
+        action: r.passed ? 'bench-pass' : 'bench-fail',
+        reason: `${r.sku}: p95 ${r.p95Ms.toFixed(3)} ms vs budget ${r.budgetMs} ms, deterministic ${r.deterministic}, contract ${r.contractOk ? 'ok' : 'broken'}${r.reason ? `: ${r.reason}` : ''}`,
+      });
+    }
+    if (failed.length > 0) {
+      for (const c of this.cohorts.values()) c.state = 'rejected';
+      throw new RolloutEnded('rejected', 'bench', `bench failed on ${failed.map((f) => `${f.sku} (${f.reason ?? 'failed'})`).join(', ')}`);
+    }
+  }
+
+  async shadow(): Promise<void> {
+    this.phase = 'shadow';
+    const cohorts = [...this.cohorts.keys()];
+    for (const c of cohorts) this.setState(c, 'shadow');
+    await sleep(parseDuration(this.policy.shadow.duration)!);
+    const to = this.simNow();
+    await acts.runShadow({
+      ...this.fleetRef(),
+      candidateDigest: this.candidate!.digest,
+      cohorts,
+      share: this.policy.shadow.share,
+      fromMs: this.startMs,
+      toMs: to,
+    });
+    this.lastCollectedSimMs = to;
+    const stats = await acts.analyze({ rolloutId: this.req.rolloutId, phase: 'shadow', cohorts, asOfMs: to });
+    for (const v of decideShadow(this.policy, stats)) {
+      this.record({
+        phase: 'shadow',
+        cohort: v.cohort,
+        action: v.passed ? 'shadow-pass' : 'shadow-fail',
+        dataAsOf: new Date(to).toISOString(),
+        reason: v.reason,
+      });
+      if (!v.passed) {
+        this.setState(v.cohort, 'rejected', `shadow gate: ${v.reason}`);
+        await this.compensate([v.cohort]);
+      } else {
+        this.setState(v.cohort, 'canary', `shadow: disagreement ${(v.disagreement * 100).toFixed(1)}%, latency x${v.latencyRatio.toFixed(2)}`);
+      }
+    }
+    if (this.active().length === 0) {
+      throw new RolloutEnded('rejected', 'shadow', 'every cohort failed its shadow gate');
+    }
+  }
+
+  async canary(): Promise<void> {
+    this.phase = 'canary';
+    const waves = this.policy.waves;
+    for (let i = 0; i < waves.length; i++) {
+      const w = waves[i]!;
+      if (this.active().length === 0) break;
+      if (w.approval) await this.gate(i + 1, w.approval);
+      const cohorts = this.active();
+      if (cohorts.length === 0) break;
+      this.wave = i + 1;
+      this.look = 0;
+      this.push({ kind: 'revertWave', wave: this.wave, cohorts: [...cohorts] });
+      const delivered = await CancellationScope.nonCancellable(() =>
+        acts.deliverWave({ ...this.fleetRef(), wave: this.wave, percent: w.percent, cohorts, digest: this.candidate!.digest }),
+      );
+      for (const c of cohorts) {
+        const s = this.cohorts.get(c)!;
+        s.wave = this.wave;
+        s.vehicles = delivered.vehicles[c] ?? 0;
+      }
+      this.record({
+        phase: 'canary',
+        wave: this.wave,
+        action: 'deliver',
+        reason: `wave ${this.wave} (${w.percent}%) delivered as OTA job ${delivered.jobId}: ${cohorts.map((c) => `${c} ${delivered.vehicles[c] ?? 0}`).join(', ')} vehicles`,
+      });
+
+      const interval = Math.max(1, Math.floor(parseDuration(w.hold)! / w.looks));
+      let extra = 0;
+      for (let k = 1; ; k++) {
+        this.look = k;
+        await sleep(interval);
+        const last = k >= w.looks;
+        const decisions = await this.analyzeLook({ stage: 'canary', isLastLookOfWave: last, extraLooksUsed: extra });
+        if (!last) continue;
+        const extend = decisions.some((d) => d.action === 'extend');
+        if (extend && extra < this.policy.analysis.maxExtraLooks) {
+          extra++;
+          continue;
+        }
+        break;
+      }
+    }
+  }
+
+  /** Collects telemetry up to now, analyzes it and carries out the decisions of one look. */
+  async analyzeLook(ctx: { stage: 'canary' | 'final'; isLastLookOfWave: boolean; extraLooksUsed: number }) {
+    const cohorts = this.active();
+    if (cohorts.length === 0) return [];
+    const now = this.simNow();
+    if (ctx.stage === 'canary' && now > this.lastCollectedSimMs) {
+      await acts.collectTelemetry({
+        ...this.fleetRef(),
+        cohorts,
+        candidateDigest: this.candidate!.digest,
+        fromMs: this.lastCollectedSimMs,
+        toMs: now,
+      });
+      this.lastCollectedSimMs = now;
+    }
+    const stats: CohortStats[] = await acts.analyze({ rolloutId: this.req.rolloutId, phase: 'canary', cohorts, asOfMs: now });
+    const { decisions, state } = decideLook(this.policy, ctx, stats, this.seq);
+    this.seq = state;
+    for (const d of decisions) {
+      const s = this.cohorts.get(d.cohort)!;
+      s.metrics = d.metrics;
+      s.headline = headline(d);
+      this.record({
+        phase: this.phase,
+        wave: this.wave,
+        look: this.look,
+        cohort: d.cohort,
+        action: d.action,
+        reason: d.reason,
+        metrics: d.metrics,
+        dataAsOf: new Date(now).toISOString(),
+      });
+    }
+    for (const d of decisions) {
+      if (d.action === 'rollback') await this.rollbackCohort(d.cohort, 'rolled_back', d.reason, d);
+      else if (d.action === 'hold') await this.rollbackCohort(d.cohort, 'held', d.reason, d);
+    }
+    return decisions;
+  }
+
+  async gate(wave: number, approval: NonNullable<Policy['waves'][number]['approval']>): Promise<void> {
+    const timeoutMs = parseDuration(approval.timeout)!;
+    this.pendingGate = {
+      gate: approval.gate,
+      wave,
+      required: approval.required,
+      approvals: [],
+      openedAt: new Date().toISOString(),
+      deadline: new Date(Date.now() + timeoutMs).toISOString(),
+    };
+    this.record({ phase: this.phase, wave, action: 'gate-open', reason: `waiting for ${approval.required} approval(s) of gate "${approval.gate}" before wave ${wave}` });
+    const pending = this.pendingGate;
+    const decided = await condition(() => pending.approvals.length >= pending.required || this.rejection !== undefined, timeoutMs);
+    this.pendingGate = undefined;
+    if (this.rejection) {
+      const r = this.rejection;
+      throw new RolloutEnded('rejected', this.phase, `gate "${r.gate}" rejected by ${r.reviewer}: ${r.reason}`);
+    }
+    if (!decided) {
+      throw new RolloutEnded('aborted', this.phase, `gate "${approval.gate}" timed out after ${approval.timeout} with ${pending.approvals.length}/${pending.required} approval(s)`);
+    }
+    this.record({ phase: this.phase, wave, action: 'gate-passed', reason: `gate "${approval.gate}" approved by ${pending.approvals.join(', ')}` });
+  }
+
+  async labelWait(): Promise<void> {
+    if (this.active().length === 0) return;
+    this.phase = 'label-wait';
+    const { coverage: wanted, poll, timeout } = this.policy.labelWait;
+    const deadline = Date.now() + parseDuration(timeout)!;
+    await acts.requestLabels({ rolloutId: this.req.rolloutId, asOfMs: this.simNow() });
+    for (;;) {
+      const cov = await acts.labelCoverage({ rolloutId: this.req.rolloutId, asOfMs: this.simNow() });
+      if (cov.coverage >= wanted) {
+        this.record({ phase: 'label-wait', action: 'labels-ready', reason: `label coverage ${(cov.coverage * 100).toFixed(1)}% (${cov.labeled}/${cov.requested}) reached ${(wanted * 100).toFixed(0)}%` });
+        return;
+      }
+      const left = deadline - Date.now();
+      if (left <= 0) {
+        this.record({ phase: 'label-wait', action: 'labels-timeout', reason: `label coverage ${(cov.coverage * 100).toFixed(1)}% (${cov.labeled}/${cov.requested}) below ${(wanted * 100).toFixed(0)}% at the timeout; analysing what arrived` });
+        return;
+      }
+      await sleep(Math.min(parseDuration(poll)!, left));
+    }
+  }
+
+  async finalAnalysis(): Promise<void> {
+    if (this.active().length === 0) return;
+    this.phase = 'analysis';
+    const decisions = await this.analyzeLook({ stage: 'final', isLastLookOfWave: true, extraLooksUsed: 0 });
+    this.phase = 'promote';
+    for (const d of decisions) {
+      if (d.action !== 'promote') continue;
+      await CancellationScope.nonCancellable(async () => {
+        const cand = this.candidate!.digest;
+        const res = await acts.promoteCohort({ ...this.fleetRef(), cohort: d.cohort, digest: cand });
+        await acts.movePointer({ cohort: d.cohort, stage: 'production', digest: cand, expected: this.production.get(d.cohort)!, rolloutId: this.req.rolloutId, reason: headline(d) });
+        await acts.movePointer({ cohort: d.cohort, stage: 'candidate', digest: null, expected: cand, rolloutId: this.req.rolloutId, reason: 'promoted' });
+        this.settle(d.cohort);
+        const s = this.cohorts.get(d.cohort)!;
+        s.state = 'promoted';
+        s.vehicles = res.vehicles;
+        this.record({ phase: 'promote', cohort: d.cohort, action: 'promoted', reason: d.reason, metrics: d.metrics });
+      });
+    }
+  }
+}
+
+export async function rolloutWorkflow(input: RolloutRequestInput): Promise<RolloutResult> {
+  const parsed = RolloutRequest.safeParse(input);
+  if (!parsed.success) {
+    throw ApplicationFailure.create({
+      type: ErrorType.InvalidInput,
+      nonRetryable: true,
+      message: `invalid rollout request:\n${formatIssues(parsed.error, input)}`,
+    });
+  }
+  const r = new Rollout(parsed.data);
+  setHandler(statusQuery, () => r.status());
+  setHandler(approveUpdate, (a) => r.approve(a), { validator: (a) => r.validateApprove(a) });
+  setHandler(rejectUpdate, (a) => r.reject(a), { validator: (a) => r.validateReject(a) });
+  setHandler(abortUpdate, (a) => r.abort(a), { validator: (a) => r.validateAbort(a) });
+
+  let outcome: RolloutOutcome = 'completed';
+  let rejectedAt: Phase | undefined;
+  let reason = '';
+  try {
+    await r.scope.run(() => r.run());
+  } catch (err) {
+    if (err instanceof RolloutEnded) {
+      outcome = err.outcome;
+      rejectedAt = err.outcome === 'rejected' ? err.phase : undefined;
+      reason = err.why;
+    } else if (isCancellation(err)) {
+      outcome = 'aborted';
+      reason = r.abortRequest ? `aborted by ${r.abortRequest.by}: ${r.abortRequest.reason}` : 'the workflow was cancelled';
+    } else {
+      outcome = 'aborted';
+      reason = `stopped by an error: ${causeMessage(err)}`;
+    }
+    r.record({ phase: r.phase, action: outcome, reason });
+    r.phase = 'rollback';
+    await r.compensate([...r.cohorts.keys()]);
+    for (const c of r.cohorts.values()) {
+      if (!FINAL_COHORT_STATES.includes(c.state)) c.state = outcome === 'rejected' ? 'rejected' : 'aborted';
+    }
+  }
+  r.outcome = outcome;
+  if (outcome === 'completed') reason = summarize(r);
+  r.phase = 'done';
+
+  const result: RolloutResult = {
+    rolloutId: r.req.rolloutId,
+    outcome,
+    rejectedAt,
+    reason,
+    cohorts: [...r.cohorts.values()],
+  };
+  const report = await CancellationScope.nonCancellable(() =>
+    acts.writeReport({
+      rolloutId: r.req.rolloutId,
+      report: {
+        ...result,
+        workflowId: workflowInfo().workflowId,
+        runId: workflowInfo().runId,
+        candidate: r.candidate,
+        production: Object.fromEntries(r.production),
+        policy: r.policy,
+        benches: r.benches,
+        compensations: r.compensationsRun,
+        decisions: r.log,
+        startedAt: new Date(r.startMs).toISOString(),
+        finishedAt: new Date().toISOString(),
+      },
+    }),
+  );
+  result.reportPath = report.path;
+  r.finished = true;
+  await condition(allHandlersFinished);
+  return result;
+}
+
+function summarize(r: Rollout): string {
+  const by = new Map<string, string[]>();
+  for (const c of r.cohorts.values()) by.set(c.state, [...(by.get(c.state) ?? []), c.cohort]);
+  return [...by.entries()].map(([state, cs]) => `${state}: ${cs.join(', ')}`).join('; ');
+}
+
+function causeMessage(err: unknown): string {
+  let e: unknown = err;
+  // An activity failure wraps the ApplicationFailure that says what went wrong.
+  while (e instanceof Error && (e as { cause?: unknown }).cause instanceof Error) e = (e as { cause?: unknown }).cause;
+  return e instanceof Error ? e.message : String(e);
+}
