@@ -70,7 +70,8 @@ const UNBOUNDED = Number.MAX_VALUE;
  * for milliseconds. The data source follows the metric's name; `kind` is descriptive.
  *
  * Verdicts: `insufficient` when an arm has fewer than minLabeledPerArm observations or no variance;
- * `harm` when the confidence sequence lies above 0; `noninferior` when it lies below the margin;
+ * `harm` when the confidence sequence lies wholly above the metric's harmThreshold (0 unless set: any
+ * proven harm); `noninferior` when it lies below the margin;
  * `inconclusive` otherwise. Returns a new state; the input state is not changed.
  */
 export function evaluateMetrics(
@@ -120,7 +121,7 @@ export function evaluateMetrics(
     minP[key] = pValue;
     const [lo, hi] = test.ci;
     const verdict: MetricResult['verdict'] =
-      lo > 0 ? 'harm' : hi < spec.margin ? 'noninferior' : 'inconclusive';
+      lo > harmThresholdOf(spec) ? 'harm' : hi < spec.margin ? 'noninferior' : 'inconclusive';
     metrics.push({
       ...base,
       estimate: arms.diff.estimate,
@@ -192,13 +193,12 @@ function actionFor(
 ): { action: CohortAction; reason: string } {
   const harm = metrics.filter((m) => m.verdict === 'harm');
   const insufficient = metrics.filter((m) => m.verdict === 'insufficient');
-  const minN = policy.analysis.minLabeledPerArm;
-  const all = metrics.map((m) => describe(m, minN)).join('; ');
+  const all = metrics.map((m) => describe(m, policy)).join('; ');
 
   if (harm.length > 0) {
     return {
       action: 'rollback',
-      reason: `Rolling back: the candidate is worse than production. ${harm.map((m) => describe(m, minN)).join('; ')}.`,
+      reason: `Rolling back: the candidate is worse than production. ${harm.map((m) => describe(m, policy)).join('; ')}.`,
     };
   }
 
@@ -211,7 +211,7 @@ function actionFor(
       action: 'hold',
       reason:
         'Holding: not every metric is shown non-inferior, and inconclusive or missing data never promotes. ' +
-        `${open.map((m) => describe(m, minN)).join('; ')}.`,
+        `${open.map((m) => describe(m, policy)).join('; ')}.`,
     };
   }
 
@@ -219,7 +219,7 @@ function actionFor(
     return { action: 'continue', reason: `No harm detected at this look; the wave continues. ${all}.` };
   }
   if (insufficient.length > 0) {
-    const what = insufficient.map((m) => describe(m, minN)).join('; ');
+    const what = insufficient.map((m) => describe(m, policy)).join('; ');
     const max = policy.analysis.maxExtraLooks;
     if (ctx.extraLooksUsed < max) {
       return {
@@ -236,7 +236,8 @@ function actionFor(
 }
 
 /** A clause with the numbers behind one metric's verdict. */
-function describe(m: MetricResult, minN: number): string {
+function describe(m: MetricResult, policy: Policy): string {
+  const minN = policy.analysis.minLabeledPerArm;
   if (m.verdict === 'insufficient') {
     const unit = m.metric === 'error_rate' ? 'labeled events' : 'latency samples';
     if (m.nCandidate < minN || m.nProduction < minN) {
@@ -252,12 +253,24 @@ function describe(m: MetricResult, minN: number): string {
     `Λ=${formatLambda(m.lambda)} ${m.lambda >= m.boundary ? '≥' : '<'} ${formatLambda(m.boundary)}`;
   switch (m.verdict) {
     case 'harm':
-      return `${core}; the interval lies above 0: harm`;
+      return `${core}; the interval lies above ${threshold(m, policy, d)}: harm`;
     case 'noninferior':
       return `${core}; the interval lies below the margin ${m.margin.toFixed(d)}: non-inferior`;
     case 'inconclusive':
       return `${core}; the interval reaches the margin ${m.margin.toFixed(d)}: inconclusive`;
   }
+}
+
+/** The harm threshold of a metric spec; 0 (any proven harm) when a policy was not parsed with defaults. */
+function harmThresholdOf(spec: Metric): number {
+  const t = spec.harmThreshold as number | undefined;
+  return t !== undefined && Number.isFinite(t) ? t : 0;
+}
+
+function threshold(m: MetricResult, policy: Policy, dp: number): string {
+  const spec = policy.analysis.metrics.find((s) => s.name === m.metric);
+  const t = spec ? harmThresholdOf(spec) : 0;
+  return t === 0 ? '0' : `the harm threshold ${t.toFixed(dp)}`;
 }
 
 /**

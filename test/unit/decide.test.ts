@@ -72,7 +72,7 @@ const last = (extraLooksUsed = 0): LookContext => ({
 });
 const final: LookContext = { stage: 'final', isLastLookOfWave: true, extraLooksUsed: 0 };
 
-test('metric verdicts', () => {
+void test('metric verdicts', () => {
   const rows: {
     name: string;
     stats: CohortStats;
@@ -122,7 +122,7 @@ test('metric verdicts', () => {
   );
 });
 
-test('cohort actions', () => {
+void test('cohort actions', () => {
   const rows: {
     name: string;
     ctx: LookContext;
@@ -231,13 +231,49 @@ test('cohort actions', () => {
   }
 });
 
-test('without extra looks a wave that ends short of data holds at once', () => {
+void test('a harm threshold tolerates proven but small harm', () => {
+  // The demo policy's latency metric: margin 0.5 ms, harm only when the interval lies above 0.5 ms.
+  const tolerant = Policy.parse({
+    ...base,
+    analysis: {
+      ...base.analysis,
+      metrics: [
+        { name: 'error_rate', kind: 'binary', margin: 0.02 },
+        { name: 'latency_ms', kind: 'continuous', margin: 0.5, harmThreshold: 0.5 },
+      ],
+    },
+  });
+  // 100000 samples per arm, sd 10 ms: the 97.5% confidence sequence is about ±0.16 ms.
+  const slower = (ms: number): CohortStats =>
+    cohort('a', arm(10_000, 0.1, lat(100_000, 50 + ms)), arm(10_000, 0.1, lat(100_000, 50)));
+  const rows: { name: string; ms: number; verdict: MetricResult['verdict']; action: CohortAction }[] = [
+    {
+      name: '+0.3 ms: proven, below the threshold and the margin',
+      ms: 0.3,
+      verdict: 'noninferior',
+      action: 'promote',
+    },
+    { name: '+0.6 ms: proven, straddles the threshold', ms: 0.6, verdict: 'inconclusive', action: 'hold' },
+    { name: '+1 ms: above the threshold', ms: 1, verdict: 'harm', action: 'rollback' },
+  ];
+  for (const r of rows) {
+    const { decisions } = decideLook(tolerant, final, [slower(r.ms)], { minP: {} });
+    const d = decisions[0]!;
+    const latency = d.metrics[1]!;
+    assert.ok(latency.lambda >= latency.boundary, `${r.name}: the difference is significant`);
+    assert.equal(latency.verdict, r.verdict, r.name);
+    assert.equal(d.action, r.action, `${r.name}: ${d.reason}`);
+    if (r.verdict === 'harm') assert.ok(d.reason.includes('above the harm threshold 0.50'), d.reason);
+  }
+});
+
+void test('without extra looks a wave that ends short of data holds at once', () => {
   const strict = Policy.parse({ ...base, analysis: { ...base.analysis, maxExtraLooks: 0 } });
   const { decisions } = decideLook(strict, last(0), [fewLabels], { minP: {} });
   assert.equal(decisions[0]?.action, 'hold');
 });
 
-test('several cohorts are decided independently and the input state is not changed', () => {
+void test('several cohorts are decided independently and the input state is not changed', () => {
   const state: SequentialState = Object.freeze({
     minP: Object.freeze({ 'b|error_rate': 0.5 }),
   }) as SequentialState;
@@ -268,7 +304,7 @@ test('several cohorts are decided independently and the input state is not chang
   assert.ok(next.minP['b|error_rate']! <= 0.5);
 });
 
-test('the p-value is the running minimum over looks and never increases', () => {
+void test('the p-value is the running minimum over looks and never increases', () => {
   // Cumulative counts per look: an early scare (candidate errors run high), then the arms even out.
   const looks: [number, number, number][] = [
     // [labeled per arm, candidate errors, production errors]
@@ -301,7 +337,7 @@ test('the p-value is the running minimum over looks and never increases', () => 
   assert.equal(seen.at(-1), seen[2], 'once the arms even out, the minimum stays where the scare left it');
 });
 
-test('decideShadow', () => {
+void test('decideShadow', () => {
   const shadow = (
     events: number,
     disagreements: number,
@@ -368,7 +404,7 @@ test('decideShadow', () => {
   assert.equal(verdicts[0]?.disagreement, 0.02);
 });
 
-test('headline', () => {
+void test('headline', () => {
   const metric = (m: Partial<MetricResult>): MetricResult => ({
     metric: 'error_rate',
     nCandidate: 1000,

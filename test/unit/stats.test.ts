@@ -44,7 +44,7 @@ function gaussian(rand: () => number): number {
   return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * rand());
 }
 
-test('proportion and meanVar', () => {
+void test('proportion and meanVar', () => {
   const proportions: [number, number, number][] = [
     [0, 0, 0],
     [3, 0, 0],
@@ -71,7 +71,7 @@ test('proportion and meanVar', () => {
   }
 });
 
-test('differences: values, continuity floor, and undefined when not computable', () => {
+void test('differences: values, continuity floor, and undefined when not computable', () => {
   const pv = (x: number, n: number): number => {
     const p = (x + 0.5) / (n + 1);
     return (p * (1 - p)) / n;
@@ -144,7 +144,7 @@ test('differences: values, continuity floor, and undefined when not computable',
   }
 });
 
-test('msprt matches hand-computed Λ and confidence sequences', () => {
+void test('msprt matches hand-computed Λ and confidence sequences', () => {
   const rows: {
     name: string;
     estimate: number;
@@ -231,7 +231,7 @@ test('msprt matches hand-computed Λ and confidence sequences', () => {
   );
 });
 
-test('the confidence sequence contains θ0 iff Λ < 1/α', () => {
+void test('the confidence sequence contains θ0 iff Λ < 1/α', () => {
   const rand = mulberry32(7);
   let rejected = 0;
   for (let i = 0; i < 2000; i++) {
@@ -248,7 +248,7 @@ test('the confidence sequence contains θ0 iff Λ < 1/α', () => {
   assert.ok(rejected > 100 && rejected < 1900, `both outcomes occur (rejected ${rejected})`);
 });
 
-test('msprt edge cases never give NaN', () => {
+void test('msprt edge cases never give NaN', () => {
   const rows: { name: string; estimate: number; variance: number; tau: number }[] = [
     { name: 'zero variance', estimate: 0.1, variance: 0, tau: 0.05 },
     { name: 'negative variance', estimate: 0.1, variance: -1, tau: 0.05 },
@@ -280,7 +280,7 @@ test('msprt edge cases never give NaN', () => {
   assert.equal(diffOfProportions({ x: 0, n: 0 }, { x: 0, n: 0 }), undefined);
 });
 
-test('normal tail and fixed z-test', () => {
+void test('normal tail and fixed z-test', () => {
   const rows: [number, number][] = [
     [0, 0.5],
     [1, 0.15865525393145707],
@@ -301,7 +301,7 @@ test('normal tail and fixed z-test', () => {
   assert.equal(fixedZTest(0.1, 0), 1, 'no variance: no evidence');
 });
 
-test('A/A: mSPRT keeps false alarms at or below α over 10 looks; repeated z-tests do not', () => {
+void test('A/A: mSPRT keeps false alarms at or below α over 10 looks; repeated z-tests do not', () => {
   const rand = mulberry32(20240601);
   const experiments = 2000;
   const looks = 10;
@@ -349,7 +349,7 @@ test('A/A: mSPRT keeps false alarms at or below α over 10 looks; repeated z-tes
   assert.ok(rate(naive) > 2 * alpha, `repeated z-tests ${rate(naive)}`);
 });
 
-test('A/A on latency: mSPRT with τ = margin keeps false alarms at or below α', () => {
+void test('A/A on latency: mSPRT with τ = margin keeps false alarms at or below α', () => {
   const rand = mulberry32(99);
   const experiments = 1000;
   const looks = 10;
@@ -377,7 +377,7 @@ test('A/A on latency: mSPRT with τ = margin keeps false alarms at or below α',
   assert.ok(alarms / experiments <= alpha, `latency alarms ${alarms / experiments}`);
 });
 
-test('power: a 10-point error-rate regression with 1000 labeled per arm is detected', () => {
+void test('power: a 10-point error-rate regression with 1000 labeled per arm is detected', () => {
   const rand = mulberry32(4242);
   const experiments = 300;
   const alpha = 0.05 / 2; // two metrics under Bonferroni

@@ -1,0 +1,176 @@
+/**
+ * The fleet database: one DuckDB file holding the simulated fleet's vehicles and over-the-air jobs, the
+ * shadow and canary event logs, and the simulated labeler's queue, requests and labels.
+ *
+ * Every identifier of a vehicle stored here is its keyed pseudonym; a raw vehicle id must never be
+ * written to any table. Activities share one connection, so every use of it goes through `exclusive`
+ * or `transaction`, which run one at a time per connection: a statement of one activity can never land
+ * inside another activity's open transaction. Never nest them (the inner call would wait forever).
+ */
+import { DuckDBInstance } from '@duckdb/node-api';
+import type { DuckDBConnection, DuckDBValue } from '@duckdb/node-api';
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+
+export interface FleetDatabase {
+  instance: DuckDBInstance;
+  connection: DuckDBConnection;
+  /** Closes the connection and the instance; waits for work already queued on the connection. */
+  close(): Promise<void>;
+}
+
+/**
+ * The schema. Additive columns beyond the design sketch: ota_jobs.fleet and ota_jobs.result (the
+ * recorded answer an idempotent retry returns), ota_targets.prev_active (the slot a revert goes back to).
+ */
+export const SCHEMA = `
+CREATE TABLE IF NOT EXISTS vehicles (
+  fleet VARCHAR NOT NULL,
+  cohort VARCHAR NOT NULL,
+  sku VARCHAR NOT NULL,
+  vehicle VARCHAR NOT NULL,
+  slot_a VARCHAR,
+  slot_b VARCHAR,
+  active VARCHAR NOT NULL CHECK (active IN ('a', 'b')),
+  PRIMARY KEY (fleet, vehicle)
+);
+CREATE TABLE IF NOT EXISTS ota_jobs (
+  job_id VARCHAR PRIMARY KEY,
+  rollout_id VARCHAR NOT NULL,
+  fleet VARCHAR NOT NULL,
+  kind VARCHAR NOT NULL CHECK (kind IN ('deliver', 'promote')),
+  wave INTEGER,
+  digest VARCHAR NOT NULL,
+  created_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+  result VARCHAR NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ota_targets (
+  job_id VARCHAR NOT NULL,
+  vehicle VARCHAR NOT NULL,
+  cohort VARCHAR NOT NULL,
+  reverted BOOLEAN NOT NULL DEFAULT false,
+  prev_active VARCHAR NOT NULL CHECK (prev_active IN ('a', 'b')),
+  PRIMARY KEY (job_id, vehicle)
+);
+CREATE SEQUENCE IF NOT EXISTS ota_ops_seq START 1;
+CREATE TABLE IF NOT EXISTS ota_ops (
+  seq BIGINT PRIMARY KEY DEFAULT nextval('ota_ops_seq'),
+  job_id VARCHAR NOT NULL,
+  op VARCHAR NOT NULL CHECK (op IN ('deliver', 'revert', 'promote')),
+  cohort VARCHAR NOT NULL,
+  vehicles INTEGER NOT NULL,
+  "at" TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
+CREATE TABLE IF NOT EXISTS batches (
+  batch_id VARCHAR PRIMARY KEY,
+  rollout_id VARCHAR NOT NULL,
+  phase VARCHAR NOT NULL CHECK (phase IN ('shadow', 'canary')),
+  events BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+  event_id VARCHAR PRIMARY KEY,
+  rollout_id VARCHAR NOT NULL,
+  batch_id VARCHAR NOT NULL,
+  phase VARCHAR NOT NULL CHECK (phase IN ('shadow', 'canary')),
+  cohort VARCHAR NOT NULL,
+  vehicle VARCHAR NOT NULL,
+  ts_ms BIGINT NOT NULL,
+  arm VARCHAR NOT NULL CHECK (arm IN ('candidate', 'production', 'shadow')),
+  pred_candidate UTINYINT,
+  pred_production UTINYINT,
+  conf_candidate FLOAT,
+  conf_production FLOAT,
+  lat_candidate DOUBLE,
+  lat_production DOUBLE
+);
+CREATE TABLE IF NOT EXISTS sim_truth (
+  event_id VARCHAR PRIMARY KEY,
+  label UTINYINT NOT NULL,
+  available_at_ms BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS label_requests (
+  event_id VARCHAR PRIMARY KEY,
+  rollout_id VARCHAR NOT NULL,
+  requested_at_ms BIGINT NOT NULL,
+  reason VARCHAR NOT NULL CHECK (reason IN ('priority', 'sample'))
+);
+CREATE TABLE IF NOT EXISTS labels (
+  event_id VARCHAR PRIMARY KEY,
+  rollout_id VARCHAR NOT NULL,
+  label UTINYINT NOT NULL,
+  arrived_at_ms BIGINT NOT NULL
+);
+`;
+
+/** Opens (creating when absent) the fleet database at `path` (':memory:' for a throwaway one). */
+export async function openFleetDatabase(path: string): Promise<FleetDatabase> {
+  if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
+  const instance = await DuckDBInstance.create(path);
+  const connection = await instance.connect();
+  await transaction(connection, async () => {
+    await connection.run(SCHEMA);
+  });
+  return {
+    instance,
+    connection,
+    close: async () => {
+      await exclusive(connection, async () => undefined);
+      connection.closeSync();
+      instance.closeSync();
+    },
+  };
+}
+
+const queues = new WeakMap<DuckDBConnection, Promise<unknown>>();
+
+/** Runs `fn` alone on the connection: after everything queued before it, before everything after. */
+export function exclusive<T>(conn: DuckDBConnection, fn: () => Promise<T>): Promise<T> {
+  const previous = queues.get(conn) ?? Promise.resolve();
+  const run = previous.then(fn);
+  queues.set(
+    conn,
+    run.catch(() => undefined),
+  );
+  return run;
+}
+
+/** Runs `fn` alone on the connection inside one transaction: all of it is committed, or none. */
+export function transaction<T>(conn: DuckDBConnection, fn: () => Promise<T>): Promise<T> {
+  return exclusive(conn, async () => {
+    await conn.run('BEGIN TRANSACTION');
+    try {
+      const result = await fn();
+      await conn.run('COMMIT');
+      return result;
+    } catch (err) {
+      await conn.run('ROLLBACK').catch(() => undefined);
+      throw err;
+    }
+  });
+}
+
+export type Row = Record<string, unknown>;
+
+/** Rows of a query as plain objects (BIGINT columns come back as bigint; see `num`). Takes no lock. */
+export async function rows(conn: DuckDBConnection, sql: string, params: DuckDBValue[] = []): Promise<Row[]> {
+  const reader = await conn.runAndReadAll(sql, params);
+  return reader.getRowObjectsJS() as Row[];
+}
+
+/** Columns of a query as arrays, in select order. Takes no lock. */
+export async function columns(conn: DuckDBConnection, sql: string, params: DuckDBValue[] = []): Promise<unknown[][]> {
+  const reader = await conn.runAndReadAll(sql, params);
+  return reader.getColumnsJS() as unknown[][];
+}
+
+/** Runs a statement; returns how many rows it changed. Takes no lock. */
+export async function exec(conn: DuckDBConnection, sql: string, params: DuckDBValue[] = []): Promise<number> {
+  const result = await conn.run(sql, params);
+  return result.rowsChanged;
+}
+
+/** A number from a DuckDB value (BIGINT arrives as bigint, aggregates over nothing as null). */
+export function num(value: unknown): number {
+  if (value === null || value === undefined) return 0;
+  return Number(value);
+}

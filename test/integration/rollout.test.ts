@@ -1,0 +1,91 @@
+/**
+ * A full rollout on a real Temporal dev server with the real activities, started the way an operator
+ * without our CLI would: `temporal workflow start` with a JSON input, and an approval through
+ * `temporal workflow update execute`. Then `temporal workflow list` must show it.
+ */
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Client, Connection } from '@temporalio/client';
+import { NativeConnection } from '@temporalio/worker';
+import { startDevServer, type DevServer } from '../../workers/dev-server';
+import { temporalCli } from '../../workers/tools';
+import { createFleetgateWorker, quietRuntime } from '../../workers/worker';
+import { statusQuery, type RolloutResult } from '../../workflows/definitions';
+import { RolloutRequest } from '../../policies/schema';
+import { loadPolicy, makeWorld, rolloutRequest, runningDigest, type World } from '../support';
+
+let server: DevServer;
+let tmp: string;
+
+before(async () => {
+  quietRuntime();
+  tmp = mkdtempSync(join(tmpdir(), 'fleetgate-it-'));
+  server = await startDevServer({ dbFile: join(tmp, 'temporal.db') });
+});
+
+after(async () => {
+  await server?.stop();
+  rmSync(tmp, { recursive: true, force: true });
+});
+
+function cli(args: string[]): string {
+  return execFileSync(temporalCli(), [...args, '--address', server.address], { encoding: 'utf8' });
+}
+
+test('a rollout started with the Temporal CLI runs every phase on the dev server', async () => {
+  const world: World = await makeWorld();
+  const connection = await NativeConnection.connect({ address: server.address });
+  const clientConn = await Connection.connect({ address: server.address });
+  const client = new Client({ connection: clientConn });
+  const taskQueue = `it-${process.pid}`;
+  try {
+    const worker = await createFleetgateWorker({ connection, namespace: 'default', taskQueue, services: world.services });
+    await worker.runUntil(async () => {
+      const policy = loadPolicy('examples/demo-policy.yaml');
+      policy.shadow!.duration = '3s';
+      policy.waves = [
+        { percent: 5, hold: '6s', looks: 2 },
+        { percent: 25, hold: '6s', looks: 2, approval: { gate: 'wave-2', required: 1, timeout: '10m' } },
+        { percent: 50, hold: '6s', looks: 2 },
+      ];
+      policy.labelWait = { coverage: 0.9, poll: '2s', timeout: '20s' };
+      const id = `it-regress-${process.pid}`;
+      const request = RolloutRequest.parse(rolloutRequest(id, 'models/candidate-regress', policy, 'test/fixtures/fleet.yaml', 1200));
+      const file = join(tmp, 'request.json');
+      writeFileSync(file, JSON.stringify(request));
+      cli(['workflow', 'start', '--type', 'rolloutWorkflow', '--task-queue', taskQueue, '--workflow-id', id, '--input-file', file]);
+
+      const handle = client.workflow.getHandle(id);
+      for (let i = 0; i < 600; i++) {
+        if ((await handle.query(statusQuery)).pendingGate) break;
+        await new Promise((r) => setTimeout(r, 250));
+      }
+      const out = cli([
+        'workflow', 'update', 'execute', '--name', 'approve', '--workflow-id', id,
+        '--input', JSON.stringify({ gate: 'wave-2', reviewer: 'alice', comment: 'looks fine' }),
+      ]);
+      assert.match(out, /alice/);
+
+      const result = (await handle.result()) as RolloutResult;
+      assert.equal(result.outcome, 'completed', result.reason);
+      const states = Object.fromEntries(result.cohorts.map((c) => [c.cohort, c.state]));
+      assert.equal(states['hw3/nordic'], 'rolled_back');
+      const report = JSON.parse(readFileSync(result.reportPath!, 'utf8'));
+      const phases = new Set(report.decisions.map((d: { phase: string }) => d.phase));
+      for (const p of ['register', 'bench', 'shadow', 'canary', 'label-wait', 'rollback']) assert.ok(phases.has(p), `phase ${p} ran`);
+      assert.equal((await runningDigest(world, report.candidate.digest))['hw3/nordic'] ?? 0, 0);
+
+      const listed = cli(['workflow', 'list', '--query', `WorkflowId = '${id}'`]);
+      assert.match(listed, new RegExp(id));
+      assert.match(listed, /Completed/);
+    });
+  } finally {
+    await clientConn.close();
+    await connection.close();
+    await world.close();
+  }
+});

@@ -1,0 +1,96 @@
+/**
+ * Shared set-up of the workflow and integration tests: a fresh data directory with a registry whose
+ * production pointers are seeded, a simulated fleet, and helpers to read the fleet's delivery log.
+ * Everything is real: onnxruntime, DuckDB, the object store; only the directory is temporary.
+ */
+import { mkdtempSync, readFileSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import YAML from 'yaml';
+import type { WorkflowHandle } from '@temporalio/client';
+import { historyToJSON } from '@temporalio/common/lib/proto-utils';
+import { bootstrapProduction } from '../activities/registry';
+import { initSimFleet } from '../activities/fleet';
+import { loadFleetManifest } from '../sim/fleet';
+import { openServices, type Services } from '../workers/worker';
+import type { PolicyInput, RolloutRequestInput } from '../policies/schema';
+
+export const ROOT = resolve(__dirname, '..');
+
+export interface World {
+  dataDir: string;
+  services: Services;
+  cohorts: string[];
+  productionDigest: string;
+  close(): Promise<void>;
+}
+
+/** A data directory with production registered for every cohort of `fleet` and the fleet initialised. */
+export async function makeWorld(fleet = 'test/fixtures/fleet.yaml'): Promise<World> {
+  const dataDir = mkdtempSync(join(tmpdir(), 'fleetgate-test-'));
+  const services = await openServices(dataDir, ROOT);
+  const manifest = loadFleetManifest(join(ROOT, fleet));
+  const cohorts = manifest.cohorts.map((c) => c.name);
+  const prod = await bootstrapProduction(services, 'models/production', cohorts, 'test');
+  await initSimFleet(
+    { conn: services.db.connection, key: services.key, root: ROOT },
+    fleet,
+    Object.fromEntries(cohorts.map((c) => [c, prod.digest])),
+  );
+  return {
+    dataDir,
+    services,
+    cohorts,
+    productionDigest: prod.digest,
+    async close() {
+      await services.close();
+      rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+export function loadPolicy(file: string): PolicyInput {
+  return YAML.parse(readFileSync(join(ROOT, file), 'utf8')) as PolicyInput;
+}
+
+export function rolloutRequest(
+  rolloutId: string,
+  candidate: string,
+  policy: PolicyInput,
+  fleet = 'test/fixtures/fleet.yaml',
+  timeScale = 1,
+): RolloutRequestInput {
+  return { rolloutId, candidate: { pack: candidate }, fleet: { manifest: fleet, timeScale }, policy, requestedBy: 'test' };
+}
+
+export async function query<T = Record<string, unknown>>(w: World, sql: string): Promise<T[]> {
+  const reader = await w.services.db.connection.runAndReadAll(sql);
+  return reader.getRowObjectsJson() as unknown as T[];
+}
+
+/** Rows of the OTA delivery log: one per (job, op, cohort) with the number of vehicles touched. */
+export async function otaOps(w: World) {
+  return query<{ job_id: string; op: string; cohort: string; vehicles: number }>(
+    w,
+    'SELECT job_id, op, cohort, CAST(vehicles AS INTEGER) AS vehicles FROM ota_ops ORDER BY seq',
+  );
+}
+
+/** Vehicles per cohort whose active slot runs `digest`. */
+export async function runningDigest(w: World, digest: string): Promise<Record<string, number>> {
+  const rows = await query<{ cohort: string; n: number }>(
+    w,
+    `SELECT cohort, CAST(count(*) AS INTEGER) AS n FROM vehicles
+     WHERE (CASE WHEN active = 'a' THEN slot_a ELSE slot_b END) = '${digest}' GROUP BY cohort`,
+  );
+  return Object.fromEntries(rows.map((r) => [r.cohort, r.n]));
+}
+
+/** Saves a workflow's history for the replay test when FLEETGATE_RECORD_HISTORIES is set. */
+export async function maybeSaveHistory(name: string, handle: WorkflowHandle): Promise<void> {
+  if (!process.env.FLEETGATE_RECORD_HISTORIES) return;
+  const history = await handle.fetchHistory();
+  const dir = join(ROOT, 'test', 'histories');
+  mkdirSync(dir, { recursive: true });
+  writeFileSync(join(dir, `${name}.json`), historyToJSON(history));
+}
