@@ -56,7 +56,11 @@ function arm(row: Row, prefix: string): ArmStats {
     events: num(row[`${prefix}events`]),
     labeled: num(row[`${prefix}labeled`]),
     errors: num(row[`${prefix}errors`]),
-    latency: { n: num(row[`${prefix}lat_n`]), sum: num(row[`${prefix}lat_sum`]), sumSq: num(row[`${prefix}lat_sumsq`]) },
+    latency: {
+      n: num(row[`${prefix}lat_n`]),
+      sum: num(row[`${prefix}lat_sum`]),
+      sumSq: num(row[`${prefix}lat_sumsq`]),
+    },
   };
 }
 
@@ -71,7 +75,9 @@ export function createAnalysisActivities({ conn }: { conn: DuckDBConnection }) {
     async analyze(input: AnalyzeInput): Promise<CohortStats[]> {
       await ingestArrivedLabels(conn, input.rolloutId, input.asOfMs);
       const sql = input.phase === 'canary' ? CANARY_SQL : SHADOW_SQL;
-      const found = await exclusive(conn, () => rows(conn, sql, [input.asOfMs, input.rolloutId, input.asOfMs]));
+      const found = await exclusive(conn, () =>
+        rows(conn, sql, [input.asOfMs, input.rolloutId, input.asOfMs]),
+      );
       const byCohort = new Map<string, CohortStats>();
       for (const cohort of input.cohorts) {
         if (byCohort.has(cohort)) continue;

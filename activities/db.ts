@@ -158,7 +158,11 @@ export async function rows(conn: DuckDBConnection, sql: string, params: DuckDBVa
 }
 
 /** Columns of a query as arrays, in select order. Takes no lock. */
-export async function columns(conn: DuckDBConnection, sql: string, params: DuckDBValue[] = []): Promise<unknown[][]> {
+export async function columns(
+  conn: DuckDBConnection,
+  sql: string,
+  params: DuckDBValue[] = [],
+): Promise<unknown[][]> {
   const reader = await conn.runAndReadAll(sql, params);
   return reader.getColumnsJS() as unknown[][];
 }

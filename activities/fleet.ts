@@ -9,6 +9,7 @@
  * must never log, store or return a raw vehicle id, and never return rows per event.
  */
 import type { DuckDBAppender, DuckDBConnection } from '@duckdb/node-api';
+import { createHash } from 'node:crypto';
 import { resolve } from 'node:path';
 import { ErrorType, fail } from '../errors';
 import { parseDuration } from '../policies/duration';
@@ -29,6 +30,7 @@ import type {
 } from './contracts';
 import { columns, exclusive, exec, num, rows, transaction } from './db';
 import type { ModelRunner, RunnerSettings } from './deps';
+import { PRIORITY_CONFIDENCE } from './labels';
 
 export interface FleetActivityDeps {
   conn: DuckDBConnection;
@@ -39,8 +41,6 @@ export interface FleetActivityDeps {
   root: string;
 }
 
-/** Events whose lower model confidence is below this are sent for labeling first. */
-export const LOW_CONFIDENCE = 0.6;
 /** Rows per inference call: bounds the memory of one run. */
 const INFERENCE_CHUNK = 32_768;
 const HOUR_MS = 3_600_000;
@@ -62,7 +62,10 @@ export async function initSimFleet(
   const manifest = loadFleetManifest(resolve(deps.root, manifestPath));
   const missing = manifest.cohorts.filter((c) => !productionByCohort[c.name]).map((c) => c.name);
   if (missing.length > 0) {
-    throw fail(ErrorType.InvalidInput, `no production digest for cohort(s) ${missing.join(', ')} of fleet ${manifest.name}`);
+    throw fail(
+      ErrorType.InvalidInput,
+      `no production digest for cohort(s) ${missing.join(', ')} of fleet ${manifest.name}`,
+    );
   }
   const { conn, key } = deps;
   return transaction(conn, async () => {
@@ -109,7 +112,13 @@ export function createFleetActivities(deps: FleetActivityDeps) {
 
   /** Targets of one job per cohort: appends them, switches their slots, logs one op per cohort. */
   async function applyJob(
-    job: { jobId: string; rolloutId: string; fleet: string; kind: 'deliver' | 'promote'; wave: number | null },
+    job: {
+      jobId: string;
+      rolloutId: string;
+      fleet: string;
+      kind: 'deliver' | 'promote';
+      wave: number | null;
+    },
     digest: string,
     targets: Map<string, { vehicles: string[]; prevActive: string[] }>,
     result: unknown,
@@ -207,7 +216,8 @@ export function createFleetActivities(deps: FleetActivityDeps) {
         const running = await runningDigest(conn, manifest.name, input.digest);
         const vehicles: Record<string, number> = {};
         for (const cohort of cohorts) {
-          vehicles[cohort.name] = (running.get(cohort.name) ?? 0) + (targets.get(cohort.name)?.vehicles.length ?? 0);
+          vehicles[cohort.name] =
+            (running.get(cohort.name) ?? 0) + (targets.get(cohort.name)?.vehicles.length ?? 0);
         }
         const result: DeliveryResult = { jobId, vehicles };
         await applyJob(
@@ -250,10 +260,11 @@ export function createFleetActivities(deps: FleetActivityDeps) {
                AND (CASE vehicles.active WHEN 'a' THEN vehicles.slot_a ELSE vehicles.slot_b END) = ?`,
             [jobId, cohort.name, String(job.fleet), String(job.digest)],
           );
-          await exec(conn, `UPDATE ota_targets SET reverted = true WHERE job_id = ? AND cohort = ? AND NOT reverted`, [
-            jobId,
-            cohort.name,
-          ]);
+          await exec(
+            conn,
+            `UPDATE ota_targets SET reverted = true WHERE job_id = ? AND cohort = ? AND NOT reverted`,
+            [jobId, cohort.name],
+          );
           await exec(conn, `INSERT INTO ota_ops (job_id, op, cohort, vehicles) VALUES (?, 'revert', ?, ?)`, [
             jobId,
             cohort.name,
@@ -316,17 +327,17 @@ export function createFleetActivities(deps: FleetActivityDeps) {
         const sku = skuOf(manifest, cohort);
         const prodDigests = Array.from(sim.vehicle, (v) => digestOf.get(shadow[v]!)!);
         for (const [digest, idx] of groupBy(prodDigests)) {
-          await infer(runner, digest, sim.frames, idx, sku, out.predProduction, out.confProduction, out.msProduction);
+          await infer(runner, digest, sim.frames, idx, sku, out.production);
         }
-        await infer(runner, input.candidateDigest, sim.frames, null, sku, out.predCandidate, out.confCandidate, out.msCandidate);
+        await infer(runner, input.candidateDigest, sim.frames, null, sku, out.candidate);
         const rate = manifest.labels.rate;
         const priority = new Uint8Array(sim.n);
         for (let i = 0; i < sim.n; i++) {
-          out.latCandidate[i] = out.msCandidate[i]! * sku.speedFactor * Math.exp(0.2 * gaussian(sim.rng));
-          out.latProduction[i] = out.msProduction[i]! * sku.speedFactor * Math.exp(0.2 * gaussian(sim.rng));
+          out.candidate.lat[i] = out.candidate.ms[i]! * sku.speedFactor * Math.exp(0.2 * gaussian(sim.rng));
+          out.production.lat[i] = out.production.ms[i]! * sku.speedFactor * Math.exp(0.2 * gaussian(sim.rng));
           const sampled = sim.rng() < rate;
-          const low = Math.min(out.confCandidate[i]!, out.confProduction[i]!) < LOW_CONFIDENCE;
-          const disagree = out.predCandidate[i] !== out.predProduction[i];
+          const low = Math.min(out.candidate.conf[i]!, out.production.conf[i]!) < PRIORITY_CONFIDENCE;
+          const disagree = out.candidate.pred[i] !== out.production.pred[i];
           priority[i] = low || disagree ? 1 : sampled ? 2 : 0;
         }
         return { sim, out, arm: () => 'shadow', vehicles: shadow, cohortIndex, request: priority };
@@ -350,17 +361,17 @@ export function createFleetActivities(deps: FleetActivityDeps) {
         for (const [digest, idx] of groupBy(acting)) {
           if (digest === input.candidateDigest) {
             for (const i of idx) isCandidate[i] = 1;
-            await infer(runner, digest, sim.frames, idx, sku, out.predCandidate, out.confCandidate, out.msCandidate);
+            await infer(runner, digest, sim.frames, idx, sku, out.candidate);
           } else {
-            await infer(runner, digest, sim.frames, idx, sku, out.predProduction, out.confProduction, out.msProduction);
+            await infer(runner, digest, sim.frames, idx, sku, out.production);
           }
         }
         const rate = manifest.labels.rate;
         const request = new Uint8Array(sim.n);
         for (let i = 0; i < sim.n; i++) {
           const noise = Math.exp(0.2 * gaussian(sim.rng));
-          if (isCandidate[i]) out.latCandidate[i] = out.msCandidate[i]! * sku.speedFactor * noise;
-          else out.latProduction[i] = out.msProduction[i]! * sku.speedFactor * noise;
+          if (isCandidate[i]) out.candidate.lat[i] = out.candidate.ms[i]! * sku.speedFactor * noise;
+          else out.production.lat[i] = out.production.ms[i]! * sku.speedFactor * noise;
           request[i] = sim.rng() < rate ? 2 : 0;
         }
         return {
@@ -391,7 +402,10 @@ export function createFleetActivities(deps: FleetActivityDeps) {
     ) => Promise<SimulatedCohort>,
   ): Promise<BatchResult> {
     if (!(Number.isFinite(input.fromMs) && Number.isFinite(input.toMs) && input.toMs > input.fromMs)) {
-      throw fail(ErrorType.InvalidInput, `batch window must have toMs > fromMs (got ${input.fromMs}, ${input.toMs})`);
+      throw fail(
+        ErrorType.InvalidInput,
+        `batch window must have toMs > fromMs (got ${input.fromMs}, ${input.toMs})`,
+      );
     }
     const existing = () => rows(conn, `SELECT events FROM batches WHERE batch_id = ?`, [batchId]);
     const [before] = await exclusive(conn, existing);
@@ -413,11 +427,13 @@ export function createFleetActivities(deps: FleetActivityDeps) {
     return transaction(conn, async () => {
       const [again] = await existing();
       if (again) return { batchId, events: num(again.events), written: false };
+      // Event ids are short (the index on them costs per byte): a tag of the batch id, cohort, index.
+      const tag = createHash('sha256').update(batchId).digest('hex').slice(0, 16);
       let total = 0;
       await withAppender(conn, 'events', (a) => {
         for (const { sim, out, arm, vehicles, cohortIndex } of simulated) {
           for (let i = 0; i < sim.n; i++) {
-            a.appendVarchar(`${batchId}:${cohortIndex}:${i}`);
+            a.appendVarchar(`${tag}.${cohortIndex}.${i}`);
             a.appendVarchar(input.rolloutId);
             a.appendVarchar(batchId);
             a.appendVarchar(phase);
@@ -425,12 +441,12 @@ export function createFleetActivities(deps: FleetActivityDeps) {
             a.appendVarchar(vehicles[sim.vehicle[i]!]!);
             a.appendBigInt(BigInt(sim.ts[i]!));
             a.appendVarchar(arm(i));
-            appendPred(a, out.predCandidate[i]!);
-            appendPred(a, out.predProduction[i]!);
-            appendNumber(a, out.confCandidate[i]!, 'float');
-            appendNumber(a, out.confProduction[i]!, 'float');
-            appendNumber(a, out.latCandidate[i]!, 'double');
-            appendNumber(a, out.latProduction[i]!, 'double');
+            appendPred(a, out.candidate.pred[i]!);
+            appendPred(a, out.production.pred[i]!);
+            appendNumber(a, out.candidate.conf[i]!, 'float');
+            appendNumber(a, out.production.conf[i]!, 'float');
+            appendNumber(a, out.candidate.lat[i]!, 'double');
+            appendNumber(a, out.production.lat[i]!, 'double');
             a.endRow();
           }
           total += sim.n;
@@ -445,7 +461,7 @@ export function createFleetActivities(deps: FleetActivityDeps) {
       await withAppender(conn, 'sim_truth', (a) => {
         simulated.forEach(({ sim, cohortIndex }, c) => {
           for (let i = 0; i < sim.n; i++) {
-            a.appendVarchar(`${batchId}:${cohortIndex}:${i}`);
+            a.appendVarchar(`${tag}.${cohortIndex}.${i}`);
             a.appendUTinyInt(sim.frames.labels[i]!);
             a.appendBigInt(BigInt(availableAt[c]![i]!));
             a.endRow();
@@ -456,7 +472,7 @@ export function createFleetActivities(deps: FleetActivityDeps) {
         for (const { sim, cohortIndex, request } of simulated) {
           for (let i = 0; i < sim.n; i++) {
             if (request[i] === 0) continue;
-            a.appendVarchar(`${batchId}:${cohortIndex}:${i}`);
+            a.appendVarchar(`${tag}.${cohortIndex}.${i}`);
             a.appendVarchar(input.rolloutId);
             a.appendBigInt(BigInt(sim.ts[i]!));
             a.appendVarchar(request[i] === 1 ? 'priority' : 'sample');
@@ -505,25 +521,28 @@ interface SimulatedCohort {
   request: Uint8Array;
 }
 
-/** Per-event outputs; NaN and NO_PRED stand for NULL. */
-class EventColumns {
-  predCandidate: Uint8Array;
-  predProduction: Uint8Array;
-  confCandidate: Float32Array;
-  confProduction: Float32Array;
-  msCandidate: Float64Array;
-  msProduction: Float64Array;
-  latCandidate: Float64Array;
-  latProduction: Float64Array;
+/** Per-event outputs of one model; NaN and NO_PRED stand for NULL. */
+class ArmColumns {
+  readonly pred: Uint8Array;
+  readonly conf: Float32Array;
+  /** Measured milliseconds per frame of the inference batch the event was in. */
+  readonly ms: Float64Array;
+  /** Simulated latency on the vehicle's SKU. */
+  readonly lat: Float64Array;
   constructor(n: number) {
-    this.predCandidate = new Uint8Array(n).fill(NO_PRED);
-    this.predProduction = new Uint8Array(n).fill(NO_PRED);
-    this.confCandidate = new Float32Array(n).fill(NaN);
-    this.confProduction = new Float32Array(n).fill(NaN);
-    this.msCandidate = new Float64Array(n).fill(NaN);
-    this.msProduction = new Float64Array(n).fill(NaN);
-    this.latCandidate = new Float64Array(n).fill(NaN);
-    this.latProduction = new Float64Array(n).fill(NaN);
+    this.pred = new Uint8Array(n).fill(NO_PRED);
+    this.conf = new Float32Array(n).fill(NaN);
+    this.ms = new Float64Array(n).fill(NaN);
+    this.lat = new Float64Array(n).fill(NaN);
+  }
+}
+
+class EventColumns {
+  readonly candidate: ArmColumns;
+  readonly production: ArmColumns;
+  constructor(n: number) {
+    this.candidate = new ArmColumns(n);
+    this.production = new ArmColumns(n);
   }
 }
 
@@ -564,12 +583,13 @@ async function infer(
   frames: Frames,
   idx: number[] | null,
   sku: Sku,
-  pred: Uint8Array,
-  conf: Float32Array,
-  msPerFrame: Float64Array,
+  out: ArmColumns,
 ): Promise<void> {
   const total = idx ? idx.length : frames.count;
-  const settings: RunnerSettings = { intraOpThreads: sku.intraOpThreads, graphOptimization: sku.graphOptimization };
+  const settings: RunnerSettings = {
+    intraOpThreads: sku.intraOpThreads,
+    graphOptimization: sku.graphOptimization,
+  };
   for (let start = 0; start < total; start += INFERENCE_CHUNK) {
     const rowsInChunk = Math.min(INFERENCE_CHUNK, total - start);
     let features: Float32Array;
@@ -588,9 +608,9 @@ async function infer(
       const e = idx ? idx[start + r]! : start + r;
       const p0 = probs[2 * r]!;
       const p1 = probs[2 * r + 1]!;
-      pred[e] = p1 > p0 ? 1 : 0;
-      conf[e] = Math.max(p0, p1);
-      msPerFrame[e] = perFrame;
+      out.pred[e] = p1 > p0 ? 1 : 0;
+      out.conf[e] = Math.max(p0, p1);
+      out.ms[e] = perFrame;
     }
   }
 }
@@ -631,16 +651,33 @@ async function countVehicles(conn: DuckDBConnection, fleet: string): Promise<num
 
 /** The cohort's vehicles with their active slot and its digest. Takes no lock. */
 async function cohortVehicles(conn: DuckDBConnection, fleet: string, cohort: string): Promise<CohortFleet> {
-  const [vehicles = [], digests = [], active = []] = await columns(
+  const where = `FROM vehicles WHERE fleet = ? AND cohort = ?`;
+  const [distinct = []] = await columns(conn, `SELECT DISTINCT ${ACTIVE_DIGEST} ${where} ORDER BY 1`, [
+    fleet,
+    cohort,
+  ]);
+  const known = distinct as string[];
+  if (known.length === 0) return { vehicles: [], digests: [], active: [] };
+  // Digests travel as small codes: a cohort runs a handful of models, and a digest is 64 characters.
+  const codes = known.map((_, i) => `WHEN ? THEN ${i}`).join(' ');
+  const [vehicles = [], slotB = [], code = []] = await columns(
     conn,
-    `SELECT vehicle, ${ACTIVE_DIGEST} AS digest, active FROM vehicles WHERE fleet = ? AND cohort = ?`,
-    [fleet, cohort],
+    `SELECT vehicle, active = 'b', CASE ${ACTIVE_DIGEST} ${codes} END ${where}`,
+    [...known, fleet, cohort],
   );
-  return { vehicles: vehicles as string[], digests: digests as string[], active: active as string[] };
+  return {
+    vehicles: vehicles as string[],
+    digests: (code as number[]).map((c) => known[c]!),
+    active: (slotB as boolean[]).map((b) => (b ? 'b' : 'a')),
+  };
 }
 
 /** Vehicles per cohort whose active slot holds `digest`. Takes no lock. */
-async function runningDigest(conn: DuckDBConnection, fleet: string, digest: string): Promise<Map<string, number>> {
+async function runningDigest(
+  conn: DuckDBConnection,
+  fleet: string,
+  digest: string,
+): Promise<Map<string, number>> {
   const found = await rows(
     conn,
     `SELECT cohort, count(*) AS n FROM vehicles WHERE fleet = ? AND ${ACTIVE_DIGEST} = ? GROUP BY cohort`,

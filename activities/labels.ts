@@ -20,7 +20,11 @@ export const PRIORITY_CONFIDENCE = 0.6;
  * A label requested after its event waits the labeler's delay from the request: it arrives at
  * available_at_ms + (requested_at_ms - ts_ms). Idempotent; returns how many labels were new.
  */
-export function ingestArrivedLabels(conn: DuckDBConnection, rolloutId: string, asOfMs: number): Promise<number> {
+export function ingestArrivedLabels(
+  conn: DuckDBConnection,
+  rolloutId: string,
+  asOfMs: number,
+): Promise<number> {
   return transaction(conn, () =>
     exec(
       conn,

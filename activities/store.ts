@@ -11,7 +11,8 @@
  * than one swap.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { promises as fs } from 'node:fs';
+import { promises as fs, type Dirent, type Stats } from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import type { ObjectStore } from './deps';
@@ -117,7 +118,10 @@ export class LocalObjectStore implements ObjectStore {
   /** Absolute file of a key; refuses keys that are empty, absolute or leave the root. */
   pathOf(key: string): string {
     if (typeof key !== 'string' || key.length === 0) {
-      throw fail(ErrorType.InvalidInput, `object key must be a non-empty string (got ${JSON.stringify(key)})`);
+      throw fail(
+        ErrorType.InvalidInput,
+        `object key must be a non-empty string (got ${JSON.stringify(key)})`,
+      );
     }
     if (key.startsWith('/') || key.includes('\\') || key.includes('\0') || /^[A-Za-z]:/.test(key)) {
       throw fail(
@@ -150,7 +154,7 @@ export class LocalObjectStore implements ObjectStore {
   }
 
   private async walk(dir: string, keyPrefix: string, out: string[]): Promise<void> {
-    let entries: import('node:fs').Dirent[];
+    let entries: Dirent[];
     try {
       entries = await fs.readdir(dir, { withFileTypes: true });
     } catch (err) {
@@ -177,7 +181,7 @@ export class LocalObjectStore implements ObjectStore {
   }
 
   private async putExclusive(key: string, file: string, body: Buffer): Promise<'created' | 'exists'> {
-    let handle: import('node:fs/promises').FileHandle;
+    let handle: FileHandle;
     try {
       handle = await fs.open(file, 'wx');
     } catch (err) {
@@ -215,7 +219,13 @@ export class LocalObjectStore implements ObjectStore {
     const file = this.lockFile(key);
     await fs.mkdir(path.dirname(file), { recursive: true });
     const token = randomBytes(12).toString('hex');
-    const content = JSON.stringify({ token, pid: process.pid, host: os.hostname(), key, at: new Date().toISOString() });
+    const content = JSON.stringify({
+      token,
+      pid: process.pid,
+      host: os.hostname(),
+      key,
+      at: new Date().toISOString(),
+    });
     const deadline = Date.now() + this.lockTimeoutMs;
     let wait = 2;
     for (;;) {
@@ -245,7 +255,7 @@ export class LocalObjectStore implements ObjectStore {
 
   /** Breaks a lock whose owner is gone (same host, dead pid) or that is older than `staleLockMs`. */
   private async breakIfStale(file: string): Promise<void> {
-    let observed: import('node:fs').Stats;
+    let observed: Stats;
     let owner: { pid?: number; host?: string } = {};
     try {
       observed = await fs.stat(file);
@@ -254,7 +264,10 @@ export class LocalObjectStore implements ObjectStore {
       return; // gone, or still being written: not stale
     }
     const abandoned =
-      owner.host === os.hostname() && typeof owner.pid === 'number' && owner.pid !== process.pid && !alive(owner.pid);
+      owner.host === os.hostname() &&
+      typeof owner.pid === 'number' &&
+      owner.pid !== process.pid &&
+      !alive(owner.pid);
     if (!abandoned && Date.now() - observed.mtimeMs < this.staleLockMs) return;
     // Move it aside first, then check it is the lock we judged stale; put back a fresh one taken by mistake.
     const aside = `${file}.stale-${randomBytes(6).toString('hex')}`;
@@ -274,7 +287,10 @@ export class LocalObjectStore implements ObjectStore {
   private async assertHeld(key: string, lock: Lock): Promise<void> {
     const holder = await fs.readFile(lock.file, 'utf8').catch(() => '');
     if (!holder.includes(lock.token)) {
-      throw fail(ErrorType.Unavailable, `lock on ${key} was broken while held (${lock.file}); retry the swap`);
+      throw fail(
+        ErrorType.Unavailable,
+        `lock on ${key} was broken while held (${lock.file}); retry the swap`,
+      );
     }
   }
 

@@ -27,7 +27,9 @@ export function compareContracts(production: IoContract, candidate: IoContract):
   }
   for (const c of candidate.inputs) {
     if (!prodInputs.has(c.name)) {
-      problems.push(`candidate needs input "${c.name}" that production is not fed (production inputs: ${names(production.inputs)})`);
+      problems.push(
+        `candidate needs input "${c.name}" that production is not fed (production inputs: ${names(production.inputs)})`,
+      );
     }
   }
   const candOutputs = new Map(candidate.outputs.map((t) => [t.name, t]));
@@ -63,8 +65,7 @@ function compareTensor(kind: 'input' | 'output', p: TensorSpec, c: TensorSpec): 
     const cFixed = typeof cd === 'number';
     // An input dimension the candidate leaves free accepts whatever production is fed; an output
     // dimension must be at least as fixed as production's, since consumers rely on it.
-    const mismatch =
-      kind === 'input' ? cFixed && (!pFixed || pd !== cd) : pFixed && (!cFixed || pd !== cd);
+    const mismatch = kind === 'input' ? cFixed && (!pFixed || pd !== cd) : pFixed && (!cFixed || pd !== cd);
     if (mismatch) {
       problems.push(
         `${what}: dimension ${i} is ${dim(cd)} in the candidate, ${dim(pd)} in production ` +

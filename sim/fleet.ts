@@ -82,7 +82,8 @@ export function* simVehicles(manifest: FleetManifest, key: Buffer): Generator<Si
   const mac = new FastHmac(key);
   for (const [cohortIndex, cohort] of manifest.cohorts.entries()) {
     const pseudonyms = new Array<string>(cohort.vehicles);
-    for (let i = 0; i < cohort.vehicles; i++) pseudonyms[i] = mac.hex(`${manifest.name}-${cohortIndex}-${i}`, PSEUDONYM_CHARS);
+    for (let i = 0; i < cohort.vehicles; i++)
+      pseudonyms[i] = mac.hex(`${manifest.name}-${cohortIndex}-${i}`, PSEUDONYM_CHARS);
     yield { cohort, cohortIndex, pseudonyms };
   }
 }
@@ -121,7 +122,7 @@ export function rankOrder(pseudonyms: readonly string[], key: Buffer, salt: stri
   sortKeys.sort();
   const order = new Uint32Array(n);
   for (let i = 0; i < n; i++) order[i] = sortKeys[i]! % MAX_COHORT_VEHICLES;
-  for (let i = 0; i < n; ) {
+  for (let i = 0; i < n;) {
     let j = i + 1;
     while (j < n && ranks[order[j]!] === ranks[order[i]!]) j++;
     if (j - i > 1) {
@@ -137,7 +138,8 @@ export function rankOrder(pseudonyms: readonly string[], key: Buffer, salt: stri
 
 /** How many of n vehicles a share in [0, 1] reaches: ceil(share * n), exact for shares like 0.07. */
 export function targetCount(n: number, share: number): number {
-  if (!(share >= 0 && share <= 1)) throw fail(ErrorType.InvalidInput, `a share must be in [0, 1] (got ${share})`);
+  if (!(share >= 0 && share <= 1))
+    throw fail(ErrorType.InvalidInput, `a share must be in [0, 1] (got ${share})`);
   return Math.min(n, Math.max(0, Math.ceil(share * n - 1e-9)));
 }
 
@@ -149,13 +151,24 @@ function firstByRank(pseudonyms: readonly string[], key: Buffer, salt: string, c
 }
 
 /** The vehicles of one cohort in a canary wave of `percent` (0-100]: sticky, monotone, exact. */
-export function waveTargets(pseudonyms: readonly string[], key: Buffer, rolloutId: string, percent: number): string[] {
-  if (!(percent > 0 && percent <= 100)) throw fail(ErrorType.InvalidInput, `a wave percent must be in (0, 100] (got ${percent})`);
+export function waveTargets(
+  pseudonyms: readonly string[],
+  key: Buffer,
+  rolloutId: string,
+  percent: number,
+): string[] {
+  if (!(percent > 0 && percent <= 100))
+    throw fail(ErrorType.InvalidInput, `a wave percent must be in (0, 100] (got ${percent})`);
   return firstByRank(pseudonyms, key, `${rolloutId}:canary`, targetCount(pseudonyms.length, percent / 100));
 }
 
 /** The vehicles of one cohort that run the candidate in shadow, for a share in [0, 1]. */
-export function shadowTargets(pseudonyms: readonly string[], key: Buffer, rolloutId: string, share: number): string[] {
+export function shadowTargets(
+  pseudonyms: readonly string[],
+  key: Buffer,
+  rolloutId: string,
+  share: number,
+): string[] {
   return firstByRank(pseudonyms, key, `${rolloutId}:shadow`, targetCount(pseudonyms.length, share));
 }
 

@@ -1,0 +1,279 @@
+/**
+ * `fleetgate demo`: the whole system in one process, in about two minutes. It resets the simulated
+ * world, starts a Temporal dev server (unless TEMPORAL_ADDRESS is set) and a worker, rolls
+ * models/candidate-regress out to the demo fleet with examples/demo-policy.yaml at 600x fleet time,
+ * approves its gate as "alice", and ends with a summary: outcome, decision and headline per cohort,
+ * report, history length, Web UI link.
+ *
+ * It must stop what it started (worker, services, dev server) on success, on error and on Ctrl-C; it
+ * deletes only the simulated world (<data dir>/store, <data dir>/fleet.duckdb*), never reports or the
+ * Temporal history; and it never prints a raw vehicle id.
+ */
+import { readdirSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { Client, Connection, type WorkflowHandle } from '@temporalio/client';
+import { WorkflowIdReusePolicy } from '@temporalio/common';
+import { NativeConnection, type Worker } from '@temporalio/worker';
+import {
+  approveUpdate,
+  WORKFLOW_TYPE,
+  type RolloutResult,
+  type RolloutStatus,
+} from '../workflows/definitions';
+import { connectionOptions, loadConfig } from '../workers/config';
+import { startDevServer, type DevServer } from '../workers/dev-server';
+import { createFleetgateWorker, openServices, quietRuntime, type Services } from '../workers/worker';
+import { bootstrapProduction } from '../activities/registry';
+import { initSimFleet } from '../activities/fleet';
+import { loadFleetManifest } from '../sim/fleet';
+import {
+  CliError,
+  defaultRequester,
+  displayPath,
+  prepareRolloutRequest,
+  shellQuote,
+  timestamp,
+} from './main';
+import { causeMessage, ProgressView, renderResult, watch, WatchInterrupted } from './progress';
+
+const POLICY = 'examples/demo-policy.yaml';
+const FLEET = 'sim/fleets/demo.yaml';
+const PRODUCTION = 'models/production';
+const CANDIDATE = 'models/candidate-regress';
+const TIME_SCALE = 600;
+const REVIEWER = 'alice';
+
+function say(line: string): void {
+  process.stdout.write(`demo: ${line}\n`);
+}
+
+/** Deletes the simulated world of earlier demos; keeps reports, secrets and the Temporal history. */
+function resetWorld(dataDir: string): void {
+  rmSync(join(dataDir, 'store'), { recursive: true, force: true });
+  let names: string[] = [];
+  try {
+    names = readdirSync(dataDir);
+  } catch {
+    // No data directory yet: nothing to reset.
+  }
+  for (const name of names) if (name.startsWith('fleet.duckdb')) rmSync(join(dataDir, name), { force: true });
+  say(
+    `reset the simulated world in ${displayPath(dataDir)} (store, fleet.duckdb); reports and temporal.db are kept`,
+  );
+}
+
+/**
+ * Ends demo rollouts an earlier, interrupted demo left running in this data directory's history: they
+ * would act on the world just reset. Only used with the dev server the demo owns.
+ */
+async function endLeftovers(client: Client): Promise<void> {
+  const ids: string[] = [];
+  for await (const wf of client.workflow.list({
+    query: `WorkflowType = '${WORKFLOW_TYPE}' AND ExecutionStatus = 'Running'`,
+  })) {
+    if (wf.workflowId.startsWith('demo-')) ids.push(wf.workflowId);
+  }
+  for (const id of ids) {
+    await client.workflow
+      .getHandle(id)
+      .terminate('superseded by a new demo run (the simulated world was reset)');
+  }
+  if (ids.length > 0)
+    say(`ended ${ids.length} demo rollout(s) left running by an earlier demo: ${ids.join(', ')}`);
+}
+
+export async function runDemo(): Promise<number> {
+  const config = loadConfig();
+  const started = Date.now();
+  const interrupt = new AbortController();
+  let server: DevServer | undefined;
+  let services: Services | undefined;
+  let workerConn: NativeConnection | undefined;
+  let clientConn: Connection | undefined;
+
+  let signals = 0;
+  const onSignal = () => {
+    signals++;
+    if (signals === 1) {
+      process.stderr.write('\ndemo: stopping (Ctrl-C again to force)\n');
+      interrupt.abort();
+      return;
+    }
+    server?.process.kill('SIGKILL');
+    process.exit(130);
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  const check = () => {
+    if (interrupt.signal.aborted) throw new WatchInterrupted();
+  };
+
+  try {
+    resetWorld(config.dataDir);
+
+    let address = config.address;
+    if (!address) {
+      server = await startDevServer({
+        dbFile: join(config.dataDir, 'temporal.db'),
+        port: 7233,
+        uiPort: 8233,
+        ui: true,
+        namespace: config.namespace,
+      });
+      address = server.address;
+      say(
+        `Temporal dev server on ${address} (history in ${displayPath(join(config.dataDir, 'temporal.db'))})`,
+      );
+    } else {
+      say(`using the Temporal server at ${address} (TEMPORAL_ADDRESS)`);
+    }
+    check();
+
+    quietRuntime();
+    services = await openServices(config.dataDir, config.root);
+    const manifest = loadFleetManifest(FLEET);
+    const cohorts = manifest.cohorts.map((c) => c.name);
+    const prod = await bootstrapProduction(
+      { store: services.store, runner: services.runner, root: services.root },
+      PRODUCTION,
+      cohorts,
+      'demo',
+    );
+    const fleet = await initSimFleet(
+      { conn: services.db.connection, key: services.key, root: services.root },
+      FLEET,
+      Object.fromEntries(cohorts.map((c) => [c, prod.digest])),
+    );
+    say(
+      `fleet "${fleet.fleet}": ${fleet.vehicles} simulated vehicles in ${cohorts.length} cohorts ` +
+        `(${cohorts.join(', ')}), all on production ${prod.name}@${prod.version}`,
+    );
+    check();
+
+    clientConn = await Connection.connect(connectionOptions(config, address));
+    const client = new Client({ connection: clientConn, namespace: config.namespace });
+    if (server) await endLeftovers(client);
+
+    const check_ = prepareRolloutRequest({
+      policy: POLICY,
+      candidate: CANDIDATE,
+      fleet: FLEET,
+      id: `demo-${timestamp(new Date(), '-')}`,
+      timeScale: TIME_SCALE,
+      requestedBy: defaultRequester(),
+    });
+    if (!check_.ok)
+      throw new CliError(`invalid policy ${POLICY}:\n${check_.problems.map((l) => `  ${l}`).join('\n')}`);
+    const request = check_.request;
+    const id = request.rolloutId;
+
+    // Created last, so that nothing between its creation and `runUntil` can leave it unstarted.
+    workerConn = await NativeConnection.connect(connectionOptions(config, address));
+    const worker: Worker = await createFleetgateWorker({
+      connection: workerConn,
+      namespace: config.namespace,
+      taskQueue: config.taskQueue,
+      services,
+    });
+    const result = await worker.runUntil(async () => {
+      check();
+      const handle = await client.workflow.start(WORKFLOW_TYPE, {
+        taskQueue: config.taskQueue,
+        workflowId: id,
+        workflowIdReusePolicy: WorkflowIdReusePolicy.REJECT_DUPLICATE,
+        args: [request],
+      });
+      say(`started rollout ${id}: ${CANDIDATE} with ${POLICY}, fleet time x${TIME_SCALE}`);
+      const view = new ProgressView(process.stdout);
+      return watch(handle, { view, signal: interrupt.signal, onStatus: approver(handle, view) });
+    });
+
+    const history = await client.workflow.getHandle(id).fetchHistory();
+    summary(result, {
+      historyEvents: history.events?.length ?? 0,
+      uiUrl: server?.uiUrl,
+      namespace: config.namespace,
+      address,
+      ownServer: Boolean(server),
+      seconds: Math.round((Date.now() - started) / 1000),
+    });
+    return result.outcome === 'completed' ? 0 : 1;
+  } catch (err) {
+    if (interrupt.signal.aborted) {
+      process.stderr.write(
+        'demo: interrupted; a started rollout stays in the history and resumes when a worker runs ' +
+          '("npx fleetgate server" and "npx fleetgate worker")\n',
+      );
+      return 130;
+    }
+    throw new CliError(`demo failed: ${causeMessage(err)}`);
+  } finally {
+    await stopAll([
+      () => clientConn?.close(),
+      () => workerConn?.close(),
+      () => services?.close(),
+      () => server?.stop(),
+    ]);
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
+}
+
+/** Approves every gate the rollout opens, once, as the demo's reviewer. */
+function approver(handle: WorkflowHandle, view: ProgressView): (status: RolloutStatus) => Promise<void> {
+  const done = new Set<string>();
+  return async (status) => {
+    const gate = status.pendingGate;
+    if (!gate || done.has(gate.gate) || gate.approvals.includes(REVIEWER)) return;
+    done.add(gate.gate);
+    view.note(
+      `demo: gate "${gate.gate}" is pending; approving as ${REVIEWER}, the same as: ` +
+        `npx fleetgate approve ${shellQuote(handle.workflowId)} --gate ${shellQuote(gate.gate)} --reviewer ${REVIEWER}`,
+    );
+    const receipt = await handle.executeUpdate(approveUpdate, {
+      args: [{ gate: gate.gate, reviewer: REVIEWER, comment: 'approved by the demo' }],
+    });
+    view.note(
+      `demo: ${REVIEWER} approved gate "${receipt.gate}" (${receipt.approvals.length}/${receipt.required})` +
+        (receipt.open ? '; the gate is open' : ''),
+    );
+  };
+}
+
+function summary(
+  result: RolloutResult,
+  ctx: {
+    historyEvents: number;
+    uiUrl?: string;
+    namespace: string;
+    address: string;
+    ownServer: boolean;
+    seconds: number;
+  },
+): void {
+  const color = Boolean(process.stdout.isTTY) && !process.env.NO_COLOR;
+  const id = result.rolloutId;
+  const out: string[] = ['', `── summary of ${id} (${ctx.seconds} s) ──`];
+  out.push(renderResult({ ...result, reportPath: undefined }, { color }));
+  if (result.reportPath) out.push(`report   ${displayPath(result.reportPath)}`);
+  out.push(`history  ${ctx.historyEvents} events`);
+  const ns = encodeURIComponent(ctx.namespace);
+  if (ctx.uiUrl) out.push(`web UI   ${ctx.uiUrl}/namespaces/${ns}/workflows/${encodeURIComponent(id)}`);
+  const addr = ctx.ownServer ? '127.0.0.1:7233' : ctx.address;
+  out.push('look again later:');
+  if (ctx.ownServer) out.push('  npx fleetgate server        (keeps running; then, in another terminal:)');
+  out.push(`  temporal workflow list --address ${addr}`);
+  out.push(`  temporal workflow show --workflow-id ${shellQuote(id)} --address ${addr}`);
+  process.stdout.write(out.join('\n') + '\n');
+}
+
+/** Runs every stop step, each even when an earlier one failed; reports failures in one line each. */
+async function stopAll(steps: (() => unknown)[]): Promise<void> {
+  for (const step of steps) {
+    try {
+      await step();
+    } catch (err) {
+      process.stderr.write(`demo: while stopping: ${causeMessage(err)}\n`);
+    }
+  }
+}

@@ -1,0 +1,774 @@
+/**
+ * The `fleetgate` command: start, watch, approve, reject and abort rollouts; run a worker or a local
+ * Temporal dev server; prepare the simulated fleet; run the demo.
+ *
+ * A client only: rollouts are Temporal workflows, so every command goes through the Temporal API with
+ * the message definitions of workflows/definitions.ts, never a string name. Policies are validated here,
+ * before anything is sent. Heavy modules (worker, ONNX, DuckDB) are loaded only by the commands that
+ * need them. It must never print a raw vehicle id or a secret, and prints one line per error (a stack
+ * trace only with FLEETGATE_DEBUG=1).
+ */
+import { readFileSync, existsSync } from 'node:fs';
+import { basename, extname, join, relative } from 'node:path';
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import YAML from 'yaml';
+import {
+  Client,
+  Connection,
+  WorkflowNotFoundError,
+  WorkflowUpdateFailedError,
+  WorkflowUpdateRPCTimeoutOrCancelledError,
+  type WorkflowHandle,
+} from '@temporalio/client';
+import { WorkflowExecutionAlreadyStartedError, WorkflowIdReusePolicy } from '@temporalio/common';
+import { RolloutRequest, formatIssues } from '../policies/schema';
+import {
+  abortUpdate,
+  approveUpdate,
+  rejectUpdate,
+  statusQuery,
+  WORKFLOW_TYPE,
+  type RolloutResult,
+} from '../workflows/definitions';
+import { connectionOptions, loadConfig, type Config } from '../workers/config';
+import { causeMessage, renderResult, renderStatus, watch, WatchInterrupted } from './progress';
+import type * as DemoModule from './demo';
+import type * as WorkerMainModule from '../workers/main';
+import type * as WorkerModule from '../workers/worker';
+import type * as DevServerModule from '../workers/dev-server';
+import type * as RegistryModule from '../activities/registry';
+import type * as FleetActivitiesModule from '../activities/fleet';
+import type * as SimFleetModule from '../sim/fleet';
+
+export const DEFAULT_FLEET = 'sim/fleets/demo.yaml';
+export const DEFAULT_PRODUCTION = 'models/production';
+
+/** A mistake in how the command was called: exit code 2. */
+export class UsageError extends Error {
+  override name = 'UsageError';
+}
+/** A failure with a message that says it all: exit code 1, no stack trace. */
+export class CliError extends Error {
+  override name = 'CliError';
+  constructor(
+    message: string,
+    readonly exitCode = 1,
+  ) {
+    super(message);
+  }
+}
+
+// ---- help ---------------------------------------------------------------------------------------
+
+const USAGE = `fleetgate: safe, statistically gated rollouts of ML models to fleets, as Temporal workflows
+
+Usage: fleetgate <command> [options]      (fleetgate <command> --help for details)
+
+  demo                        run the whole demo: dev server, worker, one rollout, summary
+  rollout start               start a rollout from a policy file and a candidate model pack
+  rollout request             print the rollout's JSON input, for "temporal workflow start"
+  status ID                   show a rollout's status (--watch: follow it live)
+  approve ID                  approve a pending gate
+  reject ID                   reject a pending gate (the rollout rolls back)
+  abort ID                    abort a rollout; its changes are compensated
+  worker                      run a worker (workflows and activities)
+  server                      run a local Temporal dev server with the data directory's history
+  fleet init                  register production and create the simulated fleet (idempotent)
+
+Environment: TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TEMPORAL_API_KEY, TEMPORAL_TLS, FLEETGATE_DATA_DIR,
+FLEETGATE_TASK_QUEUE, FLEETGATE_PSEUDONYM_KEY, FLEETGATE_DEBUG (see docs/operations.md).
+`;
+
+const REQUEST_FLAGS = `  --policy FILE          rollout policy, YAML or JSON (required)
+  --candidate PACKDIR    candidate model pack directory, as the worker sees it (required)
+  --fleet MANIFEST       fleet manifest (default ${DEFAULT_FLEET})
+  --id ID                rollout id = workflow id (default <policy name>-<pack dir name>-<yyyymmddHHMMss>)
+  --time-scale N         simulated fleet seconds per real second (default 1)
+  --requested-by NAME    who asks (default $USER, else "unknown")`;
+
+const HELP: Record<string, string> = {
+  demo: `Usage: fleetgate demo
+
+Runs the whole demo in one process and prints a summary; about 2 minutes.
+  - resets the simulated world in the data directory (store, fleet.duckdb; keeps reports, temporal.db)
+  - starts a Temporal dev server with <data dir>/temporal.db, unless TEMPORAL_ADDRESS is set
+  - registers models/production for every cohort of ${DEFAULT_FLEET} and creates the simulated fleet
+  - runs a worker and one rollout of models/candidate-regress with examples/demo-policy.yaml at 600x
+    fleet time, approving its gate as "alice"
+Exit code 0 when the rollout completed.`,
+  'rollout start': `Usage: fleetgate rollout start --policy FILE --candidate PACKDIR [options]
+
+Validates the policy and the whole rollout request here, then starts the rolloutWorkflow with the
+rollout id as its workflow id. Exit code 2 on an invalid policy (nothing is sent).
+${REQUEST_FLAGS}
+  --wait                 follow the rollout live until it ends (exit 0 only when it completed)`,
+  'rollout request': `Usage: fleetgate rollout request --policy FILE --candidate PACKDIR [options] > request.json
+
+Prints the validated rollout request (the workflow's JSON input), for:
+  temporal workflow start --type ${WORKFLOW_TYPE} --task-queue fleetgate --workflow-id ID --input-file request.json
+${REQUEST_FLAGS}`,
+  status: `Usage: fleetgate status ID [--watch] [--json]
+
+  --watch     redraw the progress view until the rollout ends (exit 0 only when it completed)
+  --json      print the status (of an ended rollout: its result) as JSON`,
+  approve: `Usage: fleetgate approve ID --gate GATE --reviewer NAME [--comment TEXT]
+
+Approves the pending gate. Refused (exit 1) when that gate is not pending, the reviewer is not in the
+policy's reviewers, or has already approved it; a refusal leaves nothing in the workflow's history.`,
+  reject: `Usage: fleetgate reject ID --gate GATE --reviewer NAME --reason TEXT
+
+Rejects the pending gate: the rollout ends "rejected" and every change it made is compensated.`,
+  abort: `Usage: fleetgate abort ID --reason TEXT [--by NAME]
+
+Aborts the rollout and waits until its changes are compensated (last in, first out).
+  --by NAME   who asks (default $USER, else "unknown")`,
+  worker: `Usage: fleetgate worker
+
+Runs a worker for the task queue (FLEETGATE_TASK_QUEUE, default "fleetgate") against TEMPORAL_ADDRESS
+(default localhost:7233), with its data in FLEETGATE_DATA_DIR (default .fleetgate). Ctrl-C stops it.`,
+  server: `Usage: fleetgate server
+
+Runs a Temporal dev server on 127.0.0.1 (port 7233 and Web UI on 8233 when free) whose history is kept
+in <data dir>/temporal.db, so rollouts of earlier runs (and of the demo) can be looked at again.
+Runs until Ctrl-C.`,
+  'fleet init': `Usage: fleetgate fleet init [--fleet MANIFEST] [--production PACKDIR]
+
+Registers the production model pack for every cohort of the fleet and creates the simulated fleet in
+the data directory. Safe to run again. Needs the data directory to itself (stop the worker first).
+  --fleet MANIFEST       fleet manifest (default ${DEFAULT_FLEET})
+  --production PACKDIR   production model pack (default ${DEFAULT_PRODUCTION})`,
+};
+
+// ---- the rollout request ------------------------------------------------------------------------
+
+export interface RequestFlags {
+  policy: string;
+  candidate: string;
+  fleet?: string;
+  id?: string;
+  timeScale?: number;
+  requestedBy?: string;
+  /** Clock of the default id; now when absent. */
+  now?: Date;
+}
+
+export type RequestCheck = { ok: true; request: RolloutRequest } | { ok: false; problems: string[] };
+
+/** `yyyymmddHHMMss` in local time, with `sep` between date and time. */
+export function timestamp(now: Date, sep = ''): string {
+  const p = (n: number) => String(n).padStart(2, '0');
+  const date = `${now.getFullYear()}${p(now.getMonth() + 1)}${p(now.getDate())}`;
+  return `${date}${sep}${p(now.getHours())}${p(now.getMinutes())}${p(now.getSeconds())}`;
+}
+
+export function defaultRequester(env: NodeJS.ProcessEnv = process.env): string {
+  return env.USER || env.USERNAME || 'unknown';
+}
+
+/** Reads a YAML or JSON policy file; problems are returned as lines, never thrown. */
+export function readPolicyFile(
+  file: string,
+): { ok: true; policy: unknown } | { ok: false; problems: string[] } {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    return {
+      ok: false,
+      problems: [code === 'ENOENT' ? 'the file does not exist' : `cannot read it (${code ?? err})`],
+    };
+  }
+  try {
+    const policy: unknown = extname(file).toLowerCase() === '.json' ? JSON.parse(text) : YAML.parse(text);
+    return { ok: true, policy };
+  } catch (err) {
+    return { ok: false, problems: [(err as Error).message.split('\n')[0]!] };
+  }
+}
+
+/**
+ * Builds and validates the whole rollout request (policy included) with the same zod schema the
+ * workflow uses. Problems come back as `formatIssues` lines naming path and value, e.g.
+ * `policy.waves.1.percent: waves must grow: ... (got 10)`.
+ */
+export function prepareRolloutRequest(flags: RequestFlags): RequestCheck {
+  const read = readPolicyFile(flags.policy);
+  if (!read.ok) return read;
+  const policy = read.policy;
+  const named = (policy as { name?: unknown } | null)?.name;
+  const policyName = typeof named === 'string' && named ? named : 'rollout';
+  const input = {
+    rolloutId:
+      flags.id ??
+      `${policyName}-${basename(flags.candidate.replace(/[/\\]+$/, ''))}-${timestamp(flags.now ?? new Date())}`,
+    candidate: { pack: flags.candidate },
+    fleet: { manifest: flags.fleet ?? DEFAULT_FLEET, timeScale: flags.timeScale ?? 1 },
+    policy,
+    requestedBy: flags.requestedBy ?? defaultRequester(),
+  };
+  const parsed = RolloutRequest.safeParse(input);
+  if (!parsed.success) return { ok: false, problems: formatIssues(parsed.error, input).split('\n') };
+  return { ok: true, request: parsed.data };
+}
+
+// ---- argument parsing ---------------------------------------------------------------------------
+
+type Options = NonNullable<ParseArgsConfig['options']>;
+const HELP_OPTION: Options = { help: { type: 'boolean', short: 'h' } };
+
+function parse<O extends Options>(command: string, args: string[], options: O, positionals = 0) {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args,
+      options: { ...HELP_OPTION, ...options },
+      allowPositionals: true,
+      strict: true,
+    });
+  } catch (err) {
+    throw new UsageError(`${(err as Error).message.split(/\.\s|\n/)[0]} (see "fleetgate ${command} --help")`);
+  }
+  if ((parsed.values as Record<string, unknown>).help) return { help: true as const };
+  if (parsed.positionals.length !== positionals) {
+    const want =
+      positionals === 0
+        ? 'no arguments'
+        : positionals === 1
+          ? 'one argument (the rollout id)'
+          : `${positionals} arguments`;
+    throw new UsageError(`"${command}" takes ${want} (see "fleetgate ${command} --help")`);
+  }
+  return {
+    help: false as const,
+    values: parsed.values as Record<string, string | boolean | undefined>,
+    positionals: parsed.positionals,
+  };
+}
+
+function str(values: Record<string, string | boolean | undefined>, name: string): string | undefined {
+  const v = values[name];
+  return typeof v === 'string' ? v : undefined;
+}
+
+function required(
+  command: string,
+  values: Record<string, string | boolean | undefined>,
+  name: string,
+): string {
+  const v = str(values, name);
+  if (!v || !v.trim())
+    throw new UsageError(`"${command}" needs --${name} (see "fleetgate ${command} --help")`);
+  return v;
+}
+
+const REQUEST_OPTIONS = {
+  policy: { type: 'string' },
+  candidate: { type: 'string' },
+  fleet: { type: 'string' },
+  id: { type: 'string' },
+  'time-scale': { type: 'string' },
+  'requested-by': { type: 'string' },
+} as const satisfies Options;
+
+function requestFlags(command: string, values: Record<string, string | boolean | undefined>): RequestFlags {
+  let timeScale: number | undefined;
+  const ts = str(values, 'time-scale');
+  if (ts !== undefined) {
+    timeScale = Number(ts);
+    if (!Number.isFinite(timeScale) || timeScale <= 0) {
+      throw new UsageError(`--time-scale must be a positive number (got "${ts}")`);
+    }
+  }
+  return {
+    policy: required(command, values, 'policy'),
+    candidate: required(command, values, 'candidate'),
+    fleet: str(values, 'fleet'),
+    id: str(values, 'id'),
+    timeScale,
+    requestedBy: str(values, 'requested-by'),
+  };
+}
+
+function validRequest(flags: RequestFlags): RolloutRequest {
+  const check = prepareRolloutRequest(flags);
+  if (!check.ok) {
+    throw new CliError(
+      `invalid policy ${flags.policy}:\n${check.problems.map((l) => `  ${l}`).join('\n')}`,
+      2,
+    );
+  }
+  for (const [what, path] of [
+    ['candidate pack', check.request.candidate.pack],
+    ['fleet manifest', check.request.fleet.manifest],
+  ] as const) {
+    if (!existsSync(path)) {
+      console.error(
+        `fleetgate: note: ${what} ${path} is not here; the worker resolves it from its own directory`,
+      );
+    }
+  }
+  return check.request;
+}
+
+// ---- Temporal client ----------------------------------------------------------------------------
+
+export interface Session {
+  client: Client;
+  connection: Connection;
+  config: Config;
+  address: string;
+  close(): Promise<void>;
+}
+
+export async function connect(config: Config = loadConfig()): Promise<Session> {
+  const opts = connectionOptions(config);
+  let connection: Connection;
+  try {
+    connection = await Connection.connect({ ...opts, connectTimeout: 5000 });
+  } catch (err) {
+    const hint = config.address ? '' : '; start one with "npx fleetgate server", or set TEMPORAL_ADDRESS';
+    throw new CliError(`cannot reach Temporal at ${opts.address}: ${causeMessage(err)}${hint}`);
+  }
+  const client = new Client({ connection, namespace: config.namespace });
+  return { client, connection, config, address: opts.address, close: () => connection.close() };
+}
+
+async function withSession<T>(fn: (s: Session) => Promise<T>): Promise<T> {
+  const s = await connect();
+  try {
+    return await fn(s);
+  } finally {
+    await s.close();
+  }
+}
+
+/** Quotes a word for a POSIX shell when it needs it. */
+export function shellQuote(word: string): string {
+  return /^[A-Za-z0-9_@%+=:,./-]+$/.test(word) ? word : `'${word.replace(/'/g, `'\\''`)}'`;
+}
+
+/** Connection flags of the Temporal CLI for the configured server, when not the defaults. */
+function temporalConnFlags(s: { config: Config; address: string }): string {
+  const flags: string[] = [];
+  if (s.address !== 'localhost:7233' && s.address !== '127.0.0.1:7233') flags.push('--address', s.address);
+  if (s.config.namespace !== 'default') flags.push('--namespace', s.config.namespace);
+  if (s.config.tls) flags.push('--tls');
+  return flags.map(shellQuote).join(' ');
+}
+
+function rolloutHandle(s: Session, id: string): WorkflowHandle {
+  return s.client.workflow.getHandle(id);
+}
+
+async function notFound(err: unknown, id: string, s: Session): Promise<never> {
+  if (!(err instanceof WorkflowNotFoundError)) throw err;
+  // An update to a closed workflow is "not found" too: say which it is.
+  const status = await rolloutHandle(s, id)
+    .describe()
+    .then((d) => d.status.name)
+    .catch(() => undefined);
+  if (status && status !== 'RUNNING') {
+    throw new CliError(
+      `rollout "${id}" has already ended (${status.toLowerCase()}); see "fleetgate status ${id}"`,
+    );
+  }
+  throw new CliError(`no rollout with id "${id}" in namespace "${s.config.namespace}" at ${s.address}`);
+}
+
+/** Runs an update; a validator's refusal becomes `refused: <message>`. */
+async function update<T>(
+  s: Session,
+  id: string,
+  timeoutMs: number,
+  fn: (h: WorkflowHandle) => Promise<T>,
+): Promise<T> {
+  const handle = rolloutHandle(s, id);
+  try {
+    return await s.client.withDeadline(Date.now() + timeoutMs, () => fn(handle));
+  } catch (err) {
+    if (err instanceof WorkflowUpdateFailedError) throw new CliError(`refused: ${causeMessage(err)}`);
+    if (err instanceof WorkflowUpdateRPCTimeoutOrCancelledError) {
+      throw new CliError(
+        `no answer from rollout "${id}" within ${Math.round(timeoutMs / 1000)} s; is a fleetgate worker running on task queue "${s.config.taskQueue}"?`,
+      );
+    }
+    return notFound(err, id, s);
+  }
+}
+
+const color = () => Boolean(process.stdout.isTTY) && !process.env.NO_COLOR;
+
+/** Exit code of a finished rollout: 0 only when it completed. */
+function resultCode(result: RolloutResult): number {
+  return result.outcome === 'completed' ? 0 : 1;
+}
+
+/** Stops watching on Ctrl-C (the rollout keeps running). */
+async function watchUntilDone(handle: WorkflowHandle): Promise<number> {
+  const stop = new AbortController();
+  const onSignal = () => stop.abort();
+  process.once('SIGINT', onSignal);
+  try {
+    const result = await watch(handle, { signal: stop.signal });
+    console.log(renderResult(result, { color: color() }));
+    return resultCode(result);
+  } catch (err) {
+    if (err instanceof WatchInterrupted) {
+      console.error(`fleetgate: stopped watching; rollout ${handle.workflowId} keeps running`);
+      return 130;
+    }
+    throw err;
+  } finally {
+    process.off('SIGINT', onSignal);
+  }
+}
+
+// ---- commands -----------------------------------------------------------------------------------
+
+async function rolloutCommand(args: string[]): Promise<number> {
+  const sub = args[0];
+  if (sub !== 'start' && sub !== 'request') {
+    if (sub === undefined || sub === '--help' || sub === '-h') {
+      console.log(`${HELP['rollout start']}\n\n${HELP['rollout request']}`);
+      return sub === undefined ? 2 : 0;
+    }
+    throw new UsageError(`unknown command "rollout ${sub}": use "rollout start" or "rollout request"`);
+  }
+  const command = `rollout ${sub}`;
+  const options = sub === 'start' ? { ...REQUEST_OPTIONS, wait: { type: 'boolean' } } : REQUEST_OPTIONS;
+  const p = parse(command, args.slice(1), options as Options);
+  if (p.help) return help(command);
+  const request = validRequest(requestFlags(command, p.values));
+  if (sub === 'request') {
+    process.stdout.write(JSON.stringify(request, null, 2) + '\n');
+    return 0;
+  }
+  return withSession(async (s) => {
+    let handle: WorkflowHandle;
+    try {
+      handle = await s.client.workflow.start(WORKFLOW_TYPE, {
+        taskQueue: s.config.taskQueue,
+        workflowId: request.rolloutId,
+        // A rollout id names one rollout, its report and its history: never reused.
+        workflowIdReusePolicy: WorkflowIdReusePolicy.REJECT_DUPLICATE,
+        args: [request],
+      });
+    } catch (err) {
+      if (err instanceof WorkflowExecutionAlreadyStartedError) {
+        throw new CliError(
+          `a rollout with id "${request.rolloutId}" exists already (ids are never reused); choose another --id`,
+        );
+      }
+      throw err;
+    }
+    const id = request.rolloutId;
+    const flags = [
+      '--policy',
+      p.values.policy as string,
+      '--candidate',
+      request.candidate.pack,
+      '--fleet',
+      request.fleet.manifest,
+      '--id',
+      id,
+      '--time-scale',
+      String(request.fleet.timeScale),
+      '--requested-by',
+      request.requestedBy,
+    ]
+      .map(shellQuote)
+      .join(' ');
+    const conn = temporalConnFlags(s);
+    console.log(
+      `started rollout ${id} (workflow ${WORKFLOW_TYPE}, task queue "${s.config.taskQueue}", namespace "${s.config.namespace}")`,
+    );
+    console.log(`  follow it:  npx fleetgate status ${shellQuote(id)} --watch`);
+    console.log('  the same with the Temporal CLI:');
+    console.log(`    npx fleetgate rollout request ${flags} > request.json`);
+    console.log(
+      `    temporal workflow start --type ${WORKFLOW_TYPE} --task-queue ${shellQuote(s.config.taskQueue)} ` +
+        `--workflow-id ${shellQuote(id)} --id-reuse-policy RejectDuplicate --input-file request.json${conn ? ' ' + conn : ''}`,
+    );
+    if (!p.values.wait) return 0;
+    return watchUntilDone(handle);
+  });
+}
+
+async function statusCommand(args: string[]): Promise<number> {
+  const p = parse('status', args, { watch: { type: 'boolean' }, json: { type: 'boolean' } }, 1);
+  if (p.help) return help('status');
+  const id = p.positionals[0]!;
+  return withSession(async (s) => {
+    const handle = rolloutHandle(s, id);
+    let running: boolean;
+    try {
+      running = (await handle.describe()).status.name === 'RUNNING';
+    } catch (err) {
+      return notFound(err, id, s);
+    }
+    if (!running) {
+      let result: RolloutResult;
+      try {
+        result = (await handle.result()) as RolloutResult;
+      } catch (err) {
+        throw new CliError(`rollout ${id} failed: ${causeMessage(err)}`);
+      }
+      if (p.values.json) console.log(JSON.stringify(result, null, 2));
+      else console.log(renderResult(result, { color: color() }));
+      return resultCode(result);
+    }
+    if (p.values.watch && !p.values.json) return watchUntilDone(handle);
+    if (p.values.watch) {
+      const result = await watch(handle, { out: { write: () => true } });
+      console.log(JSON.stringify(result, null, 2));
+      return resultCode(result);
+    }
+    let status;
+    try {
+      status = await s.client.withDeadline(Date.now() + 10_000, () => handle.query(statusQuery));
+    } catch (err) {
+      const msg = causeMessage(err);
+      if (/deadline/i.test(msg)) {
+        throw new CliError(
+          `no answer from rollout "${id}" within 10 s; is a fleetgate worker running on task queue "${s.config.taskQueue}"?`,
+        );
+      }
+      throw new CliError(`cannot read the status of ${id}: ${msg}`);
+    }
+    console.log(p.values.json ? JSON.stringify(status, null, 2) : renderStatus(status, { color: color() }));
+    return 0;
+  });
+}
+
+async function approveCommand(args: string[]): Promise<number> {
+  const p = parse(
+    'approve',
+    args,
+    { gate: { type: 'string' }, reviewer: { type: 'string' }, comment: { type: 'string' } },
+    1,
+  );
+  if (p.help) return help('approve');
+  const id = p.positionals[0]!;
+  const gate = required('approve', p.values, 'gate');
+  const reviewer = required('approve', p.values, 'reviewer');
+  const comment = str(p.values, 'comment');
+  const receipt = await withSession((s) =>
+    update(s, id, 30_000, (h) =>
+      h.executeUpdate(approveUpdate, { args: [{ gate, reviewer, ...(comment ? { comment } : {}) }] }),
+    ),
+  );
+  const state = receipt.open
+    ? 'the gate is open'
+    : `${receipt.required - receipt.approvals.length} more approval(s) needed`;
+  console.log(
+    `approved gate "${receipt.gate}" of ${id} as ${reviewer}: ${receipt.approvals.length}/${receipt.required}; ${state}`,
+  );
+  return 0;
+}
+
+async function rejectCommand(args: string[]): Promise<number> {
+  const p = parse(
+    'reject',
+    args,
+    { gate: { type: 'string' }, reviewer: { type: 'string' }, reason: { type: 'string' } },
+    1,
+  );
+  if (p.help) return help('reject');
+  const id = p.positionals[0]!;
+  const gate = required('reject', p.values, 'gate');
+  const reviewer = required('reject', p.values, 'reviewer');
+  const reason = required('reject', p.values, 'reason');
+  await withSession((s) =>
+    update(s, id, 30_000, (h) => h.executeUpdate(rejectUpdate, { args: [{ gate, reviewer, reason }] })),
+  );
+  console.log(`rejected gate "${gate}" of ${id} as ${reviewer}; the rollout ends "rejected" and rolls back`);
+  return 0;
+}
+
+async function abortCommand(args: string[]): Promise<number> {
+  const p = parse('abort', args, { reason: { type: 'string' }, by: { type: 'string' } }, 1);
+  if (p.help) return help('abort');
+  const id = p.positionals[0]!;
+  const reason = required('abort', p.values, 'reason');
+  const by = str(p.values, 'by') ?? defaultRequester();
+  console.error(`fleetgate: aborting ${id}; waiting for its compensations…`);
+  const receipt = await withSession((s) =>
+    update(s, id, 600_000, (h) => h.executeUpdate(abortUpdate, { args: [{ reason, by }] })),
+  );
+  console.log(`aborted ${id}: outcome ${receipt.outcome}, ${receipt.compensations} compensation(s) run`);
+  return 0;
+}
+
+async function workerCommand(args: string[]): Promise<number> {
+  const p = parse('worker', args, {});
+  if (p.help) return help('worker');
+  const { runWorker } = require('../workers/main') as typeof WorkerMainModule;
+  await runWorker();
+  return 0;
+}
+
+async function serverCommand(args: string[]): Promise<number> {
+  const p = parse('server', args, {});
+  if (p.help) return help('server');
+  const { startDevServer } = require('../workers/dev-server') as typeof DevServerModule;
+  const config = loadConfig();
+  const dbFile = join(config.dataDir, 'temporal.db');
+  const server = await startDevServer({
+    dbFile,
+    port: 7233,
+    uiPort: 8233,
+    ui: true,
+    namespace: config.namespace,
+  });
+  console.log(`Temporal dev server on ${server.address}, history in ${displayPath(dbFile)}`);
+  if (server.uiUrl) console.log(`Web UI: ${server.uiUrl}/namespaces/${config.namespace}/workflows`);
+  if (server.address !== '127.0.0.1:7233') {
+    console.log(
+      `port 7233 was busy: set TEMPORAL_ADDRESS=${server.address} for "fleetgate worker" and the other commands`,
+    );
+  }
+  console.log('Ctrl-C stops it.');
+  const why = await new Promise<string>((resolve) => {
+    process.once('SIGINT', () => resolve('signal'));
+    process.once('SIGTERM', () => resolve('signal'));
+    server.process.once('exit', (code) => resolve(`exit ${code}`));
+  });
+  await server.stop();
+  if (why !== 'signal') throw new CliError(`the Temporal dev server stopped by itself (${why})`);
+  console.log('stopped.');
+  return 0;
+}
+
+async function fleetCommand(args: string[]): Promise<number> {
+  const sub = args[0];
+  if (sub !== 'init') {
+    if (sub === undefined || sub === '--help' || sub === '-h') {
+      console.log(HELP['fleet init']);
+      return sub === undefined ? 2 : 0;
+    }
+    throw new UsageError(`unknown command "fleet ${sub}": use "fleet init"`);
+  }
+  const p = parse('fleet init', args.slice(1), { fleet: { type: 'string' }, production: { type: 'string' } });
+  if (p.help) return help('fleet init');
+  const manifestPath = str(p.values, 'fleet') ?? DEFAULT_FLEET;
+  const packDir = str(p.values, 'production') ?? DEFAULT_PRODUCTION;
+  const config = loadConfig();
+  const line = await initFleet(config, manifestPath, packDir, defaultRequester());
+  console.log(line);
+  return 0;
+}
+
+/**
+ * Registers the production pack for every cohort of the fleet and creates the simulated fleet, through
+ * the composition root's services. Idempotent. Returns one line saying what is there.
+ */
+export async function initFleet(
+  config: Config,
+  manifestPath: string,
+  packDir: string,
+  by: string,
+): Promise<string> {
+  const { openServices } = require('../workers/worker') as typeof WorkerModule;
+  const { bootstrapProduction } = require('../activities/registry') as typeof RegistryModule;
+  const { initSimFleet } = require('../activities/fleet') as typeof FleetActivitiesModule;
+  const { loadFleetManifest } = require('../sim/fleet') as typeof SimFleetModule;
+  const manifest = loadFleetManifest(manifestPath);
+  const cohorts = manifest.cohorts.map((c) => c.name);
+  const services = await openServices(config.dataDir, config.root);
+  try {
+    const prod = await bootstrapProduction(
+      { store: services.store, runner: services.runner, root: services.root },
+      packDir,
+      cohorts,
+      by,
+    );
+    const productionByCohort = Object.fromEntries(cohorts.map((c) => [c, prod.digest]));
+    const fleet = await initSimFleet(
+      { conn: services.db.connection, key: services.key, root: services.root },
+      manifestPath,
+      productionByCohort,
+    );
+    return (
+      `fleet "${fleet.fleet}" ${fleet.created ? 'created' : 'already there'}: ${fleet.vehicles} simulated vehicles; ` +
+      `production ${prod.name}@${prod.version} (${prod.digest.slice(0, 12)}) in ${cohorts.length} cohort(s) ` +
+      `(${cohorts.join(', ')}); data in ${displayPath(config.dataDir)}`
+    );
+  } finally {
+    await services.close();
+  }
+}
+
+/** A path relative to the working directory when it is inside it. */
+export function displayPath(p: string): string {
+  const r = relative(process.cwd(), p);
+  return r && !r.startsWith('..') ? r : p;
+}
+
+async function demoCommand(args: string[]): Promise<number> {
+  const p = parse('demo', args, {});
+  if (p.help) return help('demo');
+  const { runDemo } = require('./demo') as typeof DemoModule;
+  return runDemo();
+}
+
+function help(command?: string): number {
+  console.log(command && HELP[command] ? HELP[command] : USAGE);
+  return 0;
+}
+
+const COMMANDS: Record<string, (args: string[]) => Promise<number>> = {
+  demo: demoCommand,
+  rollout: rolloutCommand,
+  status: statusCommand,
+  approve: approveCommand,
+  reject: rejectCommand,
+  abort: abortCommand,
+  worker: workerCommand,
+  server: serverCommand,
+  fleet: fleetCommand,
+};
+
+/** Runs one command; returns the process exit code. Never throws. */
+export async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  try {
+    if (command === undefined) {
+      process.stderr.write(USAGE);
+      return 2;
+    }
+    if (command === '--help' || command === '-h' || command === 'help') {
+      const topic = rest.join(' ');
+      return help(HELP[topic] ? topic : undefined);
+    }
+    const run = COMMANDS[command];
+    if (!run) throw new UsageError(`unknown command "${command}" (see "fleetgate --help")`);
+    return await run(rest);
+  } catch (err) {
+    return reportError(err);
+  }
+}
+
+function reportError(err: unknown): number {
+  if (process.env.FLEETGATE_DEBUG === '1') console.error(err);
+  if (err instanceof UsageError) {
+    console.error(`fleetgate: ${err.message}`);
+    return 2;
+  }
+  if (err instanceof CliError) {
+    console.error(`fleetgate: ${err.message}`);
+    return err.exitCode;
+  }
+  const msg = causeMessage(err);
+  console.error(`fleetgate: ${msg.split('\n')[0]}${msg.includes('\n') ? '\n' + indentRest(msg) : ''}`);
+  return 1;
+}
+
+/** Multi-line messages (lists of problems) keep their lines, indented. */
+function indentRest(msg: string): string {
+  return msg
+    .split('\n')
+    .slice(1)
+    .map((l) => `  ${l.trimStart()}`)
+    .join('\n');
+}

@@ -1,0 +1,245 @@
+/**
+ * The fleetgate command without a server: the progress view's text, the client-side validation of a
+ * policy (paths and values of every problem), and `--help` of the real executable.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { prepareRolloutRequest } from '../../cli/main';
+import { ProgressView, renderResult, renderStatus, stripAnsi, truncateLine } from '../../cli/progress';
+import type { RolloutStatus } from '../../workflows/definitions';
+
+const ROOT = resolve(__dirname, '..', '..');
+const ESC = '\u001b';
+
+const sample: RolloutStatus = {
+  rolloutId: 'demo-20250101-120000',
+  phase: 'canary',
+  wave: 2,
+  waves: 3,
+  look: 1,
+  candidate: { name: 'hazard-net', version: '1.1.0', digest: 'ab'.repeat(32) },
+  cohorts: [
+    {
+      cohort: 'hw3/eu',
+      state: 'canary',
+      wave: 1,
+      vehicles: 20,
+      headline: 'error_rate Δ=-0.004 [-0.031, +0.012] Λ=0.3 < 40, upper +0.012 < margin 0.020 → noninferior',
+    },
+    { cohort: 'hw4/us', state: 'canary', wave: 1, vehicles: 20 },
+    {
+      cohort: 'hw3/nordic',
+      state: 'rolled_back',
+      wave: 1,
+      vehicles: 0,
+      headline: 'error_rate Δ=+0.084 [+0.041, +0.127] Λ=2.1e4 ≥ 40 → harm',
+    },
+  ],
+  pendingGate: {
+    gate: 'wave-2',
+    wave: 2,
+    required: 2,
+    approvals: ['alice'],
+    openedAt: '2025-01-01T12:01:00.000Z',
+    deadline: '2025-01-01T12:11:00.000Z',
+  },
+  lastDecision: {
+    seq: 9,
+    at: '2025-01-01T12:00:40.000Z',
+    phase: 'rollback',
+    wave: 1,
+    cohort: 'hw3/nordic',
+    action: 'rollback',
+    reason: 'error_rate harm',
+  },
+  benches: [
+    {
+      sku: 'hw3',
+      p95Ms: 1.234,
+      p99Ms: 1.5,
+      budgetMs: 5,
+      deterministic: true,
+      contractOk: true,
+      passed: true,
+    },
+  ],
+  simNow: '2025-01-01T20:00:00.000Z',
+};
+
+test('renderStatus shows phases, wave and look, the gate, every cohort and the last decision', () => {
+  const text = renderStatus(sample, { color: false });
+  assert.ok(!text.includes(ESC), 'no control codes without color');
+  assert.match(
+    text,
+    /✓ register {2}✓ bench {2}✓ shadow {2}▶ canary {2}· label-wait {2}· analysis {2}· promote/,
+  );
+  assert.match(text, /wave 2\/3 {2}look 1/);
+  assert.match(text, /gate "wave-2" pending before wave 2: 1\/2 approval\(s\) \(alice\)/);
+  for (const c of sample.cohorts) assert.ok(text.includes(c.cohort), `cohort ${c.cohort} shown`);
+  assert.match(text, /hw3\/nordic\s+rolled_back\s+1\/3\s+0\s+error_rate Δ=\+0\.084 .* → harm/);
+  assert.match(text, /last #9 rollback w1 hw3\/nordic rollback: error_rate harm/);
+  assert.match(text, /hazard-net@1\.1\.0 \(abababababab\)/);
+});
+
+test('renderStatus with color uses ANSI codes around the same text', () => {
+  const colored = renderStatus(sample, { color: true });
+  assert.ok(colored.includes(`${ESC}[`));
+  assert.equal(stripAnsi(colored), renderStatus(sample, { color: false }));
+});
+
+test('a finished rollout: marks up to where it stopped, and its outcome', () => {
+  const rejected = renderStatus(
+    {
+      ...sample,
+      phase: 'done',
+      outcome: 'rejected',
+      pendingGate: undefined,
+      lastDecision: { seq: 4, at: sample.simNow, phase: 'shadow', action: 'rejected', reason: 'shadow gate' },
+    },
+    { color: false },
+  );
+  assert.match(rejected, /✓ bench {2}✗ shadow {2}· canary/);
+  assert.match(rejected, /outcome rejected/);
+  const completed = renderStatus(
+    { ...sample, phase: 'done', outcome: 'completed', pendingGate: undefined },
+    { color: false },
+  );
+  assert.match(completed, /✓ analysis {2}✓ promote/);
+  const result = renderResult(
+    {
+      rolloutId: sample.rolloutId,
+      outcome: 'completed',
+      reason: 'promoted: hw3/eu',
+      cohorts: sample.cohorts,
+      reportPath: 'r.json',
+    },
+    { color: false },
+  );
+  assert.match(result, /^outcome completed: promoted: hw3\/eu/);
+  assert.match(result, /hw3\/nordic\s+rolled_back\s+error_rate Δ=\+0\.084/);
+  assert.match(result, /report r\.json/);
+});
+
+test('the view prints lines, not redraws, when the output is not a terminal', () => {
+  let written = '';
+  const view = new ProgressView({ write: (s: string) => (written += s), isTTY: false });
+  view.update(sample);
+  view.update(sample);
+  view.update({ ...sample, lastDecision: { ...sample.lastDecision!, seq: 12, reason: 'later' } });
+  assert.ok(!written.includes(ESC));
+  assert.equal(written.match(/^#9 /gm)?.length, 1, 'each decision once');
+  assert.match(written, /^#12 .*later \(and 2 earlier, in the report\)$/m);
+  assert.equal(
+    written.match(/^ {2}hw3\/nordic: rolled_back, wave 1\/3, 0 on candidate: error_rate .* → harm$/gm)
+      ?.length,
+    1,
+  );
+  assert.match(written, /^phase canary wave 2\/3$/m);
+});
+
+test('on a terminal the view redraws in place within the width', () => {
+  let written = '';
+  const view = new ProgressView(
+    { write: (s: string) => (written += s), isTTY: true, columns: 40 },
+    { color: false },
+  );
+  view.update(sample);
+  const lines = renderStatus(sample, { color: false }).split('\n').length;
+  view.update(sample);
+  assert.ok(!written.includes(`${ESC}[`), 'the same status is not drawn again');
+  view.update({ ...sample, look: 2 });
+  assert.ok(written.includes(`${ESC}[${lines}A\r${ESC}[0J`));
+  for (const l of written.split('\n'))
+    assert.ok([...stripAnsi(l).replace('\r', '')].length <= 40, `short line: ${l}`);
+  assert.equal(truncateLine('abcdef', 4), 'abc…');
+});
+
+test('client-side validation names the path and the value of every problem', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'fleetgate-cli-'));
+  try {
+    const file = join(dir, 'bad.yaml');
+    writeFileSync(
+      file,
+      [
+        'apiVersion: fleetgate/v1',
+        'kind: RolloutPolicy',
+        'name: bad',
+        'shadow: { share: 0.2, duration: 5 minutes, maxDisagreement: 0.3 }',
+        'waves: [{percent: 50, hold: 1h}, {percent: 10, hold: 1h}]',
+        'labelWait: { coverage: 0.9, timeout: 1h }',
+        'analysis: { metrics: [{ name: error_rate, kind: binary, margin: 0.02 }] }',
+        '',
+      ].join('\n'),
+    );
+    const check = prepareRolloutRequest({ policy: file, candidate: 'models/candidate-good' });
+    assert.equal(check.ok, false);
+    if (check.ok) return;
+    const waves = check.problems.find((l) => l.startsWith('policy.waves.1.percent:'));
+    assert.ok(waves, check.problems.join('\n'));
+    assert.match(waves, /10 is not above the previous wave's 50 \(got 10\)$/);
+    const duration = check.problems.find((l) => l.startsWith('policy.shadow.duration:'));
+    assert.ok(duration, check.problems.join('\n'));
+    assert.match(duration, /\(got "5 minutes"\)$/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('a valid policy becomes the whole rollout request, defaults filled in', () => {
+  const check = prepareRolloutRequest({
+    policy: join(ROOT, 'examples', 'demo-policy.yaml'),
+    candidate: 'models/candidate-good/',
+    requestedBy: 'carol',
+    now: new Date(2025, 0, 2, 3, 4, 5),
+  });
+  assert.ok(check.ok, check.ok ? '' : check.problems.join('\n'));
+  assert.equal(check.request.rolloutId, 'demo-candidate-good-20250102030405');
+  assert.equal(check.request.fleet.manifest, 'sim/fleets/demo.yaml');
+  assert.equal(check.request.fleet.timeScale, 1);
+  assert.equal(check.request.requestedBy, 'carol');
+  assert.equal(check.request.policy.waves[1]?.approval?.gate, 'wave-2');
+});
+
+test('a missing policy file is one problem, not an exception', () => {
+  const check = prepareRolloutRequest({
+    policy: join(tmpdir(), 'fleetgate-no-such-policy.yaml'),
+    candidate: 'x',
+  });
+  assert.deepEqual(check, { ok: false, problems: ['the file does not exist'] });
+});
+
+test('fleetgate --help prints the usage and exits 0', () => {
+  const r = spawnSync(process.execPath, [join(ROOT, 'bin', 'fleetgate.js'), '--help'], {
+    encoding: 'utf8',
+    cwd: ROOT,
+  });
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /^Usage: fleetgate <command>/m);
+  for (const cmd of [
+    'demo',
+    'rollout start',
+    'rollout request',
+    'status',
+    'approve',
+    'reject',
+    'abort',
+    'worker',
+    'server',
+    'fleet init',
+  ]) {
+    assert.ok(r.stdout.includes(cmd), `mentions ${cmd}`);
+  }
+});
+
+test('an unknown command exits 2 with one line', () => {
+  const r = spawnSync(process.execPath, [join(ROOT, 'bin', 'fleetgate.js'), 'frobnicate'], {
+    encoding: 'utf8',
+    cwd: ROOT,
+  });
+  assert.equal(r.status, 2);
+  assert.equal(r.stderr.trim().split('\n').length, 1);
+});

@@ -1,0 +1,460 @@
+/**
+ * The fleet, label and analysis activities against a real DuckDB file and real onnxruntime sessions of
+ * the fixture models: over-the-air jobs and their compensations are idempotent, event batches are
+ * written once, labels arrive only after their delay, and the analysis returns per-cohort sufficient
+ * statistics that add up to the event log. Nothing here may leave a raw vehicle id in any table.
+ */
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import type { DuckDBConnection } from '@duckdb/node-api';
+import { createAnalysisActivities } from '../../activities/analysis';
+import { num, openFleetDatabase, rows } from '../../activities/db';
+import type { FleetDatabase } from '../../activities/db';
+import { createFleetActivities, initSimFleet } from '../../activities/fleet';
+import { createLabelActivities } from '../../activities/labels';
+import { parseDuration } from '../../policies/duration';
+import { pseudonym, waveTargets } from '../../sim/fleet';
+import { OnnxModelRunner } from '../../workers/model-runner';
+import { loadPseudonymKey } from '../../workers/secrets';
+
+const ROOT = resolve(__dirname, '..', '..');
+const HOUR = 3_600_000;
+const FLEET = 'unitfleet';
+const A = 'hw3/eu';
+const B = 'hw4/nordic';
+const SIZES = { [A]: 2500, [B]: 400 } as const;
+
+const MANIFEST = `apiVersion: fleetgate/v1
+kind: Fleet
+name: ${FLEET}
+seed: 5
+skus:
+  - { name: hw3, speedFactor: 40, latencyBudgetMs: 50 }
+  - { name: hw4, speedFactor: 15, latencyBudgetMs: 50 }
+cohorts:
+  - { name: ${A}, sku: hw3, region: eu, vehicles: ${SIZES[A]}, nightShare: 0.1 }
+  - { name: ${B}, sku: hw4, region: nordic, vehicles: ${SIZES[B]}, nightShare: 0.8 }
+eventsPerVehicleHour: 20
+labels: { rate: 0.2, delay: 2h }
+`;
+const DELAY = parseDuration('2h')!;
+
+function model(pack: string): { bytes: Buffer; digest: string } {
+  const bytes = readFileSync(join(ROOT, 'models', pack, 'model.onnx'));
+  return { bytes, digest: createHash('sha256').update(bytes).digest('hex') };
+}
+
+async function one(conn: DuckDBConnection, sql: string, params: (string | number)[] = []): Promise<number> {
+  const [row] = await rows(conn, sql, params);
+  return num(row ? Object.values(row)[0] : 0);
+}
+
+function errorType(err: unknown): string | undefined {
+  return (err as { type?: string }).type;
+}
+
+void describe('fleet, label and analysis activities', () => {
+  let dir: string;
+  let db: FleetDatabase;
+  let conn: DuckDBConnection;
+  let runner: OnnxModelRunner;
+  let key: Buffer;
+  let fleet: ReturnType<typeof createFleetActivities>;
+  let labels: ReturnType<typeof createLabelActivities>;
+  let analysis: ReturnType<typeof createAnalysisActivities>;
+  const production = model('production');
+  const candidate = model('candidate-regress');
+  const base = { manifest: 'fleet.yaml' };
+
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'fleetgate-fleet-'));
+    writeFileSync(join(dir, 'fleet.yaml'), MANIFEST);
+    key = loadPseudonymKey(dir, {});
+    db = await openFleetDatabase(join(dir, 'fleet.duckdb'));
+    conn = db.connection;
+    const blobs = new Map([production, candidate].map((m) => [m.digest, m.bytes]));
+    runner = new OnnxModelRunner(async (digest) => blobs.get(digest));
+    fleet = createFleetActivities({ conn, runner, key, root: dir });
+    labels = createLabelActivities({ conn });
+    analysis = createAnalysisActivities({ conn });
+  });
+
+  after(async () => {
+    await runner.close();
+    await db.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  void it('refuses to describe a fleet that was never initialised', async () => {
+    await assert.rejects(fleet.describeFleet({ rolloutId: 'r0', ...base }), (err) => {
+      assert.equal(errorType(err), 'NotFound');
+      assert.match((err as Error).message, /initialise the simulated fleet/);
+      return true;
+    });
+  });
+
+  void it('initialises the simulated fleet once, with production in slot A', async () => {
+    const prod = { [A]: production.digest, [B]: production.digest };
+    const first = await initSimFleet({ conn, key, root: dir }, 'fleet.yaml', prod);
+    assert.deepEqual(first, { fleet: FLEET, vehicles: SIZES[A] + SIZES[B], created: true });
+    const second = await initSimFleet({ conn, key, root: dir }, 'fleet.yaml', prod);
+    assert.deepEqual(second, { fleet: FLEET, vehicles: SIZES[A] + SIZES[B], created: false });
+    assert.equal(
+      await one(conn, `SELECT count(*) FROM vehicles WHERE slot_a = ? AND active = 'a'`, [production.digest]),
+      2900,
+    );
+    const summary = await fleet.describeFleet({ rolloutId: 'r0', ...base });
+    assert.equal(summary.name, FLEET);
+    assert.deepEqual(
+      summary.cohorts.map((c) => c.name),
+      [A, B],
+    );
+  });
+
+  void it('writes a shadow batch once, with both models on the same events', async () => {
+    const input = {
+      rolloutId: 'r1',
+      ...base,
+      candidateDigest: candidate.digest,
+      cohorts: [A, B],
+      share: 0.5,
+      fromMs: 0,
+      toMs: HOUR,
+    };
+    const first = await fleet.runShadow(input);
+    assert.equal(first.written, true);
+    assert.equal(first.batchId, `r1:shadow:0-${HOUR}`);
+    const expected = 0.5 * (SIZES[A] + SIZES[B]) * 20;
+    assert.ok(Math.abs(first.events - expected) < 5 * Math.sqrt(expected), `${first.events} events`);
+    const second = await fleet.runShadow(input);
+    assert.deepEqual(second, { ...first, written: false });
+    assert.equal(
+      await one(conn, `SELECT count(*) FROM events WHERE batch_id = ?`, [first.batchId]),
+      first.events,
+    );
+    assert.equal(
+      await one(
+        conn,
+        `SELECT count(*) FROM events WHERE batch_id = ? AND arm = 'shadow'
+         AND pred_candidate IS NOT NULL AND pred_production IS NOT NULL
+         AND lat_candidate > 0 AND lat_production > 0 AND ts_ms >= 0 AND ts_ms < ?`,
+        [first.batchId, HOUR],
+      ),
+      first.events,
+    );
+    // Only the shadow share of each cohort produced events.
+    assert.equal(
+      await one(conn, `SELECT count(DISTINCT vehicle) <= ? FROM events WHERE batch_id = ? AND cohort = ?`, [
+        0.5 * SIZES[A],
+        first.batchId,
+        A,
+      ]),
+      1,
+    );
+    // Every disagreement and every low-confidence event is a priority request.
+    assert.equal(
+      await one(
+        conn,
+        `SELECT count(*) FROM events e LEFT JOIN label_requests r USING (event_id)
+         WHERE e.batch_id = ? AND (e.pred_candidate <> e.pred_production OR least(e.conf_candidate, e.conf_production) < 0.6)
+           AND (r.reason IS NULL OR r.reason <> 'priority')`,
+        [first.batchId],
+      ),
+      0,
+    );
+    assert.ok((await one(conn, `SELECT count(*) FROM label_requests WHERE reason = 'sample'`)) > 0);
+  });
+
+  void it('delivers a wave once: a retry returns the recorded result and logs nothing new', async () => {
+    const input = { rolloutId: 'r1', ...base, wave: 1, percent: 5, cohorts: [A], digest: candidate.digest };
+    const first = await fleet.deliverWave(input);
+    assert.deepEqual(first, { jobId: 'r1-w1', vehicles: { [A]: Math.ceil(0.05 * SIZES[A]) } });
+    const second = await fleet.deliverWave(input);
+    assert.deepEqual(second, first);
+    const ops = await rows(conn, `SELECT op, cohort, vehicles FROM ota_ops WHERE job_id = 'r1-w1'`);
+    assert.deepEqual(ops, [{ op: 'deliver', cohort: A, vehicles: 125 }]);
+    // A/B slots: the candidate went into slot B, which is now active; production stays in slot A.
+    assert.equal(
+      await one(conn, `SELECT count(*) FROM vehicles WHERE slot_b = ? AND active = 'b' AND slot_a = ?`, [
+        candidate.digest,
+        production.digest,
+      ]),
+      125,
+    );
+  });
+
+  void it('grows a wave monotonically: earlier vehicles stay, only new ones are delivered to', async () => {
+    const input = {
+      rolloutId: 'r1',
+      ...base,
+      wave: 2,
+      percent: 25,
+      cohorts: [A, B],
+      digest: candidate.digest,
+    };
+    const result = await fleet.deliverWave(input);
+    assert.deepEqual(result.vehicles, { [A]: 625, [B]: 100 });
+    assert.equal(
+      await one(conn, `SELECT count(*) FROM ota_targets WHERE job_id = 'r1-w2' AND cohort = ?`, [A]),
+      500,
+    );
+    const wave1 = await rows(conn, `SELECT vehicle FROM ota_targets WHERE job_id = 'r1-w1'`);
+    const running = new Set(
+      (
+        await rows(conn, `SELECT vehicle FROM vehicles WHERE active = 'b' AND slot_b = ?`, [candidate.digest])
+      ).map((r) => String(r.vehicle)),
+    );
+    for (const r of wave1) assert.ok(running.has(String(r.vehicle)));
+    const pseudonymsA = (await rows(conn, `SELECT vehicle FROM vehicles WHERE cohort = ?`, [A])).map((r) =>
+      String(r.vehicle),
+    );
+    assert.deepEqual(
+      new Set(waveTargets(pseudonymsA, key, 'r1', 25)),
+      new Set([...running].filter((v) => pseudonymsA.includes(v))),
+    );
+  });
+
+  void it('reverts a wave once per cohort: a second revert reverts nothing and logs nothing', async () => {
+    const input = { rolloutId: 'r1', ...base, wave: 2, cohorts: [A] };
+    assert.deepEqual(await fleet.revertWave(input), { reverted: 500 });
+    assert.deepEqual(await fleet.revertWave(input), { reverted: 0 });
+    const reverts = await rows(conn, `SELECT job_id, cohort, vehicles FROM ota_ops WHERE op = 'revert'`);
+    assert.deepEqual(reverts, [{ job_id: 'r1-w2', cohort: A, vehicles: 500 }]);
+    const byCohort = await rows(
+      conn,
+      `SELECT cohort, count(*) AS n FROM vehicles
+       WHERE (CASE active WHEN 'a' THEN slot_a ELSE slot_b END) = ? GROUP BY cohort ORDER BY cohort`,
+      [candidate.digest],
+    );
+    assert.deepEqual(
+      byCohort.map((r) => [r.cohort, num(r.n)]),
+      [
+        [A, 125],
+        [B, 100],
+      ],
+    );
+    assert.deepEqual(await fleet.revertWave({ rolloutId: 'r1', ...base, wave: 9, cohorts: [A] }), {
+      reverted: 0,
+    });
+  });
+
+  void it('promotes a cohort to every vehicle, once', async () => {
+    const input = { rolloutId: 'r1', ...base, cohort: B, digest: candidate.digest };
+    assert.deepEqual(await fleet.promoteCohort(input), { vehicles: SIZES[B] });
+    assert.deepEqual(await fleet.promoteCohort(input), { vehicles: SIZES[B] });
+    const ops = await rows(conn, `SELECT op, vehicles FROM ota_ops WHERE job_id = 'r1-promote-${B}'`);
+    assert.deepEqual(ops, [{ op: 'promote', vehicles: SIZES[B] - 100 }]);
+    assert.equal(
+      await one(
+        conn,
+        `SELECT count(*) FROM vehicles WHERE cohort = ? AND (CASE active WHEN 'a' THEN slot_a ELSE slot_b END) = ?`,
+        [B, candidate.digest],
+      ),
+      SIZES[B],
+    );
+  });
+
+  void it('writes a canary batch once, filling only the acting model', async (t) => {
+    const input = {
+      rolloutId: 'r1',
+      ...base,
+      candidateDigest: candidate.digest,
+      cohorts: [A, B],
+      fromMs: HOUR,
+      toMs: 2 * HOUR,
+    };
+    const started = performance.now();
+    const first = await fleet.collectTelemetry(input);
+    const ms = performance.now() - started;
+    assert.equal(first.written, true);
+    const expected = (SIZES[A] + SIZES[B]) * 20;
+    assert.ok(Math.abs(first.events - expected) < 5 * Math.sqrt(expected), `${first.events} events`);
+    t.diagnostic(`canary batch of ${first.events} events written in ${ms.toFixed(0)} ms`);
+    assert.deepEqual(await fleet.collectTelemetry(input), { ...first, written: false });
+    const arms = await rows(
+      conn,
+      `SELECT cohort, arm,
+              count(*) FILTER (WHERE arm = 'candidate' AND (pred_production IS NOT NULL OR conf_production IS NOT NULL OR lat_production IS NOT NULL OR pred_candidate IS NULL)) AS bad_c,
+              count(*) FILTER (WHERE arm = 'production' AND (pred_candidate IS NOT NULL OR conf_candidate IS NOT NULL OR lat_candidate IS NOT NULL OR pred_production IS NULL)) AS bad_p,
+              count(DISTINCT vehicle) AS vehicles
+       FROM events WHERE batch_id = ? GROUP BY cohort, arm ORDER BY cohort, arm`,
+      [first.batchId],
+    );
+    for (const r of arms) assert.equal(num(r.bad_c) + num(r.bad_p), 0);
+    // Cohort B was promoted: all of it is in the candidate arm; A runs 5% candidate.
+    assert.deepEqual(
+      arms.filter((r) => r.cohort === B).map((r) => r.arm),
+      ['candidate'],
+    );
+    const aCandidate = arms.find((r) => r.cohort === A && r.arm === 'candidate');
+    assert.ok(aCandidate && num(aCandidate.vehicles) <= 125);
+    // The canary only samples: a labels.rate share, seeded.
+    const sampled = await one(
+      conn,
+      `SELECT avg(CASE WHEN r.event_id IS NULL THEN 0 ELSE 1 END) FROM events e
+       LEFT JOIN label_requests r USING (event_id) WHERE e.batch_id = ?`,
+      [first.batchId],
+    );
+    assert.ok(Math.abs(sampled - 0.2) < 0.02, `sampled ${sampled}`);
+  });
+
+  void it('lets labels arrive only after their delay, so coverage grows with time', async () => {
+    const looks = [HOUR, 2 * HOUR, 3 * HOUR, 4 * HOUR, 5 * HOUR, 2 * HOUR + 2 * DELAY];
+    const coverage: number[] = [];
+    for (const asOfMs of looks) {
+      const c = await labels.labelCoverage({ rolloutId: 'r1', asOfMs });
+      assert.equal(await one(conn, `SELECT count(*) FROM labels WHERE arrived_at_ms > ?`, [asOfMs]), 0);
+      coverage.push(c.coverage);
+      if (asOfMs >= 2 * HOUR) assert.ok(c.requested > 0);
+    }
+    assert.equal(coverage[0], 0, 'no label can arrive within the first hour when the delay is at least 1h');
+    for (let i = 2; i < looks.length; i++) assert.ok(coverage[i]! >= coverage[i - 1]!, coverage.join(' '));
+    assert.ok(coverage[3]! > coverage[1]!);
+    assert.equal(coverage.at(-1), 1);
+    assert.equal(
+      await one(
+        conn,
+        `SELECT count(*) FROM labels l JOIN events e USING (event_id) JOIN label_requests r USING (event_id)
+         WHERE l.arrived_at_ms < greatest(e.ts_ms, r.requested_at_ms) + ? * 0.5`,
+        [DELAY],
+      ),
+      0,
+    );
+    assert.equal(
+      await one(conn, `SELECT count(*) FROM labels l JOIN label_requests r USING (event_id)`),
+      await one(conn, `SELECT count(*) FROM labels`),
+    );
+  });
+
+  void it('requests priority labels once, and late requests wait their own delay', async () => {
+    const asOfMs = 2 * HOUR;
+    const first = await labels.requestLabels({ rolloutId: 'r1', asOfMs });
+    assert.ok(first.requested > 0);
+    assert.deepEqual(await labels.requestLabels({ rolloutId: 'r1', asOfMs }), { requested: 0 });
+    const later = await labels.labelCoverage({ rolloutId: 'r1', asOfMs: asOfMs + DELAY * 0.4 });
+    assert.equal(
+      await one(
+        conn,
+        `SELECT count(*) FROM labels l JOIN label_requests r USING (event_id) WHERE r.requested_at_ms = ?`,
+        [asOfMs],
+      ),
+      0,
+    );
+    assert.ok(later.coverage < 1);
+    const done = await labels.labelCoverage({ rolloutId: 'r1', asOfMs: asOfMs + 2 * DELAY });
+    assert.equal(done.coverage, 1);
+    assert.deepEqual(await labels.labelCoverage({ rolloutId: 'other', asOfMs: 10 * HOUR }), {
+      requested: 0,
+      labeled: 0,
+      coverage: 0,
+    });
+  });
+
+  void it('reduces canary events to per-cohort statistics that add up to the event log', async () => {
+    const asOfMs = 2 * HOUR + 2 * DELAY;
+    const stats = await analysis.analyze({
+      rolloutId: 'r1',
+      phase: 'canary',
+      cohorts: [A, B, 'none/x'],
+      asOfMs,
+    });
+    assert.deepEqual(
+      stats.map((s) => s.cohort),
+      [A, B, 'none/x'],
+    );
+    const total = stats.reduce((n, s) => n + s.candidate.events + s.production.events, 0);
+    assert.equal(
+      total,
+      await one(conn, `SELECT count(*) FROM events WHERE phase = 'canary' AND rollout_id = 'r1'`),
+    );
+    const labeled = stats.reduce((n, s) => n + s.candidate.labeled + s.production.labeled, 0);
+    assert.equal(
+      labeled,
+      await one(
+        conn,
+        `SELECT count(*) FROM events e JOIN labels l USING (event_id) WHERE e.phase = 'canary'`,
+      ),
+    );
+    for (const s of stats) {
+      for (const arm of [s.candidate, s.production]) {
+        assert.ok(arm.errors <= arm.labeled && arm.labeled <= arm.events);
+        assert.equal(arm.latency.n, arm.events);
+        if (arm.events > 0) assert.ok(arm.latency.sum > 0 && arm.latency.sumSq > 0);
+      }
+      assert.equal(s.paired, undefined);
+    }
+    const b = stats.find((s) => s.cohort === B)!;
+    assert.equal(b.production.events, 0);
+    assert.deepEqual(stats.at(-1), {
+      cohort: 'none/x',
+      candidate: { events: 0, labeled: 0, errors: 0, latency: { n: 0, sum: 0, sumSq: 0 } },
+      production: { events: 0, labeled: 0, errors: 0, latency: { n: 0, sum: 0, sumSq: 0 } },
+    });
+    // A look at an earlier moment sees only what had happened by then.
+    const early = await analysis.analyze({
+      rolloutId: 'r1',
+      phase: 'canary',
+      cohorts: [A],
+      asOfMs: 1.5 * HOUR,
+    });
+    const earlyEvents = early[0]!.candidate.events + early[0]!.production.events;
+    assert.equal(
+      earlyEvents,
+      await one(conn, `SELECT count(*) FROM events WHERE phase = 'canary' AND cohort = ? AND ts_ms < ?`, [
+        A,
+        1.5 * HOUR,
+      ]),
+    );
+    assert.equal(early[0]!.candidate.labeled + early[0]!.production.labeled, 0);
+  });
+
+  void it('reduces shadow events to paired statistics of both models', async () => {
+    const asOfMs = HOUR + 2 * DELAY;
+    const stats = await analysis.analyze({ rolloutId: 'r1', phase: 'shadow', cohorts: [A, B], asOfMs });
+    const events = await one(conn, `SELECT count(*) FROM events WHERE phase = 'shadow'`);
+    const disagreements = await one(
+      conn,
+      `SELECT count(*) FROM events WHERE phase = 'shadow' AND pred_candidate <> pred_production`,
+    );
+    assert.equal(
+      stats.reduce((n, s) => n + s.paired!.events, 0),
+      events,
+    );
+    assert.equal(
+      stats.reduce((n, s) => n + s.paired!.disagreements, 0),
+      disagreements,
+    );
+    for (const s of stats) {
+      assert.equal(s.candidate.events, s.paired!.events);
+      assert.equal(s.production.events, s.paired!.events);
+      assert.equal(s.candidate.labeled, s.production.labeled);
+      assert.ok(s.candidate.labeled > 0);
+    }
+    // The regressing candidate leans on the camera: at night (cohort B) it errs more than production.
+    const b = stats.find((s) => s.cohort === B)!;
+    assert.ok(b.candidate.errors > b.production.errors, JSON.stringify(b));
+  });
+
+  void it('stores pseudonyms only: no raw vehicle id appears in any table', async () => {
+    const raw = [`${FLEET}-0-0`, `${FLEET}-1-17`];
+    const vehicles = new Set(
+      (await rows(conn, `SELECT vehicle FROM vehicles`)).map((r) => String(r.vehicle)),
+    );
+    for (const id of raw) assert.ok(vehicles.has(pseudonym(key, id)));
+    const cols = await rows(
+      conn,
+      `SELECT table_name, column_name FROM information_schema.columns WHERE data_type = 'VARCHAR'`,
+    );
+    assert.ok(cols.length > 20);
+    for (const c of cols) {
+      const hits = await one(conn, `SELECT count(*) FROM "${c.table_name}" WHERE "${c.column_name}" LIKE ?`, [
+        `%${FLEET}-%`,
+      ]);
+      assert.equal(hits, 0, `${c.table_name}.${c.column_name}`);
+    }
+  });
+});
