@@ -10,7 +10,7 @@
  * Temporal history; and it never prints a raw vehicle id.
  */
 import { readdirSync, rmSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { Client, Connection, type WorkflowHandle } from '@temporalio/client';
 import { WorkflowIdReusePolicy } from '@temporalio/common';
 import { NativeConnection, type Worker } from '@temporalio/worker';
@@ -22,6 +22,7 @@ import {
 } from '../workflows/definitions';
 import { connectionOptions, loadConfig } from '../workers/config';
 import { startDevServer, type DevServer } from '../workers/dev-server';
+import { temporalCli } from '../workers/tools';
 import { createFleetgateWorker, openServices, quietRuntime, type Services } from '../workers/worker';
 import { bootstrapProduction } from '../activities/registry';
 import { initSimFleet } from '../activities/fleet';
@@ -90,6 +91,7 @@ export async function runDemo(): Promise<number> {
   let services: Services | undefined;
   let workerConn: NativeConnection | undefined;
   let clientConn: Connection | undefined;
+  let rollout: Promise<RolloutResult> | undefined;
 
   let signals = 0;
   const onSignal = () => {
@@ -104,6 +106,14 @@ export async function runDemo(): Promise<number> {
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
+  // Output closed (e.g. piped into `head`): stop as on Ctrl-C rather than die with the server running.
+  const onOutputError = () => interrupt.abort();
+  process.stdout.on('error', onOutputError);
+  // Last resort when the process exits without the cleanup below (an uncaught error): no orphan server.
+  const onExit = () => {
+    if (server && server.process.exitCode === null) server.process.kill('SIGKILL');
+  };
+  process.on('exit', onExit);
   const check = () => {
     if (interrupt.signal.aborted) throw new WatchInterrupted();
   };
@@ -175,7 +185,7 @@ export async function runDemo(): Promise<number> {
       taskQueue: config.taskQueue,
       services,
     });
-    const result = await worker.runUntil(async () => {
+    rollout = (async () => {
       check();
       const handle = await client.workflow.start(WORKFLOW_TYPE, {
         taskQueue: config.taskQueue,
@@ -186,7 +196,9 @@ export async function runDemo(): Promise<number> {
       say(`started rollout ${id}: ${CANDIDATE} with ${POLICY}, fleet time x${TIME_SCALE}`);
       const view = new ProgressView(process.stdout);
       return watch(handle, { view, signal: interrupt.signal, onStatus: approver(handle, view) });
-    });
+    })();
+    // Ctrl-C also stops the worker (the SDK listens for it); the watch still gets time to end its calls.
+    const result = await worker.runUntil(rollout, { promiseCompletionTimeout: '15s' });
 
     const history = await client.workflow.getHandle(id).fetchHistory();
     summary(result, {
@@ -209,6 +221,8 @@ export async function runDemo(): Promise<number> {
     throw new CliError(`demo failed: ${causeMessage(err)}`);
   } finally {
     await stopAll([
+      // No client call may still be under way when its connection closes.
+      () => rollout?.catch(() => undefined),
       () => clientConn?.close(),
       () => workerConn?.close(),
       () => services?.close(),
@@ -216,6 +230,8 @@ export async function runDemo(): Promise<number> {
     ]);
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
+    process.off('exit', onExit);
+    process.stdout.off('error', onOutputError);
   }
 }
 
@@ -260,11 +276,22 @@ function summary(
   const ns = encodeURIComponent(ctx.namespace);
   if (ctx.uiUrl) out.push(`web UI   ${ctx.uiUrl}/namespaces/${ns}/workflows/${encodeURIComponent(id)}`);
   const addr = ctx.ownServer ? '127.0.0.1:7233' : ctx.address;
+  const temporal = temporalCommand();
   out.push('look again later:');
   if (ctx.ownServer) out.push('  npx fleetgate server        (keeps running; then, in another terminal:)');
-  out.push(`  temporal workflow list --address ${addr}`);
-  out.push(`  temporal workflow show --workflow-id ${shellQuote(id)} --address ${addr}`);
+  out.push(`  ${temporal} workflow list --address ${addr}`);
+  out.push(`  ${temporal} workflow show --workflow-id ${shellQuote(id)} --address ${addr}`);
   process.stdout.write(out.join('\n') + '\n');
+}
+
+/** How to call the Temporal CLI here: `temporal` when on PATH, else the pinned copy under .tools/. */
+function temporalCommand(): string {
+  try {
+    const p = temporalCli();
+    return p.startsWith(process.cwd()) ? displayPath(p) : basename(p);
+  } catch {
+    return 'temporal';
+  }
 }
 
 /** Runs every stop step, each even when an earlier one failed; reports failures in one line each. */

@@ -421,7 +421,7 @@ export async function watch(handle: WorkflowHandle, opts: WatchOptions = {}): Pr
   } finally {
     opts.signal?.removeEventListener('abort', onAbort);
   }
-  if (opts.signal?.aborted && !settled) throw new WatchInterrupted();
+  if (opts.signal?.aborted) throw new WatchInterrupted();
   const end = settled!;
   if (!end.ok) {
     view.finish();

@@ -70,7 +70,7 @@ const sample: RolloutStatus = {
   simNow: '2025-01-01T20:00:00.000Z',
 };
 
-test('renderStatus shows phases, wave and look, the gate, every cohort and the last decision', () => {
+void test('renderStatus shows phases, wave and look, the gate, every cohort and the last decision', () => {
   const text = renderStatus(sample, { color: false });
   assert.ok(!text.includes(ESC), 'no control codes without color');
   assert.match(
@@ -85,13 +85,13 @@ test('renderStatus shows phases, wave and look, the gate, every cohort and the l
   assert.match(text, /hazard-net@1\.1\.0 \(abababababab\)/);
 });
 
-test('renderStatus with color uses ANSI codes around the same text', () => {
+void test('renderStatus with color uses ANSI codes around the same text', () => {
   const colored = renderStatus(sample, { color: true });
   assert.ok(colored.includes(`${ESC}[`));
   assert.equal(stripAnsi(colored), renderStatus(sample, { color: false }));
 });
 
-test('a finished rollout: marks up to where it stopped, and its outcome', () => {
+void test('a finished rollout: marks up to where it stopped, and its outcome', () => {
   const rejected = renderStatus(
     {
       ...sample,
@@ -124,7 +124,7 @@ test('a finished rollout: marks up to where it stopped, and its outcome', () => 
   assert.match(result, /report r\.json/);
 });
 
-test('the view prints lines, not redraws, when the output is not a terminal', () => {
+void test('the view prints lines, not redraws, when the output is not a terminal', () => {
   let written = '';
   const view = new ProgressView({ write: (s: string) => (written += s), isTTY: false });
   view.update(sample);
@@ -141,7 +141,7 @@ test('the view prints lines, not redraws, when the output is not a terminal', ()
   assert.match(written, /^phase canary wave 2\/3$/m);
 });
 
-test('on a terminal the view redraws in place within the width', () => {
+void test('on a terminal the view redraws in place within the width', () => {
   let written = '';
   const view = new ProgressView(
     { write: (s: string) => (written += s), isTTY: true, columns: 40 },
@@ -158,7 +158,7 @@ test('on a terminal the view redraws in place within the width', () => {
   assert.equal(truncateLine('abcdef', 4), 'abc…');
 });
 
-test('client-side validation names the path and the value of every problem', () => {
+void test('client-side validation names the path and the value of every problem', () => {
   const dir = mkdtempSync(join(tmpdir(), 'fleetgate-cli-'));
   try {
     const file = join(dir, 'bad.yaml');
@@ -189,7 +189,7 @@ test('client-side validation names the path and the value of every problem', () 
   }
 });
 
-test('a valid policy becomes the whole rollout request, defaults filled in', () => {
+void test('a valid policy becomes the whole rollout request, defaults filled in', () => {
   const check = prepareRolloutRequest({
     policy: join(ROOT, 'examples', 'demo-policy.yaml'),
     candidate: 'models/candidate-good/',
@@ -204,7 +204,7 @@ test('a valid policy becomes the whole rollout request, defaults filled in', () 
   assert.equal(check.request.policy.waves[1]?.approval?.gate, 'wave-2');
 });
 
-test('a missing policy file is one problem, not an exception', () => {
+void test('a missing policy file is one problem, not an exception', () => {
   const check = prepareRolloutRequest({
     policy: join(tmpdir(), 'fleetgate-no-such-policy.yaml'),
     candidate: 'x',
@@ -212,7 +212,7 @@ test('a missing policy file is one problem, not an exception', () => {
   assert.deepEqual(check, { ok: false, problems: ['the file does not exist'] });
 });
 
-test('fleetgate --help prints the usage and exits 0', () => {
+void test('fleetgate --help prints the usage and exits 0', () => {
   const r = spawnSync(process.execPath, [join(ROOT, 'bin', 'fleetgate.js'), '--help'], {
     encoding: 'utf8',
     cwd: ROOT,
@@ -235,7 +235,7 @@ test('fleetgate --help prints the usage and exits 0', () => {
   }
 });
 
-test('an unknown command exits 2 with one line', () => {
+void test('an unknown command exits 2 with one line', () => {
   const r = spawnSync(process.execPath, [join(ROOT, 'bin', 'fleetgate.js'), 'frobnicate'], {
     encoding: 'utf8',
     cwd: ROOT,
