@@ -5,11 +5,39 @@ import tseslint from 'typescript-eslint';
 
 const forbiddenInWorkflows = [
   { group: ['node:*'], message: 'Workflow code is deterministic: no Node built-ins.' },
-  { group: ['onnxruntime-node', '@duckdb/*', '@aws-sdk/*', 'yaml', 'simple-statistics'], message: 'Workflow code does no I/O.' },
-  { group: ['@temporalio/activity', '@temporalio/worker', '@temporalio/client', '@temporalio/testing'], message: 'Only @temporalio/workflow and @temporalio/common belong in workflows.' },
-  { group: ['../workers/*', '../sim/*', '../cli/*'], message: 'Workflows import only workflows/, policies/, errors.ts and types.' },
+  {
+    group: ['onnxruntime-node', '@duckdb/*', '@aws-sdk/*', 'yaml', 'simple-statistics'],
+    message: 'Workflow code does no I/O.',
+  },
+  {
+    group: ['@temporalio/activity', '@temporalio/worker', '@temporalio/client', '@temporalio/testing'],
+    message: 'Only @temporalio/workflow and @temporalio/common belong in workflows.',
+  },
+  {
+    group: ['../workers/*', '../sim/*', '../cli/*'],
+    message: 'Workflows import only workflows/, policies/, errors.ts and types.',
+  },
 ];
-const nodeBuiltins = ['assert', 'buffer', 'child_process', 'crypto', 'fs', 'fs/promises', 'http', 'https', 'net', 'os', 'path', 'process', 'stream', 'timers', 'url', 'util', 'worker_threads', 'zlib'];
+const nodeBuiltins = [
+  'assert',
+  'buffer',
+  'child_process',
+  'crypto',
+  'fs',
+  'fs/promises',
+  'http',
+  'https',
+  'net',
+  'os',
+  'path',
+  'process',
+  'stream',
+  'timers',
+  'url',
+  'util',
+  'worker_threads',
+  'zlib',
+];
 
 export default tseslint.config(
   { ignores: ['node_modules/**', '.tools/**', '.fleetgate/**', 'models/**', 'dist/**', 'eslint.config.mjs'] },
@@ -20,7 +48,18 @@ export default tseslint.config(
     languageOptions: { parserOptions: { projectService: true, tsconfigRootDir: import.meta.dirname } },
     rules: {
       '@typescript-eslint/consistent-type-imports': ['error', { fixStyle: 'inline-type-imports' }],
-      '@typescript-eslint/no-floating-promises': 'error',
+      '@typescript-eslint/no-floating-promises': [
+        'error',
+        {
+          allowForKnownSafeCalls: [
+            {
+              from: 'package',
+              name: ['test', 'describe', 'it', 'suite', 'before', 'after'],
+              package: 'node:test',
+            },
+          ],
+        },
+      ],
       '@typescript-eslint/no-misused-promises': 'error',
       '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_' }],
       '@typescript-eslint/no-require-imports': 'off',
@@ -34,13 +73,29 @@ export default tseslint.config(
       // Activities cross into workflows as types only.
       '@typescript-eslint/no-restricted-imports': [
         'error',
-        { patterns: [{ group: ['../activities/*'], message: 'Import activities as types only.', allowTypeImports: true }] },
+        {
+          patterns: [
+            {
+              group: ['../activities/*'],
+              message: 'Import activities as types only.',
+              allowTypeImports: true,
+            },
+          ],
+        },
       ],
     },
   },
   {
     files: ['bin/**/*.js', 'scripts/**/*.js'],
-    languageOptions: { globals: { require: 'readonly', process: 'readonly', module: 'readonly', __dirname: 'readonly', console: 'readonly' } },
+    languageOptions: {
+      globals: {
+        require: 'readonly',
+        process: 'readonly',
+        module: 'readonly',
+        __dirname: 'readonly',
+        console: 'readonly',
+      },
+    },
     rules: { '@typescript-eslint/no-require-imports': 'off' },
   },
 );

@@ -342,12 +342,13 @@ export class ProgressView {
       if (this.seenCohort.get(c.cohort) !== line) this.out.write(`  ${line}\n`);
       this.seenCohort.set(c.cohort, line);
     }
-    const d = status.lastDecision;
-    if (d && d.seq > this.seenSeq) {
-      const skipped = d.seq - this.seenSeq - 1;
-      const more = skipped > 0 ? ` (and ${skipped} earlier, in the report)` : '';
-      this.out.write(decisionLine(d) + more + '\n');
-      this.seenSeq = d.seq;
+    const recent = status.recentDecisions ?? (status.lastDecision ? [status.lastDecision] : []);
+    const fresh = recent.filter((d) => d.seq > this.seenSeq);
+    if (fresh.length > 0) {
+      const skipped = fresh[0]!.seq - this.seenSeq - 1;
+      if (skipped > 0) this.out.write(`(${skipped} earlier decision(s) are in the report)\n`);
+      for (const d of fresh) this.out.write(decisionLine(d) + '\n');
+      this.seenSeq = fresh[fresh.length - 1]!.seq;
     }
     if (phaseChanged && status.phase === 'done')
       this.out.write(`done: outcome ${status.outcome ?? 'unknown'}\n`);

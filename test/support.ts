@@ -60,7 +60,13 @@ export function rolloutRequest(
   fleet = 'test/fixtures/fleet.yaml',
   timeScale = 1,
 ): RolloutRequestInput {
-  return { rolloutId, candidate: { pack: candidate }, fleet: { manifest: fleet, timeScale }, policy, requestedBy: 'test' };
+  return {
+    rolloutId,
+    candidate: { pack: candidate },
+    fleet: { manifest: fleet, timeScale },
+    policy,
+    requestedBy: 'test',
+  };
 }
 
 export async function query<T = Record<string, unknown>>(w: World, sql: string): Promise<T[]> {

@@ -65,7 +65,8 @@ export async function startDevServer(opts: {
   const address = `127.0.0.1:${port}`;
   const deadline = Date.now() + 60_000;
   for (;;) {
-    if (child.exitCode !== null) throw new Error(`the Temporal dev server exited (${child.exitCode}): ${stderr.trim()}`);
+    if (child.exitCode !== null)
+      throw new Error(`the Temporal dev server exited (${child.exitCode}): ${stderr.trim()}`);
     try {
       const conn = await Connection.connect({ address, connectTimeout: 1000 });
       await conn.workflowService.getSystemInfo({});
@@ -74,7 +75,12 @@ export async function startDevServer(opts: {
     } catch (err) {
       if (Date.now() > deadline) {
         child.kill('SIGKILL');
-        throw new Error(`the Temporal dev server did not answer on ${address} within 60 s: ${String(err)} ${stderr.trim()}`);
+        throw new Error(
+          `the Temporal dev server did not answer on ${address} within 60 s: ${stderr.trim()}`,
+          {
+            cause: err,
+          },
+        );
       }
       await new Promise((r) => setTimeout(r, 250));
     }

@@ -10,8 +10,15 @@ export async function runWorker(): Promise<void> {
   const config = loadConfig();
   const services = await openServices(config.dataDir, config.root);
   const connection = await NativeConnection.connect(connectionOptions(config));
-  const worker = await createFleetgateWorker({ connection, namespace: config.namespace, taskQueue: config.taskQueue, services });
-  console.error(`fleetgate worker: task queue "${config.taskQueue}" on ${connectionOptions(config).address}, data in ${config.dataDir}`);
+  const worker = await createFleetgateWorker({
+    connection,
+    namespace: config.namespace,
+    taskQueue: config.taskQueue,
+    services,
+  });
+  console.error(
+    `fleetgate worker: task queue "${config.taskQueue}" on ${connectionOptions(config).address}, data in ${config.dataDir}`,
+  );
   try {
     await worker.run();
   } finally {

@@ -36,7 +36,10 @@ export class OnnxModelRunner implements ModelRunner {
         if (!bytes) throw fail(ErrorType.NotFound, `model ${digest.slice(0, 12)} is not in the object store`);
         const actual = createHash('sha256').update(bytes).digest('hex');
         if (actual !== digest) {
-          throw fail(ErrorType.DigestMismatch, `stored model ${digest.slice(0, 12)} hashes to ${actual.slice(0, 12)}`);
+          throw fail(
+            ErrorType.DigestMismatch,
+            `stored model ${digest.slice(0, 12)} hashes to ${actual.slice(0, 12)}`,
+          );
         }
         return ort.InferenceSession.create(new Uint8Array(bytes), {
           intraOpNumThreads: threads,
@@ -79,5 +82,9 @@ export class OnnxModelRunner implements ModelRunner {
 
 function spec(m: ort.InferenceSession.ValueMetadata): TensorSpec {
   if (!m.isTensor) return { name: m.name, type: 'non-tensor', shape: [] };
-  return { name: m.name, type: m.type, shape: m.shape.map((d) => (typeof d === 'number' && d >= 0 ? d : String(d))) };
+  return {
+    name: m.name,
+    type: m.type,
+    shape: m.shape.map((d) => (typeof d === 'number' && d >= 0 ? d : String(d))),
+  };
 }

@@ -20,7 +20,9 @@ function onPath(name: string): string | undefined {
 }
 
 function missing(what: string): Error {
-  return new Error(`${what} not found: run "bash scripts/bootstrap.sh" to install the pinned binaries into .tools/`);
+  return new Error(
+    `${what} not found: run "bash scripts/bootstrap.sh" to install the pinned binaries into .tools/`,
+  );
 }
 
 export function temporalCli(): string {

@@ -12,31 +12,23 @@ import type { MetricResult } from '../policies/decide';
 import type { BenchResult } from '../activities/contracts';
 
 export const TASK_QUEUE = 'fleetgate';
+export const RECENT_DECISIONS = 30;
 export const WORKFLOW_TYPE = 'rolloutWorkflow';
 
 export type Phase =
-  | 'register'
-  | 'bench'
-  | 'shadow'
-  | 'canary'
-  | 'label-wait'
-  | 'analysis'
-  | 'promote'
-  | 'rollback'
-  | 'done';
+  'register' | 'bench' | 'shadow' | 'canary' | 'label-wait' | 'analysis' | 'promote' | 'rollback' | 'done';
 
 /** Where a cohort is; the last four are final outcomes. */
 export type CohortState =
-  | 'pending'
-  | 'shadow'
-  | 'canary'
-  | 'promoted'
-  | 'rolled_back'
-  | 'held'
-  | 'rejected'
-  | 'aborted';
+  'pending' | 'shadow' | 'canary' | 'promoted' | 'rolled_back' | 'held' | 'rejected' | 'aborted';
 
-export const FINAL_COHORT_STATES: readonly CohortState[] = ['promoted', 'rolled_back', 'held', 'rejected', 'aborted'];
+export const FINAL_COHORT_STATES: readonly CohortState[] = [
+  'promoted',
+  'rolled_back',
+  'held',
+  'rejected',
+  'aborted',
+];
 
 export interface CohortStatus {
   cohort: string;
@@ -86,6 +78,8 @@ export interface RolloutStatus {
   cohorts: CohortStatus[];
   pendingGate?: PendingGate;
   lastDecision?: DecisionLogEntry;
+  /** The last RECENT_DECISIONS entries of the decision log, oldest first (the report has them all). */
+  recentDecisions: DecisionLogEntry[];
   benches: BenchResult[];
   outcome?: RolloutOutcome;
   simNow: string;

@@ -32,7 +32,13 @@ import type { createReportActivities } from '../activities/report';
 import type { BenchResult, CohortStats, ModelRecord } from '../activities/contracts';
 import type { RetryPolicy } from '@temporalio/common';
 import { ErrorType, nonRetryableErrorTypes } from '../errors';
-import { RolloutRequest, formatIssues, type Policy, type RolloutRequestInput, type Sku } from '../policies/schema';
+import {
+  RolloutRequest,
+  formatIssues,
+  type Policy,
+  type RolloutRequestInput,
+  type Sku,
+} from '../policies/schema';
 import { parseDuration } from '../policies/duration';
 import { compareContracts } from '../policies/contract';
 import {
@@ -46,6 +52,7 @@ import {
   abortUpdate,
   approveUpdate,
   FINAL_COHORT_STATES,
+  RECENT_DECISIONS,
   rejectUpdate,
   statusQuery,
   type AbortReceipt,
@@ -146,6 +153,7 @@ export class Rollout {
       cohorts: [...this.cohorts.values()],
       pendingGate: this.pendingGate,
       lastDecision: this.log[this.log.length - 1],
+      recentDecisions: this.log.slice(-RECENT_DECISIONS),
       benches: this.benches,
       outcome: this.outcome,
       simNow: new Date(this.simNow()).toISOString(),
@@ -157,7 +165,9 @@ export class Rollout {
   }
 
   active(): string[] {
-    return [...this.cohorts.values()].filter((c) => c.state === 'canary' || c.state === 'shadow').map((c) => c.cohort);
+    return [...this.cohorts.values()]
+      .filter((c) => c.state === 'canary' || c.state === 'shadow')
+      .map((c) => c.cohort);
   }
 
   setState(cohort: string, state: CohortState, headlineText?: string): void {
@@ -172,7 +182,8 @@ export class Rollout {
   validateGate(gate: string, reviewer: string): void {
     const pending = this.pendingGate;
     if (!pending) throw new Error(`no gate is pending; the rollout is in phase "${this.phase}"`);
-    if (gate !== pending.gate) throw new Error(`gate "${gate}" is not pending; the pending gate is "${pending.gate}"`);
+    if (gate !== pending.gate)
+      throw new Error(`gate "${gate}" is not pending; the pending gate is "${pending.gate}"`);
     if (!this.policy.reviewers.includes(reviewer)) {
       throw new Error(
         `reviewer "${reviewer}" is not allowed to approve; the policy's reviewers are: ${this.policy.reviewers.join(', ') || '(none)'}`,
@@ -183,7 +194,9 @@ export class Rollout {
   validateApprove(a: ApproveRequest): void {
     this.validateGate(a.gate, a.reviewer);
     if (this.pendingGate!.approvals.includes(a.reviewer)) {
-      throw new Error(`reviewer "${a.reviewer}" has already approved gate "${a.gate}"; another reviewer must approve`);
+      throw new Error(
+        `reviewer "${a.reviewer}" has already approved gate "${a.gate}"; another reviewer must approve`,
+      );
     }
   }
 
@@ -197,7 +210,12 @@ export class Rollout {
       by: a.reviewer,
       reason: `${a.reviewer} approved gate "${gate.gate}" (${gate.approvals.length}/${gate.required})${a.comment ? `: ${a.comment}` : ''}`,
     });
-    return { gate: gate.gate, approvals: [...gate.approvals], required: gate.required, open: gate.approvals.length >= gate.required };
+    return {
+      gate: gate.gate,
+      approvals: [...gate.approvals],
+      required: gate.required,
+      open: gate.approvals.length >= gate.required,
+    };
   }
 
   validateReject(r: RejectRequest): void {
@@ -208,20 +226,33 @@ export class Rollout {
   reject(r: RejectRequest): GateReceipt {
     const gate = this.pendingGate!;
     this.rejection = r;
-    this.record({ phase: this.phase, wave: gate.wave, action: 'reject', by: r.reviewer, reason: `${r.reviewer} rejected gate "${gate.gate}": ${r.reason}` });
+    this.record({
+      phase: this.phase,
+      wave: gate.wave,
+      action: 'reject',
+      by: r.reviewer,
+      reason: `${r.reviewer} rejected gate "${gate.gate}": ${r.reason}`,
+    });
     return { gate: gate.gate, approvals: [...gate.approvals], required: gate.required, open: false };
   }
 
   validateAbort(a: AbortRequest): void {
-    if (this.finished || this.outcome) throw new Error(`the rollout has already ended (${this.outcome ?? 'finishing'})`);
-    if (this.abortRequest) throw new Error(`an abort is already under way, requested by ${this.abortRequest.by}`);
+    if (this.finished || this.outcome)
+      throw new Error(`the rollout has already ended (${this.outcome ?? 'finishing'})`);
+    if (this.abortRequest)
+      throw new Error(`an abort is already under way, requested by ${this.abortRequest.by}`);
     if (!a.reason || !a.reason.trim()) throw new Error('an abort needs a reason');
     if (!a.by || !a.by.trim()) throw new Error('an abort needs the name of who asks (by)');
   }
 
   async abort(a: AbortRequest): Promise<AbortReceipt> {
     this.abortRequest = a;
-    this.record({ phase: this.phase, action: 'abort', by: a.by, reason: `abort requested by ${a.by}: ${a.reason}` });
+    this.record({
+      phase: this.phase,
+      action: 'abort',
+      by: a.by,
+      reason: `abort requested by ${a.by}: ${a.reason}`,
+    });
     this.scope.cancel();
     await condition(() => this.finished);
     return { outcome: this.outcome ?? 'aborted', compensations: this.compensationsRun.length };
@@ -242,7 +273,12 @@ export class Rollout {
         const mine = c.cohorts.filter((x) => cohorts.includes(x));
         if (mine.length === 0) continue;
         if (c.kind === 'revertWave') {
-          await acts.revertWave({ rolloutId: this.req.rolloutId, manifest: this.req.fleet.manifest, wave: c.wave, cohorts: mine });
+          await acts.revertWave({
+            rolloutId: this.req.rolloutId,
+            manifest: this.req.fleet.manifest,
+            wave: c.wave,
+            cohorts: mine,
+          });
         } else {
           for (const cohort of mine) {
             await acts.movePointer({
@@ -256,7 +292,11 @@ export class Rollout {
           }
         }
         c.cohorts = c.cohorts.filter((x) => !mine.includes(x));
-        this.compensationsRun.push({ kind: c.kind, wave: c.kind === 'revertWave' ? c.wave : undefined, cohorts: mine });
+        this.compensationsRun.push({
+          kind: c.kind,
+          wave: c.kind === 'revertWave' ? c.wave : undefined,
+          cohorts: mine,
+        });
       }
       for (const cohort of cohorts) {
         const s = this.cohorts.get(cohort);
@@ -270,12 +310,24 @@ export class Rollout {
     for (const c of this.compensations) c.cohorts = c.cohorts.filter((x) => x !== cohort);
   }
 
-  async rollbackCohort(cohort: string, state: 'rolled_back' | 'held' | 'aborted', why: string, d?: CohortDecision) {
+  async rollbackCohort(
+    cohort: string,
+    state: 'rolled_back' | 'held' | 'aborted',
+    why: string,
+    d?: CohortDecision,
+  ) {
     const prev = this.phase;
     this.phase = 'rollback';
     this.setState(cohort, state, d ? headline(d) : why);
     await this.compensate([cohort]);
-    this.record({ phase: 'rollback', wave: this.wave, cohort, action: state === 'held' ? 'withdraw' : 'rollback', reason: why, metrics: d?.metrics });
+    this.record({
+      phase: 'rollback',
+      wave: this.wave,
+      cohort,
+      action: state === 'held' ? 'withdraw' : 'rollback',
+      reason: why,
+      metrics: d?.metrics,
+    });
     this.phase = prev;
   }
 
@@ -301,16 +353,24 @@ export class Rollout {
     const wanted = this.policy.cohorts ?? known;
     const unknown = wanted.filter((c) => !known.includes(c));
     if (unknown.length > 0) {
-      throw new RolloutEnded('rejected', 'register', `policy.cohorts names cohorts the fleet "${fleet.name}" does not have: ${unknown.join(', ')}; known: ${known.join(', ')}`);
+      throw new RolloutEnded(
+        'rejected',
+        'register',
+        `policy.cohorts names cohorts the fleet "${fleet.name}" does not have: ${unknown.join(', ')}; known: ${known.join(', ')}`,
+      );
     }
-    for (const name of wanted) this.cohorts.set(name, { cohort: name, state: 'pending', wave: 0, vehicles: 0 });
+    for (const name of wanted)
+      this.cohorts.set(name, { cohort: name, state: 'pending', wave: 0, vehicles: 0 });
     this.skus = new Map(fleet.skus.map((s) => [s.name, s]));
     this.cohortSku = new Map(fleet.cohorts.map((c) => [c.name, c.sku]));
 
     const production = await acts.lookupProduction({ cohorts: wanted });
     let candidate: ModelRecord;
     try {
-      candidate = await acts.registerCandidate({ rolloutId: this.req.rolloutId, packDir: this.req.candidate.pack });
+      candidate = await acts.registerCandidate({
+        rolloutId: this.req.rolloutId,
+        packDir: this.req.candidate.pack,
+      });
     } catch (err) {
       throw new RolloutEnded('rejected', 'register', `candidate pack refused: ${causeMessage(err)}`);
     }
@@ -320,10 +380,18 @@ export class Rollout {
       this.production.set(cohort, prod.digest);
       const problems = compareContracts(prod.contract, candidate.contract);
       if (problems.length > 0) {
-        throw new RolloutEnded('rejected', 'register', `candidate contract differs from production ${prod.name}@${prod.version} (cohort ${cohort}): ${problems.join('; ')}`);
+        throw new RolloutEnded(
+          'rejected',
+          'register',
+          `candidate contract differs from production ${prod.name}@${prod.version} (cohort ${cohort}): ${problems.join('; ')}`,
+        );
       }
       if (prod.digest === candidate.digest) {
-        throw new RolloutEnded('rejected', 'register', `candidate ${candidate.name}@${candidate.version} is already production for cohort ${cohort}`);
+        throw new RolloutEnded(
+          'rejected',
+          'register',
+          `candidate ${candidate.name}@${candidate.version} is already production for cohort ${cohort}`,
+        );
       }
     }
     this.push({ kind: 'clearCandidatePointer', cohorts: [...wanted] });
@@ -372,7 +440,11 @@ export class Rollout {
     }
     if (failed.length > 0) {
       for (const c of this.cohorts.values()) c.state = 'rejected';
-      throw new RolloutEnded('rejected', 'bench', `bench failed on ${failed.map((f) => `${f.sku} (${f.reason ?? 'failed'})`).join(', ')}`);
+      throw new RolloutEnded(
+        'rejected',
+        'bench',
+        `bench failed on ${failed.map((f) => `${f.sku} (${f.reason ?? 'failed'})`).join(', ')}`,
+      );
     }
   }
 
@@ -404,7 +476,11 @@ export class Rollout {
         this.setState(v.cohort, 'rejected', `shadow gate: ${v.reason}`);
         await this.compensate([v.cohort]);
       } else {
-        this.setState(v.cohort, 'canary', `shadow: disagreement ${(v.disagreement * 100).toFixed(1)}%, latency x${v.latencyRatio.toFixed(2)}`);
+        this.setState(
+          v.cohort,
+          'canary',
+          `shadow: disagreement ${(v.disagreement * 100).toFixed(1)}%, latency x${v.latencyRatio.toFixed(2)}`,
+        );
       }
     }
     if (this.active().length === 0) {
@@ -425,7 +501,13 @@ export class Rollout {
       this.look = 0;
       this.push({ kind: 'revertWave', wave: this.wave, cohorts: [...cohorts] });
       const delivered = await CancellationScope.nonCancellable(() =>
-        acts.deliverWave({ ...this.fleetRef(), wave: this.wave, percent: w.percent, cohorts, digest: this.candidate!.digest }),
+        acts.deliverWave({
+          ...this.fleetRef(),
+          wave: this.wave,
+          percent: w.percent,
+          cohorts,
+          digest: this.candidate!.digest,
+        }),
       );
       for (const c of cohorts) {
         const s = this.cohorts.get(c)!;
@@ -445,7 +527,11 @@ export class Rollout {
         this.look = k;
         await sleep(interval);
         const last = k >= w.looks;
-        const decisions = await this.analyzeLook({ stage: 'canary', isLastLookOfWave: last, extraLooksUsed: extra });
+        const decisions = await this.analyzeLook({
+          stage: 'canary',
+          isLastLookOfWave: last,
+          extraLooksUsed: extra,
+        });
         if (!last) continue;
         const extend = decisions.some((d) => d.action === 'extend');
         if (extend && extra < this.policy.analysis.maxExtraLooks) {
@@ -472,7 +558,12 @@ export class Rollout {
       });
       this.lastCollectedSimMs = now;
     }
-    const stats: CohortStats[] = await acts.analyze({ rolloutId: this.req.rolloutId, phase: 'canary', cohorts, asOfMs: now });
+    const stats: CohortStats[] = await acts.analyze({
+      rolloutId: this.req.rolloutId,
+      phase: 'canary',
+      cohorts,
+      asOfMs: now,
+    });
     const { decisions, state } = decideLook(this.policy, ctx, stats, this.seq);
     this.seq = state;
     for (const d of decisions) {
@@ -507,18 +598,39 @@ export class Rollout {
       openedAt: new Date().toISOString(),
       deadline: new Date(Date.now() + timeoutMs).toISOString(),
     };
-    this.record({ phase: this.phase, wave, action: 'gate-open', reason: `waiting for ${approval.required} approval(s) of gate "${approval.gate}" before wave ${wave}` });
+    this.record({
+      phase: this.phase,
+      wave,
+      action: 'gate-open',
+      reason: `waiting for ${approval.required} approval(s) of gate "${approval.gate}" before wave ${wave}`,
+    });
     const pending = this.pendingGate;
-    const decided = await condition(() => pending.approvals.length >= pending.required || this.rejection !== undefined, timeoutMs);
+    const decided = await condition(
+      () => pending.approvals.length >= pending.required || this.rejection !== undefined,
+      timeoutMs,
+    );
     this.pendingGate = undefined;
     if (this.rejection) {
       const r = this.rejection;
-      throw new RolloutEnded('rejected', this.phase, `gate "${r.gate}" rejected by ${r.reviewer}: ${r.reason}`);
+      throw new RolloutEnded(
+        'rejected',
+        this.phase,
+        `gate "${r.gate}" rejected by ${r.reviewer}: ${r.reason}`,
+      );
     }
     if (!decided) {
-      throw new RolloutEnded('aborted', this.phase, `gate "${approval.gate}" timed out after ${approval.timeout} with ${pending.approvals.length}/${pending.required} approval(s)`);
+      throw new RolloutEnded(
+        'aborted',
+        this.phase,
+        `gate "${approval.gate}" timed out after ${approval.timeout} with ${pending.approvals.length}/${pending.required} approval(s)`,
+      );
     }
-    this.record({ phase: this.phase, wave, action: 'gate-passed', reason: `gate "${approval.gate}" approved by ${pending.approvals.join(', ')}` });
+    this.record({
+      phase: this.phase,
+      wave,
+      action: 'gate-passed',
+      reason: `gate "${approval.gate}" approved by ${pending.approvals.join(', ')}`,
+    });
   }
 
   async labelWait(): Promise<void> {
@@ -530,12 +642,20 @@ export class Rollout {
     for (;;) {
       const cov = await acts.labelCoverage({ rolloutId: this.req.rolloutId, asOfMs: this.simNow() });
       if (cov.coverage >= wanted) {
-        this.record({ phase: 'label-wait', action: 'labels-ready', reason: `label coverage ${(cov.coverage * 100).toFixed(1)}% (${cov.labeled}/${cov.requested}) reached ${(wanted * 100).toFixed(0)}%` });
+        this.record({
+          phase: 'label-wait',
+          action: 'labels-ready',
+          reason: `label coverage ${(cov.coverage * 100).toFixed(1)}% (${cov.labeled}/${cov.requested}) reached ${(wanted * 100).toFixed(0)}%`,
+        });
         return;
       }
       const left = deadline - Date.now();
       if (left <= 0) {
-        this.record({ phase: 'label-wait', action: 'labels-timeout', reason: `label coverage ${(cov.coverage * 100).toFixed(1)}% (${cov.labeled}/${cov.requested}) below ${(wanted * 100).toFixed(0)}% at the timeout; analysing what arrived` });
+        this.record({
+          phase: 'label-wait',
+          action: 'labels-timeout',
+          reason: `label coverage ${(cov.coverage * 100).toFixed(1)}% (${cov.labeled}/${cov.requested}) below ${(wanted * 100).toFixed(0)}% at the timeout; analysing what arrived`,
+        });
         return;
       }
       await sleep(Math.min(parseDuration(poll)!, left));
@@ -552,13 +672,33 @@ export class Rollout {
       await CancellationScope.nonCancellable(async () => {
         const cand = this.candidate!.digest;
         const res = await acts.promoteCohort({ ...this.fleetRef(), cohort: d.cohort, digest: cand });
-        await acts.movePointer({ cohort: d.cohort, stage: 'production', digest: cand, expected: this.production.get(d.cohort)!, rolloutId: this.req.rolloutId, reason: headline(d) });
-        await acts.movePointer({ cohort: d.cohort, stage: 'candidate', digest: null, expected: cand, rolloutId: this.req.rolloutId, reason: 'promoted' });
+        await acts.movePointer({
+          cohort: d.cohort,
+          stage: 'production',
+          digest: cand,
+          expected: this.production.get(d.cohort)!,
+          rolloutId: this.req.rolloutId,
+          reason: headline(d),
+        });
+        await acts.movePointer({
+          cohort: d.cohort,
+          stage: 'candidate',
+          digest: null,
+          expected: cand,
+          rolloutId: this.req.rolloutId,
+          reason: 'promoted',
+        });
         this.settle(d.cohort);
         const s = this.cohorts.get(d.cohort)!;
         s.state = 'promoted';
         s.vehicles = res.vehicles;
-        this.record({ phase: 'promote', cohort: d.cohort, action: 'promoted', reason: d.reason, metrics: d.metrics });
+        this.record({
+          phase: 'promote',
+          cohort: d.cohort,
+          action: 'promoted',
+          reason: d.reason,
+          metrics: d.metrics,
+        });
       });
     }
   }
@@ -591,7 +731,9 @@ export async function rolloutWorkflow(input: RolloutRequestInput): Promise<Rollo
       reason = err.why;
     } else if (isCancellation(err)) {
       outcome = 'aborted';
-      reason = r.abortRequest ? `aborted by ${r.abortRequest.by}: ${r.abortRequest.reason}` : 'the workflow was cancelled';
+      reason = r.abortRequest
+        ? `aborted by ${r.abortRequest.by}: ${r.abortRequest.reason}`
+        : 'the workflow was cancelled';
     } else {
       outcome = 'aborted';
       reason = `stopped by an error: ${causeMessage(err)}`;
@@ -647,6 +789,7 @@ function summarize(r: Rollout): string {
 function causeMessage(err: unknown): string {
   let e: unknown = err;
   // An activity failure wraps the ApplicationFailure that says what went wrong.
-  while (e instanceof Error && (e as { cause?: unknown }).cause instanceof Error) e = (e as { cause?: unknown }).cause;
+  while (e instanceof Error && (e as { cause?: unknown }).cause instanceof Error)
+    e = (e as { cause?: unknown }).cause;
   return e instanceof Error ? e.message : String(e);
 }

@@ -43,7 +43,12 @@ test('a rollout started with the Temporal CLI runs every phase on the dev server
   const client = new Client({ connection: clientConn });
   const taskQueue = `it-${process.pid}`;
   try {
-    const worker = await createFleetgateWorker({ connection, namespace: 'default', taskQueue, services: world.services });
+    const worker = await createFleetgateWorker({
+      connection,
+      namespace: 'default',
+      taskQueue,
+      services: world.services,
+    });
     await worker.runUntil(async () => {
       const policy = loadPolicy('examples/demo-policy.yaml');
       policy.shadow!.duration = '3s';
@@ -54,10 +59,23 @@ test('a rollout started with the Temporal CLI runs every phase on the dev server
       ];
       policy.labelWait = { coverage: 0.9, poll: '2s', timeout: '20s' };
       const id = `it-regress-${process.pid}`;
-      const request = RolloutRequest.parse(rolloutRequest(id, 'models/candidate-regress', policy, 'test/fixtures/fleet.yaml', 1200));
+      const request = RolloutRequest.parse(
+        rolloutRequest(id, 'models/candidate-regress', policy, 'test/fixtures/fleet.yaml', 1200),
+      );
       const file = join(tmp, 'request.json');
       writeFileSync(file, JSON.stringify(request));
-      cli(['workflow', 'start', '--type', 'rolloutWorkflow', '--task-queue', taskQueue, '--workflow-id', id, '--input-file', file]);
+      cli([
+        'workflow',
+        'start',
+        '--type',
+        'rolloutWorkflow',
+        '--task-queue',
+        taskQueue,
+        '--workflow-id',
+        id,
+        '--input-file',
+        file,
+      ]);
 
       const handle = client.workflow.getHandle(id);
       for (let i = 0; i < 600; i++) {
@@ -65,8 +83,15 @@ test('a rollout started with the Temporal CLI runs every phase on the dev server
         await new Promise((r) => setTimeout(r, 250));
       }
       const out = cli([
-        'workflow', 'update', 'execute', '--name', 'approve', '--workflow-id', id,
-        '--input', JSON.stringify({ gate: 'wave-2', reviewer: 'alice', comment: 'looks fine' }),
+        'workflow',
+        'update',
+        'execute',
+        '--name',
+        'approve',
+        '--workflow-id',
+        id,
+        '--input',
+        JSON.stringify({ gate: 'wave-2', reviewer: 'alice', comment: 'looks fine' }),
       ]);
       assert.match(out, /alice/);
 
@@ -76,7 +101,8 @@ test('a rollout started with the Temporal CLI runs every phase on the dev server
       assert.equal(states['hw3/nordic'], 'rolled_back');
       const report = JSON.parse(readFileSync(result.reportPath!, 'utf8'));
       const phases = new Set(report.decisions.map((d: { phase: string }) => d.phase));
-      for (const p of ['register', 'bench', 'shadow', 'canary', 'label-wait', 'rollback']) assert.ok(phases.has(p), `phase ${p} ran`);
+      for (const p of ['register', 'bench', 'shadow', 'canary', 'label-wait', 'rollback'])
+        assert.ok(phases.has(p), `phase ${p} ran`);
       assert.equal((await runningDigest(world, report.candidate.digest))['hw3/nordic'] ?? 0, 0);
 
       const listed = cli(['workflow', 'list', '--query', `WorkflowId = '${id}'`]);

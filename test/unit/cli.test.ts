@@ -56,6 +56,17 @@ const sample: RolloutStatus = {
     action: 'rollback',
     reason: 'error_rate harm',
   },
+  recentDecisions: [
+    {
+      seq: 9,
+      at: '2025-01-01T12:00:40.000Z',
+      phase: 'rollback',
+      wave: 1,
+      cohort: 'hw3/nordic',
+      action: 'rollback',
+      reason: 'error_rate harm',
+    },
+  ],
   benches: [
     {
       sku: 'hw3',
@@ -129,10 +140,12 @@ void test('the view prints lines, not redraws, when the output is not a terminal
   const view = new ProgressView({ write: (s: string) => (written += s), isTTY: false });
   view.update(sample);
   view.update(sample);
-  view.update({ ...sample, lastDecision: { ...sample.lastDecision!, seq: 12, reason: 'later' } });
+  const later = (seq: number) => ({ ...sample.lastDecision!, seq, reason: `later ${seq}` });
+  view.update({ ...sample, lastDecision: later(14), recentDecisions: [later(12), later(13), later(14)] });
   assert.ok(!written.includes(ESC));
   assert.equal(written.match(/^#9 /gm)?.length, 1, 'each decision once');
-  assert.match(written, /^#12 .*later \(and 2 earlier, in the report\)$/m);
+  assert.match(written, /^\(2 earlier decision\(s\) are in the report\)$/m);
+  assert.match(written, /^#12 .*later 12\n#13 .*later 13\n#14 .*later 14$/m);
   assert.equal(
     written.match(/^ {2}hw3\/nordic: rolled_back, wave 1\/3, 0 on candidate: error_rate .* → harm$/gm)
       ?.length,

@@ -12,8 +12,23 @@ import { readFileSync } from 'node:fs';
 import { temporalTestServer } from '../../workers/tools';
 import { getWorkflowBundle } from '../../workers/bundle';
 import { createActivities, quietRuntime } from '../../workers/worker';
-import { abortUpdate, approveUpdate, statusQuery, WORKFLOW_TYPE, type RolloutResult } from '../../workflows/definitions';
-import { loadPolicy, makeWorld, maybeSaveHistory, otaOps, query, rolloutRequest, runningDigest, type World } from '../support';
+import {
+  abortUpdate,
+  approveUpdate,
+  statusQuery,
+  WORKFLOW_TYPE,
+  type RolloutResult,
+} from '../../workflows/definitions';
+import {
+  loadPolicy,
+  makeWorld,
+  maybeSaveHistory,
+  otaOps,
+  query,
+  rolloutRequest,
+  runningDigest,
+  type World,
+} from '../support';
 import type { PolicyInput, RolloutRequestInput } from '../../policies/schema';
 
 let env: TestWorkflowEnvironment;
@@ -55,7 +70,10 @@ describe('rolloutWorkflow (time-skipping)', () => {
     const world = await makeWorld();
     try {
       const result = await withWorker(world, async (tq) => {
-        const handle = await start(tq, rolloutRequest(`regress-${process.pid}`, 'models/candidate-regress', week()));
+        const handle = await start(
+          tq,
+          rolloutRequest(`regress-${process.pid}`, 'models/candidate-regress', week()),
+        );
         const r: RolloutResult = await handle.result();
         await maybeSaveHistory('regress', handle);
         return r;
@@ -75,7 +93,11 @@ describe('rolloutWorkflow (time-skipping)', () => {
       assert.equal(running['hw3/nordic'] ?? 0, 0);
       const reverts = (await otaOps(world)).filter((o) => o.op === 'revert');
       assert.ok(reverts.length > 0 && reverts.every((o) => o.cohort === 'hw3/nordic'));
-      assert.ok(report.decisions.some((d: { action: string; cohort?: string }) => d.action === 'rollback' && d.cohort === 'hw3/nordic'));
+      assert.ok(
+        report.decisions.some(
+          (d: { action: string; cohort?: string }) => d.action === 'rollback' && d.cohort === 'hw3/nordic',
+        ),
+      );
     } finally {
       await world.close();
     }
@@ -85,7 +107,10 @@ describe('rolloutWorkflow (time-skipping)', () => {
     const world = await makeWorld();
     try {
       const result = await withWorker(world, async (tq) => {
-        const handle = await start(tq, rolloutRequest(`good-${process.pid}`, 'models/candidate-good', week()));
+        const handle = await start(
+          tq,
+          rolloutRequest(`good-${process.pid}`, 'models/candidate-good', week()),
+        );
         const r: RolloutResult = await handle.result();
         await maybeSaveHistory('good', handle);
         return r;
@@ -99,9 +124,13 @@ describe('rolloutWorkflow (time-skipping)', () => {
       const prod = await world.services.store.get(`pointers/${world.cohorts[0]}/production.json`);
       assert.equal(JSON.parse(prod!.toString()).digest, digest);
       // Every look is recorded with its statistics and boundary.
-      const looks = report.decisions.filter((d: { look?: number; metrics?: unknown[] }) => d.look && d.metrics);
+      const looks = report.decisions.filter(
+        (d: { look?: number; metrics?: unknown[] }) => d.look && d.metrics,
+      );
       assert.ok(looks.length >= 9 * 3, `looks x cohorts recorded: ${looks.length}`);
-      assert.ok(looks.every((d: { metrics: { boundary: number }[] }) => d.metrics.every((m) => m.boundary > 1)));
+      assert.ok(
+        looks.every((d: { metrics: { boundary: number }[] }) => d.metrics.every((m) => m.boundary > 1)),
+      );
     } finally {
       await world.close();
     }
@@ -111,9 +140,15 @@ describe('rolloutWorkflow (time-skipping)', () => {
     const world = await makeWorld();
     try {
       const policy = week();
-      policy.waves![2] = { ...policy.waves![2]!, approval: { gate: 'final-wave', required: 1, timeout: '3d' } };
+      policy.waves![2] = {
+        ...policy.waves![2]!,
+        approval: { gate: 'final-wave', required: 1, timeout: '3d' },
+      };
       await withWorker(world, async (tq) => {
-        const handle = await start(tq, rolloutRequest(`abort-${process.pid}`, 'models/candidate-good', policy));
+        const handle = await start(
+          tq,
+          rolloutRequest(`abort-${process.pid}`, 'models/candidate-good', policy),
+        );
         // Let time pass until the rollout waits at the gate before wave 3 (waves 1 and 2 delivered).
         for (let i = 0; i < 100; i++) {
           const s = await handle.query(statusQuery);
@@ -123,13 +158,17 @@ describe('rolloutWorkflow (time-skipping)', () => {
         const before = await handle.query(statusQuery);
         assert.equal(before.wave, 2);
         assert.equal(before.pendingGate?.gate, 'final-wave');
-        const receipt = await handle.executeUpdate(abortUpdate, { args: [{ reason: 'operator drill', by: 'ops' }] });
+        const receipt = await handle.executeUpdate(abortUpdate, {
+          args: [{ reason: 'operator drill', by: 'ops' }],
+        });
         assert.equal(receipt.outcome, 'aborted');
         // A second abort is refused: the rollout has ended (validator), or has closed (no such update).
-        await assert.rejects(handle.executeUpdate(abortUpdate, { args: [{ reason: 'again', by: 'ops' }] }), (e: Error) =>
-          e instanceof WorkflowUpdateFailedError
-            ? /already ended/.test(String(e.cause?.message))
-            : e instanceof WorkflowNotFoundError,
+        await assert.rejects(
+          handle.executeUpdate(abortUpdate, { args: [{ reason: 'again', by: 'ops' }] }),
+          (e: Error) =>
+            e instanceof WorkflowUpdateFailedError
+              ? /already ended/.test(String(e.cause?.message))
+              : e instanceof WorkflowNotFoundError,
         );
         const result: RolloutResult = await handle.result();
         await maybeSaveHistory('abort', handle);
@@ -159,7 +198,10 @@ describe('rolloutWorkflow (time-skipping)', () => {
       const policy = week();
       policy.waves![1] = { ...policy.waves![1]!, approval: { gate: 'wave-2', required: 2, timeout: '7d' } };
       await withWorker(world, async (tq) => {
-        const handle = await start(tq, rolloutRequest(`gate-${process.pid}`, 'models/candidate-good', policy));
+        const handle = await start(
+          tq,
+          rolloutRequest(`gate-${process.pid}`, 'models/candidate-good', policy),
+        );
         for (let i = 0; i < 100; i++) {
           if ((await handle.query(statusQuery)).pendingGate) break;
           await env.sleep('1h');
@@ -176,7 +218,9 @@ describe('rolloutWorkflow (time-skipping)', () => {
           );
         await refused({ gate: 'wave-2', reviewer: 'mallory' }, /not allowed/);
         await refused({ gate: 'wave-9', reviewer: 'alice' }, /not pending/);
-        const r1 = await handle.executeUpdate(approveUpdate, { args: [{ gate: 'wave-2', reviewer: 'alice' }] });
+        const r1 = await handle.executeUpdate(approveUpdate, {
+          args: [{ gate: 'wave-2', reviewer: 'alice' }],
+        });
         assert.deepEqual(r1, { gate: 'wave-2', approvals: ['alice'], required: 2, open: false });
         await refused({ gate: 'wave-2', reviewer: 'alice' }, /already approved/);
         s = await handle.query(statusQuery);
@@ -193,7 +237,10 @@ describe('rolloutWorkflow (time-skipping)', () => {
         assert.ok(!JSON.stringify(history).includes('mallory'), 'a refused reviewer leaves no trace');
         const report = JSON.parse(readFileSync(result.reportPath!, 'utf8'));
         const approvals = report.decisions.filter((d: { action: string }) => d.action === 'approve');
-        assert.deepEqual(approvals.map((d: { by: string }) => d.by), ['alice', 'bob']);
+        assert.deepEqual(
+          approvals.map((d: { by: string }) => d.by),
+          ['alice', 'bob'],
+        );
       });
     } finally {
       await world.close();
@@ -219,7 +266,9 @@ describe('rolloutWorkflow (time-skipping)', () => {
           lengths.push(history.events!.length);
           const kinds: Record<string, number> = {};
           for (const e of history.events!) {
-            const t = e.activityTaskScheduledEventAttributes?.activityType?.name ?? (e.timerStartedEventAttributes ? 'timer' : undefined);
+            const t =
+              e.activityTaskScheduledEventAttributes?.activityType?.name ??
+              (e.timerStartedEventAttributes ? 'timer' : undefined);
             if (t) kinds[t] = (kinds[t] ?? 0) + 1;
           }
           shapes.push(JSON.stringify(kinds));
@@ -232,7 +281,10 @@ describe('rolloutWorkflow (time-skipping)', () => {
     }
     assert.ok(events[1]! > 2 * events[0]!, `the large fleet logged ${events[1]} events vs ${events[0]}`);
     // Four times the events; the same structure of history. Only the number of label-wait polls may differ.
-    assert.ok(Math.abs(lengths[1]! - lengths[0]!) <= 0.05 * lengths[0]!, `history lengths ${lengths.join(' vs ')}: ${shapes.join(' vs ')}`);
+    assert.ok(
+      Math.abs(lengths[1]! - lengths[0]!) <= 0.05 * lengths[0]!,
+      `history lengths ${lengths.join(' vs ')}: ${shapes.join(' vs ')}`,
+    );
   });
 
   test('a bench failure rejects the rollout before anything is delivered', async () => {
@@ -241,7 +293,12 @@ describe('rolloutWorkflow (time-skipping)', () => {
       const result = await withWorker(world, async (tq) => {
         const handle = await start(
           tq,
-          rolloutRequest(`bench-${process.pid}`, 'models/candidate-good', week(), 'test/fixtures/fleet-slow.yaml'),
+          rolloutRequest(
+            `bench-${process.pid}`,
+            'models/candidate-good',
+            week(),
+            'test/fixtures/fleet-slow.yaml',
+          ),
         );
         return (await handle.result()) as RolloutResult;
       });
@@ -261,7 +318,10 @@ describe('rolloutWorkflow (time-skipping)', () => {
       const policy = week();
       policy.waves![1] = { ...policy.waves![1]!, percent: 2 };
       await withWorker(world, async (tq) => {
-        const handle = await start(tq, rolloutRequest(`invalid-${process.pid}`, 'models/candidate-good', policy));
+        const handle = await start(
+          tq,
+          rolloutRequest(`invalid-${process.pid}`, 'models/candidate-good', policy),
+        );
         await assert.rejects(handle.result(), (e: Error) => {
           assert.ok(e instanceof WorkflowFailedError);
           const cause = e.cause as { type?: string; message: string };
