@@ -148,11 +148,9 @@ export type Metric = z.infer<typeof Metric>;
 
 export const RolloutRequest = z
   .object({
-    rolloutId: z
-      .string()
-      .regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/, {
-        message: 'letters, digits, ".", "_" or "-", at most 100',
-      }),
+    rolloutId: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/, {
+      message: 'letters, digits, ".", "_" or "-", at most 100',
+    }),
     candidate: z
       .object({ pack: z.string().min(1).describe('Model pack directory, relative to the worker') })
       .strict(),

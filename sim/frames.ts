@@ -84,8 +84,10 @@ export function generateFrames(rng: () => number, count: number, nightShare: num
     const camSignal = isNight ? CAMERA_SIGNAL.night : CAMERA_SIGNAL.day;
     const camNoise = isNight ? CAMERA_NOISE.night : CAMERA_NOISE.day;
     const o = i * FEATURES;
-    for (let j = 0; j < 4; j++) features[o + j] = camSignal * s * CAMERA_WEIGHTS[j]! + camNoise * gaussian(rng);
-    for (let j = 0; j < 4; j++) features[o + 4 + j] = RADAR_SIGNAL * s * RADAR_WEIGHTS[j]! + RADAR_NOISE * gaussian(rng);
+    for (let j = 0; j < 4; j++)
+      features[o + j] = camSignal * s * CAMERA_WEIGHTS[j]! + camNoise * gaussian(rng);
+    for (let j = 0; j < 4; j++)
+      features[o + 4 + j] = RADAR_SIGNAL * s * RADAR_WEIGHTS[j]! + RADAR_NOISE * gaussian(rng);
   }
   return { count, features, labels, night };
 }

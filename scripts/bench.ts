@@ -1,0 +1,214 @@
+/**
+ * `npm run bench`: speed and memory of the hot paths, each printed as a ratio against a baseline
+ * measured in the same run on the same data (never an absolute time to assert against).
+ *
+ *   1. analysis look: the DuckDB aggregation of the analysis activity vs reading every event into
+ *      JavaScript and aggregating there (what a look would cost without pushing it into the database);
+ *   2. inference: batched onnxruntime runs vs one run per frame;
+ *   3. canary assignment: waveTargets over a large cohort vs sorting objects by an HMAC hex string.
+ *
+ * Runs against a temporary data directory; prints a table and a JSON line.
+ */
+import { createHmac } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { bootstrapProduction, createRegistryActivities } from '../activities/registry';
+import { createFleetActivities, initSimFleet } from '../activities/fleet';
+import { createAnalysisActivities } from '../activities/analysis';
+import { createLabelActivities } from '../activities/labels';
+import { rows } from '../activities/db';
+import { openServices } from '../workers/worker';
+import { loadFleetManifest, pseudonym, waveTargets } from '../sim/fleet';
+import { FEATURES, generateFrames, makeRng } from '../sim/frames';
+
+const ROOT = resolve(__dirname, '..');
+const FLEET = 'sim/fleets/demo.yaml';
+
+interface Result {
+  name: string;
+  subject: string;
+  baseline: string;
+  subjectMs: number;
+  baselineMs: number;
+  speedup: number;
+  subjectHeapMB?: number;
+  baselineHeapMB?: number;
+}
+
+async function timed<T>(fn: () => Promise<T>): Promise<{ ms: number; heapMB: number; value: T }> {
+  global.gc?.();
+  const heap0 = process.memoryUsage().heapUsed;
+  const t0 = process.hrtime.bigint();
+  const value = await fn();
+  const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+  const heapMB = Math.max(0, process.memoryUsage().heapUsed - heap0) / 2 ** 20;
+  return { ms, heapMB, value };
+}
+
+async function best<T>(n: number, fn: () => Promise<T>) {
+  let out = await timed(fn);
+  for (let i = 1; i < n; i++) {
+    const r = await timed(fn);
+    if (r.ms < out.ms) out = r;
+  }
+  return out;
+}
+
+async function main(): Promise<void> {
+  const dataDir = mkdtempSync(join(tmpdir(), 'fleetgate-bench-'));
+  const services = await openServices(dataDir, ROOT);
+  const results: Result[] = [];
+  try {
+    const manifest = loadFleetManifest(join(ROOT, FLEET));
+    const cohorts = manifest.cohorts.map((c) => c.name);
+    const prod = await bootstrapProduction(services, 'models/production', cohorts, 'bench');
+    const conn = services.db.connection;
+    await initSimFleet(
+      { conn, key: services.key, root: ROOT },
+      FLEET,
+      Object.fromEntries(cohorts.map((c) => [c, prod.digest])),
+    );
+    const fleet = createFleetActivities({ conn, runner: services.runner, key: services.key, root: ROOT });
+    const analysis = createAnalysisActivities({ conn });
+    const labels = createLabelActivities({ conn });
+    const rolloutId = 'bench';
+    const registry = createRegistryActivities({ store: services.store, runner: services.runner, root: ROOT });
+    const candidateDigest = (
+      await registry.registerCandidate({ rolloutId, packDir: 'models/candidate-good' })
+    ).digest;
+    const ref = { rolloutId, manifest: FLEET };
+
+    // 1. Analysis look over a day of canary telemetry.
+    await fleet.deliverWave({ ...ref, wave: 1, percent: 25, cohorts, digest: candidateDigest });
+    const t0 = Date.UTC(2026, 0, 1);
+    for (let h = 0; h < 24; h += 4) {
+      await fleet.collectTelemetry({
+        ...ref,
+        cohorts,
+        candidateDigest,
+        fromMs: t0 + h * 3_600_000,
+        toMs: t0 + (h + 4) * 3_600_000,
+      });
+    }
+    const asOfMs = t0 + 36 * 3_600_000;
+    await labels.labelCoverage({ rolloutId, asOfMs });
+    const [count] = await rows(conn, 'SELECT count(*)::INTEGER AS n FROM events');
+    const subject = await best(5, () => analysis.analyze({ rolloutId, phase: 'canary', cohorts, asOfMs }));
+    const baseline = await best(3, async () => {
+      const all = await rows(
+        conn,
+        `SELECT e.cohort, e.arm, e.pred_candidate, e.pred_production, e.lat_candidate, e.lat_production, l.label
+         FROM events e LEFT JOIN labels l ON l.event_id = e.event_id AND l.arrived_at_ms <= ${asOfMs}
+         WHERE e.rollout_id = '${rolloutId}' AND e.phase = 'canary' AND e.ts_ms < ${asOfMs}`,
+      );
+      const acc = new Map<
+        string,
+        { n: number; labeled: number; errors: number; sum: number; sumSq: number }
+      >();
+      for (const r of all) {
+        const k = `${String(r.cohort)}|${String(r.arm)}`;
+        const a = acc.get(k) ?? { n: 0, labeled: 0, errors: 0, sum: 0, sumSq: 0 };
+        const cand = r.arm === 'candidate';
+        const pred = Number(cand ? r.pred_candidate : r.pred_production);
+        const lat = Number(cand ? r.lat_candidate : r.lat_production);
+        a.n++;
+        if (r.label !== null && r.label !== undefined) {
+          a.labeled++;
+          if (Number(r.label) !== pred) a.errors++;
+        }
+        a.sum += lat;
+        a.sumSq += lat * lat;
+        acc.set(k, a);
+      }
+      return acc;
+    });
+    // Both must agree before their speeds mean anything.
+    for (const s of subject.value) {
+      const b = baseline.value.get(`${s.cohort}|candidate`);
+      if (!b || b.n !== s.candidate.events || b.errors !== s.candidate.errors) {
+        throw new Error(`analysis and baseline disagree for ${s.cohort}`);
+      }
+    }
+    results.push({
+      name: `analysis look (${Number(count?.n)} events)`,
+      subject: 'DuckDB aggregate',
+      baseline: 'rows into JS',
+      subjectMs: subject.ms,
+      baselineMs: baseline.ms,
+      speedup: baseline.ms / subject.ms,
+      subjectHeapMB: subject.heapMB,
+      baselineHeapMB: baseline.heapMB,
+    });
+
+    // 2. Inference: 20,000 frames batched vs 2,000 frames one at a time (scaled to 20,000).
+    const frames = generateFrames(makeRng('bench'), 20_000, 0.3);
+    await services.runner.run(prod.digest, frames.features.slice(0, FEATURES), 1);
+    const batched = await best(3, async () => {
+      for (let i = 0; i < frames.count; i += 4096) {
+        const n = Math.min(4096, frames.count - i);
+        await services.runner.run(prod.digest, frames.features.slice(i * FEATURES, (i + n) * FEATURES), n);
+      }
+    });
+    const single = await best(2, async () => {
+      for (let i = 0; i < 2000; i++) {
+        await services.runner.run(prod.digest, frames.features.slice(i * FEATURES, (i + 1) * FEATURES), 1);
+      }
+    });
+    results.push({
+      name: 'inference (20,000 frames)',
+      subject: 'batches of 4096',
+      baseline: 'one frame per run',
+      subjectMs: batched.ms,
+      baselineMs: single.ms * 10,
+      speedup: (single.ms * 10) / batched.ms,
+    });
+
+    // 3. Assignment of a 200,000-vehicle cohort to a 25% wave.
+    const ids = Array.from({ length: 200_000 }, (_, i) => pseudonym(services.key, `bench-${i}`));
+    const fast = await best(3, async () => waveTargets(ids, services.key, 'bench-rollout', 25));
+    const naive = await best(2, async () => {
+      const ranked = ids.map((id) => ({
+        id,
+        rank: createHmac('sha256', services.key).update(`bench-rollout:canary${id}`).digest('hex'),
+      }));
+      ranked.sort((a, b) => (a.rank < b.rank ? -1 : a.rank > b.rank ? 1 : 0));
+      return ranked.slice(0, Math.ceil(ids.length / 4)).map((r) => r.id);
+    });
+    results.push({
+      name: 'wave assignment (200,000 vehicles)',
+      subject: 'waveTargets',
+      baseline: 'objects + HMAC hex sort',
+      subjectMs: fast.ms,
+      baselineMs: naive.ms,
+      speedup: naive.ms / fast.ms,
+      subjectHeapMB: fast.heapMB,
+      baselineHeapMB: naive.heapMB,
+    });
+  } finally {
+    await services.close();
+    rmSync(dataDir, { recursive: true, force: true });
+  }
+
+  const pad = (s: string, n: number) => s.padEnd(n);
+  console.log(
+    pad('benchmark', 36) + pad('subject', 20) + pad('baseline', 26) + 'speed-up   heap (subject / baseline)',
+  );
+  for (const r of results) {
+    const heap =
+      r.subjectHeapMB !== undefined
+        ? `${r.subjectHeapMB.toFixed(1)} MB / ${r.baselineHeapMB!.toFixed(1)} MB`
+        : '';
+    console.log(
+      pad(r.name, 36) + pad(r.subject, 20) + pad(r.baseline, 26) + pad(`${r.speedup.toFixed(1)}x`, 11) + heap,
+    );
+  }
+  console.log(
+    JSON.stringify({ bench: results.map((r) => ({ name: r.name, speedup: Number(r.speedup.toFixed(2)) })) }),
+  );
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});
