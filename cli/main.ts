@@ -118,10 +118,11 @@ policy's reviewers, or has already approved it; a refusal leaves nothing in the 
   reject: `Usage: fleetgate reject ID --gate GATE --reviewer NAME --reason TEXT
 
 Rejects the pending gate: the rollout ends "rejected" and every change it made is compensated.`,
-  abort: `Usage: fleetgate abort ID --reason TEXT [--by NAME]
+  abort: `Usage: fleetgate abort ID [--reason TEXT] [--by NAME]
 
 Aborts the rollout and waits until its changes are compensated (last in, first out).
-  --by NAME   who asks (default $USER, else "unknown")`,
+  --reason TEXT  why, for the decision log (default "operator abort, no reason given")
+  --by NAME      who asks (default $USER, else "unknown")`,
   worker: `Usage: fleetgate worker
 
 Runs a worker for the task queue (FLEETGATE_TASK_QUEUE, default "fleetgate") against TEMPORAL_ADDRESS
@@ -590,7 +591,7 @@ async function abortCommand(args: string[]): Promise<number> {
   const p = parse('abort', args, { reason: { type: 'string' }, by: { type: 'string' } }, 1);
   if (p.help) return help('abort');
   const id = p.positionals[0]!;
-  const reason = required('abort', p.values, 'reason');
+  const reason = str(p.values, 'reason') ?? 'operator abort, no reason given';
   const by = str(p.values, 'by') ?? defaultRequester();
   console.error(`fleetgate: aborting ${id}; waiting for its compensations…`);
   const receipt = await withSession((s) =>

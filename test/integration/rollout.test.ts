@@ -5,7 +5,8 @@
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -32,8 +33,15 @@ after(async () => {
   rmSync(tmp, { recursive: true, force: true });
 });
 
-function cli(args: string[]): string {
-  return execFileSync(temporalCli(), [...args, '--address', server.address], { encoding: 'utf8' });
+/**
+ * Runs the Temporal CLI without blocking this process's event loop: the worker under test runs here
+ * too, and the CLI's update waits for it.
+ */
+async function cli(args: string[]): Promise<string> {
+  const { stdout } = await promisify(execFile)(temporalCli(), [...args, '--address', server.address], {
+    encoding: 'utf8',
+  });
+  return stdout;
 }
 
 test('a rollout started with the Temporal CLI runs every phase on the dev server', async () => {
@@ -59,12 +67,13 @@ test('a rollout started with the Temporal CLI runs every phase on the dev server
       ];
       policy.labelWait = { coverage: 0.9, poll: '2s', timeout: '20s' };
       const id = `it-regress-${process.pid}`;
+      // 7200x: a 3-second look covers six hours of driving, the test fleet's mean label delay.
       const request = RolloutRequest.parse(
-        rolloutRequest(id, 'models/candidate-regress', policy, 'test/fixtures/fleet.yaml', 1200),
+        rolloutRequest(id, 'models/candidate-regress', policy, 'test/fixtures/fleet.yaml', 7200),
       );
       const file = join(tmp, 'request.json');
       writeFileSync(file, JSON.stringify(request));
-      cli([
+      await cli([
         'workflow',
         'start',
         '--type',
@@ -78,11 +87,17 @@ test('a rollout started with the Temporal CLI runs every phase on the dev server
       ]);
 
       const handle = client.workflow.getHandle(id);
-      for (let i = 0; i < 600; i++) {
+      for (let i = 0; ; i++) {
         if ((await handle.query(statusQuery)).pendingGate) break;
+        const { status } = await handle.describe();
+        if (status.name !== 'RUNNING' || i > 600) {
+          assert.fail(
+            `no gate became pending (${status.name}): ${JSON.stringify(await handle.query(statusQuery))}`,
+          );
+        }
         await new Promise((r) => setTimeout(r, 250));
       }
-      const out = cli([
+      const out = await cli([
         'workflow',
         'update',
         'execute',
@@ -105,7 +120,7 @@ test('a rollout started with the Temporal CLI runs every phase on the dev server
         assert.ok(phases.has(p), `phase ${p} ran`);
       assert.equal((await runningDigest(world, report.candidate.digest))['hw3/nordic'] ?? 0, 0);
 
-      const listed = cli(['workflow', 'list', '--query', `WorkflowId = '${id}'`]);
+      const listed = await cli(['workflow', 'list', '--query', `WorkflowId = '${id}'`]);
       assert.match(listed, new RegExp(id));
       assert.match(listed, /Completed/);
     });
