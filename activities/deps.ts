@@ -41,3 +41,49 @@ export interface RunnerSettings {
   intraOpThreads?: number;
   graphOptimization?: 'disabled' | 'basic' | 'extended' | 'all';
 }
+
+/**
+ * Over-the-air delivery: jobs that put a model on vehicles, and their undoing. The simulated fleet
+ * implements it with per-vehicle A/B slots (sim/ota.ts); AWS IoT Jobs will later. Vehicles are known by
+ * their pseudonyms only. The channel does not serialise its calls: a caller that reads, then creates or
+ * reverts a job, makes those calls in one unit of work (for the simulated fleet, one transaction on the
+ * fleet database's connection).
+ */
+export interface OtaChannel {
+  /** How many vehicles of the fleet the channel can reach; 0 for a fleet it does not know. */
+  vehicleCount(fleet: string): Promise<number>;
+  /** The vehicles of a fleet's cohort, with the digest of the model each runs now (same order). */
+  inventory(fleet: string, cohort: string): Promise<{ vehicles: string[]; digests: string[] }>;
+  /** Vehicles per cohort running `digest` now; cohorts with none are absent. */
+  running(fleet: string, digest: string): Promise<Map<string, number>>;
+  /**
+   * The result recorded with job `jobId`, or undefined when there is no such job. Throws
+   * ImmutableConflict when the job was created with another digest.
+   */
+  recordedJob(jobId: string, digest: string): Promise<unknown>;
+  /**
+   * Creates job `jobId`: puts `digest` on the target vehicles of each cohort and logs one operation per
+   * cohort with any, recording `result` for `recordedJob`. Callers check `recordedJob` first: a job id is
+   * created once.
+   */
+  createJob(job: OtaJob): Promise<void>;
+  /**
+   * Undoes job `jobId` in the given cohorts: its vehicles there go back to the model they ran before it,
+   * and one 'revert' operation is logged per cohort with any. Returns how many vehicles were reverted; a
+   * second call, or an unknown job, reverts 0.
+   */
+  revertJob(jobId: string, cohorts: readonly string[]): Promise<number>;
+}
+export interface OtaJob {
+  jobId: string;
+  rolloutId: string;
+  fleet: string;
+  kind: 'deliver' | 'promote';
+  /** The canary wave a 'deliver' job belongs to; null for 'promote'. */
+  wave: number | null;
+  digest: string;
+  /** Pseudonyms of the vehicles to deliver to, per cohort. */
+  targets: Map<string, string[]>;
+  /** What a retry of the activity that created the job returns. */
+  result: unknown;
+}

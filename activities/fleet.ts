@@ -1,12 +1,14 @@
 /**
- * Activities of the simulated fleet: describe it, deliver a model over the air to a wave, revert a wave,
- * promote a cohort, and log the shadow and canary events its vehicles produce.
+ * Activities of the fleet: describe it, deliver a model to a wave through the over-the-air channel
+ * (`OtaChannel`), revert a wave, promote a cohort, and log the shadow and canary events the simulated
+ * vehicles produce.
  *
  * Every side effect is keyed so a retried activity changes nothing the second time: an OTA job by
  * `${rolloutId}-w${wave}` or `${rolloutId}-promote-${cohort}`, an event batch by rollout, phase and time
  * window. A job or batch is written in one transaction together with the row that marks it done, so a
- * crash leaves nothing half written. Vehicles are only ever known by their pseudonyms; these activities
- * must never log, store or return a raw vehicle id, and never return rows per event.
+ * crash leaves nothing half written. Only the channel changes what a vehicle runs; these activities never
+ * write a vehicle's slots. Vehicles are only ever known by their pseudonyms; these activities must never
+ * log, store or return a raw vehicle id, and never return rows per event.
  */
 import type { DuckDBAppender, DuckDBConnection } from '@duckdb/node-api';
 import { createHash } from 'node:crypto';
@@ -17,6 +19,7 @@ import type { CohortSpec, FleetManifest, Sku } from '../policies/schema';
 import { FEATURES, gaussian, generateFrames, makeRng, poisson } from '../sim/frames';
 import type { Frames } from '../sim/frames';
 import { loadFleetManifest, shadowTargets, simVehicles, waveTargets } from '../sim/fleet';
+import { countVehicles } from '../sim/ota';
 import type {
   BatchResult,
   DeliverInput,
@@ -28,12 +31,18 @@ import type {
   ShadowInput,
   TelemetryInput,
 } from './contracts';
-import { columns, exclusive, exec, num, rows, transaction } from './db';
-import type { ModelRunner, RunnerSettings } from './deps';
+import { exclusive, exec, num, rows, transaction } from './db';
+import type { ModelRunner, OtaChannel, RunnerSettings } from './deps';
 import { PRIORITY_CONFIDENCE } from './labels';
 
 export interface FleetActivityDeps {
+  /** The fleet database: event logs and labels; the units of work the channel's calls run in. */
   conn: DuckDBConnection;
+  /**
+   * Over-the-air delivery. Its calls are made inside `exclusive` or `transaction` on `conn`, so a
+   * channel that uses the fleet database (the simulated one) must use this same connection.
+   */
+  ota: OtaChannel;
   runner: ModelRunner;
   /** The pseudonym key (see workers/secrets.ts). */
   key: Buffer;
@@ -46,9 +55,6 @@ const INFERENCE_CHUNK = 32_768;
 const HOUR_MS = 3_600_000;
 /** Sentinel of an unset prediction in a Uint8Array (stored as NULL). */
 const NO_PRED = 255;
-
-/** The digest of a vehicle's active slot, as SQL. */
-const ACTIVE_DIGEST = `CASE active WHEN 'a' THEN slot_a ELSE slot_b END`;
 
 /**
  * Creates the simulated vehicles of a fleet, every one with the cohort's production digest in slot A,
@@ -96,11 +102,11 @@ export async function initSimFleet(
 }
 
 export function createFleetActivities(deps: FleetActivityDeps) {
-  const { conn, runner, key, root } = deps;
+  const { conn, ota, runner, key, root } = deps;
   const manifestOf = (input: FleetInput) => loadFleetManifest(resolve(root, input.manifest));
 
   async function requireFleet(manifest: FleetManifest): Promise<void> {
-    const n = await countVehicles(conn, manifest.name);
+    const n = await ota.vehicleCount(manifest.name);
     if (n === 0) {
       throw fail(
         ErrorType.NotFound,
@@ -108,75 +114,6 @@ export function createFleetActivities(deps: FleetActivityDeps) {
           `(initSimFleet with the production digest of every cohort)`,
       );
     }
-  }
-
-  /** Targets of one job per cohort: appends them, switches their slots, logs one op per cohort. */
-  async function applyJob(
-    job: {
-      jobId: string;
-      rolloutId: string;
-      fleet: string;
-      kind: 'deliver' | 'promote';
-      wave: number | null;
-    },
-    digest: string,
-    targets: Map<string, { vehicles: string[]; prevActive: string[] }>,
-    result: unknown,
-  ): Promise<void> {
-    const appender = await conn.createAppender('ota_targets');
-    try {
-      for (const [cohort, t] of targets) {
-        for (let i = 0; i < t.vehicles.length; i++) {
-          appender.appendVarchar(job.jobId);
-          appender.appendVarchar(t.vehicles[i]!);
-          appender.appendVarchar(cohort);
-          appender.appendBoolean(false);
-          appender.appendVarchar(t.prevActive[i]!);
-          appender.endRow();
-        }
-      }
-    } finally {
-      appender.closeSync();
-    }
-    // Over the air: the new model goes into the inactive slot, which then becomes the active one.
-    await exec(
-      conn,
-      `UPDATE vehicles SET
-         slot_a = CASE WHEN t.prev_active = 'b' THEN ? ELSE vehicles.slot_a END,
-         slot_b = CASE WHEN t.prev_active = 'a' THEN ? ELSE vehicles.slot_b END,
-         active = CASE WHEN t.prev_active = 'a' THEN 'b' ELSE 'a' END
-       FROM ota_targets t
-       WHERE t.job_id = ? AND vehicles.fleet = ? AND vehicles.vehicle = t.vehicle`,
-      [digest, digest, job.jobId, job.fleet],
-    );
-    for (const [cohort, t] of targets) {
-      if (t.vehicles.length > 0) {
-        await exec(conn, `INSERT INTO ota_ops (job_id, op, cohort, vehicles) VALUES (?, ?, ?, ?)`, [
-          job.jobId,
-          job.kind,
-          cohort,
-          t.vehicles.length,
-        ]);
-      }
-    }
-    await exec(
-      conn,
-      `INSERT INTO ota_jobs (job_id, rollout_id, fleet, kind, wave, digest, result) VALUES (?, ?, ?, ?, ?, ?, ?)`,
-      [job.jobId, job.rolloutId, job.fleet, job.kind, job.wave, digest, JSON.stringify(result)],
-    );
-  }
-
-  /** The recorded result of a job, or undefined; a job recorded with another digest is a conflict. */
-  async function recordedJob(jobId: string, digest: string): Promise<unknown> {
-    const [job] = await rows(conn, `SELECT digest, result FROM ota_jobs WHERE job_id = ?`, [jobId]);
-    if (!job) return undefined;
-    if (job.digest !== digest) {
-      throw fail(
-        ErrorType.ImmutableConflict,
-        `OTA job ${jobId} already delivered ${String(job.digest).slice(0, 12)}, not ${digest.slice(0, 12)}`,
-      );
-    }
-    return JSON.parse(String(job.result));
   }
 
   return {
@@ -197,83 +134,53 @@ export function createFleetActivities(deps: FleetActivityDeps) {
       const cohorts = cohortsOf(manifest, input.cohorts);
       const jobId = `${input.rolloutId}-w${input.wave}`;
       return transaction(conn, async () => {
-        const recorded = await recordedJob(jobId, input.digest);
+        const recorded = await ota.recordedJob(jobId, input.digest);
         if (recorded) return recorded as DeliveryResult;
         await requireFleet(manifest);
-        const targets = new Map<string, { vehicles: string[]; prevActive: string[] }>();
+        const targets = new Map<string, string[]>();
         for (const cohort of cohorts) {
-          const fleet = await cohortVehicles(conn, manifest.name, cohort.name);
+          const fleet = await ota.inventory(manifest.name, cohort.name);
           const chosen = new Set(waveTargets(fleet.vehicles, key, input.rolloutId, input.percent));
-          const t = { vehicles: [] as string[], prevActive: [] as string[] };
-          fleet.vehicles.forEach((v, i) => {
-            if (chosen.has(v) && fleet.digests[i] !== input.digest) {
-              t.vehicles.push(v);
-              t.prevActive.push(fleet.active[i]!);
-            }
-          });
-          targets.set(cohort.name, t);
+          targets.set(
+            cohort.name,
+            fleet.vehicles.filter((v, i) => chosen.has(v) && fleet.digests[i] !== input.digest),
+          );
         }
-        const running = await runningDigest(conn, manifest.name, input.digest);
+        const running = await ota.running(manifest.name, input.digest);
         const vehicles: Record<string, number> = {};
         for (const cohort of cohorts) {
-          vehicles[cohort.name] =
-            (running.get(cohort.name) ?? 0) + (targets.get(cohort.name)?.vehicles.length ?? 0);
+          vehicles[cohort.name] = (running.get(cohort.name) ?? 0) + (targets.get(cohort.name)?.length ?? 0);
         }
         const result: DeliveryResult = { jobId, vehicles };
-        await applyJob(
-          { jobId, rolloutId: input.rolloutId, fleet: manifest.name, kind: 'deliver', wave: input.wave },
-          input.digest,
+        await ota.createJob({
+          jobId,
+          rolloutId: input.rolloutId,
+          fleet: manifest.name,
+          kind: 'deliver',
+          wave: input.wave,
+          digest: input.digest,
           targets,
           result,
-        );
+        });
         return result;
       });
     },
 
     /**
-     * Switches the vehicles of a wave's job, in the given cohorts, back to the slot they ran before it
-     * and marks them reverted; logs one 'revert' op per cohort that had any. A second call reverts 0.
-     * A vehicle whose active slot no longer holds the job's model is only marked.
+     * Reverts the wave's OTA job in the given cohorts: its vehicles there go back to the model they ran
+     * before it, with one 'revert' op logged per cohort that had any. A second call reverts 0.
      */
     async revertWave(input: RevertInput): Promise<{ reverted: number }> {
       const manifest = manifestOf(input);
       const cohorts = cohortsOf(manifest, input.cohorts);
       const jobId = `${input.rolloutId}-w${input.wave}`;
-      return transaction(conn, async () => {
-        const [job] = await rows(conn, `SELECT fleet, digest FROM ota_jobs WHERE job_id = ?`, [jobId]);
-        if (!job) return { reverted: 0 };
-        let reverted = 0;
-        for (const cohort of cohorts) {
-          const [pending] = await rows(
-            conn,
-            `SELECT count(*) AS n FROM ota_targets WHERE job_id = ? AND cohort = ? AND NOT reverted`,
-            [jobId, cohort.name],
-          );
-          const n = num(pending?.n);
-          if (n === 0) continue;
-          await exec(
-            conn,
-            `UPDATE vehicles SET active = t.prev_active
-             FROM ota_targets t
-             WHERE t.job_id = ? AND t.cohort = ? AND NOT t.reverted
-               AND vehicles.fleet = ? AND vehicles.vehicle = t.vehicle
-               AND (CASE vehicles.active WHEN 'a' THEN vehicles.slot_a ELSE vehicles.slot_b END) = ?`,
-            [jobId, cohort.name, String(job.fleet), String(job.digest)],
-          );
-          await exec(
-            conn,
-            `UPDATE ota_targets SET reverted = true WHERE job_id = ? AND cohort = ? AND NOT reverted`,
-            [jobId, cohort.name],
-          );
-          await exec(conn, `INSERT INTO ota_ops (job_id, op, cohort, vehicles) VALUES (?, 'revert', ?, ?)`, [
-            jobId,
-            cohort.name,
-            n,
-          ]);
-          reverted += n;
-        }
-        return { reverted };
-      });
+      const reverted = await transaction(conn, () =>
+        ota.revertJob(
+          jobId,
+          cohorts.map((c) => c.name),
+        ),
+      );
+      return { reverted };
     },
 
     /**
@@ -286,24 +193,22 @@ export function createFleetActivities(deps: FleetActivityDeps) {
       const [cohort] = cohortsOf(manifest, [input.cohort]);
       const jobId = `${input.rolloutId}-promote-${input.cohort}`;
       return transaction(conn, async () => {
-        const recorded = await recordedJob(jobId, input.digest);
+        const recorded = await ota.recordedJob(jobId, input.digest);
         if (recorded) return recorded as { vehicles: number };
         await requireFleet(manifest);
-        const fleet = await cohortVehicles(conn, manifest.name, cohort!.name);
-        const t = { vehicles: [] as string[], prevActive: [] as string[] };
-        fleet.vehicles.forEach((v, i) => {
-          if (fleet.digests[i] !== input.digest) {
-            t.vehicles.push(v);
-            t.prevActive.push(fleet.active[i]!);
-          }
-        });
+        const fleet = await ota.inventory(manifest.name, cohort!.name);
+        const targets = fleet.vehicles.filter((_, i) => fleet.digests[i] !== input.digest);
         const result = { vehicles: fleet.vehicles.length };
-        await applyJob(
-          { jobId, rolloutId: input.rolloutId, fleet: manifest.name, kind: 'promote', wave: null },
-          input.digest,
-          new Map([[cohort!.name, t]]),
+        await ota.createJob({
+          jobId,
+          rolloutId: input.rolloutId,
+          fleet: manifest.name,
+          kind: 'promote',
+          wave: null,
+          digest: input.digest,
+          targets: new Map([[cohort!.name, targets]]),
           result,
-        );
+        });
         return result;
       });
     },
@@ -417,7 +322,7 @@ export function createFleetActivities(deps: FleetActivityDeps) {
     for (const cohort of cohorts) {
       const fleet = await exclusive(conn, async () => {
         await requireFleet(manifest);
-        return cohortVehicles(conn, manifest.name, cohort.name);
+        return ota.inventory(manifest.name, cohort.name);
       });
       if (fleet.vehicles.length === 0) {
         throw fail(ErrorType.NotFound, `cohort ${cohort.name} of fleet ${manifest.name} has no vehicles`);
@@ -493,12 +398,8 @@ export function createFleetActivities(deps: FleetActivityDeps) {
 
 export type FleetActivities = ReturnType<typeof createFleetActivities>;
 
-interface CohortFleet {
-  vehicles: string[];
-  /** Digest of each vehicle's active slot. */
-  digests: string[];
-  active: string[];
-}
+/** A cohort's vehicles and the digest each runs, as the OTA channel reports them. */
+type CohortFleet = Awaited<ReturnType<OtaChannel['inventory']>>;
 
 interface Simulation {
   cohort: string;
@@ -673,48 +574,6 @@ function skuOf(manifest: FleetManifest, cohort: CohortSpec): Sku {
   const sku = manifest.skus.find((s) => s.name === cohort.sku);
   if (!sku) throw fail(ErrorType.InvalidInput, `cohort ${cohort.name} names unknown SKU ${cohort.sku}`);
   return sku;
-}
-
-async function countVehicles(conn: DuckDBConnection, fleet: string): Promise<number> {
-  const [row] = await rows(conn, `SELECT count(*) AS n FROM vehicles WHERE fleet = ?`, [fleet]);
-  return num(row?.n);
-}
-
-/** The cohort's vehicles with their active slot and its digest. Takes no lock. */
-async function cohortVehicles(conn: DuckDBConnection, fleet: string, cohort: string): Promise<CohortFleet> {
-  const where = `FROM vehicles WHERE fleet = ? AND cohort = ?`;
-  const [distinct = []] = await columns(conn, `SELECT DISTINCT ${ACTIVE_DIGEST} ${where} ORDER BY 1`, [
-    fleet,
-    cohort,
-  ]);
-  const known = distinct as string[];
-  if (known.length === 0) return { vehicles: [], digests: [], active: [] };
-  // Digests travel as small codes: a cohort runs a handful of models, and a digest is 64 characters.
-  const codes = known.map((_, i) => `WHEN ? THEN ${i}`).join(' ');
-  const [vehicles = [], slotB = [], code = []] = await columns(
-    conn,
-    `SELECT vehicle, active = 'b', CASE ${ACTIVE_DIGEST} ${codes} END ${where}`,
-    [...known, fleet, cohort],
-  );
-  return {
-    vehicles: vehicles as string[],
-    digests: (code as number[]).map((c) => known[c]!),
-    active: (slotB as boolean[]).map((b) => (b ? 'b' : 'a')),
-  };
-}
-
-/** Vehicles per cohort whose active slot holds `digest`. Takes no lock. */
-async function runningDigest(
-  conn: DuckDBConnection,
-  fleet: string,
-  digest: string,
-): Promise<Map<string, number>> {
-  const found = await rows(
-    conn,
-    `SELECT cohort, count(*) AS n FROM vehicles WHERE fleet = ? AND ${ACTIVE_DIGEST} = ? GROUP BY cohort`,
-    [fleet, digest],
-  );
-  return new Map(found.map((r) => [String(r.cohort), num(r.n)]));
 }
 
 async function withAppender(

@@ -21,6 +21,7 @@ import { rows } from '../activities/db';
 import { openServices } from '../workers/worker';
 import { loadFleetManifest, pseudonym, waveTargets } from '../sim/fleet';
 import { FEATURES, generateFrames, makeRng } from '../sim/frames';
+import { SimulatedOta } from '../sim/ota';
 
 const ROOT = resolve(__dirname, '..');
 const FLEET = 'sim/fleets/demo.yaml';
@@ -69,7 +70,13 @@ async function main(): Promise<void> {
       FLEET,
       Object.fromEntries(cohorts.map((c) => [c, prod.digest])),
     );
-    const fleet = createFleetActivities({ conn, runner: services.runner, key: services.key, root: ROOT });
+    const fleet = createFleetActivities({
+      conn,
+      ota: new SimulatedOta(conn),
+      runner: services.runner,
+      key: services.key,
+      root: ROOT,
+    });
     const analysis = createAnalysisActivities({ conn });
     const labels = createLabelActivities({ conn });
     const rolloutId = 'bench';

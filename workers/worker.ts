@@ -14,6 +14,7 @@ import { createLabelActivities } from '../activities/labels';
 import { createAnalysisActivities } from '../activities/analysis';
 import { createReportActivities } from '../activities/report';
 import { openFleetDatabase } from '../activities/db';
+import { SimulatedOta } from '../sim/ota';
 import { OnnxModelRunner, blobKey } from './model-runner';
 import { loadPseudonymKey } from './secrets';
 import { getWorkflowBundle } from './bundle';
@@ -54,7 +55,13 @@ export function createActivities(s: Services) {
   return {
     ...createRegistryActivities({ store: s.store, runner: s.runner, root: s.root }),
     ...createInferenceActivities({ runner: s.runner }),
-    ...createFleetActivities({ conn: s.db.connection, runner: s.runner, key: s.key, root: s.root }),
+    ...createFleetActivities({
+      conn: s.db.connection,
+      ota: new SimulatedOta(s.db.connection),
+      runner: s.runner,
+      key: s.key,
+      root: s.root,
+    }),
     ...createLabelActivities({ conn: s.db.connection }),
     ...createAnalysisActivities({ conn: s.db.connection }),
     ...createReportActivities({ dataDir: s.dataDir }),

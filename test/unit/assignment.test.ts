@@ -14,6 +14,7 @@ import type { FleetDatabase } from '../../activities/db';
 import { createFleetActivities, initSimFleet } from '../../activities/fleet';
 import type { ModelRunner } from '../../activities/deps';
 import type { FleetManifest } from '../../policies/schema';
+import { SimulatedOta } from '../../sim/ota';
 import {
   assignmentRank,
   assignmentRanks,
@@ -241,7 +242,13 @@ void describe('the fleet database', () => {
       'c0/x': 'd'.repeat(64),
       'c1/x': 'd'.repeat(64),
     });
-    const fleet = createFleetActivities({ conn, runner: unusedRunner, key: KEY, root: dir });
+    const fleet = createFleetActivities({
+      conn,
+      ota: new SimulatedOta(conn),
+      runner: unusedRunner,
+      key: KEY,
+      root: dir,
+    });
     const deliver = {
       rolloutId: 'rp',
       manifest: 'fleet.yaml',

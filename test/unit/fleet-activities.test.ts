@@ -18,6 +18,7 @@ import { createFleetActivities, initSimFleet } from '../../activities/fleet';
 import { createLabelActivities } from '../../activities/labels';
 import { parseDuration } from '../../policies/duration';
 import { pseudonym, waveTargets } from '../../sim/fleet';
+import { SimulatedOta } from '../../sim/ota';
 import { OnnxModelRunner } from '../../workers/model-runner';
 import { loadPseudonymKey } from '../../workers/secrets';
 
@@ -78,7 +79,7 @@ void describe('fleet, label and analysis activities', () => {
     conn = db.connection;
     const blobs = new Map([production, candidate].map((m) => [m.digest, m.bytes]));
     runner = new OnnxModelRunner(async (digest) => blobs.get(digest));
-    fleet = createFleetActivities({ conn, runner, key, root: dir });
+    fleet = createFleetActivities({ conn, ota: new SimulatedOta(conn), runner, key, root: dir });
     labels = createLabelActivities({ conn });
     analysis = createAnalysisActivities({ conn });
   });

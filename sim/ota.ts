@@ -1,0 +1,195 @@
+/**
+ * Over-the-air delivery to the simulated fleet: the `OtaChannel` over the fleet database's `vehicles`,
+ * `ota_jobs`, `ota_targets` and `ota_ops` tables. Every vehicle has two model slots, A and B; a job puts
+ * the new model into the inactive slot and makes it the active one, and a revert switches back only the
+ * vehicles whose active slot still holds that job's model.
+ *
+ * Its methods take no lock: callers run them inside `exclusive` or `transaction` on the same connection
+ * (see activities/db.ts), and this module must never call either itself, which would wait forever. It
+ * must never store, log or return a raw vehicle id, only pseudonyms.
+ */
+import type { DuckDBConnection } from '@duckdb/node-api';
+import { columns, exec, num, rows } from '../activities/db';
+import type { OtaChannel, OtaJob } from '../activities/deps';
+import { ErrorType, fail } from '../errors';
+
+/** The digest of a vehicle's active slot, as SQL. */
+const ACTIVE_DIGEST = `CASE active WHEN 'a' THEN slot_a ELSE slot_b END`;
+
+export class SimulatedOta implements OtaChannel {
+  constructor(private readonly conn: DuckDBConnection) {}
+
+  vehicleCount(fleet: string): Promise<number> {
+    return countVehicles(this.conn, fleet);
+  }
+
+  async inventory(fleet: string, cohort: string): Promise<{ vehicles: string[]; digests: string[] }> {
+    const { vehicles, digests } = await cohortSlots(this.conn, fleet, cohort);
+    return { vehicles, digests };
+  }
+
+  async running(fleet: string, digest: string): Promise<Map<string, number>> {
+    const found = await rows(
+      this.conn,
+      `SELECT cohort, count(*) AS n FROM vehicles WHERE fleet = ? AND ${ACTIVE_DIGEST} = ? GROUP BY cohort`,
+      [fleet, digest],
+    );
+    return new Map(found.map((r) => [String(r.cohort), num(r.n)]));
+  }
+
+  async recordedJob(jobId: string, digest: string): Promise<unknown> {
+    const [job] = await rows(this.conn, `SELECT digest, result FROM ota_jobs WHERE job_id = ?`, [jobId]);
+    if (!job) return undefined;
+    if (job.digest !== digest) {
+      throw fail(
+        ErrorType.ImmutableConflict,
+        `OTA job ${jobId} already delivered ${String(job.digest).slice(0, 12)}, not ${digest.slice(0, 12)}`,
+      );
+    }
+    return JSON.parse(String(job.result));
+  }
+
+  /** Appends the targets with the slot each had active, switches their slots, logs one op per cohort. */
+  async createJob(job: OtaJob): Promise<void> {
+    const { conn } = this;
+    const prevActive = new Map<string, string[]>();
+    for (const [cohort, vehicles] of job.targets) {
+      if (vehicles.length === 0) continue;
+      const slots = await cohortSlots(conn, job.fleet, cohort);
+      const activeOf = new Map(slots.vehicles.map((v, i) => [v, slots.active[i]!]));
+      prevActive.set(
+        cohort,
+        vehicles.map((v) => {
+          const active = activeOf.get(v);
+          if (!active) {
+            throw fail(
+              ErrorType.InvalidInput,
+              `OTA job ${job.jobId} targets a vehicle that is not in cohort ${cohort} of fleet ${job.fleet}`,
+            );
+          }
+          return active;
+        }),
+      );
+    }
+    const appender = await conn.createAppender('ota_targets');
+    try {
+      for (const [cohort, vehicles] of job.targets) {
+        const prev = prevActive.get(cohort) ?? [];
+        for (let i = 0; i < vehicles.length; i++) {
+          appender.appendVarchar(job.jobId);
+          appender.appendVarchar(vehicles[i]!);
+          appender.appendVarchar(cohort);
+          appender.appendBoolean(false);
+          appender.appendVarchar(prev[i]!);
+          appender.endRow();
+        }
+      }
+    } finally {
+      appender.closeSync();
+    }
+    // The new model goes into the inactive slot, which then becomes the active one.
+    await exec(
+      conn,
+      `UPDATE vehicles SET
+         slot_a = CASE WHEN t.prev_active = 'b' THEN ? ELSE vehicles.slot_a END,
+         slot_b = CASE WHEN t.prev_active = 'a' THEN ? ELSE vehicles.slot_b END,
+         active = CASE WHEN t.prev_active = 'a' THEN 'b' ELSE 'a' END
+       FROM ota_targets t
+       WHERE t.job_id = ? AND vehicles.fleet = ? AND vehicles.vehicle = t.vehicle`,
+      [job.digest, job.digest, job.jobId, job.fleet],
+    );
+    for (const [cohort, vehicles] of job.targets) {
+      if (vehicles.length > 0) {
+        await exec(conn, `INSERT INTO ota_ops (job_id, op, cohort, vehicles) VALUES (?, ?, ?, ?)`, [
+          job.jobId,
+          job.kind,
+          cohort,
+          vehicles.length,
+        ]);
+      }
+    }
+    await exec(
+      conn,
+      `INSERT INTO ota_jobs (job_id, rollout_id, fleet, kind, wave, digest, result) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+      [job.jobId, job.rolloutId, job.fleet, job.kind, job.wave, job.digest, JSON.stringify(job.result)],
+    );
+  }
+
+  /**
+   * Switches the job's not yet reverted vehicles of each cohort back to the slot they ran before it and
+   * marks them reverted. A vehicle whose active slot no longer holds the job's model is only marked.
+   */
+  async revertJob(jobId: string, cohorts: readonly string[]): Promise<number> {
+    const { conn } = this;
+    const [job] = await rows(conn, `SELECT fleet, digest FROM ota_jobs WHERE job_id = ?`, [jobId]);
+    if (!job) return 0;
+    let reverted = 0;
+    for (const cohort of cohorts) {
+      const [pending] = await rows(
+        conn,
+        `SELECT count(*) AS n FROM ota_targets WHERE job_id = ? AND cohort = ? AND NOT reverted`,
+        [jobId, cohort],
+      );
+      const n = num(pending?.n);
+      if (n === 0) continue;
+      await exec(
+        conn,
+        `UPDATE vehicles SET active = t.prev_active
+         FROM ota_targets t
+         WHERE t.job_id = ? AND t.cohort = ? AND NOT t.reverted
+           AND vehicles.fleet = ? AND vehicles.vehicle = t.vehicle
+           AND (CASE vehicles.active WHEN 'a' THEN vehicles.slot_a ELSE vehicles.slot_b END) = ?`,
+        [jobId, cohort, String(job.fleet), String(job.digest)],
+      );
+      await exec(
+        conn,
+        `UPDATE ota_targets SET reverted = true WHERE job_id = ? AND cohort = ? AND NOT reverted`,
+        [jobId, cohort],
+      );
+      await exec(conn, `INSERT INTO ota_ops (job_id, op, cohort, vehicles) VALUES (?, 'revert', ?, ?)`, [
+        jobId,
+        cohort,
+        n,
+      ]);
+      reverted += n;
+    }
+    return reverted;
+  }
+}
+
+/** How many vehicles the fleet has. Takes no lock. */
+export async function countVehicles(conn: DuckDBConnection, fleet: string): Promise<number> {
+  const [row] = await rows(conn, `SELECT count(*) AS n FROM vehicles WHERE fleet = ?`, [fleet]);
+  return num(row?.n);
+}
+
+interface CohortSlots {
+  vehicles: string[];
+  /** Digest of each vehicle's active slot. */
+  digests: string[];
+  /** Each vehicle's active slot, 'a' or 'b'. */
+  active: string[];
+}
+
+/** The cohort's vehicles with their active slot and its digest. Takes no lock. */
+async function cohortSlots(conn: DuckDBConnection, fleet: string, cohort: string): Promise<CohortSlots> {
+  const where = `FROM vehicles WHERE fleet = ? AND cohort = ?`;
+  const [distinct = []] = await columns(conn, `SELECT DISTINCT ${ACTIVE_DIGEST} ${where} ORDER BY 1`, [
+    fleet,
+    cohort,
+  ]);
+  const known = distinct as string[];
+  if (known.length === 0) return { vehicles: [], digests: [], active: [] };
+  // Digests travel as small codes: a cohort runs a handful of models, and a digest is 64 characters.
+  const codes = known.map((_, i) => `WHEN ? THEN ${i}`).join(' ');
+  const [vehicles = [], slotB = [], code = []] = await columns(
+    conn,
+    `SELECT vehicle, active = 'b', CASE ${ACTIVE_DIGEST} ${codes} END ${where}`,
+    [...known, fleet, cohort],
+  );
+  return {
+    vehicles: vehicles as string[],
+    digests: (code as number[]).map((c) => known[c]!),
+    active: (slotB as boolean[]).map((b) => (b ? 'b' : 'a')),
+  };
+}
