@@ -35,6 +35,8 @@ export interface ModelRunner {
   ): Promise<{ probs: Float32Array; elapsedMs: number }>;
   /** Input/output contract read from the ONNX file. */
   contract(digest: string): Promise<IoContract>;
+  /** Size in bytes of the model file. */
+  modelBytes(digest: string): Promise<number>;
   close(): Promise<void>;
 }
 export interface RunnerSettings {

@@ -68,6 +68,12 @@ export class OnnxModelRunner implements ModelRunner {
     return { probs: new Float32Array(probs), elapsedMs };
   }
 
+  async modelBytes(digest: string): Promise<number> {
+    const bytes = await this.load(digest);
+    if (!bytes) throw fail(ErrorType.NotFound, `model ${digest.slice(0, 12)} is not in the object store`);
+    return bytes.length;
+  }
+
   async contract(digest: string): Promise<IoContract> {
     const session = await this.session(digest);
     return { inputs: session.inputMetadata.map(spec), outputs: session.outputMetadata.map(spec) };

@@ -236,6 +236,7 @@ void describe('the fleet database', () => {
     const unusedRunner: ModelRunner = {
       run: () => Promise.reject(new Error('no inference in this test')),
       contract: () => Promise.reject(new Error('no inference in this test')),
+      modelBytes: () => Promise.reject(new Error('no inference in this test')),
       close: async () => undefined,
     };
     await initSimFleet({ conn, key: KEY, root: dir }, 'fleet.yaml', {

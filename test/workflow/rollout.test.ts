@@ -261,7 +261,7 @@ describe('rolloutWorkflow (time-skipping)', () => {
           policy.analysis!.minLabeledPerArm = 30;
           const handle = await start(tq, rolloutRequest(id, 'models/candidate-good', policy, fleet));
           const r: RolloutResult = await handle.result();
-          assert.equal(r.outcome, 'completed');
+          assert.equal(r.outcome, 'completed', r.reason);
           const history = await handle.fetchHistory();
           lengths.push(history.events!.length);
           const kinds: Record<string, number> = {};
