@@ -10,10 +10,20 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { prepareRolloutRequest } from '../../cli/main';
 import { ProgressView, renderResult, renderStatus, stripAnsi, truncateLine } from '../../cli/progress';
-import type { RolloutStatus } from '../../workflows/definitions';
+import type { DecisionLogEntry, RolloutStatus } from '../../workflows/definitions';
 
 const ROOT = resolve(__dirname, '..', '..');
 const ESC = '\u001b';
+
+const nordicRollback: DecisionLogEntry = {
+  seq: 9,
+  at: '2025-01-01T12:00:40.000Z',
+  phase: 'rollback',
+  wave: 1,
+  cohort: 'hw3/nordic',
+  action: 'rollback',
+  reason: 'error_rate harm',
+};
 
 const sample: RolloutStatus = {
   rolloutId: 'demo-20250101-120000',
@@ -47,26 +57,8 @@ const sample: RolloutStatus = {
     openedAt: '2025-01-01T12:01:00.000Z',
     deadline: '2025-01-01T12:11:00.000Z',
   },
-  lastDecision: {
-    seq: 9,
-    at: '2025-01-01T12:00:40.000Z',
-    phase: 'rollback',
-    wave: 1,
-    cohort: 'hw3/nordic',
-    action: 'rollback',
-    reason: 'error_rate harm',
-  },
-  recentDecisions: [
-    {
-      seq: 9,
-      at: '2025-01-01T12:00:40.000Z',
-      phase: 'rollback',
-      wave: 1,
-      cohort: 'hw3/nordic',
-      action: 'rollback',
-      reason: 'error_rate harm',
-    },
-  ],
+  lastDecision: nordicRollback,
+  recentDecisions: [nordicRollback],
   benches: [
     {
       sku: 'hw3',

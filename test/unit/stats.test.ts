@@ -4,6 +4,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { makeRng } from '../../sim/frames';
 import {
   diffOfMeans,
   diffOfProportions,
@@ -18,18 +19,6 @@ import {
 
 function close(actual: number, expected: number, tol: number, what: string): void {
   assert.ok(Math.abs(actual - expected) <= tol, `${what}: got ${actual}, expected ${expected} (±${tol})`);
-}
-
-/** mulberry32: a tiny seeded PRNG, uniform on [0, 1). */
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 function binomial(rand: () => number, n: number, p: number): number {
@@ -232,7 +221,7 @@ void test('msprt matches hand-computed Λ and confidence sequences', () => {
 });
 
 void test('the confidence sequence contains θ0 iff Λ < 1/α', () => {
-  const rand = mulberry32(7);
+  const rand = makeRng(7);
   let rejected = 0;
   for (let i = 0; i < 2000; i++) {
     const variance = 10 ** (-6 + 5 * rand());
@@ -302,7 +291,7 @@ void test('normal tail and fixed z-test', () => {
 });
 
 void test('A/A: mSPRT keeps false alarms at or below α over 10 looks; repeated z-tests do not', () => {
-  const rand = mulberry32(20240601);
+  const rand = makeRng(20240601);
   const experiments = 2000;
   const looks = 10;
   const perLook = 100;
@@ -350,7 +339,7 @@ void test('A/A: mSPRT keeps false alarms at or below α over 10 looks; repeated 
 });
 
 void test('A/A on latency: mSPRT with τ = margin keeps false alarms at or below α', () => {
-  const rand = mulberry32(99);
+  const rand = makeRng(99);
   const experiments = 1000;
   const looks = 10;
   const perLook = 50;
@@ -378,7 +367,7 @@ void test('A/A on latency: mSPRT with τ = margin keeps false alarms at or below
 });
 
 void test('power: a 10-point error-rate regression with 1000 labeled per arm is detected', () => {
-  const rand = mulberry32(4242);
+  const rand = makeRng(4242);
   const experiments = 300;
   const alpha = 0.05 / 2; // two metrics under Bonferroni
   let atOnce = 0;
