@@ -22,6 +22,8 @@ export interface FleetDatabase {
 /**
  * The schema. Additive columns beyond the design sketch: ota_jobs.fleet and ota_jobs.result (the
  * recorded answer an idempotent retry returns), ota_targets.prev_active (the slot a revert goes back to).
+ * look_stats holds, per canary look, the sufficient statistics of what is new since the previous look
+ * (events in [previous, asOf), labels arrived in (previous, asOf]); `looks` records which looks exist.
  */
 export const SCHEMA = `
 CREATE TABLE IF NOT EXISTS vehicles (
@@ -100,6 +102,26 @@ CREATE TABLE IF NOT EXISTS labels (
   label UTINYINT NOT NULL,
   arrived_at_ms BIGINT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS look_stats (
+  rollout_id VARCHAR NOT NULL,
+  phase VARCHAR NOT NULL CHECK (phase IN ('shadow', 'canary')),
+  as_of_ms BIGINT NOT NULL,
+  cohort VARCHAR NOT NULL,
+  arm VARCHAR NOT NULL CHECK (arm IN ('candidate', 'production')),
+  events BIGINT NOT NULL,
+  labeled BIGINT NOT NULL,
+  errors BIGINT NOT NULL,
+  lat_n BIGINT NOT NULL,
+  lat_sum DOUBLE NOT NULL,
+  lat_sumsq DOUBLE NOT NULL,
+  PRIMARY KEY (rollout_id, phase, as_of_ms, cohort, arm)
+);
+CREATE TABLE IF NOT EXISTS looks (
+  rollout_id VARCHAR NOT NULL,
+  phase VARCHAR NOT NULL,
+  as_of_ms BIGINT NOT NULL,
+  PRIMARY KEY (rollout_id, phase, as_of_ms)
+);
 `;
 
 /** Opens (creating when absent) the fleet database at `path` (':memory:' for a throwaway one). */
@@ -151,8 +173,11 @@ export function transaction<T>(conn: DuckDBConnection, fn: () => Promise<T>): Pr
 
 export type Row = Record<string, unknown>;
 
+/** Query parameters: positional (`?`) or named (`$name`). */
+export type Params = DuckDBValue[] | Record<string, DuckDBValue>;
+
 /** Rows of a query as plain objects (BIGINT columns come back as bigint; see `num`). Takes no lock. */
-export async function rows(conn: DuckDBConnection, sql: string, params: DuckDBValue[] = []): Promise<Row[]> {
+export async function rows(conn: DuckDBConnection, sql: string, params: Params = []): Promise<Row[]> {
   const reader = await conn.runAndReadAll(sql, params);
   return reader.getRowObjectsJS() as Row[];
 }
@@ -161,14 +186,14 @@ export async function rows(conn: DuckDBConnection, sql: string, params: DuckDBVa
 export async function columns(
   conn: DuckDBConnection,
   sql: string,
-  params: DuckDBValue[] = [],
+  params: Params = [],
 ): Promise<unknown[][]> {
   const reader = await conn.runAndReadAll(sql, params);
   return reader.getColumnsJS() as unknown[][];
 }
 
 /** Runs a statement; returns how many rows it changed. Takes no lock. */
-export async function exec(conn: DuckDBConnection, sql: string, params: DuckDBValue[] = []): Promise<number> {
+export async function exec(conn: DuckDBConnection, sql: string, params: Params = []): Promise<number> {
   const result = await conn.run(sql, params);
   return result.rowsChanged;
 }

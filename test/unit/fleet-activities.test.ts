@@ -11,11 +11,11 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { DuckDBConnection } from '@duckdb/node-api';
-import { createAnalysisActivities } from '../../activities/analysis';
+import { canaryFull, canaryLook, createAnalysisActivities } from '../../activities/analysis';
 import { num, openFleetDatabase, rows } from '../../activities/db';
 import type { FleetDatabase } from '../../activities/db';
 import { createFleetActivities, initSimFleet } from '../../activities/fleet';
-import { createLabelActivities } from '../../activities/labels';
+import { createLabelActivities, ingestArrivedLabels } from '../../activities/labels';
 import { parseDuration } from '../../policies/duration';
 import { pseudonym, waveTargets } from '../../sim/fleet';
 import { SimulatedOta } from '../../sim/ota';
@@ -411,6 +411,41 @@ void describe('fleet, label and analysis activities', () => {
       ]),
     );
     assert.equal(early[0]!.candidate.labeled + early[0]!.production.labeled, 0);
+  });
+
+  void it('a look reads only what is new since the previous one, and adds up to the full query', async () => {
+    const key = (r: Record<string, unknown>) => `${String(r.cohort)}|${String(r.arm)}`;
+    const norm = (rs: Record<string, unknown>[]) =>
+      Object.fromEntries(
+        rs.map((r) => [
+          key(r),
+          [r.events, r.labeled, r.errors, r.lat_n].map(Number).concat(Math.round(Number(r.lat_sum) * 1e6)),
+        ]),
+      );
+    // Start the look history over, then look every half hour of fleet time while events and labels arrive.
+    await conn.run(`DELETE FROM look_stats WHERE rollout_id = 'r1'`);
+    await conn.run(`DELETE FROM looks WHERE rollout_id = 'r1'`);
+    let looks = 0;
+    const times = Array.from({ length: 12 }, (_, k) => (k + 1) * 0.5 * HOUR).filter(
+      (t) => t <= 2 * HOUR + 3 * DELAY,
+    );
+    for (const asOfMs of [...times, 2 * HOUR + 3 * DELAY]) {
+      await ingestArrivedLabels(conn, 'r1', asOfMs);
+      const incremental = await canaryLook(conn, 'r1', asOfMs);
+      const again = await canaryLook(conn, 'r1', asOfMs);
+      const full = await canaryFull(conn, 'r1', asOfMs);
+      assert.deepEqual(norm(incremental), norm(full), `look as of ${asOfMs}`);
+      assert.deepEqual(norm(again), norm(full), 'a repeated look changes nothing');
+      looks++;
+    }
+    const stored = await one(conn, `SELECT count(*) FROM looks WHERE rollout_id = 'r1' AND phase = 'canary'`);
+    assert.equal(stored, new Set([...times, 2 * HOUR + 3 * DELAY]).size, 'each look recorded once');
+    assert.ok(looks > 4);
+    const withLabels = await one(
+      conn,
+      `SELECT count(DISTINCT as_of_ms) FROM look_stats WHERE rollout_id = 'r1' AND labeled > 0`,
+    );
+    assert.ok(withLabels >= 2, `labels arrived over several looks: ${withLabels}`);
   });
 
   void it('reduces shadow events to paired statistics of both models', async () => {
