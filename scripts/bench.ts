@@ -5,11 +5,14 @@
  *   1. analysis look: the DuckDB aggregation of the analysis activity vs reading every event into
  *      JavaScript and aggregating there (what a look would cost without pushing it into the database);
  *   2. inference: batched onnxruntime runs vs one run per frame;
- *   3. canary assignment: waveTargets over a large cohort vs sorting objects by an HMAC hex string.
+ *   3. canary assignment: waveTargets over a large cohort vs sorting objects by an HMAC hex string;
+ *   4. looks over a large log (FLEETGATE_BENCH_EVENTS, default 10 million): the first look vs one plain
+ *      GROUP BY, and a later look over a tenth as many new events vs the first look.
  *
  * Runs against a temporary data directory; prints a table and a JSON line.
  */
 import { createHmac } from 'node:crypto';
+import type { DuckDBConnection } from '@duckdb/node-api';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -18,6 +21,7 @@ import { createFleetActivities, initSimFleet } from '../activities/fleet';
 import { createAnalysisActivities } from '../activities/analysis';
 import { createLabelActivities } from '../activities/labels';
 import { rows } from '../activities/db';
+import { canaryLook } from '../activities/analysis';
 import { openServices } from '../workers/worker';
 import { loadFleetManifest, pseudonym, waveTargets } from '../sim/fleet';
 import { FEATURES, generateFrames, makeRng } from '../sim/frames';
@@ -192,6 +196,8 @@ async function main(): Promise<void> {
       subjectHeapMB: fast.heapMB,
       baselineHeapMB: naive.heapMB,
     });
+    // 4. Looks over a large event log: the first over everything, a later one over new rows only.
+    results.push(...(await lookScaling(conn)));
   } finally {
     await services.close();
     rmSync(dataDir, { recursive: true, force: true });
@@ -213,6 +219,65 @@ async function main(): Promise<void> {
   console.log(
     JSON.stringify({ bench: results.map((r) => ({ name: r.name, speedup: Number(r.speedup.toFixed(2)) })) }),
   );
+}
+
+/**
+ * Synthesises a canary event log of BIG events (and labels for a third of them) straight in DuckDB,
+ * then times: the first look (`canaryLook`) against one plain GROUP BY over the same rows; and, after
+ * NEW more events arrive, the next look against the first. A look should cost about what a plain
+ * aggregate costs, and a later look should follow the new rows, not the total.
+ */
+async function lookScaling(conn: DuckDBConnection): Promise<Result[]> {
+  const BIG = Number(process.env.FLEETGATE_BENCH_EVENTS ?? 10_000_000);
+  const NEW = Math.round(BIG / 10);
+  const rollout = 'bench-big';
+  const insert = async (from: number, to: number) => {
+    await conn.run(`
+      INSERT INTO events
+      SELECT 'b' || i, '${rollout}', 'b', 'canary', 'c' || (i % 3), 'v' || (i % 20000), i * 10,
+             CASE WHEN i % 10 < 2 THEN 'candidate' ELSE 'production' END,
+             CASE WHEN i % 10 < 2 THEN (hash(i) % 2)::UTINYINT END,
+             CASE WHEN i % 10 >= 2 THEN (hash(i + 1) % 2)::UTINYINT END,
+             NULL, NULL,
+             CASE WHEN i % 10 < 2 THEN 1 + (hash(i) % 100) / 100.0 END,
+             CASE WHEN i % 10 >= 2 THEN 1 + (hash(i) % 100) / 100.0 END
+      FROM range(${from}, ${to}) t(i)`);
+    await conn.run(`
+      INSERT INTO labels
+      SELECT 'b' || i, '${rollout}', (hash(i + 2) % 2)::UTINYINT, i * 10 + 1000
+      FROM range(${from}, ${to}) t(i) WHERE i % 3 = 0`);
+  };
+  await insert(0, BIG);
+  const firstAsOf = BIG * 10 + 5000;
+  const first = await timed(() => canaryLook(conn, rollout, firstAsOf));
+  const plain = await best(3, () =>
+    rows(
+      conn,
+      `SELECT cohort, arm, count(*), sum(coalesce(lat_candidate, lat_production)) FROM events
+       WHERE rollout_id = '${rollout}' GROUP BY ALL`,
+    ),
+  );
+  await insert(BIG, BIG + NEW);
+  const later = await timed(() => canaryLook(conn, rollout, (BIG + NEW) * 10 + 5000));
+  const fmt = (n: number) => (n >= 1e6 ? `${n / 1e6}M` : `${n / 1e3}k`);
+  return [
+    {
+      name: `first look (${fmt(BIG)} events)`,
+      subject: 'canaryLook',
+      baseline: 'plain GROUP BY',
+      subjectMs: first.ms,
+      baselineMs: plain.ms,
+      speedup: plain.ms / first.ms,
+    },
+    {
+      name: `later look (+${fmt(NEW)} new events)`,
+      subject: 'canaryLook (new)',
+      baseline: 'first look',
+      subjectMs: later.ms,
+      baselineMs: first.ms,
+      speedup: first.ms / later.ms,
+    },
+  ];
 }
 
 main().catch((err) => {
