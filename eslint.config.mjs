@@ -61,6 +61,8 @@ export default tseslint.config(
         },
       ],
       '@typescript-eslint/no-misused-promises': 'error',
+      // A promise returned from inside try/finally must be awaited there, or it rejects unhandled.
+      '@typescript-eslint/return-await': ['error', 'in-try-catch'],
       '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_' }],
       '@typescript-eslint/no-require-imports': 'off',
       'no-constant-condition': ['error', { checkLoops: false }],

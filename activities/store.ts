@@ -67,10 +67,10 @@ export class LocalObjectStore implements ObjectStore {
       await fs.link(tmp, file);
       return 'created';
     } catch (err) {
-      if (isCode(err, 'EEXIST')) return this.compareExisting(key, body);
+      if (isCode(err, 'EEXIST')) return await this.compareExisting(key, body);
       if (isCode(err, 'EPERM') || isCode(err, 'ENOTSUP') || isCode(err, 'EXDEV')) {
         // Filesystems without hard links: exclusive create instead (readers may briefly see a short file).
-        return this.putExclusive(key, file, body);
+        return await this.putExclusive(key, file, body);
       }
       throw unavailable(`write ${key}`, err);
     } finally {

@@ -32,6 +32,7 @@ import {
 } from '../workflows/definitions';
 import { connectionOptions, loadConfig, type Config } from '../workers/config';
 import { causeMessage, renderResult, renderStatus, watch, WatchInterrupted } from './progress';
+import { statsCommand } from './stats';
 import type * as DemoModule from './demo';
 import type * as WorkerMainModule from '../workers/main';
 import type * as WorkerModule from '../workers/worker';
@@ -74,6 +75,7 @@ Usage: fleetgate <command> [options]      (fleetgate <command> --help for detail
   worker                      run a worker (workflows and activities)
   server                      run a local Temporal dev server with the data directory's history
   fleet init                  register production and create the simulated fleet (idempotent)
+  stats                       boundaries, sample sizes, rate ratios and simulations (no server needed)
 
 Environment: TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TEMPORAL_API_KEY, TEMPORAL_TLS, FLEETGATE_DATA_DIR,
 FLEETGATE_TASK_QUEUE, FLEETGATE_PSEUDONYM_KEY, FLEETGATE_DEBUG (see docs/operations.md).
@@ -728,6 +730,7 @@ const COMMANDS: Record<string, (args: string[]) => Promise<number>> = {
   worker: workerCommand,
   server: serverCommand,
   fleet: fleetCommand,
+  stats: statsCommand,
 };
 
 /** Runs one command; returns the process exit code. Never throws. */

@@ -144,11 +144,8 @@ void describe('wave assignment', () => {
     assert.ok(Math.abs(firstHalf - vs.length / 4) < 4 * Math.sqrt(vs.length / 16), `first half ${firstHalf}`);
   });
 
-  void it('handles 100k vehicles per cohort quickly', (t) => {
-    let started = performance.now();
+  void it('assigns a 100k-vehicle cohort: exact, growing waves and a total order (speed: npm run bench)', () => {
     const [big] = [...simVehicles(manifest('big', [100_000]), KEY)];
-    const generated = performance.now() - started;
-    started = performance.now();
     let previous = 0;
     for (const p of WAVES) {
       const wave = waveTargets(big!.pseudonyms, KEY, 'roll-big', p);
@@ -156,11 +153,8 @@ void describe('wave assignment', () => {
       assert.ok(wave.length > previous);
       previous = wave.length;
     }
-    const ranked = performance.now() - started;
     const order = rankOrder(big!.pseudonyms, KEY, 'roll-big:canary');
     assert.equal(new Set(order).size, 100_000);
-    t.diagnostic(`100k pseudonyms in ${generated.toFixed(0)} ms; 4 waves of 100k in ${ranked.toFixed(0)} ms`);
-    assert.ok(generated < 5000 && ranked < 10_000);
   });
 });
 
