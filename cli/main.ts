@@ -21,7 +21,8 @@ import {
   type WorkflowHandle,
 } from '@temporalio/client';
 import { WorkflowExecutionAlreadyStartedError, WorkflowIdReusePolicy } from '@temporalio/common';
-import { RolloutRequest, formatIssues } from '../policies/schema';
+import { Policy, RolloutRequest, formatIssues, type FleetManifest } from '../policies/schema';
+import { planRollout, type RolloutPlan } from '../policies/planning';
 import {
   abortUpdate,
   approveUpdate,
@@ -68,6 +69,7 @@ Usage: fleetgate <command> [options]      (fleetgate <command> --help for detail
   demo                        run the whole demo: dev server, worker, one rollout, summary
   rollout start               start a rollout from a policy file and a candidate model pack
   rollout request             print the rollout's JSON input, for "temporal workflow start"
+  rollout plan                labeled events per arm and the detectable harm a policy will reach
   status ID                   show a rollout's status (--watch: follow it live)
   approve ID                  approve a pending gate
   reject ID                   reject a pending gate (the rollout rolls back)
@@ -109,6 +111,14 @@ ${REQUEST_FLAGS}
 Prints the validated rollout request (the workflow's JSON input), for:
   temporal workflow start --type ${WORKFLOW_TYPE} --task-queue fleetgate --workflow-id ID --input-file request.json
 ${REQUEST_FLAGS}`,
+  'rollout plan': `Usage: fleetgate rollout plan --policy FILE [--fleet MANIFEST] [--time-scale N] [--json]
+
+Before a rollout: from the fleet's size, event and label rates and the policy's waves and holds, how
+many labeled events each arm of each cohort will have, the smallest error-rate harm the gate can detect
+with 80% power, and a warning when that is above the policy's own margin. No server needed.
+  --fleet MANIFEST   fleet manifest (default ${'${DEFAULT_FLEET}'})
+  --time-scale N     simulated fleet time per real second (default 1)
+  --json             print the plan as JSON`,
   status: `Usage: fleetgate status ID [--watch] [--json]
 
   --watch     redraw the progress view until the rollout ends (exit 0 only when it completed)
@@ -311,6 +321,10 @@ function validRequest(flags: RequestFlags): RolloutRequest {
       );
     }
   }
+  if (existsSync(check.request.fleet.manifest)) {
+    const planned = planFor(flags.policy, check.request.fleet.manifest, check.request.fleet.timeScale);
+    if (planned.ok) for (const w of planned.plan.warnings) console.error(`fleetgate: plan: ${w}`);
+  }
   return check.request;
 }
 
@@ -429,14 +443,73 @@ async function watchUntilDone(handle: WorkflowHandle): Promise<number> {
 
 // ---- commands -----------------------------------------------------------------------------------
 
+/** The plan of a policy over a fleet, or the problems that keep it from being made. */
+export function planFor(
+  policyFile: string,
+  fleetFile: string,
+  timeScale = 1,
+): { ok: true; plan: RolloutPlan } | { ok: false; problems: string[] } {
+  const read = readPolicyFile(policyFile);
+  if (!read.ok) return read;
+  const policy = Policy.safeParse(read.policy);
+  if (!policy.success)
+    return { ok: false, problems: formatIssues(policy.error, read.policy, 'policy').split('\n') };
+  let fleet: FleetManifest;
+  try {
+    fleet = (require('../sim/fleet') as typeof SimFleetModule).loadFleetManifest(fleetFile);
+  } catch (err) {
+    return { ok: false, problems: [(err as Error).message.split('\n')[0]!] };
+  }
+  return { ok: true, plan: planRollout({ policy: policy.data, fleet, timeScale }) };
+}
+
+async function rolloutPlanCommand(args: string[]): Promise<number> {
+  const p = parse('rollout plan', args, {
+    policy: { type: 'string' },
+    fleet: { type: 'string' },
+    'time-scale': { type: 'string' },
+    json: { type: 'boolean' },
+  });
+  if (p.help) return help('rollout plan');
+  const policyFile = required('rollout plan', p.values, 'policy');
+  const ts = str(p.values, 'time-scale');
+  const timeScale = ts === undefined ? 1 : Number(ts);
+  if (!Number.isFinite(timeScale) || timeScale <= 0) {
+    throw new UsageError(`--time-scale must be a positive number (got "${ts}")`);
+  }
+  const result = planFor(policyFile, str(p.values, 'fleet') ?? DEFAULT_FLEET, timeScale);
+  if (!result.ok) {
+    throw new CliError(`cannot plan ${policyFile}:\n${result.problems.map((l) => `  ${l}`).join('\n')}`, 2);
+  }
+  const { plan } = result;
+  if (p.values.json) {
+    process.stdout.write(JSON.stringify(plan, null, 2) + '\n');
+    return 0;
+  }
+  const pct = (x: number | null) => (x === null ? 'none' : `${(x * 100).toFixed(2)} pts`);
+  console.log('cohort            vehicles  labeled per arm (cand / prod)  detectable harm  margin     ok');
+  for (const c of plan.cohorts) {
+    console.log(
+      `${c.cohort.padEnd(18)}${String(c.vehicles).padEnd(10)}` +
+        `${`${Math.round(c.labeledPerArm.candidate)} / ${Math.round(c.labeledPerArm.production)}`.padEnd(31)}` +
+        `${pct(c.mde).padEnd(17)}${pct(c.margin).padEnd(11)}${c.detectable === null ? '-' : c.detectable ? 'yes' : 'NO'}`,
+    );
+  }
+  for (const w of plan.warnings) console.log(`warning: ${w}`);
+  return 0;
+}
+
 async function rolloutCommand(args: string[]): Promise<number> {
   const sub = args[0];
+  if (sub === 'plan') return rolloutPlanCommand(args.slice(1));
   if (sub !== 'start' && sub !== 'request') {
     if (sub === undefined || sub === '--help' || sub === '-h') {
-      console.log(`${HELP['rollout start']}\n\n${HELP['rollout request']}`);
+      console.log(`${HELP['rollout start']}\n\n${HELP['rollout request']}\n\n${HELP['rollout plan']}`);
       return sub === undefined ? 2 : 0;
     }
-    throw new UsageError(`unknown command "rollout ${sub}": use "rollout start" or "rollout request"`);
+    throw new UsageError(
+      `unknown command "rollout ${sub}": use "rollout start", "rollout request" or "rollout plan"`,
+    );
   }
   const command = `rollout ${sub}`;
   const options = sub === 'start' ? { ...REQUEST_OPTIONS, wait: { type: 'boolean' } } : REQUEST_OPTIONS;

@@ -8,7 +8,7 @@ import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { prepareRolloutRequest } from '../../cli/main';
+import { planFor, prepareRolloutRequest } from '../../cli/main';
 import { ProgressView, renderResult, renderStatus, stripAnsi, truncateLine } from '../../cli/progress';
 import type { DecisionLogEntry, RolloutStatus } from '../../workflows/definitions';
 
@@ -247,4 +247,35 @@ void test('an unknown command exits 2 with one line', () => {
   });
   assert.equal(r.status, 2);
   assert.equal(r.stderr.trim().split('\n').length, 1);
+});
+
+void test('rollout plan: the demo policy reaches its own margin; a bad policy names its problems', () => {
+  const good = planFor(join(ROOT, 'examples/demo-policy.yaml'), join(ROOT, 'sim/fleets/demo.yaml'), 600);
+  assert.ok(good.ok);
+  assert.deepEqual(good.plan.warnings, []);
+  assert.deepEqual(
+    good.plan.cohorts.map((c) => c.cohort),
+    ['hw3/eu', 'hw4/us', 'hw3/nordic'],
+  );
+  const slow = planFor(join(ROOT, 'examples/demo-policy.yaml'), join(ROOT, 'sim/fleets/demo.yaml'), 60);
+  assert.ok(slow.ok);
+  for (const cohort of ['hw3/eu', 'hw4/us', 'hw3/nordic']) {
+    assert.ok(
+      slow.plan.warnings.some((w) => w.startsWith(`${cohort}: cannot detect the error_rate margin`)),
+      `ten times less driving cannot detect the margin in ${cohort}`,
+    );
+  }
+  const dir = mkdtempSync(join(tmpdir(), 'fleetgate-plan-'));
+  try {
+    const bad = join(dir, 'bad.yaml');
+    writeFileSync(bad, 'apiVersion: fleetgate/v1\nkind: RolloutPolicy\nname: x\nwaves: []\n');
+    const r = planFor(bad, join(ROOT, 'sim/fleets/demo.yaml'));
+    assert.ok(!r.ok);
+    assert.ok(
+      r.problems.some((l) => l.startsWith('policy.waves:')),
+      r.problems.join('\n'),
+    );
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

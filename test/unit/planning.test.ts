@@ -156,8 +156,14 @@ void test('minimum detectable effect: the gate reaches the wanted power at its m
 
 void test('planRollout: the demo policy on the demo fleet', () => {
   const fleet = load(FleetManifest, 'sim/fleets/demo.yaml');
-  const policy = load(Policy, 'examples/demo-policy.yaml');
-  // The demo runs the simulated fleet 600x faster than the policy's clock: 12 s holds are 2 h of driving.
+  const shipped = load(Policy, 'examples/demo-policy.yaml');
+  // The shipped demo policy can detect its own margin: no warnings.
+  const demo = planRollout({ policy: shipped, fleet, timeScale: 600 });
+  assert.deepEqual(demo.warnings, []);
+  assert.ok(demo.cohorts.every((c) => c.detectable === true));
+  // With 12 s holds it could not. The demo runs the simulated fleet 600x faster than the policy's
+  // clock: 12 s holds are 2 h of driving.
+  const policy = { ...shipped, waves: shipped.waves.map((w) => ({ ...w, hold: '12s' })) };
   const plan = planRollout({ policy, fleet, timeScale: 600 });
   assert.deepEqual(JSON.parse(JSON.stringify(plan)), plan, 'JSON-able');
   assert.deepEqual(
