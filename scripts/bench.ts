@@ -9,7 +9,11 @@
  *   4. looks over a large log (FLEETGATE_BENCH_EVENTS, default 10 million): the first look vs one plain
  *      GROUP BY, and a later look over a tenth as many new events vs the first look.
  *
- * Runs against a temporary data directory; prints a table and a JSON line.
+ * Then the statistics of the sequential designs, from the seeded simulation of `fleetgate stats simulate`:
+ * the A/A false-alarm rate of each design over many looks against α, and power and samples to a decision
+ * at the minimum effect and twice it, against the fixed-horizon sample size.
+ *
+ * Runs against a temporary data directory; prints two tables and a JSON line.
  */
 import { createHmac } from 'node:crypto';
 import type { DuckDBConnection } from '@duckdb/node-api';
@@ -26,6 +30,9 @@ import { openServices } from '../workers/worker';
 import { loadFleetManifest, pseudonym, waveTargets } from '../sim/fleet';
 import { FEATURES, generateFrames, makeRng } from '../sim/frames';
 import { SimulatedOta } from '../sim/ota';
+import { SIM_BASELINE, SIM_LOOK_SIZE, simulate, type SimulationInput } from '../cli/stats';
+import { MAX_LOOKS } from '../policies/gsd';
+import { sampleSize } from '../policies/planning';
 
 const ROOT = resolve(__dirname, '..');
 const FLEET = 'sim/fleets/demo.yaml';
@@ -216,9 +223,173 @@ async function main(): Promise<void> {
       pad(r.name, 36) + pad(r.subject, 20) + pad(r.baseline, 26) + pad(`${r.speedup.toFixed(1)}x`, 11) + heap,
     );
   }
+  console.log('');
+  const statistics = statisticsSection();
+  printStatistics(statistics);
+  const round = (x: number) => Number(x.toFixed(4));
   console.log(
-    JSON.stringify({ bench: results.map((r) => ({ name: r.name, speedup: Number(r.speedup.toFixed(2)) })) }),
+    JSON.stringify({
+      bench: results.map((r) => ({ name: r.name, speedup: Number(r.speedup.toFixed(2)) })),
+      statistics: {
+        ...statistics,
+        rows: statistics.rows.map((r) => ({
+          ...r,
+          falseAlarmRate: round(r.falseAlarmRate),
+          se: round(r.se),
+          power: r.power.map(round),
+          samplesRatio: r.samplesRatio.map(round),
+        })),
+      },
+    }),
   );
+}
+
+type SimDesign = SimulationInput['design'];
+
+/** Settings of the statistics section; every row uses the same seed, so designs see the same data. */
+const STATS = {
+  runs: 10_000,
+  seed: 'fleetgate-bench',
+  alpha: 0.05,
+  sides: 1 as const,
+  power: 0.8,
+  /** Looks of SIM_LOOK_SIZE per arm: up to 10,000 per arm. */
+  looks: 100,
+  /** Minimum effect on the error rate, and twice it. */
+  effects: [0.02, 0.04],
+  designs: ['naive', 'msprt', 'ld-obf', 'ld-pocock', 'obf', 'pocock'] as SimDesign[],
+};
+
+interface StatisticsRow {
+  design: SimDesign;
+  looks: number;
+  /** Share of A/A runs that rejected at some look, with its Monte Carlo standard error. */
+  falseAlarmRate: number;
+  se: number;
+  /** Against α: within 2 standard errors, below (conservative) or above (inflated). */
+  verdict: 'within 2 se' | 'conservative' | 'inflated';
+  /** Per effect: share of runs that rejected, and mean samples per arm to a decision over nFixed. */
+  power: number[];
+  samplesRatio: number[];
+}
+
+interface StatisticsSection {
+  runs: number;
+  seed: string;
+  alpha: number;
+  sides: 1 | 2;
+  baseline: number;
+  lookSize: number;
+  effects: number[];
+  /** Fixed-horizon samples per arm for each effect at the same α, sides and power. */
+  nFixed: number[];
+  notes: string[];
+  rows: StatisticsRow[];
+}
+
+/**
+ * A/A false alarms, power and samples to a decision of each design, by `simulate` of cli/stats.ts.
+ * A group-sequential design limited to fewer looks than STATS.looks runs at its limit, and naive and
+ * msprt run at that limit too, so that every design has rows to compare with at the same looks.
+ */
+function statisticsSection(): StatisticsSection {
+  const { runs, seed, alpha, sides, effects } = STATS;
+  const nFixed = effects.map((mde) => {
+    const n = sampleSize({
+      kind: 'proportion',
+      baseline: SIM_BASELINE,
+      mde,
+      alpha,
+      power: STATS.power,
+      sides,
+    });
+    if (!n) throw new Error(`no fixed-horizon sample size for effect ${mde}`);
+    return n.nPerArm;
+  });
+  const notes: string[] = [];
+  const plan: { design: SimDesign; looks: number }[] = [];
+  const limited: SimDesign[] = [];
+  for (const design of STATS.designs) {
+    const grouped = design !== 'naive' && design !== 'msprt';
+    if (grouped && STATS.looks > MAX_LOOKS) limited.push(design);
+    plan.push({ design, looks: grouped ? Math.min(STATS.looks, MAX_LOOKS) : STATS.looks });
+  }
+  if (limited.length > 0) {
+    notes.push(
+      `${limited.join(', ')}: policies/gsd.ts allows at most ${MAX_LOOKS} looks, so these run with ${MAX_LOOKS} ` +
+        `(up to ${MAX_LOOKS * SIM_LOOK_SIZE} per arm), beside naive and msprt at ${MAX_LOOKS} looks for comparison`,
+    );
+    plan.push({ design: 'naive', looks: MAX_LOOKS }, { design: 'msprt', looks: MAX_LOOKS });
+  }
+  plan.sort((a, b) => b.looks - a.looks || STATS.designs.indexOf(a.design) - STATS.designs.indexOf(b.design));
+  const rows = plan.map(({ design, looks }): StatisticsRow => {
+    const run = (effect: number) => simulate({ design, effect, runs, looks, alpha, sides, seed });
+    const aa = run(0).rejectionRate;
+    const se = Math.sqrt((aa * (1 - aa)) / runs);
+    const verdict = Math.abs(aa - alpha) <= 2 * se ? 'within 2 se' : aa < alpha ? 'conservative' : 'inflated';
+    const alternatives = effects.map(run);
+    return {
+      design,
+      looks,
+      falseAlarmRate: aa,
+      se,
+      verdict,
+      power: alternatives.map((r) => r.rejectionRate),
+      samplesRatio: alternatives.map((r, i) => r.meanSamplesPerArm / nFixed[i]!),
+    };
+  });
+  return {
+    runs,
+    seed,
+    alpha,
+    sides,
+    baseline: SIM_BASELINE,
+    lookSize: SIM_LOOK_SIZE,
+    effects,
+    nFixed,
+    notes,
+    rows,
+  };
+}
+
+function printStatistics(s: StatisticsSection): void {
+  const side = s.sides === 1 ? 'one-sided (harm)' : 'two-sided';
+  console.log(
+    `statistics: error rate ${s.baseline} in both arms (A/A) or ${s.effects.map((e) => `+${e}`).join(' / ')}, ` +
+      `a look every ${s.lookSize} per arm, alpha ${s.alpha} ${side}, ${s.runs} runs per cell, seed "${s.seed}"`,
+  );
+  console.log(
+    `fixed-horizon n per arm (power ${STATS.power}): ` +
+      s.effects.map((e, i) => `${s.nFixed[i]} at +${e}`).join(', ') +
+      '; E[n]/fixed = mean samples per arm to a decision (the last look when none) over that n',
+  );
+  for (const note of s.notes) console.log(`note: ${note}`);
+  const header = [
+    'design',
+    'looks',
+    'max/arm',
+    'A/A false alarms',
+    'MC se',
+    `vs alpha ${s.alpha}`,
+    ...s.effects.flatMap((e) => [`power +${e}`, `E[n]/fixed +${e}`]),
+  ];
+  const body = s.rows.map((r) => [
+    r.design,
+    String(r.looks),
+    String(r.looks * s.lookSize),
+    r.falseAlarmRate.toFixed(4),
+    r.se.toFixed(4),
+    r.verdict,
+    ...r.power.flatMap((p, i) => [p.toFixed(3), `${r.samplesRatio[i]!.toFixed(2)}x`]),
+  ]);
+  const widths = header.map((h, i) => Math.max(h.length, ...body.map((r) => r[i]!.length)));
+  const line = (cells: string[]) =>
+    cells
+      .map((c, i) => (i === 0 || i === 5 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!)))
+      .join('  ')
+      .trimEnd();
+  console.log(line(header));
+  for (const r of body) console.log(line(r));
 }
 
 /**
