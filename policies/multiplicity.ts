@@ -107,7 +107,7 @@ export interface FamilyResult {
  * when every guardrail is shown non-inferior is there any claim of improvement. Harm tests (H0: no harm,
  * a rejection declares harm) are the wrong way round for a gate and belong in their own family.
  *
- * Not implemented: the parallel gatekeeper, which tests F(j+1) at a level that grows with the number of
+ * Serial only; the parallel gatekeeper is a different procedure, which tests F(j+1) at a level that grows with the number of
  * rejections in Fj (any rejection opens the gate, with the α of the rejected hypotheses passed on).
  */
 export function hierarchicalGatekeeping(families: readonly Family[], alpha: number): FamilyResult[] {
