@@ -6,13 +6,14 @@
  * binomial distribution through the incomplete beta.
  *
  * Accuracy is about 1e-12 relative for moderate arguments and 1e-10 where parameters reach 1e5 and more
- * (cancellation in the log-gamma differences). `normalCdf` in `./stats` is a 1e-7 approximation; the
- * functions here are the ones to use when a tail probability or a quantile must be exact.
+ * (cancellation in the log-gamma differences). The normal distribution lives in `./normal`; the
+ * names here delegate to it.
  *
  * Pure and deterministic: this module runs inside Temporal workflow code. It must never import node
  * modules or third-party values, read the clock or a random source, or do I/O. Arguments outside a
  * function's domain give NaN here (documented per function); callers check and never pass NaN on.
  */
+import { normalCdf, normalQuantile as normalQuantileOf, normalTail } from './normal';
 
 const LANCZOS_G = 7;
 const LANCZOS = [
@@ -156,59 +157,20 @@ export function regularizedGammaQ(a: number, x: number): number {
   return gammaTails(a, x).upper;
 }
 
-/** Standard normal CDF Φ(z), accurate in both tails: Φ(−|z|) = ½ Q(½, z²/2). */
+/** Standard normal CDF Φ(z), accurate in both tails (see ./normal). */
 export function standardNormalCdf(z: number): number {
-  if (Number.isNaN(z)) return NaN;
-  const tail = 0.5 * regularizedGammaQ(0.5, 0.5 * z * z);
-  return z < 0 ? tail : 1 - tail;
+  return normalCdf(z);
 }
 
 /** Standard normal upper tail 1 − Φ(z), accurate for large z. */
 export function standardNormalSf(z: number): number {
-  return standardNormalCdf(-z);
+  return normalTail(z);
 }
 
-const ACKLAM_A = [
-  -3.969683028665376e1, 2.209460984245205e2, -2.759285104469687e2, 1.38357751867269e2, -3.066479806614716e1,
-  2.506628277459239,
-] as const;
-const ACKLAM_B = [
-  -5.447609879822406e1, 1.615858368580409e2, -1.556989798598866e2, 6.680131188771972e1, -1.328068155288572e1,
-] as const;
-const ACKLAM_C = [
-  -7.784894002430293e-3, -3.223964580411365e-1, -2.400758277161838, -2.549732539343734, 4.374664141464968,
-  2.938163982698783,
-] as const;
-const ACKLAM_D = [7.784695709041462e-3, 3.224671290700398e-1, 2.445134137142996, 3.754408661907416] as const;
-
-function polynomial(coefficients: readonly number[], x: number): number {
-  let r = 0;
-  for (const c of coefficients) r = r * x + c;
-  return r;
-}
-
-/**
- * Quantile of the standard normal, Φ⁻¹(p): Acklam's rational approximation (relative error 1.2e-9)
- * refined by one Halley step on the accurate CDF, about 1e-15. −Infinity at 0, Infinity at 1, NaN
- * outside [0, 1].
- */
+/** Quantile of the standard normal, Φ⁻¹(p): −Infinity at 0, Infinity at 1, NaN outside [0, 1]. */
 export function normalQuantile(p: number): number {
   if (!(p >= 0 && p <= 1)) return NaN;
-  if (p === 0) return -Infinity;
-  if (p === 1) return Infinity;
-  if (p > 0.5) return -normalQuantile(1 - p); // 1 − p is exact for p ≥ ½
-  let x: number;
-  if (p < 0.02425) {
-    const q = Math.sqrt(-2 * Math.log(p));
-    x = polynomial(ACKLAM_C, q) / (polynomial(ACKLAM_D, q) * q + 1);
-  } else {
-    const q = p - 0.5;
-    const r = q * q;
-    x = (polynomial(ACKLAM_A, r) * q) / (polynomial(ACKLAM_B, r) * r + 1);
-  }
-  const e = standardNormalCdf(x) - p;
-  const u = e * Math.sqrt(2 * Math.PI) * Math.exp(0.5 * x * x);
-  return x - u / (1 + 0.5 * x * u);
+  return normalQuantileOf(p);
 }
 
 /**

@@ -7,6 +7,7 @@
  * modules or third-party values, read the clock or a random source, do I/O, or return NaN. Inputs that
  * cannot support an estimate give `undefined` (or an uninformative result), never a number made up.
  */
+import { normalCdf as normalCdfOf, normalTail } from './normal';
 
 /** Share of events that are errors; 0 when there are none. */
 export function proportion(errors: number, n: number): number {
@@ -139,28 +140,14 @@ export function msprt(input: MsprtInput): MsprtResult {
   return { logLambda, lambda, boundary, pValue, ci: [estimate - half, estimate + half] };
 }
 
-/**
- * Complementary error function, Chebyshev fit of Numerical Recipes' `erfcc`: fractional error below
- * 1.2e-7 everywhere.
- */
+/** Complementary error function, erfc(x) = 2 Φ̄(x √2) (see ./normal). */
 export function erfc(x: number): number {
-  const z = Math.abs(x);
-  const t = 1 / (1 + 0.5 * z);
-  let poly = 0;
-  for (let i = ERFC_COEFFICIENTS.length - 1; i >= 0; i--) poly = poly * t + ERFC_COEFFICIENTS[i]!;
-  const r = t * Math.exp(-z * z + poly);
-  return x >= 0 ? r : 2 - r;
+  return 2 * normalTail(x * Math.SQRT2);
 }
-
-/** Coefficients of t⁰ … t⁹ in the exponent of `erfc`. */
-const ERFC_COEFFICIENTS = [
-  -1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806, 0.27886807, -1.13520398, 1.48851587,
-  -0.82215223, 0.17087277,
-] as const;
 
 /** Standard normal cumulative distribution Φ(z). */
 export function normalCdf(z: number): number {
-  return 0.5 * erfc(-z / Math.SQRT2);
+  return normalCdfOf(z);
 }
 
 /**
@@ -170,5 +157,5 @@ export function normalCdf(z: number): number {
  */
 export function fixedZTest(estimate: number, variance: number): number {
   if (!(variance > 0) || !Number.isFinite(variance) || !Number.isFinite(estimate)) return 1;
-  return 0.5 * erfc(estimate / Math.sqrt(variance) / Math.SQRT2);
+  return normalTail(estimate / Math.sqrt(variance));
 }
