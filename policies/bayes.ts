@@ -10,6 +10,7 @@
  * Invalid input gives undefined.
  */
 import { betaQuantile, betaTails, logBeta } from './special';
+import { validCountsAndExposure } from './rates';
 
 const UNBOUNDED = Number.MAX_VALUE;
 
@@ -73,11 +74,7 @@ export function gammaPoissonRateRatio(input: GammaPoissonInput): GammaPoissonRes
   const margin = input.margin ?? 0;
   const level = input.level ?? 0.95;
   if (
-    !Number.isInteger(x1) ||
-    !Number.isInteger(x2) ||
-    x1 < 0 ||
-    x2 < 0 ||
-    !(t1 > 0 && t2 > 0 && Number.isFinite(t1) && Number.isFinite(t2)) ||
+    !validCountsAndExposure(input.events, input.exposure) ||
     !(prior.shape > 0 && Number.isFinite(prior.shape)) ||
     !(prior.rate >= 0 && Number.isFinite(prior.rate)) ||
     !(margin > -1 && Number.isFinite(margin)) ||

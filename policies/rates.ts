@@ -117,6 +117,25 @@ function minLikelihoodP(x: number, n: number, pi: number): number {
   return Math.min(1, binomialCdf(lo, n, pi) + binomialSf(x, n, pi));
 }
 
+/** Event counts are non-negative integers and exposures positive and finite, for both arms. */
+export function validCountsAndExposure(
+  events: readonly [number, number],
+  exposure: readonly [number, number],
+): boolean {
+  const [x1, x2] = events;
+  const [t1, t2] = exposure;
+  return (
+    Number.isInteger(x1) &&
+    Number.isInteger(x2) &&
+    x1 >= 0 &&
+    x2 >= 0 &&
+    t1 > 0 &&
+    t2 > 0 &&
+    Number.isFinite(t1) &&
+    Number.isFinite(t2)
+  );
+}
+
 /**
  * The exact conditional test of the rate ratio R = λ₁/λ₂ (candidate over production).
  *
@@ -133,11 +152,7 @@ export function rateRatioTest(input: RateRatioInput): RateRatioResult | undefine
   const r0 = input.nullRatio ?? 1;
   const margin = input.nonInferiorityMargin;
   if (
-    !Number.isInteger(x1) ||
-    !Number.isInteger(x2) ||
-    x1 < 0 ||
-    x2 < 0 ||
-    !(t1 > 0 && t2 > 0 && Number.isFinite(t1) && Number.isFinite(t2)) ||
+    !validCountsAndExposure(input.events, input.exposure) ||
     !(alpha > 0 && alpha < 1) ||
     !(r0 > 0 && Number.isFinite(r0)) ||
     (margin !== undefined && !(margin >= 0 && Number.isFinite(margin)))
