@@ -12,15 +12,19 @@ import { exec, exclusive, num, rows, transaction } from './db';
 import type { Row } from './db';
 import { ingestArrivedLabels } from './labels';
 
+/** The acting model's prediction and latency of a canary event: the candidate's on its arm, else production's. */
+const ACTING_PRED = `(CASE e.arm WHEN 'candidate' THEN e.pred_candidate ELSE e.pred_production END)`;
+const ACTING_LAT = `(CASE e.arm WHEN 'candidate' THEN e.lat_candidate ELSE e.lat_production END)`;
+
 const CANARY_SQL = `
 SELECT e.cohort, e.arm,
        count(*) AS events,
        count(l.event_id) AS labeled,
        count(*) FILTER (WHERE l.event_id IS NOT NULL
-         AND (CASE e.arm WHEN 'candidate' THEN e.pred_candidate ELSE e.pred_production END) <> l.label) AS errors,
-       count(CASE e.arm WHEN 'candidate' THEN e.lat_candidate ELSE e.lat_production END) AS lat_n,
-       sum(CASE e.arm WHEN 'candidate' THEN e.lat_candidate ELSE e.lat_production END) AS lat_sum,
-       sum(power(CASE e.arm WHEN 'candidate' THEN e.lat_candidate ELSE e.lat_production END, 2)) AS lat_sumsq
+         AND ${ACTING_PRED} <> l.label) AS errors,
+       count(${ACTING_LAT}) AS lat_n,
+       sum(${ACTING_LAT}) AS lat_sum,
+       sum(power(${ACTING_LAT}, 2)) AS lat_sumsq
 FROM events e
 LEFT JOIN labels l ON l.event_id = e.event_id AND l.arrived_at_ms <= ?
 WHERE e.rollout_id = ? AND e.phase = 'canary' AND e.ts_ms < ?
@@ -52,9 +56,9 @@ const CANARY_DELTA_SQL = `
 WITH ev AS (
   SELECT e.cohort, e.arm,
          count(*) AS events,
-         count(CASE e.arm WHEN 'candidate' THEN e.lat_candidate ELSE e.lat_production END) AS lat_n,
-         coalesce(sum(CASE e.arm WHEN 'candidate' THEN e.lat_candidate ELSE e.lat_production END), 0) AS lat_sum,
-         coalesce(sum(power(CASE e.arm WHEN 'candidate' THEN e.lat_candidate ELSE e.lat_production END, 2)), 0)
+         count(${ACTING_LAT}) AS lat_n,
+         coalesce(sum(${ACTING_LAT}), 0) AS lat_sum,
+         coalesce(sum(power(${ACTING_LAT}, 2)), 0)
            AS lat_sumsq
   FROM events e
   WHERE e.rollout_id = $rollout AND e.phase = 'canary' AND e.ts_ms >= $prev AND e.ts_ms < $asof
@@ -62,7 +66,7 @@ WITH ev AS (
 ), lb AS (
   SELECT e.cohort, e.arm,
          count(*) AS labeled,
-         count(*) FILTER (WHERE (CASE e.arm WHEN 'candidate' THEN e.pred_candidate ELSE e.pred_production END)
+         count(*) FILTER (WHERE ${ACTING_PRED}
            <> l.label) AS errors
   FROM labels l JOIN events e ON e.event_id = l.event_id
   WHERE l.rollout_id = $rollout AND l.arrived_at_ms > $prev AND l.arrived_at_ms <= $asof
