@@ -134,12 +134,31 @@ export interface LabelCoverage {
   coverage: number;
 }
 
+/** Count, sum and sum of squares of one quantity. */
+export interface MomentStats {
+  n: number;
+  sum: number;
+  sumSq: number;
+}
+
 /** Sufficient statistics of one arm. */
 export interface ArmStats {
   events: number;
   labeled: number;
   errors: number;
-  latency: { n: number; sum: number; sumSq: number };
+  /** Inference latency in milliseconds. */
+  latency: MomentStats;
+  /**
+   * ln(latency in milliseconds), for skewed latency tested on the log scale. Absent in analysis
+   * results recorded before it existed (old histories); read it as empty then.
+   */
+  logLatency?: MomentStats;
+  /**
+   * Safety-critical events (a critical-class frame the acting model missed) and the exposure they
+   * happened in, in vehicle-hours. Known at once on the vehicle, without waiting for labels. Absent
+   * in analysis results recorded before it existed; read it as empty then.
+   */
+  safety?: { events: number; exposureHours: number };
 }
 export interface CohortStats {
   cohort: string;
