@@ -24,6 +24,13 @@ export interface FleetDatabase {
  * recorded answer an idempotent retry returns), ota_targets.prev_active (the slot a revert goes back to).
  * look_stats holds, per canary look, the sufficient statistics of what is new since the previous look
  * (events in [previous, asOf), labels arrived in (previous, asOf]); `looks` records which looks exist.
+ *
+ * events.safety_candidate / safety_production: the frame's true class was the critical one and that
+ * model missed it (NULL where the model did not run); known on the vehicle at once (a takeover), not
+ * through labels. events.exposure_h: the vehicle-hours one event stands for (1 / eventsPerVehicleHour).
+ * labels.phase, cohort, arm, ts_ms are copied from the label's event when it is ingested, and
+ * err_candidate / err_production say whether that model's prediction differs from the label (NULL where
+ * it did not run), so a look aggregates labels without joining events.
  */
 export const SCHEMA = `
 CREATE TABLE IF NOT EXISTS vehicles (
@@ -83,7 +90,10 @@ CREATE TABLE IF NOT EXISTS events (
   conf_candidate FLOAT,
   conf_production FLOAT,
   lat_candidate DOUBLE,
-  lat_production DOUBLE
+  lat_production DOUBLE,
+  safety_candidate BOOLEAN,
+  safety_production BOOLEAN,
+  exposure_h DOUBLE
 );
 CREATE TABLE IF NOT EXISTS sim_truth (
   event_id VARCHAR PRIMARY KEY,
@@ -100,7 +110,13 @@ CREATE TABLE IF NOT EXISTS labels (
   event_id VARCHAR PRIMARY KEY,
   rollout_id VARCHAR NOT NULL,
   label UTINYINT NOT NULL,
-  arrived_at_ms BIGINT NOT NULL
+  arrived_at_ms BIGINT NOT NULL,
+  phase VARCHAR,
+  cohort VARCHAR,
+  arm VARCHAR,
+  ts_ms BIGINT,
+  err_candidate BOOLEAN,
+  err_production BOOLEAN
 );
 CREATE TABLE IF NOT EXISTS look_stats (
   rollout_id VARCHAR NOT NULL,
@@ -114,6 +130,11 @@ CREATE TABLE IF NOT EXISTS look_stats (
   lat_n BIGINT NOT NULL,
   lat_sum DOUBLE NOT NULL,
   lat_sumsq DOUBLE NOT NULL,
+  loglat_n BIGINT,
+  loglat_sum DOUBLE,
+  loglat_sumsq DOUBLE,
+  safety_events BIGINT,
+  exposure_h DOUBLE,
   PRIMARY KEY (rollout_id, phase, as_of_ms, cohort, arm)
 );
 CREATE TABLE IF NOT EXISTS looks (
@@ -124,6 +145,34 @@ CREATE TABLE IF NOT EXISTS looks (
 );
 `;
 
+/**
+ * Brings a database created before the safety and log-latency columns up to date; a no-op on a new one.
+ * Labels ingested before then get their event's look columns copied in; stored canary looks without the
+ * new statistics are dropped (they are a cache: the next look recomputes them from the event log).
+ * Events logged before then have no safety flags or exposure: they count as none.
+ */
+const MIGRATE = `
+ALTER TABLE events ADD COLUMN IF NOT EXISTS safety_candidate BOOLEAN;
+ALTER TABLE events ADD COLUMN IF NOT EXISTS safety_production BOOLEAN;
+ALTER TABLE events ADD COLUMN IF NOT EXISTS exposure_h DOUBLE;
+ALTER TABLE labels ADD COLUMN IF NOT EXISTS phase VARCHAR;
+ALTER TABLE labels ADD COLUMN IF NOT EXISTS cohort VARCHAR;
+ALTER TABLE labels ADD COLUMN IF NOT EXISTS arm VARCHAR;
+ALTER TABLE labels ADD COLUMN IF NOT EXISTS ts_ms BIGINT;
+ALTER TABLE labels ADD COLUMN IF NOT EXISTS err_candidate BOOLEAN;
+ALTER TABLE labels ADD COLUMN IF NOT EXISTS err_production BOOLEAN;
+UPDATE labels SET phase = e.phase, cohort = e.cohort, arm = e.arm, ts_ms = e.ts_ms,
+       err_candidate = e.pred_candidate <> labels.label, err_production = e.pred_production <> labels.label
+FROM events e WHERE e.event_id = labels.event_id AND labels.phase IS NULL;
+ALTER TABLE look_stats ADD COLUMN IF NOT EXISTS loglat_n BIGINT;
+ALTER TABLE look_stats ADD COLUMN IF NOT EXISTS loglat_sum DOUBLE;
+ALTER TABLE look_stats ADD COLUMN IF NOT EXISTS loglat_sumsq DOUBLE;
+ALTER TABLE look_stats ADD COLUMN IF NOT EXISTS safety_events BIGINT;
+ALTER TABLE look_stats ADD COLUMN IF NOT EXISTS exposure_h DOUBLE;
+DELETE FROM looks WHERE (rollout_id, phase) IN (SELECT rollout_id, phase FROM look_stats WHERE loglat_n IS NULL);
+DELETE FROM look_stats WHERE loglat_n IS NULL;
+`;
+
 /** Opens (creating when absent) the fleet database at `path` (':memory:' for a throwaway one). */
 export async function openFleetDatabase(path: string): Promise<FleetDatabase> {
   if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
@@ -131,6 +180,7 @@ export async function openFleetDatabase(path: string): Promise<FleetDatabase> {
   const connection = await instance.connect();
   await transaction(connection, async () => {
     await connection.run(SCHEMA);
+    await connection.run(MIGRATE);
   });
   return {
     instance,

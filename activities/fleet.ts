@@ -16,7 +16,7 @@ import { resolve } from 'node:path';
 import { ErrorType, fail } from '../errors';
 import { parseDuration } from '../policies/duration';
 import type { CohortSpec, FleetManifest, Sku } from '../policies/schema';
-import { FEATURES, gaussian, generateFrames, makeRng, poisson } from '../sim/frames';
+import { CRITICAL_CLASS, FEATURES, gaussian, generateFrames, makeRng, poisson } from '../sim/frames';
 import type { Frames } from '../sim/frames';
 import { loadFleetManifest, shadowTargets, simVehicles, waveTargets } from '../sim/fleet';
 import { countVehicles } from '../sim/ota';
@@ -335,6 +335,9 @@ export function createFleetActivities(deps: FleetActivityDeps) {
       // Event ids are short (the index on them costs per byte): a tag of the batch id, cohort, index.
       const tag = createHash('sha256').update(batchId).digest('hex').slice(0, 16);
       let total = 0;
+      // Each event stands for 1 / eventsPerVehicleHour vehicle-hours of driving (events are drawn at
+      // that rate per vehicle), the exposure that safety events are counted in.
+      const exposurePerEvent = 1 / manifest.eventsPerVehicleHour;
       await withAppender(conn, 'events', (a) => {
         for (const { sim, out, arm, vehicles, cohortIndex } of simulated) {
           for (let i = 0; i < sim.n; i++) {
@@ -352,6 +355,9 @@ export function createFleetActivities(deps: FleetActivityDeps) {
             appendNumber(a, out.production.conf[i]!, 'float');
             appendNumber(a, out.candidate.lat[i]!, 'double');
             appendNumber(a, out.production.lat[i]!, 'double');
+            appendSafety(a, out.candidate.pred[i]!, sim.frames.labels[i]!);
+            appendSafety(a, out.production.pred[i]!, sim.frames.labels[i]!);
+            a.appendDouble(exposurePerEvent);
             a.endRow();
           }
           total += sim.n;
@@ -576,6 +582,15 @@ async function withAppender(
 function appendPred(a: DuckDBAppender, value: number): void {
   if (value === NO_PRED) a.appendNull();
   else a.appendUTinyInt(value);
+}
+
+/**
+ * Whether a model that ran missed a critical-class frame (a safety event), from the frame's true class;
+ * NULL where the model did not run. Derived from values already drawn: no random stream changes.
+ */
+function appendSafety(a: DuckDBAppender, pred: number, truth: number): void {
+  if (pred === NO_PRED) a.appendNull();
+  else a.appendBoolean(truth === CRITICAL_CLASS && pred !== CRITICAL_CLASS);
 }
 
 function appendNumber(a: DuckDBAppender, value: number, type: 'float' | 'double'): void {

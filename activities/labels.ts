@@ -18,7 +18,9 @@ export const PRIORITY_CONFIDENCE = 0.6;
 /**
  * Moves the labels of `rolloutId` that have arrived by `asOfMs` from the labeler's queue into `labels`.
  * A label requested after its event waits the labeler's delay from the request: it arrives at
- * available_at_ms + (requested_at_ms - ts_ms). Idempotent; returns how many labels were new.
+ * available_at_ms + (requested_at_ms - ts_ms). With each label it stores what a canary look needs of
+ * its event (phase, cohort, arm, ts_ms, and whether each model's prediction was wrong), so a look reads
+ * labels without joining events. Idempotent; returns how many labels were new.
  */
 export function ingestArrivedLabels(
   conn: DuckDBConnection,
@@ -28,10 +30,15 @@ export function ingestArrivedLabels(
   return transaction(conn, () =>
     exec(
       conn,
-      `INSERT INTO labels (event_id, rollout_id, label, arrived_at_ms)
-       SELECT event_id, rollout_id, label, arrives FROM (
+      `INSERT INTO labels (event_id, rollout_id, label, arrived_at_ms,
+                          phase, cohort, arm, ts_ms, err_candidate, err_production)
+       SELECT event_id, rollout_id, label, arrives,
+              phase, cohort, arm, ts_ms, err_candidate, err_production FROM (
          SELECT r.event_id, r.rollout_id, t.label,
-                t.available_at_ms + greatest(0, r.requested_at_ms - e.ts_ms) AS arrives
+                t.available_at_ms + greatest(0, r.requested_at_ms - e.ts_ms) AS arrives,
+                e.phase, e.cohort, e.arm, e.ts_ms,
+                e.pred_candidate <> t.label AS err_candidate,
+                e.pred_production <> t.label AS err_production
          FROM label_requests r
          JOIN sim_truth t ON t.event_id = r.event_id
          JOIN events e ON e.event_id = r.event_id

@@ -16,6 +16,13 @@ export const CAMERA_SIGNAL = { day: 0.9, night: 0.25 } as const;
 export const CAMERA_NOISE = { day: 1.0, night: 2.5 } as const;
 export const RADAR_SIGNAL = 0.6;
 export const RADAR_NOISE = 1.0;
+/**
+ * The safety-critical class: a hazard (1). A missed hazard (the model says "none" in front of one) is
+ * what a vehicle must never do, and a driver takes over at once; a false alarm is a comfort problem, not
+ * a safety one. The fixture models of scripts/make_models.py are binary classifiers with class 1 the
+ * hazard, so this is the only class a missed detection of is dangerous.
+ */
+export const CRITICAL_CLASS = 1;
 
 /** A small, fast, seedable PRNG (mulberry32) over a 32-bit state derived from any string. */
 export function makeRng(seed: string | number): () => number {
