@@ -9,7 +9,7 @@
  */
 import { parseArgs } from 'node:util';
 import { makeRng } from '../sim/frames';
-import { boundaries, type Design } from '../policies/gsd';
+import { MAX_LOOKS, boundaries, type Design } from '../policies/gsd';
 import { sampleSize } from '../policies/planning';
 import { rateRatioTest } from '../policies/rates';
 import { normalQuantile } from '../policies/special';
@@ -41,7 +41,6 @@ export const SIM_BASELINE = 0.1;
 export const SIM_LOOK_SIZE = 100;
 const SIM_TAU = 0.05;
 const MAX_RUNS = 1_000_000;
-const MAX_LOOKS = 50;
 
 // ---- help ---------------------------------------------------------------------------------------
 

@@ -6,14 +6,17 @@
  *
  * Every probability is computed exactly (to quadrature error) by numerical integration of the
  * Armitage-McPherson-Rowe recursion for the density of the Z statistic at successive looks, restricted
- * to the continuation region, on the grid of Jennison & Turnbull ("Group Sequential Methods", ch. 19)
- * with Simpson's rule. Looks use information fractions t_k (information at the look over the planned
+ * to the continuation region, with Simpson's rule on a uniform grid per look whose spacing follows the
+ * width of the transition kernel (Jennison & Turnbull, "Group Sequential Methods", ch. 19, use a fixed
+ * r points per unit, too coarse once looks are many and increments small; see `makeGrid`), and that
+ * reaches far enough into the tail for boundaries that spend almost nothing. Up to MAX_LOOKS = 200
+ * looks. Looks use information fractions t_k (information at the look over the planned
  * maximum); the Z statistics Z_k = S_k / √I_k of a score S with independent increments are what the
  * boundaries apply to.
  *
  * Pure and deterministic: this module runs inside Temporal workflow code. It must never import node
  * modules or third-party values, read the clock or a random source, or do I/O. An invalid design
- * (alpha outside (0, 1), looks not increasing, …) throws a RangeError; a valid one never gives NaN or
+ * (alpha outside (0, 1), information decreasing, …) throws a RangeError; a valid one never gives NaN or
  * ±Infinity in a result (results travel as JSON): a look with nothing to spend gets the finite stand-in
  * `UNBOUNDED`.
  */
@@ -34,7 +37,10 @@ export interface BoundariesInput {
   /** Total type I error: one-sided, or both sides together for `sides: 2` (α/2 per side). */
   alpha: number;
   sides: Sides;
-  /** Information fractions t_1 < … < t_K, all > 0; k/K unless given. */
+  /**
+   * Information fractions t_1 ≤ … ≤ t_K, all > 0; k/K unless given. Values beyond 1 and repeats are
+   * allowed (see `boundaries`).
+   */
   info?: number[];
 }
 
@@ -94,22 +100,37 @@ export interface CrossingProbabilities {
 }
 
 /** Largest number of looks a design may have. */
-export const MAX_LOOKS = 50;
+export const MAX_LOOKS = 200;
 
 /** Finite stand-in for a boundary that cannot be crossed; survives JSON, unlike Infinity. */
 export const UNBOUNDED = Number.MAX_VALUE;
 
 /**
- * Grid resolution r of Jennison & Turnbull: 6r − 1 points per look before trimming to the continuation
- * region, 12r − 3 with Simpson's midpoints. With r = 20 boundaries agree with r = 64 to within 1e-5 for
- * up to 20 looks.
+ * A look whose information exceeds that of the last look that was not a repeat by less than this
+ * fraction of it (equal information included) is a repeat: see `boundaries`.
  */
-const GRID_R = 20;
+export const MIN_INFO_STEP = 1e-4;
+
+/**
+ * Grid resolution: Simpson panels per unit of the scale on which the integrand varies (see `makeGrid`).
+ * Against four times the resolution, boundaries agree to within 2e-5 (3e-6 for spending designs) and
+ * the α they spend to within 3e-7, for 1 to MAX_LOOKS looks.
+ */
+const RESOLUTION = 3;
+
+/** Standard deviations below the mean that the grid covers when the continuation region is unbounded. */
+const BULK = 7;
+
+/**
+ * Standard deviations from the mean that the grid reaches towards a finite boundary: tail probabilities
+ * beyond (Φ̄(37.5) ≈ 5e-309) are not representable anyway.
+ */
+const FAR = 37.5;
+
+/** Standard deviations of the transition kernel beyond its peak that are integrated term by term. */
+const WINDOW = 8;
 
 const SQRT_2PI = Math.sqrt(2 * Math.PI);
-
-/** Standard deviations beyond which a normal tail is taken as 0 or 1 in the recursion. */
-const CUTOFF = 10;
 
 // ---------------------------------------------------------------------------------------------------
 // Spending functions
@@ -147,48 +168,32 @@ export function spend(design: SpendingDesign, alpha: number, t: number, sides: S
 // ---------------------------------------------------------------------------------------------------
 // The recursion
 
-/** The continuation density at one look: grid points z and (Simpson weight × density) at each. */
+/**
+ * The continuation density at one look on a uniform grid: nodes z_0 + i·dz (Simpson's panels with their
+ * midpoints) and (Simpson weight × density) at each.
+ */
 interface LookState {
   info: number;
-  z: Float64Array;
+  z0: number;
+  dz: number;
   wh: Float64Array;
 }
 
 /**
- * Jennison & Turnbull's grid for a Z statistic of mean mu, trimmed to (lo, hi), with Simpson midpoints:
- * points spaced 3/(2r) within mu ± 3, then logarithmically spaced out to mu ± (3 + 4 ln r).
+ * Simpson nodes on [a, b] for the continuation density of a look, in panels no wider than `panel`.
+ *
+ * The grid replaces Jennison & Turnbull's fixed r points per unit: with many looks the increments
+ * Δ_k = I_k − I_{k−1} are small and the transition kernel, of standard deviation √(Δ_{k+1}/I_k) in
+ * Z_k, is far narrower than their spacing. `Transition.next` takes the panel from the narrowest of that
+ * kernel, the scale √(Δ_k/I_k) on which the density itself varies, and 0.3, divided by the resolution.
  */
-function makeGrid(mu: number, lo: number, hi: number): { z: Float64Array; w: Float64Array } {
-  const r = GRID_R;
-  const base: number[] = [];
-  for (let i = 1; i <= 6 * r - 1; i++) {
-    let x: number;
-    if (i < r) x = -3 - 4 * Math.log(r / i);
-    else if (i <= 5 * r) x = -3 + (3 * (i - r)) / (2 * r);
-    else x = 3 + 4 * Math.log(r / (6 * r - i));
-    base.push(mu + x);
-  }
-  const first = base[0]!;
-  const last = base[base.length - 1]!;
-  let pts = base.filter((x) => x > lo && x < hi);
-  if (lo > first) pts.unshift(lo);
-  if (hi < last) pts.push(hi);
-  if (pts.length < 2) pts = lo < hi && Number.isFinite(lo) && Number.isFinite(hi) ? [lo, hi] : [];
-  const m = pts.length;
-  if (m === 0) return { z: new Float64Array(0), w: new Float64Array(0) };
-  const z = new Float64Array(2 * m - 1);
-  const w = new Float64Array(2 * m - 1);
-  for (let j = 0; j < m; j++) z[2 * j] = pts[j]!;
-  for (let j = 0; j < m - 1; j++) {
-    const a = pts[j]!;
-    const b = pts[j + 1]!;
-    const h = b - a;
-    z[2 * j + 1] = (a + b) / 2;
-    w[2 * j] = w[2 * j]! + h / 6;
-    w[2 * j + 1] = w[2 * j + 1]! + (4 * h) / 6;
-    w[2 * j + 2] = w[2 * j + 2]! + h / 6;
-  }
-  return { z, w };
+function makeGrid(a: number, b: number, panel: number): { z0: number; dz: number; w: Float64Array } {
+  const panels = Math.max(1, Math.ceil((b - a) / panel));
+  const dz = (b - a) / (2 * panels);
+  const w = new Float64Array(2 * panels + 1);
+  for (let i = 0; i <= 2 * panels; i++)
+    w[i] = ((i === 0 || i === 2 * panels ? 1 : i % 2 === 1 ? 4 : 2) * dz) / 3;
+  return { z0: a, dz, w };
 }
 
 /**
@@ -197,10 +202,15 @@ function makeGrid(mu: number, lo: number, hi: number): { z: Float64Array; w: Flo
  * Z_{k−1} = z_j on the previous grid.
  */
 class Transition {
+  /** Mean θ√I_k of Z_k. */
+  readonly mu: number;
   private readonly sI: number;
   private readonly sD: number;
-  /** Mean of S_k given Z_{k−1} = z_j, increasing in j. */
-  private readonly c: Float64Array;
+  /** √(Δ/I_k): the standard deviation of the kernel in Z_k, and the scale of the density's features. */
+  readonly spread: number;
+  /** Mean of S_k given Z_{k−1} = z_j is c0 + j·dc, increasing in j. */
+  private readonly c0: number = 0;
+  private readonly dc: number = 1;
   /** suffix[j] = Σ_{i ≥ j} wh_i. */
   private readonly suffix: Float64Array;
 
@@ -210,82 +220,121 @@ class Transition {
     private readonly theta: number,
   ) {
     this.sI = Math.sqrt(info);
-    const n = prev ? prev.z.length : 0;
-    this.c = new Float64Array(n);
+    this.mu = theta * this.sI;
+    const n = prev ? prev.wh.length : 0;
     this.suffix = new Float64Array(n + 1);
     if (prev) {
       const delta = info - prev.info;
       this.sD = Math.sqrt(delta);
+      this.spread = Math.sqrt(delta / info);
       const sPrev = Math.sqrt(prev.info);
-      for (let j = 0; j < n; j++) this.c[j] = prev.z[j]! * sPrev + theta * delta;
+      this.c0 = prev.z0 * sPrev + theta * delta;
+      this.dc = prev.dz * sPrev;
       for (let j = n - 1; j >= 0; j--) this.suffix[j] = this.suffix[j + 1]! + prev.wh[j]!;
     } else {
       this.sD = this.sI;
+      this.spread = 1;
     }
   }
 
-  /** First j with c_j ≥ v (c is increasing). */
+  /** First j with c_j ≥ v, in [0, n]. */
   private index(v: number): number {
-    let lo = 0;
-    let hi = this.c.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1;
-      if (this.c[mid]! < v) lo = mid + 1;
-      else hi = mid;
-    }
-    return lo;
+    const j = Math.ceil((v - this.c0) / this.dc);
+    const n = this.prev!.wh.length;
+    return j <= 0 ? 0 : j >= n ? n : j;
   }
 
   /**
-   * Σ_j wh_j Φ̄(sign·(x√I_k − c_j)/√Δ). Terms more than CUTOFF standard deviations away are 0 or wh_j
-   * (Φ̄(10) < 1e-23), so only a window of the previous grid is integrated term by term.
+   * The window of previous grid points that contribute to Z_k near x term by term. Given Z_k = x the
+   * kernel argument (x√I_k − c_j)/√Δ peaks (Brownian bridge) at √(Δ/I_k)·(x − θ√I_k) standard
+   * deviations, far out when x is far in the tail; WINDOW more either side leave out less than
+   * Φ̄(9) ≈ 1e-19 of what the window holds, so tiny tail probabilities keep their relative accuracy.
    */
+  private window(xs: number, x: number): [number, number] {
+    const half = (WINDOW + this.spread * Math.abs(x - this.mu)) * this.sD;
+    return [this.index(xs - half), this.index(xs + half)];
+  }
+
+  /** Σ_j wh_j Φ̄(sign·(x√I_k − c_j)/√Δ); outside the window the terms are 0 or wh_j. */
   private tail(x: number, sign: 1 | -1): number {
-    const prev = this.prev!;
+    const wh = this.prev!.wh;
     const xs = x * this.sI;
-    const j0 = this.index(xs - CUTOFF * this.sD);
-    const j1 = this.index(xs + CUTOFF * this.sD);
+    const [j0, j1] = this.window(xs, x);
     // sign = 1 (P(Z_k ≥ x)): every j ≥ j1 contributes wh_j. sign = −1: every j < j0 does.
     let sum = sign === 1 ? this.suffix[j1]! : this.suffix[0]! - this.suffix[j0]!;
-    for (let j = j0; j < j1; j++) sum += prev.wh[j]! * normalTail((sign * (xs - this.c[j]!)) / this.sD);
+    const inv = 1 / this.sD;
+    const a0 = (xs - this.c0) * inv;
+    const da = this.dc * inv;
+    for (let j = j0; j < j1; j++) sum += wh[j]! * normalTail(sign * (a0 - j * da));
     return sum;
   }
 
   /** P(Z_k ≥ x and no stop before k). */
   above(x: number): number {
     if (x >= UNBOUNDED) return 0;
-    if (!this.prev) return normalTail(x - this.theta * this.sI);
+    if (!this.prev) return normalTail(x - this.mu);
     return this.tail(x, 1);
   }
 
   /** P(Z_k ≤ x and no stop before k). */
   below(x: number): number {
     if (x <= -UNBOUNDED) return 0;
-    if (!this.prev) return normalTail(this.theta * this.sI - x);
+    if (!this.prev) return normalTail(this.mu - x);
     return this.tail(x, -1);
   }
 
   /** Density of Z_k at x jointly with no stop before k. */
   density(x: number): number {
     const { prev } = this;
-    if (!prev) return normalPdf(x - this.theta * this.sI);
+    if (!prev) return normalPdf(x - this.mu);
+    const wh = prev.wh;
     const xs = x * this.sI;
-    const j0 = this.index(xs - CUTOFF * this.sD);
-    const j1 = this.index(xs + CUTOFF * this.sD);
-    let sum = 0;
-    for (let j = j0; j < j1; j++) {
-      const u = (xs - this.c[j]!) / this.sD;
-      sum += prev.wh[j]! * Math.exp(-0.5 * u * u);
+    const [j0, j1] = this.window(xs, x);
+    if (j0 >= j1) return 0;
+    const inv = 1 / this.sD;
+    const a0 = (xs - this.c0) * inv;
+    const da = this.dc * inv;
+    // exp(−a_j²/2) for a_j = a0 − j·da by two products a term, outward from the kernel's peak (a = 0):
+    // the ratio of neighbours is exp(±a·da − da²/2), and each ratio is the last times exp(−da²).
+    const jp = Math.min(j1 - 1, Math.max(j0, Math.round(a0 / da)));
+    const ap = a0 - jp * da;
+    const ep = Math.exp(-0.5 * ap * ap);
+    const q = Math.exp(-da * da);
+    let sum = wh[jp]! * ep;
+    let e = ep;
+    let r = Math.exp(ap * da - 0.5 * da * da);
+    for (let j = jp + 1; j < j1; j++) {
+      e *= r;
+      r *= q;
+      sum += wh[j]! * e;
+    }
+    e = ep;
+    r = Math.exp(-ap * da - 0.5 * da * da);
+    for (let j = jp - 1; j >= j0; j--) {
+      e *= r;
+      r *= q;
+      sum += wh[j]! * e;
     }
     return (sum * this.sI) / (this.sD * SQRT_2PI);
   }
 
-  /** The continuation density at look k for the continuation region (lo, hi). */
-  next(lo: number, hi: number): LookState {
-    const { z, w } = makeGrid(this.theta * this.sI, lo, hi);
-    const wh = new Float64Array(z.length);
-    for (let i = 0; i < z.length; i++) wh[i] = w[i]! * this.density(z[i]!);
-    return { info: this.info, z, wh };
+  /**
+   * The continuation density at look k for the continuation region (lo, hi), on a grid fit for a next
+   * look at information nextInfo (empty when the region holds no mass worth carrying).
+   *
+   * The grid covers the region within BULK standard deviations of the mean on an unbounded side, and
+   * out to a finite boundary (at most FAR away) otherwise: the next boundary of an alpha-spending design
+   * that spends almost nothing lies far in the tail, and its crossing probability comes from there.
+   */
+  next(lo: number, hi: number, nextInfo: number, resolution: number): LookState {
+    const a = lo <= -UNBOUNDED ? this.mu - BULK : Math.max(lo, this.mu - FAR);
+    const b = hi >= UNBOUNDED ? this.mu + BULK : Math.min(hi, this.mu + FAR);
+    if (!(a < b)) return { info: this.info, z0: 0, dz: 1, wh: new Float64Array(0) };
+    const out = Math.sqrt(Math.max(nextInfo - this.info, MIN_INFO_STEP * this.info) / this.info);
+    const { z0, dz, w } = makeGrid(a, b, Math.min(0.3, this.spread, out) / resolution);
+    const wh = w;
+    for (let i = 0; i < w.length; i++) wh[i] = w[i]! * this.density(z0 + i * dz);
+    return { info: this.info, z0, dz, wh };
   }
 }
 
@@ -330,17 +379,75 @@ function solveBoundary(tr: Transition, target: number, sides: Sides): { b: numbe
 // ---------------------------------------------------------------------------------------------------
 // Designs
 
+/** Grid resolution for tests that check the default against a finer grid; not part of the API. */
+export interface GridOptions {
+  /** Simpson panels per unit of the integrand's scale (default 2). */
+  resolution?: number;
+}
+
+function resolutionOf(grid: GridOptions | undefined): number {
+  const r = grid?.resolution ?? RESOLUTION;
+  if (!(r >= 1 && r <= 64)) throw new RangeError(`grid resolution must be in [1, 64], got ${r}`);
+  return r;
+}
+
+/**
+ * The repeats of a schedule: look k repeats look repeatOf[k] (−1 when it does not) when its information
+ * exceeds that of the last look that was not a repeat by less than MIN_INFO_STEP of it. nextInfo[k] is
+ * the information of the next look that is not a repeat (NaN when none): what the grid of look k is for.
+ */
+function repeatsOf(info: number[]): { repeatOf: number[]; nextInfo: number[] } {
+  const repeatOf: number[] = [];
+  let kept = -1;
+  info.forEach((t, k) => {
+    const repeat = kept >= 0 && t - info[kept]! < MIN_INFO_STEP * info[kept]!;
+    repeatOf.push(repeat ? kept : -1);
+    if (!repeat) kept = k;
+  });
+  const nextInfo: number[] = [];
+  let next = NaN;
+  for (let k = info.length - 1; k >= 0; k--) {
+    nextInfo[k] = next;
+    if (repeatOf[k]! < 0) next = info[k]!;
+  }
+  return { repeatOf, nextInfo };
+}
+
 /**
  * Boundaries of a group-sequential design on the Z scale.
  *
  * - `pocock`: b_k = c for every look; `obf`: b_k = C·√(t_K / t_k), i.e. C·√(K/k) for equally spaced
  *   looks. c or C is solved so that the total type I error is exactly α.
  * - `ld-obf`, `ld-pocock`: Lan-DeMets alpha spending (see `spend`). Look k spends α(t_k) − α(t_{k−1})
- *   given the boundaries of the earlier looks; t beyond 1 spends nothing more.
+ *   given the boundaries of the earlier looks.
  *
  * Two-sided designs are symmetric: reject when |Z_k| ≥ b_k, α/2 on each side.
+ *
+ * What a spending design does at the looks a rollout can produce (the observed fractions):
+ *
+ * - **Beyond full information** (t > 1): `spend` caps t at 1, so the first look at or past t = 1 spends
+ *   all that is left and every later one spends nothing: its boundary is `UNBOUNDED` (it cannot reject)
+ *   and its cumulative α stays at α. Never NaN.
+ * - **A repeat**: a look whose information exceeds that of the last look that was not a repeat by less
+ *   than MIN_INFO_STEP (1e-4) of it, equal information included, adds almost nothing to the test. It is
+ *   handled, not refused: its boundary is `UNBOUNDED` (it cannot reject), it spends nothing, and what it
+ *   would have spent is left to the next look that is not a repeat, so the other looks get the
+ *   boundaries they would have without it. (Z barely moves between such looks; solving a boundary for
+ *   them would need a grid finer than the step.) Information that decreases is a RangeError naming the
+ *   look. Classic designs (`pocock`, `obf`) refuse repeats with a RangeError.
+ * - **A first look at tiny information** (t = 1e-4): `ld-obf` spends 2Φ̄(z/√t), which underflows to 0
+ *   there, so the boundary is `UNBOUNDED`; `ld-pocock` spends about α(e − 1)t and gets a large finite
+ *   boundary. A look that cannot reject is skipped by the recursion (it changes nothing), so the looks
+ *   after it are exact.
+ *
+ * Each boundary is solved to relative accuracy in the probability it spends, however small: an early
+ * `ld-obf` boundary that spends 1e-100 is right to about 1e-4 on the Z scale, like the others.
+ *
+ * Cost grows about as K^1.5 (the grid refines as the increments shrink): on the 2-core development
+ * machine `ld-obf` takes about 3 ms for 20 looks, 15–25 ms for 100 and 40 ms for 200. Classic designs
+ * solve their constant by repeated integration and take three to four times longer.
  */
-export function boundaries(input: BoundariesInput): GroupSequentialBoundaries {
+export function boundaries(input: BoundariesInput, grid?: GridOptions): GroupSequentialBoundaries {
   const { design, looks, alpha, sides } = input;
   checkAlpha(alpha);
   checkSides(sides);
@@ -350,8 +457,20 @@ export function boundaries(input: BoundariesInput): GroupSequentialBoundaries {
   const info = input.info ? [...input.info] : Array.from({ length: looks }, (_, k) => (k + 1) / looks);
   if (info.length !== looks) throw new RangeError(`info has ${info.length} entries for ${looks} looks`);
   checkInfo(info);
-  if (design === 'ld-obf' || design === 'ld-pocock') return spendingBoundaries(design, alpha, sides, info);
-  if (design === 'pocock' || design === 'obf') return classicBoundaries(design, alpha, sides, info);
+  const resolution = resolutionOf(grid);
+  if (design === 'ld-obf' || design === 'ld-pocock') {
+    return spendingBoundaries(design, alpha, sides, info, resolution);
+  }
+  if (design === 'pocock' || design === 'obf') {
+    repeatsOf(info).repeatOf.forEach((j, k) => {
+      if (j >= 0) {
+        throw new RangeError(
+          `${design} needs looks that each add information: look ${k + 1} at ${info[k]} repeats look ${j + 1} at ${info[j]}`,
+        );
+      }
+    });
+    return classicBoundaries(design, alpha, sides, info, resolution);
+  }
   throw new RangeError(`unknown design ${String(design)}`);
 }
 
@@ -360,13 +479,23 @@ function spendingBoundaries(
   alpha: number,
   sides: Sides,
   info: number[],
+  resolution: number,
 ): GroupSequentialBoundaries {
+  const K = info.length;
   const bounds: number[] = [];
   const cumulative: number[] = [];
+  const total = spend(design, alpha, info[K - 1]!, sides);
+  const { repeatOf, nextInfo } = repeatsOf(info);
   let prev: LookState | undefined;
   let spentBefore = 0;
   let cum = 0;
-  for (const t of info) {
+  for (let k = 0; k < K; k++) {
+    const t = info[k]!;
+    if (repeatOf[k]! >= 0) {
+      bounds.push(UNBOUNDED);
+      cumulative.push(cum);
+      continue;
+    }
     const tr = new Transition(prev, t, 0);
     const spentNow = spend(design, alpha, t, sides);
     const { b, p } = solveBoundary(tr, spentNow - spentBefore, sides);
@@ -374,13 +503,22 @@ function spendingBoundaries(
     cum += p;
     cumulative.push(cum);
     spentBefore = spentNow;
-    prev = tr.next(sides === 2 ? -b : -Infinity, b);
+    // A look that cannot reject changes nothing; after the last look that spends, nothing is needed.
+    if (b < UNBOUNDED && nextInfo[k]! > t && spentNow < total) {
+      prev = tr.next(sides === 2 ? -b : -Infinity, b, nextInfo[k]!, resolution);
+    }
   }
   return { design, alpha, sides, boundaries: bounds, cumulativeAlpha: cumulative, info };
 }
 
 /** Cumulative P(reject) under H0 for boundaries b_k = c·shape_k. */
-function classicCumulative(c: number, shape: number[], info: number[], sides: Sides): number[] {
+function classicCumulative(
+  c: number,
+  shape: number[],
+  info: number[],
+  sides: Sides,
+  resolution: number,
+): number[] {
   const out: number[] = [];
   let prev: LookState | undefined;
   let cum = 0;
@@ -389,7 +527,7 @@ function classicCumulative(c: number, shape: number[], info: number[], sides: Si
     const tr = new Transition(prev, info[k]!, 0);
     cum += tr.above(b) + (sides === 2 ? tr.below(-b) : 0);
     out.push(cum);
-    if (k < info.length - 1) prev = tr.next(sides === 2 ? -b : -Infinity, b);
+    if (k < info.length - 1) prev = tr.next(sides === 2 ? -b : -Infinity, b, info[k + 1]!, resolution);
   }
   return out;
 }
@@ -399,12 +537,13 @@ function classicBoundaries(
   alpha: number,
   sides: Sides,
   info: number[],
+  resolution: number,
 ): GroupSequentialBoundaries {
   const tK = info[info.length - 1]!;
   const shape = info.map((t) => (design === 'pocock' ? 1 : Math.sqrt(tK / t)));
   let lastCumulative: number[] = [];
   const F = (c: number): number => {
-    lastCumulative = classicCumulative(c, shape, info, sides);
+    lastCumulative = classicCumulative(c, shape, info, sides, resolution);
     return Math.log(lastCumulative[lastCumulative.length - 1]!) - Math.log(alpha);
   };
   // The constant lies between the fixed-sample value (one look) and Bonferroni's (α/K per look), where
@@ -452,13 +591,17 @@ function classicResult(
  * looks at `pastInfo` that used `pastBoundaries` (as computed then; `UNBOUNDED` or Infinity for a look
  * that could not reject). It spends α(tNow) − α(tPrev) exactly: the boundary b solves
  * P(|Z| ≥ b, or Z ≥ b one-sided, at this look and no rejection before) = α(tNow) − α(tPrev) under H0,
- * integrating over the boundaries actually used.
+ * integrating over the boundaries actually used, where tPrev is the last past look that was not a repeat.
+ * Looks past full information, repeats and tiny first looks behave as in `boundaries`: a tNow that
+ * repeats gets `UNBOUNDED` and spends 0, and a past repeat must have used `UNBOUNDED` (a RangeError
+ * otherwise).
  */
 export function nextBoundary(
   design: SpendingSpec,
   pastInfo: number[],
   pastBoundaries: number[],
   tNow: number,
+  grid?: GridOptions,
 ): NextBoundary {
   const { alpha, sides } = design;
   checkAlpha(alpha);
@@ -466,26 +609,95 @@ export function nextBoundary(
   if (pastInfo.length !== pastBoundaries.length) {
     throw new RangeError(`${pastInfo.length} past looks but ${pastBoundaries.length} past boundaries`);
   }
-  if (pastInfo.length >= MAX_LOOKS) throw new RangeError(`at most ${MAX_LOOKS} looks`);
-  checkInfo([...pastInfo, tNow]);
-  let prev: LookState | undefined;
-  let cum = 0;
+  if (pastInfo.length >= MAX_LOOKS) {
+    throw new RangeError(
+      `at most ${MAX_LOOKS} looks: ${pastInfo.length} past looks leave no room for another`,
+    );
+  }
+  const info = [...pastInfo, tNow];
+  checkInfo(info);
+  const resolution = resolutionOf(grid);
+  const walk = new Walk(info, 0, resolution);
   for (let k = 0; k < pastInfo.length; k++) {
     const b = pastBoundaries[k]!;
     if (Number.isNaN(b) || (sides === 2 && !(b >= 0))) {
       throw new RangeError(`past boundary ${k + 1} is not valid: ${b}`);
     }
-    const tr = new Transition(prev, pastInfo[k]!, 0);
-    cum += tr.above(b) + (sides === 2 ? tr.below(-b) : 0);
-    prev = tr.next(sides === 2 ? -b : -Infinity, b);
+    walk.look(sides === 2 ? -b : -Infinity, b, `past boundary ${k + 1}`);
   }
-  const tPrev = pastInfo.length > 0 ? pastInfo[pastInfo.length - 1]! : 0;
+  const cum = walk.upper + walk.lower;
+  const kept = walk.lastKept();
+  const tPrev = kept >= 0 ? info[kept]! : 0;
+  if (walk.repeats()) return { boundary: UNBOUNDED, spent: 0, cumulativeAlpha: cum };
   const spent = Math.max(
     0,
     spend(design.design, alpha, tNow, sides) - spend(design.design, alpha, tPrev, sides),
   );
-  const { b, p } = solveBoundary(new Transition(prev, tNow, 0), spent, sides);
+  const { b, p } = solveBoundary(walk.transition(), spent, sides);
   return { boundary: b, spent, cumulativeAlpha: cum + p };
+}
+
+/**
+ * The recursion over given boundaries under drift θ, one look at a time: the probability of stopping
+ * through each side at each look. Looks that cannot stop are skipped (they change nothing).
+ */
+class Walk {
+  private prev: LookState | undefined;
+  private k = 0;
+  private readonly repeatOf: number[];
+  private readonly nextInfo: number[];
+  /** Totals so far of P(stop up) and P(stop down). */
+  upper = 0;
+  lower = 0;
+
+  constructor(
+    private readonly info: number[],
+    private readonly theta: number,
+    private readonly resolution: number,
+  ) {
+    ({ repeatOf: this.repeatOf, nextInfo: this.nextInfo } = repeatsOf(info));
+  }
+
+  /** Whether the next look repeats an earlier one. */
+  repeats(): boolean {
+    return this.repeatOf[this.k]! >= 0;
+  }
+
+  /** Index of the last look taken that was not a repeat (−1 when none). */
+  lastKept(): number {
+    for (let j = this.k - 1; j >= 0; j--) if (this.repeatOf[j]! < 0) return j;
+    return -1;
+  }
+
+  /** The transition to the next look. */
+  transition(): Transition {
+    return new Transition(this.prev, this.info[this.k]!, this.theta);
+  }
+
+  /** Takes the next look with continuation region (lo, hi); returns P(stop up) and P(stop down) there. */
+  look(lo: number, hi: number, what: string): { up: number; down: number } {
+    const { info, k } = this;
+    this.k++;
+    const open = lo <= -UNBOUNDED && hi >= UNBOUNDED;
+    const j = this.repeatOf[k]!;
+    if (j >= 0) {
+      if (!open) {
+        throw new RangeError(
+          `${what} must be UNBOUNDED: look ${k + 1} at ${info[k]} repeats look ${j + 1} at ${info[j]}`,
+        );
+      }
+      return { up: 0, down: 0 };
+    }
+    if (open) return { up: 0, down: 0 };
+    const tr = new Transition(this.prev, info[k]!, this.theta);
+    const up = Math.min(1, Math.max(0, tr.above(hi)));
+    const down = Math.min(1, Math.max(0, tr.below(lo)));
+    this.upper += up;
+    this.lower += down;
+    const next = this.nextInfo[k]!;
+    if (next > info[k]!) this.prev = tr.next(lo, hi, next, this.resolution);
+    return { up, down };
+  }
 }
 
 /**
@@ -496,12 +708,16 @@ export function nextBoundary(
  * A futility rule (one-sided only) is non-binding: the boundaries were computed without it, so adding
  * it can only lower the type I error (stopping for futility never rejects), and it lowers power by
  * exactly what this function reports with and without it.
+ *
+ * A look with an `UNBOUNDED` boundary (and no futility bound) cannot stop; a look that repeats the
+ * previous one (see `boundaries`) must be such a look.
  */
 export function crossingProbabilities(
   bounds: number[],
   info: number[],
   drift: number,
   options: CrossingOptions = {},
+  grid?: GridOptions,
 ): CrossingProbabilities {
   const sides = options.sides ?? 1;
   checkSides(sides);
@@ -517,11 +733,10 @@ export function crossingProbabilities(
       throw new RangeError(`futility needs ${K} (or ${K - 1}) entries, got ${futility.length}`);
     }
   }
+  const walk = new Walk(info, drift, resolutionOf(grid));
   const upper: number[] = [];
   const lower: number[] = [];
-  let prev: LookState | undefined;
   let stoppedInfo = 0;
-  let stopped = 0;
   for (let k = 0; k < K; k++) {
     const b = bounds[k]!;
     if (Number.isNaN(b) || (sides === 2 && !(b >= 0))) {
@@ -533,17 +748,13 @@ export function crossingProbabilities(
       if (Number.isNaN(f) || f >= b) throw new RangeError(`futility ${k + 1} must be below ${b}, got ${f}`);
       lo = f;
     }
-    const tr = new Transition(prev, info[k]!, drift);
-    const up = Math.min(1, Math.max(0, tr.above(b)));
-    const down = Math.min(1, Math.max(0, tr.below(lo)));
+    const { up, down } = walk.look(lo, b, `boundary ${k + 1}`);
     upper.push(up);
     lower.push(down);
-    stopped += up + down;
     stoppedInfo += (up + down) * info[k]!;
-    if (k < K - 1) prev = tr.next(lo, b);
   }
   const lastInfo = info[K - 1]!;
-  const expectedInfo = stoppedInfo + Math.max(0, 1 - stopped) * lastInfo;
+  const expectedInfo = stoppedInfo + Math.max(0, 1 - walk.upper - walk.lower) * lastInfo;
   return {
     upper,
     lower,
@@ -564,12 +775,16 @@ function checkSides(sides: number): void {
   if (sides !== 1 && sides !== 2) throw new RangeError(`sides must be 1 or 2, got ${sides}`);
 }
 
+/** Information must be finite, positive and never decrease (a repeat is handled by each caller). */
 function checkInfo(info: number[]): void {
-  let last = 0;
-  for (const t of info) {
-    if (!(t > last) || !Number.isFinite(t)) {
-      throw new RangeError(`information must be finite, positive and increasing, got [${info.join(', ')}]`);
+  info.forEach((t, k) => {
+    if (!(t > 0) || !Number.isFinite(t)) {
+      throw new RangeError(`information must be finite and positive: look ${k + 1} has ${t}`);
     }
-    last = t;
-  }
+    if (k > 0 && t < info[k - 1]!) {
+      throw new RangeError(
+        `information must not decrease: look ${k + 1} has ${t}, less than look ${k}'s ${info[k - 1]}`,
+      );
+    }
+  });
 }

@@ -2,12 +2,15 @@
  * Tables for policies/gsd: group-sequential boundaries against published values (Jennison & Turnbull,
  * ldbounds, gsDesign) to three decimals, alpha spending at planned and unplanned looks, power against
  * published inflation factors, and seeded Monte Carlo checks of the rejection rate, power, expected
- * information and a futility rule.
+ * information and a futility rule; up to MAX_LOOKS looks against a finer grid, and the looks a rollout
+ * produces: past full information, repeated information, a tiny first look.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { gaussian, makeRng } from '../../sim/frames';
 import {
+  MAX_LOOKS,
+  MIN_INFO_STEP,
   UNBOUNDED,
   boundaries,
   crossingProbabilities,
@@ -324,11 +327,165 @@ test('invalid designs are refused; results are JSON-safe and deterministic', () 
   assert.throws(() => boundaries({ ...ok, info: [0.5, 1] }), RangeError);
   assert.throws(() => boundaries({ ...ok, design: 'wald' as Design }), RangeError);
   assert.throws(() => nextBoundary(ok, [0.5], [], 1), RangeError);
-  assert.throws(() => nextBoundary(ok, [0.5], [2.9], 0.5), RangeError);
+  assert.throws(() => nextBoundary(ok, [0.5, 0.4], [2.9, 2.9], 1), /look 2 has 0.4, less than look 1's 0.5/);
   assert.throws(() => crossingProbabilities([2, 2], [0.5], 0), RangeError);
   assert.throws(() => crossingProbabilities([2, 2], [0.5, 1], NaN), RangeError);
   const a = boundaries({ ...ok, info: [0.5, 1, 1.5] });
   assert.equal(a.boundaries[2], UNBOUNDED, 'nothing left to spend after t = 1');
   assert.deepEqual(JSON.parse(JSON.stringify(a)), a);
   assert.deepEqual(boundaries({ ...ok, info: [0.5, 1, 1.5] }), a);
+});
+
+test('100 and MAX_LOOKS looks: α is spent exactly and boundaries agree with a grid four times finer', () => {
+  const fine = { resolution: 12 };
+  for (const design of ['ld-obf', 'ld-pocock', 'pocock'] as const) {
+    const d = boundaries({ design, looks: 100, alpha: 0.025, sides: 1 });
+    assert.equal(d.boundaries.length, 100);
+    close(d.cumulativeAlpha[99]!, 0.025, 1e-6, `${design} cumulative α`);
+    const reference = boundaries({ design, looks: 100, alpha: 0.025, sides: 1 }, fine);
+    closeAll(d.boundaries, reference.boundaries, 1e-4, `${design} against resolution 12`);
+    // Independently of how the boundaries were solved: integrating them on the finer grid gives α.
+    const exact = crossingProbabilities(d.boundaries, d.info, 0, {}, fine);
+    close(exact.upperTotal, 0.025, 1e-6, `${design} crossing on the finer grid`);
+  }
+  // The first ld-obf looks spend far less than anything before them (α(0.01) ≈ 1e-111 and
+  // α(0.02) ≈ 1e-56), so there b_k = Φ̄⁻¹(α(t_k) − α(t_{k−1})) exactly: a check of the far tail that
+  // needs no grid. (A grid that stops ~15 standard deviations out, like Jennison & Turnbull's at r = 20,
+  // puts b_2 at 15.68.)
+  const obf = boundaries({ design: 'ld-obf', looks: 100, alpha: 0.025, sides: 1 }).boundaries;
+  const a1 = spend('ld-obf', 0.025, 0.01);
+  const a2 = spend('ld-obf', 0.025, 0.02);
+  close(obf[0]!, normalTailQuantile(a1), 1e-9, 'b_1');
+  close(obf[1]!, normalTailQuantile(a2 - a1), 1e-4, 'b_2');
+  close(obf[1]!, 15.8055, 1e-4, 'b_2 value');
+  for (let k = 1; k < 100; k++) assert.ok(obf[k]! < obf[k - 1]!, 'ld-obf boundaries fall');
+
+  const most = boundaries({ design: 'ld-obf', looks: MAX_LOOKS, alpha: 0.05, sides: 2 });
+  close(most.cumulativeAlpha[MAX_LOOKS - 1]!, 0.05, 1e-6, 'MAX_LOOKS two-sided');
+  assert.ok(most.boundaries.every((b) => Number.isFinite(b) && b > 0 && b < UNBOUNDED));
+  assert.throws(
+    () => boundaries({ design: 'ld-obf', looks: MAX_LOOKS + 1, alpha: 0.05, sides: 2 }),
+    /1 to 200/,
+  );
+});
+
+test('information beyond full: the first look at or past t = 1 spends the rest, later looks are UNBOUNDED', () => {
+  const cases: { info: number[]; finite: number }[] = [
+    { info: [0.5, 1, 1.5], finite: 2 },
+    { info: [0.5, 1.2, 1.5, 2], finite: 2 },
+    { info: [0.3, 0.6, 0.9, 1.05, 1.3], finite: 4 },
+    { info: [1.5, 2], finite: 1 },
+  ];
+  for (const { info, finite } of cases) {
+    for (const design of ['ld-obf', 'ld-pocock'] as const) {
+      for (const sides of [1, 2] as const) {
+        const what = `${design} sides=${sides} [${info.join(', ')}]`;
+        const d = boundaries({ design, looks: info.length, alpha: 0.05, sides, info });
+        d.boundaries.forEach((b, k) => {
+          assert.ok(!Number.isNaN(b), `${what}: look ${k + 1} is NaN`);
+          if (k < finite) assert.ok(b > 0 && b < UNBOUNDED, `${what}: look ${k + 1} can reject`);
+          else assert.equal(b, UNBOUNDED, `${what}: look ${k + 1} spends nothing`);
+        });
+        d.cumulativeAlpha.slice(finite - 1).forEach((c) => close(c, 0.05, 1e-9, `${what} cumulative α`));
+        const exact = crossingProbabilities(d.boundaries, info, 0, { sides });
+        close(exact.upperTotal + exact.lowerTotal, 0.05, 1e-9, `${what} crossing`);
+      }
+    }
+  }
+  // A single look past full information is the fixed-sample test.
+  const late = boundaries({ design: 'ld-obf', looks: 2, alpha: 0.05, sides: 2, info: [1.5, 2] });
+  close(late.boundaries[0]!, 1.959964, 1e-5, 'fixed-sample boundary');
+});
+
+test('repeated information: a look that adds less than MIN_INFO_STEP is UNBOUNDED and spends nothing', () => {
+  const base = boundaries({ design: 'ld-obf', looks: 3, alpha: 0.05, sides: 2, info: [0.25, 0.5, 1] });
+  const repeats: number[][] = [
+    [0.25, 0.5, 0.5, 1],
+    [0.25, 0.5, 0.5 * (1 + MIN_INFO_STEP / 2), 1],
+    [0.25, 0.5, 0.5, 0.5, 1],
+    // Small steps that together stay under MIN_INFO_STEP of the last look that was not a repeat.
+    [0.25, 0.5, 0.5 * (1 + 0.4 * MIN_INFO_STEP), 0.5 * (1 + 0.8 * MIN_INFO_STEP), 1],
+  ];
+  for (const info of repeats) {
+    const d = boundaries({ design: 'ld-obf', looks: info.length, alpha: 0.05, sides: 2, info });
+    const kept = d.boundaries.filter((b) => b < UNBOUNDED);
+    // A repeat changes nothing for the other looks: its spending is left to the next one.
+    closeAll(kept, base.boundaries, 1e-12, `[${info.join(', ')}] other looks`);
+    for (let k = 2; k < info.length - 1; k++) {
+      assert.equal(d.boundaries[k], UNBOUNDED, `look ${k + 1} repeats`);
+      assert.equal(d.cumulativeAlpha[k], d.cumulativeAlpha[1], 'spends nothing');
+    }
+    close(d.cumulativeAlpha.at(-1)!, 0.05, 1e-9, 'α is all spent');
+    const exact = crossingProbabilities(d.boundaries, info, 0, { sides: 2 });
+    close(exact.upperTotal + exact.lowerTotal, 0.05, 1e-9, 'crossing');
+  }
+  // Small steps that add up to more than MIN_INFO_STEP: the look that crosses it is a look again.
+  const creep = [0.25, 0.5, 0.5 * (1 + 0.6 * MIN_INFO_STEP), 0.5 * (1 + 1.2 * MIN_INFO_STEP), 1];
+  const crept = boundaries({ design: 'ld-obf', looks: 5, alpha: 0.05, sides: 2, info: creep });
+  assert.equal(crept.boundaries[2], UNBOUNDED);
+  assert.ok(crept.boundaries[3]! < UNBOUNDED, 'the fourth look adds 1.2 steps over the second');
+  close(crept.cumulativeAlpha[4]!, 0.05, 1e-9, 'creeping looks');
+  // Just over the step is a look of its own.
+  const apart = [0.25, 0.5, 0.5 * (1 + 2 * MIN_INFO_STEP), 1];
+  const own = boundaries({ design: 'ld-obf', looks: 4, alpha: 0.05, sides: 2, info: apart });
+  assert.ok(own.boundaries.every((b) => Number.isFinite(b) && b < UNBOUNDED));
+  close(own.cumulativeAlpha[3]!, 0.05, 1e-9, 'close looks');
+
+  const spec = { design: 'ld-obf', alpha: 0.05, sides: 2 } as const;
+  const again = nextBoundary(spec, [0.25, 0.5], base.boundaries.slice(0, 2), 0.5);
+  assert.deepEqual(again, { boundary: UNBOUNDED, spent: 0, cumulativeAlpha: base.cumulativeAlpha[1] });
+  const after = nextBoundary(spec, [0.25, 0.5, 0.5], [...base.boundaries.slice(0, 2), UNBOUNDED], 1);
+  close(after.boundary, base.boundaries[2]!, 1e-12, 'the look after a repeat');
+
+  const refusals: { run: () => unknown; says: RegExp }[] = [
+    {
+      run: () => boundaries({ design: 'ld-obf', looks: 3, alpha: 0.05, sides: 2, info: [0.5, 0.4, 1] }),
+      says: /must not decrease: look 2 has 0.4, less than look 1's 0.5/,
+    },
+    {
+      run: () => boundaries({ design: 'pocock', looks: 3, alpha: 0.05, sides: 2, info: [0.5, 0.5, 1] }),
+      says: /pocock needs looks that each add information: look 2 at 0.5 repeats look 1/,
+    },
+    {
+      run: () => crossingProbabilities([3, 2.5, 2], [0.5, 0.5, 1], 0),
+      says: /boundary 2 must be UNBOUNDED: look 2 at 0.5 repeats look 1/,
+    },
+    {
+      run: () => nextBoundary(spec, [0.5, 0.5], [2.9, 2.9], 1),
+      says: /past boundary 2 must be UNBOUNDED/,
+    },
+  ];
+  for (const { run, says } of refusals)
+    assert.throws(run, (e: unknown) => e instanceof RangeError && says.test(e.message));
+});
+
+test('a first look at tiny information (t = 1e-4)', () => {
+  for (const sides of [1, 2] as const) {
+    // ld-obf spends 2Φ̄(z/√t) = 0 in double precision: that look cannot reject, and the rest are the
+    // design without it.
+    const tiny = boundaries({ design: 'ld-obf', looks: 3, alpha: 0.05, sides, info: [1e-4, 0.5, 1] });
+    const without = boundaries({ design: 'ld-obf', looks: 2, alpha: 0.05, sides, info: [0.5, 1] });
+    assert.equal(tiny.boundaries[0], UNBOUNDED);
+    assert.equal(tiny.cumulativeAlpha[0], 0);
+    closeAll(tiny.boundaries.slice(1), without.boundaries, 1e-12, `ld-obf sides=${sides}`);
+    // ld-pocock spends α·ln(1 + (e − 1)·1e-4) ≈ 8.6e-6 at once: the fixed-sample boundary for that.
+    const pocock = boundaries({ design: 'ld-pocock', looks: 3, alpha: 0.05, sides, info: [1e-4, 0.5, 1] });
+    const first = spend('ld-pocock', 0.05, 1e-4, sides);
+    close(pocock.boundaries[0]!, normalTailQuantile(first / sides), 1e-9, `ld-pocock sides=${sides} first`);
+    close(pocock.cumulativeAlpha[2]!, 0.05, 1e-9, 'ld-pocock cumulative α');
+    const exact = crossingProbabilities(pocock.boundaries, pocock.info, 0, { sides });
+    close(exact.upperTotal + exact.lowerTotal, 0.05, 1e-9, 'ld-pocock crossing');
+  }
+  // Tiny looks in a row, then a rollout's usual ones: every look valid, α spent exactly.
+  const info = [1e-4, 2e-4, 5e-4, 0.01, 0.02, ...Array.from({ length: 20 }, (_, k) => 0.05 * (k + 1))];
+  for (const design of ['ld-obf', 'ld-pocock'] as const) {
+    const d = boundaries({ design, looks: info.length, alpha: 0.025, sides: 1, info });
+    assert.ok(
+      d.boundaries.every((b) => !Number.isNaN(b) && b > 0),
+      design,
+    );
+    close(d.cumulativeAlpha.at(-1)!, 0.025, 1e-9, `${design} cumulative α`);
+    const exact = crossingProbabilities(d.boundaries, info, 0, {}, { resolution: 12 });
+    close(exact.upperTotal, 0.025, 1e-6, `${design} crossing on a finer grid`);
+  }
 });

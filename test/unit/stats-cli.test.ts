@@ -61,6 +61,10 @@ void test('stats boundaries --json: one boundary and one cumulative alpha per lo
     '0.25,0.6,1',
   );
   assert.equal(numbers(info.boundaries).length, 3);
+  // Up to MAX_LOOKS of policies/gsd.ts (200), e.g. a look every 100 per arm up to 20,000.
+  const most = json('boundaries', '--design', 'ld-obf', '--looks', '200', '--alpha', '0.025', '--sides', '1');
+  assert.equal(numbers(most.boundaries).length, 200);
+  assert.ok(Math.abs(numbers(most.cumulativeAlpha)[199]! - 0.025) < 1e-6, 'all of alpha by look 200');
 
   const table = run('boundaries', '--design', 'pocock', '--looks', '2', '--alpha', '0.05', '--sides', '2');
   assert.equal(table.code, 0);
@@ -157,7 +161,7 @@ void test('stats: a bad flag gives one line naming the flag and the value, exit 
       args: ['boundaries', '--design', 'fast', '--looks', '3', '--alpha', '0.05', '--sides', '2'],
       says: /--design "fast".*obf, pocock/,
     },
-    { args: [...b.slice(0, 4), '0', ...b.slice(5)], says: /--looks "0".*integer from 1 to 50/ },
+    { args: [...b.slice(0, 4), '0', ...b.slice(5)], says: /--looks "0".*integer from 1 to 200/ },
     { args: [...b.slice(0, 6), '1.5', ...b.slice(7)], says: /--alpha "1\.5".*\(0, 0\.5\]/ },
     { args: [...b.slice(0, 8), '3'], says: /--sides "3".*1 or 2/ },
     { args: [...b, '--info', '0.5,0.2,1'], says: /--info "0\.5,0\.2,1".*increase/ },
@@ -302,7 +306,7 @@ void test('the executable: stats is a command, and a bad flag exits 2 naming it'
       '--design',
       'obf',
       '--looks',
-      '99',
+      '201',
       '--alpha',
       '0.05',
       '--sides',
@@ -312,7 +316,7 @@ void test('the executable: stats is a command, and a bad flag exits 2 naming it'
   );
   assert.equal(r.status, 2, r.stderr);
   assert.equal(r.stdout, '');
-  assert.equal(r.stderr.trim(), 'fleetgate: --looks "99" is not allowed: an integer from 1 to 50');
+  assert.equal(r.stderr.trim(), 'fleetgate: --looks "201" is not allowed: an integer from 1 to 200');
   const help = spawnSync(process.execPath, ['bin/fleetgate.js', '--help'], { cwd: ROOT, encoding: 'utf8' });
   assert.equal(help.status, 0);
   assert.match(help.stdout, /^ {2}stats {2,}/m);
