@@ -289,8 +289,7 @@ interface StatisticsSection {
 
 /**
  * A/A false alarms, power and samples to a decision of each design, by `simulate` of cli/stats.ts.
- * A group-sequential design limited to fewer looks than STATS.looks runs at its limit, and naive and
- * msprt run at that limit too, so that every design has rows to compare with at the same looks.
+ * Every design runs at STATS.looks (within MAX_LOOKS of policies/gsd.ts), on the same seeded data.
  */
 function statisticsSection(): StatisticsSection {
   const { runs, seed, alpha, sides, effects } = STATS;
@@ -307,21 +306,10 @@ function statisticsSection(): StatisticsSection {
     return n.nPerArm;
   });
   const notes: string[] = [];
-  const plan: { design: SimDesign; looks: number }[] = [];
-  const limited: SimDesign[] = [];
-  for (const design of STATS.designs) {
-    const grouped = design !== 'naive' && design !== 'msprt';
-    if (grouped && STATS.looks > MAX_LOOKS) limited.push(design);
-    plan.push({ design, looks: grouped ? Math.min(STATS.looks, MAX_LOOKS) : STATS.looks });
+  if (STATS.looks > MAX_LOOKS) {
+    throw new Error(`STATS.looks is ${STATS.looks}, but policies/gsd.ts allows at most ${MAX_LOOKS} looks`);
   }
-  if (limited.length > 0) {
-    notes.push(
-      `${limited.join(', ')}: policies/gsd.ts allows at most ${MAX_LOOKS} looks, so these run with ${MAX_LOOKS} ` +
-        `(up to ${MAX_LOOKS * SIM_LOOK_SIZE} per arm), beside naive and msprt at ${MAX_LOOKS} looks for comparison`,
-    );
-    plan.push({ design: 'naive', looks: MAX_LOOKS }, { design: 'msprt', looks: MAX_LOOKS });
-  }
-  plan.sort((a, b) => b.looks - a.looks || STATS.designs.indexOf(a.design) - STATS.designs.indexOf(b.design));
+  const plan = STATS.designs.map((design) => ({ design, looks: STATS.looks }));
   const rows = plan.map(({ design, looks }): StatisticsRow => {
     const run = (effect: number) => simulate({ design, effect, runs, looks, alpha, sides, seed });
     const aa = run(0).rejectionRate;
