@@ -99,8 +99,7 @@ WITH ev AS (
 ), lb AS (
   SELECT l.cohort, l.arm,
          count(*) AS labeled,
-         count(*) FILTER (WHERE CASE l.arm WHEN 'candidate' THEN l.err_candidate ELSE l.err_production END)
-           AS errors
+         CASE l.arm WHEN 'candidate' THEN count_if(l.err_candidate) ELSE count_if(l.err_production) END AS errors
   FROM labels l
   WHERE l.rollout_id = $rollout AND l.arrived_at_ms > $prev AND l.arrived_at_ms <= $asof
     AND l.phase = 'canary' AND l.ts_ms < $asof
