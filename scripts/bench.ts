@@ -390,21 +390,32 @@ async function lookScaling(conn: DuckDBConnection): Promise<Result[]> {
   const BIG = Number(process.env.FLEETGATE_BENCH_EVENTS ?? 10_000_000);
   const NEW = Math.round(BIG / 10);
   const rollout = 'bench-big';
+  // Event i: true class hash(i + 2) % 2; a safety event where the acting model missed a true 1; each
+  // event 1/20 vehicle-hour. A third of the events get their label 1 s later, in the row shape that
+  // ingestArrivedLabels writes (the event's look columns and each model's error copied in).
   const insert = async (from: number, to: number) => {
     await conn.run(`
       INSERT INTO events
-      SELECT 'b' || i, '${rollout}', 'b', 'canary', 'c' || (i % 3), 'v' || (i % 20000), i * 10,
-             CASE WHEN i % 10 < 2 THEN 'candidate' ELSE 'production' END,
-             CASE WHEN i % 10 < 2 THEN (hash(i) % 2)::UTINYINT END,
-             CASE WHEN i % 10 >= 2 THEN (hash(i + 1) % 2)::UTINYINT END,
-             NULL, NULL,
-             CASE WHEN i % 10 < 2 THEN 1 + (hash(i) % 100) / 100.0 END,
-             CASE WHEN i % 10 >= 2 THEN 1 + (hash(i) % 100) / 100.0 END
-      FROM range(${from}, ${to}) t(i)`);
+      SELECT 'b' || i, '${rollout}', 'b', 'canary', 'c' || (i % 3), 'v' || (i % 20000), i * 10, arm,
+             pc, pp, NULL, NULL,
+             CASE WHEN arm = 'candidate' THEN 1 + (hash(i) % 100) / 100.0 END,
+             CASE WHEN arm = 'production' THEN 1 + (hash(i) % 100) / 100.0 END,
+             truth = 1 AND pc = 0, truth = 1 AND pp = 0, 1 / 20
+      FROM (
+        SELECT i, CASE WHEN i % 10 < 2 THEN 'candidate' ELSE 'production' END AS arm,
+               CASE WHEN i % 10 < 2 THEN (hash(i) % 2)::UTINYINT END AS pc,
+               CASE WHEN i % 10 >= 2 THEN (hash(i + 1) % 2)::UTINYINT END AS pp,
+               hash(i + 2) % 2 AS truth
+        FROM range(${from}, ${to}) t(i)
+      )`);
     await conn.run(`
-      INSERT INTO labels
-      SELECT 'b' || i, '${rollout}', (hash(i + 2) % 2)::UTINYINT, i * 10 + 1000
-      FROM range(${from}, ${to}) t(i) WHERE i % 3 = 0`);
+      INSERT INTO labels (event_id, rollout_id, label, arrived_at_ms,
+                          phase, cohort, arm, ts_ms, err_candidate, err_production)
+      SELECT event_id, rollout_id, label, ts_ms + 1000,
+             phase, cohort, arm, ts_ms, pred_candidate <> label, pred_production <> label
+      FROM (SELECT *, (hash(ts_ms // 10 + 2) % 2)::UTINYINT AS label FROM events
+            WHERE rollout_id = '${rollout}' AND ts_ms >= ${from * 10} AND ts_ms < ${to * 10})
+      WHERE (ts_ms // 10) % 3 = 0`);
   };
   await insert(0, BIG);
   const firstAsOf = BIG * 10 + 5000;
