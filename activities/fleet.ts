@@ -294,6 +294,8 @@ export function createFleetActivities(deps: FleetActivityDeps) {
   /**
    * Writes one batch of events: skipped when the batch exists; otherwise every cohort is simulated,
    * then events, ground truth, label requests and the `batches` row are written in one transaction.
+   * Each event also carries, per model that ran, whether it missed a critical-class frame (a safety
+   * event, known on the vehicle at once), and the vehicle-hours of exposure it stands for.
    */
   async function logBatch(
     batchId: string,

@@ -448,3 +448,66 @@ labels: { rate: 0.1, delay: 1h }
     sameLooks(await canaryLook(conn, 'sim', 2 * HOUR), await canaryFull(conn, 'sim', 2 * HOUR), 'simulated');
   });
 });
+
+void describe('a fleet database from before safety and log latency', () => {
+  void it('gets the new columns, labels get their look columns, and stale stored looks are dropped', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'fleetgate-migrate-'));
+    const file = join(dir, 'fleet.duckdb');
+    try {
+      // The tables as they were, with one canary event, its label and one stored look.
+      const old = await openFleetDatabase(join(dir, 'scratch.duckdb'));
+      await old.connection.run(`
+        ATTACH '${file}' AS old;
+        CREATE TABLE old.events (
+          event_id VARCHAR PRIMARY KEY, rollout_id VARCHAR NOT NULL, batch_id VARCHAR NOT NULL,
+          phase VARCHAR NOT NULL, cohort VARCHAR NOT NULL, vehicle VARCHAR NOT NULL, ts_ms BIGINT NOT NULL,
+          arm VARCHAR NOT NULL, pred_candidate UTINYINT, pred_production UTINYINT, conf_candidate FLOAT,
+          conf_production FLOAT, lat_candidate DOUBLE, lat_production DOUBLE);
+        CREATE TABLE old.labels (
+          event_id VARCHAR PRIMARY KEY, rollout_id VARCHAR NOT NULL, label UTINYINT NOT NULL,
+          arrived_at_ms BIGINT NOT NULL);
+        CREATE TABLE old.look_stats (
+          rollout_id VARCHAR NOT NULL, phase VARCHAR NOT NULL, as_of_ms BIGINT NOT NULL, cohort VARCHAR NOT NULL,
+          arm VARCHAR NOT NULL, events BIGINT NOT NULL, labeled BIGINT NOT NULL, errors BIGINT NOT NULL,
+          lat_n BIGINT NOT NULL, lat_sum DOUBLE NOT NULL, lat_sumsq DOUBLE NOT NULL,
+          PRIMARY KEY (rollout_id, phase, as_of_ms, cohort, arm));
+        CREATE TABLE old.looks (rollout_id VARCHAR NOT NULL, phase VARCHAR NOT NULL, as_of_ms BIGINT NOT NULL,
+          PRIMARY KEY (rollout_id, phase, as_of_ms));
+        INSERT INTO old.events VALUES ('e1', 'r', 'b', 'canary', 'x', 'p', 10, 'candidate', 0, NULL, 0.9, NULL, 2, NULL);
+        INSERT INTO old.labels VALUES ('e1', 'r', 1, 50);
+        INSERT INTO old.look_stats VALUES ('r', 'canary', 100, 'x', 'candidate', 1, 1, 1, 1, 2, 4);
+        INSERT INTO old.looks VALUES ('r', 'canary', 100);
+        DETACH old;`);
+      await old.close();
+      const db = await openFleetDatabase(file);
+      try {
+        const conn = db.connection;
+        const [label] = await rows(
+          conn,
+          `SELECT phase, cohort, arm, ts_ms, err_candidate, err_production FROM labels`,
+        );
+        assert.deepEqual(
+          { ...label, ts_ms: num(label!.ts_ms) },
+          {
+            phase: 'canary',
+            cohort: 'x',
+            arm: 'candidate',
+            ts_ms: 10,
+            err_candidate: true,
+            err_production: null,
+          },
+        );
+        assert.equal(num((await rows(conn, `SELECT count(*) AS n FROM looks`))[0]!.n), 0);
+        // The look is recomputed from the event log: the old event has no safety flag or exposure.
+        const look = byArm(await canaryLook(conn, 'r', 100)).get('x|candidate')!;
+        assert.deepEqual([look.events, look.labeled, look.errors, look.logLatency!.n], [1, 1, 1, 1]);
+        assert.deepEqual(look.safety, { events: 0, exposureHours: 0 });
+        sameLooks(await canaryLook(conn, 'r', 100), await canaryFull(conn, 'r', 100), 'migrated');
+      } finally {
+        await db.close();
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
