@@ -384,7 +384,9 @@ function printStatistics(s: StatisticsSection): void {
  * Synthesises a canary event log of BIG events (and labels for a third of them) straight in DuckDB,
  * then times: the first look (`canaryLook`) against one plain GROUP BY over the same rows; and, after
  * NEW more events arrive, the next look against the first. A look should cost about what a plain
- * aggregate costs, and a later look should follow the new rows, not the total.
+ * aggregate costs, and a later look should follow the new rows, not the total. The baseline is the least
+ * a look must do (count and latency sum per cohort and arm); a look also sums squares, ln(latency) and
+ * its square, safety events and exposure per arm, and reads the labels that arrived.
  */
 async function lookScaling(conn: DuckDBConnection): Promise<Result[]> {
   const BIG = Number(process.env.FLEETGATE_BENCH_EVENTS ?? 10_000_000);
