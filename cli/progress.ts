@@ -135,6 +135,7 @@ function stateText(state: CohortStatus['state'], p: Palette): string {
     case 'aborted':
       return p.red(state);
     case 'held':
+    case 'escalated':
       return p.yellow(state);
     case 'canary':
     case 'shadow':

@@ -15,26 +15,53 @@ import type { Metric, Policy } from './schema';
 import { diffOfMeans, diffOfProportions, msprt, proportion, type Difference } from './stats';
 
 export interface MetricResult {
-  metric: 'error_rate' | 'latency_ms';
+  metric: Metric['name'];
   nCandidate: number;
   nProduction: number;
+  /**
+   * Point estimates per arm, 0 when an arm has no data: the error rate, the mean latency (the geometric
+   * mean on the log scale), or safety events per vehicle-hour.
+   */
   candidate: number;
-  production: number; // point estimates (rate or mean); NaN-free: 0 when n=0
-  estimate: number; // candidate - production (positive = harm)
-  lambda: number; // mSPRT statistic for H0: estimate = 0
-  boundary: number; // 1 / alphaPerMetric
-  pValue: number; // always-valid p-value (running minimum over looks)
-  ci: [number, number]; // confidence sequence at alphaPerMetric
+  production: number;
+  /**
+   * Candidate against production, positive = harm: a difference (error_rate, latency_ms), or relative
+   * (safety_events: rate ratio − 1; log-scale latency: ratio of geometric means − 1).
+   */
+  estimate: number;
+  /** mSPRT Λ; the Z statistic for group-sequential tests; the rate ratio for the exact Poisson test. */
+  lambda: number;
+  /** 1/α for mSPRT; the Z boundary for group-sequential tests; 1 + harm threshold for the exact test. */
+  boundary: number;
+  pValue: number; // always-valid p-value (mSPRT), or the look's p-value; 1 when not computed
+  ci: [number, number]; // the interval the verdict reads, in the units of `estimate`
   margin: number;
-  verdict: 'harm' | 'noninferior' | 'inconclusive' | 'insufficient';
+  verdict:
+    'harm' | 'noninferior' | 'inconclusive' | 'insufficient' | 'improved' | 'not-improved' | 'untested';
+  /** Engine 2 only (absent in decisions of engine 1): how the metric was tested. */
+  role?: 'guardrail' | 'success';
+  test?: 'msprt' | 'ld-obf' | 'ld-pocock' | 'exact-poisson';
+  /** latency_ms on the log scale: estimate, interval, margin and threshold are relative. */
+  scale?: 'linear' | 'log';
+  /** The level α the interval was computed at, after multiplicity adjustment. */
+  level?: number;
+  /** safety_events: posterior P(rate ratio > 1 + margin) under Jeffreys priors. */
+  probAboveMargin?: number;
+  /** Why a metric has no verdict yet, or a caveat on it (e.g. information beyond the plan). */
+  note?: string;
 }
 
 /** Running minimum of each always-valid p-value, keyed `${cohort}|${metric}`; empty at the start. */
 export interface SequentialState {
   minP: Record<string, number>;
+  /** Engine 2, group-sequential designs: the information fractions of each cohort's past looks. */
+  info?: Record<string, number[]>;
+  /** Engine 2, exact Poisson tests: looks taken so far per `${cohort}|${metric}`. */
+  looks?: Record<string, number>;
 }
 
-export type CohortAction = 'continue' | 'extend' | 'rollback' | 'promote' | 'hold';
+/** `hold` is engine 1's; engine 2 escalates to reviewers instead. */
+export type CohortAction = 'continue' | 'extend' | 'rollback' | 'promote' | 'hold' | 'escalate';
 
 export interface CohortDecision {
   cohort: string;
@@ -236,9 +263,10 @@ function actionFor(
 }
 
 /** A clause with the numbers behind one metric's verdict. */
-function describe(m: MetricResult, policy: Policy): string {
+export function describe(m: MetricResult, policy: Policy): string {
   const minN = policy.analysis.minLabeledPerArm;
   if (m.verdict === 'insufficient') {
+    if (m.note) return `${m.metric} insufficient: ${m.note}`;
     const unit = m.metric === 'error_rate' ? 'labeled events' : 'latency samples';
     if (m.nCandidate < minN || m.nProduction < minN) {
       return `${m.metric} insufficient: ${m.nCandidate} candidate and ${m.nProduction} production ${unit}, ${minN} needed per arm`;
@@ -246,19 +274,52 @@ function describe(m: MetricResult, policy: Policy): string {
     return `${m.metric} insufficient: no variance to test with (${m.nCandidate} candidate and ${m.nProduction} production ${unit})`;
   }
   const d = decimals(m.metric);
-  const level = formatPercent(1 - 1 / m.boundary);
+  const level = formatPercent(1 - (m.level ?? 1 / m.boundary));
+  const rel = isRelative(m);
+  const arms = rel
+    ? `${m.candidate.toFixed(d)} vs ${m.production.toFixed(d)}${m.metric === 'safety_events' ? ' per vehicle-hour' : ' (geometric means)'}`
+    : `${m.candidate.toFixed(d)} vs ${m.production.toFixed(d)}`;
+  const delta = rel ? `ratio−1=${signed(m.estimate, 3)}` : `Δ=${signed(m.estimate, d)}`;
+  const ed = rel ? 3 : d;
   const core =
-    `${m.metric} ${m.candidate.toFixed(d)} vs ${m.production.toFixed(d)} (n=${m.nCandidate}/${m.nProduction}): ` +
-    `Δ=${signed(m.estimate, d)}, ${level} confidence sequence [${signed(m.ci[0], d)}, ${signed(m.ci[1], d)}], ` +
-    `Λ=${formatLambda(m.lambda)} ${m.lambda >= m.boundary ? '≥' : '<'} ${formatLambda(m.boundary)}`;
+    `${m.metric} ${arms} (n=${m.nCandidate}/${m.nProduction}): ${delta}, ` +
+    `${level} ${intervalName(m)} [${signed(m.ci[0], ed)}, ${signed(m.ci[1], ed)}], ${statistic(m)}` +
+    (m.probAboveMargin !== undefined ? `, P(ratio > 1+margin) = ${m.probAboveMargin.toFixed(3)}` : '') +
+    (m.note ? ` (${m.note})` : '');
   switch (m.verdict) {
     case 'harm':
-      return `${core}; the interval lies above ${threshold(m, policy, d)}: harm`;
+      return `${core}; the interval lies above ${threshold(m, policy, ed)}: harm`;
     case 'noninferior':
-      return `${core}; the interval lies below the margin ${m.margin.toFixed(d)}: non-inferior`;
+      return `${core}; the interval lies below the margin ${m.margin.toFixed(ed)}: non-inferior`;
     case 'inconclusive':
-      return `${core}; the interval reaches the margin ${m.margin.toFixed(d)}: inconclusive`;
+      return `${core}; the interval reaches the margin ${m.margin.toFixed(ed)}: inconclusive`;
+    case 'improved':
+      return `${core}; the interval lies below 0: improved`;
+    case 'not-improved':
+      return `${core}; the interval reaches 0: not shown better`;
+    case 'untested':
+      return `${core}; not tested: the guardrails must all be non-inferior first`;
   }
+}
+
+function isRelative(m: MetricResult): boolean {
+  return m.metric === 'safety_events' || m.scale === 'log';
+}
+
+function intervalName(m: MetricResult): string {
+  if (m.test === 'ld-obf' || m.test === 'ld-pocock') return 'repeated confidence interval';
+  if (m.test === 'exact-poisson') return 'exact interval';
+  return 'confidence sequence';
+}
+
+/** The test statistic against its boundary, as the metric's test defines them. */
+function statistic(m: MetricResult): string {
+  const cmp = m.lambda >= m.boundary ? '≥' : '<';
+  if (m.test === 'ld-obf' || m.test === 'ld-pocock') {
+    return `Z=${m.lambda.toFixed(2)} ${cmp} ${m.boundary.toFixed(2)} (${m.test})`;
+  }
+  if (m.test === 'exact-poisson') return `rate ratio ${m.lambda.toFixed(2)}`;
+  return `Λ=${formatLambda(m.lambda)} ${cmp} ${formatLambda(m.boundary)}`;
 }
 
 /** The harm threshold of a metric spec; 0 (any proven harm) when a policy was not parsed with defaults. */
@@ -270,6 +331,7 @@ function harmThresholdOf(spec: Metric): number {
 function threshold(m: MetricResult, policy: Policy, dp: number): string {
   const spec = policy.analysis.metrics.find((s) => s.name === m.metric);
   const t = spec ? harmThresholdOf(spec) : 0;
+  if (m.verdict === 'improved') return '0';
   return t === 0 ? '0' : `the harm threshold ${t.toFixed(dp)}`;
 }
 
@@ -283,10 +345,12 @@ export function headline(d: CohortDecision): string {
   if (m.verdict === 'insufficient') {
     return `${m.metric} n=${m.nCandidate}/${m.nProduction} → insufficient`;
   }
-  const dp = decimals(m.metric);
+  const dp = isRelative(m) ? 3 : decimals(m.metric);
   const head =
-    `${m.metric} Δ=${signed(m.estimate, dp)} [${signed(m.ci[0], dp)}, ${signed(m.ci[1], dp)}] ` +
-    `Λ=${formatLambda(m.lambda)} ${m.lambda >= m.boundary ? '≥' : '<'} ${formatLambda(m.boundary)}`;
+    `${m.metric} ${isRelative(m) ? 'ratio−1' : 'Δ'}=${signed(m.estimate, dp)} [${signed(m.ci[0], dp)}, ${signed(m.ci[1], dp)}] ` +
+    (m.test === undefined || m.test === 'msprt'
+      ? `Λ=${formatLambda(m.lambda)} ${m.lambda >= m.boundary ? '≥' : '<'} ${formatLambda(m.boundary)}`
+      : statistic(m));
   if (m.verdict === 'harm') return `${head} → harm`;
   const upper = `upper ${signed(m.ci[1], dp)} ${m.ci[1] < m.margin ? '<' : '≥'} margin ${m.margin.toFixed(dp)}`;
   return `${head}, ${upper} → ${m.verdict}`;
@@ -299,6 +363,7 @@ export function headline(d: CohortDecision): string {
  */
 function decidingMetric(metrics: MetricResult[]): MetricResult | undefined {
   const order: MetricResult['verdict'][] = ['harm', 'insufficient', 'inconclusive', 'noninferior'];
+  metrics = metrics.filter((m) => m.role !== 'success');
   for (const verdict of order) {
     const group = metrics.filter((m) => m.verdict === verdict);
     if (group.length === 0) continue;
@@ -352,16 +417,17 @@ export function decideShadow(policy: Policy, stats: CohortStats[]): ShadowVerdic
   });
 }
 
-function decimals(metric: MetricResult['metric']): number {
+export function decimals(metric: MetricResult['metric']): number {
+  if (metric === 'safety_events') return 4;
   return metric === 'error_rate' ? 3 : 2;
 }
 
-function signed(x: number, dp: number): string {
+export function signed(x: number, dp: number): string {
   const s = x.toFixed(dp);
   return s.startsWith('-') ? s : `+${s}`;
 }
 
-function formatPercent(share: number): string {
+export function formatPercent(share: number): string {
   const pct = share * 100;
   return `${Number.isInteger(pct) ? pct.toFixed(0) : Number(pct.toPrecision(3)).toString()}%`;
 }

@@ -41,23 +41,69 @@ export const Wave = z
   })
   .strict();
 
+/** The kind each metric must be declared with. */
+export const METRIC_KINDS = {
+  error_rate: 'binary',
+  latency_ms: 'continuous',
+  safety_events: 'rate',
+} as const;
+
 export const Metric = z
   .object({
     name: z
-      .enum(['error_rate', 'latency_ms'])
-      .describe('error_rate: share of labeled events misclassified; latency_ms: inference latency'),
-    kind: z.enum(['binary', 'continuous']),
+      .enum(['error_rate', 'latency_ms', 'safety_events'])
+      .describe(
+        'error_rate: share of labeled events misclassified; latency_ms: inference latency; ' +
+          'safety_events: safety-critical misses per vehicle-hour, known without labels',
+      ),
+    kind: z
+      .enum(['binary', 'continuous', 'rate'])
+      .describe('binary for error_rate, continuous for latency_ms, rate for safety_events'),
+    role: z
+      .enum(['guardrail', 'success'])
+      .default('guardrail')
+      .describe(
+        'guardrail: harm rolls back and promotion needs non-inferiority; success: tested for improvement ' +
+          'only once every guardrail is non-inferior',
+      ),
+    scale: z
+      .enum(['linear', 'log'])
+      .default('linear')
+      .describe(
+        'latency_ms only. log: compare geometric means, for skewed latency; margin and harmThreshold ' +
+          'are then relative (0.1 = 10% slower)',
+      ),
     margin: z
       .number()
       .nonnegative()
-      .describe('Largest harm (candidate minus production) still accepted as non-inferior'),
+      .describe(
+        'Largest harm (candidate minus production) still accepted as non-inferior; relative for ' +
+          'safety_events (0.2: a rate ratio up to 1.2) and for log-scale latency',
+      ),
     harmThreshold: z
       .number()
       .nonnegative()
       .default(0)
       .describe('Harm is declared when the confidence sequence lies wholly above this (0: any proven harm)'),
   })
-  .strict();
+  .strict()
+  .superRefine((m, ctx) => {
+    const kind = METRIC_KINDS[m.name];
+    if (m.kind !== kind) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['kind'],
+        message: `metric "${m.name}" is of kind "${kind}"; write kind: ${kind}`,
+      });
+    }
+    if (m.scale === 'log' && m.name !== 'latency_ms') {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['scale'],
+        message: `scale "log" applies to latency_ms only; remove it from "${m.name}"`,
+      });
+    }
+  });
 
 export const Policy = z
   .object({
@@ -135,9 +181,90 @@ export const Policy = z
           .min(0)
           .default(2)
           .describe('Extra looks when a wave ends without enough data'),
+        design: z
+          .enum(['msprt', 'ld-obf', 'ld-pocock'])
+          .default('msprt')
+          .describe(
+            'msprt: always-valid mixture SPRT, no plan needed; ld-obf / ld-pocock: group-sequential ' +
+              'Lan-DeMets spending over the information fraction labeled-per-arm / plannedPerArm',
+          ),
+        plannedPerArm: z
+          .number()
+          .int()
+          .min(1)
+          .optional()
+          .describe('Group-sequential designs: the labeled events per arm at full information'),
+        familywise: z
+          .enum(['cohorts', 'per-cohort'])
+          .default('cohorts')
+          .describe(
+            'cohorts: alpha is split across the cohorts (and a pooled fleet-wide test), so a false ' +
+              'alarm anywhere in the fleet has probability at most alpha; per-cohort: each cohort at alpha',
+          ),
+        requireImprovement: z
+          .boolean()
+          .default(false)
+          .describe('Promote only when at least one success metric is shown better than production'),
+        rollbackScope: z
+          .enum(['cohort', 'fleet'])
+          .default('cohort')
+          .describe(
+            'cohort: harm rolls back the cohort it is in; fleet: harm anywhere rolls back every cohort',
+          ),
+        fleetWideHarmCohorts: z
+          .number()
+          .int()
+          .min(1)
+          .default(2)
+          .describe('Harm proven in at least this many cohorts is fleet-wide: every cohort is rolled back'),
+        escalation: z
+          .object({
+            required: z.number().int().min(1).default(1).describe('Approvals needed to promote anyway'),
+            timeout: Duration.default('24h').describe('Unanswered by then, the cohorts stay held'),
+          })
+          .strict()
+          .default({ required: 1, timeout: '24h' })
+          .describe(
+            'Inconclusive or missing data never promotes: the cohorts are held and put to the reviewers, ' +
+              'who may approve (promote, or go on to the next wave) or reject (roll back)',
+          ),
         metrics: z.array(Metric).min(1),
       })
-      .strict(),
+      .strict()
+      .superRefine((a, ctx) => {
+        if (a.design !== 'msprt' && a.plannedPerArm === undefined) {
+          ctx.addIssue({
+            code: 'custom',
+            path: ['plannedPerArm'],
+            message: `design "${a.design}" needs plannedPerArm, the labeled events per arm at full information (see \`fleetgate stats sample-size\`)`,
+          });
+        }
+        const seen = new Set<string>();
+        a.metrics.forEach((m, i) => {
+          if (seen.has(m.name)) {
+            ctx.addIssue({
+              code: 'custom',
+              path: ['metrics', i, 'name'],
+              message: `metric "${m.name}" is listed twice; list each metric once`,
+            });
+          }
+          seen.add(m.name);
+        });
+        if (!a.metrics.some((m) => m.role === 'guardrail')) {
+          ctx.addIssue({
+            code: 'custom',
+            path: ['metrics'],
+            message: 'at least one metric must be a guardrail (role: guardrail, the default)',
+          });
+        }
+        if (a.requireImprovement && !a.metrics.some((m) => m.role === 'success')) {
+          ctx.addIssue({
+            code: 'custom',
+            path: ['requireImprovement'],
+            message: 'requireImprovement needs a metric with role: success',
+          });
+        }
+      }),
   })
   .strict();
 

@@ -8,11 +8,14 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import YAML from 'yaml';
 import type { WorkflowHandle } from '@temporalio/client';
+import type { TestWorkflowEnvironment } from '@temporalio/testing';
+import { Worker, type WorkflowBundle } from '@temporalio/worker';
 import { historyToJSON } from '@temporalio/common/lib/proto-utils';
 import { bootstrapProduction } from '../activities/registry';
 import { initSimFleet } from '../activities/fleet';
 import { loadFleetManifest } from '../sim/fleet';
-import { openServices, type Services } from '../workers/worker';
+import { createActivities, openServices, type Services } from '../workers/worker';
+import { WORKFLOW_TYPE } from '../workflows/definitions';
 import type { PolicyInput, RolloutRequestInput } from '../policies/schema';
 
 export const ROOT = resolve(__dirname, '..');
@@ -99,4 +102,28 @@ export async function maybeSaveHistory(name: string, handle: WorkflowHandle): Pr
   const dir = join(ROOT, 'test', 'histories');
   mkdirSync(dir, { recursive: true });
   writeFileSync(join(dir, `${name}.json`), historyToJSON(history));
+}
+
+let taskQueues = 0;
+
+/** Runs `fn` with a worker serving `world` on a task queue of its own in the test environment `env`. */
+export async function withWorker<T>(
+  env: TestWorkflowEnvironment,
+  bundle: WorkflowBundle,
+  world: World,
+  fn: (taskQueue: string) => Promise<T>,
+): Promise<T> {
+  const taskQueue = `wf-test-${process.pid}-${++taskQueues}`;
+  const worker = await Worker.create({
+    connection: env.nativeConnection,
+    taskQueue,
+    workflowBundle: bundle,
+    activities: createActivities(world.services),
+  });
+  return worker.runUntil(fn(taskQueue));
+}
+
+/** Starts a rollout on `taskQueue`, its workflow id being the rollout id. */
+export function startRollout(env: TestWorkflowEnvironment, taskQueue: string, req: RolloutRequestInput) {
+  return env.client.workflow.start(WORKFLOW_TYPE, { taskQueue, workflowId: req.rolloutId, args: [req] });
 }

@@ -18,9 +18,17 @@ export const WORKFLOW_TYPE = 'rolloutWorkflow';
 export type Phase =
   'register' | 'bench' | 'shadow' | 'canary' | 'label-wait' | 'analysis' | 'promote' | 'rollback' | 'done';
 
-/** Where a cohort is; the last four are final outcomes. */
+/** Where a cohort is; the last five are final outcomes. `escalated`: waiting for the reviewers. */
 export type CohortState =
-  'pending' | 'shadow' | 'canary' | 'promoted' | 'rolled_back' | 'held' | 'rejected' | 'aborted';
+  | 'pending'
+  | 'shadow'
+  | 'canary'
+  | 'escalated'
+  | 'promoted'
+  | 'rolled_back'
+  | 'held'
+  | 'rejected'
+  | 'aborted';
 
 export const FINAL_COHORT_STATES: readonly CohortState[] = [
   'promoted',
@@ -60,7 +68,12 @@ export interface DecisionLogEntry {
 
 export interface PendingGate {
   gate: string;
+  /** wave: a reviewer gate of the policy before a wave; escalation: the engine could not decide. */
+  kind?: 'wave' | 'escalation';
   wave: number;
+  /** Escalation: the cohorts the gate is about, and the one-line evidence for each. */
+  cohorts?: string[];
+  evidence?: string[];
   required: number;
   approvals: string[];
   openedAt: string;

@@ -5,4 +5,11 @@
  * `patched(PATCHES.x)`; once no history needs the old branch, the id moves to `deprecatePatch` and then
  * goes away. The replay test (test/workflow/replay.test.ts) replays saved histories of older versions.
  */
-export const PATCHES = {} as const;
+export const PATCHES = {
+  /**
+   * Decision engine 2 (policies/engine.ts): Holm and family-wise α across cohorts, group-sequential
+   * designs, exact tests for safety events, fleet-wide rollback, and escalation to reviewers instead
+   * of holding when the data cannot decide.
+   */
+  decisionEngine: 'decision-engine-2',
+} as const;

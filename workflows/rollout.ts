@@ -17,6 +17,7 @@ import {
   CancellationScope,
   condition,
   isCancellation,
+  patched,
   proxyActivities,
   setHandler,
   sleep,
@@ -48,6 +49,8 @@ import {
   type CohortDecision,
   type SequentialState,
 } from '../policies/decide';
+import { engineLook } from '../policies/engine';
+import { PATCHES } from './patches';
 import {
   abortUpdate,
   approveUpdate,
@@ -121,6 +124,8 @@ export class Rollout {
   outcome?: RolloutOutcome;
   finished = false;
   seq: SequentialState = { minP: {} };
+  /** Which decision engine this rollout uses: 1 for histories recorded before engine 2 existed. */
+  engine: 1 | 2 = 1;
   readonly startMs = Date.now();
   private lastCollectedSimMs: number;
   readonly scope = new CancellationScope();
@@ -334,6 +339,7 @@ export class Rollout {
   // ---- phases -----------------------------------------------------------------------------------
 
   async run(): Promise<void> {
+    this.engine = patched(PATCHES.decisionEngine) ? 2 : 1;
     await this.register();
     await this.bench();
     await this.shadow();
@@ -564,6 +570,7 @@ export class Rollout {
       cohorts,
       asOfMs: now,
     });
+    if (this.engine === 2) return this.carryOut(ctx, stats, now);
     const { decisions, state } = decideLook(this.policy, ctx, stats, this.seq);
     this.seq = state;
     for (const d of decisions) {
@@ -588,10 +595,145 @@ export class Rollout {
     return decisions;
   }
 
+  /**
+   * Engine 2: decides one look for every cohort and the fleet, records it, rolls back what was harmed
+   * and puts what could not be decided to the reviewers. Escalated cohorts the reviewers approve come
+   * back as `promote` (final look) or `continue` (canary); the others are rolled back or held.
+   */
+  private async carryOut(
+    ctx: { stage: 'canary' | 'final'; isLastLookOfWave: boolean; extraLooksUsed: number },
+    stats: CohortStats[],
+    now: number,
+  ): Promise<CohortDecision[]> {
+    const { decisions, fleet, state } = engineLook(this.policy, ctx, stats, this.seq, this.cohorts.size);
+    this.seq = state;
+    for (const d of decisions) {
+      const s = this.cohorts.get(d.cohort)!;
+      s.metrics = d.metrics;
+      s.headline = headline(d);
+      this.record({
+        phase: this.phase,
+        wave: this.wave,
+        look: this.look,
+        cohort: d.cohort,
+        action: d.action,
+        reason: d.reason,
+        metrics: d.metrics,
+        dataAsOf: new Date(now).toISOString(),
+      });
+    }
+    if (fleet.action === 'rollback' || (ctx.stage === 'final' && fleet.pooled.length > 0)) {
+      this.record({
+        phase: this.phase,
+        wave: this.wave,
+        look: this.look,
+        action: fleet.action === 'rollback' ? 'fleet-rollback' : 'fleet-pooled',
+        reason: fleet.reason,
+        metrics: fleet.pooled,
+        dataAsOf: new Date(now).toISOString(),
+      });
+    }
+    for (const d of decisions) {
+      if (d.action === 'rollback') await this.rollbackCohort(d.cohort, 'rolled_back', d.reason, d);
+    }
+    const escalated = decisions.filter((d) => d.action === 'escalate');
+    if (escalated.length > 0) {
+      const approved = await this.escalate(escalated);
+      for (const d of escalated) {
+        if (!approved.includes(d.cohort)) continue;
+        d.action = ctx.stage === 'final' ? 'promote' : 'continue';
+        d.reason = `${d.reason} Approved by the reviewers (${this.lastApprovals.join(', ')}).`;
+      }
+    }
+    return decisions;
+  }
+
+  private lastApprovals: string[] = [];
+
+  /**
+   * Puts cohorts the engine could not decide to the reviewers, with the evidence. Returns the cohorts
+   * approved. A rejection rolls them back; no answer by the timeout (or no reviewers at all) leaves
+   * them held: inconclusive data never promotes by default.
+   */
+  async escalate(ds: CohortDecision[]): Promise<string[]> {
+    const cohorts = ds.map((d) => d.cohort);
+    const { required, timeout } = this.policy.analysis.escalation;
+    if (this.policy.reviewers.length === 0) {
+      for (const d of ds) {
+        await this.rollbackCohort(
+          d.cohort,
+          'held',
+          `${d.reason} The policy names no reviewers to escalate to, so the cohort stays held.`,
+          d,
+        );
+      }
+      return [];
+    }
+    const timeoutMs = parseDuration(timeout)!;
+    for (const c of cohorts) this.setState(c, 'escalated');
+    this.pendingGate = {
+      gate: 'escalation',
+      kind: 'escalation',
+      wave: this.wave,
+      cohorts,
+      evidence: ds.map((d) => `${d.cohort}: ${headline(d)}`),
+      required,
+      approvals: [],
+      openedAt: new Date().toISOString(),
+      deadline: new Date(Date.now() + timeoutMs).toISOString(),
+    };
+    this.record({
+      phase: this.phase,
+      wave: this.wave,
+      action: 'gate-open',
+      reason: `escalation: waiting for ${required} approval(s) of gate "escalation" to go on with ${cohorts.join(', ')}, which the data could not decide; approve to ${this.phase === 'analysis' ? 'promote' : 'continue'}, reject to roll back`,
+    });
+    const pending = this.pendingGate;
+    const decided = await condition(
+      () => pending.approvals.length >= pending.required || this.rejection !== undefined,
+      timeoutMs,
+    );
+    this.pendingGate = undefined;
+    const rejection = this.rejection;
+    this.rejection = undefined;
+    if (rejection) {
+      for (const d of ds) {
+        await this.rollbackCohort(
+          d.cohort,
+          'rolled_back',
+          `escalation rejected by ${rejection.reviewer}: ${rejection.reason}`,
+          d,
+        );
+      }
+      return [];
+    }
+    if (!decided) {
+      for (const d of ds) {
+        await this.rollbackCohort(
+          d.cohort,
+          'held',
+          `escalation unanswered after ${timeout} (${pending.approvals.length}/${pending.required} approvals): held, never promoted by default. ${d.reason}`,
+          d,
+        );
+      }
+      return [];
+    }
+    this.lastApprovals = [...pending.approvals];
+    for (const c of cohorts) this.setState(c, 'canary');
+    this.record({
+      phase: this.phase,
+      wave: this.wave,
+      action: 'gate-passed',
+      reason: `gate "escalation" approved by ${pending.approvals.join(', ')} for ${cohorts.join(', ')}`,
+    });
+    return cohorts;
+  }
+
   async gate(wave: number, approval: NonNullable<Policy['waves'][number]['approval']>): Promise<void> {
     const timeoutMs = parseDuration(approval.timeout)!;
     this.pendingGate = {
       gate: approval.gate,
+      kind: 'wave',
       wave,
       required: approval.required,
       approvals: [],

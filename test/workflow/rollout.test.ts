@@ -6,19 +6,13 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
-import { Worker, type WorkflowBundle } from '@temporalio/worker';
+import type { WorkflowBundle } from '@temporalio/worker';
 import { WorkflowFailedError, WorkflowNotFoundError, WorkflowUpdateFailedError } from '@temporalio/client';
 import { readFileSync } from 'node:fs';
 import { temporalTestServer } from '../../workers/tools';
 import { getWorkflowBundle } from '../../workers/bundle';
-import { createActivities, quietRuntime } from '../../workers/worker';
-import {
-  abortUpdate,
-  approveUpdate,
-  statusQuery,
-  WORKFLOW_TYPE,
-  type RolloutResult,
-} from '../../workflows/definitions';
+import { quietRuntime } from '../../workers/worker';
+import { abortUpdate, approveUpdate, statusQuery, type RolloutResult } from '../../workflows/definitions';
 import {
   loadPolicy,
   makeWorld,
@@ -27,13 +21,14 @@ import {
   query,
   rolloutRequest,
   runningDigest,
+  startRollout,
+  withWorker as withWorkerIn,
   type World,
 } from '../support';
 import type { PolicyInput, RolloutRequestInput } from '../../policies/schema';
 
 let env: TestWorkflowEnvironment;
 let bundle: WorkflowBundle;
-let seq = 0;
 
 before(async () => {
   quietRuntime();
@@ -47,20 +42,12 @@ after(async () => {
   await env?.teardown();
 });
 
-/** Runs `fn` with a worker serving a fresh world on its own task queue. */
-async function withWorker<T>(world: World, fn: (taskQueue: string) => Promise<T>): Promise<T> {
-  const taskQueue = `wf-test-${process.pid}-${++seq}`;
-  const worker = await Worker.create({
-    connection: env.nativeConnection,
-    taskQueue,
-    workflowBundle: bundle,
-    activities: createActivities(world.services),
-  });
-  return worker.runUntil(fn(taskQueue));
+function withWorker<T>(world: World, fn: (taskQueue: string) => Promise<T>): Promise<T> {
+  return withWorkerIn(env, bundle, world, fn);
 }
 
 function start(taskQueue: string, req: RolloutRequestInput) {
-  return env.client.workflow.start(WORKFLOW_TYPE, { taskQueue, workflowId: req.rolloutId, args: [req] });
+  return startRollout(env, taskQueue, req);
 }
 
 const week = (): PolicyInput => loadPolicy('test/fixtures/policy-week.yaml');
