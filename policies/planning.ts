@@ -11,6 +11,7 @@
  * `sampleSize` and `power` gives undefined.
  */
 import { parseDuration } from './duration';
+import { familyLevel } from './engine';
 import type { FleetManifest, Policy } from './schema';
 import { normalQuantile, standardNormalCdf } from './special';
 
@@ -266,8 +267,10 @@ function round(x: number, digits: number): number {
  *   eventsPerVehicleHour × labels.rate per vehicle-hour; counts accumulate over the waves, as the
  *   gate's analysis does. Extra looks and approval waits are not counted.
  * - the final analysis sees labelWait.coverage of the labels requested by the end of the last wave;
- * - the minimum detectable effect is for error_rate at `baselineErrorRate`, α split over the
- *   policy's metrics (Bonferroni, as the gate does), the mSPRT with τ = analysis.mixtureSd.
+ * - the minimum detectable effect is for error_rate at `baselineErrorRate`, at the level the engine
+ *   tests the first guardrail of a cohort with (the cohort's share of α, see `familyLevel`, over the
+ *   number of guardrails: Holm's first step), the mSPRT with τ = analysis.mixtureSd. For a
+ *   group-sequential design, the labels the rollout reaches are compared with plannedPerArm.
  *
  * Warnings: a policy cohort missing from the fleet; a wave ending with fewer labeled candidate events
  * than minLabeledPerArm (the gate will extend the wave, then hold); an error_rate margin below the
@@ -278,8 +281,10 @@ export function planRollout(input: PlanInput): RolloutPlan {
   const timeScale = input.timeScale ?? 1;
   const baseline = input.baselineErrorRate ?? 0.1;
   const wantedPower = input.power ?? 0.8;
-  const { alpha, mixtureSd, minLabeledPerArm, metrics } = policy.analysis;
-  const alphaPerMetric = alpha / metrics.length;
+  const { mixtureSd, minLabeledPerArm, metrics } = policy.analysis;
+  const names = policy.cohorts ?? fleet.cohorts.map((c) => c.name);
+  const guardrails = metrics.filter((m) => m.role !== 'success').length;
+  const alphaPerMetric = familyLevel(policy, names.length) / Math.max(1, guardrails);
   const coverage = policy.labelWait.coverage;
   const labeledPerVehicleHour = fleet.eventsPerVehicleHour * fleet.labels.rate;
   const errorMetric = metrics.find((m) => m.name === 'error_rate');
@@ -309,7 +314,6 @@ export function planRollout(input: PlanInput): RolloutPlan {
   }
 
   const byName = new Map(fleet.cohorts.map((c) => [c.name, c]));
-  const names = policy.cohorts ?? fleet.cohorts.map((c) => c.name);
   const hoursOf = policy.waves.map((w) => ((parseDuration(w.hold) ?? 0) / 3_600_000) * timeScale);
   const cohorts: CohortPlan[] = [];
 
@@ -357,6 +361,21 @@ export function planRollout(input: PlanInput): RolloutPlan {
         warnings.push(
           `${name}: wave ${w.wave} (${w.percent}%) ends with about ${Math.floor(w.candidate)} labels requested ` +
             `in the candidate arm, below minLabeledPerArm ${minLabeledPerArm}: the gate will extend the wave, then hold`,
+        );
+      }
+    }
+
+    const plannedPerArm = policy.analysis.plannedPerArm;
+    if (policy.analysis.design !== 'msprt' && plannedPerArm !== undefined) {
+      const reached = Math.floor(Math.min(planned.candidate, planned.production));
+      if (reached < plannedPerArm) {
+        warnings.push(
+          `${name}: the rollout reaches about ${reached} labeled events per arm, below plannedPerArm ${plannedPerArm}: ` +
+            `the ${policy.analysis.design} design never spends its whole alpha; lower plannedPerArm or hold longer`,
+        );
+      } else if (planned.waves.length > 0 && planned.waves[0]!.candidate >= plannedPerArm) {
+        warnings.push(
+          `${name}: the first wave alone reaches plannedPerArm ${plannedPerArm}: later looks reuse the final boundary; raise plannedPerArm`,
         );
       }
     }

@@ -171,7 +171,7 @@ void test('planRollout: the demo policy on the demo fleet', () => {
     ['hw3/eu', 'hw4/us', 'hw3/nordic'],
   );
   assert.equal(plan.assumptions.labeledPerVehicleHour, 9); // 30 events × 0.3 labeled
-  assert.equal(plan.assumptions.alphaPerMetric, 0.025); // 0.05 over two metrics
+  assert.equal(plan.assumptions.alphaPerMetric, 0.05 / 4 / 2); // α over 3 cohorts + pooled, Holm's first of 2
   for (const c of plan.cohorts) {
     // 400 vehicles: 20, 100, 200 on the candidate, 2 h each, 9 labels per vehicle-hour.
     assert.deepEqual(
@@ -187,9 +187,9 @@ void test('planRollout: the demo policy on the demo fleet', () => {
     assert.ok(c.mdeFixedSample! < c.mde, 'one fixed-sample look would detect less');
     // The demo's 2-point margin is just below what 6 h of the demo fleet can detect with the mSPRT.
     assert.equal(c.margin, 0.02);
-    close(c.mde, 0.0224, 5e-4, 'mde');
+    close(c.mde, 0.0245, 5e-4, 'mde');
     assert.equal(c.detectable, false);
-    assert.ok(c.holdScaleNeeded! > 1 && c.holdScaleNeeded! < 1.5, `hold scale ${c.holdScaleNeeded}`);
+    assert.ok(c.holdScaleNeeded! > 1 && c.holdScaleNeeded! < 2, `hold scale ${c.holdScaleNeeded}`);
   }
   assert.equal(plan.warnings.length, 3);
   for (const w of plan.warnings)
