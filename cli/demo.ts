@@ -235,13 +235,19 @@ export async function runDemo(): Promise<number> {
   }
 }
 
-/** Approves every gate the rollout opens, once, as the demo's reviewer. */
+/**
+ * Approves every gate the rollout opens, once, as the demo's reviewer. An escalation (data that could
+ * not decide) is approved too, after its evidence is shown, so that the demo ends; a real reviewer
+ * reads the evidence with `fleetgate status` first and may reject instead.
+ */
 function approver(handle: WorkflowHandle, view: ProgressView): (status: RolloutStatus) => Promise<void> {
   const done = new Set<string>();
   return async (status) => {
     const gate = status.pendingGate;
-    if (!gate || done.has(gate.gate) || gate.approvals.includes(REVIEWER)) return;
-    done.add(gate.gate);
+    const key = `${gate?.gate}|${gate?.openedAt}`;
+    if (!gate || done.has(key) || gate.approvals.includes(REVIEWER)) return;
+    done.add(key);
+    for (const line of gate.evidence ?? []) view.note(`demo: escalated, ${line}`);
     view.note(
       `demo: gate "${gate.gate}" is pending; approving as ${REVIEWER}, the same as: ` +
         `npx fleetgate approve ${shellQuote(handle.workflowId)} --gate ${shellQuote(gate.gate)} --reviewer ${REVIEWER}`,
