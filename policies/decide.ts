@@ -45,7 +45,10 @@ export interface MetricResult {
   scale?: 'linear' | 'log';
   /** The level α the interval was computed at, after multiplicity adjustment. */
   level?: number;
-  /** safety_events: posterior P(rate ratio > 1 + margin) under Jeffreys priors. */
+  /**
+   * Reported beside the test, never deciding: safety_events, the Gamma-Poisson posterior P(rate ratio >
+   * 1 + margin) under Jeffreys priors; error_rate with few errors, the Beta-Binomial P(Δ > margin).
+   */
   probAboveMargin?: number;
   /** Why a metric has no verdict yet, or a caveat on it (e.g. information beyond the plan). */
   note?: string;
@@ -284,7 +287,9 @@ export function describe(m: MetricResult, policy: Policy): string {
   const core =
     `${m.metric} ${arms} (n=${m.nCandidate}/${m.nProduction}): ${delta}, ` +
     `${level} ${intervalName(m)} [${signed(m.ci[0], ed)}, ${signed(m.ci[1], ed)}], ${statistic(m)}` +
-    (m.probAboveMargin !== undefined ? `, P(ratio > 1+margin) = ${m.probAboveMargin.toFixed(3)}` : '') +
+    (m.probAboveMargin !== undefined
+      ? `, posterior P(${rel ? 'ratio > 1+margin' : 'Δ > margin'}) = ${m.probAboveMargin.toFixed(3)}`
+      : '') +
     (m.note ? ` (${m.note})` : '');
   switch (m.verdict) {
     case 'harm':

@@ -27,7 +27,7 @@ import type { Metric, Policy } from './schema';
 import { diffOfMeans, diffOfProportions, msprt, proportion, type Difference } from './stats';
 import { boundaries, MAX_LOOKS } from './gsd';
 import { rateRatioTest } from './rates';
-import { gammaPoissonRateRatio } from './bayes';
+import { betaBinomial, gammaPoissonRateRatio } from './bayes';
 import {
   describe,
   type CohortDecision,
@@ -38,6 +38,12 @@ import {
 
 /** Stands in for an unbounded interval end or boundary; finite so it survives JSON. */
 const UNBOUNDED = Number.MAX_VALUE;
+
+/**
+ * error_rate with fewer errors than this in an arm: the normal approximation is rough, so the
+ * Beta-Binomial posterior P(difference > margin) is reported beside the test for the reviewer.
+ */
+export const FEW_ERRORS = 30;
 
 export interface FleetVerdict {
   /** rollback: every active cohort is rolled back. */
@@ -306,6 +312,11 @@ function evidenceOf(
   }
   const d = diff;
   const se = Math.sqrt(d.variance);
+  const few = spec.name === 'error_rate' && Math.min(c.errors, p.errors) < FEW_ERRORS;
+  const posterior = few
+    ? betaBinomial({ successes: [c.errors, p.errors], trials: [c.labeled, p.labeled], margin: spec.margin })
+    : undefined;
+  const bayes = posterior ? { probAboveMargin: posterior.probAboveMargin } : {};
   if (design === 'msprt') {
     const tauBase =
       spec.name === 'latency_ms'
@@ -315,6 +326,7 @@ function evidenceOf(
       msprt({ estimate: d.estimate, variance: d.variance, tau: tauBase, alpha, theta0: threshold });
     return {
       ...base,
+      ...bayes,
       estimate: toDisplay(d.estimate),
       test,
       ciAt: (alpha) => {
@@ -339,6 +351,7 @@ function evidenceOf(
   };
   return {
     ...base,
+    ...bayes,
     estimate: toDisplay(d.estimate),
     test,
     note: infoT!.overrun

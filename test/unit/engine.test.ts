@@ -203,6 +203,16 @@ test('inconclusive or missing data escalates; it never promotes', () => {
   assert.equal(engineLook(policy, endOfWave(0), few, fresh(), 1).decisions[0]!.action, 'extend');
   assert.equal(engineLook(policy, endOfWave(1), few, fresh(), 1).decisions[0]!.action, 'escalate');
   assert.equal(engineLook(policy, canary, few, fresh(), 1).decisions[0]!.action, 'continue');
+  const rare = engineLook(
+    policy,
+    canary,
+    [cohort('a', { labeled: 300, rate: 0.06 }, { labeled: 300, rate: 0.02 })],
+    fresh(),
+    1,
+  );
+  const p = metric(rare.decisions[0]!.metrics, 'error_rate').probAboveMargin!;
+  assert.ok(p > 0.8 && p < 1, `few errors: the Beta-Binomial P(Δ > margin) = ${p} is reported`);
+  assert.match(rare.decisions[0]!.reason, /posterior P\(Δ > margin\) = 0\.\d{3}/);
   const plenty = [cohort('a', { labeled: 8000 }, { labeled: 8000 })];
   assert.equal(engineLook(policy, final, plenty, fresh(), 1).decisions[0]!.action, 'promote');
 });
