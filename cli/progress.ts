@@ -126,6 +126,13 @@ function phaseLine(status: RolloutStatus, p: Palette): string {
   }).join('  ');
 }
 
+/** What a pending gate holds up: a wave, or (escalation) the cohorts the data could not decide. */
+function gateWhat(g: NonNullable<RolloutStatus['pendingGate']>): string {
+  return g.kind === 'escalation'
+    ? `for ${(g.cohorts ?? []).join(', ')} (escalated)`
+    : `before wave ${g.wave}`;
+}
+
 function stateText(state: CohortStatus['state'], p: Palette): string {
   switch (state) {
     case 'promoted':
@@ -214,9 +221,10 @@ export function renderStatus(status: RolloutStatus, opts: RenderOptions): string
     const who = g.approvals.length > 0 ? ` (${g.approvals.join(', ')})` : '';
     lines.push(
       p.yellow(
-        `gate "${g.gate}" pending before wave ${g.wave}: ${g.approvals.length}/${g.required} approval(s)${who}`,
+        `gate "${g.gate}" pending ${gateWhat(g)}: ${g.approvals.length}/${g.required} approval(s)${who}`,
       ) + `  deadline ${shortTime(g.deadline)}`,
     );
+    for (const e of g.evidence ?? []) lines.push(`  ${p.dim('evidence')} ${e}`);
   }
 
   lines.push('');
@@ -334,8 +342,9 @@ export class ProgressView {
     const gate = g ? `${g.gate}|${g.approvals.length}` : undefined;
     if (g && gate !== this.seenGate) {
       this.out.write(
-        `gate "${g.gate}" pending before wave ${g.wave}: ${g.approvals.length}/${g.required} approval(s)\n`,
+        `gate "${g.gate}" pending ${gateWhat(g)}: ${g.approvals.length}/${g.required} approval(s)\n`,
       );
+      for (const e of g.evidence ?? []) this.out.write(`  evidence ${e}\n`);
     }
     this.seenGate = gate;
     for (const c of status.cohorts) {

@@ -88,6 +88,28 @@ void test('renderStatus shows phases, wave and look, the gate, every cohort and 
   assert.match(text, /hazard-net@1\.1\.0 \(abababababab\)/);
 });
 
+void test('an escalation gate shows the cohorts it holds and the evidence for each', () => {
+  const text = renderStatus(
+    {
+      ...sample,
+      pendingGate: {
+        gate: 'escalation',
+        kind: 'escalation',
+        wave: 3,
+        cohorts: ['hw3/eu'],
+        evidence: ['hw3/eu: error_rate Δ=+0.004 [-0.010, +0.031] → inconclusive'],
+        required: 1,
+        approvals: [],
+        openedAt: '2026-01-01T00:00:00.000Z',
+        deadline: '2026-01-02T00:00:00.000Z',
+      },
+    },
+    { color: false },
+  );
+  assert.match(text, /gate "escalation" pending for hw3\/eu \(escalated\): 0\/1 approval\(s\)/);
+  assert.match(text, /evidence hw3\/eu: error_rate Δ=\+0\.004 .* → inconclusive/);
+});
+
 void test('renderStatus with color uses ANSI codes around the same text', () => {
   const colored = renderStatus(sample, { color: true });
   assert.ok(colored.includes(`${ESC}[`));
