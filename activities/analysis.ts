@@ -3,8 +3,10 @@
  * only thing the statistics in `policies/` need.
  *
  * One SQL per look does the work inside DuckDB; what comes back grows with cohorts, never with events:
- * this module must never return rows per event. A look as of `asOfMs` sees only events before then and
- * labels that had arrived by then, so a look repeated later for the same moment gives the same numbers.
+ * this module must never return rows per event. The event side of those statistics is also kept per
+ * ingested batch (`recordBatchStats`), so a look sums batches rather than reading every event. A look
+ * as of `asOfMs` sees only events before then and labels that had arrived by then, so a look repeated
+ * later for the same moment gives the same numbers.
  */
 import type { DuckDBConnection } from '@duckdb/node-api';
 import type { AnalyzeInput, ArmStats, CohortStats } from './contracts';
@@ -83,19 +85,129 @@ const LOOK_COLUMNS = [
   'exposure_h',
 ] as const;
 
+/** The event-side statistics of a (cohort, arm): what `batch_stats` stores per batch and a look sums. */
+const EVENT_COLUMNS = LOOK_COLUMNS.filter((c) => c !== 'labeled' && c !== 'errors');
+
 /**
- * What a canary look adds: events in [prev, asOf), and labels that arrived in (prev, asOf] whose event
- * is before asOf. Labels carry their event's cohort, arm, phase, time and errors (see `labels`), so
- * neither side joins the other: each is one scan and a GROUP BY.
+ * The rows a batch's statistics are taken over, per phase, with `arm`, `lat` and `safety` named as in
+ * `CANARY_EVENTS`. Canary: the acting model of each event (its arm). Shadow: each model on the events it
+ * ran on, as arm 'candidate' and arm 'production' (the event-side columns of `SHADOW_SQL`, which does
+ * not read them yet).
  */
-const CANARY_DELTA_SQL = `
-WITH ev AS (
+const BATCH_EVENTS = {
+  canary: CANARY_EVENTS,
+  shadow: `(
+  SELECT e.* REPLACE ('candidate' AS arm), e.lat_candidate AS lat, e.safety_candidate AS safety
+  FROM events e WHERE e.phase = 'shadow' AND e.pred_candidate IS NOT NULL
+  UNION ALL
+  SELECT e.* REPLACE ('production' AS arm), e.lat_production AS lat, e.safety_production AS safety
+  FROM events e WHERE e.phase = 'shadow' AND e.pred_production IS NOT NULL
+)`,
+} as const;
+
+/**
+ * A batch's statistics per (cohort, arm), each row with the batch's min and max ts_ms. The batch's
+ * events are found by batch id; `$from`/`$to` bound their times so that DuckDB skips the row groups of
+ * other times (a batch id alone skips nothing: ids share long prefixes). Written once: a retry of a
+ * batch already summarised changes nothing.
+ */
+function batchStatsSql(phase: 'shadow' | 'canary'): string {
+  return `
+INSERT INTO batch_stats (batch_id, rollout_id, phase, cohort, arm, min_ts_ms, max_ts_ms, ${EVENT_COLUMNS.join(', ')})
+SELECT $batch, $rollout, '${phase}', cohort, arm, min(lo) OVER (), max(hi) OVER (), ${EVENT_COLUMNS.join(', ')}
+FROM (
+  SELECT e.cohort, e.arm, min(e.ts_ms) AS lo, max(e.ts_ms) AS hi,
+         count(*) AS events,
+         ${eventStats('', 'e.lat', 'e.safety')}
+  FROM ${BATCH_EVENTS[phase]} e
+  WHERE e.batch_id = $batch AND e.rollout_id = $rollout AND e.ts_ms >= $from AND e.ts_ms < $to
+  GROUP BY e.cohort, e.arm
+)
+ON CONFLICT DO NOTHING`;
+}
+
+/** One written batch of events: all of them have this batch id, rollout and phase, and ts in [fromMs, toMs). */
+export interface BatchWindow {
+  batchId: string;
+  rolloutId: string;
+  phase: 'shadow' | 'canary';
+  fromMs: number;
+  toMs: number;
+}
+
+/**
+ * Writes the `batch_stats` rows of a batch whose events are already in `events`: call it in the
+ * transaction that writes them, after them, so the batch and its statistics are committed together.
+ * Events outside [fromMs, toMs) are not counted, and a look then finds the batch's counts short and
+ * reads its window from the events instead (see `canaryLook`). Takes no lock; returns the rows written.
+ */
+export function recordBatchStats(conn: DuckDBConnection, batch: BatchWindow): Promise<number> {
+  return exec(conn, batchStatsSql(batch.phase), {
+    batch: batch.batchId,
+    rollout: batch.rolloutId,
+    from: batch.fromMs,
+    to: batch.toMs,
+  });
+}
+
+/** Canary batches of the rollout wholly inside [prev, asOf): their stored statistics stand for their events. */
+const COVERED = `rollout_id = $rollout AND phase = 'canary' AND min_ts_ms >= $prev AND max_ts_ms < $asof`;
+
+/** Canary batches of the rollout with events both inside [prev, asOf) and outside it. */
+const STRADDLING = `rollout_id = $rollout AND phase = 'canary' AND min_ts_ms < $asof AND max_ts_ms >= $prev
+  AND NOT (min_ts_ms >= $prev AND max_ts_ms < $asof)`;
+
+/**
+ * The canary events of straddling batches inside [prev, asOf), read over `ranges` disjoint ts ranges
+ * that hold them (parameters $lo{i}, $hi{i}), so DuckDB reads only the row groups of those times.
+ */
+function straddledEvents(ranges: number): string {
+  return Array.from(
+    { length: ranges },
+    (_, i) => `SELECT e.* FROM ${CANARY_EVENTS} e
+      WHERE e.rollout_id = $rollout AND e.ts_ms >= $lo${i} AND e.ts_ms < $hi${i}
+        AND e.batch_id IN (SELECT batch_id FROM batch_stats WHERE ${STRADDLING})`,
+  ).join('\n      UNION ALL ');
+}
+
+/**
+ * The events side of a look from stored batch statistics: the batches wholly inside the window from
+ * `batch_stats`, and from `events` only the in-window events of batches that straddle an edge.
+ */
+function eventsFromBatches(ranges: number): string {
+  const straddled =
+    ranges === 0
+      ? ''
+      : `UNION ALL
+    SELECT e.cohort, e.arm, count(*) AS events, ${eventStats('', 'e.lat', 'e.safety')}
+    FROM (${straddledEvents(ranges)}) e
+    GROUP BY e.cohort, e.arm`;
+  return `
+  SELECT cohort, arm, ${EVENT_COLUMNS.map((c) => `sum(${c}) AS ${c}`).join(', ')}
+  FROM (
+    SELECT cohort, arm, ${EVENT_COLUMNS.join(', ')} FROM batch_stats WHERE ${COVERED}
+    ${straddled}
+  )
+  GROUP BY cohort, arm`;
+}
+
+/** The events side of a look read from every event in [prev, asOf): the reference, and the fallback. */
+const EVENTS_SCANNED = `
   SELECT e.cohort, e.arm,
          count(*) AS events,
          ${eventStats('', 'e.lat', 'e.safety')}
   FROM ${CANARY_EVENTS} e
   WHERE e.rollout_id = $rollout AND e.ts_ms >= $prev AND e.ts_ms < $asof
-  GROUP BY e.cohort, e.arm
+  GROUP BY e.cohort, e.arm`;
+
+/**
+ * What a canary look adds: events in [prev, asOf) (`events`: one of the two above), and labels that
+ * arrived in (prev, asOf] whose event is before asOf. Labels carry their event's cohort, arm, phase,
+ * time and errors (see `labels`), so neither side joins the other.
+ */
+function canaryDeltaSql(events: string): string {
+  return `
+WITH ev AS (${events}
 ), lb AS (
   SELECT l.cohort, l.arm,
          count(*) AS labeled,
@@ -108,6 +220,7 @@ WITH ev AS (
 SELECT coalesce(ev.cohort, lb.cohort) AS cohort, coalesce(ev.arm, lb.arm) AS arm,
        ${LOOK_COLUMNS.map((c) => `coalesce(${c}, 0) AS ${c}`).join(', ')}
 FROM ev FULL OUTER JOIN lb ON ev.cohort = lb.cohort AND ev.arm = lb.arm`;
+}
 
 /** The sum of a rollout's stored canary look deltas up to and including `asOf`. */
 const CANARY_SUM_SQL = `
@@ -195,7 +308,9 @@ export type AnalysisActivities = ReturnType<typeof createAnalysisActivities>;
 
 /**
  * The canary statistics as of `asOfMs`, reading only what is new since the rollout's previous look:
- * the new look's delta is computed and stored, then the stored deltas are summed. A repeated look (an
+ * the new look's delta is computed and stored, then the stored deltas are summed. The delta's events
+ * side comes from the batch statistics written at ingestion where they cover the window (see
+ * `eventsSide`), so even a first look over a large log reads few events. A repeated look (an
  * activity retry) finds its delta stored and only sums. A look earlier than the latest stored one is
  * answered by the full query and stores nothing.
  */
@@ -210,12 +325,14 @@ export async function canaryLook(conn: DuckDBConnection, rolloutId: string, asOf
     const prev = last?.prev === null || last?.prev === undefined ? null : num(last.prev);
     if (num(last?.same) === 0) {
       if (prev !== null && prev > asOfMs) return rows(conn, CANARY_SQL, [asOfMs, rolloutId, asOfMs]);
+      const window = { rollout: rolloutId, prev: prev ?? Number.MIN_SAFE_INTEGER, asof: asOfMs };
+      const events = await eventsSide(conn, window);
       await exec(
         conn,
         `INSERT INTO look_stats (rollout_id, phase, as_of_ms, cohort, arm, ${LOOK_COLUMNS.join(', ')})
          SELECT $rollout, 'canary', $asof, cohort, arm, ${LOOK_COLUMNS.join(', ')}
-         FROM (${CANARY_DELTA_SQL})`,
-        { rollout: rolloutId, asof: asOfMs, prev: prev ?? Number.MIN_SAFE_INTEGER },
+         FROM (${canaryDeltaSql(events.sql)})`,
+        { ...window, ...events.params },
       );
       await exec(conn, `INSERT INTO looks VALUES ($rollout, 'canary', $asof)`, {
         rollout: rolloutId,
@@ -224,6 +341,56 @@ export async function canaryLook(conn: DuckDBConnection, rolloutId: string, asOf
     }
     return rows(conn, CANARY_SUM_SQL, { rollout: rolloutId, asof: asOfMs });
   });
+}
+
+/**
+ * How a look reads the events side of [prev, asOf). From `batch_stats` (batches wholly inside, plus the
+ * in-window events of batches that straddle an edge) when those account for every canary event of the
+ * rollout in the window: one count over the window's events checks it. Otherwise (events written other
+ * than through `recordBatchStats`, batches written before `batch_stats` existed, or events changed after
+ * their batch was summarised) every event in the window is read, as the full query would. Either way the
+ * numbers equal `canaryFull`'s; only the cost differs. Takes no lock (tests call it to see the source).
+ */
+export async function eventsSide(
+  conn: DuckDBConnection,
+  window: { rollout: string; prev: number; asof: number },
+): Promise<{ source: 'batch_stats' | 'events'; sql: string; params: Record<string, number> }> {
+  const straddlers = await rows(
+    conn,
+    `SELECT min(min_ts_ms) AS lo, max(max_ts_ms) AS hi FROM batch_stats WHERE ${STRADDLING} GROUP BY batch_id`,
+    window,
+  );
+  const ranges = disjoint(
+    straddlers.map((r) => [Math.max(num(r.lo), window.prev), Math.min(num(r.hi) + 1, window.asof)] as const),
+  );
+  const params = Object.fromEntries(
+    ranges.flatMap(([lo, hi], i) => [
+      [`lo${i}`, lo],
+      [`hi${i}`, hi],
+    ]),
+  );
+  const straddled = ranges.length === 0 ? '0' : `(SELECT count(*) FROM (${straddledEvents(ranges.length)}))`;
+  const [check] = await rows(
+    conn,
+    `SELECT (SELECT count(*) FROM events
+             WHERE rollout_id = $rollout AND phase = 'canary' AND ts_ms >= $prev AND ts_ms < $asof) AS total,
+            (SELECT coalesce(sum(events), 0) FROM batch_stats WHERE ${COVERED}) + ${straddled} AS accounted`,
+    { ...window, ...params },
+  );
+  return num(check?.total) === num(check?.accounted)
+    ? { source: 'batch_stats', sql: eventsFromBatches(ranges.length), params }
+    : { source: 'events', sql: EVENTS_SCANNED, params: {} };
+}
+
+/** The union of half-open ranges [lo, hi) as disjoint ranges in ascending order. */
+function disjoint(ranges: readonly (readonly [number, number])[]): [number, number][] {
+  const out: [number, number][] = [];
+  for (const [lo, hi] of [...ranges].sort((a, b) => a[0] - b[0])) {
+    const last = out.at(-1);
+    if (last && lo <= last[1]) last[1] = Math.max(last[1], hi);
+    else out.push([lo, hi]);
+  }
+  return out;
 }
 
 /** The canary statistics as of `asOfMs` by one query over every event: the reference for `canaryLook`. */

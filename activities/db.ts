@@ -24,6 +24,10 @@ export interface FleetDatabase {
  * recorded answer an idempotent retry returns), ota_targets.prev_active (the slot a revert goes back to).
  * look_stats holds, per canary look, the sufficient statistics of what is new since the previous look
  * (events in [previous, asOf), labels arrived in (previous, asOf]); `looks` records which looks exist.
+ * batch_stats holds, per event batch, the event side of those statistics per (cohort, arm) and the
+ * batch's min and max ts_ms, written with the batch (see `recordBatchStats` in analysis.ts), so a look
+ * sums the batches inside its window instead of reading their events. Not migrated: batches written
+ * before it existed have no rows there, and a look whose window holds their events reads the events.
  *
  * events.safety_candidate / safety_production: the frame's true class was the critical one and that
  * model missed it (NULL where the model did not run); known on the vehicle at once (a takeover), not
@@ -136,6 +140,25 @@ CREATE TABLE IF NOT EXISTS look_stats (
   safety_events BIGINT,
   exposure_h DOUBLE,
   PRIMARY KEY (rollout_id, phase, as_of_ms, cohort, arm)
+);
+CREATE TABLE IF NOT EXISTS batch_stats (
+  batch_id VARCHAR NOT NULL,
+  rollout_id VARCHAR NOT NULL,
+  phase VARCHAR NOT NULL CHECK (phase IN ('shadow', 'canary')),
+  cohort VARCHAR NOT NULL,
+  arm VARCHAR NOT NULL CHECK (arm IN ('candidate', 'production')),
+  min_ts_ms BIGINT NOT NULL,
+  max_ts_ms BIGINT NOT NULL,
+  events BIGINT NOT NULL,
+  lat_n BIGINT NOT NULL,
+  lat_sum DOUBLE NOT NULL,
+  lat_sumsq DOUBLE NOT NULL,
+  loglat_n BIGINT NOT NULL,
+  loglat_sum DOUBLE NOT NULL,
+  loglat_sumsq DOUBLE NOT NULL,
+  safety_events BIGINT NOT NULL,
+  exposure_h DOUBLE NOT NULL,
+  PRIMARY KEY (batch_id, cohort, arm)
 );
 CREATE TABLE IF NOT EXISTS looks (
   rollout_id VARCHAR NOT NULL,

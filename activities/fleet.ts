@@ -20,6 +20,7 @@ import { CRITICAL_CLASS, FEATURES, gaussian, generateFrames, makeRng, poisson } 
 import type { Frames } from '../sim/frames';
 import { loadFleetManifest, shadowTargets, simVehicles, waveTargets } from '../sim/fleet';
 import { countVehicles } from '../sim/ota';
+import { recordBatchStats } from './analysis';
 import type {
   BatchResult,
   DeliverInput,
@@ -293,7 +294,8 @@ export function createFleetActivities(deps: FleetActivityDeps) {
 
   /**
    * Writes one batch of events: skipped when the batch exists; otherwise every cohort is simulated,
-   * then events, ground truth, label requests and the `batches` row are written in one transaction.
+   * then events, their per-batch statistics (`batch_stats`), ground truth, label requests and the
+   * `batches` row are written in one transaction.
    * Each event also carries, per model that ran, whether it missed a critical-class frame (a safety
    * event, known on the vehicle at once), and the vehicle-hours of exposure it stands for.
    */
@@ -364,6 +366,13 @@ export function createFleetActivities(deps: FleetActivityDeps) {
           }
           total += sim.n;
         }
+      });
+      await recordBatchStats(conn, {
+        batchId,
+        rolloutId: input.rolloutId,
+        phase,
+        fromMs: input.fromMs,
+        toMs: input.toMs,
       });
       // Ground truth and when the labeler would return it: mean delay labels.delay, uniform in ±50%.
       const availableAt = simulated.map(({ sim }) => {

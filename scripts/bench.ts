@@ -7,7 +7,8 @@
  *   2. inference: batched onnxruntime runs vs one run per frame;
  *   3. canary assignment: waveTargets over a large cohort vs sorting objects by an HMAC hex string;
  *   4. looks over a large log (FLEETGATE_BENCH_EVENTS, default 10 million): the first look vs one plain
- *      GROUP BY, and a later look over a tenth as many new events vs the first look.
+ *      GROUP BY, a later look over a tenth as many new events vs the first look, and the ingestion of
+ *      the log with its per-batch statistics vs writing the events alone.
  *
  * Then the statistics of the sequential designs, from the seeded simulation of `fleetgate stats simulate`:
  * the A/A false-alarm rate of each design over many looks against α, and power and samples to a decision
@@ -24,8 +25,8 @@ import { bootstrapProduction, createRegistryActivities } from '../activities/reg
 import { createFleetActivities, initSimFleet } from '../activities/fleet';
 import { createAnalysisActivities } from '../activities/analysis';
 import { createLabelActivities } from '../activities/labels';
-import { rows } from '../activities/db';
-import { canaryLook } from '../activities/analysis';
+import { rows, transaction } from '../activities/db';
+import { canaryLook, recordBatchStats } from '../activities/analysis';
 import { openServices } from '../workers/worker';
 import { loadFleetManifest, pseudonym, waveTargets } from '../sim/fleet';
 import { FEATURES, generateFrames, makeRng } from '../sim/frames';
@@ -382,8 +383,12 @@ function printStatistics(s: StatisticsSection): void {
 
 /**
  * Synthesises a canary event log of BIG events (and labels for a third of them) straight in DuckDB,
- * then times: the first look (`canaryLook`) against one plain GROUP BY over the same rows; and, after
- * NEW more events arrive, the next look against the first. A look should cost about what a plain
+ * written as ingestion writes telemetry: in batches of BATCH events (a third per cohort), each batch's
+ * events, its statistics (`recordBatchStats`, what `logBatch` calls) and its `batches` row in one
+ * transaction. Then times: the first look (`canaryLook`) against one plain GROUP BY over the same rows;
+ * after NEW more events arrive, the next look against the first; and the ingestion of the BIG events
+ * with their batch statistics against writing the same events alone (the same transactions less the
+ * statistics statement), the cost the looks moved to ingestion. A look should cost about what a plain
  * aggregate costs, and a later look should follow the new rows, not the total. The baseline is the least
  * a look must do (count and latency sum per cohort and arm); a look also sums squares, ln(latency) and
  * its square, safety events and exposure per arm, and reads the labels that arrived.
@@ -391,14 +396,17 @@ function printStatistics(s: StatisticsSection): void {
 async function lookScaling(conn: DuckDBConnection): Promise<Result[]> {
   const BIG = Number(process.env.FLEETGATE_BENCH_EVENTS ?? 10_000_000);
   const NEW = Math.round(BIG / 10);
+  const BATCH = 300_000;
   const rollout = 'bench-big';
-  // Event i: true class hash(i + 2) % 2; a safety event where the acting model missed a true 1; each
-  // event 1/20 vehicle-hour. A third of the events get their label 1 s later, in the row shape that
-  // ingestArrivedLabels writes (the event's look columns and each model's error copied in).
-  const insert = async (from: number, to: number) => {
+  const ingestion = { batches: 0, ms: 0, statsMs: 0 };
+  const since = (t0: bigint) => Number(process.hrtime.bigint() - t0) / 1e6;
+  // Event i at i * 10 ms: true class hash(i + 2) % 2; a safety event where the acting model missed a
+  // true 1; each event 1/20 vehicle-hour. A third of the events get their label 1 s later, in the row
+  // shape that ingestArrivedLabels writes (the event's look columns and each model's error copied in).
+  const writeEvents = async (batchId: string, from: number, to: number) => {
     await conn.run(`
       INSERT INTO events
-      SELECT 'b' || i, '${rollout}', 'b', 'canary', 'c' || (i % 3), 'v' || (i % 20000), i * 10, arm,
+      SELECT 'b' || i, '${rollout}', '${batchId}', 'canary', 'c' || (i % 3), 'v' || (i % 20000), i * 10, arm,
              pc, pp, NULL, NULL,
              CASE WHEN arm = 'candidate' THEN 1 + (hash(i) % 100) / 100.0 END,
              CASE WHEN arm = 'production' THEN 1 + (hash(i) % 100) / 100.0 END,
@@ -410,6 +418,22 @@ async function lookScaling(conn: DuckDBConnection): Promise<Result[]> {
                hash(i + 2) % 2 AS truth
         FROM range(${from}, ${to}) t(i)
       )`);
+  };
+  const insert = async (from: number, to: number) => {
+    for (let lo = from; lo < to; lo += BATCH) {
+      const hi = Math.min(to, lo + BATCH);
+      const batch = { batchId: `${rollout}:canary:${lo * 10}-${hi * 10}`, fromMs: lo * 10, toMs: hi * 10 };
+      const t0 = process.hrtime.bigint();
+      await transaction(conn, async () => {
+        await writeEvents(batch.batchId, lo, hi);
+        const t1 = process.hrtime.bigint();
+        await recordBatchStats(conn, { ...batch, rolloutId: rollout, phase: 'canary' });
+        ingestion.statsMs += since(t1);
+        await conn.run(`INSERT INTO batches VALUES ('${batch.batchId}', '${rollout}', 'canary', ${hi - lo})`);
+      });
+      ingestion.ms += since(t0);
+      ingestion.batches++;
+    }
     await conn.run(`
       INSERT INTO labels (event_id, rollout_id, label, arrived_at_ms,
                           phase, cohort, arm, ts_ms, err_candidate, err_production)
@@ -420,6 +444,7 @@ async function lookScaling(conn: DuckDBConnection): Promise<Result[]> {
       WHERE (ts_ms // 10) % 3 = 0`);
   };
   await insert(0, BIG);
+  const ingested = { ...ingestion };
   const firstAsOf = BIG * 10 + 5000;
   const first = await timed(() => canaryLook(conn, rollout, firstAsOf));
   const plain = await best(3, () =>
@@ -448,6 +473,14 @@ async function lookScaling(conn: DuckDBConnection): Promise<Result[]> {
       subjectMs: later.ms,
       baselineMs: first.ms,
       speedup: first.ms / later.ms,
+    },
+    {
+      name: `ingestion (${fmt(BIG)} events, ${ingested.batches} batches)`,
+      subject: 'events + batch_stats',
+      baseline: 'events only',
+      subjectMs: ingested.ms,
+      baselineMs: ingested.ms - ingested.statsMs,
+      speedup: (ingested.ms - ingested.statsMs) / ingested.ms,
     },
   ];
 }

@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { DuckDBConnection } from '@duckdb/node-api';
-import { canaryFull, canaryLook, createAnalysisActivities } from '../../activities/analysis';
+import { canaryFull, canaryLook, createAnalysisActivities, eventsSide } from '../../activities/analysis';
 import type { ArmStats, CohortStats } from '../../activities/contracts';
 import { num, openFleetDatabase, rows } from '../../activities/db';
 import type { FleetDatabase, Row } from '../../activities/db';
@@ -450,7 +450,7 @@ labels: { rate: 0.1, delay: 1h }
 });
 
 void describe('a fleet database from before safety and log latency', () => {
-  void it('gets the new columns, labels get their look columns, and stale stored looks are dropped', async () => {
+  void it('gets the new columns, labels get their look columns, and stale stored looks are dropped; looks read its events', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'fleetgate-migrate-'));
     const file = join(dir, 'fleet.duckdb');
     try {
@@ -498,6 +498,10 @@ void describe('a fleet database from before safety and log latency', () => {
           },
         );
         assert.equal(num((await rows(conn, `SELECT count(*) AS n FROM looks`))[0]!.n), 0);
+        // Batches from before have no statistics: a look over their events reads the events.
+        assert.equal(num((await rows(conn, `SELECT count(*) AS n FROM batch_stats`))[0]!.n), 0);
+        const side = await eventsSide(conn, { rollout: 'r', prev: Number.MIN_SAFE_INTEGER, asof: 100 });
+        assert.equal(side.source, 'events');
         // The look is recomputed from the event log: the old event has no safety flag or exposure.
         const look = byArm(await canaryLook(conn, 'r', 100)).get('x|candidate')!;
         assert.deepEqual([look.events, look.labeled, look.errors, look.logLatency!.n], [1, 1, 1, 1]);

@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { DuckDBConnection } from '@duckdb/node-api';
-import { canaryFull, canaryLook, createAnalysisActivities } from '../../activities/analysis';
+import { canaryFull, canaryLook, createAnalysisActivities, eventsSide } from '../../activities/analysis';
 import { num, openFleetDatabase, rows } from '../../activities/db';
 import type { FleetDatabase } from '../../activities/db';
 import { createFleetActivities, initSimFleet } from '../../activities/fleet';
@@ -168,6 +168,29 @@ void describe('fleet, label and analysis activities', () => {
       0,
     );
     assert.ok((await one(conn, `SELECT count(*) FROM label_requests WHERE reason = 'sample'`)) > 0);
+    // Its statistics were written with it, once: per cohort, one row per model, over all its events.
+    const stats = await rows(
+      conn,
+      `SELECT s.cohort, s.arm, s.events, s.lat_n, s.min_ts_ms, s.max_ts_ms, e.n, e.lo, e.hi
+       FROM batch_stats s
+       JOIN (SELECT cohort, count(*) AS n, min(ts_ms) AS lo, max(ts_ms) AS hi FROM events
+             WHERE batch_id = $batch GROUP BY cohort) e USING (cohort)
+       WHERE s.batch_id = $batch ORDER BY s.cohort, s.arm`,
+      { batch: first.batchId },
+    );
+    assert.deepEqual(
+      stats.map((r) => [r.cohort, r.arm]),
+      [
+        [A, 'candidate'],
+        [A, 'production'],
+        [B, 'candidate'],
+        [B, 'production'],
+      ],
+    );
+    for (const r of stats) assert.deepEqual([num(r.events), num(r.lat_n)], [num(r.n), num(r.n)]);
+    const batchLo = Math.min(...stats.map((r) => num(r.lo)));
+    const batchHi = Math.max(...stats.map((r) => num(r.hi)));
+    for (const r of stats) assert.deepEqual([num(r.min_ts_ms), num(r.max_ts_ms)], [batchLo, batchHi]);
   });
 
   void it('delivers a wave once: a retry returns the recorded result and logs nothing new', async () => {
@@ -273,6 +296,21 @@ void describe('fleet, label and analysis activities', () => {
     const expected = (SIZES[A] + SIZES[B]) * 20;
     assert.ok(Math.abs(first.events - expected) < 5 * Math.sqrt(expected), `${first.events} events`);
     assert.deepEqual(await fleet.collectTelemetry(input), { ...first, written: false });
+    // Its statistics per (cohort, arm), written with it and not again by the retry, add up to it.
+    const [stats] = await rows(
+      conn,
+      `SELECT sum(events) AS n, count(*) AS groups, min(min_ts_ms) AS lo, max(max_ts_ms) AS hi,
+              count(DISTINCT (min_ts_ms, max_ts_ms)) AS ranges
+       FROM batch_stats WHERE batch_id = ? AND phase = 'canary'`,
+      [first.batchId],
+    );
+    assert.equal(num(stats!.n), first.events);
+    assert.equal(
+      num(stats!.groups),
+      await one(conn, `SELECT count(DISTINCT (cohort, arm)) FROM events WHERE batch_id = ?`, [first.batchId]),
+    );
+    assert.equal(num(stats!.ranges), 1);
+    assert.ok(num(stats!.lo) >= HOUR && num(stats!.hi) < 2 * HOUR);
     const arms = await rows(
       conn,
       `SELECT cohort, arm,
@@ -441,7 +479,13 @@ void describe('fleet, label and analysis activities', () => {
     const times = Array.from({ length: 12 }, (_, k) => (k + 1) * 0.5 * HOUR).filter(
       (t) => t <= 2 * HOUR + 3 * DELAY,
     );
+    // The canary batch covers [1 h, 2 h): a look at 1.5 h cuts it, and every look reads batch statistics.
+    assert.ok(times.includes(1.5 * HOUR));
+    let previous = Number.MIN_SAFE_INTEGER;
     for (const asOfMs of [...times, 2 * HOUR + 3 * DELAY]) {
+      const side = await eventsSide(conn, { rollout: 'r1', prev: previous, asof: asOfMs });
+      assert.equal(side.source, 'batch_stats', `look as of ${asOfMs}`);
+      previous = asOfMs;
       await ingestArrivedLabels(conn, 'r1', asOfMs);
       const incremental = await canaryLook(conn, 'r1', asOfMs);
       const again = await canaryLook(conn, 'r1', asOfMs);
