@@ -45,11 +45,15 @@ export interface RunnerSettings {
 }
 
 /**
- * Over-the-air delivery: jobs that put a model on vehicles, and their undoing. The simulated fleet
- * implements it with per-vehicle A/B slots (sim/ota.ts); AWS IoT Jobs will later. Vehicles are known by
- * their pseudonyms only. The channel does not serialise its calls: a caller that reads, then creates or
- * reverts a job, makes those calls in one unit of work (for the simulated fleet, one transaction on the
- * fleet database's connection).
+ * Over-the-air delivery: jobs that put a model on vehicles, and their undoing. Two implementations, chosen
+ * by FLEETGATE_OTA in the composition root: the simulated fleet's per-vehicle A/B slots (sim/ota.ts),
+ * where a job takes effect at once, and AWS IoT Jobs (activities/ota-iot.ts: a thing group per cohort and
+ * job, an IoT job whose id is derived from `jobId`), where a vehicle runs the new model only once it has
+ * applied the job and reported it, so `inventory` and `running` show what vehicles report, not what was
+ * ordered. Vehicles are known by their pseudonyms only. The channel does not serialise its calls: a
+ * caller that reads, then creates or reverts a job, makes those calls in one unit of work (for the
+ * simulated fleet, one transaction on the fleet database's connection; AWS IoT needs none, as its ids
+ * make a repeated call harmless).
  */
 export interface OtaChannel {
   /** How many vehicles of the fleet the channel can reach; 0 for a fleet it does not know. */

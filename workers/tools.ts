@@ -1,8 +1,10 @@
 /**
- * Where the Temporal binaries are: the CLI (dev server) and the time-skipping test server.
+ * Where the pinned tools are: the Temporal CLI (dev server), the time-skipping test server, and moto's
+ * server (the AWS IoT stand-in of test/integration/ota-iot.test.ts).
  *
- * Order: an explicit environment variable, then (for the CLI) a `temporal` already on PATH, then the
- * pinned copies that scripts/bootstrap.sh installs under .tools/venv. Never downloads anything.
+ * Order: an explicit environment variable, then (for the Temporal CLI) a `temporal` already on PATH, then
+ * the pinned copies that scripts/bootstrap.sh installs under .tools/venv, then (for moto, whose version
+ * the tests depend on) a `moto_server` on PATH. Never downloads anything.
  */
 import { existsSync } from 'node:fs';
 import { delimiter, join, resolve } from 'node:path';
@@ -35,4 +37,12 @@ export function temporalTestServer(): string {
   const p = process.env.TEMPORAL_TEST_SERVER || join(VENV_BIN, 'temporal-test-server');
   if (!existsSync(p)) throw missing('the Temporal time-skipping test server');
   return p;
+}
+
+export function motoServer(): string {
+  const p = process.env.MOTO_SERVER || join(VENV_BIN, 'moto_server');
+  if (existsSync(p)) return p;
+  const found = process.env.MOTO_SERVER ? undefined : onPath('moto_server');
+  if (!found) throw missing("moto's server (moto_server)");
+  return found;
 }

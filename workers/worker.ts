@@ -1,11 +1,13 @@
 /**
- * The composition root: builds the stores, the model runner, the DuckDB database and the pseudonym key
- * from configuration, hands them to the activity factories and creates the worker. Nothing else in
- * fleetgate constructs clients or stores.
+ * The composition root: builds the stores, the model runner, the DuckDB database, the pseudonym key and
+ * the over-the-air channel (the simulated fleet, or AWS IoT Jobs with its `IoTClient`) from
+ * configuration, hands them to the activity factories and creates the worker. Nothing else in fleetgate
+ * constructs clients or stores.
  */
 import { join } from 'node:path';
 import { mkdirSync } from 'node:fs';
 import { type NativeConnection, Runtime, Worker, type WorkflowBundle } from '@temporalio/worker';
+import { IoTClient } from '@aws-sdk/client-iot';
 import { LocalObjectStore } from '../activities/store';
 import { createRegistryActivities } from '../activities/registry';
 import { createInferenceActivities } from '../activities/inference';
@@ -14,7 +16,10 @@ import { createLabelActivities } from '../activities/labels';
 import { createAnalysisActivities } from '../activities/analysis';
 import { createReportActivities } from '../activities/report';
 import { openFleetDatabase } from '../activities/db';
+import type { OtaChannel } from '../activities/deps';
+import { AwsIotJobsChannel } from '../activities/ota-iot';
 import { SimulatedOta } from '../sim/ota';
+import { type AwsIotConfig, type OtaConfig, loadOtaConfig } from './config';
 import { OnnxModelRunner, blobKey } from './model-runner';
 import { loadPseudonymKey } from './secrets';
 import { getWorkflowBundle } from './bundle';
@@ -26,16 +31,41 @@ export interface Services {
   runner: OnnxModelRunner;
   db: Awaited<ReturnType<typeof openFleetDatabase>>;
   key: Buffer;
+  /** Over-the-air delivery, as configured (FLEETGATE_OTA). */
+  ota: OtaChannel;
   close(): Promise<void>;
 }
 
-/** Opens everything the activities need, under one data directory. */
-export async function openServices(dataDir: string, root: string): Promise<Services> {
+/**
+ * Opens everything the activities need, under one data directory. The OTA channel follows `ota`
+ * (default: the environment, see workers/config.ts): the simulated fleet in the DuckDB file, or AWS IoT
+ * Jobs.
+ */
+export async function openServices(
+  dataDir: string,
+  root: string,
+  ota: OtaConfig = loadOtaConfig(),
+): Promise<Services> {
   mkdirSync(dataDir, { recursive: true });
   const store = new LocalObjectStore(join(dataDir, 'store'));
   const runner = new OnnxModelRunner((digest) => store.get(blobKey(digest)));
   const db = await openFleetDatabase(join(dataDir, 'fleet.duckdb'));
   const key = loadPseudonymKey(dataDir);
+  let iot: IoTClient | undefined;
+  let channel: OtaChannel;
+  try {
+    if (ota.kind === 'aws-iot') {
+      iot = createIotClient(ota);
+      channel = new AwsIotJobsChannel(iot, ota.settings);
+    } else {
+      channel = new SimulatedOta(db.connection);
+    }
+  } catch (err) {
+    iot?.destroy();
+    db.connection.closeSync();
+    db.instance.closeSync();
+    throw err;
+  }
   return {
     dataDir,
     root,
@@ -43,12 +73,23 @@ export async function openServices(dataDir: string, root: string): Promise<Servi
     runner,
     db,
     key,
+    ota: channel,
     async close() {
       await runner.close();
+      iot?.destroy();
       db.connection.closeSync();
       db.instance.closeSync();
     },
   };
+}
+
+/** The AWS IoT client of the configuration: its endpoint (e.g. moto), region and credentials. */
+export function createIotClient(config: AwsIotConfig): IoTClient {
+  return new IoTClient({
+    endpoint: config.endpoint,
+    region: config.region,
+    credentials: config.credentials,
+  });
 }
 
 export function createActivities(s: Services) {
@@ -57,7 +98,7 @@ export function createActivities(s: Services) {
     ...createInferenceActivities({ runner: s.runner }),
     ...createFleetActivities({
       conn: s.db.connection,
-      ota: new SimulatedOta(s.db.connection),
+      ota: s.ota,
       runner: s.runner,
       key: s.key,
       root: s.root,
