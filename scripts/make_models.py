@@ -41,6 +41,8 @@ IR_VERSION = 9
 SEED = 20240601
 TRAIN_ROWS = 60_000
 EVAL_ROWS = 200_000
+# How far candidate-blind moves production's bias towards "clear".
+BLIND_SHIFT = 1.5
 # Night share of the mixed training data.
 TRAIN_NIGHT_SHARE = 0.4
 
@@ -116,6 +118,12 @@ def error_rate(w: np.ndarray, b: float, x: np.ndarray, y: np.ndarray) -> float:
     return float((pred != y).mean())
 
 
+def miss_rate(w: np.ndarray, b: float, x: np.ndarray, y: np.ndarray) -> float:
+    """Share of hazard frames (y = 1) the model calls clear, at argmax."""
+    hazard = y == 1
+    return float(np.mean((x[hazard] @ w + b) <= 0))
+
+
 def onnx_model(w: np.ndarray, b: float, input_name: str = "features") -> onnx.ModelProto:
     """features [batch, n] -> MatMul -> Add -> Softmax -> probs [batch, 2]; class 1 is a hazard."""
     n = len(w)
@@ -188,6 +196,14 @@ def main() -> int:
         write_pack(directory, version, onnx_model(w, b))
         table.append((directory, version, error_rate(w, b, *eval_day[:2]), error_rate(w, b, *eval_night[:2])))
 
+    # Production's weights with the decision threshold moved: fewer false alarms, more missed hazards,
+    # which is what the safety_events metric (a missed hazard makes the driver take over) must catch.
+    _, wp, bp = models["production"]
+    blind_b = bp - BLIND_SHIFT
+    write_pack("candidate-blind", "1.4.0", onnx_model(wp, blind_b))
+    blind_miss = miss_rate(wp, blind_b, *eval_night[:2])
+    prod_miss = miss_rate(wp, bp, *eval_night[:2])
+
     # A different input contract: production's weights behind an input named "x" with six features.
     _, w6, b6 = models["production"]
     write_pack("candidate-badcontract", "1.3.0", onnx_model(w6[:6], b6, input_name="x"))
@@ -205,6 +221,9 @@ def main() -> int:
         problems.append("candidate-regress must be at least as good as production by day")
     if not regress[3] >= prod[3] + 0.12:
         problems.append("candidate-regress must be worse than production at night by 12 points or more")
+    print(f"missed hazards at night: production {prod_miss:.2%}, candidate-blind {blind_miss:.2%}")
+    if not blind_miss >= 1.5 * prod_miss:
+        problems.append("candidate-blind must miss at least 1.5x as many hazards as production at night")
     for p in problems:
         print(f"premise broken: {p}", file=sys.stderr)
     return 1 if problems else 0

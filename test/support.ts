@@ -105,6 +105,8 @@ export async function maybeSaveHistory(name: string, handle: WorkflowHandle): Pr
 }
 
 let taskQueues = 0;
+/** Workflow ids started through `startRollout`, per task queue. */
+const started = new Map<string, string[]>();
 
 /** Runs `fn` with a worker serving `world` on a task queue of its own in the test environment `env`. */
 export async function withWorker<T>(
@@ -120,10 +122,25 @@ export async function withWorker<T>(
     workflowBundle: bundle,
     activities: createActivities(world.services),
   });
-  return worker.runUntil(fn(taskQueue));
+  try {
+    return await worker.runUntil(fn(taskQueue));
+  } catch (err) {
+    // A failed test must not leave its rollout running: the time-skipping server would stop skipping
+    // time for the next test while that rollout waits for a worker that is gone.
+    for (const id of started.get(taskQueue) ?? []) {
+      await env.client.workflow
+        .getHandle(id)
+        .terminate('the test failed')
+        .catch(() => undefined); // already finished
+    }
+    throw err;
+  } finally {
+    started.delete(taskQueue);
+  }
 }
 
 /** Starts a rollout on `taskQueue`, its workflow id being the rollout id. */
 export function startRollout(env: TestWorkflowEnvironment, taskQueue: string, req: RolloutRequestInput) {
+  started.set(taskQueue, [...(started.get(taskQueue) ?? []), req.rolloutId]);
   return env.client.workflow.start(WORKFLOW_TYPE, { taskQueue, workflowId: req.rolloutId, args: [req] });
 }

@@ -45,6 +45,7 @@ after(async () => {
 const week = (): PolicyInput => loadPolicy('test/fixtures/policy-week.yaml');
 
 interface Entry {
+  phase: string;
   action: string;
   cohort?: string;
   reason: string;
@@ -55,13 +56,11 @@ function reportOf(result: RolloutResult): { decisions: Entry[]; candidate: { dig
   return JSON.parse(readFileSync(result.reportPath!, 'utf8'));
 }
 
-/** A margin no candidate can be shown to stay within: every cohort ends inconclusive. */
+/** More labels per arm than the fleet can give: every look is short of data, so the engine cannot decide. */
 function undecidable(): PolicyInput {
   const policy = week();
-  policy.analysis!.metrics = [
-    { name: 'error_rate', kind: 'binary', margin: 0.0001 },
-    { name: 'latency_ms', kind: 'continuous', margin: 0.5, harmThreshold: 0.5 },
-  ];
+  policy.analysis!.minLabeledPerArm = 1_000_000;
+  policy.analysis!.maxExtraLooks = 0;
   policy.analysis!.escalation = { required: 1, timeout: '2d' };
   return policy;
 }
@@ -74,7 +73,7 @@ async function run(world: World, id: string, pack: string, policy: PolicyInput):
 }
 
 describe('decision engine in rolloutWorkflow (time-skipping)', () => {
-  test('inconclusive data is escalated; an allowed reviewer approves with the evidence in front of them', async () => {
+  test('data that cannot decide is escalated; an allowed reviewer approves with the evidence in front of them', async () => {
     const world = await makeWorld();
     try {
       const result = await withWorker(env, bundle, world, async (tq) => {
@@ -83,26 +82,39 @@ describe('decision engine in rolloutWorkflow (time-skipping)', () => {
           tq,
           rolloutRequest(`escalate-${process.pid}`, 'models/candidate-good', undecidable()),
         );
-        let gate;
-        for (let i = 0; i < 200 && !gate; i++) {
+        // Every escalation (a wave that ended short of data, or the final analysis) is approved by alice.
+        const gates: string[][] = [];
+        for (let i = 0; i < 400; i++) {
           const s = await handle.query(statusQuery);
-          if (s.pendingGate?.kind === 'escalation') gate = s.pendingGate;
-          else await env.sleep('2h');
+          if (s.phase === 'done') break;
+          const gate = s.pendingGate;
+          if (gate?.kind !== 'escalation' || gate.approvals.length > 0) {
+            await env.sleep('2h');
+            continue;
+          }
+          assert.equal(gate.evidence!.length, gate.cohorts!.length);
+          for (const c of s.cohorts) {
+            assert.equal(
+              c.state === 'escalated',
+              gate.cohorts!.includes(c.cohort),
+              `${c.cohort} is ${c.state}`,
+            );
+          }
+          if (gates.length === 0) {
+            await assert.rejects(
+              handle.executeUpdate(approveUpdate, { args: [{ gate: 'escalation', reviewer: 'mallory' }] }),
+              (e: Error) =>
+                e instanceof WorkflowUpdateFailedError && /not allowed/.test(String(e.cause?.message)),
+            );
+          }
+          gates.push(gate.cohorts!);
+          await handle.executeUpdate(approveUpdate, {
+            args: [{ gate: 'escalation', reviewer: 'alice', comment: 'margin too strict' }],
+          });
         }
-        assert.ok(gate, 'an escalation gate opens');
-        assert.deepEqual([...gate.cohorts!].sort(), [...world.cohorts].sort());
-        assert.equal(gate.evidence!.length, world.cohorts.length);
-        assert.match(gate.evidence![0]!, /error_rate .* → inconclusive/);
-        const s = await handle.query(statusQuery);
-        for (const c of s.cohorts) assert.equal(c.state, 'escalated');
-        await assert.rejects(
-          handle.executeUpdate(approveUpdate, { args: [{ gate: 'escalation', reviewer: 'mallory' }] }),
-          (e: Error) =>
-            e instanceof WorkflowUpdateFailedError && /not allowed/.test(String(e.cause?.message)),
-        );
-        await handle.executeUpdate(approveUpdate, {
-          args: [{ gate: 'escalation', reviewer: 'alice', comment: 'margin too strict' }],
-        });
+        // Each wave ends short of data (escalated, approved: the cohorts go on), then the final analysis.
+        assert.equal(gates.length, 4, JSON.stringify(gates));
+        for (const g of gates) assert.deepEqual([...g].sort(), [...world.cohorts].sort());
         const r: RolloutResult = await handle.result();
         await maybeSaveHistory('escalate', handle);
         return r;
@@ -110,7 +122,7 @@ describe('decision engine in rolloutWorkflow (time-skipping)', () => {
       assert.equal(result.outcome, 'completed', result.reason);
       for (const c of result.cohorts) assert.equal(c.state, 'promoted', `${c.cohort}: ${c.headline}`);
       const report = reportOf(result);
-      const escalated = report.decisions.filter((d) => d.action === 'escalate');
+      const escalated = report.decisions.filter((d) => d.action === 'escalate' && d.phase === 'analysis');
       assert.equal(escalated.length, world.cohorts.length);
       assert.ok(escalated.every((d) => /inconclusive or missing data never promotes/.test(d.reason)));
       const promoted = report.decisions.filter((d) => d.action === 'promoted');
@@ -153,6 +165,40 @@ describe('decision engine in rolloutWorkflow (time-skipping)', () => {
       assert.ok(fleet, 'the fleet-wide decision is in the log');
       assert.match(fleet.reason, /rolls back the whole fleet on harm in any cohort \(harm in hw3\/nordic\)/);
       assert.deepEqual(await runningDigest(world, report.candidate.digest), {});
+    } finally {
+      await world.close();
+    }
+  });
+
+  test('safety events alone, without waiting for labels, roll back a candidate that misses hazards', async () => {
+    const world = await makeWorld();
+    try {
+      const policy = week();
+      policy.analysis!.metrics = [{ name: 'safety_events', kind: 'rate', margin: 0.5 }];
+      // candidate-blind: production's weights with a threshold that calls more hazards clear.
+      const result = await run(world, `safety-${process.pid}`, 'models/candidate-blind', policy);
+      assert.equal(result.outcome, 'completed', result.reason);
+      const harmed = result.cohorts.filter((c) =>
+        c.metrics?.some((m) => m.metric === 'safety_events' && m.verdict === 'harm'),
+      );
+      assert.ok(harmed.length >= 1, JSON.stringify(result.cohorts.map((c) => [c.cohort, c.headline])));
+      for (const c of harmed) {
+        assert.equal(c.state, 'rolled_back', c.headline);
+        const m = c.metrics!.find((x) => x.metric === 'safety_events')!;
+        assert.equal(m.test, 'exact-poisson');
+        assert.ok(m.ci[0] > 0 && m.lambda > 1, `rate ratio ${m.lambda}, interval ${m.ci.join(', ')}`);
+        assert.ok(m.probAboveMargin! > 0.5, `posterior P(ratio > 1.5) ${m.probAboveMargin}`);
+      }
+      const report = reportOf(result);
+      const rollback = report.decisions.find(
+        (d) => d.action === 'rollback' && d.cohort === harmed[0]!.cohort,
+      )!;
+      assert.match(rollback.reason, /safety_events .* per vehicle-hour .* exact interval/);
+      assert.deepEqual(
+        await runningDigest(world, report.candidate.digest),
+        {},
+        'no vehicle keeps the candidate',
+      );
     } finally {
       await world.close();
     }
