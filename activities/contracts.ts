@@ -101,6 +101,12 @@ export interface DeliveryResult {
   jobId: string;
   /** Vehicles running the candidate per cohort after this delivery. */
   vehicles: Record<string, number>;
+  /**
+   * Per cohort, this wave's new targets: how many were targeted, how many installs failed (the vehicle
+   * keeps its model), and how many were deferred because a precondition (online, parked, battery) did
+   * not hold. Absent in results recorded before delivery reported them.
+   */
+  installs?: Record<string, { targeted: number; failed: number; deferred: number }>;
 }
 export interface RevertInput extends FleetInput {
   wave: number;

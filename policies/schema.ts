@@ -154,6 +154,20 @@ export const Policy = z
           }
         });
       }),
+    delivery: z
+      .object({
+        maxFailureShare: z
+          .number()
+          .min(0)
+          .max(1)
+          .default(0.1)
+          .describe(
+            "A wave whose installs fail on more than this share of a cohort's targeted vehicles is aborted " +
+              'and reverted in that cohort; the other cohorts go on',
+          ),
+      })
+      .strict()
+      .default({ maxFailureShare: 0.1 }),
     labelWait: z
       .object({
         coverage: z.number().gt(0).max(1).describe('Share of requested labels that must have arrived'),
@@ -305,17 +319,78 @@ export const Sku = z
     latencyBudgetMs: z.number().positive().describe('p95 latency budget per frame'),
     intraOpThreads: z.number().int().min(1).default(1),
     graphOptimization: z.enum(['disabled', 'basic', 'extended', 'all']).default('all'),
+    installFailureRate: z
+      .number()
+      .min(0)
+      .max(1)
+      .default(0)
+      .describe(
+        'Simulated fleets: share of over-the-air installs that fail on this SKU (the vehicle keeps its model)',
+      ),
+    slowdown: z
+      .array(
+        z
+          .object({
+            version: z.string().regex(/^\d+\.\d+\.\d+$/, { message: 'a semantic version such as "1.2.0"' }),
+            factor: z.number().positive().describe('Extra latency factor of that model version on this SKU'),
+          })
+          .strict(),
+      )
+      .default([])
+      .describe(
+        'Simulated hardware: model versions that run slower on this SKU than its speedFactor says (an ' +
+          'operator without an accelerated kernel, say); applies on the bench and in the fleet',
+      ),
   })
   .strict();
 export type Sku = z.infer<typeof Sku>;
+
+/** Conditions under which a cohort's vehicles drive; they change how the models behave. */
+export const Conditions = z
+  .object({
+    nightShare: z.number().min(0).max(1).optional().describe('Share of frames captured at night'),
+    rainShare: z
+      .number()
+      .min(0)
+      .max(1)
+      .optional()
+      .describe('Share of frames captured in rain, which weakens the camera (default 0)'),
+    sensorNoise: z
+      .number()
+      .positive()
+      .optional()
+      .describe("Multiplier of the sensors' noise (default 1): worn or dirty sensors"),
+  })
+  .strict();
+export type Conditions = z.infer<typeof Conditions>;
 
 export const CohortSpec = z
   .object({
     name: CohortName,
     sku: Name,
     region: Name,
+    firmware: z.string().min(1).default('1.0.0').describe('Vehicle firmware the cohort runs'),
     vehicles: z.number().int().min(1).max(1_000_000),
     nightShare: z.number().min(0).max(1).describe('Share of frames captured at night'),
+    rainShare: z.number().min(0).max(1).default(0).describe('Share of frames captured in rain'),
+    sensorNoise: z.number().positive().default(1).describe("Multiplier of the sensors' noise: 1 is nominal"),
+    availability: z
+      .object({
+        online: z
+          .number()
+          .min(0)
+          .max(1)
+          .default(1)
+          .describe('Share of vehicles online when a wave is delivered'),
+        parked: z.number().min(0).max(1).default(1).describe('Share parked (installs need a parked vehicle)'),
+        batteryOk: z.number().min(0).max(1).default(1).describe('Share with enough battery to install'),
+      })
+      .strict()
+      .default({ online: 1, parked: 1, batteryOk: 1 })
+      .describe(
+        'Install preconditions: a targeted vehicle that is offline, moving or low on battery is not ' +
+          'installed in this wave (it is counted as deferred, not failed)',
+      ),
   })
   .strict();
 export type CohortSpec = z.infer<typeof CohortSpec>;
@@ -329,6 +404,18 @@ export const FleetManifest = z
     skus: z.array(Sku).min(1),
     cohorts: z.array(CohortSpec).min(1),
     eventsPerVehicleHour: z.number().positive().default(20),
+    drift: z
+      .array(
+        z
+          .object({
+            at: Duration.describe('Simulated time after the rollout starts when the conditions change'),
+            cohorts: z.array(CohortName).min(1).optional().describe('Cohorts affected; all when absent'),
+            conditions: Conditions,
+          })
+          .strict(),
+      )
+      .default([])
+      .describe('Changes of driving conditions during the rollout (a season, a sensor batch going bad)'),
     labels: z
       .object({
         rate: z.number().gt(0).max(1).describe('Share of events sent for labeling'),
@@ -338,6 +425,18 @@ export const FleetManifest = z
   })
   .strict()
   .superRefine((f, ctx) => {
+    const cohortNames = new Set(f.cohorts.map((c) => c.name));
+    f.drift.forEach((d, i) => {
+      (d.cohorts ?? []).forEach((c, j) => {
+        if (!cohortNames.has(c)) {
+          ctx.addIssue({
+            code: 'custom',
+            path: ['drift', i, 'cohorts', j],
+            message: `unknown cohort "${c}"; declared: ${[...cohortNames].join(', ')}`,
+          });
+        }
+      });
+    });
     const skus = new Set(f.skus.map((s) => s.name));
     f.cohorts.forEach((c, i) => {
       if (!skus.has(c.sku)) {

@@ -13,7 +13,7 @@ import { num, openFleetDatabase, rows } from '../../activities/db';
 import type { FleetDatabase } from '../../activities/db';
 import { createFleetActivities, initSimFleet } from '../../activities/fleet';
 import type { ModelRunner } from '../../activities/deps';
-import type { FleetManifest } from '../../policies/schema';
+import { FleetManifest } from '../../policies/schema';
 import { SimulatedOta } from '../../sim/ota';
 import {
   assignmentRank,
@@ -32,7 +32,7 @@ const KEY = Buffer.from('5a'.repeat(32), 'hex');
 const WAVES = [1, 5, 25, 100];
 
 function manifest(name: string, sizes: number[]): FleetManifest {
-  return {
+  return FleetManifest.parse({
     apiVersion: 'fleetgate/v1',
     kind: 'Fleet',
     name,
@@ -47,7 +47,7 @@ function manifest(name: string, sizes: number[]): FleetManifest {
     })),
     eventsPerVehicleHour: 20,
     labels: { rate: 0.1, delay: '1h' },
-  };
+  });
 }
 
 function cohortPseudonyms(sizes: number[]): string[][] {

@@ -39,6 +39,8 @@ const sku = (latencyBudgetMs: number, speedFactor = 1): Sku => ({
   latencyBudgetMs,
   intraOpThreads: 1,
   graphOptimization: 'all',
+  installFailureRate: 0,
+  slowdown: [],
 });
 
 void test('bench passes on a generous budget, with deterministic outputs and a sound contract', async () => {
