@@ -59,6 +59,11 @@ export interface BenchInput {
   sku: Sku;
   goldenInputs: number;
   repeats: number;
+  /**
+   * The model's version, to apply the SKU's `slowdown` entry for it. Absent in histories recorded before
+   * it existed: then no slowdown applies.
+   */
+  version?: string;
 }
 export interface BenchResult {
   sku: string;
@@ -89,6 +94,16 @@ export interface ShadowInput extends FleetInput {
   /** Simulated-fleet time window [fromMs, toMs) covered by this batch. */
   fromMs: number;
   toMs: number;
+  /**
+   * Simulated-fleet time the rollout started, that the manifest's `drift[].at` counts from. When absent,
+   * the earliest `fromMs` of the rollout's event batches (this one included) stands for it.
+   */
+  startMs?: number;
+  /**
+   * Version of each model digest the vehicles may run (the candidate and the cohorts' production
+   * models), to apply the SKUs' `slowdown` entries. A digest not listed runs without slowdown.
+   */
+  versions?: Record<string, string>;
 }
 
 export interface DeliverInput extends FleetInput {
@@ -104,7 +119,9 @@ export interface DeliveryResult {
   /**
    * Per cohort, this wave's new targets: how many were targeted, how many installs failed (the vehicle
    * keeps its model), and how many were deferred because a precondition (online, parked, battery) did
-   * not hold. Absent in results recorded before delivery reported them.
+   * not hold. Absent in results recorded before delivery reported them, and when the fleet models no
+   * install outcomes for the delivered cohorts (availability 1 and installFailureRate 0: every target
+   * installs).
    */
   installs?: Record<string, { targeted: number; failed: number; deferred: number }>;
 }
@@ -122,6 +139,10 @@ export interface TelemetryInput extends FleetInput {
   candidateDigest: string;
   fromMs: number;
   toMs: number;
+  /** As in ShadowInput: the rollout's start in simulated time, that drift counts from. */
+  startMs?: number;
+  /** As in ShadowInput: the version of each digest, for the SKUs' slowdowns. */
+  versions?: Record<string, string>;
 }
 export interface BatchResult {
   batchId: string;

@@ -9,6 +9,11 @@
  * crash leaves nothing half written. Only the channel changes what a vehicle runs; these activities never
  * write a vehicle's slots. Vehicles are only ever known by their pseudonyms; these activities must never
  * log, store or return a raw vehicle id, and never return rows per event.
+ *
+ * The simulated fleet's realism, from its manifest: a wave's targets install, fail or are deferred as
+ * `installOutcomes` (sim/ota.ts) draws them, and only installed vehicles get the model; frames are drawn
+ * under each cohort's conditions (night, rain, sensor noise), changed by `drift` from its time after the
+ * rollout's start on; a SKU's `slowdown` multiplies the latency of the model versions it names.
  */
 import type { DuckDBAppender, DuckDBConnection } from '@duckdb/node-api';
 import { createHash } from 'node:crypto';
@@ -16,10 +21,10 @@ import { resolve } from 'node:path';
 import { ErrorType, fail } from '../errors';
 import { parseDuration } from '../policies/duration';
 import type { CohortSpec, FleetManifest, Sku } from '../policies/schema';
-import { CRITICAL_CLASS, FEATURES, gaussian, generateFrames, makeRng, poisson } from '../sim/frames';
-import type { Frames } from '../sim/frames';
+import { CRITICAL_CLASS, FEATURES, gaussian, generateFramesWith, makeRng, poisson } from '../sim/frames';
+import type { FrameConditions, Frames } from '../sim/frames';
 import { loadFleetManifest, shadowTargets, simVehicles, waveTargets } from '../sim/fleet';
-import { countVehicles } from '../sim/ota';
+import { countVehicles, INSTALL, installOutcomes, installsAlways } from '../sim/ota';
 import { recordBatchStats } from './analysis';
 import type {
   BatchResult,
@@ -127,8 +132,11 @@ export function createFleetActivities(deps: FleetActivityDeps) {
 
     /**
      * Delivers `digest` to the wave's share of each cohort (sticky, monotone, stratified; vehicles
-     * already running it are skipped) as OTA job `${rolloutId}-w${wave}`. A retry returns the recorded
-     * result and changes nothing.
+     * already running it are skipped) as OTA job `${rolloutId}-w${wave}`. Of these new targets, those
+     * whose install is deferred (a precondition did not hold) or fails (`installOutcomes`, keyed by
+     * rollout, wave and pseudonym) are left out of the job and keep what they run; `installs` counts them
+     * per cohort (present when the fleet models install outcomes for a delivered cohort). A retry returns
+     * the recorded result and changes nothing.
      */
     async deliverWave(input: DeliverInput): Promise<DeliveryResult> {
       const manifest = manifestOf(input);
@@ -139,12 +147,28 @@ export function createFleetActivities(deps: FleetActivityDeps) {
         if (recorded) return recorded as DeliveryResult;
         await requireFleet(manifest);
         const targets = new Map<string, string[]>();
+        const installs: NonNullable<DeliveryResult['installs']> = {};
+        let modelled = false;
         for (const cohort of cohorts) {
           const fleet = await ota.inventory(manifest.name, cohort.name);
           const chosen = new Set(waveTargets(fleet.vehicles, key, input.rolloutId, input.percent));
+          const fresh = fleet.vehicles.filter((v, i) => chosen.has(v) && fleet.digests[i] !== input.digest);
+          const model = {
+            availability: cohort.availability,
+            installFailureRate: skuOf(manifest, cohort).installFailureRate,
+          };
+          modelled ||= !installsAlways(model);
+          const outcome = installOutcomes(key, input.rolloutId, input.wave, fresh, model);
+          let failed = 0;
+          let deferred = 0;
+          for (const o of outcome) {
+            if (o === INSTALL.failed) failed++;
+            else if (o === INSTALL.deferred) deferred++;
+          }
+          installs[cohort.name] = { targeted: fresh.length, failed, deferred };
           targets.set(
             cohort.name,
-            fleet.vehicles.filter((v, i) => chosen.has(v) && fleet.digests[i] !== input.digest),
+            fresh.filter((_, i) => outcome[i] === INSTALL.installed),
           );
         }
         const running = await ota.running(manifest.name, input.digest);
@@ -152,7 +176,7 @@ export function createFleetActivities(deps: FleetActivityDeps) {
         for (const cohort of cohorts) {
           vehicles[cohort.name] = (running.get(cohort.name) ?? 0) + (targets.get(cohort.name)?.length ?? 0);
         }
-        const result: DeliveryResult = { jobId, vehicles };
+        const result: DeliveryResult = modelled ? { jobId, vehicles, installs } : { jobId, vehicles };
         await ota.createJob({
           jobId,
           rolloutId: input.rolloutId,
@@ -187,7 +211,8 @@ export function createFleetActivities(deps: FleetActivityDeps) {
     /**
      * Delivers `digest` to every vehicle of the cohort not yet running it (job
      * `${rolloutId}-promote-${cohort}`). Returns how many vehicles of the cohort run it afterwards; a
-     * retry returns the recorded count and changes nothing.
+     * retry returns the recorded count and changes nothing. Install outcomes are not simulated here: a
+     * promotion reaches every vehicle (a real fleet retries until it does).
      */
     async promoteCohort(input: PromoteInput): Promise<{ vehicles: number }> {
       const manifest = manifestOf(input);
@@ -225,17 +250,33 @@ export function createFleetActivities(deps: FleetActivityDeps) {
         throw fail(ErrorType.InvalidInput, `shadow share must be in (0, 1] (got ${input.share})`);
       }
       const batchId = `${input.rolloutId}:shadow:${input.fromMs}-${input.toMs}`;
-      return logBatch(batchId, 'shadow', input, async (manifest, cohort, cohortIndex, fleet) => {
+      return logBatch(batchId, 'shadow', input, async (manifest, cohort, cohortIndex, fleet, startMs) => {
         const shadow = shadowTargets(fleet.vehicles, key, input.rolloutId, input.share);
         const digestOf = new Map(fleet.vehicles.map((v, i) => [v, fleet.digests[i]!]));
-        const sim = simulate(batchId, manifest, cohort, shadow, input.fromMs, input.toMs);
+        const sim = simulate(batchId, manifest, cohort, shadow, input.fromMs, input.toMs, startMs);
         const out = new EventColumns(sim.n);
         const sku = skuOf(manifest, cohort);
         const prodDigests = Array.from(sim.vehicle, (v) => digestOf.get(shadow[v]!)!);
         for (const [digest, idx] of groupBy(prodDigests)) {
-          await infer(runner, digest, sim.frames, idx, sku, out.production);
+          await infer(
+            runner,
+            digest,
+            sim.frames,
+            idx,
+            sku,
+            out.production,
+            slowdownOf(sku, input.versions, digest),
+          );
         }
-        await infer(runner, input.candidateDigest, sim.frames, null, sku, out.candidate);
+        await infer(
+          runner,
+          input.candidateDigest,
+          sim.frames,
+          null,
+          sku,
+          out.candidate,
+          slowdownOf(sku, input.versions, input.candidateDigest),
+        );
         const rate = manifest.labels.rate;
         const priority = new Uint8Array(sim.n);
         for (let i = 0; i < sim.n; i++) {
@@ -251,25 +292,27 @@ export function createFleetActivities(deps: FleetActivityDeps) {
     },
 
     /**
-     * One canary batch: every vehicle of each cohort runs the model in its active slot; an event is in
+     * One canary batch: every vehicle of each cohort runs the model in its active slot (what was really
+     * installed: a vehicle whose install failed or was deferred runs what it ran); an event is in
      * the 'candidate' arm when that is `candidateDigest`, else in 'production', and only the acting
      * model's columns are filled. A seeded `labels.rate` share is sent for labeling ('sample'). Keyed by
      * `${rolloutId}:canary:${fromMs}-${toMs}`.
      */
     async collectTelemetry(input: TelemetryInput): Promise<BatchResult> {
       const batchId = `${input.rolloutId}:canary:${input.fromMs}-${input.toMs}`;
-      return logBatch(batchId, 'canary', input, async (manifest, cohort, cohortIndex, fleet) => {
-        const sim = simulate(batchId, manifest, cohort, fleet.vehicles, input.fromMs, input.toMs);
+      return logBatch(batchId, 'canary', input, async (manifest, cohort, cohortIndex, fleet, startMs) => {
+        const sim = simulate(batchId, manifest, cohort, fleet.vehicles, input.fromMs, input.toMs, startMs);
         const out = new EventColumns(sim.n);
         const sku = skuOf(manifest, cohort);
         const acting = Array.from(sim.vehicle, (v) => fleet.digests[v]!);
         const isCandidate = new Uint8Array(sim.n);
         for (const [digest, idx] of groupBy(acting)) {
+          const slowdown = slowdownOf(sku, input.versions, digest);
           if (digest === input.candidateDigest) {
             for (const i of idx) isCandidate[i] = 1;
-            await infer(runner, digest, sim.frames, idx, sku, out.candidate);
+            await infer(runner, digest, sim.frames, idx, sku, out.candidate, slowdown);
           } else {
-            await infer(runner, digest, sim.frames, idx, sku, out.production);
+            await infer(runner, digest, sim.frames, idx, sku, out.production, slowdown);
           }
         }
         const rate = manifest.labels.rate;
@@ -293,6 +336,34 @@ export function createFleetActivities(deps: FleetActivityDeps) {
   };
 
   /**
+   * The simulated time the rollout started, that drift counts from: `startMs` when the caller gives it;
+   * otherwise the earliest `fromMs` among this batch and the rollout's recorded batches (their ids end in
+   * `:${fromMs}-${toMs}`), which is the start when the first batch (the shadow's, from the start) was
+   * written first. Read only when the manifest declares drift.
+   */
+  async function rolloutStart(
+    manifest: FleetManifest,
+    input: { rolloutId: string; fromMs: number; startMs?: number },
+  ): Promise<number> {
+    if (input.startMs !== undefined) {
+      if (!Number.isFinite(input.startMs)) {
+        throw fail(ErrorType.InvalidInput, `startMs must be a finite time (got ${input.startMs})`);
+      }
+      return input.startMs;
+    }
+    if (manifest.drift.length === 0) return input.fromMs;
+    const recorded = await exclusive(conn, () =>
+      rows(conn, `SELECT batch_id FROM batches WHERE rollout_id = ?`, [input.rolloutId]),
+    );
+    let start = input.fromMs;
+    for (const r of recorded) {
+      const m = /:(-?\d+)-(-?\d+)$/.exec(String(r.batch_id));
+      if (m) start = Math.min(start, Number(m[1]));
+    }
+    return start;
+  }
+
+  /**
    * Writes one batch of events: skipped when the batch exists; otherwise every cohort is simulated,
    * then events, their per-batch statistics (`batch_stats`), ground truth, label requests and the
    * `batches` row are written in one transaction.
@@ -302,12 +373,13 @@ export function createFleetActivities(deps: FleetActivityDeps) {
   async function logBatch(
     batchId: string,
     phase: 'shadow' | 'canary',
-    input: FleetInput & { cohorts: string[]; fromMs: number; toMs: number },
+    input: FleetInput & { cohorts: string[]; fromMs: number; toMs: number; startMs?: number },
     simulateCohort: (
       manifest: FleetManifest,
       cohort: CohortSpec,
       cohortIndex: number,
       fleet: CohortFleet,
+      startMs: number,
     ) => Promise<SimulatedCohort>,
   ): Promise<BatchResult> {
     if (!(Number.isFinite(input.fromMs) && Number.isFinite(input.toMs) && input.toMs > input.fromMs)) {
@@ -322,6 +394,7 @@ export function createFleetActivities(deps: FleetActivityDeps) {
     const manifest = manifestOf(input);
     const cohorts = cohortsOf(manifest, input.cohorts);
     const delayMs = parseDuration(manifest.labels.delay) ?? 0;
+    const startMs = await rolloutStart(manifest, input);
     const simulated: SimulatedCohort[] = [];
     for (const cohort of cohorts) {
       const fleet = await exclusive(conn, async () => {
@@ -331,7 +404,9 @@ export function createFleetActivities(deps: FleetActivityDeps) {
       if (fleet.vehicles.length === 0) {
         throw fail(ErrorType.NotFound, `cohort ${cohort.name} of fleet ${manifest.name} has no vehicles`);
       }
-      simulated.push(await simulateCohort(manifest, cohort, manifest.cohorts.indexOf(cohort), fleet));
+      simulated.push(
+        await simulateCohort(manifest, cohort, manifest.cohorts.indexOf(cohort), fleet, startMs),
+      );
     }
     return transaction(conn, async () => {
       const [again] = await existing();
@@ -466,7 +541,8 @@ class EventColumns {
 
 /**
  * The events of one cohort in [fromMs, toMs): their count ~ Poisson(vehicles x eventsPerVehicleHour x
- * hours), each from a uniformly drawn vehicle at a uniform time, with frames from the batch's seed.
+ * hours), each from a uniformly drawn vehicle at a uniform time, with frames from the batch's seed drawn
+ * under the cohort's conditions at the event's time (`conditionsAt`, with drift counted from startMs).
  */
 function simulate(
   batchId: string,
@@ -475,6 +551,7 @@ function simulate(
   vehicles: readonly string[],
   fromMs: number,
   toMs: number,
+  startMs: number,
 ): Simulation {
   const rng = makeRng(`${manifest.seed}|${batchId}|${cohort.name}|events`);
   const span = toMs - fromMs;
@@ -485,15 +562,67 @@ function simulate(
     vehicle[i] = Math.floor(rng() * vehicles.length);
     ts[i] = fromMs + Math.floor(rng() * span);
   }
-  const frames = generateFrames(makeRng(`${batchId}|${cohort.name}`), n, cohort.nightShare);
+  const at = conditionsAt(manifest, cohort, startMs);
+  const frames = generateFramesWith(makeRng(`${batchId}|${cohort.name}`), n, (i) => at(ts[i]!));
   return { cohort: cohort.name, n, vehicle, ts, frames, rng };
+}
+
+/**
+ * The conditions a cohort drives under at simulated time t: its manifest's (nightShare, rainShare,
+ * sensorNoise), then every drift naming it (or naming no cohort) whose time has come (startMs + at <= t),
+ * in order of `at` (the manifest's order among equal times), each replacing the conditions it sets.
+ */
+export function conditionsAt(
+  manifest: FleetManifest,
+  cohort: CohortSpec,
+  startMs: number,
+): (tMs: number) => FrameConditions {
+  const base: FrameConditions = {
+    nightShare: cohort.nightShare,
+    rainShare: cohort.rainShare,
+    sensorNoise: cohort.sensorNoise,
+  };
+  const steps = manifest.drift
+    .map((d, i) => ({ atMs: startMs + (parseDuration(d.at) ?? 0), i, d }))
+    .filter(({ d }) => !d.cohorts || d.cohorts.includes(cohort.name))
+    .sort((a, b) => a.atMs - b.atMs || a.i - b.i);
+  if (steps.length === 0) return () => base;
+  // Conditions from each step's time on, accumulated.
+  const from: number[] = [];
+  const cond: FrameConditions[] = [];
+  let cur = base;
+  for (const { atMs, d } of steps) {
+    const c = d.conditions;
+    cur = {
+      nightShare: c.nightShare ?? cur.nightShare,
+      rainShare: c.rainShare ?? cur.rainShare,
+      sensorNoise: c.sensorNoise ?? cur.sensorNoise,
+    };
+    from.push(atMs);
+    cond.push(cur);
+  }
+  return (t) => {
+    let k = -1;
+    while (k + 1 < from.length && from[k + 1]! <= t) k++;
+    return k < 0 ? base : cond[k]!;
+  };
+}
+
+/**
+ * The factor a SKU's `slowdown` applies to the latency of the model with this digest: the entry of the
+ * digest's version in `versions`, else 1 (unknown version, or a version the SKU runs at full speed).
+ */
+export function slowdownOf(sku: Sku, versions: Record<string, string> | undefined, digest: string): number {
+  const version = versions?.[digest];
+  if (version === undefined) return 1;
+  return sku.slowdown.find((s) => s.version === version)?.factor ?? 1;
 }
 
 /**
  * Runs one model over the selected frames (all when `idx` is null), in chunks, and writes prediction
  * (argmax), confidence (max probability) and the model's per-frame cost into the outputs at the events'
- * positions. The logged latency is simulated from this cost (see `frameCost`), times the SKU's speed
- * factor, times lognormal noise exp(0.2 z).
+ * positions. The logged latency is simulated from this cost (see `frameCost`) times the model's slowdown
+ * on the SKU (`slowdownOf`), times the SKU's speed factor, times lognormal noise exp(0.2 z).
  */
 async function infer(
   runner: ModelRunner,
@@ -502,13 +631,14 @@ async function infer(
   idx: number[] | null,
   sku: Sku,
   out: ArmColumns,
+  slowdown = 1,
 ): Promise<void> {
   const total = idx ? idx.length : frames.count;
   const settings: RunnerSettings = {
     intraOpThreads: sku.intraOpThreads,
     graphOptimization: sku.graphOptimization,
   };
-  const cost = await frameCost(runner, digest, settings);
+  const cost = (await frameCost(runner, digest, settings)) * slowdown;
   for (let start = 0; start < total; start += INFERENCE_CHUNK) {
     const rowsInChunk = Math.min(INFERENCE_CHUNK, total - start);
     let features: Float32Array;

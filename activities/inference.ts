@@ -3,7 +3,8 @@
  * SKU's runtime settings.
  *
  * On golden inputs (deterministic frames from sim/frames.ts) it checks the output contract (probs of
- * shape [n, 2], finite, rows summing to 1), measures per-frame latency scaled to the SKU, and checks that
+ * shape [n, 2], finite, rows summing to 1), measures per-frame latency scaled to the SKU (its speed factor,
+ * times the SKU's `slowdown` factor for the model's version when the input names the version), and checks that
  * repeated runs are bitwise identical. It returns a verdict with the numbers; it must never change the
  * registry, and never throw for a model that merely fails its bench (the workflow decides what follows).
  */
@@ -28,6 +29,9 @@ export function createInferenceActivities(deps: InferenceDeps) {
 
   async function benchModel(input: BenchInput): Promise<BenchResult> {
     const { sku, goldenInputs: n, repeats } = input;
+    const slowdown =
+      input.version === undefined ? 1 : (sku.slowdown.find((s) => s.version === input.version)?.factor ?? 1);
+    const scale = sku.speedFactor * slowdown;
     const settings: RunnerSettings = {
       intraOpThreads: sku.intraOpThreads,
       graphOptimization: sku.graphOptimization,
@@ -78,7 +82,7 @@ export function createInferenceActivities(deps: InferenceDeps) {
       for (let r = 0; r < repeats; r++) {
         for (const row of rows) {
           const { elapsedMs } = await runner.run(input.digest, row, 1, settings);
-          samples.push(elapsedMs * sku.speedFactor);
+          samples.push(elapsedMs * scale);
         }
         beat({ phase: 'latency', repeat: r });
       }
@@ -87,7 +91,8 @@ export function createInferenceActivities(deps: InferenceDeps) {
       if (result.p95Ms > sku.latencyBudgetMs) {
         failures.push(
           `latency: p95 ${fmt(result.p95Ms)} ms exceeds the budget of ${fmt(sku.latencyBudgetMs)} ms on ${sku.name} ` +
-            `(speed factor ${sku.speedFactor}, p99 ${fmt(result.p99Ms)} ms, ${samples.length} runs)`,
+            `(speed factor ${sku.speedFactor}${slowdown !== 1 ? `, slowdown x${slowdown} of version ${input.version}` : ''}, ` +
+            `p99 ${fmt(result.p99Ms)} ms, ${samples.length} runs)`,
         );
       }
     } else {

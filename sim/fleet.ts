@@ -107,6 +107,30 @@ export function assignmentRanks(key: Buffer, salt: string, pseudonyms: readonly 
 }
 
 /**
+ * Per vehicle, `draws` (1-8) independent uniforms in [0, 1) keyed by `salt`: the first `draws` 32-bit
+ * words of HMAC(HMAC(key, salt), pseudonym), each divided by 2^32. Row-major [pseudonyms.length, draws].
+ * The same key, salt and pseudonym always give the same draws, whatever else is in the list.
+ */
+export function keyedUniforms(
+  key: Buffer,
+  salt: string,
+  pseudonyms: readonly string[],
+  draws: number,
+): Float64Array {
+  if (!(Number.isInteger(draws) && draws >= 1 && draws <= 8)) {
+    throw fail(ErrorType.InvalidInput, `keyed draws per vehicle must be 1 to 8 (got ${draws})`);
+  }
+  const mac = new FastHmac(saltKey(key, salt));
+  const out = new Float64Array(pseudonyms.length * draws);
+  const words = new Uint32Array(8);
+  for (let i = 0; i < pseudonyms.length; i++) {
+    mac.words32(pseudonyms[i]!, words);
+    for (let d = 0; d < draws; d++) out[i * draws + d] = words[d]! / 4294967296;
+  }
+  return out;
+}
+
+/**
  * Positions of `pseudonyms` ordered by rank under `salt` (ties, which are rare, by pseudonym). The order
  * depends only on the set of pseudonyms, never on the order they are given in.
  */
@@ -277,6 +301,17 @@ class FastHmac {
     s.set(this.outer);
     compress(s, w);
     return s;
+  }
+
+  /** The 8 big-endian 32-bit words of HMAC(key, msg), written into `out`. */
+  words32(msg: string, out: Uint32Array): void {
+    const s = this.words(msg);
+    if (s) {
+      for (let i = 0; i < 8; i++) out[i] = s[i]! >>> 0;
+      return;
+    }
+    const d = createHmac('sha256', this.key).update(msg, 'utf8').digest();
+    for (let i = 0; i < 8; i++) out[i] = d.readUInt32BE(4 * i);
   }
 
   /** The first 4 bytes of HMAC(key, msg) as a big-endian uint32. */

@@ -4,6 +4,11 @@
  * the new model into the inactive slot and makes it the active one, and a revert switches back only the
  * vehicles whose active slot still holds that job's model.
  *
+ * `installOutcomes` is the simulated install itself: which of a wave's targets install, fail or are
+ * deferred, drawn per vehicle from keyed streams (never Math.random), so a retried delivery decides the
+ * same. deliverWave (activities/fleet.ts) hands only the vehicles that install to `createJob`: a failed or
+ * deferred vehicle keeps its slots, runs what it ran, and is not touched by a revert.
+ *
  * Its methods take no lock: callers run them inside `exclusive` or `transaction` on the same connection
  * (see activities/db.ts), and this module must never call either itself, which would wait forever. It
  * must never store, log or return a raw vehicle id, only pseudonyms.
@@ -12,6 +17,50 @@ import type { DuckDBConnection } from '@duckdb/node-api';
 import { columns, exec, num, rows } from '../activities/db';
 import type { OtaChannel, OtaJob } from '../activities/deps';
 import { ErrorType, fail } from '../errors';
+import type { CohortSpec } from '../policies/schema';
+import { keyedUniforms } from './fleet';
+
+/** What happened to one targeted vehicle in a simulated install. */
+export const INSTALL = { installed: 0, deferred: 1, failed: 2 } as const;
+export type InstallOutcome = (typeof INSTALL)[keyof typeof INSTALL];
+
+/** The install model of one cohort: its availability shares and its SKU's failure rate. */
+export interface InstallModel {
+  availability: CohortSpec['availability'];
+  installFailureRate: number;
+}
+
+/** True when every target installs (all shares 1, no failures): nothing to draw. */
+export function installsAlways(model: InstallModel): boolean {
+  const { online, parked, batteryOk } = model.availability;
+  return online >= 1 && parked >= 1 && batteryOk >= 1 && model.installFailureRate <= 0;
+}
+
+/**
+ * The outcome of installing on each of `targets` in wave `wave` of `rolloutId`, from four keyed uniforms
+ * per vehicle (salt `${rolloutId}:install:w${wave}`): first the preconditions, each drawn on its own
+ * (online, parked, battery ok with the cohort's shares; a vehicle failing any is deferred: not installed,
+ * not failed, tried again in the next wave that targets it), then the SKU's installFailureRate (failed:
+ * the vehicle keeps its current slot). Deterministic in (key, rollout, wave, pseudonym).
+ */
+export function installOutcomes(
+  key: Buffer,
+  rolloutId: string,
+  wave: number,
+  targets: readonly string[],
+  model: InstallModel,
+): Uint8Array {
+  const out = new Uint8Array(targets.length);
+  if (installsAlways(model)) return out;
+  const { online, parked, batteryOk } = model.availability;
+  const u = keyedUniforms(key, `${rolloutId}:install:w${wave}`, targets, 4);
+  for (let i = 0; i < targets.length; i++) {
+    const o = 4 * i;
+    if (!(u[o]! < online && u[o + 1]! < parked && u[o + 2]! < batteryOk)) out[i] = INSTALL.deferred;
+    else if (u[o + 3]! < model.installFailureRate) out[i] = INSTALL.failed;
+  }
+  return out;
+}
 
 /** The digest of a vehicle's active slot, as SQL. */
 const ACTIVE_DIGEST = `CASE active WHEN 'a' THEN slot_a ELSE slot_b END`;
