@@ -12,4 +12,9 @@ export const PATCHES = {
    * of holding when the data cannot decide.
    */
   decisionEngine: 'decision-engine-2',
+  /**
+   * A SKU that fails the bench rejects only its own cohorts, and a wave whose installs fail in a cohort
+   * beyond `delivery.maxFailureShare` is reverted in that cohort only; the others go on.
+   */
+  cohortScopedFailures: 'cohort-scoped-failures',
 } as const;

@@ -126,6 +126,8 @@ export class Rollout {
   seq: SequentialState = { minP: {} };
   /** Which decision engine this rollout uses: 1 for histories recorded before engine 2 existed. */
   engine: 1 | 2 = 1;
+  /** Bench and delivery failures scoped to the cohorts they concern (false in older histories). */
+  scopedFailures = false;
   readonly startMs = Date.now();
   private lastCollectedSimMs: number;
   readonly scope = new CancellationScope();
@@ -340,6 +342,7 @@ export class Rollout {
 
   async run(): Promise<void> {
     this.engine = patched(PATCHES.decisionEngine) ? 2 : 1;
+    this.scopedFailures = patched(PATCHES.cohortScopedFailures);
     await this.register();
     await this.bench();
     await this.shadow();
@@ -444,19 +447,38 @@ export class Rollout {
         reason: `${r.sku}: p95 ${r.p95Ms.toFixed(3)} ms vs budget ${r.budgetMs} ms, deterministic ${r.deterministic}, contract ${r.contractOk ? 'ok' : 'broken'}${r.reason ? `: ${r.reason}` : ''}`,
       });
     }
-    if (failed.length > 0) {
-      for (const c of this.cohorts.values()) c.state = 'rejected';
-      throw new RolloutEnded(
-        'rejected',
-        'bench',
-        `bench failed on ${failed.map((f) => `${f.sku} (${f.reason ?? 'failed'})`).join(', ')}`,
+    if (failed.length === 0) return;
+    if (this.scopedFailures && failed.length < results.length) {
+      // Only the cohorts on a failing SKU are left out; the others go on.
+      const rejected = [...this.cohorts.keys()].filter((c) =>
+        failed.some((f) => f.sku === this.cohortSku.get(c)),
       );
+      for (const cohort of rejected) {
+        const sku = this.cohortSku.get(cohort)!;
+        const why = failed.find((f) => f.sku === sku)?.reason ?? 'failed';
+        this.setState(cohort, 'rejected', `bench failed on ${sku}: ${why}`);
+        this.record({
+          phase: 'bench',
+          cohort,
+          action: 'rejected',
+          reason: `the candidate failed the bench on ${sku} (${why}); ${cohort} runs on ${sku} and is left out of the rollout, the other cohorts go on`,
+        });
+      }
+      await this.compensate(rejected);
+      return;
     }
+    for (const c of this.cohorts.values()) c.state = 'rejected';
+    throw new RolloutEnded(
+      'rejected',
+      'bench',
+      `bench failed on ${failed.map((f) => `${f.sku} (${f.reason ?? 'failed'})`).join(', ')}`,
+    );
   }
 
   async shadow(): Promise<void> {
     this.phase = 'shadow';
-    const cohorts = [...this.cohorts.keys()];
+    // Cohorts a failed bench left out stay out (with engine 1 every cohort is still pending here).
+    const cohorts = [...this.cohorts.values()].filter((c) => c.state === 'pending').map((c) => c.cohort);
     for (const c of cohorts) this.setState(c, 'shadow');
     await sleep(parseDuration(this.policy.shadow.duration)!);
     const to = this.simNow();
@@ -524,8 +546,10 @@ export class Rollout {
         phase: 'canary',
         wave: this.wave,
         action: 'deliver',
-        reason: `wave ${this.wave} (${w.percent}%) delivered as OTA job ${delivered.jobId}: ${cohorts.map((c) => `${c} ${delivered.vehicles[c] ?? 0}`).join(', ')} vehicles`,
+        reason: `wave ${this.wave} (${w.percent}%) delivered as OTA job ${delivered.jobId}: ${cohorts.map((c) => `${c} ${delivered.vehicles[c] ?? 0}`).join(', ')} vehicles${installSummary(delivered.installs, cohorts)}`,
       });
+      if (this.scopedFailures) await this.abortFailedInstalls(delivered.installs ?? {}, cohorts);
+      if (this.active().length === 0) break;
 
       const interval = Math.max(1, Math.floor(parseDuration(w.hold)! / w.looks));
       let extra = 0;
@@ -546,6 +570,31 @@ export class Rollout {
         }
         break;
       }
+    }
+  }
+
+  /**
+   * A wave whose installs failed on more than `delivery.maxFailureShare` of a cohort's targeted vehicles
+   * is aborted and reverted in that cohort; the other cohorts go on. Deferred vehicles (a precondition
+   * did not hold) are not failures.
+   */
+  async abortFailedInstalls(
+    installs: Record<string, { targeted: number; failed: number; deferred: number }>,
+    cohorts: string[],
+  ): Promise<void> {
+    const max = this.policy.delivery.maxFailureShare;
+    for (const cohort of cohorts) {
+      const i = installs[cohort];
+      if (!i || i.targeted === 0) continue;
+      const share = i.failed / i.targeted;
+      if (share <= max) continue;
+      const sku = this.cohortSku.get(cohort) ?? '?';
+      await this.rollbackCohort(
+        cohort,
+        'rolled_back',
+        `wave ${this.wave} aborted in ${cohort}: ${i.failed} of ${i.targeted} installs failed on ${sku} ` +
+          `(${(share * 100).toFixed(1)}%, above delivery.maxFailureShare ${(max * 100).toFixed(1)}%); reverted, the other cohorts go on`,
+      );
     }
   }
 
@@ -920,6 +969,19 @@ export async function rolloutWorkflow(input: RolloutRequestInput): Promise<Rollo
   r.finished = true;
   await condition(allHandlersFinished);
   return result;
+}
+
+/** ", installs failed/deferred: ..." when any install failed or was deferred; "" otherwise. */
+function installSummary(
+  installs: Record<string, { targeted: number; failed: number; deferred: number }> | undefined,
+  cohorts: string[],
+): string {
+  if (!installs) return '';
+  const parts = cohorts
+    .map((c) => [c, installs[c]] as const)
+    .filter(([, i]) => i && (i.failed > 0 || i.deferred > 0))
+    .map(([c, i]) => `${c} ${i!.failed} failed and ${i!.deferred} deferred of ${i!.targeted}`);
+  return parts.length > 0 ? `; installs: ${parts.join(', ')}` : '';
 }
 
 function summarize(r: Rollout): string {

@@ -19,6 +19,7 @@ import {
   loadPolicy,
   makeWorld,
   maybeSaveHistory,
+  otaOps,
   rolloutRequest,
   runningDigest,
   startRollout,
@@ -65,9 +66,15 @@ function undecidable(): PolicyInput {
   return policy;
 }
 
-async function run(world: World, id: string, pack: string, policy: PolicyInput): Promise<RolloutResult> {
+async function run(
+  world: World,
+  id: string,
+  pack: string,
+  policy: PolicyInput,
+  fleet?: string,
+): Promise<RolloutResult> {
   return withWorker(env, bundle, world, async (tq) => {
-    const handle = await startRollout(env, tq, rolloutRequest(id, pack, policy));
+    const handle = await startRollout(env, tq, rolloutRequest(id, pack, policy, fleet));
     return handle.result();
   });
 }
@@ -199,6 +206,29 @@ describe('decision engine in rolloutWorkflow (time-skipping)', () => {
         {},
         'no vehicle keeps the candidate',
       );
+    } finally {
+      await world.close();
+    }
+  });
+
+  test('a SKU that fails the bench leaves only its own cohorts out; the others roll out', async () => {
+    const fleet = 'test/fixtures/fleet-slow-hw4.yaml';
+    const world = await makeWorld(fleet);
+    try {
+      const result = await run(world, `halfslow-${process.pid}`, 'models/candidate-good', week(), fleet);
+      assert.equal(result.outcome, 'completed', result.reason);
+      const byCohort = Object.fromEntries(result.cohorts.map((c) => [c.cohort, c]));
+      assert.equal(
+        byCohort['hw4/us']!.state,
+        'rejected',
+        JSON.stringify(reportOf(result).decisions.filter((d) => d.phase === 'bench')),
+      );
+      assert.match(byCohort['hw4/us']!.headline!, /bench failed on hw4/);
+      for (const c of ['hw3/eu', 'hw3/nordic']) assert.equal(byCohort[c]!.state, 'promoted', c);
+      const ops = await otaOps(world);
+      assert.ok(ops.length > 0 && ops.every((o) => o.cohort !== 'hw4/us'), 'nothing delivered to hw4/us');
+      const report = reportOf(result);
+      assert.ok(report.decisions.some((d) => d.action === 'rejected' && d.cohort === 'hw4/us'));
     } finally {
       await world.close();
     }
