@@ -204,6 +204,12 @@ def main() -> int:
     blind_miss = miss_rate(wp, blind_b, *eval_night[:2])
     prod_miss = miss_rate(wp, bp, *eval_night[:2])
 
+    # Production's weights and graph under another version: an A/A candidate (scenarios/aa.yaml). The doc
+    # string makes its bytes, and so its digest, differ from production's; what it computes does not.
+    same = onnx_model(wp, bp)
+    same.doc_string = "A/A copy of production"
+    write_pack("candidate-same", "1.5.0", same)
+
     # A different input contract: production's weights behind an input named "x" with six features.
     _, w6, b6 = models["production"]
     write_pack("candidate-badcontract", "1.3.0", onnx_model(w6[:6], b6, input_name="x"))
