@@ -98,43 +98,42 @@ export class SimulatedOta implements OtaChannel {
     return JSON.parse(String(job.result));
   }
 
-  /** Appends the targets with the slot each had active, switches their slots, logs one op per cohort. */
+  /**
+   * Appends the targets, reads the slot each had active from `vehicles` in SQL (no read of the cohorts
+   * into JavaScript), switches their slots, logs one op per cohort.
+   */
   async createJob(job: OtaJob): Promise<void> {
     const { conn } = this;
-    const prevActive = new Map<string, string[]>();
-    for (const [cohort, vehicles] of job.targets) {
-      if (vehicles.length === 0) continue;
-      const slots = await cohortSlots(conn, job.fleet, cohort);
-      const activeOf = new Map(slots.vehicles.map((v, i) => [v, slots.active[i]!]));
-      prevActive.set(
-        cohort,
-        vehicles.map((v) => {
-          const active = activeOf.get(v);
-          if (!active) {
-            throw fail(
-              ErrorType.InvalidInput,
-              `OTA job ${job.jobId} targets a vehicle that is not in cohort ${cohort} of fleet ${job.fleet}`,
-            );
-          }
-          return active;
-        }),
-      );
-    }
+    let total = 0;
     const appender = await conn.createAppender('ota_targets');
     try {
       for (const [cohort, vehicles] of job.targets) {
-        const prev = prevActive.get(cohort) ?? [];
-        for (let i = 0; i < vehicles.length; i++) {
+        for (const vehicle of vehicles) {
           appender.appendVarchar(job.jobId);
-          appender.appendVarchar(vehicles[i]!);
+          appender.appendVarchar(vehicle);
           appender.appendVarchar(cohort);
           appender.appendBoolean(false);
-          appender.appendVarchar(prev[i]!);
+          appender.appendVarchar('a'); // set from the vehicle's active slot below
           appender.endRow();
         }
+        total += vehicles.length;
       }
     } finally {
       appender.closeSync();
+    }
+    const matched = await exec(
+      conn,
+      `UPDATE ota_targets SET prev_active = v.active
+       FROM vehicles v
+       WHERE ota_targets.job_id = ? AND v.fleet = ? AND v.vehicle = ota_targets.vehicle
+         AND v.cohort = ota_targets.cohort`,
+      [job.jobId, job.fleet],
+    );
+    if (matched !== total) {
+      throw fail(
+        ErrorType.InvalidInput,
+        `OTA job ${job.jobId} targets ${total - matched} vehicle(s) that are not in their cohort of fleet ${job.fleet}`,
+      );
     }
     // The new model goes into the inactive slot, which then becomes the active one.
     await exec(
@@ -212,33 +211,33 @@ export async function countVehicles(conn: DuckDBConnection, fleet: string): Prom
   return num(row?.n);
 }
 
-interface CohortSlots {
-  vehicles: string[];
-  /** Digest of each vehicle's active slot. */
-  digests: string[];
-  /** Each vehicle's active slot, 'a' or 'b'. */
-  active: string[];
-}
-
-/** The cohort's vehicles with their active slot and its digest. Takes no lock. */
-async function cohortSlots(conn: DuckDBConnection, fleet: string, cohort: string): Promise<CohortSlots> {
+/** The cohort's vehicles and the digest of each one's active slot. Takes no lock. */
+async function cohortSlots(
+  conn: DuckDBConnection,
+  fleet: string,
+  cohort: string,
+): Promise<{ vehicles: string[]; digests: string[] }> {
   const where = `FROM vehicles WHERE fleet = ? AND cohort = ?`;
   const [distinct = []] = await columns(conn, `SELECT DISTINCT ${ACTIVE_DIGEST} ${where} ORDER BY 1`, [
     fleet,
     cohort,
   ]);
   const known = distinct as string[];
-  if (known.length === 0) return { vehicles: [], digests: [], active: [] };
+  if (known.length === 0) return { vehicles: [], digests: [] };
+  if (known.length === 1) {
+    // One model in the whole cohort (the usual case before a rollout): no per-vehicle code to read.
+    const [vehicles = []] = await columns(conn, `SELECT vehicle ${where}`, [fleet, cohort]);
+    return { vehicles: vehicles as string[], digests: new Array<string>(vehicles.length).fill(known[0]!) };
+  }
   // Digests travel as small codes: a cohort runs a handful of models, and a digest is 64 characters.
   const codes = known.map((_, i) => `WHEN ? THEN ${i}`).join(' ');
-  const [vehicles = [], slotB = [], code = []] = await columns(
+  const [vehicles = [], code = []] = await columns(
     conn,
-    `SELECT vehicle, active = 'b', CASE ${ACTIVE_DIGEST} ${codes} END ${where}`,
+    `SELECT vehicle, (CASE ${ACTIVE_DIGEST} ${codes} END)::UTINYINT ${where}`,
     [...known, fleet, cohort],
   );
   return {
     vehicles: vehicles as string[],
     digests: (code as number[]).map((c) => known[c]!),
-    active: (slotB as boolean[]).map((b) => (b ? 'b' : 'a')),
   };
 }
