@@ -18,14 +18,14 @@
  */
 import { createHmac } from 'node:crypto';
 import type { DuckDBConnection } from '@duckdb/node-api';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { bootstrapProduction, createRegistryActivities } from '../activities/registry';
 import { createFleetActivities, initSimFleet } from '../activities/fleet';
 import { createAnalysisActivities } from '../activities/analysis';
 import { createLabelActivities } from '../activities/labels';
-import { rows, transaction } from '../activities/db';
+import { openFleetDatabase, rows, transaction } from '../activities/db';
 import { canaryLook, recordBatchStats } from '../activities/analysis';
 import { openServices } from '../workers/worker';
 import { loadFleetManifest, pseudonym, waveTargets } from '../sim/fleet';
@@ -206,6 +206,8 @@ async function main(): Promise<void> {
     });
     // 4. Looks over a large event log: the first over everything, a later one over new rows only.
     results.push(...(await lookScaling(conn)));
+    // 5. A 1,000,000-vehicle fleet: creating it, then targeting waves.
+    results.push(...(await fleetScale()));
   } finally {
     await services.close();
     rmSync(dataDir, { recursive: true, force: true });
@@ -483,6 +485,119 @@ async function lookScaling(conn: DuckDBConnection): Promise<Result[]> {
       speedup: (ingested.ms - ingested.statsMs) / ingested.ms,
     },
   ];
+}
+
+/**
+ * A fleet of FLEETGATE_BENCH_VEHICLES (default 1,000,000) simulated vehicles in 4 cohorts, in a fresh
+ * fleet database: `initSimFleet` (pseudonyms and the `vehicles` rows) against a plain INSERT of as many
+ * rows of the same shape into the same table (its primary-key index is most of the cost of either), then
+ * `deliverWave` of 1% and of 25% (inventory, keyed ranking, install draws, the OTA job) against sorting
+ * as many random keys in JavaScript. Prints the peak growth of the resident set over the section.
+ */
+async function fleetScale(): Promise<Result[]> {
+  const VEHICLES = Number(process.env.FLEETGATE_BENCH_VEHICLES ?? 1_000_000);
+  const COHORTS = 4;
+  const dir = mkdtempSync(join(tmpdir(), 'fleetgate-bench-fleet-'));
+  const rss0 = process.memoryUsage().rss;
+  let peak = rss0;
+  const sampler = setInterval(() => (peak = Math.max(peak, process.memoryUsage().rss)), 10);
+  const key = Buffer.alloc(32, 0x5a);
+  const cohorts = Array.from({ length: COHORTS }, (_, i) => `c${i}/bench`);
+  writeFileSync(
+    join(dir, 'fleet.yaml'),
+    [
+      'apiVersion: fleetgate/v1',
+      'kind: Fleet',
+      'name: bigfleet',
+      'skus: [{ name: hw3, speedFactor: 10, latencyBudgetMs: 10, installFailureRate: 0.02 }]',
+      'cohorts:',
+      ...cohorts.map(
+        (c) =>
+          `  - { name: ${c}, sku: hw3, region: eu, vehicles: ${Math.ceil(VEHICLES / COHORTS)}, nightShare: 0.2, availability: { online: 0.9 } }`,
+      ),
+      'labels: { rate: 0.1, delay: 1h }',
+    ].join('\n'),
+  );
+  const total = Math.ceil(VEHICLES / COHORTS) * COHORTS;
+  const digest = 'd'.repeat(64);
+  const out: Result[] = [];
+  try {
+    const plainDb = await openFleetDatabase(join(dir, 'plain.duckdb'));
+    const plain = await timed(() =>
+      transaction(plainDb.connection, () =>
+        plainDb.connection.run(
+          `INSERT INTO vehicles SELECT 'bigfleet', 'c' || (i % ${COHORTS}) || '/bench', 'hw3',
+                  substr(sha256(i::VARCHAR), 1, 20), '${digest}', NULL, 'a' FROM range(${total}) t(i)`,
+        ),
+      ),
+    );
+    await plainDb.close();
+    const db = await openFleetDatabase(join(dir, 'fleet.duckdb'));
+    try {
+      const conn = db.connection;
+      const init = await timed(() =>
+        initSimFleet(
+          { conn, key, root: dir },
+          'fleet.yaml',
+          Object.fromEntries(cohorts.map((c) => [c, digest])),
+        ),
+      );
+      const rng = makeRng('bench-sort');
+      const sort = await best(3, async () => {
+        const keys = new Float64Array(total);
+        for (let i = 0; i < total; i++) keys[i] = rng();
+        return keys.sort();
+      });
+      const unusedRunner = {
+        run: () => Promise.reject(new Error('no inference here')),
+        contract: () => Promise.reject(new Error('no inference here')),
+        modelBytes: () => Promise.reject(new Error('no inference here')),
+        close: async () => undefined,
+      };
+      const fleet = createFleetActivities({
+        conn,
+        ota: new SimulatedOta(conn),
+        runner: unusedRunner,
+        key,
+        root: dir,
+      });
+      const ref = { rolloutId: 'bench-fleet', manifest: 'fleet.yaml', cohorts, digest: 'e'.repeat(64) };
+      const wave1 = await timed(() => fleet.deliverWave({ ...ref, wave: 1, percent: 1 }));
+      const wave2 = await timed(() => fleet.deliverWave({ ...ref, wave: 2, percent: 25 }));
+      const fmt = (n: number) => (n >= 1e6 ? `${n / 1e6}M` : `${n / 1e3}k`);
+      out.push(
+        {
+          name: `fleet init (${fmt(total)} vehicles)`,
+          subject: 'initSimFleet',
+          baseline: 'plain INSERT, same rows',
+          subjectMs: init.ms,
+          baselineMs: plain.ms,
+          speedup: plain.ms / init.ms,
+        },
+        ...[wave1, wave2].map((w, i) => ({
+          name: `wave ${i === 0 ? '1%' : '25%'} (${fmt(total)} vehicles)`,
+          subject: 'deliverWave',
+          baseline: `sort ${fmt(total)} keys in JS`,
+          subjectMs: w.ms,
+          baselineMs: sort.ms,
+          speedup: sort.ms / w.ms,
+        })),
+      );
+      clearInterval(sampler);
+      console.log(
+        `fleet scale (${fmt(total)} vehicles, ${COHORTS} cohorts): init ${(init.ms / 1000).toFixed(1)} s ` +
+          `(plain INSERT ${(plain.ms / 1000).toFixed(1)} s), wave 1% ${(wave1.ms / 1000).toFixed(1)} s, ` +
+          `wave 25% ${(wave2.ms / 1000).toFixed(1)} s (sort ${sort.ms.toFixed(0)} ms); ` +
+          `peak RSS growth ${((peak - rss0) / 2 ** 20).toFixed(0)} MB`,
+      );
+    } finally {
+      await db.close();
+    }
+  } finally {
+    clearInterval(sampler);
+    rmSync(dir, { recursive: true, force: true });
+  }
+  return out;
 }
 
 main().catch((err) => {
