@@ -384,9 +384,11 @@ export class Rollout {
       throw new RolloutEnded('rejected', 'register', `candidate pack refused: ${causeMessage(err)}`);
     }
     this.candidate = candidate;
+    this.versions[candidate.digest] = candidate.version;
     for (const cohort of wanted) {
       const prod = production.byCohort[cohort]!;
       this.production.set(cohort, prod.digest);
+      this.versions[prod.digest] = prod.version;
       const problems = compareContracts(prod.contract, candidate.contract);
       if (problems.length > 0) {
         throw new RolloutEnded(
@@ -422,6 +424,8 @@ export class Rollout {
   }
 
   private skus = new Map<string, Sku>();
+  /** Version of every model digest in play: the simulated fleet slows some versions down on some SKUs. */
+  private readonly versions: Record<string, string> = {};
   private cohortSku = new Map<string, string>();
 
   async bench(): Promise<void> {
@@ -432,6 +436,7 @@ export class Rollout {
         benchActs.benchModel({
           rolloutId: this.req.rolloutId,
           digest: this.candidate!.digest,
+          version: this.candidate!.version,
           sku: this.skus.get(name)!,
           goldenInputs: this.policy.bench.goldenInputs,
           repeats: this.policy.bench.repeats,
@@ -489,6 +494,8 @@ export class Rollout {
       share: this.policy.shadow.share,
       fromMs: this.startMs,
       toMs: to,
+      startMs: this.startMs,
+      versions: this.versions,
     });
     this.lastCollectedSimMs = to;
     const stats = await acts.analyze({ rolloutId: this.req.rolloutId, phase: 'shadow', cohorts, asOfMs: to });
@@ -610,6 +617,8 @@ export class Rollout {
         candidateDigest: this.candidate!.digest,
         fromMs: this.lastCollectedSimMs,
         toMs: now,
+        startMs: this.startMs,
+        versions: this.versions,
       });
       this.lastCollectedSimMs = now;
     }

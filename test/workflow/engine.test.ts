@@ -234,6 +234,33 @@ describe('decision engine in rolloutWorkflow (time-skipping)', () => {
     }
   });
 
+  test("installs failing on one SKU abort and revert that cohort's wave; the other cohorts go on", async () => {
+    const fleet = 'test/fixtures/fleet-flaky-hw4.yaml';
+    const world = await makeWorld(fleet);
+    try {
+      const result = await run(world, `flaky-${process.pid}`, 'models/candidate-good', week(), fleet);
+      assert.equal(result.outcome, 'completed', result.reason);
+      const byCohort = Object.fromEntries(result.cohorts.map((c) => [c.cohort, c]));
+      assert.equal(byCohort['hw4/us']!.state, 'rolled_back');
+      assert.equal(byCohort['hw4/us']!.wave, 1, 'stopped at its first wave');
+      for (const c of ['hw3/eu', 'hw3/nordic']) assert.equal(byCohort[c]!.state, 'promoted', c);
+      const report = reportOf(result);
+      const deliver = report.decisions.find((d) => d.action === 'deliver')!;
+      assert.match(deliver.reason, /installs: hw4\/us \d+ failed and \d+ deferred of \d+/);
+      const abort = report.decisions.find((d) => d.action === 'rollback' && d.cohort === 'hw4/us')!;
+      assert.match(
+        abort.reason,
+        /wave 1 aborted in hw4\/us: \d+ of \d+ installs failed on hw4 .* above delivery\.maxFailureShare 10\.0%/,
+      );
+      const running = await runningDigest(world, report.candidate.digest);
+      assert.equal(running['hw4/us'] ?? 0, 0, 'no hw4/us vehicle keeps the candidate');
+      const reverts = (await otaOps(world)).filter((o) => o.op === 'revert');
+      assert.ok(reverts.length > 0 && reverts.every((o) => o.cohort === 'hw4/us'));
+    } finally {
+      await world.close();
+    }
+  });
+
   test('a group-sequential design decides the looks: the night regression crosses its O-F boundary', async () => {
     const world = await makeWorld();
     try {
