@@ -41,6 +41,8 @@ import type * as DevServerModule from '../workers/dev-server';
 import type * as RegistryModule from '../activities/registry';
 import type * as FleetActivitiesModule from '../activities/fleet';
 import type * as SimFleetModule from '../sim/fleet';
+import type * as SimulateModule from './simulate';
+import type * as ScenarioModule from '../policies/scenario';
 
 export const DEFAULT_FLEET = 'sim/fleets/demo.yaml';
 export const DEFAULT_PRODUCTION = 'models/production';
@@ -78,6 +80,7 @@ Usage: fleetgate <command> [options]      (fleetgate <command> --help for detail
   server                      run a local Temporal dev server with the data directory's history
   fleet init                  register production and create the simulated fleet (idempotent)
   stats                       boundaries, sample sizes, rate ratios and simulations (no server needed)
+  simulate                    dry run of a rollout against a scenario on the time-skipping test server
 
 Environment: TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TEMPORAL_API_KEY, TEMPORAL_TLS, FLEETGATE_DATA_DIR,
 FLEETGATE_TASK_QUEUE, FLEETGATE_PSEUDONYM_KEY, FLEETGATE_DEBUG (see docs/operations.md).
@@ -150,6 +153,21 @@ Registers the production model pack for every cohort of the fleet and creates th
 the data directory. Safe to run again. Needs the data directory to itself (stop the worker first).
   --fleet MANIFEST       fleet manifest (default ${DEFAULT_FLEET})
   --production PACKDIR   production model pack (default ${DEFAULT_PRODUCTION})`,
+  simulate: `Usage: fleetgate simulate --scenario FILE [--policy FILE] [--seed N] [--seeds N] [--json]
+       fleetgate simulate --schema
+
+The dry run before a real rollout: runs the real rolloutWorkflow with the real activities against the
+scenario's simulated fleet on the time-skipping test server (weeks take seconds), in a temporary data
+directory, and prints per cohort the decision, the ground truth of an offline evaluation and when it
+was decided. Wave gates are approved at once; escalations are left unanswered (held). See
+docs/scenarios.md.
+  --scenario FILE   scenario, YAML or JSON (paths inside it are relative to it)
+  --policy FILE     rollout policy instead of the scenario's
+  --seed N          the fleet's seed instead of the scenario's
+  --seeds N         run N seeds (seed, seed+1, ...) and summarise: share of runs with any rollback
+  --json            print JSON: {"cohorts":[{"cohort","decision","truth","decidedAt",...}], ...}
+  --schema          print the scenario's JSON Schema (scenarios/scenario.schema.json) and exit
+Exit code 0 when the run(s) completed, 1 otherwise, 2 on an invalid scenario or policy.`,
 };
 
 // ---- the rollout request ------------------------------------------------------------------------
@@ -781,6 +799,54 @@ export function displayPath(p: string): string {
   return r && !r.startsWith('..') ? r : p;
 }
 
+async function simulateCommand(args: string[]): Promise<number> {
+  const p = parse('simulate', args, {
+    scenario: { type: 'string' },
+    policy: { type: 'string' },
+    seed: { type: 'string' },
+    seeds: { type: 'string' },
+    json: { type: 'boolean' },
+    schema: { type: 'boolean' },
+  });
+  if (p.help) return help('simulate');
+  const { scenarioJsonSchema } = require('../policies/scenario') as typeof ScenarioModule;
+  if (p.values.schema) {
+    process.stdout.write(JSON.stringify(scenarioJsonSchema(), null, 2) + '\n');
+    return 0;
+  }
+  const scenario = required('simulate', p.values, 'scenario');
+  const whole = (name: string, min: number): number | undefined => {
+    const v = str(p.values, name);
+    if (v === undefined) return undefined;
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < min)
+      throw new UsageError(`--${name} must be a whole number ≥ ${min} (got "${v}")`);
+    return n;
+  };
+  const seed = whole('seed', 0);
+  const seeds = whole('seeds', 1);
+  const sim = require('./simulate') as typeof SimulateModule;
+  const progress = (line: string) => console.error(`fleetgate: ${line}`);
+  try {
+    if (seeds !== undefined && seeds > 1) {
+      const m = await sim.simulateSeeds(scenario, {
+        policyFile: str(p.values, 'policy'),
+        seed,
+        seeds,
+        progress,
+      });
+      console.log(p.values.json ? JSON.stringify(m, null, 2) : sim.renderMulti(m));
+      return m.runs.every((r) => r.outcome === 'completed') ? 0 : 1;
+    }
+    const r = await sim.simulate(scenario, { policyFile: str(p.values, 'policy'), seed });
+    console.log(p.values.json ? JSON.stringify(r, null, 2) : sim.renderRun(r));
+    return r.outcome === 'completed' ? 0 : 1;
+  } catch (err) {
+    if (err instanceof sim.ScenarioError) throw new CliError(err.message, 2);
+    throw err;
+  }
+}
+
 async function demoCommand(args: string[]): Promise<number> {
   const p = parse('demo', args, {});
   if (p.help) return help('demo');
@@ -804,6 +870,7 @@ const COMMANDS: Record<string, (args: string[]) => Promise<number>> = {
   server: serverCommand,
   fleet: fleetCommand,
   stats: statsCommand,
+  simulate: simulateCommand,
 };
 
 /** Runs one command; returns the process exit code. Never throws. */

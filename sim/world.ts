@@ -1,0 +1,65 @@
+/**
+ * A simulated world in one data directory: the composition root's services (object store, DuckDB, model
+ * runner, pseudonym key, the simulated over-the-air channel), production registered for every cohort of
+ * a fleet, and the fleet's vehicles created. What `fleetgate simulate` and the workflow tests run
+ * rollouts against.
+ *
+ * Activity-side only (files, DuckDB, onnxruntime through workers/worker.ts); workflows never import it.
+ * It must never touch a data directory it was not given.
+ */
+import { rmSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { bootstrapProduction } from '../activities/registry';
+import { initSimFleet } from '../activities/fleet';
+import { openServices, type Services } from '../workers/worker';
+import { loadFleetManifest } from './fleet';
+
+export interface SimWorld {
+  dataDir: string;
+  services: Services;
+  cohorts: string[];
+  productionDigest: string;
+  /** Closes the services; removes the data directory when `remove` is set (default true). */
+  close(remove?: boolean): Promise<void>;
+}
+
+export interface SimWorldOptions {
+  /** The data directory (created when missing); the world owns it. */
+  dataDir: string;
+  /** Directory that the fleet manifest and pack paths are relative to (the worker's root). */
+  root: string;
+  /** Fleet manifest, relative to `root` or absolute. */
+  fleet: string;
+  /** Production model pack, relative to `root` (it must lie inside it). */
+  production: string;
+  /** Who registers production, for the registry's records. */
+  by: string;
+}
+
+/** Opens the services in `dataDir`, registers production for every cohort and creates the fleet. */
+export async function openSimWorld(opts: SimWorldOptions): Promise<SimWorld> {
+  const services = await openServices(opts.dataDir, opts.root, { kind: 'simulated' });
+  try {
+    const manifest = loadFleetManifest(resolve(opts.root, opts.fleet));
+    const cohorts = manifest.cohorts.map((c) => c.name);
+    const prod = await bootstrapProduction(services, opts.production, cohorts, opts.by);
+    await initSimFleet(
+      { conn: services.db.connection, key: services.key, root: opts.root },
+      opts.fleet,
+      Object.fromEntries(cohorts.map((c) => [c, prod.digest])),
+    );
+    return {
+      dataDir: opts.dataDir,
+      services,
+      cohorts,
+      productionDigest: prod.digest,
+      async close(remove = true) {
+        await services.close();
+        if (remove) rmSync(opts.dataDir, { recursive: true, force: true });
+      },
+    };
+  } catch (err) {
+    await services.close();
+    throw err;
+  }
+}
