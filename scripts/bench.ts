@@ -26,7 +26,7 @@ import { createFleetActivities, initSimFleet } from '../activities/fleet';
 import { createAnalysisActivities } from '../activities/analysis';
 import { createLabelActivities } from '../activities/labels';
 import { openFleetDatabase, rows, transaction } from '../activities/db';
-import { canaryLook, recordBatchStats } from '../activities/analysis';
+import { canaryFull, canaryLook, recordBatchStats } from '../activities/analysis';
 import { openServices } from '../workers/worker';
 import { loadFleetManifest, pseudonym, waveTargets } from '../sim/fleet';
 import { FEATURES, generateFrames, makeRng } from '../sim/frames';
@@ -457,7 +457,10 @@ async function lookScaling(conn: DuckDBConnection): Promise<Result[]> {
     ),
   );
   await insert(BIG, BIG + NEW);
-  const later = await timed(() => canaryLook(conn, rollout, (BIG + NEW) * 10 + 5000));
+  const laterAsOf = (BIG + NEW) * 10 + 5000;
+  const later = await timed(() => canaryLook(conn, rollout, laterAsOf));
+  // What the later look would cost without the stored looks: the same statistics from every event.
+  const full = await timed(() => canaryFull(conn, rollout, laterAsOf));
   const fmt = (n: number) => (n >= 1e6 ? `${n / 1e6}M` : `${n / 1e3}k`);
   return [
     {
@@ -475,6 +478,14 @@ async function lookScaling(conn: DuckDBConnection): Promise<Result[]> {
       subjectMs: later.ms,
       baselineMs: first.ms,
       speedup: first.ms / later.ms,
+    },
+    {
+      name: `later look (+${fmt(NEW)} new events)`,
+      subject: 'canaryLook (new)',
+      baseline: `full query, ${fmt(BIG + NEW)} events`,
+      subjectMs: later.ms,
+      baselineMs: full.ms,
+      speedup: full.ms / later.ms,
     },
     {
       name: `ingestion (${fmt(BIG)} events, ${ingested.batches} batches)`,
