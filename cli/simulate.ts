@@ -61,7 +61,16 @@ export interface CohortOutcome {
   decidedAt: string;
   /** Simulated hours from the start of the rollout to `decidedAt`. */
   decidedAfterHours: number;
-  /** ok; missed: promoted while regressed; false-alarm: rolled back while not regressed; n/a otherwise. */
+  /**
+   * What settled the cohort: the statistical analysis, the bench, the shadow gate, the delivery (installs
+   * failed), a reviewer, or (other) the end of the rollout.
+   */
+  cause: 'analysis' | 'bench' | 'shadow' | 'delivery' | 'reviewer' | 'other';
+  /**
+   * The decision against the truth. ok: promoted and not regressed, or stopped and regressed; missed:
+   * promoted while regressed; false-alarm: rolled back by the analysis while not regressed; n/a: stopped
+   * for another reason (held, a failed delivery, ...) while not regressed.
+   */
   check: 'ok' | 'missed' | 'false-alarm' | 'n/a';
   /** The workflow's one line about the cohort. */
   headline?: string;
@@ -204,7 +213,10 @@ export async function startTestServer(): Promise<TestWorkflowEnvironment> {
   }
   try {
     // Errors only: the test server does not advertise every capability, and the SDK warns about it.
-    Runtime.install({ logger: new DefaultLogger('ERROR') });
+    Runtime.install({
+      logger: new DefaultLogger('ERROR'),
+      telemetryOptions: { logging: { filter: { core: 'ERROR', other: 'ERROR' }, forward: {} } },
+    });
   } catch {
     quietRuntime(); // a runtime exists already in this process
   }
@@ -346,6 +358,7 @@ export async function simulateOnce(
       const entry = settlingEntry(report.decisions, c.cohort, skuOf.get(c.cohort)!);
       const at = entry ? (entry.dataAsOf ? Date.parse(entry.dataAsOf) : toSim(entry.at)) : endMs;
       const t = truthOf.get(c.cohort) ?? 'neutral';
+      const by = causeOf(entry);
       return {
         cohort: c.cohort,
         sku: skuOf.get(c.cohort)!,
@@ -353,7 +366,8 @@ export async function simulateOnce(
         truth: t,
         decidedAt: new Date(at).toISOString(),
         decidedAfterHours: round((at - startMs) / 3_600_000, 2),
-        check: check(c.state, t),
+        cause: by,
+        check: check(c.state, t, by),
         headline: c.headline,
       };
     });
@@ -438,10 +452,23 @@ function escape(s: string): string {
   return s.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&');
 }
 
-function check(decision: CohortState, truth: TruthLabel): CohortOutcome['check'] {
+function causeOf(e: DecisionLogEntry | undefined): CohortOutcome['cause'] {
+  if (!e) return 'other';
+  if (e.phase === 'bench') return 'bench';
+  if (e.phase === 'shadow') return 'shadow';
+  if (/installs failed/.test(e.reason)) return 'delivery';
+  if (e.by || /escalation rejected/.test(e.reason)) return 'reviewer';
+  return e.metrics && e.metrics.length > 0 ? 'analysis' : 'other';
+}
+
+function check(
+  decision: CohortState,
+  truth: TruthLabel,
+  cause: CohortOutcome['cause'],
+): CohortOutcome['check'] {
   if (decision === 'promoted') return truth === 'regressed' ? 'missed' : 'ok';
-  if (decision === 'rolled_back') return truth === 'regressed' ? 'ok' : 'false-alarm';
-  return truth === 'regressed' ? 'ok' : 'n/a';
+  if (truth === 'regressed') return 'ok';
+  return decision === 'rolled_back' && cause === 'analysis' ? 'false-alarm' : 'n/a';
 }
 
 function round(x: number, digits: number): number {
@@ -558,11 +585,11 @@ export function renderRun(r: SimulationReport): string {
     `scenario ${r.scenario} (seed ${r.seed}, policy ${r.policy}): ${r.outcome} after ${formatHours(r.simulatedHours)} simulated, ${(r.wallMs / 1000).toFixed(1)} s wall`,
     `  ${r.reason}`,
     '',
-    'cohort            sku     decision      truth       decided after   check',
+    'cohort            sku     decision      truth       decided after   by          check',
   ];
   for (const c of r.cohorts) {
     lines.push(
-      `${c.cohort.padEnd(18)}${c.sku.padEnd(8)}${c.decision.padEnd(14)}${c.truth.padEnd(12)}${formatHours(c.decidedAfterHours).padEnd(16)}${c.check}`,
+      `${c.cohort.padEnd(18)}${c.sku.padEnd(8)}${c.decision.padEnd(14)}${c.truth.padEnd(12)}${formatHours(c.decidedAfterHours).padEnd(16)}${c.cause.padEnd(12)}${c.check}`,
     );
   }
   lines.push('', 'ground truth (offline evaluation):');
