@@ -101,6 +101,7 @@ describe('scenario schema', () => {
     assert.equal(loaded.policyFile, join(DIR, 'policy-14d.yaml'));
     const raw = YAML.parse(readFileSync(join(DIR, 'better.yaml'), 'utf8'));
     raw.policy = join(DIR, 'policy-14d.yaml');
+    raw.production = join(ROOT, 'models', 'production');
     raw.candidate = 'models/candidate-good';
     const dir = mkdtempSync(join(tmpdir(), 'fleetgate-scenario-'));
     const file = join(dir, 'mine.json');
