@@ -142,6 +142,9 @@ describe('fleetgate simulate (time-skipping)', () => {
       Array.from({ length: 50 }, (_, i) => i + 1),
     );
     for (const r of m.runs) assert.equal(r.outcome, 'completed', `seed ${r.seed}: ${r.reason}`);
+    // The scenario's own seed: no cohort rolled back.
+    assert.equal(m.runs[0]!.seed, 1);
+    assert.ok(!m.runs[0]!.cohorts.some((c) => c.decision === 'rolled_back'), JSON.stringify(m.runs[0]));
     // The test is live: the runs reach the canary analysis (nothing stops them before it).
     for (const r of m.runs) {
       for (const c of r.cohorts)
