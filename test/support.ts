@@ -3,7 +3,7 @@
  * production pointers are seeded, a simulated fleet, and helpers to read the fleet's delivery log.
  * Everything is real: onnxruntime, DuckDB, the object store; only the directory is temporary.
  */
-import { mkdtempSync, readFileSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import YAML from 'yaml';
@@ -11,10 +11,8 @@ import type { WorkflowHandle } from '@temporalio/client';
 import type { TestWorkflowEnvironment } from '@temporalio/testing';
 import { Worker, type WorkflowBundle } from '@temporalio/worker';
 import { historyToJSON } from '@temporalio/common/lib/proto-utils';
-import { bootstrapProduction } from '../activities/registry';
-import { initSimFleet } from '../activities/fleet';
-import { loadFleetManifest } from '../sim/fleet';
-import { createActivities, openServices, type Services } from '../workers/worker';
+import { openSimWorld } from '../sim/world';
+import { createActivities, type Services } from '../workers/worker';
 import { WORKFLOW_TYPE } from '../workflows/definitions';
 import type { PolicyInput, RolloutRequestInput } from '../policies/schema';
 
@@ -31,25 +29,7 @@ export interface World {
 /** A data directory with production registered for every cohort of `fleet` and the fleet initialised. */
 export async function makeWorld(fleet = 'test/fixtures/fleet.yaml'): Promise<World> {
   const dataDir = mkdtempSync(join(tmpdir(), 'fleetgate-test-'));
-  const services = await openServices(dataDir, ROOT);
-  const manifest = loadFleetManifest(join(ROOT, fleet));
-  const cohorts = manifest.cohorts.map((c) => c.name);
-  const prod = await bootstrapProduction(services, 'models/production', cohorts, 'test');
-  await initSimFleet(
-    { conn: services.db.connection, key: services.key, root: ROOT },
-    fleet,
-    Object.fromEntries(cohorts.map((c) => [c, prod.digest])),
-  );
-  return {
-    dataDir,
-    services,
-    cohorts,
-    productionDigest: prod.digest,
-    async close() {
-      await services.close();
-      rmSync(dataDir, { recursive: true, force: true });
-    },
-  };
+  return openSimWorld({ dataDir, root: ROOT, fleet, production: 'models/production', by: 'test' });
 }
 
 export function loadPolicy(file: string): PolicyInput {
