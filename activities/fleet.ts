@@ -157,14 +157,7 @@ export function createFleetActivities(deps: FleetActivityDeps) {
           const fleet = await ota.inventory(manifest.name, cohort.name);
           const n = fleet.vehicles.length;
           const size = waveSize(n, input.percent);
-          const order = await waveOrder(
-            conn,
-            key,
-            manifest.name,
-            cohort.name,
-            input.rolloutId,
-            fleet.vehicles,
-          );
+          const order = await waveOrder(conn, key, manifest.name, cohort.name, input.rolloutId, fleet.vehicles);
           const chosen = new Uint8Array(n);
           for (let r = 0; r < size; r++) chosen[order[r]!] = 1;
           const fresh: string[] = [];
@@ -734,17 +727,13 @@ async function waveOrder(
     if (bytes.byteLength === 4 * vehicles.length) return new Uint32Array(bytes.slice().buffer);
   }
   const order = rankOrder(vehicles, key, salt);
-  await exec(
-    conn,
-    `INSERT OR REPLACE INTO wave_orders (salt, fleet, cohort, inventory, positions) VALUES (?, ?, ?, ?, ?)`,
-    [
-      salt,
-      fleet,
-      cohort,
-      inventory,
-      blobValue(new Uint8Array(order.buffer, order.byteOffset, order.byteLength)),
-    ],
-  );
+  await exec(conn, `INSERT OR REPLACE INTO wave_orders (salt, fleet, cohort, inventory, positions) VALUES (?, ?, ?, ?, ?)`, [
+    salt,
+    fleet,
+    cohort,
+    inventory,
+    blobValue(new Uint8Array(order.buffer, order.byteOffset, order.byteLength)),
+  ]);
   return order;
 }
 

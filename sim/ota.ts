@@ -99,33 +99,36 @@ export class SimulatedOta implements OtaChannel {
   }
 
   /**
-   * Writes the targets with the slot each had active, read from `vehicles` in SQL (no read of the
-   * cohorts into JavaScript), switches their slots, logs one op per cohort.
+   * Appends the targets, reads the slot each had active from `vehicles` in SQL (no read of the cohorts
+   * into JavaScript), switches their slots, logs one op per cohort.
    */
   async createJob(job: OtaJob): Promise<void> {
     const { conn } = this;
-    // One INSERT per cohort, its targets passed as one comma-separated string (pseudonyms are hex; a
-    // value-by-value append costs microseconds per row), each with the slot it has active now.
     let total = 0;
-    let matched = 0;
-    for (const [cohort, vehicles] of job.targets) {
-      if (vehicles.length === 0) continue;
-      if (vehicles.some((v) => v.includes(','))) {
-        throw fail(
-          ErrorType.InvalidInput,
-          `OTA job ${job.jobId} targets a vehicle id that is not a pseudonym`,
-        );
+    const appender = await conn.createAppender('ota_targets');
+    try {
+      for (const [cohort, vehicles] of job.targets) {
+        for (const vehicle of vehicles) {
+          appender.appendVarchar(job.jobId);
+          appender.appendVarchar(vehicle);
+          appender.appendVarchar(cohort);
+          appender.appendBoolean(false);
+          appender.appendVarchar('a'); // set from the vehicle's active slot below
+          appender.endRow();
+        }
+        total += vehicles.length;
       }
-      matched += await exec(
-        conn,
-        `INSERT INTO ota_targets (job_id, vehicle, cohort, reverted, prev_active)
-         SELECT $job, t.v, $cohort, false, v.active
-         FROM (SELECT unnest(string_split($vehicles, ',')) AS v) t
-         JOIN vehicles v ON v.fleet = $fleet AND v.cohort = $cohort AND v.vehicle = t.v`,
-        { job: job.jobId, cohort, fleet: job.fleet, vehicles: vehicles.join(',') },
-      );
-      total += vehicles.length;
+    } finally {
+      appender.closeSync();
     }
+    const matched = await exec(
+      conn,
+      `UPDATE ota_targets SET prev_active = v.active
+       FROM vehicles v
+       WHERE ota_targets.job_id = ? AND v.fleet = ? AND v.vehicle = ota_targets.vehicle
+         AND v.cohort = ota_targets.cohort`,
+      [job.jobId, job.fleet],
+    );
     if (matched !== total) {
       throw fail(
         ErrorType.InvalidInput,
@@ -228,10 +231,7 @@ async function cohortSlots(
   if (known.length === 0) return { vehicles: [], digests: [] };
   if (known.length <= MAX_PACKED_DIGESTS) {
     const codes = known.map((_, i) => `WHEN ? THEN ${i}`).join(' ');
-    const packed =
-      known.length === 1
-        ? `''`
-        : `string_agg(chr(48 + CASE ${ACTIVE_DIGEST} ${codes} END), '' ORDER BY rowid)`;
+    const packed = known.length === 1 ? `''` : `string_agg(chr(48 + CASE ${ACTIVE_DIGEST} ${codes} END), '' ORDER BY rowid)`;
     const [row] = await rows(
       conn,
       `SELECT count(*) AS n, string_agg(vehicle, ',' ORDER BY rowid) AS vehicles, ${packed} AS codes ${where}`,
