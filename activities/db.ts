@@ -22,15 +22,6 @@ export interface FleetDatabase {
 /**
  * The schema. Additive columns beyond the design sketch: ota_jobs.fleet and ota_jobs.result (the
  * recorded answer an idempotent retry returns), ota_targets.prev_active (the slot a revert goes back to).
- *
- * vehicles and ota_targets have no primary key: its index was most of the cost of creating a large fleet
- * and of a large wave, and nothing looks up a single vehicle. Their keys hold by construction instead:
- * `initSimFleet` writes a fleet's vehicles once (only when the fleet has none), each from a distinct raw
- * id, and an OTA job's targets are written once, in the transaction that records the job (`ota_jobs`
- * keeps its key), from a list without repeats. A database created with those keys keeps them (not
- * migrated: they cost time, never correctness). wave_orders caches, per rollout salt and cohort, the
- * keyed rank order of the cohort's inventory (see `deliverWave`); rows of another inventory are ignored.
- *
  * look_stats holds, per canary look, the sufficient statistics of what is new since the previous look
  * (events in [previous, asOf), labels arrived in (previous, asOf]); `looks` records which looks exist.
  * batch_stats holds, per event batch, the event side of those statistics per (cohort, arm) and the
@@ -53,7 +44,8 @@ CREATE TABLE IF NOT EXISTS vehicles (
   vehicle VARCHAR NOT NULL,
   slot_a VARCHAR,
   slot_b VARCHAR,
-  active VARCHAR NOT NULL CHECK (active IN ('a', 'b'))
+  active VARCHAR NOT NULL CHECK (active IN ('a', 'b')),
+  PRIMARY KEY (fleet, vehicle)
 );
 CREATE TABLE IF NOT EXISTS ota_jobs (
   job_id VARCHAR PRIMARY KEY,
@@ -70,15 +62,8 @@ CREATE TABLE IF NOT EXISTS ota_targets (
   vehicle VARCHAR NOT NULL,
   cohort VARCHAR NOT NULL,
   reverted BOOLEAN NOT NULL DEFAULT false,
-  prev_active VARCHAR NOT NULL CHECK (prev_active IN ('a', 'b'))
-);
-CREATE TABLE IF NOT EXISTS wave_orders (
-  salt VARCHAR NOT NULL,
-  fleet VARCHAR NOT NULL,
-  cohort VARCHAR NOT NULL,
-  inventory VARCHAR NOT NULL,
-  positions BLOB NOT NULL,
-  PRIMARY KEY (salt, fleet, cohort)
+  prev_active VARCHAR NOT NULL CHECK (prev_active IN ('a', 'b')),
+  PRIMARY KEY (job_id, vehicle)
 );
 CREATE SEQUENCE IF NOT EXISTS ota_ops_seq START 1;
 CREATE TABLE IF NOT EXISTS ota_ops (

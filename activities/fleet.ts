@@ -15,7 +15,6 @@
  * under each cohort's conditions (night, rain, sensor noise), changed by `drift` from its time after the
  * rollout's start on; a SKU's `slowdown` multiplies the latency of the model versions it names.
  */
-import { blobValue } from '@duckdb/node-api';
 import type { DuckDBAppender, DuckDBConnection } from '@duckdb/node-api';
 import { createHash } from 'node:crypto';
 import { resolve } from 'node:path';
@@ -24,7 +23,7 @@ import { parseDuration } from '../policies/duration';
 import type { CohortSpec, FleetManifest, Sku } from '../policies/schema';
 import { CRITICAL_CLASS, FEATURES, gaussian, generateFramesWith, makeRng, poisson } from '../sim/frames';
 import type { FrameConditions, Frames } from '../sim/frames';
-import { loadFleetManifest, rankOrder, shadowTargets, simVehicles, waveSalt, waveSize } from '../sim/fleet';
+import { loadFleetManifest, shadowTargets, simVehicles, waveTargets } from '../sim/fleet';
 import { countVehicles, INSTALL, installOutcomes, installsAlways } from '../sim/ota';
 import { recordBatchStats } from './analysis';
 import type {
@@ -84,28 +83,26 @@ export async function initSimFleet(
   return transaction(conn, async () => {
     const existing = await countVehicles(conn, manifest.name);
     if (existing > 0) return { fleet: manifest.name, vehicles: existing, created: false };
-    // One INSERT per cohort, its pseudonyms passed as one comma-separated string (a pseudonym is hex):
-    // a value-by-value append costs microseconds per row. The next cohort's pseudonyms are computed
-    // while the database writes this one's.
+    const appender = await conn.createAppender('vehicles');
     let total = 0;
-    let writing: Promise<unknown> = Promise.resolve();
-    for (const { cohort, pseudonyms } of simVehicles(manifest, key)) {
-      await writing;
-      if (pseudonyms.length === 0) continue;
-      writing = conn.run(
-        `INSERT INTO vehicles (fleet, cohort, sku, vehicle, slot_a, slot_b, active)
-         SELECT $fleet, $cohort, $sku, v, $digest, NULL, 'a' FROM (SELECT unnest(string_split($vehicles, ',')) AS v)`,
-        {
-          fleet: manifest.name,
-          cohort: cohort.name,
-          sku: cohort.sku,
-          digest: productionByCohort[cohort.name]!,
-          vehicles: pseudonyms.join(','),
-        },
-      );
-      total += pseudonyms.length;
+    try {
+      for (const { cohort, pseudonyms } of simVehicles(manifest, key)) {
+        const digest = productionByCohort[cohort.name]!;
+        for (const vehicle of pseudonyms) {
+          appender.appendVarchar(manifest.name);
+          appender.appendVarchar(cohort.name);
+          appender.appendVarchar(cohort.sku);
+          appender.appendVarchar(vehicle);
+          appender.appendVarchar(digest);
+          appender.appendNull();
+          appender.appendVarchar('a');
+          appender.endRow();
+        }
+        total += pseudonyms.length;
+      }
+    } finally {
+      appender.closeSync();
     }
-    await writing;
     return { fleet: manifest.name, vehicles: total, created: true };
   });
 }
@@ -139,8 +136,7 @@ export function createFleetActivities(deps: FleetActivityDeps) {
      * whose install is deferred (a precondition did not hold) or fails (`installOutcomes`, keyed by
      * rollout, wave and pseudonym) are left out of the job and keep what they run; `installs` counts them
      * per cohort (present when the fleet models install outcomes for a delivered cohort). A retry returns
-     * the recorded result and changes nothing. The rank order of each cohort is computed by the rollout's
-     * first wave and read back by the later ones (`waveOrder`).
+     * the recorded result and changes nothing.
      */
     async deliverWave(input: DeliverInput): Promise<DeliveryResult> {
       const manifest = manifestOf(input);
@@ -155,15 +151,8 @@ export function createFleetActivities(deps: FleetActivityDeps) {
         let modelled = false;
         for (const cohort of cohorts) {
           const fleet = await ota.inventory(manifest.name, cohort.name);
-          const n = fleet.vehicles.length;
-          const size = waveSize(n, input.percent);
-          const order = await waveOrder(conn, key, manifest.name, cohort.name, input.rolloutId, fleet.vehicles);
-          const chosen = new Uint8Array(n);
-          for (let r = 0; r < size; r++) chosen[order[r]!] = 1;
-          const fresh: string[] = [];
-          for (let i = 0; i < n; i++) {
-            if (chosen[i] === 1 && fleet.digests[i] !== input.digest) fresh.push(fleet.vehicles[i]!);
-          }
+          const chosen = new Set(waveTargets(fleet.vehicles, key, input.rolloutId, input.percent));
+          const fresh = fleet.vehicles.filter((v, i) => chosen.has(v) && fleet.digests[i] !== input.digest);
           const model = {
             availability: cohort.availability,
             installFailureRate: skuOf(manifest, cohort).installFailureRate,
@@ -698,43 +687,6 @@ function groupBy(values: readonly string[]): Map<string, number[]> {
     g.push(i);
   });
   return groups;
-}
-
-/**
- * Positions in `vehicles` (a cohort's inventory) ordered by keyed rank under the rollout's wave salt
- * (`rankOrder`): read from `wave_orders` when the rollout's earlier wave stored it for this very
- * inventory (same pseudonyms in the same order: a fingerprint of the list), else computed and stored.
- * A cohort of a million vehicles costs a million HMACs to rank; a later wave reads 4 bytes per vehicle.
- * Runs inside the caller's transaction.
- */
-async function waveOrder(
-  conn: DuckDBConnection,
-  key: Buffer,
-  fleet: string,
-  cohort: string,
-  rolloutId: string,
-  vehicles: readonly string[],
-): Promise<Uint32Array> {
-  const salt = waveSalt(rolloutId);
-  const inventory = createHash('sha256').update(vehicles.join(',')).digest('hex');
-  const [stored] = await rows(
-    conn,
-    `SELECT inventory, positions FROM wave_orders WHERE salt = ? AND fleet = ? AND cohort = ?`,
-    [salt, fleet, cohort],
-  );
-  if (stored?.inventory === inventory) {
-    const bytes = stored.positions as Uint8Array;
-    if (bytes.byteLength === 4 * vehicles.length) return new Uint32Array(bytes.slice().buffer);
-  }
-  const order = rankOrder(vehicles, key, salt);
-  await exec(conn, `INSERT OR REPLACE INTO wave_orders (salt, fleet, cohort, inventory, positions) VALUES (?, ?, ?, ?, ?)`, [
-    salt,
-    fleet,
-    cohort,
-    inventory,
-    blobValue(new Uint8Array(order.buffer, order.byteOffset, order.byteLength)),
-  ]);
-  return order;
 }
 
 function cohortsOf(manifest: FleetManifest, requested: readonly string[]): CohortSpec[] {

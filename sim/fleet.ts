@@ -174,29 +174,16 @@ function firstByRank(pseudonyms: readonly string[], key: Buffer, salt: string, c
   return out;
 }
 
-/** The salt canary waves of a rollout rank vehicles with. */
-export function waveSalt(rolloutId: string): string {
-  return `${rolloutId}:canary`;
-}
-
-/** How many of a cohort's n vehicles a canary wave of `percent` (0-100] reaches. */
-export function waveSize(n: number, percent: number): number {
-  if (!(percent > 0 && percent <= 100))
-    throw fail(ErrorType.InvalidInput, `a wave percent must be in (0, 100] (got ${percent})`);
-  return targetCount(n, percent / 100);
-}
-
-/**
- * The vehicles of one cohort in a canary wave of `percent` (0-100]: sticky, monotone, exact. They are
- * the first `waveSize` of `rankOrder` under `waveSalt`, which deliverWave computes once per rollout.
- */
+/** The vehicles of one cohort in a canary wave of `percent` (0-100]: sticky, monotone, exact. */
 export function waveTargets(
   pseudonyms: readonly string[],
   key: Buffer,
   rolloutId: string,
   percent: number,
 ): string[] {
-  return firstByRank(pseudonyms, key, waveSalt(rolloutId), waveSize(pseudonyms.length, percent));
+  if (!(percent > 0 && percent <= 100))
+    throw fail(ErrorType.InvalidInput, `a wave percent must be in (0, 100] (got ${percent})`);
+  return firstByRank(pseudonyms, key, `${rolloutId}:canary`, targetCount(pseudonyms.length, percent / 100));
 }
 
 /** The vehicles of one cohort that run the candidate in shadow, for a share in [0, 1]. */

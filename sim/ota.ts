@@ -211,12 +211,7 @@ export async function countVehicles(conn: DuckDBConnection, fleet: string): Prom
   return num(row?.n);
 }
 
-/**
- * The cohort's vehicles, in the order they were written (rowid), and the digest of each one's active
- * slot. Takes no lock. The pseudonyms travel as one comma-separated string and the digests as one string
- * of one-character codes: reading a VARCHAR column value by value costs microseconds per row, a
- * quarter of a million rows about a second.
- */
+/** The cohort's vehicles and the digest of each one's active slot. Takes no lock. */
 async function cohortSlots(
   conn: DuckDBConnection,
   fleet: string,
@@ -229,30 +224,16 @@ async function cohortSlots(
   ]);
   const known = distinct as string[];
   if (known.length === 0) return { vehicles: [], digests: [] };
-  if (known.length <= MAX_PACKED_DIGESTS) {
-    const codes = known.map((_, i) => `WHEN ? THEN ${i}`).join(' ');
-    const packed = known.length === 1 ? `''` : `string_agg(chr(48 + CASE ${ACTIVE_DIGEST} ${codes} END), '' ORDER BY rowid)`;
-    const [row] = await rows(
-      conn,
-      `SELECT count(*) AS n, string_agg(vehicle, ',' ORDER BY rowid) AS vehicles, ${packed} AS codes ${where}`,
-      [...(known.length === 1 ? [] : known), fleet, cohort],
-    );
-    const n = num(row?.n);
-    const vehicles = String(row?.vehicles ?? '').split(',');
-    // A pseudonym is hex and never holds a comma; anything else takes the value-by-value read below.
-    if (vehicles.length === n) {
-      if (known.length === 1) return { vehicles, digests: new Array<string>(n).fill(known[0]!) };
-      const code = String(row?.codes);
-      const digests = new Array<string>(n);
-      for (let i = 0; i < n; i++) digests[i] = known[code.charCodeAt(i) - 48]!;
-      return { vehicles, digests };
-    }
+  if (known.length === 1) {
+    // One model in the whole cohort (the usual case before a rollout): no per-vehicle code to read.
+    const [vehicles = []] = await columns(conn, `SELECT vehicle ${where}`, [fleet, cohort]);
+    return { vehicles: vehicles as string[], digests: new Array<string>(vehicles.length).fill(known[0]!) };
   }
   // Digests travel as small codes: a cohort runs a handful of models, and a digest is 64 characters.
   const codes = known.map((_, i) => `WHEN ? THEN ${i}`).join(' ');
   const [vehicles = [], code = []] = await columns(
     conn,
-    `SELECT vehicle, (CASE ${ACTIVE_DIGEST} ${codes} END)::USMALLINT ${where} ORDER BY rowid`,
+    `SELECT vehicle, (CASE ${ACTIVE_DIGEST} ${codes} END)::UTINYINT ${where}`,
     [...known, fleet, cohort],
   );
   return {
@@ -260,6 +241,3 @@ async function cohortSlots(
     digests: (code as number[]).map((c) => known[c]!),
   };
 }
-
-/** Most distinct digests in a cohort that `cohortSlots` packs as one character each (codes '0'...). */
-const MAX_PACKED_DIGESTS = 64;
