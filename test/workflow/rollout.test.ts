@@ -103,7 +103,10 @@ describe('rolloutWorkflow (time-skipping)', () => {
         return r;
       });
       assert.equal(result.outcome, 'completed', result.reason);
-      for (const c of result.cohorts) assert.equal(c.state, 'promoted', `${c.cohort}: ${c.headline}`);
+      for (const c of result.cohorts) {
+        const n = (c.metrics ?? []).map((m) => `${m.metric} n=${m.nCandidate}/${m.nProduction}`).join(', ');
+        assert.equal(c.state, 'promoted', `${c.cohort}: ${c.headline} (${n})`);
+      }
       const report = JSON.parse(readFileSync(result.reportPath!, 'utf8'));
       const digest = report.candidate.digest as string;
       const running = await runningDigest(world, digest);
