@@ -71,9 +71,10 @@ describe('fleetgate simulate (time-skipping)', () => {
       assert.equal(c.check, 'ok');
     }
     assertTimes(r);
-    // A two-week rollout: at least 13 simulated days, in well under a minute of wall time here.
+    // A two-week rollout: at least 13 simulated days. On an idle two-core machine it takes 15-20 s of
+    // wall time; the bound leaves room for the other test files that npm test runs beside it.
     assert.ok(r.simulatedHours >= FULL_ROLLOUT_HOURS, `${r.simulatedHours} h`);
-    assert.ok(r.wallMs < 60_000, `${r.wallMs} ms`);
+    assert.ok(r.wallMs < 120_000, `${r.wallMs} ms`);
     console.log(
       `better: ${r.simulatedHours} simulated hours in ${r.wallMs} ms (process: ${Date.now() - started} ms)`,
     );
