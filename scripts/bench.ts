@@ -489,7 +489,7 @@ async function lookScaling(conn: DuckDBConnection): Promise<Result[]> {
     },
     {
       name: `ingestion (${fmt(BIG)} events, ${ingested.batches} batches)`,
-      subject: 'events + batch_stats',
+      subject: 'with batch_stats',
       baseline: 'events only',
       subjectMs: ingested.ms,
       baselineMs: ingested.ms - ingested.statsMs,
