@@ -631,21 +631,7 @@ export class Rollout {
     if (this.engine === 2) return this.carryOut(ctx, stats, now);
     const { decisions, state } = decideLook(this.policy, ctx, stats, this.seq);
     this.seq = state;
-    for (const d of decisions) {
-      const s = this.cohorts.get(d.cohort)!;
-      s.metrics = d.metrics;
-      s.headline = headline(d);
-      this.record({
-        phase: this.phase,
-        wave: this.wave,
-        look: this.look,
-        cohort: d.cohort,
-        action: d.action,
-        reason: d.reason,
-        metrics: d.metrics,
-        dataAsOf: new Date(now).toISOString(),
-      });
-    }
+    this.recordLook(decisions, now);
     for (const d of decisions) {
       if (d.action === 'rollback') await this.rollbackCohort(d.cohort, 'rolled_back', d.reason, d);
       else if (d.action === 'hold') await this.rollbackCohort(d.cohort, 'held', d.reason, d);
@@ -665,21 +651,7 @@ export class Rollout {
   ): Promise<CohortDecision[]> {
     const { decisions, fleet, state } = engineLook(this.policy, ctx, stats, this.seq, this.cohorts.size);
     this.seq = state;
-    for (const d of decisions) {
-      const s = this.cohorts.get(d.cohort)!;
-      s.metrics = d.metrics;
-      s.headline = headline(d);
-      this.record({
-        phase: this.phase,
-        wave: this.wave,
-        look: this.look,
-        cohort: d.cohort,
-        action: d.action,
-        reason: d.reason,
-        metrics: d.metrics,
-        dataAsOf: new Date(now).toISOString(),
-      });
-    }
+    this.recordLook(decisions, now);
     if (fleet.action === 'rollback' || (ctx.stage === 'final' && fleet.pooled.length > 0)) {
       this.record({
         phase: this.phase,
@@ -707,6 +679,25 @@ export class Rollout {
   }
 
   private lastApprovals: string[] = [];
+
+  /** Shows each cohort's decision in the status and logs it with the data time of the look. */
+  private recordLook(decisions: CohortDecision[], now: number): void {
+    for (const d of decisions) {
+      const s = this.cohorts.get(d.cohort)!;
+      s.metrics = d.metrics;
+      s.headline = headline(d);
+      this.record({
+        phase: this.phase,
+        wave: this.wave,
+        look: this.look,
+        cohort: d.cohort,
+        action: d.action,
+        reason: d.reason,
+        metrics: d.metrics,
+        dataAsOf: new Date(now).toISOString(),
+      });
+    }
+  }
 
   /**
    * Puts cohorts the engine could not decide to the reviewers, with the evidence. Returns the cohorts

@@ -10,6 +10,7 @@ import type { ArmStats, CohortStats } from '../../activities/contracts';
 import { engineLook, familyLevel } from '../../policies/engine';
 import type { LookContext, MetricResult, SequentialState } from '../../policies/decide';
 import { msprt } from '../../policies/stats';
+import { gaussian, makeRng } from '../../sim/frames';
 import { boundaries } from '../../policies/gsd';
 import { Policy, formatIssues, type PolicyInput } from '../../policies/schema';
 
@@ -336,25 +337,9 @@ test('group-sequential design: the boundary of each look comes from the observed
   assert.ok(seen[0]! > seen[1]! && seen[1]! > seen[3]!, `O-F boundaries fall: ${seen.join(', ')}`);
 });
 
-/** mulberry32: a small seeded generator, enough for simulation tests. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-function normal(r: () => number): number {
-  return Math.sqrt(-2 * Math.log(1 - r())) * Math.cos(2 * Math.PI * r());
-}
-
 /** A/A: both arms from the same distributions, three cohorts, two metrics, ten looks. */
 function aaFalseAlarms(policy: Policy, runs: number, seed: number): { engine: number; naive: number } {
-  const r = rng(seed);
+  const r = makeRng(seed);
   const perLook = 150;
   let engine = 0;
   let naive = 0;
@@ -377,7 +362,7 @@ function aaFalseAlarms(policy: Policy, runs: number, seed: number): { engine: nu
           for (let i = 0; i < perLook; i++) {
             s.labeled++;
             if (r() < 0.1) s.errors++;
-            const x = 50 + 10 * normal(r);
+            const x = 50 + 10 * gaussian(r);
             s.latency.n++;
             s.latency.sum += x;
             s.latency.sumSq += x * x;
