@@ -544,20 +544,28 @@ function pooledGuardrails(policy: Policy, stats: CohortStats[], level: number): 
     let sumW2v = 0;
     let nC = 0;
     let nP = 0;
+    // The crude per-arm values over the strata used, shown beside the stratified estimate.
+    let sumC = 0;
+    let sumP = 0;
     for (const s of stats) {
       const { candidate: c, production: p } = s;
       let diff: Difference | undefined;
       let n: [number, number];
+      let sums: [number, number];
       if (spec.name === 'error_rate') {
         diff = diffOfProportions({ x: c.errors, n: c.labeled }, { x: p.errors, n: p.labeled });
         n = [c.labeled, p.labeled];
+        sums = [c.errors, p.errors];
       } else {
         const empty = { n: 0, sum: 0, sumSq: 0 };
         const [mc, mp] = log ? [c.logLatency ?? empty, p.logLatency ?? empty] : [c.latency, p.latency];
         diff = diffOfMeans(mc, mp);
         n = [mc.n, mp.n];
+        sums = [mc.sum, mp.sum];
       }
       if (diff === undefined || n[0] < minN || n[1] < minN) continue;
+      sumC += sums[0];
+      sumP += sums[1];
       const w = (n[0] * n[1]) / (n[0] + n[1]);
       sumW += w;
       sumWd += w * diff.estimate;
@@ -582,8 +590,8 @@ function pooledGuardrails(policy: Policy, stats: CohortStats[], level: number): 
       metric: spec.name,
       nCandidate: nC,
       nProduction: nP,
-      candidate: 0,
-      production: 0,
+      candidate: log ? Math.exp(sumC / nC) : sumC / nC,
+      production: log ? Math.exp(sumP / nP) : sumP / nP,
       estimate: toDisplay(estimate),
       lambda: finite(r.lambda),
       boundary: r.boundary,

@@ -251,6 +251,7 @@ test('harm spread thinly over every cohort is caught by the stratified pooled es
   assert.ok(r.decisions.every((d) => d.action === 'rollback'));
   const pooled = metric(r.fleet.pooled, 'error_rate');
   assert.ok(Math.abs(pooled.estimate - 0.025) < 1e-3, `pooled Δ ${pooled.estimate}`);
+  assert.ok(Math.abs(pooled.candidate - 0.125) < 1e-9 && Math.abs(pooled.production - 0.1) < 1e-9);
 });
 
 test("unequal allocation across cohorts cannot make a neutral candidate look harmful (Simpson's paradox)", () => {
