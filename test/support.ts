@@ -8,11 +8,14 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import YAML from 'yaml';
 import type { WorkflowHandle } from '@temporalio/client';
-import type { TestWorkflowEnvironment } from '@temporalio/testing';
+import { TestWorkflowEnvironment } from '@temporalio/testing';
+import { after, before } from 'node:test';
 import { Worker, type WorkflowBundle } from '@temporalio/worker';
 import { historyToJSON } from '@temporalio/common/lib/proto-utils';
 import { openSimWorld } from '../sim/world';
-import { createActivities, type Services } from '../workers/worker';
+import { createActivities, quietRuntime, type Services } from '../workers/worker';
+import { temporalTestServer } from '../workers/tools';
+import { getWorkflowBundle } from '../workers/bundle';
 import { WORKFLOW_TYPE } from '../workflows/definitions';
 import type { PolicyInput, RolloutRequestInput } from '../policies/schema';
 
@@ -123,4 +126,23 @@ export async function withWorker<T>(
 export function startRollout(env: TestWorkflowEnvironment, taskQueue: string, req: RolloutRequestInput) {
   started.set(taskQueue, [...(started.get(taskQueue) ?? []), req.rolloutId]);
   return env.client.workflow.start(WORKFLOW_TYPE, { taskQueue, workflowId: req.rolloutId, args: [req] });
+}
+
+/**
+ * The time-skipping test server and the workflow bundle of a test file: started before its tests,
+ * torn down after them. Read `env` and `bundle` inside tests, once `before` has run.
+ */
+export function timeSkippingServer(): { env: TestWorkflowEnvironment; bundle: WorkflowBundle } {
+  const server = {} as { env: TestWorkflowEnvironment; bundle: WorkflowBundle };
+  before(async () => {
+    quietRuntime();
+    server.env = await TestWorkflowEnvironment.createTimeSkipping({
+      server: { executable: { type: 'existing-path', path: temporalTestServer() } },
+    });
+    server.bundle = await getWorkflowBundle();
+  });
+  after(async () => {
+    await server.env?.teardown();
+  });
+  return server;
 }

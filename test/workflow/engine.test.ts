@@ -4,15 +4,10 @@
  * promoted), a policy that asks for fleet-wide rollback gets it, and a group-sequential design decides
  * the looks when the policy chooses one.
  */
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { TestWorkflowEnvironment } from '@temporalio/testing';
-import type { WorkflowBundle } from '@temporalio/worker';
 import { WorkflowUpdateFailedError } from '@temporalio/client';
 import { readFileSync } from 'node:fs';
-import { temporalTestServer } from '../../workers/tools';
-import { getWorkflowBundle } from '../../workers/bundle';
-import { quietRuntime } from '../../workers/worker';
 import { approveUpdate, statusQuery, type RolloutResult } from '../../workflows/definitions';
 import type { MetricResult } from '../../policies/decide';
 import {
@@ -23,25 +18,13 @@ import {
   rolloutRequest,
   runningDigest,
   startRollout,
+  timeSkippingServer,
   withWorker,
   type World,
 } from '../support';
 import type { PolicyInput } from '../../policies/schema';
 
-let env: TestWorkflowEnvironment;
-let bundle: WorkflowBundle;
-
-before(async () => {
-  quietRuntime();
-  env = await TestWorkflowEnvironment.createTimeSkipping({
-    server: { executable: { type: 'existing-path', path: temporalTestServer() } },
-  });
-  bundle = await getWorkflowBundle();
-});
-
-after(async () => {
-  await env?.teardown();
-});
+const server = timeSkippingServer();
 
 const week = (): PolicyInput => loadPolicy('test/fixtures/policy-week.yaml');
 
@@ -73,8 +56,8 @@ async function run(
   policy: PolicyInput,
   fleet?: string,
 ): Promise<RolloutResult> {
-  return withWorker(env, bundle, world, async (tq) => {
-    const handle = await startRollout(env, tq, rolloutRequest(id, pack, policy, fleet));
+  return withWorker(server.env, server.bundle, world, async (tq) => {
+    const handle = await startRollout(server.env, tq, rolloutRequest(id, pack, policy, fleet));
     return handle.result();
   });
 }
@@ -83,9 +66,9 @@ describe('decision engine in rolloutWorkflow (time-skipping)', () => {
   test('data that cannot decide is escalated; an allowed reviewer approves with the evidence in front of them', async () => {
     const world = await makeWorld();
     try {
-      const result = await withWorker(env, bundle, world, async (tq) => {
+      const result = await withWorker(server.env, server.bundle, world, async (tq) => {
         const handle = await startRollout(
-          env,
+          server.env,
           tq,
           rolloutRequest(`escalate-${process.pid}`, 'models/candidate-good', undecidable()),
         );
@@ -96,7 +79,7 @@ describe('decision engine in rolloutWorkflow (time-skipping)', () => {
           if (s.phase === 'done') break;
           const gate = s.pendingGate;
           if (gate?.kind !== 'escalation' || gate.approvals.length > 0) {
-            await env.sleep('2h');
+            await server.env.sleep('2h');
             continue;
           }
           assert.equal(gate.evidence!.length, gate.cohorts!.length);

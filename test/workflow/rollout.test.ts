@@ -3,15 +3,10 @@
  * held for six hours, a day of label wait) and the real activities: onnxruntime on the fixture models,
  * DuckDB, the local object store and the simulated fleet's over-the-air slots.
  */
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { TestWorkflowEnvironment } from '@temporalio/testing';
-import type { WorkflowBundle } from '@temporalio/worker';
 import { WorkflowFailedError, WorkflowNotFoundError, WorkflowUpdateFailedError } from '@temporalio/client';
 import { readFileSync } from 'node:fs';
-import { temporalTestServer } from '../../workers/tools';
-import { getWorkflowBundle } from '../../workers/bundle';
-import { quietRuntime } from '../../workers/worker';
 import { abortUpdate, approveUpdate, statusQuery, type RolloutResult } from '../../workflows/definitions';
 import {
   loadPolicy,
@@ -22,32 +17,20 @@ import {
   rolloutRequest,
   runningDigest,
   startRollout,
+  timeSkippingServer,
   withWorker as withWorkerIn,
   type World,
 } from '../support';
 import type { PolicyInput, RolloutRequestInput } from '../../policies/schema';
 
-let env: TestWorkflowEnvironment;
-let bundle: WorkflowBundle;
-
-before(async () => {
-  quietRuntime();
-  env = await TestWorkflowEnvironment.createTimeSkipping({
-    server: { executable: { type: 'existing-path', path: temporalTestServer() } },
-  });
-  bundle = await getWorkflowBundle();
-});
-
-after(async () => {
-  await env?.teardown();
-});
+const server = timeSkippingServer();
 
 function withWorker<T>(world: World, fn: (taskQueue: string) => Promise<T>): Promise<T> {
-  return withWorkerIn(env, bundle, world, fn);
+  return withWorkerIn(server.env, server.bundle, world, fn);
 }
 
 function start(taskQueue: string, req: RolloutRequestInput) {
-  return startRollout(env, taskQueue, req);
+  return startRollout(server.env, taskQueue, req);
 }
 
 const week = (): PolicyInput => loadPolicy('test/fixtures/policy-week.yaml');
@@ -143,7 +126,7 @@ describe('rolloutWorkflow (time-skipping)', () => {
         for (let i = 0; i < 100; i++) {
           const s = await handle.query(statusQuery);
           if (s.pendingGate) break;
-          await env.sleep('1h');
+          await server.env.sleep('1h');
         }
         const before = await handle.query(statusQuery);
         assert.equal(before.wave, 2);
@@ -194,9 +177,9 @@ describe('rolloutWorkflow (time-skipping)', () => {
         );
         for (let i = 0; i < 100; i++) {
           if ((await handle.query(statusQuery)).pendingGate) break;
-          await env.sleep('1h');
+          await server.env.sleep('1h');
         }
-        await env.sleep('2d');
+        await server.env.sleep('2d');
         let s = await handle.query(statusQuery);
         assert.equal(s.wave, 1, 'still in wave 1 two days later');
         assert.equal(s.pendingGate?.gate, 'wave-2');
