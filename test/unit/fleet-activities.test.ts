@@ -17,7 +17,7 @@ import type { FleetDatabase } from '../../activities/db';
 import { createFleetActivities, initSimFleet } from '../../activities/fleet';
 import { createLabelActivities, ingestArrivedLabels } from '../../activities/labels';
 import { parseDuration } from '../../policies/duration';
-import { pseudonym, waveTargets } from '../../sim/fleet';
+import { pseudonym, targetCount, waveTargets } from '../../sim/fleet';
 import { SimulatedOta } from '../../sim/ota';
 import { OnnxModelRunner } from '../../workers/model-runner';
 import { loadPseudonymKey } from '../../workers/secrets';
@@ -548,5 +548,133 @@ void describe('fleet, label and analysis activities', () => {
       ]);
       assert.equal(hits, 0, `${c.table_name}.${c.column_name}`);
     }
+  });
+});
+
+/**
+ * Consecutive waves through the activities on a real DuckDB: each wave reaches exactly its share of
+ * every cohort (no install failures or deferrals in this fleet), keeps every vehicle of the wave before,
+ * and reaches the vehicles the keyed ranking names; a reverted wave is reached again by the next one.
+ */
+void describe('consecutive canary waves', () => {
+  const NAME = 'wavefleet';
+  const COHORTS = { 'c0/x': 1000, 'c1/y': 333 } as const;
+  const names = Object.keys(COHORTS) as (keyof typeof COHORTS)[];
+  const PROD = 'd'.repeat(64);
+  const CAND = 'e'.repeat(64);
+  const key = Buffer.alloc(32, 0x3c);
+  let dir: string;
+  let db: FleetDatabase;
+  let conn: DuckDBConnection;
+  let fleet: ReturnType<typeof createFleetActivities>;
+
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'fleetgate-waves-'));
+    writeFileSync(
+      join(dir, 'fleet.yaml'),
+      [
+        'apiVersion: fleetgate/v1',
+        'kind: Fleet',
+        `name: ${NAME}`,
+        'skus: [{ name: hw3, speedFactor: 10, latencyBudgetMs: 10 }]',
+        'cohorts:',
+        ...names.map(
+          (c) => `  - { name: ${c}, sku: hw3, region: eu, vehicles: ${COHORTS[c]}, nightShare: 0.1 }`,
+        ),
+        'labels: { rate: 0.1, delay: 1h }',
+      ].join('\n'),
+    );
+    db = await openFleetDatabase(join(dir, 'fleet.duckdb'));
+    conn = db.connection;
+    const unusedRunner = {
+      run: () => Promise.reject(new Error('no inference here')),
+      contract: () => Promise.reject(new Error('no inference here')),
+      modelBytes: () => Promise.reject(new Error('no inference here')),
+      close: async () => undefined,
+    };
+    fleet = createFleetActivities({
+      conn,
+      ota: new SimulatedOta(conn),
+      runner: unusedRunner,
+      key,
+      root: dir,
+    });
+    await initSimFleet(
+      { conn, key, root: dir },
+      'fleet.yaml',
+      Object.fromEntries(names.map((c) => [c, PROD])),
+    );
+  });
+
+  after(async () => {
+    await db.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  async function onCandidate(cohort: string): Promise<Set<string>> {
+    const found = await rows(
+      conn,
+      `SELECT vehicle FROM vehicles
+       WHERE cohort = ? AND (CASE active WHEN 'a' THEN slot_a ELSE slot_b END) = ?`,
+      [cohort, CAND],
+    );
+    return new Set(found.map((r) => String(r.vehicle)));
+  }
+
+  void it('grows every cohort to exactly its share, keeping the vehicles of the wave before', async () => {
+    const input = { rolloutId: 'rw', manifest: 'fleet.yaml', cohorts: [...names], digest: CAND };
+    const all = new Map<string, string[]>();
+    for (const c of names) {
+      const found = await rows(conn, `SELECT vehicle FROM vehicles WHERE cohort = ?`, [c]);
+      all.set(
+        c,
+        found.map((r) => String(r.vehicle)),
+      );
+    }
+    let previous = new Map<string, Set<string>>(names.map((c) => [c, new Set<string>()]));
+    for (const [wave, percent] of [
+      [1, 5],
+      [2, 25],
+      [3, 60],
+      [4, 100],
+    ] as const) {
+      const result = await fleet.deliverWave({ ...input, wave, percent });
+      assert.deepEqual(
+        await fleet.deliverWave({ ...input, wave, percent }),
+        result,
+        'a retry changes nothing',
+      );
+      const now = new Map<string, Set<string>>();
+      for (const c of names) {
+        const expected = targetCount(COHORTS[c], percent / 100);
+        const running = await onCandidate(c);
+        assert.equal(running.size, expected, `wave ${wave} (${percent}%) of ${c}`);
+        assert.equal(result.vehicles[c], expected);
+        for (const v of previous.get(c)!) assert.ok(running.has(v), `wave ${wave} keeps ${v} of ${c}`);
+        assert.deepEqual(running, new Set(waveTargets(all.get(c)!, key, 'rw', percent)));
+        const targeted = await one(conn, `SELECT count(*) FROM ota_targets WHERE job_id = ? AND cohort = ?`, [
+          `rw-w${wave}`,
+          c,
+        ]);
+        assert.equal(targeted, expected - previous.get(c)!.size, `wave ${wave} targets only new vehicles`);
+        now.set(c, running);
+      }
+      previous = now;
+    }
+  });
+
+  void it('reaches the vehicles of a reverted wave again in the next one', async () => {
+    const input = { rolloutId: 'rv', manifest: 'fleet.yaml', cohorts: [...names], digest: 'f'.repeat(64) };
+    await fleet.deliverWave({ ...input, wave: 1, percent: 10 });
+    await fleet.deliverWave({ ...input, wave: 2, percent: 30 });
+    const reverted = await fleet.revertWave({ ...input, wave: 2 });
+    const share = (p: number) => names.reduce((s, c) => s + targetCount(COHORTS[c], p), 0);
+    assert.deepEqual(reverted, { reverted: share(0.3) - share(0.1) });
+    const third = await fleet.deliverWave({ ...input, wave: 3, percent: 50 });
+    for (const c of names) assert.equal(third.vehicles[c], targetCount(COHORTS[c], 0.5));
+    assert.equal(
+      await one(conn, `SELECT count(*) FROM ota_targets WHERE job_id = 'rv-w3'`),
+      share(0.5) - share(0.1),
+    );
   });
 });
