@@ -9,7 +9,8 @@
  * later for the same moment gives the same numbers.
  */
 import type { DuckDBConnection } from '@duckdb/node-api';
-import type { AnalyzeInput, ArmStats, CohortStats } from './contracts';
+import { CLASSES } from '../sim/frames';
+import type { AnalyzeInput, ArmStats, CohortStats, ShadowEstimates } from './contracts';
 import { exec, exclusive, num, rows, transaction } from './db';
 import type { Row } from './db';
 import { ingestArrivedLabels } from './labels';
@@ -69,6 +70,136 @@ FROM events e
 LEFT JOIN labels l ON l.event_id = e.event_id AND l.arrived_at_ms <= ?
 WHERE e.rollout_id = ? AND e.phase = 'shadow' AND e.ts_ms < ?
 GROUP BY e.cohort`;
+
+/**
+ * Shadow estimates per cohort, weighting each uploaded event by the inverse of its upload probability
+ * (`weight`; events logged before the upload filter count 1): the estimated events, disagreements and
+ * each model's mean latency over every event the vehicles ran, not only the uploads.
+ */
+const SHADOW_WEIGHTED_SQL = `
+SELECT e.cohort,
+       sum(w) AS w_events,
+       coalesce(sum(w) FILTER (WHERE e.pred_candidate <> e.pred_production), 0) AS w_disagree,
+       coalesce(sum(w * e.lat_candidate) / nullif(sum(w) FILTER (WHERE e.lat_candidate IS NOT NULL), 0), 0)
+         AS c_lat,
+       coalesce(sum(w * e.lat_production) / nullif(sum(w) FILTER (WHERE e.lat_production IS NOT NULL), 0), 0)
+         AS p_lat
+FROM (SELECT *, coalesce(weight, 1) AS w FROM events) e
+WHERE e.rollout_id = ? AND e.phase = 'shadow' AND e.ts_ms < ?
+GROUP BY e.cohort`;
+
+/** The vehicles' upload counters per cohort, over the shadow windows that ended by the look. */
+const SHADOW_EDGE_SQL = `
+SELECT cohort, sum(vehicles) AS vehicles, sum(evaluated) AS evaluated, sum(priority) AS priority,
+       sum(disagreements) AS disagreements, sum(uploaded) AS uploaded, sum(over_budget) AS over_budget
+FROM shadow_edge
+WHERE rollout_id = ? AND to_ms <= ?
+GROUP BY cohort`;
+
+/**
+ * Per cohort and class k, over labeled shadow uploads, each weighted by lw = 1 / (upload probability x
+ * label-request probability): for each model m (c_, p_), the weighted true positives (label k and
+ * prediction k), the weighted true-class and predicted-class totals, and the squared-weight sums the
+ * linearised variance of a ratio needs (Σlw²·y, Σlw²·m, Σlw²·y·m, with y = [label = k], m = [pred = k]).
+ */
+const SHADOW_CLASS_SQL = `
+WITH lab AS (
+  SELECT e.cohort, l.label, e.pred_candidate AS pc, e.pred_production AS pp,
+         coalesce(e.weight, 1) / r.inclusion AS lw
+  FROM events e
+  JOIN labels l ON l.event_id = e.event_id AND l.arrived_at_ms <= ?
+  JOIN label_requests r ON r.event_id = e.event_id
+  WHERE e.rollout_id = ? AND e.phase = 'shadow' AND e.ts_ms < ?
+    AND e.pred_candidate IS NOT NULL AND e.pred_production IS NOT NULL AND r.inclusion > 0
+)
+SELECT cohort, k.cls,
+       count(*) FILTER (WHERE label = k.cls) AS n_true,
+       count(*) FILTER (WHERE pc = k.cls) AS c_n_pred,
+       count(*) FILTER (WHERE pp = k.cls) AS p_n_pred,
+       coalesce(sum(lw) FILTER (WHERE label = k.cls), 0) AS w_true,
+       coalesce(sum(lw * lw) FILTER (WHERE label = k.cls), 0) AS w2_true,
+       coalesce(sum(lw) FILTER (WHERE pc = k.cls), 0) AS c_w_pred,
+       coalesce(sum(lw * lw) FILTER (WHERE pc = k.cls), 0) AS c_w2_pred,
+       coalesce(sum(lw) FILTER (WHERE pc = k.cls AND label = k.cls), 0) AS c_w_tp,
+       coalesce(sum(lw * lw) FILTER (WHERE pc = k.cls AND label = k.cls), 0) AS c_w2_tp,
+       coalesce(sum(lw) FILTER (WHERE pp = k.cls), 0) AS p_w_pred,
+       coalesce(sum(lw * lw) FILTER (WHERE pp = k.cls), 0) AS p_w2_pred,
+       coalesce(sum(lw) FILTER (WHERE pp = k.cls AND label = k.cls), 0) AS p_w_tp,
+       coalesce(sum(lw * lw) FILTER (WHERE pp = k.cls AND label = k.cls), 0) AS p_w2_tp
+FROM lab CROSS JOIN (SELECT range AS cls FROM range(${CLASSES})) k
+GROUP BY cohort, k.cls
+ORDER BY cohort, k.cls`;
+
+/**
+ * A weighted ratio Σw·a / Σw·b with a = y·m (both indicators) and its linearised standard error:
+ * Var ≈ Σw²(a − R·b)² / (Σw·b)², where Σw²(a − R·b)² = (1 − 2R)·Σw²·a + R²·Σw²·b since a ⊆ b.
+ */
+function ratio(wTp: number, w2Tp: number, wDen: number, w2Den: number): { value: number; se: number } {
+  if (!(wDen > 0)) return { value: 0, se: 0 };
+  const r = wTp / wDen;
+  const v = Math.max(0, (1 - 2 * r) * w2Tp + r * r * w2Den) / (wDen * wDen);
+  return { value: r, se: Math.sqrt(v) };
+}
+
+/** The shadow's counters and weighted estimates per cohort (see `ShadowEstimates`). */
+async function shadowEstimates(
+  conn: DuckDBConnection,
+  rolloutId: string,
+  asOfMs: number,
+): Promise<Map<string, ShadowEstimates>> {
+  const [weighted, edge, classes] = await exclusive(conn, async () => [
+    await rows(conn, SHADOW_WEIGHTED_SQL, [rolloutId, asOfMs]),
+    await rows(conn, SHADOW_EDGE_SQL, [rolloutId, asOfMs]),
+    await rows(conn, SHADOW_CLASS_SQL, [asOfMs, rolloutId, asOfMs]),
+  ]);
+  const out = new Map<string, ShadowEstimates>();
+  const of = (cohort: string): ShadowEstimates => {
+    let e = out.get(cohort);
+    if (!e) {
+      e = {
+        edge: { vehicles: 0, evaluated: 0, priority: 0, disagreements: 0, uploaded: 0, overBudget: 0 },
+        estimated: { events: 0, disagreement: 0, latencyMs: { candidate: 0, production: 0 } },
+        classes: [],
+      };
+      out.set(cohort, e);
+    }
+    return e;
+  };
+  for (const r of weighted) {
+    const events = num(r.w_events);
+    of(String(r.cohort)).estimated = {
+      events,
+      disagreement: events > 0 ? num(r.w_disagree) / events : 0,
+      latencyMs: { candidate: num(r.c_lat), production: num(r.p_lat) },
+    };
+  }
+  for (const r of edge) {
+    of(String(r.cohort)).edge = {
+      vehicles: num(r.vehicles),
+      evaluated: num(r.evaluated),
+      priority: num(r.priority),
+      disagreements: num(r.disagreements),
+      uploaded: num(r.uploaded),
+      overBudget: num(r.over_budget),
+    };
+  }
+  for (const r of classes) {
+    const recall = (p: string) =>
+      ratio(num(r[`${p}w_tp`]), num(r[`${p}w2_tp`]), num(r.w_true), num(r.w2_true));
+    const precision = (p: string) =>
+      ratio(num(r[`${p}w_tp`]), num(r[`${p}w2_tp`]), num(r[`${p}w_pred`]), num(r[`${p}w2_pred`]));
+    const [rc, rp, pc, pp] = [recall('c_'), recall('p_'), precision('c_'), precision('p_')];
+    of(String(r.cohort)).classes.push({
+      cls: num(r.cls),
+      labeled: num(r.n_true),
+      predicted: { candidate: num(r.c_n_pred), production: num(r.p_n_pred) },
+      // The standard error of a difference, ignoring the pairing's positive covariance: conservative.
+      recall: { candidate: rc.value, production: rp.value, se: Math.hypot(rc.se, rp.se) },
+      precision: { candidate: pc.value, production: pp.value, se: Math.hypot(pc.se, pp.se) },
+    });
+  }
+  return out;
+}
 
 /** The statistics a canary look stores and sums, in look_stats column order after cohort and arm. */
 const LOOK_COLUMNS = [
@@ -287,6 +418,13 @@ export function createAnalysisActivities({ conn }: { conn: DuckDBConnection }) {
           production: emptyArm(),
           ...(input.phase === 'shadow' ? { paired: { events: 0, disagreements: 0 } } : {}),
         });
+      }
+      if (input.phase === 'shadow') {
+        const estimates = await shadowEstimates(conn, input.rolloutId, input.asOfMs);
+        for (const [cohort, e] of estimates) {
+          const stats = byCohort.get(cohort);
+          if (stats) stats.shadow = e;
+        }
       }
       for (const row of found) {
         const stats = byCohort.get(String(row.cohort));

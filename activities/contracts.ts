@@ -104,6 +104,18 @@ export interface ShadowInput extends FleetInput {
    * models), to apply the SKUs' `slowdown` entries. A digest not listed runs without slowdown.
    */
   versions?: Record<string, string>;
+  /** Label requests within the policy's daily budget; absent in histories from before it existed. */
+  labeling?: LabelingInput;
+  /**
+   * The vehicles' upload filter (sim/edge.ts). When absent every event is uploaded with weight 1 and no
+   * upload counters are kept (the behaviour before the filter).
+   */
+  edge?: {
+    sample: number;
+    lowConfidence: number;
+    /** Most uploads per vehicle per simulated day; absent for no cap. */
+    perVehiclePerDay?: number;
+  };
 }
 
 export interface DeliverInput extends FleetInput {
@@ -143,6 +155,8 @@ export interface TelemetryInput extends FleetInput {
   startMs?: number;
   /** As in ShadowInput: the version of each digest, for the SKUs' slowdowns. */
   versions?: Record<string, string>;
+  /** Label requests within the policy's daily budget; absent in histories from before it existed. */
+  labeling?: LabelingInput;
 }
 export interface BatchResult {
   batchId: string;
@@ -154,11 +168,35 @@ export interface BatchResult {
 export interface LabelInput {
   rolloutId: string;
   asOfMs: number;
+  /**
+   * labelCoverage: a request younger than this at `asOfMs` (requested_at_ms > asOfMs - maturityMs)
+   * counts only once its label has arrived. Absent: 0, every request counts.
+   */
+  maturityMs?: number;
+  /** labelCoverage: cohorts to report even when they have no requests (with coverage 0). */
+  cohorts?: string[];
 }
-export interface LabelCoverage {
+/** Label coverage of one cohort, or of the whole rollout. */
+export interface CoverageCount {
+  /** Requests counted: the mature ones, and the younger ones whose label has arrived. */
   requested: number;
   labeled: number;
+  /** labeled / requested; 0 when nothing is counted (no requests is no evidence). */
   coverage: number;
+  /** Younger requests whose label has not arrived yet: not counted. Absent in old histories. */
+  young?: number;
+}
+export interface LabelCoverage extends CoverageCount {
+  /** Per cohort. Absent in results recorded before it existed. */
+  cohorts?: Record<string, CoverageCount>;
+}
+/**
+ * The labeling settings a shadow or canary batch needs (the policy's `labelWait.dailyBudget`). Absent:
+ * no budget.
+ */
+export interface LabelingInput {
+  /** Most label requests of the rollout per simulated UTC day. */
+  dailyBudget?: number;
 }
 
 /** Count, sum and sum of squares of one quantity. */
@@ -193,6 +231,42 @@ export interface CohortStats {
   production: ArmStats;
   /** Shadow only: events where both models ran, and how many of them they disagreed on. */
   paired?: { events: number; disagreements: number };
+  /** Shadow only, for batches written with the upload filter: counters and weighted estimates. */
+  shadow?: ShadowEstimates;
+}
+
+/** What the shadow phase knows of a cohort: the vehicles' counters and estimates from the uploads. */
+export interface ShadowEstimates {
+  /** Sums of the vehicles' counters (sim/edge.ts `EdgeCounters`) over the shadow's windows. */
+  edge: {
+    /** Vehicle-windows: vehicles with events, summed over windows. */
+    vehicles: number;
+    evaluated: number;
+    priority: number;
+    disagreements: number;
+    uploaded: number;
+    /** Vehicle-windows in which a vehicle hit its upload budget. */
+    overBudget: number;
+  };
+  /** Weighted (inverse upload probability) estimates over every event the vehicles ran. */
+  estimated: {
+    events: number;
+    disagreement: number;
+    /** Weighted mean latency in ms per model; 0 without samples. */
+    latencyMs: { candidate: number; production: number };
+  };
+  /** Per class, over labeled uploads, weighted by 1 / (upload probability x label-request probability). */
+  classes: ClassStats[];
+}
+
+export interface ClassStats {
+  cls: number;
+  /** Labeled events whose true class is `cls` (recall's support). */
+  labeled: number;
+  /** Labeled events each model predicted as `cls` (precision's support). */
+  predicted: { candidate: number; production: number };
+  recall: { candidate: number; production: number; se: number };
+  precision: { candidate: number; production: number; se: number };
 }
 export interface AnalyzeInput {
   rolloutId: string;

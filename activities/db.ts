@@ -20,7 +20,9 @@ export interface FleetDatabase {
 }
 
 /**
- * The schema. Additive columns beyond the design sketch: ota_jobs.fleet and ota_jobs.result (the
+ * The schema. `vehicles` has no primary key: its index cost more than a million inserts themselves, and
+ * the only writer (initSimFleet) inserts a fleet once and checks that its pseudonyms are unique; a
+ * database created with the key keeps it. Additive columns beyond the design sketch: ota_jobs.fleet and ota_jobs.result (the
  * recorded answer an idempotent retry returns), ota_targets.prev_active (the slot a revert goes back to).
  * look_stats holds, per canary look, the sufficient statistics of what is new since the previous look
  * (events in [previous, asOf), labels arrived in (previous, asOf]); `looks` records which looks exist.
@@ -35,6 +37,14 @@ export interface FleetDatabase {
  * labels.phase, cohort, arm, ts_ms are copied from the label's event when it is ingested, and
  * err_candidate / err_production say whether that model's prediction differs from the label (NULL where
  * it did not run), so a look aggregates labels without joining events.
+ *
+ * The labeler (activities/labels.ts): sim_truth holds each event's true class, for scoring the
+ * simulation, and when the labeler would return it; sim_label_noise the labeler's answer for the events
+ * it gets wrong (`labels.noise` of the fleet manifest), so `labels.label` is the labeler's answer and
+ * never the truth by construction. label_requests.reason is the tier the event was requested in
+ * ('priority' only in rows written before the tiers existed) and `inclusion` the probability that the
+ * event got a request given that it was logged: 1 for a priority tier that fitted the daily budget whole,
+ * `labels.rate` for 'sample', times the share kept of a tier the budget cut.
  */
 export const SCHEMA = `
 CREATE TABLE IF NOT EXISTS vehicles (
@@ -44,8 +54,7 @@ CREATE TABLE IF NOT EXISTS vehicles (
   vehicle VARCHAR NOT NULL,
   slot_a VARCHAR,
   slot_b VARCHAR,
-  active VARCHAR NOT NULL CHECK (active IN ('a', 'b')),
-  PRIMARY KEY (fleet, vehicle)
+  active VARCHAR NOT NULL CHECK (active IN ('a', 'b'))
 );
 CREATE TABLE IF NOT EXISTS ota_jobs (
   job_id VARCHAR PRIMARY KEY,
@@ -97,18 +106,37 @@ CREATE TABLE IF NOT EXISTS events (
   lat_production DOUBLE,
   safety_candidate BOOLEAN,
   safety_production BOOLEAN,
-  exposure_h DOUBLE
+  exposure_h DOUBLE,
+  weight DOUBLE
+);
+CREATE TABLE IF NOT EXISTS shadow_edge (
+  batch_id VARCHAR NOT NULL,
+  rollout_id VARCHAR NOT NULL,
+  cohort VARCHAR NOT NULL,
+  to_ms BIGINT NOT NULL,
+  vehicles BIGINT NOT NULL,
+  evaluated BIGINT NOT NULL,
+  priority BIGINT NOT NULL,
+  disagreements BIGINT NOT NULL,
+  uploaded BIGINT NOT NULL,
+  over_budget BIGINT NOT NULL,
+  PRIMARY KEY (batch_id, cohort)
 );
 CREATE TABLE IF NOT EXISTS sim_truth (
   event_id VARCHAR PRIMARY KEY,
   label UTINYINT NOT NULL,
   available_at_ms BIGINT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS sim_label_noise (
+  event_id VARCHAR PRIMARY KEY,
+  label UTINYINT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS label_requests (
   event_id VARCHAR PRIMARY KEY,
   rollout_id VARCHAR NOT NULL,
   requested_at_ms BIGINT NOT NULL,
-  reason VARCHAR NOT NULL CHECK (reason IN ('priority', 'sample'))
+  reason VARCHAR NOT NULL CHECK (reason IN ('disagreement', 'rare', 'low_confidence', 'sample', 'priority')),
+  inclusion DOUBLE NOT NULL CHECK (inclusion > 0 AND inclusion <= 1)
 );
 CREATE TABLE IF NOT EXISTS labels (
   event_id VARCHAR PRIMARY KEY,
@@ -178,6 +206,7 @@ const MIGRATE = `
 ALTER TABLE events ADD COLUMN IF NOT EXISTS safety_candidate BOOLEAN;
 ALTER TABLE events ADD COLUMN IF NOT EXISTS safety_production BOOLEAN;
 ALTER TABLE events ADD COLUMN IF NOT EXISTS exposure_h DOUBLE;
+ALTER TABLE events ADD COLUMN IF NOT EXISTS weight DOUBLE;
 ALTER TABLE labels ADD COLUMN IF NOT EXISTS phase VARCHAR;
 ALTER TABLE labels ADD COLUMN IF NOT EXISTS cohort VARCHAR;
 ALTER TABLE labels ADD COLUMN IF NOT EXISTS arm VARCHAR;
@@ -196,6 +225,24 @@ DELETE FROM looks WHERE (rollout_id, phase) IN (SELECT rollout_id, phase FROM lo
 DELETE FROM look_stats WHERE loglat_n IS NULL;
 `;
 
+/**
+ * label_requests before the tiers and `inclusion` existed (reasons 'priority' and 'sample' only): the
+ * table is rebuilt with the new reason check and `inclusion`. The share a request had then is not known;
+ * those rows get inclusion 1 (read them unweighted).
+ */
+const MIGRATE_LABEL_REQUESTS = `
+CREATE TABLE label_requests_v2 (
+  event_id VARCHAR PRIMARY KEY,
+  rollout_id VARCHAR NOT NULL,
+  requested_at_ms BIGINT NOT NULL,
+  reason VARCHAR NOT NULL CHECK (reason IN ('disagreement', 'rare', 'low_confidence', 'sample', 'priority')),
+  inclusion DOUBLE NOT NULL CHECK (inclusion > 0 AND inclusion <= 1)
+);
+INSERT INTO label_requests_v2 SELECT event_id, rollout_id, requested_at_ms, reason, 1 FROM label_requests;
+DROP TABLE label_requests;
+ALTER TABLE label_requests_v2 RENAME TO label_requests;
+`;
+
 /** Opens (creating when absent) the fleet database at `path` (':memory:' for a throwaway one). */
 export async function openFleetDatabase(path: string): Promise<FleetDatabase> {
   if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
@@ -204,6 +251,11 @@ export async function openFleetDatabase(path: string): Promise<FleetDatabase> {
   await transaction(connection, async () => {
     await connection.run(SCHEMA);
     await connection.run(MIGRATE);
+    const [current] = await rows(
+      connection,
+      `SELECT 1 FROM duckdb_columns() WHERE table_name = 'label_requests' AND column_name = 'inclusion'`,
+    );
+    if (!current) await connection.run(MIGRATE_LABEL_REQUESTS);
   });
   return {
     instance,

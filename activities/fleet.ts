@@ -23,6 +23,8 @@ import { parseDuration } from '../policies/duration';
 import type { CohortSpec, FleetManifest, Sku } from '../policies/schema';
 import { CRITICAL_CLASS, FEATURES, gaussian, generateFramesWith, makeRng, poisson } from '../sim/frames';
 import type { FrameConditions, Frames } from '../sim/frames';
+import { edgeFilter, windowBudget } from '../sim/edge';
+import type { EdgeCounters } from '../sim/edge';
 import { loadFleetManifest, shadowTargets, simVehicles, waveTargets } from '../sim/fleet';
 import { countVehicles, INSTALL, installOutcomes, installsAlways } from '../sim/ota';
 import { recordBatchStats } from './analysis';
@@ -32,6 +34,7 @@ import type {
   DeliveryResult,
   FleetInput,
   FleetSummary,
+  LabelingInput,
   PromoteInput,
   RevertInput,
   ShadowInput,
@@ -39,7 +42,7 @@ import type {
 } from './contracts';
 import { exclusive, exec, num, rows, transaction } from './db';
 import type { ModelRunner, OtaChannel, RunnerSettings } from './deps';
-import { PRIORITY_CONFIDENCE } from './labels';
+import { budgetRequests, LABEL_TIERS, labelerAnswer, NO_TIER, PRIORITY_CONFIDENCE } from './labels';
 
 export interface FleetActivityDeps {
   /** The fleet database: event logs and labels; the units of work the channel's calls run in. */
@@ -249,6 +252,22 @@ export function createFleetActivities(deps: FleetActivityDeps) {
       if (!(input.share > 0 && input.share <= 1)) {
         throw fail(ErrorType.InvalidInput, `shadow share must be in (0, 1] (got ${input.share})`);
       }
+      const e = input.edge;
+      if (e && !(e.sample > 0 && e.sample <= 1)) {
+        throw fail(ErrorType.InvalidInput, `edge.sample must be in (0, 1] (got ${e.sample})`);
+      }
+      if (e && !(e.lowConfidence > 0 && e.lowConfidence < 1)) {
+        throw fail(ErrorType.InvalidInput, `edge.lowConfidence must be in (0, 1) (got ${e.lowConfidence})`);
+      }
+      if (
+        e?.perVehiclePerDay !== undefined &&
+        !(Number.isInteger(e.perVehiclePerDay) && e.perVehiclePerDay >= 1)
+      ) {
+        throw fail(
+          ErrorType.InvalidInput,
+          `edge.perVehiclePerDay must be a whole number of uploads, at least 1 (got ${e.perVehiclePerDay})`,
+        );
+      }
       const batchId = `${input.rolloutId}:shadow:${input.fromMs}-${input.toMs}`;
       return logBatch(batchId, 'shadow', input, async (manifest, cohort, cohortIndex, fleet, startMs) => {
         const shadow = shadowTargets(fleet.vehicles, key, input.rolloutId, input.share);
@@ -279,15 +298,50 @@ export function createFleetActivities(deps: FleetActivityDeps) {
         );
         const rate = manifest.labels.rate;
         const priority = new Uint8Array(sim.n);
+        const lowConfidence = input.edge?.lowConfidence ?? PRIORITY_CONFIDENCE;
         for (let i = 0; i < sim.n; i++) {
           out.candidate.lat[i] = out.candidate.ms[i]! * sku.speedFactor * Math.exp(0.2 * gaussian(sim.rng));
           out.production.lat[i] = out.production.ms[i]! * sku.speedFactor * Math.exp(0.2 * gaussian(sim.rng));
           const sampled = sim.rng() < rate;
-          const low = Math.min(out.candidate.conf[i]!, out.production.conf[i]!) < PRIORITY_CONFIDENCE;
+          const low = Math.min(out.candidate.conf[i]!, out.production.conf[i]!) < lowConfidence;
           const disagree = out.candidate.pred[i] !== out.production.pred[i];
           priority[i] = low || disagree ? 1 : sampled ? 2 : 0;
         }
-        return { sim, out, arm: () => 'shadow', vehicles: shadow, cohortIndex, request: priority };
+        if (!input.edge) {
+          return { sim, out, arm: () => 'shadow', vehicles: shadow, cohortIndex, request: priority };
+        }
+        // The vehicles' upload filter, on its own seeded stream: what is uploaded, and each upload's weight.
+        const perDay = input.edge.perVehiclePerDay;
+        const edge = edgeFilter(
+          {
+            n: sim.n,
+            vehicle: sim.vehicle,
+            vehicles: shadow.length,
+            predCandidate: out.candidate.pred,
+            predProduction: out.production.pred,
+            confCandidate: out.candidate.conf,
+            confProduction: out.production.conf,
+          },
+          {
+            sample: input.edge.sample,
+            lowConfidence,
+            budget: perDay === undefined ? null : windowBudget(perDay, input.toMs - input.fromMs),
+          },
+          makeRng(`${manifest.seed}|${batchId}|${cohort.name}|edge`),
+        );
+        // Only uploaded events can be sent for labeling.
+        for (let i = 0; i < sim.n; i++) if (!edge.keep[i]) priority[i] = 0;
+        return {
+          sim,
+          out,
+          arm: () => 'shadow',
+          vehicles: shadow,
+          cohortIndex,
+          request: priority,
+          keep: edge.keep,
+          weight: edge.weight,
+          edge: edge.counters,
+        };
       });
     },
 
@@ -373,7 +427,13 @@ export function createFleetActivities(deps: FleetActivityDeps) {
   async function logBatch(
     batchId: string,
     phase: 'shadow' | 'canary',
-    input: FleetInput & { cohorts: string[]; fromMs: number; toMs: number; startMs?: number },
+    input: FleetInput & {
+      cohorts: string[];
+      fromMs: number;
+      toMs: number;
+      startMs?: number;
+      labeling?: LabelingInput;
+    },
     simulateCohort: (
       manifest: FleetManifest,
       cohort: CohortSpec,
@@ -393,7 +453,6 @@ export function createFleetActivities(deps: FleetActivityDeps) {
     if (before) return { batchId, events: num(before.events), written: false };
     const manifest = manifestOf(input);
     const cohorts = cohortsOf(manifest, input.cohorts);
-    const delayMs = parseDuration(manifest.labels.delay) ?? 0;
     const startMs = await rolloutStart(manifest, input);
     const simulated: SimulatedCohort[] = [];
     for (const cohort of cohorts) {
@@ -418,8 +477,9 @@ export function createFleetActivities(deps: FleetActivityDeps) {
       // that rate per vehicle), the exposure that safety events are counted in.
       const exposurePerEvent = 1 / manifest.eventsPerVehicleHour;
       await withAppender(conn, 'events', (a) => {
-        for (const { sim, out, arm, vehicles, cohortIndex } of simulated) {
+        for (const { sim, out, arm, vehicles, cohortIndex, keep, weight } of simulated) {
           for (let i = 0; i < sim.n; i++) {
+            if (keep && !keep[i]) continue;
             a.appendVarchar(`${tag}.${cohortIndex}.${i}`);
             a.appendVarchar(input.rolloutId);
             a.appendVarchar(batchId);
@@ -437,11 +497,33 @@ export function createFleetActivities(deps: FleetActivityDeps) {
             appendSafety(a, out.candidate.pred[i]!, sim.frames.labels[i]!);
             appendSafety(a, out.production.pred[i]!, sim.frames.labels[i]!);
             a.appendDouble(exposurePerEvent);
+            a.appendDouble(weight ? weight[i]! : 1);
             a.endRow();
+            total++;
           }
-          total += sim.n;
         }
       });
+      for (const { sim, edge } of simulated) {
+        if (!edge) continue;
+        await exec(
+          conn,
+          `INSERT INTO shadow_edge (batch_id, rollout_id, cohort, to_ms, vehicles, evaluated, priority,
+                                    disagreements, uploaded, over_budget)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+          [
+            batchId,
+            input.rolloutId,
+            sim.cohort,
+            input.toMs,
+            edge.vehicles,
+            edge.evaluated,
+            edge.priority,
+            edge.disagreements,
+            edge.uploaded,
+            edge.overBudget,
+          ],
+        );
+      }
       await recordBatchStats(conn, {
         batchId,
         rolloutId: input.rolloutId,
@@ -449,8 +531,10 @@ export function createFleetActivities(deps: FleetActivityDeps) {
         fromMs: input.fromMs,
         toMs: input.toMs,
       });
-      // Ground truth and when the labeler would return it: mean delay labels.delay, uniform in ±50%.
+      // Ground truth and when the labeler would return it: mean delay labels.delay (or the cohort's
+      // labels.delayByCohort), uniform in ±50%.
       const availableAt = simulated.map(({ sim }) => {
+        const delayMs = labelDelayMs(manifest, sim.cohort);
         const at = new Float64Array(sim.n);
         for (let i = 0; i < sim.n; i++) at[i] = sim.ts[i]! + Math.round(delayMs * (0.5 + sim.rng()));
         return at;
@@ -465,14 +549,64 @@ export function createFleetActivities(deps: FleetActivityDeps) {
           }
         });
       });
+      // The labeler's wrong answers (labels.noise), on a stream of their own: the truth stays as it is.
+      const noise = manifest.labels.noise ?? 0;
+      if (noise > 0) {
+        await withAppender(conn, 'sim_label_noise', (a) => {
+          for (const { sim, cohortIndex, keep } of simulated) {
+            const rng = makeRng(`${manifest.seed}|${batchId}|${sim.cohort}|labeler`);
+            for (let i = 0; i < sim.n; i++) {
+              if (keep && !keep[i]) continue;
+              const answer = labelerAnswer(sim.frames.labels[i]!, noise, rng);
+              if (answer === sim.frames.labels[i]) continue;
+              a.appendVarchar(`${tag}.${cohortIndex}.${i}`);
+              a.appendUTinyInt(answer);
+              a.endRow();
+            }
+          }
+        });
+      }
+      // Label requests, made as the events are logged: each logged event's tier (shadow: disagreement,
+      // rare, low confidence, else the seeded sample; canary: the sample only, so that the arms are
+      // compared on a uniform sample), then the rollout's daily budget.
+      const n = simulated.reduce((sum, { sim }) => sum + sim.n, 0);
+      const tiers = new Uint8Array(n).fill(NO_TIER);
+      const at = new Float64Array(n);
+      let k = 0;
+      for (const { sim, out, request, keep } of simulated) {
+        for (let i = 0; i < sim.n; i++, k++) {
+          at[k] = sim.ts[i]!;
+          if (keep && !keep[i]) continue;
+          tiers[k] =
+            phase === 'shadow'
+              ? shadowTier(out, request, sim.frames.labels, i)
+              : request[i]
+                ? SAMPLE
+                : NO_TIER;
+        }
+      }
+      const plan = await budgetRequests(
+        conn,
+        {
+          rolloutId: input.rolloutId,
+          seed: `${manifest.seed}|${batchId}`,
+          toMs: input.toMs,
+          dailyBudget: input.labeling?.dailyBudget,
+          rate: manifest.labels.rate,
+        },
+        tiers,
+        at,
+      );
       await withAppender(conn, 'label_requests', (a) => {
-        for (const { sim, cohortIndex, request } of simulated) {
-          for (let i = 0; i < sim.n; i++) {
-            if (request[i] === 0) continue;
+        let j = 0;
+        for (const { sim, cohortIndex } of simulated) {
+          for (let i = 0; i < sim.n; i++, j++) {
+            if (!plan.keep[j]) continue;
             a.appendVarchar(`${tag}.${cohortIndex}.${i}`);
             a.appendVarchar(input.rolloutId);
             a.appendBigInt(BigInt(sim.ts[i]!));
-            a.appendVarchar(request[i] === 1 ? 'priority' : 'sample');
+            a.appendVarchar(LABEL_TIERS[tiers[j]!]!);
+            a.appendDouble(plan.inclusion[j]!);
             a.endRow();
           }
         }
@@ -512,6 +646,12 @@ interface SimulatedCohort {
   cohortIndex: number;
   /** Per event: 0 not requested, 1 'priority', 2 'sample'. */
   request: Uint8Array;
+  /** Shadow with the upload filter: per event, 1 when uploaded (only those are logged). */
+  keep?: Uint8Array;
+  /** Per event: inverse probability of its upload; 1 when absent. */
+  weight?: Float64Array;
+  /** The vehicles' upload counters for the window. */
+  edge?: EdgeCounters;
 }
 
 /** Per-event outputs of one model; NaN and NO_PRED stand for NULL. */
@@ -729,6 +869,30 @@ function appendPred(a: DuckDBAppender, value: number): void {
  * Whether a model that ran missed a critical-class frame (a safety event), from the frame's true class;
  * NULL where the model did not run. Derived from values already drawn: no random stream changes.
  */
+const SAMPLE = LABEL_TIERS.indexOf('sample');
+
+/**
+ * The label tier of shadow event `i` (index into LABEL_TIERS): 'disagreement' when the models disagree;
+ * 'rare' when either predicts the critical class or missed it (a safety event); 'low_confidence' when the
+ * batch marked it a priority for that (`request` 1: low confidence or disagreement); 'sample' when it
+ * was drawn into the `labels.rate` sample (`request` 2); else none.
+ */
+function shadowTier(out: EventColumns, request: Uint8Array, truth: ArrayLike<number>, i: number): number {
+  const c = out.candidate.pred[i]!;
+  const p = out.production.pred[i]!;
+  if (c !== NO_PRED && p !== NO_PRED && c !== p) return LABEL_TIERS.indexOf('disagreement');
+  const missed = (pred: number) => pred !== NO_PRED && truth[i] === CRITICAL_CLASS && pred !== CRITICAL_CLASS;
+  if (c === CRITICAL_CLASS || p === CRITICAL_CLASS || missed(c) || missed(p))
+    return LABEL_TIERS.indexOf('rare');
+  if (request[i] === 1) return LABEL_TIERS.indexOf('low_confidence');
+  return request[i] === 2 ? SAMPLE : NO_TIER;
+}
+
+/** The labeler's mean delay for a cohort's events. */
+function labelDelayMs(manifest: FleetManifest, cohort: string): number {
+  return parseDuration(manifest.labels.delayByCohort?.[cohort] ?? manifest.labels.delay) ?? 0;
+}
+
 function appendSafety(a: DuckDBAppender, pred: number, truth: number): void {
   if (pred === NO_PRED) a.appendNull();
   else a.appendBoolean(truth === CRITICAL_CLASS && pred !== CRITICAL_CLASS);

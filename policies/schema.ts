@@ -105,6 +105,11 @@ export const Metric = z
     }
   });
 
+const BUDGET_FIX = {
+  message: 'a whole number of labels per simulated day, at least 1; leave it out for no budget',
+};
+const NOISE_FIX = { message: 'a share in [0, 0.5]: 0 for a labeler that is always right' };
+
 export const Policy = z
   .object({
     apiVersion: z.literal('fleetgate/v1'),
@@ -138,6 +143,79 @@ export const Policy = z
           .default(1.5)
           .describe('Highest candidate/production mean latency ratio'),
         minEvents: z.number().int().min(1).default(200),
+        sample: z
+          .number()
+          .gt(0)
+          .max(1)
+          .default(1)
+          .describe(
+            'Share of ordinary events a shadow vehicle uploads; every disagreement and low-confidence event ' +
+              'is uploaded. The analysis weights each upload by its inverse probability',
+          ),
+        lowConfidence: z
+          .number()
+          .gt(0)
+          .lt(1)
+          .default(0.6)
+          .describe('An event whose less confident model is below this is always uploaded'),
+        checkEvery: Duration.optional().describe(
+          'How often the shadow checks its budgets; a quarter of `duration` when absent',
+        ),
+        uploadBudget: z
+          .object({
+            perVehiclePerDay: z
+              .number()
+              .int()
+              .min(1)
+              .describe('Most events one vehicle uploads per day; a capped vehicle sends a uniform subset'),
+            maxOverBudgetShare: z
+              .number()
+              .min(0)
+              .max(1)
+              .default(0.05)
+              .describe(
+                'Shadow stops in a cohort, rejected, when more than this share of its shadow vehicles hit ' +
+                  'their budget: the candidate makes too many disagreements or uncertain outputs to shadow',
+              ),
+            perCohort: z
+              .number()
+              .int()
+              .min(1)
+              .optional()
+              .describe(
+                "A cohort's shadow stops collecting, and is judged on what it has, at this many uploads",
+              ),
+          })
+          .strict()
+          .optional(),
+        classGates: z
+          .object({
+            maxRecallDrop: z
+              .number()
+              .min(0)
+              .max(1)
+              .default(0.05)
+              .describe(
+                "Largest drop of any class's recall, candidate against production, on labeled events",
+              ),
+            maxPrecisionDrop: z
+              .number()
+              .min(0)
+              .max(1)
+              .default(0.05)
+              .describe("Largest drop of any class's precision"),
+            minLabeled: z
+              .number()
+              .int()
+              .min(1)
+              .default(30)
+              .describe(
+                'Labeled events of a class (its true or predicted class) below which its gate is not judged',
+              ),
+          })
+          .strict()
+          .optional()
+          .describe('Gates on per-class recall and precision deltas, per cohort; absent: not gated'),
       })
       .strict(),
     waves: z
@@ -170,9 +248,34 @@ export const Policy = z
       .default({ maxFailureShare: 0.1 }),
     labelWait: z
       .object({
-        coverage: z.number().gt(0).max(1).describe('Share of requested labels that must have arrived'),
+        coverage: z
+          .number()
+          .gt(0)
+          .max(1)
+          .describe(
+            "Share of each active cohort's counted label requests (see maturity) whose labels must have " +
+              'arrived before the final analysis',
+          ),
         poll: Duration.default('1h'),
-        timeout: Duration.describe('After this, the analysis runs on whatever labels have arrived'),
+        timeout: Duration.describe(
+          'After this, cohorts still below the coverage are held (their waves withdrawn, never promoted); ' +
+            'the others go on to the analysis',
+        ),
+        maturity: Duration.optional().describe(
+          'How long after its request (for events requested as they are logged: after the event) a label ' +
+            'can be expected. A request younger than this at a look counts in coverage only once its label ' +
+            'has arrived. Absent: 0, every request counts',
+        ),
+        dailyBudget: z
+          .number(BUDGET_FIX)
+          .int(BUDGET_FIX)
+          .min(1, BUDGET_FIX)
+          .optional()
+          .describe(
+            'Most label requests this rollout makes per simulated (UTC) day, paced over the day; tiers in ' +
+              'order disagreement, rare, low_confidence, sample; a tier that does not fit is cut to a ' +
+              'seeded uniform subset. Absent: no budget',
+          ),
       })
       .strict(),
     analysis: z
@@ -418,8 +521,29 @@ export const FleetManifest = z
       .describe('Changes of driving conditions during the rollout (a season, a sensor batch going bad)'),
     labels: z
       .object({
-        rate: z.number().gt(0).max(1).describe('Share of events sent for labeling'),
-        delay: Duration.describe('Mean delay before a label arrives'),
+        rate: z
+          .number()
+          .gt(0)
+          .max(1)
+          .describe('Share of the events in no priority tier that is sent for labeling (the random sample)'),
+        delay: Duration.describe(
+          'Mean delay before a label arrives, counted from its request (uniform in 50% to 150% of it)',
+        ),
+        delayByCohort: z
+          .record(CohortName, Duration)
+          .optional()
+          .describe("The labeler's mean delay for the named cohorts, instead of delay"),
+        noise: z
+          .number(NOISE_FIX)
+          .min(0, NOISE_FIX)
+          .max(0.5, {
+            message: 'a share in [0, 0.5]: above 0.5 the labeler would be wrong more often than right',
+          })
+          .optional()
+          .describe(
+            'Share of labels the labeler gets wrong (a different class, seeded per event); 0 when absent. ' +
+              "The simulation's ground truth stays separate",
+          ),
       })
       .strict(),
   })
@@ -437,6 +561,15 @@ export const FleetManifest = z
         }
       });
     });
+    for (const c of Object.keys(f.labels.delayByCohort ?? {})) {
+      if (!cohortNames.has(c)) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['labels', 'delayByCohort', c],
+          message: `unknown cohort "${c}"; declared: ${[...cohortNames].join(', ')}`,
+        });
+      }
+    }
     const skus = new Set(f.skus.map((s) => s.name));
     f.cohorts.forEach((c, i) => {
       if (!skus.has(c.sku)) {

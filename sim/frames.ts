@@ -39,6 +39,8 @@ export const RAIN_RADAR_NOISE = 1.1;
  * hazard, so this is the only class a missed detection of is dangerous.
  */
 export const CRITICAL_CLASS = 1;
+/** Classes the models output: 0 no hazard, 1 hazard. */
+export const CLASSES = 2;
 
 /** A small, fast, seedable PRNG (mulberry32) over a 32-bit state derived from any string. */
 export function makeRng(seed: string | number): () => number {

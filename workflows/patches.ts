@@ -17,4 +17,16 @@ export const PATCHES = {
    * beyond `delivery.maxFailureShare` is reverted in that cohort only; the others go on.
    */
   cohortScopedFailures: 'cohort-scoped-failures',
+  /**
+   * The label wait counts coverage per active cohort (with `labelWait.maturity`), makes no requests of
+   * its own (every request is made as events are logged, within `labelWait.dailyBudget`), and at its
+   * timeout holds the cohorts below the coverage while the others go on to the analysis.
+   */
+  labelWaitPerCohort: 'label-wait-per-cohort',
+  /**
+   * Shadow with the vehicles' upload filter: it runs in windows of `shadow.checkEvery`, checks the upload
+   * budgets after each (stopping a cohort that exceeds them), and judges on weighted estimates with the
+   * per-class recall and precision gates (policies/shadow.ts).
+   */
+  shadowEdge: 'shadow-edge',
 } as const;

@@ -30,7 +30,7 @@ import type { createFleetActivities } from '../activities/fleet';
 import type { createLabelActivities } from '../activities/labels';
 import type { createAnalysisActivities } from '../activities/analysis';
 import type { createReportActivities } from '../activities/report';
-import type { BenchResult, CohortStats, ModelRecord } from '../activities/contracts';
+import type { BenchResult, CohortStats, CoverageCount, ModelRecord } from '../activities/contracts';
 import type { RetryPolicy } from '@temporalio/common';
 import { ErrorType, nonRetryableErrorTypes } from '../errors';
 import {
@@ -50,6 +50,7 @@ import {
   type SequentialState,
 } from '../policies/decide';
 import { engineLook } from '../policies/engine';
+import { checkShadowBudget, judgeShadow } from '../policies/shadow';
 import { PATCHES } from './patches';
 import {
   abortUpdate,
@@ -355,6 +356,12 @@ export class Rollout {
     return { rolloutId: this.req.rolloutId, manifest: this.req.fleet.manifest };
   }
 
+  /** What an event batch needs to request labels within the policy's daily budget (none: undefined). */
+  private labeling() {
+    const dailyBudget = this.policy.labelWait.dailyBudget;
+    return dailyBudget === undefined ? undefined : { dailyBudget };
+  }
+
   async register(): Promise<void> {
     this.phase = 'register';
     const fleet = await acts.describeFleet(this.fleetRef());
@@ -485,6 +492,10 @@ export class Rollout {
     // Cohorts a failed bench left out stay out (with engine 1 every cohort is still pending here).
     const cohorts = [...this.cohorts.values()].filter((c) => c.state === 'pending').map((c) => c.cohort);
     for (const c of cohorts) this.setState(c, 'shadow');
+    if (patched(PATCHES.shadowEdge)) {
+      await this.shadowFiltered(cohorts);
+      return;
+    }
     await sleep(parseDuration(this.policy.shadow.duration)!);
     const to = this.simNow();
     await acts.runShadow({
@@ -496,10 +507,99 @@ export class Rollout {
       toMs: to,
       startMs: this.startMs,
       versions: this.versions,
+      labeling: this.labeling(),
     });
     this.lastCollectedSimMs = to;
     const stats = await acts.analyze({ rolloutId: this.req.rolloutId, phase: 'shadow', cohorts, asOfMs: to });
     for (const v of decideShadow(this.policy, stats)) {
+      this.record({
+        phase: 'shadow',
+        cohort: v.cohort,
+        action: v.passed ? 'shadow-pass' : 'shadow-fail',
+        dataAsOf: new Date(to).toISOString(),
+        reason: v.reason,
+      });
+      if (!v.passed) {
+        this.setState(v.cohort, 'rejected', `shadow gate: ${v.reason}`);
+        await this.compensate([v.cohort]);
+      } else {
+        this.setState(
+          v.cohort,
+          'canary',
+          `shadow: disagreement ${(v.disagreement * 100).toFixed(1)}%, latency x${v.latencyRatio.toFixed(2)}`,
+        );
+      }
+    }
+    if (this.active().length === 0) {
+      throw new RolloutEnded('rejected', 'shadow', 'every cohort failed its shadow gate');
+    }
+  }
+
+  /**
+   * Shadow with the vehicles' upload filter, in windows of `shadow.checkEvery` (a quarter of the duration
+   * by default). After each window but the last the upload budgets are checked: a cohort whose vehicles
+   * hit their budget too often stops and is rejected; one that reached its upload cap stops collecting.
+   * At the end every cohort still in shadow is judged (policies/shadow.ts).
+   */
+  async shadowFiltered(cohorts: string[]): Promise<void> {
+    const sh = this.policy.shadow;
+    const total = parseDuration(sh.duration)!;
+    const step = sh.checkEvery !== undefined ? parseDuration(sh.checkEvery)! : Math.ceil(total / 4);
+    const edge = {
+      sample: sh.sample,
+      lowConfidence: sh.lowConfidence,
+      ...(sh.uploadBudget ? { perVehiclePerDay: sh.uploadBudget.perVehiclePerDay } : {}),
+    };
+    let collecting = [...cohorts];
+    let from = this.startMs;
+    for (let elapsed = 0; elapsed < total && collecting.length > 0;) {
+      const dt = Math.min(step, total - elapsed);
+      await sleep(dt);
+      elapsed += dt;
+      const to = this.simNow();
+      await acts.runShadow({
+        ...this.fleetRef(),
+        candidateDigest: this.candidate!.digest,
+        cohorts: collecting,
+        share: sh.share,
+        fromMs: from,
+        toMs: to,
+        startMs: this.startMs,
+        versions: this.versions,
+        labeling: this.labeling(),
+        edge,
+      });
+      from = to;
+      this.lastCollectedSimMs = to;
+      if (elapsed >= total) break;
+      const stats = await acts.analyze({
+        rolloutId: this.req.rolloutId,
+        phase: 'shadow',
+        cohorts: collecting,
+        asOfMs: to,
+      });
+      for (const check of checkShadowBudget(this.policy, stats)) {
+        if (check.action === 'continue') continue;
+        collecting = collecting.filter((c) => c !== check.cohort);
+        this.record({
+          phase: 'shadow',
+          cohort: check.cohort,
+          action: check.action === 'reject' ? 'shadow-fail' : 'shadow-stop',
+          dataAsOf: new Date(to).toISOString(),
+          reason: check.reason,
+        });
+        if (check.action === 'reject') {
+          this.setState(check.cohort, 'rejected', `shadow budget: ${check.reason}`);
+          await this.compensate([check.cohort]);
+        }
+      }
+    }
+    const judged = cohorts.filter((c) => this.cohorts.get(c)!.state === 'shadow');
+    const to = this.lastCollectedSimMs;
+    const stats = judged.length
+      ? await acts.analyze({ rolloutId: this.req.rolloutId, phase: 'shadow', cohorts: judged, asOfMs: to })
+      : [];
+    for (const v of judgeShadow(this.policy, stats)) {
       this.record({
         phase: 'shadow',
         cohort: v.cohort,
@@ -619,6 +719,7 @@ export class Rollout {
         toMs: now,
         startMs: this.startMs,
         versions: this.versions,
+        labeling: this.labeling(),
       });
       this.lastCollectedSimMs = now;
     }
@@ -827,6 +928,7 @@ export class Rollout {
   async labelWait(): Promise<void> {
     if (this.active().length === 0) return;
     this.phase = 'label-wait';
+    if (patched(PATCHES.labelWaitPerCohort)) return this.labelWaitPerCohort();
     const { coverage: wanted, poll, timeout } = this.policy.labelWait;
     const deadline = Date.now() + parseDuration(timeout)!;
     await acts.requestLabels({ rolloutId: this.req.rolloutId, asOfMs: this.simNow() });
@@ -847,6 +949,57 @@ export class Rollout {
           action: 'labels-timeout',
           reason: `label coverage ${(cov.coverage * 100).toFixed(1)}% (${cov.labeled}/${cov.requested}) below ${(wanted * 100).toFixed(0)}% at the timeout; analysing what arrived`,
         });
+        return;
+      }
+      await sleep(Math.min(parseDuration(poll)!, left));
+    }
+  }
+
+  /**
+   * Waits until every active cohort's label coverage (requests counted as `labelWait.maturity` says)
+   * reaches `labelWait.coverage`, polling every `poll`. At the timeout the cohorts still below it are
+   * held: their waves withdrawn, never promoted, with their coverage in the decision log; the others go
+   * on to the analysis.
+   */
+  private async labelWaitPerCohort(): Promise<void> {
+    const { coverage: wanted, poll, timeout, maturity } = this.policy.labelWait;
+    const deadline = Date.now() + parseDuration(timeout)!;
+    const maturityMs = maturity === undefined ? 0 : parseDuration(maturity)!;
+    const pct = (x: number) => `${(x * 100).toFixed(1)}%`;
+    const shown = (c: CoverageCount) =>
+      `${pct(c.coverage)} (${c.labeled}/${c.requested}${c.young ? `, ${c.young} younger than the maturity not counted` : ''})`;
+    for (;;) {
+      const cohorts = this.active();
+      if (cohorts.length === 0) return;
+      const asOfMs = this.simNow();
+      const cov = await acts.labelCoverage({ rolloutId: this.req.rolloutId, asOfMs, maturityMs, cohorts });
+      const of = (c: string) => cov.cohorts?.[c] ?? { requested: 0, labeled: 0, coverage: 0 };
+      const short = cohorts.filter((c) => of(c).coverage < wanted);
+      if (short.length === 0) {
+        this.record({
+          phase: 'label-wait',
+          action: 'labels-ready',
+          dataAsOf: new Date(asOfMs).toISOString(),
+          reason: `label coverage reached ${pct(wanted)} in every cohort: ${cohorts.map((c) => `${c} ${shown(of(c))}`).join(', ')}`,
+        });
+        return;
+      }
+      const left = deadline - Date.now();
+      if (left <= 0) {
+        const ready = cohorts.filter((c) => !short.includes(c));
+        this.record({
+          phase: 'label-wait',
+          action: 'labels-timeout',
+          dataAsOf: new Date(asOfMs).toISOString(),
+          reason: `label wait timed out after ${timeout}: ${short.join(', ')} below ${pct(wanted)} and held; ${ready.length > 0 ? `${ready.join(', ')} go on to the analysis` : 'no cohort goes on'}`,
+        });
+        for (const c of short) {
+          await this.rollbackCohort(
+            c,
+            'held',
+            `label coverage of ${c} ${shown(of(c))} below labelWait.coverage ${pct(wanted)} at the label wait's timeout (${timeout}): held, its waves withdrawn, never promoted without its labels`,
+          );
+        }
         return;
       }
       await sleep(Math.min(parseDuration(poll)!, left));
