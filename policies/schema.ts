@@ -38,6 +38,14 @@ export const Wave = z
     hold: Duration.describe('Minimum time the wave is held before the next wave'),
     looks: z.number().int().min(1).max(50).default(2).describe('Analyses during the hold, evenly spaced'),
     approval: Approval.optional().describe('A reviewer gate before this wave is delivered'),
+    minExposure: z
+      .number()
+      .positive()
+      .optional()
+      .describe(
+        "Vehicle-hours each cohort's candidate arm must have driven (over the canary so far) before the " +
+          'wave ends; the wave is extended by up to analysis.maxExtraLooks looks, then a cohort still short is held',
+      ),
   })
   .strict();
 

@@ -29,4 +29,9 @@ export const PATCHES = {
    * per-class recall and precision gates (policies/shadow.ts).
    */
   shadowEdge: 'shadow-edge',
+  /**
+   * A wave with `minExposure` is extended until each cohort's candidate arm has driven that many
+   * vehicle-hours, and a cohort still short after the extra looks is held.
+   */
+  waveExposure: 'wave-exposure',
 } as const;

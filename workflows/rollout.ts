@@ -434,6 +434,8 @@ export class Rollout {
   /** Version of every model digest in play: the simulated fleet slows some versions down on some SKUs. */
   private readonly versions: Record<string, string> = {};
   private cohortSku = new Map<string, string>();
+  /** Each cohort's statistics at its latest canary look. */
+  private lastStats = new Map<string, CohortStats>();
 
   async bench(): Promise<void> {
     this.phase = 'bench';
@@ -671,9 +673,29 @@ export class Rollout {
         });
         if (!last) continue;
         const extend = decisions.some((d) => d.action === 'extend');
-        if (extend && extra < this.policy.analysis.maxExtraLooks) {
+        const short =
+          w.minExposure !== undefined && patched(PATCHES.waveExposure)
+            ? this.shortOfExposure(w.minExposure)
+            : [];
+        if ((extend || short.length > 0) && extra < this.policy.analysis.maxExtraLooks) {
           extra++;
+          if (short.length > 0 && !extend) {
+            this.record({
+              phase: 'canary',
+              wave: this.wave,
+              look: k,
+              action: 'extend',
+              reason: `wave ${this.wave} extended: candidate exposure below ${w.minExposure} vehicle-hours in ${short.map((s) => `${s.cohort} (${s.hours.toFixed(1)})`).join(', ')}`,
+            });
+          }
           continue;
+        }
+        for (const s of short) {
+          await this.rollbackCohort(
+            s.cohort,
+            'held',
+            `wave ${this.wave}: the candidate drove ${s.hours.toFixed(1)} vehicle-hours in ${s.cohort}, below the wave's minExposure of ${w.minExposure}, after ${extra} extra looks; held, never promoted on too little exposure`,
+          );
         }
         break;
       }
@@ -705,6 +727,13 @@ export class Rollout {
     }
   }
 
+  /** Active cohorts whose candidate arm has driven fewer than `min` vehicle-hours, as of the last look. */
+  private shortOfExposure(min: number): { cohort: string; hours: number }[] {
+    return this.active()
+      .map((cohort) => ({ cohort, hours: this.lastStats.get(cohort)?.candidate.safety?.exposureHours ?? 0 }))
+      .filter((s) => s.hours < min);
+  }
+
   /** Collects telemetry up to now, analyzes it and carries out the decisions of one look. */
   async analyzeLook(ctx: { stage: 'canary' | 'final'; isLastLookOfWave: boolean; extraLooksUsed: number }) {
     const cohorts = this.active();
@@ -729,6 +758,7 @@ export class Rollout {
       cohorts,
       asOfMs: now,
     });
+    for (const s of stats) this.lastStats.set(s.cohort, s);
     if (this.engine === 2) return this.carryOut(ctx, stats, now);
     const { decisions, state } = decideLook(this.policy, ctx, stats, this.seq);
     this.seq = state;
@@ -991,7 +1021,7 @@ export class Rollout {
           phase: 'label-wait',
           action: 'labels-timeout',
           dataAsOf: new Date(asOfMs).toISOString(),
-          reason: `label wait timed out after ${timeout}: ${short.join(', ')} below ${pct(wanted)} and held; ${ready.length > 0 ? `${ready.join(', ')} go on to the analysis` : 'no cohort goes on'}`,
+          reason: `label wait timed out after ${timeout}: ${short.map((c) => `${c} ${shown(of(c))}`).join(', ')} below ${pct(wanted)}, held; ${ready.length > 0 ? `${ready.map((c) => `${c} ${shown(of(c))}`).join(', ')} go on to the analysis` : 'no cohort goes on'}`,
         });
         for (const c of short) {
           await this.rollbackCohort(

@@ -268,4 +268,37 @@ describe('decision engine in rolloutWorkflow (time-skipping)', () => {
       await world.close();
     }
   });
+
+  test('a wave is extended until the candidate has driven its minimum exposure; a cohort that cannot is held', async () => {
+    const world = await makeWorld();
+    try {
+      const policy = week();
+      // Wave 1 (5% of 300 vehicles, 6 hours) drives about 90 vehicle-hours per cohort: one extra look
+      // of 2 hours reaches 100. Wave 2 can never reach its minimum.
+      policy.waves![0]!.minExposure = 100;
+      policy.waves![1]!.minExposure = 1_000_000;
+      const result = await run(world, `exposure-${process.pid}`, 'models/candidate-good', policy);
+      assert.equal(result.outcome, 'completed', result.reason);
+      for (const c of result.cohorts) assert.equal(c.state, 'held', `${c.cohort}: ${c.headline}`);
+      const entries = reportOf(result).decisions as (Entry & { wave?: number })[];
+      const extended = entries.filter(
+        (d) => d.action === 'extend' && /candidate exposure below/.test(d.reason),
+      );
+      assert.ok(
+        extended.some((d) => d.wave === 1 && /below 100 vehicle-hours/.test(d.reason)),
+        JSON.stringify(extended),
+      );
+      const held = entries.filter((d) => d.action === 'withdraw');
+      assert.equal(held.length, world.cohorts.length);
+      for (const d of held)
+        assert.match(
+          d.reason,
+          /wave 2: the candidate drove [\d.]+ vehicle-hours .* below the wave's minExposure of 1000000, after 2 extra looks/,
+        );
+      assert.ok(!entries.some((d) => d.wave === 3), 'wave 3 is never delivered');
+      assert.deepEqual(await runningDigest(world, reportOf(result).candidate.digest), {});
+    } finally {
+      await world.close();
+    }
+  });
 });
