@@ -84,7 +84,7 @@ async function queueLabel(
   availableAt: number,
 ): Promise<void> {
   await conn.run(`INSERT INTO sim_truth VALUES ($id, $label::UTINYINT, $at)`, { id, label, at: availableAt });
-  await conn.run(`INSERT INTO label_requests VALUES ($id, $rollout, $ts, 'sample')`, { id, rollout, ts });
+  await conn.run(`INSERT INTO label_requests VALUES ($id, $rollout, $ts, 'sample', 1)`, { id, rollout, ts });
 }
 
 function close(actual: number, expected: number, what: string): void {

@@ -52,7 +52,7 @@ async function writeBatch(
     );
     if (i % 3 === 0) {
       truth.push(`${id}, ${label}, ${ts + Math.round((1 + 3 * rng()) * HOUR)}`);
-      requests.push(`${id}, '${rollout}', ${ts}, 'sample'`);
+      requests.push(`${id}, '${rollout}', ${ts}, 'sample', 1`);
     }
   }
   await transaction(conn, async () => {

@@ -156,13 +156,13 @@ void describe('fleet, label and analysis activities', () => {
       ]),
       1,
     );
-    // Every disagreement and every low-confidence event is a priority request.
+    // Every disagreement and every low-confidence event is requested in a priority tier.
     assert.equal(
       await one(
         conn,
         `SELECT count(*) FROM events e LEFT JOIN label_requests r USING (event_id)
          WHERE e.batch_id = ? AND (e.pred_candidate <> e.pred_production OR least(e.conf_candidate, e.conf_production) < 0.6)
-           AND (r.reason IS NULL OR r.reason <> 'priority')`,
+           AND (r.reason IS NULL OR r.reason NOT IN ('disagreement', 'rare', 'low_confidence'))`,
         [first.batchId],
       ),
       0,
@@ -387,6 +387,8 @@ void describe('fleet, label and analysis activities', () => {
       requested: 0,
       labeled: 0,
       coverage: 0,
+      young: 0,
+      cohorts: {},
     });
   });
 
