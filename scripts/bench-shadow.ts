@@ -1,0 +1,278 @@
+/**
+ * The shadow benches of `npm run bench` (scripts/bench.ts), on real onnxruntime sessions over the
+ * fixture models (production and candidate-good, the same contract):
+ *
+ *   1. shadow inference throughput: the candidate's run over one cohort's shadow batch as the shadow
+ *      phase makes it (`runShadow` -> `infer` of activities/fleet.ts: the frame-cost read, chunks of
+ *      INFERENCE_CHUNK rows copied out, `OnnxModelRunner.run` under the SKU's settings, argmax and
+ *      confidence written per event) against `InferenceSession.run` called directly on the identical
+ *      Float32 chunks with the same session options. Goal: at least 0.85x the frames per second.
+ *      `infer` is private to activities/fleet.ts, so its steps are restated here one for one: a change
+ *      to them there belongs here too. The line printed splits the path's time into its steps.
+ *   2. the vehicle's critical path (sim/vehicle.ts): production p50 and p99 from a frame's arrival to
+ *      its result, frames arriving at a fixed rate, with the candidate in shadow (its own session on its
+ *      own thread, a bounded queue) against production alone; the same frames in both, runs alternated
+ *      and repeated, medians over the repetitions. Goal: p99 at most 1.05x.
+ *
+ * Prints one line per bench with the measured values and returns rows for the table of bench.ts.
+ * FLEETGATE_BENCH_VEHICLE_FRAMES, _RATE and _REPS size the second bench (defaults 1500, 1000 Hz, 11).
+ * The host's load average is printed with it: other work on the host shows in a p99 first.
+ */
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { cpus, loadavg, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import * as ort from 'onnxruntime-node';
+import type { RunnerSettings } from '../activities/deps';
+import { FRAME_COST } from '../activities/fleet';
+import { LocalObjectStore, sha256 } from '../activities/store';
+import { FEATURES, generateFrames, makeRng } from '../sim/frames';
+import { ThreadModel, VehicleRuntime, driveAtRate, runnerModel } from '../sim/vehicle';
+import { OnnxModelRunner, blobKey } from '../workers/model-runner';
+
+/** A row of the bench table (the shape of `Result` in scripts/bench.ts). */
+export interface BenchRow {
+  name: string;
+  subject: string;
+  baseline: string;
+  subjectMs: number;
+  baselineMs: number;
+  speedup: number;
+}
+
+/** One cohort's shadow batch of the demo fleet: 400 vehicles x 30 events per hour x a 4-hour window. */
+const BATCH_FRAMES = 48_000;
+/** Rows per inference call of `infer` (INFERENCE_CHUNK of activities/fleet.ts). */
+const INFERENCE_CHUNK = 32_768;
+/** The runtime settings of a SKU that sets none (the defaults of policies/schema.ts). */
+const SKU_SETTINGS: Required<RunnerSettings> = { intraOpThreads: 1, graphOptimization: 'all' };
+
+export async function shadowBench(root: string): Promise<BenchRow[]> {
+  const dir = mkdtempSync(join(tmpdir(), 'fleetgate-bench-shadow-'));
+  const store = new LocalObjectStore(dir, { durable: false });
+  const load = (digest: string) => store.get(blobKey(digest));
+  const bytes = (pack: string) => readFileSync(join(root, 'models', pack, 'model.onnx'));
+  const production = bytes('production');
+  const candidate = bytes('candidate-good');
+  const prodDigest = sha256(production);
+  const candDigest = sha256(candidate);
+  await store.putIfAbsent(blobKey(prodDigest), production);
+  await store.putIfAbsent(blobKey(candDigest), candidate);
+  try {
+    return [
+      await throughput(new OnnxModelRunner(load), candDigest, candidate),
+      await vehicle(load, prodDigest, candidate),
+    ];
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+async function throughput(runner: OnnxModelRunner, digest: string, model: Buffer): Promise<BenchRow> {
+  const frames = generateFrames(makeRng('bench-shadow'), BATCH_FRAMES, 0.3);
+  const session = await ort.InferenceSession.create(new Uint8Array(model), {
+    intraOpNumThreads: SKU_SETTINGS.intraOpThreads,
+    interOpNumThreads: 1,
+    executionMode: 'sequential',
+    graphOptimizationLevel: SKU_SETTINGS.graphOptimization,
+  });
+  const [input, output] = [session.inputNames[0]!, session.outputNames[0]!];
+  const chunks: Float32Array[] = [];
+  for (let start = 0; start < frames.count; start += INFERENCE_CHUNK) {
+    const end = Math.min(frames.count, start + INFERENCE_CHUNK);
+    chunks.push(frames.features.slice(start * FEATURES, end * FEATURES));
+  }
+  // The shadow phase's path for the candidate: what `infer` does with idx null.
+  const pred = new Uint8Array(frames.count);
+  const conf = new Float32Array(frames.count);
+  const ms = new Float64Array(frames.count);
+  // Where the path's time goes, per run: the model-size read, the chunk copies, the runner, the decoding.
+  const parts = { size: [] as number[], copy: [] as number[], run: [] as number[], decode: [] as number[] };
+  const subject = async () => {
+    const took = { size: 0, copy: 0, run: 0, decode: 0 };
+    let t = process.hrtime.bigint();
+    const lap = (part: keyof typeof took) => {
+      const now = process.hrtime.bigint();
+      took[part] += Number(now - t) / 1e6;
+      t = now;
+    };
+    const cost = FRAME_COST.baseMs + (FRAME_COST.perKiBMs * (await runner.modelBytes(digest))) / 1024;
+    lap('size');
+    for (let start = 0; start < frames.count; start += INFERENCE_CHUNK) {
+      const rows = Math.min(INFERENCE_CHUNK, frames.count - start);
+      const features = frames.features.slice(start * FEATURES, (start + rows) * FEATURES);
+      lap('copy');
+      const { probs } = await runner.run(digest, features, rows, SKU_SETTINGS);
+      lap('run');
+      for (let r = 0; r < rows; r++) {
+        const p0 = probs[2 * r]!;
+        const p1 = probs[2 * r + 1]!;
+        pred[start + r] = p1 > p0 ? 1 : 0;
+        conf[start + r] = Math.max(p0, p1);
+        ms[start + r] = cost;
+      }
+      lap('decode');
+    }
+    for (const k of Object.keys(took) as (keyof typeof took)[]) parts[k].push(took[k]);
+  };
+  const out: Float32Array[] = [];
+  const baseline = async () => {
+    out.length = 0;
+    for (const chunk of chunks) {
+      const result = await session.run({
+        [input]: new ort.Tensor('float32', chunk, [chunk.length / FEATURES, FEATURES]),
+      });
+      out.push(result[output]!.data as Float32Array);
+    }
+  };
+  try {
+    await subject();
+    await baseline();
+    // Both must give the same outputs before their speeds mean anything.
+    let row = 0;
+    for (const probs of out) {
+      for (let r = 0; r < probs.length / 2; r++, row++) {
+        if (conf[row] !== Math.max(probs[2 * r]!, probs[2 * r + 1]!)) {
+          throw new Error(`shadow path and onnxruntime disagree at frame ${row}`);
+        }
+      }
+    }
+    const reps = 31;
+    const subjectMs: number[] = [];
+    const baselineMs: number[] = [];
+    for (let i = 0; i < reps; i++) {
+      // Alternated, so that drift of the host falls on both.
+      for (const [fn, into] of i % 2 === 0
+        ? ([
+            [subject, subjectMs],
+            [baseline, baselineMs],
+          ] as const)
+        : ([
+            [baseline, baselineMs],
+            [subject, subjectMs],
+          ] as const)) {
+        const t0 = process.hrtime.bigint();
+        await fn();
+        into.push(Number(process.hrtime.bigint() - t0) / 1e6);
+      }
+    }
+    const s = median(subjectMs);
+    const b = median(baselineMs);
+    const fps = (t: number) => Math.round((frames.count * 1000) / t).toLocaleString('en-US');
+    const part = (k: keyof typeof parts) => `${k} ${median(parts[k]).toFixed(2)}`;
+    console.log(
+      `shadow inference (${frames.count} frames, chunks of ${INFERENCE_CHUNK}, medians of ${reps}): ` +
+        `shadow path ${fps(s)} frames/s, InferenceSession.run ${fps(b)} frames/s, ratio ${(b / s).toFixed(2)}x ` +
+        `(goal >= 0.85x); ms per batch: shadow path ${s.toFixed(2)} (${(
+          ['size', 'copy', 'run', 'decode'] as const
+        )
+          .map(part)
+          .join(', ')}), InferenceSession.run ${b.toFixed(2)}`,
+    );
+    return {
+      name: `shadow inference (${(frames.count / 1000).toFixed(0)}k frames)`,
+      subject: 'runner, as infer',
+      baseline: 'InferenceSession.run',
+      subjectMs: s,
+      baselineMs: b,
+      speedup: b / s,
+    };
+  } finally {
+    await session.release();
+    await runner.close();
+  }
+}
+
+async function vehicle(
+  load: (digest: string) => Promise<Buffer | undefined>,
+  prodDigest: string,
+  candidateModel: Buffer,
+): Promise<BenchRow> {
+  const count = Number(process.env.FLEETGATE_BENCH_VEHICLE_FRAMES ?? 1500);
+  const rateHz = Number(process.env.FLEETGATE_BENCH_VEHICLE_RATE ?? 1000);
+  const reps = Number(process.env.FLEETGATE_BENCH_VEHICLE_REPS ?? 11);
+  const queue = 256;
+  const batch = 32;
+  const frames = generateFrames(makeRng('bench-vehicle'), count, 0.3);
+  const runner = new OnnxModelRunner(load);
+  const production = runnerModel(runner, prodDigest, { intraOpThreads: 1 });
+  const candidate = await ThreadModel.open(new Uint8Array(candidateModel), { intraOpThreads: 1 });
+  const run = async (shadow: boolean) => {
+    const runtime = new VehicleRuntime({
+      production,
+      candidate: shadow ? candidate : undefined,
+      shadowQueue: queue,
+      shadowBatch: batch,
+    });
+    const r = await driveAtRate(runtime, frames.features, count, rateHz);
+    await runtime.shadowIdle();
+    const sorted = Float64Array.from(r.latencyMs).sort();
+    return {
+      p50: quantile(sorted, 0.5),
+      p99: quantile(sorted, 0.99),
+      cores: r.cores,
+      stats: runtime.stats(),
+    };
+  };
+  const load0 = loadavg()[0]!;
+  try {
+    // Warm-up: sessions built, code paths compiled.
+    await run(true);
+    await run(false);
+    const off: Awaited<ReturnType<typeof run>>[] = [];
+    const on: Awaited<ReturnType<typeof run>>[] = [];
+    for (let i = 0; i < reps; i++) {
+      if (i % 2 === 0) {
+        off.push(await run(false));
+        on.push(await run(true));
+      } else {
+        on.push(await run(true));
+        off.push(await run(false));
+      }
+    }
+    const m = (rs: typeof on, f: (r: (typeof on)[number]) => number) => median(rs.map(f));
+    const [p50Off, p99Off, p50On, p99On] = [
+      m(off, (r) => r.p50),
+      m(off, (r) => r.p99),
+      m(on, (r) => r.p50),
+      m(on, (r) => r.p99),
+    ];
+    const completed = on.reduce((a, r) => a + r.stats.shadowCompleted, 0);
+    const dropped = on.reduce((a, r) => a + r.stats.shadowDropped, 0);
+    const failed = on.reduce((a, r) => a + r.stats.shadowFailed, 0);
+    const us = (x: number) => `${(x * 1000).toFixed(0)} us`;
+    // The same ratio within each alternated pair, whose runs met the same state of the host.
+    const paired = median(on.map((r, i) => r.p99 / off[i]!.p99));
+    console.log(
+      `vehicle (${count} frames at ${rateHz} Hz, ${reps} runs each, alternated, medians): production ` +
+        `p50/p99 shadow off ${us(p50Off)}/${us(p99Off)}, on ${us(p50On)}/${us(p99On)}, ` +
+        `p99 ratio ${(p99On / p99Off).toFixed(2)}x (goal <= 1.05x; median of paired ratios ` +
+        `${paired.toFixed(2)}x); shadow frames ${completed} completed, ` +
+        `${dropped} dropped, ${failed} failed (queue ${queue}, batches of ${batch}); CPU ${m(off, (r) => r.cores).toFixed(2)} ` +
+        `cores shadow off, ${m(on, (r) => r.cores).toFixed(2)} on; host load average ` +
+        `${load0.toFixed(1)} -> ${loadavg()[0]!.toFixed(1)} on ${cpus().length} cores`,
+    );
+    return {
+      name: `vehicle p99 (${rateHz} fps)`,
+      subject: 'shadow on',
+      baseline: 'shadow off',
+      subjectMs: p99On,
+      baselineMs: p99Off,
+      speedup: p99Off / p99On,
+    };
+  } finally {
+    await candidate.close();
+    await runner.close();
+  }
+}
+
+function median(xs: readonly number[]): number {
+  return quantile(Float64Array.from(xs).sort(), 0.5);
+}
+
+/** Quantile of sorted values, linear between order statistics. */
+function quantile(sorted: Float64Array, q: number): number {
+  const pos = (sorted.length - 1) * q;
+  const lo = Math.floor(pos);
+  const hi = Math.min(sorted.length - 1, lo + 1);
+  return sorted[lo]! + (sorted[hi]! - sorted[lo]!) * (pos - lo);
+}
