@@ -41,6 +41,7 @@ import type * as DevServerModule from '../workers/dev-server';
 import type * as RegistryModule from '../activities/registry';
 import type * as FleetActivitiesModule from '../activities/fleet';
 import type * as SimFleetModule from '../sim/fleet';
+import type * as IotAgentModule from '../sim/iot-agent';
 import type * as SimulateModule from './simulate';
 import type * as ScenarioModule from '../policies/scenario';
 
@@ -769,7 +770,7 @@ export async function initFleet(
   const { loadFleetManifest } = require('../sim/fleet') as typeof SimFleetModule;
   const manifest = loadFleetManifest(manifestPath);
   const cohorts = manifest.cohorts.map((c) => c.name);
-  const services = await openServices(config.dataDir, config.root);
+  const services = await openServices(config.dataDir, config.root, config.ota);
   try {
     const prod = await bootstrapProduction(
       { store: services.store, runner: services.runner, root: services.root },
@@ -778,6 +779,19 @@ export async function initFleet(
       by,
     );
     const productionByCohort = Object.fromEntries(cohorts.map((c) => [c, prod.digest]));
+    const production =
+      `production ${prod.name}@${prod.version} (${prod.digest.slice(0, 12)}) in ${cohorts.length} cohort(s) ` +
+      `(${cohorts.join(', ')})`;
+    if (services.iot) {
+      // Delivery through AWS IoT Jobs: the vehicles are things there, registered by pseudonym.
+      const { IotDeviceAgent } = require('../sim/iot-agent') as typeof IotAgentModule;
+      const agent = new IotDeviceAgent(services.iot);
+      const iot = await agent.provision(manifest, services.key, productionByCohort);
+      return (
+        `fleet "${iot.fleet}": ${iot.vehicles} vehicles registered as AWS IoT things (${iot.created} new); ` +
+        `${production}; data in ${displayPath(config.dataDir)}`
+      );
+    }
     const fleet = await initSimFleet(
       { conn: services.db.connection, key: services.key, root: services.root },
       manifestPath,
@@ -785,8 +799,7 @@ export async function initFleet(
     );
     return (
       `fleet "${fleet.fleet}" ${fleet.created ? 'created' : 'already there'}: ${fleet.vehicles} simulated vehicles; ` +
-      `production ${prod.name}@${prod.version} (${prod.digest.slice(0, 12)}) in ${cohorts.length} cohort(s) ` +
-      `(${cohorts.join(', ')}); data in ${displayPath(config.dataDir)}`
+      `${production}; data in ${displayPath(config.dataDir)}`
     );
   } finally {
     await services.close();

@@ -222,3 +222,38 @@ export class IotDeviceAgent {
     }
   }
 }
+
+/**
+ * Runs `agent.run()` every `everyMs` until stopped, one pass at a time. A failed pass is reported through
+ * `onError` (the next pass retries); `stop()` waits for the pass in flight.
+ */
+export function startAgentLoop(
+  agent: IotDeviceAgent,
+  everyMs: number,
+  onError: (err: unknown) => void,
+): { stop(): Promise<void>; passes(): number } {
+  let stopped = false;
+  let passes = 0;
+  let timer: NodeJS.Timeout | undefined;
+  let inFlight: Promise<void> = Promise.resolve();
+  const tick = () => {
+    inFlight = agent
+      .run()
+      .then(
+        () => void passes++,
+        (err: unknown) => onError(err),
+      )
+      .finally(() => {
+        if (!stopped) timer = setTimeout(tick, everyMs);
+      });
+  };
+  tick();
+  return {
+    async stop() {
+      stopped = true;
+      if (timer) clearTimeout(timer);
+      await inFlight;
+    },
+    passes: () => passes,
+  };
+}

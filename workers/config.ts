@@ -27,6 +27,11 @@
  *                           ... counted after this many vehicles executed it (default 10)
  *   FLEETGATE_IOT_TIMEOUT_MINUTES
  *                           a vehicle's execution fails after this long in progress, 1-10080 (default 60)
+ *   FLEETGATE_IOT_AGENT     "1": the worker also plays the fleet's vehicles (sim/iot-agent.ts), applying
+ *                           fleetgate's jobs to the things; for a simulated fleet registered in IoT by
+ *                           `fleetgate fleet init`. Never set it where real vehicles run the jobs.
+ *   FLEETGATE_IOT_AGENT_EVERY_MS
+ *                           how often the agent looks for new jobs, in ms (default 2000)
  */
 import { resolve } from 'node:path';
 import type { IotJobsSettings } from '../activities/ota-iot';
@@ -43,6 +48,8 @@ export interface AwsIotConfig {
   credentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string };
   /** The settings given; the channel fills in its defaults (IOT_JOBS_DEFAULTS) and checks ranges. */
   settings: Partial<IotJobsSettings>;
+  /** FLEETGATE_IOT_AGENT: the worker plays the vehicles, looking for jobs every `everyMs`. */
+  agent?: { everyMs: number };
 }
 
 export interface Config {
@@ -89,7 +96,19 @@ export function loadOtaConfig(env: NodeJS.ProcessEnv = process.env): OtaConfig {
   setting('FLEETGATE_IOT_ABORT_PERCENT', 'abortThresholdPercent');
   setting('FLEETGATE_IOT_ABORT_MIN_EXECUTED', 'abortMinExecuted');
   setting('FLEETGATE_IOT_TIMEOUT_MINUTES', 'inProgressTimeoutMinutes');
+  const agent = env.FLEETGATE_IOT_AGENT || '';
+  if (agent !== '' && agent !== '0' && agent !== '1') {
+    throw new Error(`FLEETGATE_IOT_AGENT must be "1" or "0" (got "${agent}")`);
+  }
+  const every = env.FLEETGATE_IOT_AGENT_EVERY_MS || '2000';
+  const everyMs = Number(every);
+  if (!(Number.isInteger(everyMs) && everyMs >= 100)) {
+    throw new Error(
+      `FLEETGATE_IOT_AGENT_EVERY_MS must be a whole number of ms, at least 100 (got "${every}")`,
+    );
+  }
   return {
+    ...(agent === '1' ? { agent: { everyMs } } : {}),
     kind,
     endpoint: env.FLEETGATE_AWS_ENDPOINT || undefined,
     region: env.AWS_REGION || env.AWS_DEFAULT_REGION || undefined,

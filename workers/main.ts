@@ -4,6 +4,7 @@
  */
 import { NativeConnection } from '@temporalio/worker';
 import { connectionOptions, loadConfig } from './config';
+import { IotDeviceAgent, startAgentLoop } from '../sim/iot-agent';
 import { createFleetgateWorker, openServices } from './worker';
 
 export async function runWorker(): Promise<void> {
@@ -19,9 +20,20 @@ export async function runWorker(): Promise<void> {
   console.error(
     `fleetgate worker: task queue "${config.taskQueue}" on ${connectionOptions(config).address}, data in ${config.dataDir}`,
   );
+  const ota = config.ota;
+  const agent =
+    ota.kind === 'aws-iot' && ota.agent && services.iot
+      ? startAgentLoop(new IotDeviceAgent(services.iot), ota.agent.everyMs, (err) =>
+          console.error(
+            `fleetgate worker: the vehicle agent's pass failed (${(err as Error).message}); retrying`,
+          ),
+        )
+      : undefined;
+  if (agent) console.error('fleetgate worker: playing the vehicles of the fleet registered in AWS IoT');
   try {
     await worker.run();
   } finally {
+    await agent?.stop();
     await connection.close();
     await services.close();
   }

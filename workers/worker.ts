@@ -33,6 +33,8 @@ export interface Services {
   key: Buffer;
   /** Over-the-air delivery, as configured (FLEETGATE_OTA). */
   ota: OtaChannel;
+  /** The AWS IoT client when delivery goes through AWS IoT Jobs. */
+  iot?: IoTClient;
   close(): Promise<void>;
 }
 
@@ -74,6 +76,7 @@ export async function openServices(
     db,
     key,
     ota: channel,
+    ...(iot ? { iot } : {}),
     async close() {
       await runner.close();
       iot?.destroy();

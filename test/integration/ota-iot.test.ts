@@ -7,7 +7,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import YAML from 'yaml';
@@ -32,7 +32,8 @@ import {
 import type { OtaJob } from '../../activities/deps';
 import { ErrorType } from '../../errors';
 import { loadFleetManifest } from '../../sim/fleet';
-import { IotDeviceAgent } from '../../sim/iot-agent';
+import { IotDeviceAgent, startAgentLoop } from '../../sim/iot-agent';
+import { initFleet } from '../../cli/main';
 import { loadConfig, loadOtaConfig } from '../../workers/config';
 import { createActivities, openServices, type Services } from '../../workers/worker';
 import { startMoto, type Moto } from '../moto';
@@ -357,6 +358,68 @@ test('FLEETGATE_OTA selects the channel; unknown channels and settings out of ra
     abortMinExecuted: 10,
     inProgressTimeoutMinutes: 60,
   });
+});
+
+test('fleet init registers the fleet in AWS IoT, and a worker with FLEETGATE_IOT_AGENT plays its vehicles', async () => {
+  const manifest = YAML.parse(readFileSync(join(tmp, 'fleet.yaml'), 'utf8')) as Record<string, unknown>;
+  writeFileSync(join(tmp, 'cli-fleet.yaml'), YAML.stringify({ ...manifest, name: 'clifleet' }));
+  const env = {
+    FLEETGATE_DATA_DIR: join(tmp, 'cli-data'),
+    FLEETGATE_OTA: 'aws-iot',
+    FLEETGATE_AWS_ENDPOINT: moto.endpoint,
+    AWS_REGION: 'eu-west-1',
+    AWS_ACCESS_KEY_ID: 'test',
+    AWS_SECRET_ACCESS_KEY: 'test',
+    FLEETGATE_IOT_AGENT: '1',
+    FLEETGATE_IOT_AGENT_EVERY_MS: '200',
+  };
+  const config = loadConfig(env);
+  assert.deepEqual(config.ota.kind === 'aws-iot' && config.ota.agent, { everyMs: 200 });
+  const fleetFile = join(tmp, 'cli-fleet.yaml');
+  const first = await initFleet(config, fleetFile, 'models/production', 'tester');
+  assert.match(
+    first,
+    new RegExp(
+      `fleet "clifleet": ${2 * VEHICLES} vehicles registered as AWS IoT things \\(${2 * VEHICLES} new\\)`,
+    ),
+  );
+  const again = await initFleet(config, fleetFile, 'models/production', 'tester');
+  assert.match(again, /registered as AWS IoT things \(0 new\)/);
+  assert.equal(await channel.vehicleCount('clifleet'), 2 * VEHICLES);
+
+  // A job for two vehicles of the new fleet; the worker's agent loop applies it by itself.
+  const cohort = COHORTS[0]!;
+  const inv = await channel.inventory('clifleet', cohort);
+  const production = inv.digests[0]!;
+  const targets = new Map([[cohort, inv.vehicles.slice(0, 2)]]);
+  await channel.createJob({
+    jobId: 'cli-w1',
+    rolloutId: 'cli',
+    fleet: 'clifleet',
+    kind: 'deliver',
+    wave: 1,
+    digest: CAND,
+    targets,
+    result: { jobId: 'cli-w1', vehicles: { [cohort]: 2 } },
+  });
+  const errors: unknown[] = [];
+  const loop = startAgentLoop(new IotDeviceAgent(client), 200, (err) => errors.push(err));
+  try {
+    const deadline = Date.now() + 60_000;
+    let running: Record<string, number> = {};
+    while (Date.now() < deadline) {
+      running = {};
+      for (const d of (await channel.inventory('clifleet', cohort)).digests)
+        running[d] = (running[d] ?? 0) + 1;
+      if (running[CAND] === 2) break;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    assert.deepEqual(running, { [CAND]: 2, [production]: VEHICLES - 2 });
+  } finally {
+    await loop.stop();
+  }
+  assert.ok(loop.passes() >= 1);
+  assert.deepEqual(errors, []);
 });
 
 test('no raw vehicle id appears in any request sent to AWS', () => {
