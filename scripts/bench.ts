@@ -34,6 +34,7 @@ import { SimulatedOta } from '../sim/ota';
 import { SIM_BASELINE, SIM_LOOK_SIZE, simulate, type SimulationInput } from '../cli/stats';
 import { MAX_LOOKS } from '../policies/gsd';
 import { sampleSize } from '../policies/planning';
+import { shadowBench } from './bench-shadow';
 
 const ROOT = resolve(__dirname, '..');
 const FLEET = 'sim/fleets/demo.yaml';
@@ -208,6 +209,8 @@ async function main(): Promise<void> {
     results.push(...(await lookScaling(conn)));
     // 5. A 1,000,000-vehicle fleet: creating it, then targeting waves.
     results.push(...(await fleetScale()));
+    // 6. Shadow: inference throughput against onnxruntime, and the vehicle's p99 with shadow on and off.
+    results.push(...(await shadowBench(ROOT)));
   } finally {
     await services.close();
     rmSync(dataDir, { recursive: true, force: true });
