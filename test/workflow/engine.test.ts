@@ -273,9 +273,8 @@ describe('decision engine in rolloutWorkflow (time-skipping)', () => {
     const world = await makeWorld();
     try {
       const policy = week();
-      // Wave 1 (5% of 300 vehicles, 6 hours) drives about 90 vehicle-hours per cohort: one extra look
-      // of 2 hours reaches 100. Wave 2 can never reach its minimum.
-      policy.waves![0]!.minExposure = 100;
+      // Wave 2 (25% of each cohort for 6 hours) can never reach this: it is extended by the allowed
+      // extra looks, each adding exposure, and then every cohort is held.
       policy.waves![1]!.minExposure = 1_000_000;
       const result = await run(world, `exposure-${process.pid}`, 'models/candidate-good', policy);
       assert.equal(result.outcome, 'completed', result.reason);
@@ -284,10 +283,10 @@ describe('decision engine in rolloutWorkflow (time-skipping)', () => {
       const extended = entries.filter(
         (d) => d.action === 'extend' && /candidate exposure below/.test(d.reason),
       );
-      assert.ok(
-        extended.some((d) => d.wave === 1 && /below 100 vehicle-hours/.test(d.reason)),
-        JSON.stringify(extended),
-      );
+      assert.equal(extended.length, 2, JSON.stringify(extended));
+      const hours = extended.map((d) => Number(/hw3\/eu \(([\d.]+)\)/.exec(d.reason)![1]));
+      assert.ok(extended.every((d) => d.wave === 2));
+      assert.ok(hours[1]! > hours[0]!, `each extra look adds exposure: ${hours.join(' -> ')}`);
       const held = entries.filter((d) => d.action === 'withdraw');
       assert.equal(held.length, world.cohorts.length);
       for (const d of held)
