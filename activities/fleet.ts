@@ -25,8 +25,15 @@ import { CRITICAL_CLASS, FEATURES, gaussian, generateFramesWith, makeRng, poisso
 import type { FrameConditions, Frames } from '../sim/frames';
 import { edgeFilter, windowBudget } from '../sim/edge';
 import type { EdgeCounters } from '../sim/edge';
-import { loadFleetManifest, shadowTargets, simVehicles, waveTargets } from '../sim/fleet';
-import { countVehicles, INSTALL, installOutcomes, installsAlways } from '../sim/ota';
+import {
+  loadFleetManifest,
+  pseudonymSql,
+  shadowTargets,
+  targetCount,
+  waveShare,
+  waveTargets,
+} from '../sim/fleet';
+import { countVehicles, INSTALL, installOutcomes, installsAlways, SimulatedOta } from '../sim/ota';
 import { recordBatchStats } from './analysis';
 import type {
   BatchResult,
@@ -86,25 +93,34 @@ export async function initSimFleet(
   return transaction(conn, async () => {
     const existing = await countVehicles(conn, manifest.name);
     if (existing > 0) return { fleet: manifest.name, vehicles: existing, created: false };
-    const appender = await conn.createAppender('vehicles');
+    // Pseudonyms are computed inside the database, cohort by cohort in generation order (`simVehicles`'
+    // order, which inventories keep); the raw id exists only inside the expression that hashes it.
+    const id = pseudonymSql(key, `$prefix || i::VARCHAR`);
     let total = 0;
-    try {
-      for (const { cohort, pseudonyms } of simVehicles(manifest, key)) {
-        const digest = productionByCohort[cohort.name]!;
-        for (const vehicle of pseudonyms) {
-          appender.appendVarchar(manifest.name);
-          appender.appendVarchar(cohort.name);
-          appender.appendVarchar(cohort.sku);
-          appender.appendVarchar(vehicle);
-          appender.appendVarchar(digest);
-          appender.appendNull();
-          appender.appendVarchar('a');
-          appender.endRow();
-        }
-        total += pseudonyms.length;
-      }
-    } finally {
-      appender.closeSync();
+    for (const [cohortIndex, cohort] of manifest.cohorts.entries()) {
+      total += await exec(
+        conn,
+        `INSERT INTO vehicles (fleet, cohort, sku, vehicle, slot_a, slot_b, active)
+         SELECT $fleet, $cohort, $sku, ${id.sql}, $digest, NULL, 'a' FROM range($n) t(i)`,
+        {
+          fleet: manifest.name,
+          cohort: cohort.name,
+          sku: cohort.sku,
+          digest: productionByCohort[cohort.name]!,
+          prefix: `${manifest.name}-${cohortIndex}-`,
+          n: cohort.vehicles,
+          ...id.params,
+        },
+      );
+    }
+    // The table has no primary-key index (it cost more than the inserts): uniqueness is checked here.
+    const [dup] = await rows(
+      conn,
+      `SELECT count(*) - count(DISTINCT vehicle) AS n FROM vehicles WHERE fleet = ?`,
+      [manifest.name],
+    );
+    if (num(dup?.n) > 0) {
+      throw fail(ErrorType.InvalidInput, `fleet ${manifest.name}: ${num(dup?.n)} pseudonym(s) collide`);
     }
     return { fleet: manifest.name, vehicles: total, created: true };
   });
@@ -149,18 +165,41 @@ export function createFleetActivities(deps: FleetActivityDeps) {
         const recorded = await ota.recordedJob(jobId, input.digest);
         if (recorded) return recorded as DeliveryResult;
         await requireFleet(manifest);
+        // The simulated channel chooses each cohort's targets inside the fleet database; any other
+        // channel's inventory is ranked here. Both give the same targets and outcomes (unit-tested).
+        const sim = ota instanceof SimulatedOta ? ota : undefined;
+        const sizes = sim ? await sim.cohortSizes(manifest.name) : undefined;
+        const share = waveShare(input.percent);
         const targets = new Map<string, string[]>();
+        const installed = new Map<string, number>();
         const installs: NonNullable<DeliveryResult['installs']> = {};
         let modelled = false;
         for (const cohort of cohorts) {
-          const fleet = await ota.inventory(manifest.name, cohort.name);
-          const chosen = new Set(waveTargets(fleet.vehicles, key, input.rolloutId, input.percent));
-          const fresh = fleet.vehicles.filter((v, i) => chosen.has(v) && fleet.digests[i] !== input.digest);
           const model = {
             availability: cohort.availability,
             installFailureRate: skuOf(manifest, cohort).installFailureRate,
           };
           modelled ||= !installsAlways(model);
+          if (sim) {
+            const staged = await sim.stageWave({
+              jobId,
+              rolloutId: input.rolloutId,
+              wave: input.wave,
+              fleet: manifest.name,
+              cohort: cohort.name,
+              digest: input.digest,
+              count: targetCount(sizes!.get(cohort.name) ?? 0, share),
+              key,
+              model,
+            });
+            const { targeted, failed, deferred } = staged;
+            installs[cohort.name] = { targeted, failed, deferred };
+            installed.set(cohort.name, staged.installed);
+            continue;
+          }
+          const fleet = await ota.inventory(manifest.name, cohort.name);
+          const chosen = new Set(waveTargets(fleet.vehicles, key, input.rolloutId, input.percent));
+          const fresh = fleet.vehicles.filter((v, i) => chosen.has(v) && fleet.digests[i] !== input.digest);
           const outcome = installOutcomes(key, input.rolloutId, input.wave, fresh, model);
           let failed = 0;
           let deferred = 0;
@@ -169,27 +208,27 @@ export function createFleetActivities(deps: FleetActivityDeps) {
             else if (o === INSTALL.deferred) deferred++;
           }
           installs[cohort.name] = { targeted: fresh.length, failed, deferred };
-          targets.set(
-            cohort.name,
-            fresh.filter((_, i) => outcome[i] === INSTALL.installed),
-          );
+          const cohortTargets = fresh.filter((_, i) => outcome[i] === INSTALL.installed);
+          targets.set(cohort.name, cohortTargets);
+          installed.set(cohort.name, cohortTargets.length);
         }
         const running = await ota.running(manifest.name, input.digest);
         const vehicles: Record<string, number> = {};
         for (const cohort of cohorts) {
-          vehicles[cohort.name] = (running.get(cohort.name) ?? 0) + (targets.get(cohort.name)?.length ?? 0);
+          vehicles[cohort.name] = (running.get(cohort.name) ?? 0) + (installed.get(cohort.name) ?? 0);
         }
         const result: DeliveryResult = modelled ? { jobId, vehicles, installs } : { jobId, vehicles };
-        await ota.createJob({
+        const job = {
           jobId,
           rolloutId: input.rolloutId,
           fleet: manifest.name,
-          kind: 'deliver',
+          kind: 'deliver' as const,
           wave: input.wave,
           digest: input.digest,
-          targets,
           result,
-        });
+        };
+        if (sim) await sim.finishJob(job, installed);
+        else await ota.createJob({ ...job, targets });
         return result;
       });
     },

@@ -3,8 +3,10 @@
  * phase reaches.
  *
  * Vehicles are known only by a keyed pseudonym, HMAC-SHA256(key, rawId) in hex (first 20 characters).
- * Raw identifiers exist in memory inside `simVehicles` while the fleet is generated and nowhere else:
- * this module must never log, store or return one.
+ * Raw identifiers exist in memory while the fleet is generated, inside `simVehicles` or inside the one
+ * SQL expression of `pseudonymSql` that hashes them, and nowhere else: this module must never log, store
+ * or return one. Whole cohorts are hashed inside DuckDB (`pseudonymSql`, `saltedSql`) with results equal
+ * to the JavaScript functions here, so the fleet is never read into JavaScript to be ranked.
  *
  * Assignment is a keyed ranking: each vehicle's rank is a uint32 from an HMAC over the pseudonym with a
  * per-rollout salt, and a wave of p% of a cohort is the first ceil(p/100 * n) vehicles by rank. The same
@@ -92,6 +94,53 @@ export function* simVehicles(manifest: FleetManifest, key: Buffer): Generator<Si
 function saltKey(key: Buffer, salt: string): Buffer {
   return createHmac('sha256', key).update(salt, 'utf8').digest();
 }
+
+/**
+ * HMAC-SHA256 under a key as a DuckDB expression, for hashing a whole cohort inside the database:
+ * `hex(message)` is sha256(outer pad || sha256(inner pad || message)) in lowercase hex, equal to
+ * node:crypto's HMAC of the same bytes (checked in the unit tests). `message` is a BLOB expression (use
+ * `encode(text)` for a string's UTF-8 bytes). The pads (the key XOR 0x36 and 0x5c) are bound as the
+ * statement's named parameters `${name}_inner` and `${name}_outer`, in `params`: never put into SQL text,
+ * never stored.
+ */
+export interface SqlHmac {
+  hex: (message: string) => string;
+  params: Record<string, string>;
+}
+
+function sqlHmac(key: Buffer, name: string): SqlHmac {
+  const block = Buffer.alloc(64);
+  (key.length > 64 ? createHash('sha256').update(key).digest() : key).copy(block);
+  const pad = (byte: number) => Buffer.from(block.map((b) => b ^ byte)).toString('hex');
+  return {
+    hex: (message) => `sha256(unhex($${name}_outer) || unhex(sha256(unhex($${name}_inner) || ${message})))`,
+    params: { [`${name}_inner`]: pad(0x36), [`${name}_outer`]: pad(0x5c) },
+  };
+}
+
+/** `pseudonym` as SQL: the keyed pseudonym of the raw id the VARCHAR expression `rawId` gives. */
+export function pseudonymSql(key: Buffer, rawId: string): { sql: string; params: Record<string, string> } {
+  const mac = sqlHmac(key, 'pseudonym');
+  return { sql: `substr(${mac.hex(`encode(${rawId})`)}, 1, ${PSEUDONYM_CHARS})`, params: mac.params };
+}
+
+/**
+ * HMAC(HMAC(key, salt), ·) as SQL, whose first 8 hex characters order vehicles as `assignmentRank`
+ * (fixed-width lowercase hex sorts as the number) and whose 32-bit words are `keyedUniforms`' draws.
+ */
+export function saltedSql(key: Buffer, salt: string, name: string): SqlHmac {
+  return sqlHmac(saltKey(key, salt), name);
+}
+
+/** The share of a cohort a canary wave of `percent` (0-100] reaches. */
+export function waveShare(percent: number): number {
+  if (!(percent > 0 && percent <= 100))
+    throw fail(ErrorType.InvalidInput, `a wave percent must be in (0, 100] (got ${percent})`);
+  return percent / 100;
+}
+
+/** The salt of a rollout's canary ranking (see `waveTargets`). */
+export const canarySalt = (rolloutId: string) => `${rolloutId}:canary`;
 
 /** A vehicle's rank under a salt: the first 4 bytes (big-endian) of HMAC(HMAC(key, salt), pseudonym). */
 export function assignmentRank(key: Buffer, salt: string, pseudonymHex: string): number {
@@ -181,9 +230,8 @@ export function waveTargets(
   rolloutId: string,
   percent: number,
 ): string[] {
-  if (!(percent > 0 && percent <= 100))
-    throw fail(ErrorType.InvalidInput, `a wave percent must be in (0, 100] (got ${percent})`);
-  return firstByRank(pseudonyms, key, `${rolloutId}:canary`, targetCount(pseudonyms.length, percent / 100));
+  const share = waveShare(percent);
+  return firstByRank(pseudonyms, key, canarySalt(rolloutId), targetCount(pseudonyms.length, share));
 }
 
 /** The vehicles of one cohort that run the candidate in shadow, for a share in [0, 1]. */

@@ -18,7 +18,7 @@ import { columns, exec, num, rows } from '../activities/db';
 import type { OtaChannel, OtaJob } from '../activities/deps';
 import { ErrorType, fail } from '../errors';
 import type { CohortSpec } from '../policies/schema';
-import { keyedUniforms } from './fleet';
+import { canarySalt, keyedUniforms, saltedSql } from './fleet';
 
 /** What happened to one targeted vehicle in a simulated install. */
 export const INSTALL = { installed: 0, deferred: 1, failed: 2 } as const;
@@ -53,13 +53,39 @@ export function installOutcomes(
   const out = new Uint8Array(targets.length);
   if (installsAlways(model)) return out;
   const { online, parked, batteryOk } = model.availability;
-  const u = keyedUniforms(key, `${rolloutId}:install:w${wave}`, targets, 4);
+  const u = keyedUniforms(key, installSalt(rolloutId, wave), targets, 4);
   for (let i = 0; i < targets.length; i++) {
     const o = 4 * i;
     if (!(u[o]! < online && u[o + 1]! < parked && u[o + 2]! < batteryOk)) out[i] = INSTALL.deferred;
     else if (u[o + 3]! < model.installFailureRate) out[i] = INSTALL.failed;
   }
   return out;
+}
+
+/** The salt of a wave's install draws. */
+const installSalt = (rolloutId: string, wave: number) => `${rolloutId}:install:w${wave}`;
+
+/**
+ * `installOutcomes` of one vehicle as SQL, over `h`, the hex HMAC of its pseudonym under the wave's
+ * `installSalt`: the same four uniforms (32-bit words / 2^32, exact in a DOUBLE), the same tests.
+ */
+function installOutcomeSql(h: string): string {
+  const u = (d: number) => `(('0x' || substr(${h}, ${8 * d + 1}, 8))::UBIGINT::DOUBLE / 4294967296::DOUBLE)`;
+  return `CASE
+    WHEN NOT (${u(0)} < $online::DOUBLE AND ${u(1)} < $parked::DOUBLE AND ${u(2)} < $battery_ok::DOUBLE)
+      THEN ${INSTALL.deferred}
+    WHEN ${u(3)} < $failure_rate::DOUBLE THEN ${INSTALL.failed}
+    ELSE ${INSTALL.installed} END`;
+}
+
+/** What `SimulatedOta.stageWave` did in one cohort. */
+export interface StagedWave {
+  /** New targets: chosen and not yet running the digest. */
+  targeted: number;
+  failed: number;
+  deferred: number;
+  /** Appended to the job's targets: targeted - failed - deferred. */
+  installed: number;
 }
 
 /** The digest of a vehicle's active slot, as SQL. */
@@ -96,6 +122,87 @@ export class SimulatedOta implements OtaChannel {
       );
     }
     return JSON.parse(String(job.result));
+  }
+
+  /** Vehicles per cohort of the fleet; cohorts with none are absent. */
+  async cohortSizes(fleet: string): Promise<Map<string, number>> {
+    const found = await rows(
+      this.conn,
+      `SELECT cohort, count(*) AS n FROM vehicles WHERE fleet = ? GROUP BY cohort`,
+      [fleet],
+    );
+    return new Map(found.map((r) => [String(r.cohort), num(r.n)]));
+  }
+
+  /**
+   * One cohort's part of a canary wave, chosen inside the database (no cohort is read into JavaScript):
+   * the first `count` vehicles by keyed rank (`waveTargets`' order: the rank's hex, then the pseudonym),
+   * of which those not running `digest` are the new targets; their installs are drawn as
+   * `installOutcomes` draws them (none fail when `installsAlways`). Those that install are appended to the
+   * targets of job `jobId` with the slot each had active; `finishJob` then switches them.
+   */
+  async stageWave(wave: {
+    jobId: string;
+    rolloutId: string;
+    wave: number;
+    fleet: string;
+    cohort: string;
+    digest: string;
+    count: number;
+    key: Buffer;
+    model: InstallModel;
+  }): Promise<StagedWave> {
+    const { conn } = this;
+    const rank = saltedSql(wave.key, canarySalt(wave.rolloutId), 'rank');
+    const draw = installsAlways(wave.model)
+      ? undefined
+      : saltedSql(wave.key, installSalt(wave.rolloutId, wave.wave), 'install');
+    const { online, parked, batteryOk } = wave.model.availability;
+    await exec(
+      conn,
+      `CREATE OR REPLACE TEMP TABLE wave_stage AS
+       SELECT vehicle, active, ${draw ? installOutcomeSql('h') : INSTALL.installed} AS outcome
+       FROM (SELECT vehicle, active${draw ? `, ${draw.hex('encode(vehicle)')} AS h` : ''}
+             FROM (SELECT vehicle, active, ${ACTIVE_DIGEST} AS running FROM vehicles
+                   WHERE fleet = $fleet AND cohort = $cohort
+                   ORDER BY substr(${rank.hex('encode(vehicle)')}, 1, 8), vehicle
+                   LIMIT $count)
+             WHERE running IS DISTINCT FROM $digest)`,
+      {
+        fleet: wave.fleet,
+        cohort: wave.cohort,
+        digest: wave.digest,
+        count: wave.count,
+        ...rank.params,
+        ...(draw
+          ? {
+              ...draw.params,
+              online,
+              parked,
+              battery_ok: batteryOk,
+              failure_rate: wave.model.installFailureRate,
+            }
+          : {}),
+      },
+    );
+    const [counts] = await rows(
+      conn,
+      `SELECT count(*) AS targeted, count(*) FILTER (outcome = ${INSTALL.failed}) AS failed,
+              count(*) FILTER (outcome = ${INSTALL.deferred}) AS deferred FROM wave_stage`,
+    );
+    const installed = await exec(
+      conn,
+      `INSERT INTO ota_targets (job_id, vehicle, cohort, reverted, prev_active)
+       SELECT ?, vehicle, ?, false, active FROM wave_stage WHERE outcome = ${INSTALL.installed}`,
+      [wave.jobId, wave.cohort],
+    );
+    await exec(conn, `DROP TABLE wave_stage`);
+    return {
+      targeted: num(counts?.targeted),
+      failed: num(counts?.failed),
+      deferred: num(counts?.deferred),
+      installed,
+    };
   }
 
   /**
@@ -135,6 +242,17 @@ export class SimulatedOta implements OtaChannel {
         `OTA job ${job.jobId} targets ${total - matched} vehicle(s) that are not in their cohort of fleet ${job.fleet}`,
       );
     }
+    const counts = new Map([...job.targets].map(([cohort, vehicles]) => [cohort, vehicles.length]));
+    await this.finishJob(job, counts);
+  }
+
+  /**
+   * Completes job `job.jobId` whose targets are in `ota_targets` with the slot each had active (by
+   * `createJob` or `stageWave`): switches their slots, logs one op per cohort with any (`counts`), and
+   * records the job with its result.
+   */
+  async finishJob(job: Omit<OtaJob, 'targets'>, counts: ReadonlyMap<string, number>): Promise<void> {
+    const { conn } = this;
     // The new model goes into the inactive slot, which then becomes the active one.
     await exec(
       conn,
@@ -146,13 +264,13 @@ export class SimulatedOta implements OtaChannel {
        WHERE t.job_id = ? AND vehicles.fleet = ? AND vehicles.vehicle = t.vehicle`,
       [job.digest, job.digest, job.jobId, job.fleet],
     );
-    for (const [cohort, vehicles] of job.targets) {
-      if (vehicles.length > 0) {
+    for (const [cohort, n] of counts) {
+      if (n > 0) {
         await exec(conn, `INSERT INTO ota_ops (job_id, op, cohort, vehicles) VALUES (?, ?, ?, ?)`, [
           job.jobId,
           job.kind,
           cohort,
-          vehicles.length,
+          n,
         ]);
       }
     }

@@ -18,9 +18,12 @@ import { SimulatedOta } from '../../sim/ota';
 import {
   assignmentRank,
   assignmentRanks,
+  keyedUniforms,
   loadFleetManifest,
   pseudonym,
+  pseudonymSql,
   rankOrder,
+  saltedSql,
   shadowTargets,
   simVehicles,
   targetCount,
@@ -200,6 +203,34 @@ void describe('the fleet database', () => {
   after(async () => {
     await db.close();
     rmSync(dir, { recursive: true, force: true });
+  });
+
+  void it('hashes inside DuckDB exactly as in JavaScript: pseudonyms, ranks and install draws', async () => {
+    const conn = db.connection;
+    const raw = ['f-0-0', 'f-1-123456', `${'long-'.repeat(20)}7`, 'véhicule-ü-9'];
+    for (const key of [KEY, randomBytes(100)]) {
+      const id = pseudonymSql(key, '$raw');
+      for (const r of raw) {
+        const [row] = await rows(conn, `SELECT ${id.sql} AS p`, { raw: r, ...id.params });
+        assert.equal(row?.p, pseudonym(key, r), r);
+      }
+      const pseudonyms = cohortPseudonyms([50])[0]!;
+      const mac = saltedSql(key, 'r9:canary', 'rank');
+      const found = await rows(
+        conn,
+        `SELECT v, ${mac.hex('encode(v)')} AS h FROM unnest($list::VARCHAR[]) t(v)`,
+        { list: `[${pseudonyms.join(',')}]`, ...mac.params },
+      );
+      const draws = keyedUniforms(key, 'r9:canary', pseudonyms, 8);
+      for (const r of found) {
+        const i = pseudonyms.indexOf(String(r.v));
+        const h = String(r.h);
+        assert.equal(parseInt(h.slice(0, 8), 16), assignmentRank(key, 'r9:canary', String(r.v)));
+        for (let d = 0; d < 8; d++)
+          assert.equal(parseInt(h.slice(8 * d, 8 * d + 8), 16) / 2 ** 32, draws[8 * i + d]);
+      }
+      assert.equal(found.length, pseudonyms.length);
+    }
   });
 
   void it('loads manifests from YAML or JSON and names the file, path and value of a problem', () => {

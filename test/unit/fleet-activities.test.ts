@@ -17,7 +17,7 @@ import type { FleetDatabase } from '../../activities/db';
 import { createFleetActivities, initSimFleet } from '../../activities/fleet';
 import { createLabelActivities, ingestArrivedLabels } from '../../activities/labels';
 import { parseDuration } from '../../policies/duration';
-import { pseudonym, targetCount, waveTargets } from '../../sim/fleet';
+import { loadFleetManifest, pseudonym, simVehicles, targetCount, waveTargets } from '../../sim/fleet';
 import { SimulatedOta } from '../../sim/ota';
 import { OnnxModelRunner } from '../../workers/model-runner';
 import { loadPseudonymKey } from '../../workers/secrets';
@@ -678,5 +678,115 @@ void describe('consecutive canary waves', () => {
       await one(conn, `SELECT count(*) FROM ota_targets WHERE job_id = 'rv-w3'`),
       share(0.5) - share(0.1),
     );
+  });
+});
+
+/**
+ * The simulated channel chooses a wave's targets and draws their installs inside the fleet database;
+ * any other channel's inventory is ranked and drawn in JavaScript. Both must give the same result, the
+ * same targets and the same slots, with install failures and deferrals.
+ */
+void describe('wave delivery inside the fleet database', () => {
+  const NAME = 'twinfleet';
+  const COHORTS = { 'c0/x': 700, 'c1/y': 260 } as const;
+  const names = Object.keys(COHORTS) as (keyof typeof COHORTS)[];
+  const key = Buffer.alloc(32, 0x71);
+  const dirs: string[] = [];
+  const dbs: FleetDatabase[] = [];
+
+  after(async () => {
+    for (const db of dbs) await db.close();
+    for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
+  });
+
+  async function open(generic: boolean) {
+    const dir = mkdtempSync(join(tmpdir(), 'fleetgate-twin-'));
+    dirs.push(dir);
+    writeFileSync(
+      join(dir, 'fleet.yaml'),
+      [
+        'apiVersion: fleetgate/v1',
+        'kind: Fleet',
+        `name: ${NAME}`,
+        'skus: [{ name: hw3, speedFactor: 10, latencyBudgetMs: 10, installFailureRate: 0.1 }]',
+        'cohorts:',
+        `  - { name: c0/x, sku: hw3, region: eu, vehicles: ${COHORTS['c0/x']}, nightShare: 0.1, availability: { online: 0.8, parked: 0.9 } }`,
+        `  - { name: c1/y, sku: hw3, region: eu, vehicles: ${COHORTS['c1/y']}, nightShare: 0.1 }`,
+        'labels: { rate: 0.1, delay: 1h }',
+      ].join('\n'),
+    );
+    const db = await openFleetDatabase(join(dir, 'fleet.duckdb'));
+    dbs.push(db);
+    const conn = db.connection;
+    const sim = new SimulatedOta(conn);
+    // Not a SimulatedOta: deliverWave takes the path of any other channel.
+    const ota = generic
+      ? {
+          vehicleCount: sim.vehicleCount.bind(sim),
+          inventory: sim.inventory.bind(sim),
+          running: sim.running.bind(sim),
+          recordedJob: sim.recordedJob.bind(sim),
+          createJob: sim.createJob.bind(sim),
+          revertJob: sim.revertJob.bind(sim),
+        }
+      : sim;
+    const unusedRunner = {
+      run: () => Promise.reject(new Error('no inference here')),
+      contract: () => Promise.reject(new Error('no inference here')),
+      modelBytes: () => Promise.reject(new Error('no inference here')),
+      close: async () => undefined,
+    };
+    await initSimFleet(
+      { conn, key, root: dir },
+      'fleet.yaml',
+      Object.fromEntries(names.map((c) => [c, 'd'.repeat(64)])),
+    );
+    return { conn, fleet: createFleetActivities({ conn, ota, runner: unusedRunner, key, root: dir }) };
+  }
+
+  void it('gives the same results, targets and slots as ranking the inventory in JavaScript', async () => {
+    const inDb = await open(false);
+    const inJs = await open(true);
+    const input = { rolloutId: 'rt', manifest: 'fleet.yaml', cohorts: [...names], digest: 'e'.repeat(64) };
+    const steps: [string, number, number][] = [
+      ['deliver', 1, 5],
+      ['deliver', 2, 25],
+      ['revert', 2, 0],
+      ['deliver', 3, 40],
+      ['deliver', 4, 100],
+    ];
+    for (const [op, wave, percent] of steps) {
+      if (op === 'revert') {
+        assert.deepEqual(
+          await inDb.fleet.revertWave({ ...input, wave }),
+          await inJs.fleet.revertWave({ ...input, wave }),
+        );
+        continue;
+      }
+      const got = await inDb.fleet.deliverWave({ ...input, wave, percent });
+      assert.deepEqual(got, await inJs.fleet.deliverWave({ ...input, wave, percent }), `wave ${wave}`);
+      assert.ok(
+        got.installs && names.every((c) => got.installs![c]!.failed + got.installs![c]!.deferred > 0),
+      );
+    }
+    const state = async (conn: DuckDBConnection) => [
+      await rows(conn, `SELECT vehicle, cohort, slot_a, slot_b, active FROM vehicles ORDER BY vehicle`),
+      await rows(conn, `SELECT job_id, vehicle, cohort, reverted, prev_active FROM ota_targets ORDER BY ALL`),
+      await rows(conn, `SELECT job_id, op, cohort, vehicles FROM ota_ops ORDER BY seq`),
+      await rows(conn, `SELECT job_id, result FROM ota_jobs ORDER BY job_id`),
+    ];
+    assert.deepEqual(await state(inDb.conn), await state(inJs.conn));
+  });
+
+  void it('stores the vehicles of each cohort in generation order', async () => {
+    const { conn } = await open(false);
+    const manifest = loadFleetManifest(join(dirs.at(-1)!, 'fleet.yaml'));
+    for (const { cohort, pseudonyms } of simVehicles(manifest, key)) {
+      const stored = await rows(conn, `SELECT vehicle FROM vehicles WHERE cohort = ?`, [cohort.name]);
+      assert.deepEqual(
+        stored.map((r) => String(r.vehicle)),
+        pseudonyms,
+      );
+    }
   });
 });
