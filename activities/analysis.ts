@@ -125,20 +125,42 @@ SELECT cohort, k.cls,
        coalesce(sum(lw) FILTER (WHERE pp = k.cls), 0) AS p_w_pred,
        coalesce(sum(lw * lw) FILTER (WHERE pp = k.cls), 0) AS p_w2_pred,
        coalesce(sum(lw) FILTER (WHERE pp = k.cls AND label = k.cls), 0) AS p_w_tp,
-       coalesce(sum(lw * lw) FILTER (WHERE pp = k.cls AND label = k.cls), 0) AS p_w2_tp
+       coalesce(sum(lw * lw) FILTER (WHERE pp = k.cls AND label = k.cls), 0) AS p_w2_tp,
+       coalesce(sum(lw * lw) FILTER (WHERE pc = k.cls AND pp = k.cls AND label = k.cls), 0) AS b_w2_tp,
+       coalesce(sum(lw * lw) FILTER (WHERE pc = k.cls AND pp = k.cls), 0) AS b_w2_pred
 FROM lab CROSS JOIN (SELECT range AS cls FROM range(${CLASSES})) k
 GROUP BY cohort, k.cls
 ORDER BY cohort, k.cls`;
 
 /**
- * A weighted ratio Σw·a / Σw·b with a = y·m (both indicators) and its linearised standard error:
- * Var ≈ Σw²(a − R·b)² / (Σw·b)², where Σw²(a − R·b)² = (1 − 2R)·Σw²·a + R²·Σw²·b since a ⊆ b.
+ * The candidate-minus-production difference of two weighted ratios R_m = Σlw·a_m / Σlw·b_m over the same
+ * labeled events, with a_m = y·m (label k and model m predicts k) and b_m = y (recall) or m (precision),
+ * and its linearised standard error, pairing included:
+ * Var ≈ V_c/B_c² + V_p/B_p² − 2·C/(B_c·B_p), with V_m = Σlw²(a_m − R_m·b_m)² and
+ * C = Σlw²(a_c − R_c·b_c)(a_p − R_p·b_p), all from the per-class sums of SHADOW_CLASS_SQL.
  */
-function ratio(wTp: number, w2Tp: number, wDen: number, w2Den: number): { value: number; se: number } {
-  if (!(wDen > 0)) return { value: 0, se: 0 };
-  const r = wTp / wDen;
-  const v = Math.max(0, (1 - 2 * r) * w2Tp + r * r * w2Den) / (wDen * wDen);
-  return { value: r, se: Math.sqrt(v) };
+function pairedRatios(
+  r: Row,
+  kind: 'recall' | 'precision',
+): { candidate: number; production: number; se: number } {
+  const tp = (m: string) => num(r[`${m}w_tp`]);
+  const tp2 = (m: string) => num(r[`${m}w2_tp`]);
+  const den = (m: string) => (kind === 'recall' ? num(r.w_true) : num(r[`${m}w_pred`]));
+  const den2 = (m: string) => (kind === 'recall' ? num(r.w2_true) : num(r[`${m}w2_pred`]));
+  const [bc, bp] = [den('c_'), den('p_')];
+  const rc = bc > 0 ? tp('c_') / bc : 0;
+  const rp = bp > 0 ? tp('p_') / bp : 0;
+  if (!(bc > 0 && bp > 0)) return { candidate: rc, production: rp, se: 0 };
+  // Σlw²(a − R·b)² = (1 − 2R)·Σlw²·a + R²·Σlw²·b, since a = 1 only where b = 1.
+  const vc = (1 - 2 * rc) * tp2('c_') + rc * rc * den2('c_');
+  const vp = (1 - 2 * rp) * tp2('p_') + rp * rp * den2('p_');
+  const both = num(r.b_w2_tp);
+  const cov =
+    kind === 'recall'
+      ? both - rp * tp2('c_') - rc * tp2('p_') + rc * rp * num(r.w2_true)
+      : (1 - rc - rp) * both + rc * rp * num(r.b_w2_pred);
+  const v = vc / (bc * bc) + vp / (bp * bp) - (2 * cov) / (bc * bp);
+  return { candidate: rc, production: rp, se: Math.sqrt(Math.max(0, v)) };
 }
 
 /** The shadow's counters and weighted estimates per cohort (see `ShadowEstimates`). */
@@ -184,18 +206,12 @@ async function shadowEstimates(
     };
   }
   for (const r of classes) {
-    const recall = (p: string) =>
-      ratio(num(r[`${p}w_tp`]), num(r[`${p}w2_tp`]), num(r.w_true), num(r.w2_true));
-    const precision = (p: string) =>
-      ratio(num(r[`${p}w_tp`]), num(r[`${p}w2_tp`]), num(r[`${p}w_pred`]), num(r[`${p}w2_pred`]));
-    const [rc, rp, pc, pp] = [recall('c_'), recall('p_'), precision('c_'), precision('p_')];
     of(String(r.cohort)).classes.push({
       cls: num(r.cls),
       labeled: num(r.n_true),
       predicted: { candidate: num(r.c_n_pred), production: num(r.p_n_pred) },
-      // The standard error of a difference, ignoring the pairing's positive covariance: conservative.
-      recall: { candidate: rc.value, production: rp.value, se: Math.hypot(rc.se, rp.se) },
-      precision: { candidate: pc.value, production: pp.value, se: Math.hypot(pc.se, pp.se) },
+      recall: pairedRatios(r, 'recall'),
+      precision: pairedRatios(r, 'precision'),
     });
   }
   return out;

@@ -265,6 +265,7 @@ export interface ClassStats {
   labeled: number;
   /** Labeled events each model predicted as `cls` (precision's support). */
   predicted: { candidate: number; production: number };
+  /** Each model's estimate and the standard error of their difference (paired, linearised). */
   recall: { candidate: number; production: number; se: number };
   precision: { candidate: number; production: number; se: number };
 }

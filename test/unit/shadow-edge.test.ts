@@ -192,6 +192,18 @@ void describe('the shadow gates', () => {
     assert.match(v!.reason, /class 1 recall not judged \(20 labeled < 50\)/);
   });
 
+  void it('does not fail a class on a drop its few labels cannot show, and says so', () => {
+    const p = policy({ classGates: { maxRecallDrop: 0.05 } });
+    const noisy = cls(1, [0.7, 0.8], [0.7, 0.7], 40);
+    noisy.recall.se = 0.1;
+    const [v] = judgeShadow(p, [stats('a', { classes: [cls(0, [0.9, 0.9], [0.8, 0.8]), noisy] })]);
+    assert.equal(v!.passed, true, v!.reason);
+    assert.match(
+      v!.reason,
+      /class 1 recall 70\.0% against production's 80\.0% \(drop 10\.0 points, 95% lower bound -6\.4, 40 labeled\): above the 5\.0-point limit but not shown to be/,
+    );
+  });
+
   void it('judges the weighted disagreement, not the share among uploads', () => {
     const p = policy({});
     // Uploads are mostly disagreements (50%), but over every event the estimate is 5%.
@@ -356,6 +368,38 @@ labels: { rate: 0.5, delay: 1h }
         assert.ok(gap < 0.06, `class ${c} ${m} recall ${a.recall[m]} (filtered) vs ${b.recall[m]}`);
       }
     }
+  });
+
+  void it('gives the recall difference a standard error that matches its spread over repeated shadows', async () => {
+    const diffs: number[] = [];
+    const ses: number[] = [];
+    for (let r = 0; r < 12; r++) {
+      const id = `spread-${r}`;
+      await fleet.runShadow({
+        rolloutId: id,
+        manifest: 'fleet.yaml',
+        candidateDigest: candidate.digest,
+        cohorts: [COHORT],
+        share: 1,
+        fromMs: 0,
+        toMs: 2 * HOUR,
+        edge: { sample: 0.2, lowConfidence: 0.6 },
+      });
+      const [s] = await analysis.analyze({
+        rolloutId: id,
+        phase: 'shadow',
+        cohorts: [COHORT],
+        asOfMs: 8 * HOUR,
+      });
+      const c = s!.shadow!.classes.find((x) => x.cls === 1)!;
+      diffs.push(c.recall.candidate - c.recall.production);
+      ses.push(c.recall.se);
+    }
+    const mean = diffs.reduce((a, b) => a + b, 0) / diffs.length;
+    const sd = Math.sqrt(diffs.reduce((a, d) => a + (d - mean) ** 2, 0) / (diffs.length - 1));
+    const se = ses.reduce((a, b) => a + b, 0) / ses.length;
+    // 12 draws estimate a standard deviation within about ±40% (chi-square, 11 degrees of freedom).
+    assert.ok(sd / se > 0.55 && sd / se < 1.6, `spread ${sd.toFixed(4)} against reported ${se.toFixed(4)}`);
   });
 
   void it('refuses an upload filter out of range, naming the field', async () => {
