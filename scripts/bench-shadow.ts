@@ -241,12 +241,13 @@ async function vehicle(
     const failed = on.reduce((a, r) => a + r.stats.shadowFailed, 0);
     const us = (x: number) => `${(x * 1000).toFixed(0)} us`;
     // The same ratio within each alternated pair, whose runs met the same state of the host.
-    const paired = median(on.map((r, i) => r.p99 / off[i]!.p99));
+    const ratios = Float64Array.from(on.map((r, i) => r.p99 / off[i]!.p99)).sort();
+    const paired = `${quantile(ratios, 0.5).toFixed(2)}x, quartiles ${quantile(ratios, 0.25).toFixed(2)}-${quantile(ratios, 0.75).toFixed(2)}`;
     console.log(
       `vehicle (${count} frames at ${rateHz} Hz, ${reps} runs each, alternated, medians): production ` +
         `p50/p99 shadow off ${us(p50Off)}/${us(p99Off)}, on ${us(p50On)}/${us(p99On)}, ` +
         `p99 ratio ${(p99On / p99Off).toFixed(2)}x (goal <= 1.05x; median of paired ratios ` +
-        `${paired.toFixed(2)}x); shadow frames ${completed} completed, ` +
+        `${paired}); shadow frames ${completed} completed, ` +
         `${dropped} dropped, ${failed} failed (queue ${queue}, batches of ${batch}); CPU ${m(off, (r) => r.cores).toFixed(2)} ` +
         `cores shadow off, ${m(on, (r) => r.cores).toFixed(2)} on; host load average ` +
         `${load0.toFixed(1)} -> ${loadavg()[0]!.toFixed(1)} on ${cpus().length} cores`,
