@@ -253,17 +253,20 @@ export class SimulatedOta implements OtaChannel {
    */
   async finishJob(job: Omit<OtaJob, 'targets'>, counts: ReadonlyMap<string, number>): Promise<void> {
     const { conn } = this;
-    // The new model goes into the inactive slot, which then becomes the active one.
-    await exec(
-      conn,
-      `UPDATE vehicles SET
-         slot_a = CASE WHEN t.prev_active = 'b' THEN ? ELSE vehicles.slot_a END,
-         slot_b = CASE WHEN t.prev_active = 'a' THEN ? ELSE vehicles.slot_b END,
-         active = CASE WHEN t.prev_active = 'a' THEN 'b' ELSE 'a' END
-       FROM ota_targets t
-       WHERE t.job_id = ? AND vehicles.fleet = ? AND vehicles.vehicle = t.vehicle`,
-      [job.digest, job.digest, job.jobId, job.fleet],
-    );
+    // The new model goes into the inactive slot, which then becomes the active one. One statement per
+    // slot, so that only the columns that change are written.
+    for (const [from, to] of [
+      ['a', 'b'],
+      ['b', 'a'],
+    ] as const) {
+      await exec(
+        conn,
+        `UPDATE vehicles SET slot_${to} = ?, active = '${to}'
+         FROM ota_targets t
+         WHERE t.job_id = ? AND t.prev_active = '${from}' AND vehicles.fleet = ? AND vehicles.vehicle = t.vehicle`,
+        [job.digest, job.jobId, job.fleet],
+      );
+    }
     for (const [cohort, n] of counts) {
       if (n > 0) {
         await exec(conn, `INSERT INTO ota_ops (job_id, op, cohort, vehicles) VALUES (?, ?, ?, ?)`, [
