@@ -66,8 +66,11 @@ export interface FleetActivityDeps {
   root: string;
 }
 
-/** Rows per inference call: bounds the memory of one run. */
-const INFERENCE_CHUNK = 32_768;
+/**
+ * Rows per inference call: bounds the memory of one run, and is small enough that `infer` decodes one
+ * chunk while onnxruntime runs the next.
+ */
+export const INFERENCE_CHUNK = 8_192;
 const HOUR_MS = 3_600_000;
 /** Sentinel of an unset prediction in a Uint8Array (stored as NULL). */
 const NO_PRED = 255;
@@ -694,7 +697,7 @@ interface SimulatedCohort {
 }
 
 /** Per-event outputs of one model; NaN and NO_PRED stand for NULL. */
-class ArmColumns {
+export class ArmColumns {
   readonly pred: Uint8Array;
   readonly conf: Float32Array;
   /** Measured milliseconds per frame of the inference batch the event was in. */
@@ -803,7 +806,7 @@ export function slowdownOf(sku: Sku, versions: Record<string, string> | undefine
  * positions. The logged latency is simulated from this cost (see `frameCost`) times the model's slowdown
  * on the SKU (`slowdownOf`), times the SKU's speed factor, times lognormal noise exp(0.2 z).
  */
-async function infer(
+export async function infer(
   runner: ModelRunner,
   digest: string,
   frames: Frames,
@@ -818,7 +821,7 @@ async function infer(
     graphOptimization: sku.graphOptimization,
   };
   const cost = (await frameCost(runner, digest, settings)) * slowdown;
-  for (let start = 0; start < total; start += INFERENCE_CHUNK) {
+  const chunk = (start: number) => {
     const rowsInChunk = Math.min(INFERENCE_CHUNK, total - start);
     let features: Float32Array;
     if (idx) {
@@ -828,16 +831,40 @@ async function infer(
         features.set(frames.features.subarray(src, src + FEATURES), r * FEATURES);
       }
     } else {
-      features = frames.features.slice(start * FEATURES, (start + rowsInChunk) * FEATURES);
+      // Contiguous frames: a view, no copy.
+      features = frames.features.subarray(start * FEATURES, (start + rowsInChunk) * FEATURES);
     }
-    const { probs } = await runner.run(digest, features, rowsInChunk, settings);
-    for (let r = 0; r < rowsInChunk; r++) {
-      const e = idx ? idx[start + r]! : start + r;
-      const p0 = probs[2 * r]!;
-      const p1 = probs[2 * r + 1]!;
-      out.pred[e] = p1 > p0 ? 1 : 0;
-      out.conf[e] = Math.max(p0, p1);
-      out.ms[e] = cost;
+    return runner.run(digest, features, rowsInChunk, settings);
+  };
+  const { pred, conf } = out;
+  // Pipelined: the next chunk runs (on onnxruntime's thread) while this one is decoded.
+  let running = total > 0 ? chunk(0) : undefined;
+  for (let start = 0; start < total; start += INFERENCE_CHUNK) {
+    const rowsInChunk = Math.min(INFERENCE_CHUNK, total - start);
+    const { probs } = await running!;
+    running = start + INFERENCE_CHUNK < total ? chunk(start + INFERENCE_CHUNK) : undefined;
+    if (idx) {
+      for (let r = 0; r < rowsInChunk; r++) {
+        const e = idx[start + r]!;
+        const p0 = probs[2 * r]!;
+        const p1 = probs[2 * r + 1]!;
+        pred[e] = p1 > p0 ? 1 : 0;
+        conf[e] = p1 > p0 ? p1 : p0;
+        out.ms[e] = cost;
+      }
+    } else {
+      for (let j = 0, e = start, end = start + rowsInChunk; e < end; j += 2, e++) {
+        const p0 = probs[j]!;
+        const p1 = probs[j + 1]!;
+        if (p1 > p0) {
+          pred[e] = 1;
+          conf[e] = p1;
+        } else {
+          pred[e] = 0;
+          conf[e] = p0;
+        }
+      }
+      out.ms.fill(cost, start, start + rowsInChunk);
     }
   }
 }

@@ -3,12 +3,10 @@
  * fixture models (production and candidate-good, the same contract):
  *
  *   1. shadow inference throughput: the candidate's run over one cohort's shadow batch as the shadow
- *      phase makes it (`runShadow` -> `infer` of activities/fleet.ts: the frame-cost read, chunks of
- *      INFERENCE_CHUNK rows copied out, `OnnxModelRunner.run` under the SKU's settings, argmax and
+ *      phase makes it (`infer` of activities/fleet.ts with every frame: the model's frame cost, chunks
+ *      of INFERENCE_CHUNK rows as views, `OnnxModelRunner.run` under the SKU's settings, argmax and
  *      confidence written per event) against `InferenceSession.run` called directly on the identical
  *      Float32 chunks with the same session options. Goal: at least 0.85x the frames per second.
- *      `infer` is private to activities/fleet.ts, so its steps are restated here one for one: a change
- *      to them there belongs here too. The line printed splits the path's time into its steps.
  *   2. the vehicle's critical path (sim/vehicle.ts): production p50 and p99 from a frame's arrival to
  *      its result, frames arriving at a fixed rate, with the candidate in shadow (its own session on its
  *      own thread, a bounded queue) against production alone; the same frames in both, runs alternated
@@ -24,7 +22,8 @@ import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import type { RunnerSettings } from '../activities/deps';
-import { FRAME_COST } from '../activities/fleet';
+import { ArmColumns, INFERENCE_CHUNK, infer } from '../activities/fleet';
+import { Sku } from '../policies/schema';
 import { LocalObjectStore, sha256 } from '../activities/store';
 import { FEATURES, generateFrames, makeRng } from '../sim/frames';
 import { ThreadModel, VehicleRuntime, driveAtRate, runnerModel } from '../sim/vehicle';
@@ -42,8 +41,6 @@ export interface BenchRow {
 
 /** One cohort's shadow batch of the demo fleet: 400 vehicles x 30 events per hour x a 4-hour window. */
 const BATCH_FRAMES = 48_000;
-/** Rows per inference call of `infer` (INFERENCE_CHUNK of activities/fleet.ts). */
-const INFERENCE_CHUNK = 32_768;
 /** The runtime settings of a SKU that sets none (the defaults of policies/schema.ts). */
 const SKU_SETTINGS: Required<RunnerSettings> = { intraOpThreads: 1, graphOptimization: 'all' };
 
@@ -82,38 +79,13 @@ async function throughput(runner: OnnxModelRunner, digest: string, model: Buffer
     const end = Math.min(frames.count, start + INFERENCE_CHUNK);
     chunks.push(frames.features.slice(start * FEATURES, end * FEATURES));
   }
-  // The shadow phase's path for the candidate: what `infer` does with idx null.
-  const pred = new Uint8Array(frames.count);
-  const conf = new Float32Array(frames.count);
-  const ms = new Float64Array(frames.count);
-  // Where the path's time goes, per run: the model-size read, the chunk copies, the runner, the decoding.
-  const parts = { size: [] as number[], copy: [] as number[], run: [] as number[], decode: [] as number[] };
+  // The shadow phase's path for the candidate: `infer` over the whole batch (idx null), as runShadow
+  // calls it.
+  const sku = Sku.parse({ name: 'bench', speedFactor: 1, latencyBudgetMs: 10, ...SKU_SETTINGS });
+  let cols = new ArmColumns(frames.count);
   const subject = async () => {
-    const took = { size: 0, copy: 0, run: 0, decode: 0 };
-    let t = process.hrtime.bigint();
-    const lap = (part: keyof typeof took) => {
-      const now = process.hrtime.bigint();
-      took[part] += Number(now - t) / 1e6;
-      t = now;
-    };
-    const cost = FRAME_COST.baseMs + (FRAME_COST.perKiBMs * (await runner.modelBytes(digest))) / 1024;
-    lap('size');
-    for (let start = 0; start < frames.count; start += INFERENCE_CHUNK) {
-      const rows = Math.min(INFERENCE_CHUNK, frames.count - start);
-      const features = frames.features.slice(start * FEATURES, (start + rows) * FEATURES);
-      lap('copy');
-      const { probs } = await runner.run(digest, features, rows, SKU_SETTINGS);
-      lap('run');
-      for (let r = 0; r < rows; r++) {
-        const p0 = probs[2 * r]!;
-        const p1 = probs[2 * r + 1]!;
-        pred[start + r] = p1 > p0 ? 1 : 0;
-        conf[start + r] = Math.max(p0, p1);
-        ms[start + r] = cost;
-      }
-      lap('decode');
-    }
-    for (const k of Object.keys(took) as (keyof typeof took)[]) parts[k].push(took[k]);
+    cols = new ArmColumns(frames.count);
+    await infer(runner, digest, frames, null, sku, cols);
   };
   const out: Float32Array[] = [];
   const baseline = async () => {
@@ -132,7 +104,7 @@ async function throughput(runner: OnnxModelRunner, digest: string, model: Buffer
     let row = 0;
     for (const probs of out) {
       for (let r = 0; r < probs.length / 2; r++, row++) {
-        if (conf[row] !== Math.max(probs[2 * r]!, probs[2 * r + 1]!)) {
+        if (cols.conf[row] !== Math.max(probs[2 * r]!, probs[2 * r + 1]!)) {
           throw new Error(`shadow path and onnxruntime disagree at frame ${row}`);
         }
       }
@@ -159,19 +131,14 @@ async function throughput(runner: OnnxModelRunner, digest: string, model: Buffer
     const s = median(subjectMs);
     const b = median(baselineMs);
     const fps = (t: number) => Math.round((frames.count * 1000) / t).toLocaleString('en-US');
-    const part = (k: keyof typeof parts) => `${k} ${median(parts[k]).toFixed(2)}`;
     console.log(
       `shadow inference (${frames.count} frames, chunks of ${INFERENCE_CHUNK}, medians of ${reps}): ` +
         `shadow path ${fps(s)} frames/s, InferenceSession.run ${fps(b)} frames/s, ratio ${(b / s).toFixed(2)}x ` +
-        `(goal >= 0.85x); ms per batch: shadow path ${s.toFixed(2)} (${(
-          ['size', 'copy', 'run', 'decode'] as const
-        )
-          .map(part)
-          .join(', ')}), InferenceSession.run ${b.toFixed(2)}`,
+        `(goal >= 0.85x); ms per batch: shadow path ${s.toFixed(2)}, InferenceSession.run ${b.toFixed(2)}`,
     );
     return {
       name: `shadow inference (${(frames.count / 1000).toFixed(0)}k frames)`,
-      subject: 'runner, as infer',
+      subject: 'infer (the shadow path)',
       baseline: 'InferenceSession.run',
       subjectMs: s,
       baselineMs: b,

@@ -21,6 +21,8 @@ export function blobKey(digest: string): string {
 
 export class OnnxModelRunner implements ModelRunner {
   private readonly sessions = new Map<string, Promise<ort.InferenceSession>>();
+  /** Model sizes by digest: a digest's bytes never change, so they are read once. */
+  private readonly sizes = new Map<string, number>();
 
   /** `load` returns the bytes stored under a digest, or undefined when there are none. */
   constructor(private readonly load: (digest: string) => Promise<Buffer | undefined>) {}
@@ -63,14 +65,18 @@ export class OnnxModelRunner implements ModelRunner {
     const elapsedMs = Number(process.hrtime.bigint() - started) / 1e6;
     const tensor = out[session.outputNames[0] ?? OUTPUT_NAME];
     if (!tensor) throw fail(ErrorType.ContractMismatch, `model ${digest.slice(0, 12)} produced no output`);
+    // The output's data is a buffer of its own, made for this run: no copy is needed.
     const probs = tensor.data as Float32Array;
     input.dispose();
-    return { probs: new Float32Array(probs), elapsedMs };
+    return { probs, elapsedMs };
   }
 
   async modelBytes(digest: string): Promise<number> {
+    const known = this.sizes.get(digest);
+    if (known !== undefined) return known;
     const bytes = await this.load(digest);
     if (!bytes) throw fail(ErrorType.NotFound, `model ${digest.slice(0, 12)} is not in the object store`);
+    this.sizes.set(digest, bytes.length);
     return bytes.length;
   }
 
