@@ -287,8 +287,10 @@ export function createFleetActivities(deps: FleetActivityDeps) {
     /**
      * One shadow batch: on a `share` of each cohort the candidate runs beside the vehicle's production
      * model on the same frames; both outputs are logged and nothing the candidate says is acted on.
-     * Disagreements and low-confidence events are sent for labeling ('priority'), and a `labels.rate`
-     * share of the rest ('sample'). Keyed by `${rolloutId}:shadow:${fromMs}-${toMs}`.
+     * With `edge`, each vehicle uploads only what its filter keeps (sim/edge.ts), each upload with its
+     * weight, and reports its counters (`shadow_edge`). Uploaded events are sent for labeling in tiers
+     * (disagreement, rare, low confidence, sample; see logBatch). Keyed by
+     * `${rolloutId}:shadow:${fromMs}-${toMs}`.
      */
     async runShadow(input: ShadowInput): Promise<BatchResult> {
       if (!(input.share > 0 && input.share <= 1)) {
