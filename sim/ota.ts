@@ -158,16 +158,18 @@ export class SimulatedOta implements OtaChannel {
       ? undefined
       : saltedSql(wave.key, installSalt(wave.rolloutId, wave.wave), 'install');
     const { online, parked, batteryOk } = wave.model.availability;
+    // Every chosen vehicle is kept (fresh or not), so that the choice can be counted: a wave reaches
+    // exactly its share or is not delivered. Install draws are made for the fresh ones only.
     await exec(
       conn,
       `CREATE OR REPLACE TEMP TABLE wave_stage AS
-       SELECT vehicle, active, ${draw ? installOutcomeSql('h') : INSTALL.installed} AS outcome
-       FROM (SELECT vehicle, active${draw ? `, ${draw.hex('encode(vehicle)')} AS h` : ''}
-             FROM (SELECT vehicle, active, ${ACTIVE_DIGEST} AS running FROM vehicles
+       SELECT vehicle, active, fresh,
+              ${draw ? `CASE WHEN fresh THEN ${installOutcomeSql('h')} END` : `${INSTALL.installed}`} AS outcome
+       FROM (SELECT vehicle, active, fresh${draw ? `, CASE WHEN fresh THEN ${draw.hex('encode(vehicle)')} END AS h` : ''}
+             FROM (SELECT vehicle, active, ${ACTIVE_DIGEST} IS DISTINCT FROM $digest AS fresh FROM vehicles
                    WHERE fleet = $fleet AND cohort = $cohort
                    ORDER BY substr(${rank.hex('encode(vehicle)')}, 1, 8), vehicle
-                   LIMIT $count)
-             WHERE running IS DISTINCT FROM $digest)`,
+                   LIMIT $count))`,
       {
         fleet: wave.fleet,
         cohort: wave.cohort,
@@ -187,13 +189,21 @@ export class SimulatedOta implements OtaChannel {
     );
     const [counts] = await rows(
       conn,
-      `SELECT count(*) AS targeted, count(*) FILTER (outcome = ${INSTALL.failed}) AS failed,
-              count(*) FILTER (outcome = ${INSTALL.deferred}) AS deferred FROM wave_stage`,
+      `SELECT count(*) AS chosen, count(*) FILTER (fresh) AS targeted,
+              count(*) FILTER (fresh AND outcome = ${INSTALL.failed}) AS failed,
+              count(*) FILTER (fresh AND outcome = ${INSTALL.deferred}) AS deferred FROM wave_stage`,
     );
+    if (num(counts?.chosen) !== wave.count) {
+      throw fail(
+        ErrorType.Unavailable,
+        `OTA job ${wave.jobId}: the fleet database chose ${num(counts?.chosen)} vehicle(s) of cohort ` +
+          `${wave.cohort}, not ${wave.count}`,
+      );
+    }
     const installed = await exec(
       conn,
       `INSERT INTO ota_targets (job_id, vehicle, cohort, reverted, prev_active)
-       SELECT ?, vehicle, ?, false, active FROM wave_stage WHERE outcome = ${INSTALL.installed}`,
+       SELECT ?, vehicle, ?, false, active FROM wave_stage WHERE fresh AND outcome = ${INSTALL.installed}`,
       [wave.jobId, wave.cohort],
     );
     await exec(conn, `DROP TABLE wave_stage`);
