@@ -66,11 +66,8 @@ export interface FleetActivityDeps {
   root: string;
 }
 
-/**
- * Rows per inference call: bounds the memory of one run, and is small enough that `infer` decodes one
- * chunk while onnxruntime runs the next.
- */
-export const INFERENCE_CHUNK = 8_192;
+/** Rows per inference call: bounds the memory of one run. */
+export const INFERENCE_CHUNK = 32_768;
 const HOUR_MS = 3_600_000;
 /** Sentinel of an unset prediction in a Uint8Array (stored as NULL). */
 const NO_PRED = 255;
@@ -823,7 +820,8 @@ export async function infer(
     graphOptimization: sku.graphOptimization,
   };
   const cost = (await frameCost(runner, digest, settings)) * slowdown;
-  const chunk = (start: number) => {
+  const { pred, conf } = out;
+  for (let start = 0; start < total; start += INFERENCE_CHUNK) {
     const rowsInChunk = Math.min(INFERENCE_CHUNK, total - start);
     let features: Float32Array;
     if (idx) {
@@ -836,15 +834,7 @@ export async function infer(
       // Contiguous frames: a view, no copy.
       features = frames.features.subarray(start * FEATURES, (start + rowsInChunk) * FEATURES);
     }
-    return runner.run(digest, features, rowsInChunk, settings);
-  };
-  const { pred, conf } = out;
-  // Pipelined: the next chunk runs (on onnxruntime's thread) while this one is decoded.
-  let running = total > 0 ? chunk(0) : undefined;
-  for (let start = 0; start < total; start += INFERENCE_CHUNK) {
-    const rowsInChunk = Math.min(INFERENCE_CHUNK, total - start);
-    const { probs } = await running!;
-    running = start + INFERENCE_CHUNK < total ? chunk(start + INFERENCE_CHUNK) : undefined;
+    const { probs } = await runner.run(digest, features, rowsInChunk, settings);
     if (idx) {
       for (let r = 0; r < rowsInChunk; r++) {
         const e = idx[start + r]!;
