@@ -4,6 +4,7 @@
  * History stays small: everything here is a reference (key, digest, path) or an aggregate whose size
  * grows with cohorts and metrics, never with vehicles or events.
  */
+import type { EdgeCounters } from '../sim/edge';
 import type { CohortSpec, Sku } from '../policies/schema';
 
 /** Input/output contract of an ONNX model, as onnxruntime reads it from the file. */
@@ -237,17 +238,11 @@ export interface CohortStats {
 
 /** What the shadow phase knows of a cohort: the vehicles' counters and estimates from the uploads. */
 export interface ShadowEstimates {
-  /** Sums of the vehicles' counters (sim/edge.ts `EdgeCounters`) over the shadow's windows. */
-  edge: {
-    /** Vehicle-windows: vehicles with events, summed over windows. */
-    vehicles: number;
-    evaluated: number;
-    priority: number;
-    disagreements: number;
-    uploaded: number;
-    /** Vehicle-windows in which a vehicle hit its upload budget. */
-    overBudget: number;
-  };
+  /**
+   * Sums of the vehicles' counters over the shadow's windows; `vehicles` and `overBudget` count
+   * vehicle-windows (a vehicle with events, or that hit its budget, in one window).
+   */
+  edge: EdgeCounters;
   /** Weighted (inverse upload probability) estimates over every event the vehicles ran. */
   estimated: {
     events: number;

@@ -47,6 +47,7 @@ import {
   decideShadow,
   headline,
   type CohortDecision,
+  type ShadowVerdict,
   type SequentialState,
 } from '../policies/decide';
 import { engineLook } from '../policies/engine';
@@ -513,7 +514,15 @@ export class Rollout {
     });
     this.lastCollectedSimMs = to;
     const stats = await acts.analyze({ rolloutId: this.req.rolloutId, phase: 'shadow', cohorts, asOfMs: to });
-    for (const v of decideShadow(this.policy, stats)) {
+    await this.applyShadowVerdicts(decideShadow(this.policy, stats), to);
+  }
+
+  /**
+   * Records each cohort's shadow verdict and carries it out: a failed cohort is rejected and
+   * compensated, a passed one goes on to the canary. Ends the rollout when no cohort is left.
+   */
+  private async applyShadowVerdicts(verdicts: ShadowVerdict[], to: number): Promise<void> {
+    for (const v of verdicts) {
       this.record({
         phase: 'shadow',
         cohort: v.cohort,
@@ -601,28 +610,7 @@ export class Rollout {
     const stats = judged.length
       ? await acts.analyze({ rolloutId: this.req.rolloutId, phase: 'shadow', cohorts: judged, asOfMs: to })
       : [];
-    for (const v of judgeShadow(this.policy, stats)) {
-      this.record({
-        phase: 'shadow',
-        cohort: v.cohort,
-        action: v.passed ? 'shadow-pass' : 'shadow-fail',
-        dataAsOf: new Date(to).toISOString(),
-        reason: v.reason,
-      });
-      if (!v.passed) {
-        this.setState(v.cohort, 'rejected', `shadow gate: ${v.reason}`);
-        await this.compensate([v.cohort]);
-      } else {
-        this.setState(
-          v.cohort,
-          'canary',
-          `shadow: disagreement ${(v.disagreement * 100).toFixed(1)}%, latency x${v.latencyRatio.toFixed(2)}`,
-        );
-      }
-    }
-    if (this.active().length === 0) {
-      throw new RolloutEnded('rejected', 'shadow', 'every cohort failed its shadow gate');
-    }
+    await this.applyShadowVerdicts(judgeShadow(this.policy, stats), to);
   }
 
   async canary(): Promise<void> {
