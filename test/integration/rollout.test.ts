@@ -60,6 +60,10 @@ test('a rollout started with the Temporal CLI runs every phase on the dev server
     await worker.runUntil(async () => {
       const policy = loadPolicy('examples/demo-policy.yaml');
       policy.shadow!.duration = '3s';
+      // This test follows the regression through every phase to its rollback in the canary. At 7200x the
+      // shadow's labels would already show the night recall drop and reject hw3/nordic at the shadow's
+      // class gates (that path is tested in test/workflow/shadow.test.ts), so they are off here.
+      delete policy.shadow!.classGates;
       policy.waves = [
         { percent: 5, hold: '6s', looks: 2 },
         { percent: 25, hold: '6s', looks: 2, approval: { gate: 'wave-2', required: 1, timeout: '10m' } },
