@@ -264,8 +264,9 @@ function round(x: number, digits: number): number {
  *
  * - each wave holds `percent` of the cohort's vehicles (ceil, as the fleet assigns them) on the
  *   candidate and the rest on production for `hold` × timeScale hours; labels are requested at
- *   eventsPerVehicleHour × labels.rate per vehicle-hour; counts accumulate over the waves, as the
- *   gate's analysis does. Extra looks and approval waits are not counted.
+ *   eventsPerVehicleHour × labels.rate per vehicle-hour, scaled down when labelWait.dailyBudget is
+ *   below what the fleet in scope asks for a day (with a warning); counts accumulate over the waves, as
+ *   the gate's analysis does. Extra looks and approval waits are not counted.
  * - the final analysis sees labelWait.coverage of the labels requested by the end of the last wave;
  * - the minimum detectable effect is for error_rate at `baselineErrorRate`, at the level the engine
  *   tests the first guardrail of a cohort with (the cohort's share of α, see `familyLevel`, over the
@@ -286,7 +287,15 @@ export function planRollout(input: PlanInput): RolloutPlan {
   const guardrails = metrics.filter((m) => m.role !== 'success').length;
   const alphaPerMetric = familyLevel(policy, names.length) / Math.max(1, guardrails);
   const coverage = policy.labelWait.coverage;
-  const labeledPerVehicleHour = fleet.eventsPerVehicleHour * fleet.labels.rate;
+  // The canary asks for a `labels.rate` sample of every vehicle's events; a daily label budget below that
+  // demand caps the requests, and the plan counts only the share it lets through.
+  const dailyBudget = policy.labelWait.dailyBudget;
+  const inScope = new Set(policy.cohorts ?? fleet.cohorts.map((c) => c.name));
+  const fleetVehicles = fleet.cohorts.filter((c) => inScope.has(c.name)).reduce((n, c) => n + c.vehicles, 0);
+  const demandPerDay = fleetVehicles * fleet.eventsPerVehicleHour * fleet.labels.rate * 24;
+  const budgetShare =
+    dailyBudget !== undefined && demandPerDay > dailyBudget ? dailyBudget / demandPerDay : 1;
+  const labeledPerVehicleHour = fleet.eventsPerVehicleHour * fleet.labels.rate * budgetShare;
   const errorMetric = metrics.find((m) => m.name === 'error_rate');
   const margin = errorMetric?.margin ?? null;
   const warnings: string[] = [];
@@ -311,6 +320,13 @@ export function planRollout(input: PlanInput): RolloutPlan {
   }
   if (errorMetric === undefined) {
     warnings.push('the policy has no error_rate metric: no minimum detectable effect is planned');
+  }
+  if (budgetShare < 1) {
+    warnings.push(
+      `labelWait.dailyBudget ${dailyBudget} is below the about ${Math.round(demandPerDay)} sample labels a day ` +
+        `the canary asks for: the plan counts ${round(budgetShare * 100, 1)}% of them (shadow requests, ` +
+        'which come first, leave even fewer)',
+    );
   }
 
   const byName = new Map(fleet.cohorts.map((c) => [c.name, c]));

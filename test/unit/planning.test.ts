@@ -212,6 +212,31 @@ void test('planRollout: the demo policy on the demo fleet', () => {
   assert.ok(week.cohorts.every((c) => c.detectable === true && c.mde! <= 0.01));
 });
 
+void test('planRollout: a daily label budget below the canary sample caps the labels it plans with', () => {
+  const fleet = load(FleetManifest, 'sim/fleets/demo.yaml');
+  const shipped = load(Policy, 'examples/demo-policy.yaml');
+  // 1,200 vehicles × 30 events × 0.3 × 24 h = 259,200 sample labels a day asked for.
+  const budgeted = { ...shipped, labelWait: { ...shipped.labelWait, dailyBudget: 25_920 } };
+  const plan = planRollout({ policy: budgeted, fleet, timeScale: 600 });
+  close(plan.assumptions.labeledPerVehicleHour, 0.9, 1e-9, 'a tenth of 9 labels per vehicle-hour');
+  assert.ok(
+    plan.warnings.some((w) =>
+      /labelWait\.dailyBudget 25920 is below the about 259200 sample labels a day .* counts 10% of them/.test(
+        w,
+      ),
+    ),
+    plan.warnings.join('\n'),
+  );
+  const free = planRollout({ policy: shipped, fleet, timeScale: 600 });
+  for (const [i, c] of plan.cohorts.entries()) {
+    close(c.labeledPerArm.candidate, free.cohorts[i]!.labeledPerArm.candidate / 10, 1e-6, 'candidate labels');
+    assert.ok(c.mde! > free.cohorts[i]!.mde!, 'fewer labels detect only larger harms');
+  }
+  // A budget above the demand changes nothing.
+  const ample = { ...shipped, labelWait: { ...shipped.labelWait, dailyBudget: 1_000_000 } };
+  assert.deepEqual(planRollout({ policy: ample, fleet, timeScale: 600 }), free);
+});
+
 void test('planRollout: a tiny fleet cannot detect the margin; unknown cohorts and missing metrics are named', () => {
   const fleet = FleetManifest.parse({
     apiVersion: 'fleetgate/v1',
