@@ -6,7 +6,10 @@
  * what is allowed (see `formatIssues`). Pure: imported by workflows, activities and the CLI.
  */
 import { z } from 'zod';
-import { DURATION_PATTERN } from './duration';
+import { DURATION_PATTERN, parseDuration } from './duration';
+
+/** Most windows a shadow is split into for its budget checks (each is an activity and a look). */
+export const MAX_SHADOW_WINDOWS = 100;
 
 export const Duration = z
   .union([
@@ -225,7 +228,23 @@ export const Policy = z
           .optional()
           .describe('Gates on per-class recall and precision deltas, per cohort; absent: not gated'),
       })
-      .strict(),
+      .strict()
+      .superRefine((sh, ctx) => {
+        if (sh.checkEvery === undefined) return;
+        const total = parseDuration(sh.duration);
+        const step = parseDuration(sh.checkEvery);
+        if (total === undefined || step === undefined || step <= 0) return;
+        const windows = Math.ceil(total / step);
+        if (windows > MAX_SHADOW_WINDOWS) {
+          ctx.addIssue({
+            code: 'custom',
+            path: ['checkEvery'],
+            message:
+              `checkEvery "${sh.checkEvery}" splits the ${sh.duration} shadow into ${windows} windows; ` +
+              `at most ${MAX_SHADOW_WINDOWS}: use at least ${Math.ceil(total / MAX_SHADOW_WINDOWS)} ms`,
+          });
+        }
+      }),
     waves: z
       .array(Wave)
       .min(1)

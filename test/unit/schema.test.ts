@@ -71,6 +71,13 @@ const cases: {
     says: /<=1|less than or equal to 1|too big/i,
   },
   {
+    name: 'shadow budget checks so frequent they would be thousands of windows',
+    edit: (p) => ((p.shadow as { checkEvery: string }).checkEvery = '1ms'),
+    path: 'shadow.checkEvery',
+    got: '"1ms"',
+    says: /splits the .* shadow into \d+ windows; at most 100: use at least \d+ ms/,
+  },
+  {
     name: 'an unknown metric',
     edit: (p) => ((p.analysis as { metrics: { name: string }[] }).metrics[0]!.name = 'recall'),
     path: 'analysis.metrics.0.name',
