@@ -34,18 +34,12 @@ import { SimulatedOta } from '../sim/ota';
 import { SIM_BASELINE, SIM_LOOK_SIZE, simulate, type SimulationInput } from '../cli/stats';
 import { MAX_LOOKS } from '../policies/gsd';
 import { sampleSize } from '../policies/planning';
-import { shadowBench } from './bench-shadow';
+import { shadowBench, type BenchRow } from './bench-shadow';
 
 const ROOT = resolve(__dirname, '..');
 const FLEET = 'sim/fleets/demo.yaml';
 
-interface Result {
-  name: string;
-  subject: string;
-  baseline: string;
-  subjectMs: number;
-  baselineMs: number;
-  speedup: number;
+interface Result extends BenchRow {
   subjectHeapMB?: number;
   baselineHeapMB?: number;
 }

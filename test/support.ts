@@ -16,7 +16,8 @@ import { openSimWorld } from '../sim/world';
 import { createActivities, quietRuntime, type Services } from '../workers/worker';
 import { temporalTestServer } from '../workers/tools';
 import { getWorkflowBundle } from '../workers/bundle';
-import { WORKFLOW_TYPE } from '../workflows/definitions';
+import { WORKFLOW_TYPE, type RolloutResult } from '../workflows/definitions';
+import type { MetricResult } from '../policies/decide';
 import type { PolicyInput, RolloutRequestInput } from '../policies/schema';
 
 export const ROOT = resolve(__dirname, '..');
@@ -145,4 +146,35 @@ export function timeSkippingServer(): { env: TestWorkflowEnvironment; bundle: Wo
     await server.env?.teardown();
   });
   return server;
+}
+
+/** One entry of a rollout's decision log, as its report file holds it. */
+export interface ReportEntry {
+  phase: string;
+  action: string;
+  cohort?: string;
+  wave?: number;
+  reason: string;
+  dataAsOf?: string;
+  metrics?: MetricResult[];
+}
+
+/** The report file an ended rollout wrote: its decision log and the candidate it rolled out. */
+export function reportOf(result: RolloutResult): { decisions: ReportEntry[]; candidate: { digest: string } } {
+  return JSON.parse(readFileSync(result.reportPath!, 'utf8'));
+}
+
+/** Runs one rollout of `pack` under `policy` on `world` to its end on the test server, and returns its result. */
+export function runRollout(
+  server: { env: TestWorkflowEnvironment; bundle: WorkflowBundle },
+  world: World,
+  id: string,
+  pack: string,
+  policy: PolicyInput,
+  fleet?: string,
+): Promise<RolloutResult> {
+  return withWorker(server.env, server.bundle, world, async (tq) => {
+    const handle = await startRollout(server.env, tq, rolloutRequest(id, pack, policy, fleet));
+    return handle.result();
+  });
 }

@@ -7,16 +7,16 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { WorkflowUpdateFailedError } from '@temporalio/client';
-import { readFileSync } from 'node:fs';
 import { approveUpdate, statusQuery, type RolloutResult } from '../../workflows/definitions';
-import type { MetricResult } from '../../policies/decide';
 import {
   loadPolicy,
   makeWorld,
   maybeSaveHistory,
+  reportOf,
   otaOps,
   rolloutRequest,
   runningDigest,
+  runRollout,
   startRollout,
   timeSkippingServer,
   withWorker,
@@ -28,18 +28,6 @@ const server = timeSkippingServer();
 
 const week = (): PolicyInput => loadPolicy('test/fixtures/policy-week.yaml');
 
-interface Entry {
-  phase: string;
-  action: string;
-  cohort?: string;
-  reason: string;
-  metrics?: MetricResult[];
-}
-
-function reportOf(result: RolloutResult): { decisions: Entry[]; candidate: { digest: string } } {
-  return JSON.parse(readFileSync(result.reportPath!, 'utf8'));
-}
-
 /** More labels per arm than the fleet can give: every look is short of data, so the engine cannot decide. */
 function undecidable(): PolicyInput {
   const policy = week();
@@ -49,18 +37,8 @@ function undecidable(): PolicyInput {
   return policy;
 }
 
-async function run(
-  world: World,
-  id: string,
-  pack: string,
-  policy: PolicyInput,
-  fleet?: string,
-): Promise<RolloutResult> {
-  return withWorker(server.env, server.bundle, world, async (tq) => {
-    const handle = await startRollout(server.env, tq, rolloutRequest(id, pack, policy, fleet));
-    return handle.result();
-  });
-}
+const run = (world: World, id: string, pack: string, policy: PolicyInput, fleet?: string) =>
+  runRollout(server, world, id, pack, policy, fleet);
 
 describe('decision engine in rolloutWorkflow (time-skipping)', () => {
   test('data that cannot decide is escalated; an allowed reviewer approves with the evidence in front of them', async () => {
@@ -279,7 +257,7 @@ describe('decision engine in rolloutWorkflow (time-skipping)', () => {
       const result = await run(world, `exposure-${process.pid}`, 'models/candidate-good', policy);
       assert.equal(result.outcome, 'completed', result.reason);
       for (const c of result.cohorts) assert.equal(c.state, 'held', `${c.cohort}: ${c.headline}`);
-      const entries = reportOf(result).decisions as (Entry & { wave?: number })[];
+      const entries = reportOf(result).decisions;
       const extended = entries.filter(
         (d) => d.action === 'extend' && /candidate exposure below/.test(d.reason),
       );

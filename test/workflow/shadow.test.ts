@@ -6,34 +6,22 @@
  */
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
 import type { RolloutResult } from '../../workflows/definitions';
 import {
   loadPolicy,
   makeWorld,
   otaOps,
   query,
-  rolloutRequest,
-  startRollout,
+  reportOf,
+  runRollout,
   timeSkippingServer,
-  withWorker,
   type World,
 } from '../support';
 import type { PolicyInput } from '../../policies/schema';
 
 const server = timeSkippingServer();
 
-interface Entry {
-  phase: string;
-  action: string;
-  cohort?: string;
-  reason: string;
-  dataAsOf?: string;
-}
-
-function decisions(result: RolloutResult): Entry[] {
-  return (JSON.parse(readFileSync(result.reportPath!, 'utf8')) as { decisions: Entry[] }).decisions;
-}
+const decisions = (result: RolloutResult) => reportOf(result).decisions;
 
 /** The week policy with the upload filter and class gates on. */
 function filtered(): PolicyInput {
@@ -47,12 +35,8 @@ function filtered(): PolicyInput {
   return policy;
 }
 
-async function run(world: World, id: string, pack: string, policy: PolicyInput): Promise<RolloutResult> {
-  return withWorker(server.env, server.bundle, world, async (tq) => {
-    const handle = await startRollout(server.env, tq, rolloutRequest(id, pack, policy));
-    return handle.result();
-  });
-}
+const run = (world: World, id: string, pack: string, policy: PolicyInput) =>
+  runRollout(server, world, id, pack, policy);
 
 describe('shadow with the upload filter in rolloutWorkflow (time-skipping)', () => {
   test('a candidate that misses hazards fails the class recall gate; no vehicle gets it', async () => {
