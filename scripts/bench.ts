@@ -211,8 +211,19 @@ async function main(): Promise<void> {
   }
 
   const pad = (s: string, n: number) => s.padEnd(n);
+  // Each column as wide as its longest entry, plus two spaces.
+  const width = (pick: (r: BenchRow) => string, head: string) =>
+    Math.max(head.length, ...results.map((r) => pick(r).length)) + 2;
+  const [wName, wSubject, wBaseline] = [
+    width((r) => r.name, 'benchmark'),
+    width((r) => r.subject, 'subject'),
+    width((r) => r.baseline, 'baseline'),
+  ];
   console.log(
-    pad('benchmark', 36) + pad('subject', 20) + pad('baseline', 26) + 'speed-up   heap (subject / baseline)',
+    pad('benchmark', wName) +
+      pad('subject', wSubject) +
+      pad('baseline', wBaseline) +
+      'speed-up   heap (subject / baseline)',
   );
   for (const r of results) {
     const heap =
@@ -220,7 +231,11 @@ async function main(): Promise<void> {
         ? `${r.subjectHeapMB.toFixed(1)} MB / ${r.baselineHeapMB!.toFixed(1)} MB`
         : '';
     console.log(
-      pad(r.name, 36) + pad(r.subject, 20) + pad(r.baseline, 26) + pad(`${r.speedup.toFixed(1)}x`, 11) + heap,
+      pad(r.name, wName) +
+        pad(r.subject, wSubject) +
+        pad(r.baseline, wBaseline) +
+        pad(`${r.speedup.toFixed(2)}x`, 11) +
+        heap,
     );
   }
   console.log('');
