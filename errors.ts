@@ -24,6 +24,20 @@ export const ErrorType = {
   NotFound: 'NotFound',
   /** A model failed its bench on a hardware SKU. */
   BenchFailed: 'BenchFailed',
+  /** A pack's manifest signature does not verify against the key it names, or is missing or malformed. */
+  BadSignature: 'BadSignature',
+  /** A pack is signed by a key the registry does not trust. */
+  UntrustedSigner: 'UntrustedSigner',
+  /** A file is in the pack but not in its manifest, or in the manifest but not in the pack. */
+  FileSetMismatch: 'FileSetMismatch',
+  /** A pack's files come from different releases (a file, or inference_config.json, of another release). */
+  MixedRelease: 'MixedRelease',
+  /** A pack's release counter is not above production's: a rollback (freeze) attack or a stale pack. */
+  ReleaseRollback: 'ReleaseRollback',
+  /** A semantic-version major bump over production without the rollout's explicit approval. */
+  MajorBumpUnapproved: 'MajorBumpUnapproved',
+  /** A pack path, or a file named in it, that leaves the pack (.., absolute, a link outside). */
+  PathEscape: 'PathEscape',
   /** A transient failure of a dependency: retried. */
   Unavailable: 'Unavailable',
 } as const;
@@ -38,6 +52,13 @@ export const nonRetryableErrorTypes: string[] = [
   ErrorType.PointerConflict,
   ErrorType.NotFound,
   ErrorType.BenchFailed,
+  ErrorType.BadSignature,
+  ErrorType.UntrustedSigner,
+  ErrorType.FileSetMismatch,
+  ErrorType.MixedRelease,
+  ErrorType.ReleaseRollback,
+  ErrorType.MajorBumpUnapproved,
+  ErrorType.PathEscape,
 ];
 
 /** Builds a non-retryable failure of a known type, keeping the cause chain. */

@@ -29,11 +29,56 @@ export interface ModelRecord {
   /** Object-store key of the write-once record. */
   recordKey: string;
   contract: IoContract;
+  /*
+   * The fields below come from signed packs (docs/registry.md); records written before them lack them.
+   */
+  /** The manifest's release counter: strictly above the production release it replaces. */
+  release?: number;
+  /** Every file of the pack (manifest and signature excepted) by relative path: its sha256 and blob key. */
+  files?: Record<string, string>;
+  /** Key id (sha256 of the raw ed25519 public key, hex) of the trusted signer whose signature verified. */
+  signer?: string;
+  /** sha256 of the detached signature file. */
+  signatureDigest?: string;
+  trainingDataHash?: string;
+  codeHash?: string;
+  /** SKUs the pack declares it runs on; the bench and the waves refuse others. */
+  compatibleSkus?: string[];
+  /** Per-SKU resource budgets of the manifest. */
+  skuBudgets?: Record<string, SkuBudget>;
+  /** Golden inputs and the outputs they must give, from inference_config.json (blob digests). */
+  golden?: GoldenSet;
+  /** Digest of inference_config.json (a blob). */
+  configDigest?: string;
+}
+
+export interface SkuBudget {
+  /** p95 latency ceiling in ms on that SKU (the stricter of this and the fleet's SKU budget applies). */
+  latencyP95Ms?: number;
+  /** Peak resident memory ceiling in MiB of the bench process on that SKU. */
+  memoryMb?: number;
+}
+
+export interface GoldenSet {
+  /** sha256 (blob key) of little-endian float32 inputs, [rows, features]. */
+  inputs: string;
+  /** sha256 (blob key) of little-endian float32 expected outputs, [rows, classes]. */
+  outputs: string;
+  rows: number;
+  /** Largest absolute difference allowed per output value. */
+  tolerance: number;
 }
 
 export interface RegisterInput {
   rolloutId: string;
   packDir: string;
+  /**
+   * Cohorts the candidate is meant for: its release counter must be above each one's production release,
+   * and a major version above production's needs `allowMajorBump`. Absent in older histories.
+   */
+  cohorts?: string[];
+  /** The rollout request's explicit approval of a semantic-version major bump. */
+  allowMajorBump?: boolean;
 }
 export interface ProductionLookup {
   cohorts: string[];
@@ -65,6 +110,11 @@ export interface BenchInput {
    * it existed: then no slowdown applies.
    */
   version?: string;
+  /**
+   * Key of the candidate's registry record: the bench reads its golden set and SKU budgets from it and
+   * stores its report beside it. Absent in older histories.
+   */
+  recordKey?: string;
 }
 export interface BenchResult {
   sku: string;

@@ -27,12 +27,16 @@ import type {
 import type { ModelRunner, ObjectStore } from './deps';
 import { sha256 } from './store';
 import { ErrorType, fail } from '../errors';
-import { ModelManifest, formatIssues } from '../policies/schema';
+import type { ModelManifest } from '../policies/schema';
+import { compareContracts } from '../policies/contract';
+import { type TrustStore, verifyPackDir } from './pack';
 import { blobKey } from '../workers/model-runner';
 
 export interface RegistryDeps {
   store: ObjectStore;
   runner: ModelRunner;
+  /** The signer keys this registry trusts (activities/pack.ts `loadTrust`). */
+  trust: TrustStore;
   /** Directory that pack paths are resolved against. */
   root: string;
 }
@@ -80,50 +84,43 @@ function historyKey(cohort: string, stage: Stage, seq: number): string {
 function indexPrefix(digest: string): string {
   return `index/sha256/${digest}/`;
 }
+/** Which registered versions hold a file with this digest (any file of a pack). */
+function fileIndexPrefix(digest: string): string {
+  return `index/files/${digest}/`;
+}
 
 export function createRegistryActivities(deps: RegistryDeps) {
   const { store, runner } = deps;
 
-  /** Verifies a pack against its manifest and records it as an immutable registry version. */
+  /**
+   * Verifies a signed pack (activities/pack.ts: signature, signer, file set, digests, releases) and
+   * records it as an immutable registry version, with every file as a content-addressed blob. With
+   * `cohorts`, also refuses a release counter not above each cohort's production release
+   * (ReleaseRollback) and a major version bump over production without `allowMajorBump`.
+   */
   async function registerCandidate(input: RegisterInput): Promise<ModelRecord> {
-    const pack = resolvePack(deps.root, input.packDir);
-    const manifestFile = path.join(pack, MANIFEST);
-    const manifestBytes = await readFileOr(manifestFile, () =>
-      fail(
-        ErrorType.NotFound,
-        `model pack ${input.packDir}: ${MANIFEST} not found at ${manifestFile}; ` +
-          'check the pack path (it is resolved against the worker directory)',
-      ),
-    );
-    let raw: unknown;
-    try {
-      raw = JSON.parse(manifestBytes.toString('utf8'));
-    } catch (err) {
-      throw fail(
-        ErrorType.InvalidInput,
-        `model pack ${input.packDir}: ${MANIFEST} is not valid JSON (${(err as Error).message}); fix the file`,
-      );
-    }
-    const parsed = ModelManifest.safeParse(raw);
-    if (!parsed.success) {
-      throw fail(
-        ErrorType.InvalidInput,
-        `model pack ${input.packDir}: invalid ${MANIFEST}:\n${formatIssues(parsed.error, raw, 'manifest')}`,
-      );
-    }
-    const manifest = parsed.data;
-    if (!(manifest.model in manifest.files)) {
-      throw fail(
-        ErrorType.InvalidInput,
-        `model pack ${input.packDir}: manifest.model is "${manifest.model}" but files does not list it; ` +
-          `add "${manifest.model}": "<sha256>" to files`,
-      );
+    const dir = resolvePack(deps.root, input.packDir);
+    const pack = await verifyPackDir(dir, input.packDir, deps.trust, (digest) => releaseOfFile(store, digest));
+    const { manifest } = pack;
+    const digest = manifest.files[manifest.model]!;
+    const recordKey = recordKeyOf(manifest.name, manifest.version);
+    if (input.cohorts && input.cohorts.length > 0) {
+      await checkAgainstProduction(store, manifest, digest, input.cohorts, input.allowMajorBump === true, input.packDir);
     }
 
-    const contents = await verifyPack(pack, input.packDir, manifest.files);
-    const modelBytes = contents.get(manifest.model)!;
-    const digest = manifest.files[manifest.model]!;
-    await store.putIfAbsent(blobKey(digest), modelBytes);
+    // Every file becomes a blob; each is hashed again as it is stored, so bytes that changed since the
+    // verification are refused rather than stored under the wrong digest.
+    for (const [name, expected] of Object.entries(manifest.files)) {
+      const bytes = await fs.readFile(path.join(dir, ...name.split('/')));
+      const actual = sha256(bytes);
+      if (actual !== expected) {
+        throw fail(
+          ErrorType.DigestMismatch,
+          `model pack ${input.packDir}: ${name} changed while it was registered (sha256 ${actual}, manifest ${expected}); register again`,
+        );
+      }
+      await store.putIfAbsent(blobKey(expected), bytes);
+    }
 
     let contract: IoContract;
     try {
@@ -136,16 +133,43 @@ export function createRegistryActivities(deps: RegistryDeps) {
           `(${(err as Error).message}); re-export it as ONNX`,
       );
     }
+    const declared = { inputs: pack.config.inputs, outputs: pack.config.outputs };
+    const differences = compareContracts(declared, contract);
+    if (differences.length > 0) {
+      throw fail(
+        ErrorType.ContractMismatch,
+        `model pack ${input.packDir}: ${manifest.config} declares a contract the model does not have: ` +
+          `${differences.join('; ')}; pack it again so the config is read from the model`,
+        { packDir: input.packDir, differences },
+      );
+    }
 
-    const recordKey = recordKeyOf(manifest.name, manifest.version);
+    const { golden } = pack.config;
     const record: ModelRecord = {
       name: manifest.name,
       version: manifest.version,
       digest,
-      manifestDigest: sha256(manifestBytes),
+      manifestDigest: sha256(pack.manifestBytes),
       recordKey,
       contract,
+      release: manifest.release,
+      files: manifest.files,
+      signer: pack.signer,
+      signatureDigest: sha256(pack.signatureBytes),
+      trainingDataHash: manifest.trainingDataHash,
+      codeHash: manifest.codeHash,
+      compatibleSkus: manifest.compatibleSkus,
+      skuBudgets: manifest.skuBudgets,
+      golden: {
+        inputs: manifest.files[golden.inputs]!,
+        outputs: manifest.files[golden.outputs]!,
+        rows: golden.rows,
+        tolerance: golden.tolerance,
+      },
+      configDigest: manifest.files[manifest.config]!,
     };
+    await store.putIfAbsent(`registry/${manifest.name}/${manifest.version}.sig`, pack.signatureBytes);
+    await store.putIfAbsent(`registry/${manifest.name}/${manifest.version}.manifest.json`, pack.manifestBytes);
     try {
       await store.putIfAbsent(recordKey, json(record));
     } catch (err) {
@@ -155,7 +179,7 @@ export function createRegistryActivities(deps: RegistryDeps) {
         ErrorType.ImmutableConflict,
         `${manifest.name}@${manifest.version} is already registered with model digest ${existing?.digest ?? '?'} ` +
           `and manifest digest ${existing?.manifestDigest ?? '?'}; this pack has ${digest} and ${record.manifestDigest}. ` +
-          'Registry versions are immutable: bump "version" in manifest.json',
+          'Registry versions are immutable: bump "version" and "release" in manifest.json',
         { recordKey, existing, attempted: record },
       );
     }
@@ -163,6 +187,12 @@ export function createRegistryActivities(deps: RegistryDeps) {
       `${indexPrefix(digest)}${manifest.name}/${manifest.version}.json`,
       json({ recordKey }),
     );
+    for (const [name, fileDigest] of Object.entries(manifest.files)) {
+      await store.putIfAbsent(
+        `${fileIndexPrefix(fileDigest)}${manifest.name}/${manifest.version}.json`,
+        json({ recordKey, file: name }),
+      );
+    }
     return record;
   }
 
@@ -392,85 +422,52 @@ function resolvePack(root: string, packDir: string): string {
   return pack;
 }
 
+/** name@version of a registered release holding a file with this digest, if any. */
+async function releaseOfFile(store: ObjectStore, digest: string): Promise<string | undefined> {
+  const keys = await store.list(fileIndexPrefix(digest));
+  const first = keys[0];
+  if (!first) return undefined;
+  const [name, file] = first.slice(fileIndexPrefix(digest).length).split('/');
+  return `${name}@${(file ?? '').replace(/\.json$/, '')}`;
+}
+
 /**
- * Checks every file of the pack against the manifest: listed files exist inside the pack and match
- * their digests, and no file is present that the manifest does not list. Returns the listed files' bytes.
+ * Refuses a candidate whose release counter is not above a cohort's production release (unless it is
+ * production itself), or whose major version is above production's without the rollout's approval.
  */
-async function verifyPack(
-  pack: string,
-  packDir: string,
-  files: Record<string, string>,
-): Promise<Map<string, Buffer>> {
-  const realPack = await fs.realpath(pack);
-  for (const name of Object.keys(files)) {
-    const segments = name.split('/');
-    if (
-      path.isAbsolute(name) ||
-      name.includes('\\') ||
-      segments.some((s) => s === '' || s === '.' || s === '..') ||
-      name === MANIFEST
-    ) {
+async function checkAgainstProduction(
+  store: ObjectStore,
+  manifest: ModelManifest,
+  digest: string,
+  cohorts: readonly string[],
+  allowMajorBump: boolean,
+  label: string,
+): Promise<void> {
+  for (const cohort of cohorts) {
+    const { pointer } = await readPointer(store, cohort, 'production');
+    if (!pointer?.recordKey || pointer.digest === digest) continue;
+    const prod = await readJson<ModelRecord>(store, pointer.recordKey);
+    if (!prod) continue;
+    const prodRelease = prod.release ?? 0;
+    if (manifest.release <= prodRelease) {
       throw fail(
-        ErrorType.InvalidInput,
-        `model pack ${packDir}: manifest lists ${JSON.stringify(name)}, which is not a plain path inside the pack ` +
-          `(or is ${MANIFEST} itself); list files by their relative path, e.g. "model.onnx"`,
+        ErrorType.ReleaseRollback,
+        `model pack ${label}: ${manifest.name}@${manifest.version} has release ${manifest.release}, not above ` +
+          `release ${prodRelease} of ${prod.name}@${prod.version}, production in cohort ${cohort}; an older release ` +
+          'is never delivered over a newer one: pack the candidate with a higher "release"',
+        { cohort, release: manifest.release, productionRelease: prodRelease },
       );
     }
-  }
-
-  const present = new Set(await listFiles(pack));
-  present.delete(MANIFEST);
-  const problems: string[] = [];
-  const contents = new Map<string, Buffer>();
-  for (const [name, expected] of Object.entries(files)) {
-    if (!present.has(name)) {
-      problems.push(`${name}: listed in the manifest with sha256 ${expected} but missing from the pack`);
-      continue;
-    }
-    const file = path.join(pack, ...name.split('/'));
-    const real = await fs.realpath(file);
-    if (real !== realPack && !real.startsWith(realPack + path.sep)) {
+    const major = (v: string) => Number(v.split('.')[0]);
+    if (major(manifest.version) > major(prod.version) && !allowMajorBump) {
       throw fail(
-        ErrorType.InvalidInput,
-        `model pack ${packDir}: ${name} is a link to ${real}, outside the pack; copy the file into the pack`,
+        ErrorType.MajorBumpUnapproved,
+        `model pack ${label}: ${manifest.name}@${manifest.version} is a major version above production ` +
+          `${prod.name}@${prod.version} in cohort ${cohort}; a major bump may break consumers of the output: ` +
+          'approve it with "allowMajorBump": true in the rollout request',
+        { cohort, version: manifest.version, productionVersion: prod.version },
       );
     }
-    const bytes = await fs.readFile(file);
-    const actual = sha256(bytes);
-    if (actual !== expected) problems.push(`${name}: sha256 is ${actual}, manifest expects ${expected}`);
-    contents.set(name, bytes);
-  }
-  for (const name of [...present].sort()) {
-    if (!(name in files)) problems.push(`${name}: present in the pack but not listed in the manifest`);
-  }
-  if (problems.length > 0) {
-    throw fail(
-      ErrorType.DigestMismatch,
-      `model pack ${packDir} does not match its manifest:\n${problems.join('\n')}\n` +
-        'rebuild the pack, or remove unlisted files and update the digests in manifest.json',
-      { packDir, problems },
-    );
-  }
-  return contents;
-}
-
-/** Relative '/'-separated paths of every file (and link) under dir. */
-async function listFiles(dir: string, prefix = ''): Promise<string[]> {
-  const out: string[] = [];
-  for (const e of await fs.readdir(dir, { withFileTypes: true })) {
-    const rel = prefix === '' ? e.name : `${prefix}/${e.name}`;
-    if (e.isDirectory()) out.push(...(await listFiles(path.join(dir, e.name), rel)));
-    else out.push(rel);
-  }
-  return out;
-}
-
-async function readFileOr(file: string, missing: () => Error): Promise<Buffer> {
-  try {
-    return await fs.readFile(file);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw missing();
-    throw err;
   }
 }
 

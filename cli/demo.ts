@@ -23,7 +23,13 @@ import {
 import { connectionOptions, loadConfig } from '../workers/config';
 import { startDevServer, type DevServer } from '../workers/dev-server';
 import { temporalCli } from '../workers/tools';
-import { createFleetgateWorker, openServices, quietRuntime, type Services } from '../workers/worker';
+import {
+  createFleetgateWorker,
+  openServices,
+  quietRuntime,
+  trustFixtureSigner,
+  type Services,
+} from '../workers/worker';
 import { bootstrapProduction } from '../activities/registry';
 import { initSimFleet } from '../activities/fleet';
 import { loadFleetManifest } from '../sim/fleet';
@@ -120,6 +126,8 @@ export async function runDemo(): Promise<number> {
 
   try {
     resetWorld(config.dataDir);
+    // The demo's packs are the fixtures, signed by the fixture signer (models/keys): its registry trusts it.
+    trustFixtureSigner(config.dataDir);
 
     let address = config.address;
     if (!address) {
@@ -144,7 +152,7 @@ export async function runDemo(): Promise<number> {
     const manifest = loadFleetManifest(FLEET);
     const cohorts = manifest.cohorts.map((c) => c.name);
     const prod = await bootstrapProduction(
-      { store: services.store, runner: services.runner, root: services.root },
+      services,
       PRODUCTION,
       cohorts,
       'demo',

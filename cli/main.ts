@@ -773,7 +773,7 @@ export async function initFleet(
   const services = await openServices(config.dataDir, config.root, config.ota);
   try {
     const prod = await bootstrapProduction(
-      { store: services.store, runner: services.runner, root: services.root },
+      services,
       packDir,
       cohorts,
       by,

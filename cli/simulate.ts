@@ -31,7 +31,7 @@ import {
 } from '../workflows/definitions';
 import { groundTruth, type CohortTruth, type TruthLabel } from '../sim/truth';
 import { openSimWorld, type SimWorld } from '../sim/world';
-import { createActivities, openServices, quietRuntime } from '../workers/worker';
+import { createActivities, openServices, quietRuntime, trustFixtureSigner } from '../workers/worker';
 import { createRegistryActivities } from '../activities/registry';
 import { getWorkflowBundle } from '../workers/bundle';
 import { temporalTestServer } from '../workers/tools';
@@ -483,6 +483,7 @@ export async function scenarioTruth(loaded: LoadedScenario): Promise<CohortTruth
   cpSync(loaded.productionPack, join(dataDir, 'packs', 'production'), { recursive: true });
   cpSync(loaded.candidatePack, join(dataDir, 'packs', 'candidate'), { recursive: true });
   writeFileSync(join(dataDir, 'fleet.json'), JSON.stringify(fleet, null, 2));
+  trustFixtureSigner(dataDir);
   const services = await openServices(dataDir, dataDir, { kind: 'simulated' });
   try {
     const registry = createRegistryActivities(services);

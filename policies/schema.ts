@@ -423,7 +423,13 @@ export const RolloutRequest = z
       message: 'letters, digits, ".", "_" or "-", at most 100',
     }),
     candidate: z
-      .object({ pack: z.string().min(1).describe('Model pack directory, relative to the worker') })
+      .object({
+        pack: z.string().min(1).describe('Model pack directory, relative to the worker'),
+        allowMajorBump: z
+          .boolean()
+          .optional()
+          .describe("Approves a semantic-version major bump over production's version (refused otherwise)"),
+      })
       .strict(),
     fleet: z
       .object({
@@ -610,17 +616,90 @@ export const FleetManifest = z
   });
 export type FleetManifest = z.infer<typeof FleetManifest>;
 
+const Sha256 = z.string().regex(/^[0-9a-f]{64}$/, { message: 'a sha256 hex digest (64 lowercase hex digits)' });
+
+export const SkuBudget = z
+  .object({
+    latencyP95Ms: z.number().positive().optional().describe('p95 latency ceiling in ms on the SKU'),
+    memoryMb: z.number().positive().optional().describe("Ceiling in MiB of the model's peak resident memory"),
+  })
+  .strict();
+
 export const ModelManifest = z
   .object({
     apiVersion: z.literal('fleetgate/v1'),
     kind: z.literal('ModelPack'),
     name: Name,
     version: z.string().regex(/^\d+\.\d+\.\d+$/, { message: 'a semantic version such as "1.2.0"' }),
+    release: z
+      .number()
+      .int()
+      .positive()
+      .describe('Release counter: strictly above the release of the production model it replaces'),
     model: z.string().min(1).describe('The ONNX file inside the pack'),
-    files: z.record(z.string(), z.string().regex(/^[0-9a-f]{64}$/, { message: 'a sha256 hex digest' })),
+    config: z.string().min(1).default('inference_config.json').describe('The inference config inside the pack'),
+    files: z.record(z.string(), Sha256).describe('Every file of the pack but manifest.json and manifest.sig'),
+    trainingDataHash: Sha256.describe('sha256 of the training data snapshot'),
+    codeHash: Sha256.describe('sha256 of the training code'),
+    compatibleSkus: z.array(Name).min(1).describe('Hardware SKUs the model may be delivered to'),
+    skuBudgets: z.record(Name, SkuBudget).default({}).describe('Resource budgets per SKU'),
   })
   .strict();
 export type ModelManifest = z.infer<typeof ModelManifest>;
+
+const TensorDecl = z
+  .object({
+    name: z.string().min(1),
+    type: z.string().min(1).describe('Element type as onnxruntime names it, e.g. "float32"'),
+    shape: z.array(z.union([z.number().int().nonnegative(), z.string().min(1)])),
+  })
+  .strict();
+
+/** inference_config.json: the contract a pack promises, its pre- and post-processing and its golden set. */
+export const InferenceConfig = z
+  .object({
+    apiVersion: z.literal('fleetgate/v1'),
+    kind: z.literal('InferenceConfig'),
+    name: Name.describe("The manifest's name: a config from another model is a mixed pack"),
+    version: z.string().regex(/^\d+\.\d+\.\d+$/, { message: 'a semantic version such as "1.2.0"' }),
+    release: z.number().int().positive().describe("The manifest's release: a config of another release is refused"),
+    inputs: z.array(TensorDecl).min(1),
+    outputs: z.array(TensorDecl).min(1),
+    preprocessing: z
+      .object({
+        scale: z.number().default(1).describe('Each feature is multiplied by this ...'),
+        offset: z.number().default(0).describe('... then this is added'),
+      })
+      .strict()
+      .default({ scale: 1, offset: 0 }),
+    classes: z.array(z.string().min(1)).min(2).describe('Output class names, in output order'),
+    thresholds: z
+      .record(z.string(), z.number().min(0).max(1))
+      .default({})
+      .describe('Decision threshold per class name; argmax where none is given'),
+    golden: z
+      .object({
+        inputs: z.string().min(1).describe('File of little-endian float32 inputs, [rows, features]'),
+        outputs: z.string().min(1).describe('File of little-endian float32 expected outputs, [rows, classes]'),
+        rows: z.number().int().positive(),
+        tolerance: z.number().positive().describe('Largest absolute difference allowed per output value'),
+      })
+      .strict(),
+  })
+  .strict();
+export type InferenceConfig = z.infer<typeof InferenceConfig>;
+
+/** manifest.sig: a detached ed25519 signature over the exact bytes of manifest.json. */
+export const PackSignature = z
+  .object({
+    apiVersion: z.literal('fleetgate/v1'),
+    kind: z.literal('ModelPackSignature'),
+    algorithm: z.literal('ed25519'),
+    keyId: Sha256.describe('sha256 of the raw 32-byte public key'),
+    signature: z.string().regex(/^[A-Za-z0-9+/]{86}==$/, { message: 'a base64 ed25519 signature (64 bytes)' }),
+  })
+  .strict();
+export type PackSignature = z.infer<typeof PackSignature>;
 
 /** One line per problem: `path: message (got <value>)`. */
 export function formatIssues(error: z.ZodError, input: unknown, root = ''): string {

@@ -27,7 +27,7 @@ import { createAnalysisActivities } from '../activities/analysis';
 import { createLabelActivities } from '../activities/labels';
 import { openFleetDatabase, rows, transaction } from '../activities/db';
 import { canaryFull, canaryLook, recordBatchStats } from '../activities/analysis';
-import { openServices } from '../workers/worker';
+import { openServices, trustFixtureSigner } from '../workers/worker';
 import { loadFleetManifest, pseudonym, waveTargets } from '../sim/fleet';
 import { FEATURES, generateFrames, makeRng } from '../sim/frames';
 import { SimulatedOta } from '../sim/ota';
@@ -65,6 +65,7 @@ async function best<T>(n: number, fn: () => Promise<T>) {
 
 async function main(): Promise<void> {
   const dataDir = mkdtempSync(join(tmpdir(), 'fleetgate-bench-'));
+  trustFixtureSigner(dataDir);
   const services = await openServices(dataDir, ROOT);
   const results: Result[] = [];
   try {
@@ -87,7 +88,7 @@ async function main(): Promise<void> {
     const analysis = createAnalysisActivities({ conn });
     const labels = createLabelActivities({ conn });
     const rolloutId = 'bench';
-    const registry = createRegistryActivities({ store: services.store, runner: services.runner, root: ROOT });
+    const registry = createRegistryActivities(services);
     const candidateDigest = (
       await registry.registerCandidate({ rolloutId, packDir: 'models/candidate-good' })
     ).digest;

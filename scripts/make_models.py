@@ -2,9 +2,12 @@
 
 The fixtures are small logistic-regression hazard classifiers trained with numpy on the same generative
 process as sim/frames.ts (the constants are read back from that file and checked, so the two cannot
-drift apart). Each pack is a directory with model.onnx and a manifest.json in the ModelManifest format.
+drift apart). Each pack is a directory with model.onnx and a manifest.json draft in the ModelManifest format (release
+counter, hashes of the training data and of this script, compatible SKUs, budgets); `fleetgate model pack`
+then adds the inference config and golden files, and `fleetgate model sign` signs it with the fixture
+signer (models/keys). scripts/pack-fixtures.sh runs all three:
 
-    bash scripts/bootstrap.sh --fixtures && .tools/venv/bin/python scripts/make_models.py
+    bash scripts/bootstrap.sh --fixtures && bash scripts/pack-fixtures.sh
 
 This script must never write outside models/ and must never depend on anything but numpy and onnx.
 """
@@ -152,11 +155,26 @@ def onnx_model(w: np.ndarray, b: float, input_name: str = "features") -> onnx.Mo
     return model
 
 
-def write_pack(directory: str, version: str, model: onnx.ModelProto) -> None:
+# Release counters: strictly increasing with each fixture's version.
+RELEASES = {"1.0.0": 1, "1.1.0": 2, "1.2.0": 3, "1.3.0": 4, "1.4.0": 5, "1.5.0": 6}
+# The SKUs of the fixture fleets, and the model's share of resident memory allowed on each.
+SKU_BUDGETS = {"hw3": {"memoryMb": 256}, "hw4": {"memoryMb": 256}}
+# What `fleetgate model pack` and `fleetgate model sign` add to a pack.
+PACKED = ("model.onnx", "manifest.json", "manifest.sig", "inference_config.json", "golden")
+
+
+def digest(*arrays: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def write_pack(directory: str, version: str, model: onnx.ModelProto, training_data: str) -> None:
     pack = MODELS / directory
     pack.mkdir(parents=True, exist_ok=True)
     for stale in pack.iterdir():
-        if stale.name not in ("model.onnx", "manifest.json"):
+        if stale.name not in PACKED:
             raise SystemExit(f"{stale}: unexpected file in a fixture pack; remove it and run again")
     data = model.SerializeToString(deterministic=True)
     (pack / "model.onnx").write_bytes(data)
@@ -165,8 +183,13 @@ def write_pack(directory: str, version: str, model: onnx.ModelProto) -> None:
         "kind": "ModelPack",
         "name": NAME,
         "version": version,
+        "release": RELEASES[version],
         "model": "model.onnx",
         "files": {"model.onnx": hashlib.sha256(data).hexdigest()},
+        "trainingDataHash": training_data,
+        "codeHash": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
+        "compatibleSkus": sorted(SKU_BUDGETS),
+        "skuBudgets": SKU_BUDGETS,
     }
     (pack / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
 
@@ -191,16 +214,19 @@ def main() -> int:
         "candidate-regress": ("1.2.0", *train(day_x, day_y, camera_and_two_radar)),
     }
 
+    mixed_data = digest(mixed_x, mixed_y)
+    day_data = digest(day_x, day_y)
+    data_of = {"production": mixed_data, "candidate-good": mixed_data, "candidate-regress": day_data}
     table: list[tuple[str, str, float, float]] = []
     for directory, (version, w, b) in models.items():
-        write_pack(directory, version, onnx_model(w, b))
+        write_pack(directory, version, onnx_model(w, b), data_of[directory])
         table.append((directory, version, error_rate(w, b, *eval_day[:2]), error_rate(w, b, *eval_night[:2])))
 
     # Production's weights with the decision threshold moved: fewer false alarms, more missed hazards,
     # which is what the safety_events metric (a missed hazard makes the driver take over) must catch.
     _, wp, bp = models["production"]
     blind_b = bp - BLIND_SHIFT
-    write_pack("candidate-blind", "1.4.0", onnx_model(wp, blind_b))
+    write_pack("candidate-blind", "1.4.0", onnx_model(wp, blind_b), mixed_data)
     blind_miss = miss_rate(wp, blind_b, *eval_night[:2])
     prod_miss = miss_rate(wp, bp, *eval_night[:2])
 
@@ -208,11 +234,11 @@ def main() -> int:
     # string makes its bytes, and so its digest, differ from production's; what it computes does not.
     same = onnx_model(wp, bp)
     same.doc_string = "A/A copy of production"
-    write_pack("candidate-same", "1.5.0", same)
+    write_pack("candidate-same", "1.5.0", same, mixed_data)
 
     # A different input contract: production's weights behind an input named "x" with six features.
     _, w6, b6 = models["production"]
-    write_pack("candidate-badcontract", "1.3.0", onnx_model(w6[:6], b6, input_name="x"))
+    write_pack("candidate-badcontract", "1.3.0", onnx_model(w6[:6], b6, input_name="x"), mixed_data)
 
     print(f"error rate at argmax on {EVAL_ROWS} day and {EVAL_ROWS} night frames")
     print(f"{'model':<20} {'version':<8} {'day':>7} {'night':>7}")

@@ -11,7 +11,7 @@ import { rmSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { bootstrapProduction } from '../activities/registry';
 import { initSimFleet } from '../activities/fleet';
-import { openServices, type Services } from '../workers/worker';
+import { openServices, trustFixtureSigner, type Services } from '../workers/worker';
 import { loadFleetManifest } from './fleet';
 
 export interface SimWorld {
@@ -38,6 +38,8 @@ export interface SimWorldOptions {
 
 /** Opens the services in `dataDir`, registers production for every cohort and creates the fleet. */
 export async function openSimWorld(opts: SimWorldOptions): Promise<SimWorld> {
+  // A simulated world's registry trusts the fixture packs' signer (and any key configured for it).
+  trustFixtureSigner(opts.dataDir);
   const services = await openServices(opts.dataDir, opts.root, { kind: 'simulated' });
   try {
     const manifest = loadFleetManifest(resolve(opts.root, opts.fleet));

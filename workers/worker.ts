@@ -4,8 +4,8 @@
  * configuration, hands them to the activity factories and creates the worker. Nothing else in fleetgate
  * constructs clients or stores.
  */
-import { join } from 'node:path';
-import { mkdirSync } from 'node:fs';
+import { delimiter, join, resolve } from 'node:path';
+import { copyFileSync, mkdirSync } from 'node:fs';
 import { type NativeConnection, Runtime, Worker, type WorkflowBundle } from '@temporalio/worker';
 import { IoTClient } from '@aws-sdk/client-iot';
 import { LocalObjectStore } from '../activities/store';
@@ -22,6 +22,7 @@ import { SimulatedOta } from '../sim/ota';
 import { type AwsIotConfig, type OtaConfig, loadOtaConfig } from './config';
 import { OnnxModelRunner, blobKey } from './model-runner';
 import { loadPseudonymKey } from './secrets';
+import { type TrustStore, loadTrust } from '../activities/pack';
 import { getWorkflowBundle } from './bundle';
 
 export interface Services {
@@ -33,6 +34,8 @@ export interface Services {
   key: Buffer;
   /** Over-the-air delivery, as configured (FLEETGATE_OTA). */
   ota: OtaChannel;
+  /** Signer keys the registry trusts: FLEETGATE_TRUSTED_KEYS and `<dataDir>/trusted-keys/*.pub`. */
+  trust: TrustStore;
   /** The AWS IoT client when delivery goes through AWS IoT Jobs. */
   iot?: IoTClient;
   close(): Promise<void>;
@@ -53,6 +56,7 @@ export async function openServices(
   const runner = new OnnxModelRunner((digest) => store.get(blobKey(digest)));
   const db = await openFleetDatabase(join(dataDir, 'fleet.duckdb'));
   const key = loadPseudonymKey(dataDir);
+  const trust = await loadTrust(trustedKeyPaths(dataDir));
   let iot: IoTClient | undefined;
   let channel: OtaChannel;
   try {
@@ -76,6 +80,7 @@ export async function openServices(
     db,
     key,
     ota: channel,
+    trust,
     ...(iot ? { iot } : {}),
     async close() {
       await runner.close();
@@ -84,6 +89,25 @@ export async function openServices(
       db.instance.closeSync();
     },
   };
+}
+
+/**
+ * Where the registry's trusted signer keys are: each path of FLEETGATE_TRUSTED_KEYS (files or directories
+ * of `*.pub`, separated by the platform's path delimiter), then `<dataDir>/trusted-keys/`.
+ */
+export function trustedKeyPaths(dataDir: string, env: NodeJS.ProcessEnv = process.env): string[] {
+  const listed = (env.FLEETGATE_TRUSTED_KEYS ?? '').split(delimiter).filter((p) => p !== '');
+  return [...listed.map((p) => resolve(p)), join(dataDir, 'trusted-keys')];
+}
+
+/** The fixture packs' signer (models/keys), public by design: demos, simulations and tests trust it. */
+export const FIXTURE_SIGNER = join('models', 'keys', 'fixture-signer.pub');
+
+/** Makes a data directory's registry trust the fixture signer; never use it for a real registry. */
+export function trustFixtureSigner(dataDir: string): void {
+  const dir = join(dataDir, 'trusted-keys');
+  mkdirSync(dir, { recursive: true });
+  copyFileSync(join(__dirname, '..', FIXTURE_SIGNER), join(dir, 'fixture-signer.pub'));
 }
 
 /** The AWS IoT client of the configuration: its endpoint (e.g. moto), region and credentials. */
@@ -97,7 +121,7 @@ export function createIotClient(config: AwsIotConfig): IoTClient {
 
 export function createActivities(s: Services) {
   return {
-    ...createRegistryActivities({ store: s.store, runner: s.runner, root: s.root }),
+    ...createRegistryActivities(s),
     ...createInferenceActivities({ runner: s.runner }),
     ...createFleetActivities({
       conn: s.db.connection,

@@ -387,6 +387,8 @@ export class Rollout {
       candidate = await acts.registerCandidate({
         rolloutId: this.req.rolloutId,
         packDir: this.req.candidate.pack,
+        cohorts: wanted,
+        allowMajorBump: this.req.candidate.allowMajorBump === true,
       });
     } catch (err) {
       throw new RolloutEnded('rejected', 'register', `candidate pack refused: ${causeMessage(err)}`);
@@ -447,6 +449,7 @@ export class Rollout {
           rolloutId: this.req.rolloutId,
           digest: this.candidate!.digest,
           version: this.candidate!.version,
+          recordKey: this.candidate!.recordKey,
           sku: this.skus.get(name)!,
           goldenInputs: this.policy.bench.goldenInputs,
           repeats: this.policy.bench.repeats,

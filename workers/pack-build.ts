@@ -1,0 +1,170 @@
+/**
+ * Builds and signs model packs (`fleetgate model pack` and `fleetgate model sign`; docs/registry.md).
+ *
+ * `buildPack` completes a directory holding an ONNX model and a manifest draft: it reads the model's
+ * input/output contract from onnxruntime, draws golden inputs (seeded by the model's digest), records the
+ * outputs onnxruntime gives for them, writes inference_config.json and the golden files, and rewrites
+ * the manifest's `files` with the sha256 of every file of the pack. `signPack` writes manifest.sig.
+ *
+ * It writes only inside the pack directory it is given.
+ */
+import { createHash } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import * as ort from 'onnxruntime-node';
+import { ErrorType, fail } from '../errors';
+import { InferenceConfig, ModelManifest, formatIssues } from '../policies/schema';
+import { MANIFEST, SIGNATURE, hashFile, listFiles, signManifest } from '../activities/pack';
+import { gaussian, makeRng } from '../sim/frames';
+
+export const CONFIG = 'inference_config.json';
+export const GOLDEN_INPUTS = 'golden/inputs.f32';
+export const GOLDEN_OUTPUTS = 'golden/outputs.f32';
+
+export interface BuildOptions {
+  /** Output class names, in output order; default: the existing config's, else class0, class1, ... */
+  classes?: string[];
+  /** Golden rows; default 64. */
+  goldenRows?: number;
+  /** Tolerance of the golden outputs; default 1e-5. */
+  tolerance?: number;
+}
+
+/**
+ * Completes the pack in `dir` from its manifest.json draft (every field but `files` and `config` set).
+ * Returns the manifest written. Refuses a draft that does not parse, with every problem named.
+ */
+export async function buildPack(dir: string, options: BuildOptions = {}): Promise<ModelManifest> {
+  const manifestFile = path.join(dir, MANIFEST);
+  let draft: Record<string, unknown>;
+  try {
+    draft = JSON.parse(await fs.readFile(manifestFile, 'utf8')) as Record<string, unknown>;
+  } catch (err) {
+    throw fail(
+      ErrorType.InvalidInput,
+      `${manifestFile}: a manifest draft is needed (${(err as Error).message}); write name, version, release, ` +
+        'model, trainingDataHash, codeHash and compatibleSkus (see docs/registry.md)',
+    );
+  }
+  const modelName = typeof draft.model === 'string' ? draft.model : 'model.onnx';
+  const modelFile = path.join(dir, ...modelName.split('/'));
+  const modelBytes = await fs.readFile(modelFile).catch(() => {
+    throw fail(ErrorType.NotFound, `${modelFile}: the manifest's model file is missing; put the ONNX file there`);
+  });
+  const digest = createHash('sha256').update(modelBytes).digest('hex');
+
+  const session = await ort.InferenceSession.create(new Uint8Array(modelBytes), {
+    intraOpNumThreads: 1,
+    interOpNumThreads: 1,
+    executionMode: 'sequential',
+  });
+  try {
+    const spec = (m: ort.InferenceSession.ValueMetadata) => {
+      if (!m.isTensor) {
+        throw fail(ErrorType.ContractMismatch, `${modelName}: ${m.name} is not a tensor; packs hold tensor models`);
+      }
+      return {
+        name: m.name,
+        type: m.type as string,
+        shape: m.shape.map((d) => (typeof d === 'number' && d >= 0 ? d : String(d))),
+      };
+    };
+    const inputs = session.inputMetadata.map(spec);
+    const outputs = session.outputMetadata.map(spec);
+    const input = inputs[0]!;
+    const output = outputs[0]!;
+    const features = input.shape[1];
+    const classesOut = output.shape[1];
+    if (inputs.length !== 1 || input.type !== 'float32' || input.shape.length !== 2 || typeof features !== 'number') {
+      throw fail(
+        ErrorType.ContractMismatch,
+        `${modelName}: fleetgate packs a model with one float32 input [batch, features]; this one takes ` +
+          `${JSON.stringify(inputs)}`,
+      );
+    }
+    if (output.type !== 'float32' || output.shape.length !== 2 || typeof classesOut !== 'number') {
+      throw fail(
+        ErrorType.ContractMismatch,
+        `${modelName}: the first output must be float32 [batch, classes]; this one is ${JSON.stringify(output)}`,
+      );
+    }
+
+    const previous = await readConfig(dir);
+    const classes =
+      options.classes ?? previous?.classes ?? Array.from({ length: classesOut }, (_, i) => `class${i}`);
+    if (classes.length !== classesOut) {
+      throw fail(
+        ErrorType.InvalidInput,
+        `classes: ${classes.length} names (${classes.join(', ')}) for a model with ${classesOut} outputs; give one name per output`,
+      );
+    }
+    const rows = options.goldenRows ?? 64;
+    const rng = makeRng(`golden|${digest}`);
+    const golden = new Float32Array(rows * features);
+    for (let i = 0; i < golden.length; i++) golden[i] = gaussian(rng);
+    const result = await session.run({ [input.name]: new ort.Tensor('float32', golden, [rows, features]) });
+    const expected = result[output.name]!.data as Float32Array;
+
+    await fs.mkdir(path.join(dir, 'golden'), { recursive: true });
+    await fs.writeFile(path.join(dir, GOLDEN_INPUTS), le(golden));
+    await fs.writeFile(path.join(dir, GOLDEN_OUTPUTS), le(expected));
+    const config: InferenceConfig = InferenceConfig.parse({
+      apiVersion: 'fleetgate/v1',
+      kind: 'InferenceConfig',
+      name: draft.name,
+      version: draft.version,
+      release: draft.release,
+      inputs,
+      outputs,
+      preprocessing: previous?.preprocessing ?? { scale: 1, offset: 0 },
+      classes,
+      thresholds: previous?.thresholds ?? {},
+      golden: { inputs: GOLDEN_INPUTS, outputs: GOLDEN_OUTPUTS, rows, tolerance: options.tolerance ?? 1e-5 },
+    });
+    await fs.writeFile(path.join(dir, CONFIG), JSON.stringify(config, null, 2) + '\n');
+
+    const files: Record<string, string> = {};
+    for (const f of await listFiles(dir)) {
+      if (f === MANIFEST || f === SIGNATURE) continue;
+      files[f] = await hashFile(path.join(dir, ...f.split('/')));
+    }
+    const candidate = { ...draft, config: CONFIG, files };
+    const parsed = ModelManifest.safeParse(candidate);
+    if (!parsed.success) {
+      throw fail(
+        ErrorType.InvalidInput,
+        `${manifestFile}: the draft is incomplete:\n${formatIssues(parsed.error, candidate, 'manifest')}`,
+      );
+    }
+    await fs.writeFile(manifestFile, JSON.stringify(parsed.data, null, 2) + '\n');
+    // A signature over an older manifest no longer holds: remove it, the pack must be signed again.
+    await fs.rm(path.join(dir, SIGNATURE), { force: true });
+    return parsed.data;
+  } finally {
+    await session.release();
+  }
+}
+
+/** Signs the pack's manifest.json with an ed25519 private key (PEM); returns the signer's key id. */
+export async function signPack(dir: string, privatePem: string | Buffer): Promise<string> {
+  const manifestBytes = await fs.readFile(path.join(dir, MANIFEST));
+  const sig = signManifest(manifestBytes, privatePem);
+  await fs.writeFile(path.join(dir, SIGNATURE), JSON.stringify(sig, null, 2) + '\n');
+  return sig.keyId;
+}
+
+async function readConfig(dir: string): Promise<InferenceConfig | undefined> {
+  try {
+    const parsed = InferenceConfig.safeParse(JSON.parse(await fs.readFile(path.join(dir, CONFIG), 'utf8')));
+    return parsed.success ? parsed.data : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Little-endian bytes of a float32 array. */
+function le(values: Float32Array): Buffer {
+  const out = Buffer.alloc(values.length * 4);
+  for (let i = 0; i < values.length; i++) out.writeFloatLE(values[i]!, i * 4);
+  return out;
+}
