@@ -100,12 +100,21 @@ export function createRegistryActivities(deps: RegistryDeps) {
    */
   async function registerCandidate(input: RegisterInput): Promise<ModelRecord> {
     const dir = resolvePack(deps.root, input.packDir);
-    const pack = await verifyPackDir(dir, input.packDir, deps.trust, (digest) => releaseOfFile(store, digest));
+    const pack = await verifyPackDir(dir, input.packDir, deps.trust, (digest) =>
+      releaseOfFile(store, digest),
+    );
     const { manifest } = pack;
     const digest = manifest.files[manifest.model]!;
     const recordKey = recordKeyOf(manifest.name, manifest.version);
     if (input.cohorts && input.cohorts.length > 0) {
-      await checkAgainstProduction(store, manifest, digest, input.cohorts, input.allowMajorBump === true, input.packDir);
+      await checkAgainstProduction(
+        store,
+        manifest,
+        digest,
+        input.cohorts,
+        input.allowMajorBump === true,
+        input.packDir,
+      );
     }
 
     // Every file becomes a blob; each is hashed again as it is stored, so bytes that changed since the
@@ -168,8 +177,6 @@ export function createRegistryActivities(deps: RegistryDeps) {
       },
       configDigest: manifest.files[manifest.config]!,
     };
-    await store.putIfAbsent(`registry/${manifest.name}/${manifest.version}.sig`, pack.signatureBytes);
-    await store.putIfAbsent(`registry/${manifest.name}/${manifest.version}.manifest.json`, pack.manifestBytes);
     try {
       await store.putIfAbsent(recordKey, json(record));
     } catch (err) {
@@ -183,6 +190,12 @@ export function createRegistryActivities(deps: RegistryDeps) {
         { recordKey, existing, attempted: record },
       );
     }
+    // The signed manifest and its signature, kept so the version can be verified again later.
+    await store.putIfAbsent(`registry/${manifest.name}/${manifest.version}.sig`, pack.signatureBytes);
+    await store.putIfAbsent(
+      `registry/${manifest.name}/${manifest.version}.manifest.json`,
+      pack.manifestBytes,
+    );
     await store.putIfAbsent(
       `${indexPrefix(digest)}${manifest.name}/${manifest.version}.json`,
       json({ recordKey }),
@@ -414,9 +427,9 @@ function resolvePack(root: string, packDir: string): string {
   const rel = path.relative(base, pack);
   if (rel.startsWith('..') || path.isAbsolute(rel)) {
     throw fail(
-      ErrorType.InvalidInput,
-      `model pack ${JSON.stringify(packDir)} resolves outside the worker directory ${base}; ` +
-        'give a pack path inside it',
+      ErrorType.PathEscape,
+      `model pack ${JSON.stringify(packDir)} resolves outside the worker directory; give a pack path inside it`,
+      { packDir },
     );
   }
   return pack;

@@ -4,7 +4,8 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createPublicKey } from 'node:crypto';
+import { cpSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { LocalObjectStore } from '../../activities/store';
@@ -20,26 +21,63 @@ import type { IoContract } from '../../activities/contracts';
 import { compareContracts } from '../../policies/contract';
 import { OnnxModelRunner, blobKey } from '../../workers/model-runner';
 import { ErrorType } from '../../errors';
+import { generateSigningKey, keyIdOf, loadTrust } from '../../activities/pack';
+import { sha256 } from '../../activities/store';
+import { buildPack, signPack } from '../../workers/pack-build';
 
 const MODELS = resolve(__dirname, '../../models');
 let dir: string;
 let deps: RegistryDeps;
 let runner: OnnxModelRunner;
 
-before(() => {
+before(async () => {
   dir = mkdtempSync(join(tmpdir(), 'fleetgate-registry-'));
-  for (const p of ['production', 'candidate-good', 'candidate-regress', 'candidate-badcontract']) {
+  for (const p of [
+    'production',
+    'candidate-good',
+    'candidate-regress',
+    'candidate-badcontract',
+    'candidate-blind',
+    'candidate-same',
+  ]) {
     cpSync(join(MODELS, p), join(dir, 'packs', p), { recursive: true });
   }
   const store = new LocalObjectStore(join(dir, 'store'), { durable: false });
   runner = new OnnxModelRunner((digest) => store.get(blobKey(digest)));
-  deps = { store, runner, root: dir };
+  deps = { store, runner, root: dir, trust: await loadTrust([join(MODELS, 'keys', 'fixture-signer.pub')]) };
 });
 
 after(async () => {
   await runner.close();
   rmSync(dir, { recursive: true, force: true });
 });
+
+const FIXTURE_KEY = readFileSync(join(MODELS, 'keys', 'fixture-signer.private.pem'));
+
+/**
+ * Re-signs a pack whose files were changed on purpose with the fixture signer, after writing the new
+ * digests of every file into its manifest (unless `digests` is false), so that a test reaches the check
+ * behind the signature.
+ */
+async function resign(pack: string, digests = true): Promise<void> {
+  const root = join(dir, pack);
+  if (digests) {
+    const m = manifestOf(pack);
+    for (const f of Object.keys(m.files)) m.files[f] = sha256(readFileSync(join(root, f)));
+    writeFileSync(join(root, 'manifest.json'), JSON.stringify(m, null, 2) + '\n');
+  }
+  await signPack(root, FIXTURE_KEY);
+}
+
+/** A fixture pack copied, its manifest draft edited, packed again and signed by the fixture signer. */
+async function repack(from: string, to: string, edit: Record<string, unknown>): Promise<string> {
+  const pack = copyPack(from, to);
+  const root = join(dir, pack);
+  writeFileSync(join(root, 'manifest.json'), JSON.stringify({ ...manifestOf(pack), ...edit }, null, 2));
+  await buildPack(root);
+  await signPack(root, FIXTURE_KEY);
+  return pack;
+}
 
 /** A copy of a fixture pack under a new name, for tests that damage it. */
 function copyPack(from: string, to: string): string {
@@ -59,6 +97,7 @@ async function failure(p: Promise<unknown>): Promise<{ type?: string; message: s
 const manifestOf = (pack: string) =>
   JSON.parse(readFileSync(join(dir, pack, 'manifest.json'), 'utf8')) as {
     version: string;
+    release: number;
     files: Record<string, string>;
   };
 
@@ -79,6 +118,22 @@ void test('registerCandidate records a verified pack, its blob and its contract;
   assert.ok(blob?.equals(readFileSync(join(dir, 'packs/candidate-good/model.onnx'))));
   assert.deepEqual(JSON.parse((await deps.store.get(rec.recordKey))!.toString()), rec);
 
+  assert.equal(rec.release, 2);
+  assert.equal(
+    rec.signer,
+    keyIdOf(createPublicKey(readFileSync(join(MODELS, 'keys', 'fixture-signer.pub')))),
+  );
+  assert.deepEqual(rec.compatibleSkus, ['hw3', 'hw4']);
+  assert.deepEqual(rec.files, manifest.files);
+  // Every file of the pack is a blob, the golden set among them.
+  for (const [name, digest] of Object.entries(manifest.files)) {
+    assert.ok(
+      (await deps.store.get(blobKey(digest)))?.equals(readFileSync(join(dir, 'packs/candidate-good', name))),
+    );
+  }
+  assert.equal(rec.golden?.inputs, manifest.files['golden/inputs.f32']);
+  assert.equal(rec.golden?.rows, 64);
+
   const again = await acts.registerCandidate({ rolloutId: 'r2', packDir: 'packs/candidate-good' });
   assert.deepEqual(again, rec);
 });
@@ -86,16 +141,14 @@ void test('registerCandidate records a verified pack, its blob and its contract;
 void test('a registered version cannot be registered again with other content', async () => {
   const acts = createRegistryActivities(deps);
   await acts.registerCandidate({ rolloutId: 'r1', packDir: 'packs/production' });
-  const pack = copyPack('candidate-regress', 'same-version');
-  const m = manifestOf(pack);
-  writeFileSync(join(dir, pack, 'manifest.json'), JSON.stringify({ ...m, version: '1.0.0' }, null, 2));
+  const pack = await repack('candidate-regress', 'same-version', { version: '1.0.0', release: 1 });
   const err = await failure(acts.registerCandidate({ rolloutId: 'r1', packDir: pack }));
   assert.equal(err.type, ErrorType.ImmutableConflict);
   assert.match(err.message, /hazard-detector@1\.0\.0 is already registered/);
   assert.match(err.message, /bump "version"/);
 });
 
-void test('a flipped byte in the model is a DigestMismatch naming the file and both digests', async () => {
+void test('DigestMismatch: a flipped byte in a signed pack names the file and both digests', async () => {
   const pack = copyPack('candidate-good', 'flipped');
   const file = join(dir, pack, 'model.onnx');
   const bytes = readFileSync(file);
@@ -111,39 +164,145 @@ void test('a flipped byte in the model is a DigestMismatch naming the file and b
       `model\\.onnx: sha256 is [0-9a-f]{64}, manifest expects ${manifestOf(pack).files['model.onnx']}`,
     ),
   );
+  assert.equal(await deps.store.get(blobKey(sha256(bytes))), undefined, 'nothing of the pack was stored');
 });
 
-void test('a file the manifest does not list, or a listed file that is missing, is a DigestMismatch', async () => {
+void test('FileSetMismatch: a file added to the pack, or a listed file missing from it', async () => {
   const acts = createRegistryActivities(deps);
   const extra = copyPack('candidate-good', 'extra');
   writeFileSync(join(dir, extra, 'notes.txt'), 'hello');
   const e1 = await failure(acts.registerCandidate({ rolloutId: 'r', packDir: extra }));
-  assert.equal(e1.type, ErrorType.DigestMismatch);
+  assert.equal(e1.type, ErrorType.FileSetMismatch);
   assert.match(e1.message, /notes\.txt: present in the pack but not listed/);
 
   const missing = copyPack('candidate-good', 'missing');
-  const m = manifestOf(missing);
-  m.files['labels.txt'] = 'a'.repeat(64);
-  writeFileSync(join(dir, missing, 'manifest.json'), JSON.stringify(m));
+  rmSync(join(dir, missing, 'golden', 'outputs.f32'));
   const e2 = await failure(acts.registerCandidate({ rolloutId: 'r', packDir: missing }));
-  assert.equal(e2.type, ErrorType.DigestMismatch);
-  assert.match(e2.message, /labels\.txt: listed in the manifest .* but missing/);
+  assert.equal(e2.type, ErrorType.FileSetMismatch);
+  assert.match(e2.message, /golden\/outputs\.f32: listed in the manifest but missing/);
 });
 
-void test('invalid manifests and paths leaving the pack or the root are InvalidInput', async () => {
+void test('BadSignature: a manifest changed after signing, a missing or malformed signature', async () => {
+  const acts = createRegistryActivities(deps);
+  const edited = copyPack('candidate-good', 'edited');
+  const m = manifestOf(edited);
+  writeFileSync(join(dir, edited, 'manifest.json'), JSON.stringify({ ...m, release: 99 }, null, 2) + '\n');
+  const e1 = await failure(acts.registerCandidate({ rolloutId: 'r', packDir: edited }));
+  assert.equal(e1.type, ErrorType.BadSignature);
+  assert.match(e1.message, /does not verify over manifest\.json/);
+
+  const unsigned = copyPack('candidate-good', 'unsigned');
+  rmSync(join(dir, unsigned, 'manifest.sig'));
+  const e2 = await failure(acts.registerCandidate({ rolloutId: 'r', packDir: unsigned }));
+  assert.equal(e2.type, ErrorType.BadSignature);
+  assert.match(e2.message, /manifest\.sig is missing.*fleetgate model sign/);
+
+  const garbled = copyPack('candidate-good', 'garbled');
+  const sig = JSON.parse(readFileSync(join(dir, garbled, 'manifest.sig'), 'utf8')) as Record<string, string>;
+  writeFileSync(join(dir, garbled, 'manifest.sig'), JSON.stringify({ ...sig, signature: 'abc' }));
+  const e3 = await failure(acts.registerCandidate({ rolloutId: 'r', packDir: garbled }));
+  assert.equal(e3.type, ErrorType.BadSignature);
+  assert.match(e3.message, /signature\.signature: a base64 ed25519 signature/);
+});
+
+void test('UntrustedSigner: a valid signature by a key the registry does not trust', async () => {
+  const pack = await repack('candidate-same', 'stranger', { version: '1.6.0', release: 8 });
+  const stranger = generateSigningKey();
+  await signPack(join(dir, pack), stranger.privatePem);
+  const err = await failure(
+    createRegistryActivities(deps).registerCandidate({ rolloutId: 'r', packDir: pack }),
+  );
+  assert.equal(err.type, ErrorType.UntrustedSigner);
+  assert.match(
+    err.message,
+    new RegExp(`signed by key ${stranger.keyId.slice(0, 16)}, which this registry does not trust`),
+  );
+  // Trusted, the same signature registers.
+  const trusting = createRegistryActivities({
+    ...deps,
+    trust: new Map([...deps.trust, [stranger.keyId, createPublicKey(stranger.publicPem)]]),
+  });
+  assert.equal((await trusting.registerCandidate({ rolloutId: 'r', packDir: pack })).signer, stranger.keyId);
+});
+
+void test('ReleaseRollback: a release counter not above the production it would replace', async () => {
+  const acts = createRegistryActivities(deps);
+  const cohorts = ['rb/eu'];
+  // Production runs candidate-regress (release 3); candidate-good is release 2.
+  await bootstrapProduction(deps, 'packs/candidate-regress', cohorts, 'test');
+  const err = await failure(
+    acts.registerCandidate({ rolloutId: 'r', packDir: 'packs/candidate-good', cohorts }),
+  );
+  assert.equal(err.type, ErrorType.ReleaseRollback);
+  assert.match(
+    err.message,
+    /release 2, not above release 3 of hazard-detector@1\.2\.0, production in cohort rb\/eu/,
+  );
+  // Without cohorts (no production to compare with) the same pack registers.
+  assert.equal(
+    (await acts.registerCandidate({ rolloutId: 'r', packDir: 'packs/candidate-good' })).release,
+    2,
+  );
+});
+
+void test('MixedRelease: a file of another release, or a config of another release', async () => {
+  const acts = createRegistryActivities(deps);
+  await acts.registerCandidate({ rolloutId: 'r', packDir: 'packs/candidate-regress' });
+  const mixed = copyPack('candidate-good', 'mixed');
+  cpSync(join(dir, 'packs/candidate-regress/model.onnx'), join(dir, mixed, 'model.onnx'));
+  const e1 = await failure(acts.registerCandidate({ rolloutId: 'r', packDir: mixed }));
+  assert.equal(e1.type, ErrorType.MixedRelease);
+  assert.match(e1.message, /model\.onnx: these bytes are model\.onnx of hazard-detector@1\.2\.0/);
+
+  // A config of another release, signed into the manifest: the identity check refuses it.
+  const config = copyPack('candidate-good', 'mixed-config');
+  cpSync(
+    join(dir, 'packs/candidate-regress/inference_config.json'),
+    join(dir, config, 'inference_config.json'),
+  );
+  await resign(config);
+  const e2 = await failure(acts.registerCandidate({ rolloutId: 'r', packDir: config }));
+  assert.equal(e2.type, ErrorType.MixedRelease);
+  assert.match(e2.message, /inference_config\.json is of hazard-detector@1\.2\.0 release 3/);
+});
+
+void test('MajorBumpUnapproved: a major version above production needs the rollout approval', async () => {
+  const acts = createRegistryActivities(deps);
+  const cohorts = ['major/eu'];
+  await bootstrapProduction(deps, 'packs/production', cohorts, 'test');
+  const pack = await repack('candidate-blind', 'major', { version: '2.0.0', release: 7 });
+  const err = await failure(acts.registerCandidate({ rolloutId: 'r', packDir: pack, cohorts }));
+  assert.equal(err.type, ErrorType.MajorBumpUnapproved);
+  assert.match(
+    err.message,
+    /2\.0\.0 is a major version above production hazard-detector@1\.0\.0.*allowMajorBump/,
+  );
+  const rec = await acts.registerCandidate({ rolloutId: 'r', packDir: pack, cohorts, allowMajorBump: true });
+  assert.equal(rec.version, '2.0.0');
+});
+
+void test('ContractMismatch: a config that declares a contract the model does not have', async () => {
+  const pack = copyPack('candidate-good', 'declared');
+  const file = join(dir, pack, 'inference_config.json');
+  const config = JSON.parse(readFileSync(file, 'utf8')) as { inputs: { shape: unknown[] }[] };
+  config.inputs[0]!.shape = ['batch', 9];
+  writeFileSync(file, JSON.stringify(config, null, 2) + '\n');
+  await resign(pack);
+  const err = await failure(
+    createRegistryActivities(deps).registerCandidate({ rolloutId: 'r', packDir: pack }),
+  );
+  assert.equal(err.type, ErrorType.ContractMismatch);
+  assert.match(err.message, /declares a contract the model does not have/);
+});
+
+void test('invalid manifests are InvalidInput; paths leaving the pack or the root are PathEscape', async () => {
   const acts = createRegistryActivities(deps);
   const bad = copyPack('candidate-good', 'bad-manifest');
   writeFileSync(
     join(dir, bad, 'manifest.json'),
-    JSON.stringify({
-      apiVersion: 'fleetgate/v1',
-      kind: 'ModelPack',
-      name: 'Hazard',
-      version: '1.1',
-      model: 'model.onnx',
-      files: {},
-    }),
+    JSON.stringify({ ...manifestOf(bad), name: 'Hazard', version: '1.1' }),
   );
+  await resign(bad, false);
   const e1 = await failure(acts.registerCandidate({ rolloutId: 'r', packDir: bad }));
   assert.equal(e1.type, ErrorType.InvalidInput);
   assert.match(e1.message, /manifest\.name: .*\(got "Hazard"\)/);
@@ -153,15 +312,24 @@ void test('invalid manifests and paths leaving the pack or the root are InvalidI
   const m = manifestOf(escape);
   m.files['../production/model.onnx'] = m.files['model.onnx']!;
   writeFileSync(join(dir, escape, 'manifest.json'), JSON.stringify(m));
+  await resign(escape, false);
   const e2 = await failure(acts.registerCandidate({ rolloutId: 'r', packDir: escape }));
-  assert.equal(e2.type, ErrorType.InvalidInput);
+  assert.equal(e2.type, ErrorType.PathEscape);
   assert.match(e2.message, /\.\.\/production\/model\.onnx/);
 
-  const e3 = await failure(acts.registerCandidate({ rolloutId: 'r', packDir: '../elsewhere' }));
-  assert.equal(e3.type, ErrorType.InvalidInput);
+  const linked = copyPack('candidate-good', 'linked');
+  writeFileSync(join(dir, 'outside.f32'), readFileSync(join(dir, linked, 'golden/inputs.f32')));
+  rmSync(join(dir, linked, 'golden/inputs.f32'));
+  symlinkSync(join(dir, 'outside.f32'), join(dir, linked, 'golden/inputs.f32'));
+  const e3 = await failure(acts.registerCandidate({ rolloutId: 'r', packDir: linked }));
+  assert.equal(e3.type, ErrorType.PathEscape);
+  assert.match(e3.message, /golden\/inputs\.f32 is a link to a file outside the pack/);
 
-  const e4 = await failure(acts.registerCandidate({ rolloutId: 'r', packDir: 'packs/nope' }));
-  assert.equal(e4.type, ErrorType.NotFound);
+  const e4 = await failure(acts.registerCandidate({ rolloutId: 'r', packDir: '../elsewhere' }));
+  assert.equal(e4.type, ErrorType.PathEscape);
+
+  const e5 = await failure(acts.registerCandidate({ rolloutId: 'r', packDir: 'packs/nope' }));
+  assert.equal(e5.type, ErrorType.NotFound);
 });
 
 void test('lookupProduction: NotFound before bootstrap, the records after; bootstrap is idempotent', async () => {
