@@ -48,7 +48,9 @@ import type {
   TelemetryInput,
 } from './contracts';
 import { exclusive, exec, num, rows, transaction } from './db';
-import type { ModelRunner, OtaChannel, RunnerSettings } from './deps';
+import type { ModelRunner, ObjectStore, OtaChannel, RunnerSettings } from './deps';
+import { sha256 } from './store';
+import { blobKey } from '../workers/model-runner';
 import { budgetRequests, LABEL_TIERS, labelerAnswer, NO_TIER, PRIORITY_CONFIDENCE } from './labels';
 
 export interface FleetActivityDeps {
@@ -64,6 +66,36 @@ export interface FleetActivityDeps {
   key: Buffer;
   /** Directory that manifest paths are relative to. */
   root: string;
+  /**
+   * The object store holding the model blobs. When given, every delivery hashes the exact bytes it
+   * sends again and refuses bytes that differ from the digest it was asked to deliver (DigestMismatch).
+   */
+  store?: ObjectStore;
+}
+
+/**
+ * Re-checks the artifact a job is about to send: the blob stored under `digest` must exist and hash to
+ * it. Runs before any vehicle is targeted, so a blob damaged or swapped after registration never ships.
+ */
+export async function checkArtifact(store: ObjectStore | undefined, digest: string, jobId: string): Promise<void> {
+  if (!store) return;
+  const bytes = await store.get(blobKey(digest));
+  if (!bytes) {
+    throw fail(
+      ErrorType.NotFound,
+      `job ${jobId}: model ${digest.slice(0, 12)} is not in the object store; register its pack again`,
+      { jobId, digest },
+    );
+  }
+  const actual = sha256(bytes);
+  if (actual !== digest) {
+    throw fail(
+      ErrorType.DigestMismatch,
+      `job ${jobId}: the stored artifact of model ${digest.slice(0, 12)} hashes to ${actual.slice(0, 12)}; ` +
+        'nothing was delivered. The blob was damaged or replaced after registration: restore it from the signed pack',
+      { jobId, digest, actual },
+    );
+  }
 }
 
 /** Rows per inference call: bounds the memory of one run. */
@@ -164,6 +196,7 @@ export function createFleetActivities(deps: FleetActivityDeps) {
       return transaction(conn, async () => {
         const recorded = await ota.recordedJob(jobId, input.digest);
         if (recorded) return recorded as DeliveryResult;
+        await checkArtifact(deps.store, input.digest, jobId);
         await requireFleet(manifest);
         // The simulated channel chooses each cohort's targets inside the fleet database; any other
         // channel's inventory is ranked here. Both give the same targets and outcomes (unit-tested).
@@ -263,6 +296,7 @@ export function createFleetActivities(deps: FleetActivityDeps) {
       return transaction(conn, async () => {
         const recorded = await ota.recordedJob(jobId, input.digest);
         if (recorded) return recorded as { vehicles: number };
+        await checkArtifact(deps.store, input.digest, jobId);
         await requireFleet(manifest);
         const fleet = await ota.inventory(manifest.name, cohort!.name);
         const targets = fleet.vehicles.filter((_, i) => fleet.digests[i] !== input.digest);

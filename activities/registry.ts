@@ -66,7 +66,6 @@ export interface PointerHistoryEntry {
   at: string;
 }
 
-const MANIFEST = 'manifest.json';
 const SEQ_WIDTH = 8;
 
 export function recordKeyOf(name: string, version: string): string {

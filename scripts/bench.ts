@@ -9,6 +9,9 @@
  *   4. looks over a large log (FLEETGATE_BENCH_EVENTS, default 10 million): the first look vs one plain
  *      GROUP BY, a later look over a tenth as many new events vs the first look, and the ingestion of
  *      the log with its per-batch statistics vs writing the events alone.
+ *   5. fleet scale: 1M vehicles' init and waves; 6. shadow inference and the vehicle's p99
+ *      (scripts/bench-shadow.ts); 7. verifying a signed pack with a 100 MB model vs sha256sum
+ *      (scripts/bench-pack.ts).
  *
  * Then the statistics of the sequential designs, from the seeded simulation of `fleetgate stats simulate`:
  * the A/A false-alarm rate of each design over many looks against α, and power and samples to a decision
@@ -35,6 +38,7 @@ import { SIM_BASELINE, SIM_LOOK_SIZE, simulate, type SimulationInput } from '../
 import { MAX_LOOKS } from '../policies/gsd';
 import { sampleSize } from '../policies/planning';
 import { shadowBench, type BenchRow } from './bench-shadow';
+import { packBench } from './bench-pack';
 
 const ROOT = resolve(__dirname, '..');
 const FLEET = 'sim/fleets/demo.yaml';
@@ -206,6 +210,8 @@ async function main(): Promise<void> {
     results.push(...(await fleetScale()));
     // 6. Shadow: inference throughput against onnxruntime, and the vehicle's p99 with shadow on and off.
     results.push(...(await shadowBench(ROOT)));
+    // 7. Verifying a signed pack with a 100 MB model, against sha256sum of its files.
+    results.push(await packBench());
   } finally {
     await services.close();
     rmSync(dataDir, { recursive: true, force: true });

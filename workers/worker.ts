@@ -129,6 +129,7 @@ export function createActivities(s: Services) {
       runner: s.runner,
       key: s.key,
       root: s.root,
+      store: s.store,
     }),
     ...createLabelActivities({ conn: s.db.connection }),
     ...createAnalysisActivities({ conn: s.db.connection }),

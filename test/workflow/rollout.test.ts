@@ -6,7 +6,9 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { WorkflowFailedError, WorkflowNotFoundError, WorkflowUpdateFailedError } from '@temporalio/client';
-import { readFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { cpSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { abortUpdate, approveUpdate, statusQuery, type RolloutResult } from '../../workflows/definitions';
 import {
   loadPolicy,
@@ -14,6 +16,7 @@ import {
   maybeSaveHistory,
   otaOps,
   query,
+  ROOT,
   rolloutRequest,
   runningDigest,
   startRollout,
@@ -285,6 +288,37 @@ describe('rolloutWorkflow (time-skipping)', () => {
       assert.deepEqual(await otaOps(world), []);
       for (const c of result.cohorts) assert.equal(c.state, 'rejected');
     } finally {
+      await world.close();
+    }
+  });
+
+  test('a tampered pack stops the rollout at register with its error; nothing is delivered', async () => {
+    const world = await makeWorld();
+    // A copy of a signed pack with one flipped byte, inside the worker's root (.fleetgate is ignored).
+    const pack = join('.fleetgate', 'test-packs', `tampered-${process.pid}`);
+    rmSync(join(ROOT, pack), { recursive: true, force: true });
+    cpSync(join(ROOT, 'models/candidate-good'), join(ROOT, pack), { recursive: true });
+    const model = join(ROOT, pack, 'model.onnx');
+    const bytes = readFileSync(model);
+    bytes[bytes.length - 5]! ^= 0x10;
+    writeFileSync(model, bytes);
+    try {
+      const result = await withWorker(world, async (tq) => {
+        const handle = await start(tq, rolloutRequest(`tampered-${process.pid}`, pack, week()));
+        return (await handle.result()) as RolloutResult;
+      });
+      assert.equal(result.outcome, 'rejected');
+      assert.equal(result.rejectedAt, 'register');
+      assert.match(result.reason, /does not match its signed manifest/);
+      assert.match(result.reason, /model\.onnx: sha256 is [0-9a-f]{64}, manifest expects/);
+      assert.deepEqual(await otaOps(world), []);
+      assert.equal(
+        await world.services.store.get(`blobs/sha256/${createHash('sha256').update(bytes).digest('hex')}`),
+        undefined,
+      );
+      assert.deepEqual(await world.services.store.list('registry/hazard-detector/1.1.0'), []);
+    } finally {
+      rmSync(join(ROOT, pack), { recursive: true, force: true });
       await world.close();
     }
   });
