@@ -30,12 +30,7 @@ import {
 import { createReadStream, promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { ErrorType, fail } from '../errors';
-import {
-  InferenceConfig,
-  ModelManifest,
-  PackSignature,
-  formatIssues,
-} from '../policies/schema';
+import { InferenceConfig, ModelManifest, PackSignature, formatIssues } from '../policies/schema';
 
 export const MANIFEST = 'manifest.json';
 export const SIGNATURE = 'manifest.sig';
@@ -76,7 +71,10 @@ export function signManifest(manifestBytes: Buffer, privatePem: string | Buffer)
     );
   }
   if (key.asymmetricKeyType !== 'ed25519') {
-    throw fail(ErrorType.InvalidInput, `signing key is ${key.asymmetricKeyType}, not ed25519; use an ed25519 key`);
+    throw fail(
+      ErrorType.InvalidInput,
+      `signing key is ${key.asymmetricKeyType}, not ed25519; use an ed25519 key`,
+    );
   }
   return {
     apiVersion: 'fleetgate/v1',
@@ -151,7 +149,10 @@ export async function verifyPackDir(
   knownFile: KnownFile = async () => undefined,
 ): Promise<VerifiedPack> {
   const manifestBytes = await readOr(path.join(dir, MANIFEST), () =>
-    fail(ErrorType.NotFound, `model pack ${label}: ${MANIFEST} not found; check the pack path or run \`fleetgate model pack\``),
+    fail(
+      ErrorType.NotFound,
+      `model pack ${label}: ${MANIFEST} not found; check the pack path or run \`fleetgate model pack\``,
+    ),
   );
   const signatureBytes = await readOr(path.join(dir, SIGNATURE), () =>
     fail(
@@ -270,7 +271,12 @@ export async function verifyPackDir(
 }
 
 /** Verifies the detached signature; returns the signer's key id. */
-export function checkSignature(manifestBytes: Buffer, signatureBytes: Buffer, label: string, trust: TrustStore): string {
+export function checkSignature(
+  manifestBytes: Buffer,
+  signatureBytes: Buffer,
+  label: string,
+  trust: TrustStore,
+): string {
   const raw = parseJsonOr(signatureBytes, `model pack ${label}: ${SIGNATURE}`, ErrorType.BadSignature);
   const sig = PackSignature.safeParse(raw);
   if (!sig.success) {

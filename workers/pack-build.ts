@@ -49,7 +49,10 @@ export async function buildPack(dir: string, options: BuildOptions = {}): Promis
   const modelName = typeof draft.model === 'string' ? draft.model : 'model.onnx';
   const modelFile = path.join(dir, ...modelName.split('/'));
   const modelBytes = await fs.readFile(modelFile).catch(() => {
-    throw fail(ErrorType.NotFound, `${modelFile}: the manifest's model file is missing; put the ONNX file there`);
+    throw fail(
+      ErrorType.NotFound,
+      `${modelFile}: the manifest's model file is missing; put the ONNX file there`,
+    );
   });
   const digest = createHash('sha256').update(modelBytes).digest('hex');
 
@@ -61,7 +64,10 @@ export async function buildPack(dir: string, options: BuildOptions = {}): Promis
   try {
     const spec = (m: ort.InferenceSession.ValueMetadata) => {
       if (!m.isTensor) {
-        throw fail(ErrorType.ContractMismatch, `${modelName}: ${m.name} is not a tensor; packs hold tensor models`);
+        throw fail(
+          ErrorType.ContractMismatch,
+          `${modelName}: ${m.name} is not a tensor; packs hold tensor models`,
+        );
       }
       return {
         name: m.name,
@@ -75,7 +81,12 @@ export async function buildPack(dir: string, options: BuildOptions = {}): Promis
     const output = outputs[0]!;
     const features = input.shape[1];
     const classesOut = output.shape[1];
-    if (inputs.length !== 1 || input.type !== 'float32' || input.shape.length !== 2 || typeof features !== 'number') {
+    if (
+      inputs.length !== 1 ||
+      input.type !== 'float32' ||
+      input.shape.length !== 2 ||
+      typeof features !== 'number'
+    ) {
       throw fail(
         ErrorType.ContractMismatch,
         `${modelName}: fleetgate packs a model with one float32 input [batch, features]; this one takes ` +
