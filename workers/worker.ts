@@ -122,7 +122,7 @@ export function createIotClient(config: AwsIotConfig): IoTClient {
 export function createActivities(s: Services) {
   return {
     ...createRegistryActivities(s),
-    ...createInferenceActivities({ runner: s.runner }),
+    ...createInferenceActivities({ runner: s.runner, store: s.store }),
     ...createFleetActivities({
       conn: s.db.connection,
       ota: s.ota,

@@ -35,7 +35,8 @@ import { loadFleetManifest } from '../../sim/fleet';
 import { IotDeviceAgent, startAgentLoop } from '../../sim/iot-agent';
 import { initFleet } from '../../cli/main';
 import { loadConfig, loadOtaConfig } from '../../workers/config';
-import { createActivities, openServices, type Services } from '../../workers/worker';
+import { createActivities, openServices, trustFixtureSigner, type Services } from '../../workers/worker';
+import { blobKey } from '../../workers/model-runner';
 import { startMoto, type Moto } from '../moto';
 
 const FLEET = 'iotfleet';
@@ -267,6 +268,9 @@ test('revertJob puts the previous digest back, once per cohort', async () => {
 test('deliverWave, revertWave and promoteCohort of the fleet activities deliver through AWS IoT Jobs', async () => {
   const acts = createActivities(services);
   const cand = digest('candidate-2');
+  // Delivery hashes the artifact it sends again: the store holds the bytes of each digest delivered.
+  await services.store.putIfAbsent(blobKey(cand), Buffer.from('candidate-2'));
+  await services.store.putIfAbsent(blobKey(digest('candidate-3')), Buffer.from('candidate-3'));
   const wave = (n: number, percent: number) => ({
     rolloutId: 'r2',
     manifest: 'fleet.yaml',
@@ -376,6 +380,8 @@ test('fleet init registers the fleet in AWS IoT, and a worker with FLEETGATE_IOT
   const config = loadConfig(env);
   assert.deepEqual(config.ota.kind === 'aws-iot' && config.ota.agent, { everyMs: 200 });
   const fleetFile = join(tmp, 'cli-fleet.yaml');
+  // The fixture pack is signed by the fixture signer: this registry trusts it.
+  trustFixtureSigner(env.FLEETGATE_DATA_DIR);
   const first = await initFleet(config, fleetFile, 'models/production', 'tester');
   assert.match(
     first,

@@ -5,12 +5,12 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync, readdirSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { sha256 } from '../../activities/store';
 import { OnnxModelRunner } from '../../workers/model-runner';
 import { generateFrames, makeRng, type Frames } from '../../sim/frames';
-import { ModelManifest } from '../../policies/schema';
+import { loadTrust, verifyPackDir } from '../../activities/pack';
 
 const MODELS = resolve(__dirname, '../../models');
 const PACKS = ['production', 'candidate-good', 'candidate-regress'] as const;
@@ -65,21 +65,20 @@ void test('candidate-good beats production by day and night; candidate-regress r
   );
 });
 
-void test('every fixture manifest is valid and its digests match the files', () => {
-  const packs = readdirSync(MODELS, { withFileTypes: true }).filter((e) => e.isDirectory());
-  assert.ok(packs.length >= 4);
+void test('every fixture pack verifies: signed by the fixture signer, every file listed and matching', async () => {
+  const trust = await loadTrust([join(MODELS, 'keys', 'fixture-signer.pub')]);
+  const packs = readdirSync(MODELS, { withFileTypes: true }).filter(
+    (e) => e.isDirectory() && existsSync(join(MODELS, e.name, 'manifest.json')),
+  );
+  assert.equal(packs.length, 6);
+  const releases = new Map<string, number>();
   for (const p of packs) {
-    const manifest = ModelManifest.parse(
-      JSON.parse(readFileSync(join(MODELS, p.name, 'manifest.json'), 'utf8')),
-    );
-    assert.equal(manifest.name, 'hazard-detector');
-    assert.deepEqual(
-      readdirSync(join(MODELS, p.name)).sort(),
-      ['manifest.json', ...Object.keys(manifest.files)].sort(),
-      `${p.name}: files`,
-    );
-    for (const [file, digest] of Object.entries(manifest.files)) {
-      assert.equal(sha256(readFileSync(join(MODELS, p.name, file))), digest, `${p.name}/${file}`);
-    }
+    const pack = await verifyPackDir(join(MODELS, p.name), p.name, trust);
+    assert.equal(pack.manifest.name, 'hazard-detector');
+    assert.equal(pack.config.golden.rows, 64);
+    releases.set(pack.manifest.version, pack.manifest.release);
   }
+  // Release counters increase with the versions.
+  const ordered = [...releases].sort(([a], [b]) => a.localeCompare(b, 'en', { numeric: true }));
+  ordered.forEach(([, r], i) => i > 0 && assert.ok(r > ordered[i - 1]![1], `release order at ${i}`));
 });
