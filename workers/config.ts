@@ -16,9 +16,10 @@
  *                           "aws-iot": AWS IoT Jobs through @aws-sdk/client-iot
  *   FLEETGATE_AWS_ENDPOINT  endpoint URL of an IoT-compatible server (e.g. moto on loopback); unset: AWS
  *   AWS_REGION, AWS_DEFAULT_REGION
- *                           region (unset: the AWS SDK's own lookup, e.g. the profile's)
+ *                           region (unset: the AWS SDK's own lookup, e.g. the profile's); also the S3 store's
  *   AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN
- *                           credentials; unset: the AWS SDK's default chain (profile, SSO, instance role)
+ *                           credentials; unset: the AWS SDK's default chain (profile, SSO, instance role);
+ *                           also the S3 store's
  *   FLEETGATE_IOT_RATE      job executions started per minute, 1-1000 (default 100)
  *   FLEETGATE_IOT_ABORT_PERCENT
  *                           cancel a job once this % of its executed vehicles failed, were rejected or
@@ -32,9 +33,21 @@
  *                           `fleetgate fleet init`. Never set it where real vehicles run the jobs.
  *   FLEETGATE_IOT_AGENT_EVERY_MS
  *                           how often the agent looks for new jobs, in ms (default 2000)
+ *
+ * Object store (model blobs, registry records, stage pointers; see activities/store-s3.ts):
+ *   FLEETGATE_STORE         "local" (default): the directory <FLEETGATE_DATA_DIR>/store;
+ *                           "s3://BUCKET" or "s3://BUCKET/KEY/PREFIX": keys under that prefix of an existing
+ *                           S3 bucket, written with conditional requests (If-None-Match, If-Match)
+ *   FLEETGATE_S3_ENDPOINT   endpoint URL of an S3-compatible server (e.g. moto, MinIO); unset:
+ *                           FLEETGATE_AWS_ENDPOINT, then AWS. With an endpoint, requests are path-style.
+ *                           Region and credentials: the AWS_* variables above.
  */
-import { resolve } from 'node:path';
+import { join, resolve } from 'node:path';
+import { S3Client } from '@aws-sdk/client-s3';
+import type { ObjectStore } from '../activities/deps';
 import type { IotJobsSettings } from '../activities/ota-iot';
+import { LocalObjectStore } from '../activities/store';
+import { S3ObjectStore } from '../activities/store-s3';
 import { TASK_QUEUE } from '../workflows/definitions';
 
 /** Which over-the-air channel the workers deliver through. */
@@ -45,7 +58,7 @@ export interface AwsIotConfig {
   endpoint?: string;
   region?: string;
   /** From the environment's AWS_* variables; undefined: the SDK's default chain. */
-  credentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string };
+  credentials?: AwsCredentials;
   /** The settings given; the channel fills in its defaults (IOT_JOBS_DEFAULTS) and checks ranges. */
   settings: Partial<IotJobsSettings>;
   /** FLEETGATE_IOT_AGENT: the worker plays the vehicles, looking for jobs every `everyMs`. */
@@ -62,6 +75,7 @@ export interface Config {
   /** Directory that model pack and fleet manifest paths are relative to. */
   root: string;
   ota: OtaConfig;
+  store: StoreConfig;
 }
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
@@ -74,6 +88,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     taskQueue: env.FLEETGATE_TASK_QUEUE || TASK_QUEUE,
     root: process.cwd(),
     ota: loadOtaConfig(env),
+    store: loadStoreConfig(env),
   };
 }
 
@@ -111,6 +126,20 @@ export function loadOtaConfig(env: NodeJS.ProcessEnv = process.env): OtaConfig {
     ...(agent === '1' ? { agent: { everyMs } } : {}),
     kind,
     endpoint: env.FLEETGATE_AWS_ENDPOINT || undefined,
+    ...awsRegionAndCredentials(env),
+    settings,
+  };
+}
+
+export interface AwsCredentials {
+  accessKeyId: string;
+  secretAccessKey: string;
+  sessionToken?: string;
+}
+
+/** Region and credentials of every AWS client (IoT, S3) from AWS_*; undefined: the SDK's own lookup. */
+function awsRegionAndCredentials(env: NodeJS.ProcessEnv): { region?: string; credentials?: AwsCredentials } {
+  return {
     region: env.AWS_REGION || env.AWS_DEFAULT_REGION || undefined,
     credentials:
       env.AWS_ACCESS_KEY_ID && env.AWS_SECRET_ACCESS_KEY
@@ -120,8 +149,114 @@ export function loadOtaConfig(env: NodeJS.ProcessEnv = process.env): OtaConfig {
             sessionToken: env.AWS_SESSION_TOKEN || undefined,
           }
         : undefined,
-    settings,
   };
+}
+
+/** Where the object store is: the data directory's `store/`, or a prefix of an S3 bucket. */
+export type StoreConfig = { kind: 'local' } | S3StoreConfig;
+export interface S3StoreConfig {
+  kind: 's3';
+  bucket: string;
+  /** Key prefix inside the bucket, without a trailing "/"; "" for the whole bucket. */
+  prefix: string;
+  /** FLEETGATE_S3_ENDPOINT, else FLEETGATE_AWS_ENDPOINT; undefined: AWS itself. */
+  endpoint?: string;
+  region?: string;
+  credentials?: AwsCredentials;
+  /** Path-style requests (http://host/bucket/key), which S3-compatible servers need: on with an endpoint. */
+  forcePathStyle: boolean;
+}
+
+const STORE_FORMS = '"local" or "s3://BUCKET[/KEY/PREFIX]" (e.g. s3://fleetgate-registry/prod)';
+
+/** The object store's configuration; throws, naming the variable, on a malformed value. */
+export function loadStoreConfig(env: NodeJS.ProcessEnv = process.env): StoreConfig {
+  const value = env.FLEETGATE_STORE || 'local';
+  if (value === 'local') return { kind: 'local' };
+  if (!value.startsWith('s3://')) {
+    throw new Error(`FLEETGATE_STORE must be ${STORE_FORMS} (got "${value}")`);
+  }
+  const rest = value.slice('s3://'.length);
+  const slash = rest.indexOf('/');
+  const bucket = slash < 0 ? rest : rest.slice(0, slash);
+  const given = slash < 0 ? '' : rest.slice(slash + 1);
+  const prefix = given.endsWith('/') ? given.slice(0, -1) : given;
+  const bucketProblem = s3BucketProblem(bucket);
+  if (bucketProblem) {
+    throw new Error(
+      `FLEETGATE_STORE="${value}": ${bucketProblem}; set it to ${STORE_FORMS} with the name of an existing bucket`,
+    );
+  }
+  const bad = given === '' ? undefined : prefix.split('/').find((s) => s === '' || /^\.|[\\\0]/.test(s));
+  if (bad !== undefined) {
+    const what = bad === '' ? 'an empty segment ("//")' : `the segment "${bad}"`;
+    throw new Error(
+      `FLEETGATE_STORE="${value}": key prefix "${given}" has ${what}; use plain names separated by single "/", ` +
+        'none starting with "." or holding "\\"',
+    );
+  }
+  const endpointVar = env.FLEETGATE_S3_ENDPOINT ? 'FLEETGATE_S3_ENDPOINT' : 'FLEETGATE_AWS_ENDPOINT';
+  const endpoint = env[endpointVar] || undefined;
+  if (endpoint !== undefined && !isHttpUrl(endpoint)) {
+    throw new Error(
+      `${endpointVar} must be the http:// or https:// URL of an S3-compatible server, e.g. http://127.0.0.1:9000 ` +
+        `(got "${endpoint}"); unset it to use AWS`,
+    );
+  }
+  return {
+    kind: 's3',
+    bucket,
+    prefix,
+    ...(endpoint !== undefined ? { endpoint } : {}),
+    ...awsRegionAndCredentials(env),
+    forcePathStyle: endpoint !== undefined,
+  };
+}
+
+function isHttpUrl(value: string): boolean {
+  try {
+    const url = new URL(value);
+    return (url.protocol === 'http:' || url.protocol === 'https:') && url.hostname !== '';
+  } catch {
+    return false;
+  }
+}
+
+/** Why `name` is not a valid S3 bucket name, or undefined when it is. */
+function s3BucketProblem(name: string): string | undefined {
+  if (name === '') return 'no bucket is named';
+  const rules =
+    '3-63 characters of lowercase letters, digits, "." and "-", starting and ending with a letter or digit';
+  if (
+    name.length < 3 ||
+    name.length > 63 ||
+    !/^[a-z0-9][a-z0-9.-]*[a-z0-9]$/.test(name) ||
+    name.includes('..')
+  ) {
+    return `"${name}" is not a valid S3 bucket name (${rules})`;
+  }
+  if (/^\d+\.\d+\.\d+\.\d+$/.test(name))
+    return `"${name}" is an IP address, not an S3 bucket name (${rules})`;
+  return undefined;
+}
+
+/**
+ * The object store of the configuration: a LocalObjectStore on `<dataDir>/store`, or an S3ObjectStore with
+ * its own S3Client (whoever opened it ends that with `store.close()` when `store instanceof S3ObjectStore`).
+ */
+export function openObjectStore(config: StoreConfig, dataDir: string): ObjectStore {
+  if (config.kind === 'local') return new LocalObjectStore(join(dataDir, 'store'));
+  return new S3ObjectStore(createS3Client(config), { bucket: config.bucket, prefix: config.prefix });
+}
+
+/** The S3 client of the configuration: its endpoint (e.g. moto), region, credentials and addressing style. */
+export function createS3Client(config: S3StoreConfig): S3Client {
+  return new S3Client({
+    endpoint: config.endpoint,
+    region: config.region,
+    credentials: config.credentials,
+    forcePathStyle: config.forcePathStyle,
+  });
 }
 
 /** Options for `Connection.connect` / `NativeConnection.connect`. */
