@@ -8,7 +8,7 @@ import { delimiter, join, resolve } from 'node:path';
 import { copyFileSync, mkdirSync } from 'node:fs';
 import { type NativeConnection, Runtime, Worker, type WorkflowBundle } from '@temporalio/worker';
 import { IoTClient } from '@aws-sdk/client-iot';
-import { LocalObjectStore } from '../activities/store';
+import { S3ObjectStore } from '../activities/store-s3';
 import { createRegistryActivities } from '../activities/registry';
 import { createInferenceActivities } from '../activities/inference';
 import { createFleetActivities } from '../activities/fleet';
@@ -16,10 +16,10 @@ import { createLabelActivities } from '../activities/labels';
 import { createAnalysisActivities } from '../activities/analysis';
 import { createReportActivities } from '../activities/report';
 import { openFleetDatabase } from '../activities/db';
-import type { OtaChannel } from '../activities/deps';
+import type { ObjectStore, OtaChannel } from '../activities/deps';
 import { AwsIotJobsChannel } from '../activities/ota-iot';
 import { SimulatedOta } from '../sim/ota';
-import { type AwsIotConfig, type OtaConfig, loadOtaConfig } from './config';
+import { type AwsIotConfig, type OtaConfig, loadOtaConfig, loadStoreConfig, openObjectStore } from './config';
 import { OnnxModelRunner, blobKey } from './model-runner';
 import { loadPseudonymKey } from './secrets';
 import { type TrustStore, loadTrust } from '../activities/pack';
@@ -28,7 +28,8 @@ import { getWorkflowBundle } from './bundle';
 export interface Services {
   dataDir: string;
   root: string;
-  store: LocalObjectStore;
+  /** The registry's object store, as configured (FLEETGATE_STORE: the data directory or S3). */
+  store: ObjectStore;
   runner: OnnxModelRunner;
   db: Awaited<ReturnType<typeof openFleetDatabase>>;
   key: Buffer;
@@ -52,7 +53,7 @@ export async function openServices(
   ota: OtaConfig = loadOtaConfig(),
 ): Promise<Services> {
   mkdirSync(dataDir, { recursive: true });
-  const store = new LocalObjectStore(join(dataDir, 'store'));
+  const store = openObjectStore(loadStoreConfig(), dataDir);
   const runner = new OnnxModelRunner((digest) => store.get(blobKey(digest)));
   const db = await openFleetDatabase(join(dataDir, 'fleet.duckdb'));
   const key = loadPseudonymKey(dataDir);
@@ -84,6 +85,7 @@ export async function openServices(
     ...(iot ? { iot } : {}),
     async close() {
       await runner.close();
+      if (store instanceof S3ObjectStore) store.close();
       iot?.destroy();
       db.connection.closeSync();
       db.instance.closeSync();

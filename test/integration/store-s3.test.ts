@@ -25,7 +25,15 @@ import {
 } from '@aws-sdk/client-s3';
 import { ApplicationFailure } from '@temporalio/common';
 import type { ModelRunner } from '../../activities/deps';
-import { createRegistryActivities, pointerAt, pointerHistory, readPointer } from '../../activities/registry';
+import {
+  bootstrapProduction,
+  createRegistryActivities,
+  pointerAt,
+  pointerHistory,
+  readPointer,
+} from '../../activities/registry';
+import { loadTrust } from '../../activities/pack';
+import { OnnxModelRunner, blobKey } from '../../workers/model-runner';
 import { LocalObjectStore, sha256 } from '../../activities/store';
 import { S3ObjectStore } from '../../activities/store-s3';
 import { ErrorType } from '../../errors';
@@ -773,4 +781,51 @@ test('registry over S3: two workers move one pointer from the same value, one wi
       [2, GOOD, 'ra'],
     ],
   );
+});
+
+test('registry over S3: signed packs register with their blobs, the history answers "production at T", tampering is refused', async () => {
+  const s = storeAt('registry-packs');
+  const root = join(__dirname, '..', '..');
+  const runner = new OnnxModelRunner((d) => s.get(blobKey(d)));
+  const trust = await loadTrust([join(root, 'models', 'keys', 'fixture-signer.pub')]);
+  const deps = { store: s, runner, root, trust };
+  try {
+    const acts = createRegistryActivities(deps);
+    const cohort = 'hw3/eu';
+    const prod = await bootstrapProduction(deps, 'models/production', [cohort], 'seed');
+    const good = await acts.registerCandidate({
+      rolloutId: 'r1',
+      packDir: 'models/candidate-good',
+      cohorts: [cohort],
+    });
+    assert.deepEqual(
+      await acts.registerCandidate({ rolloutId: 'r1', packDir: 'models/candidate-good' }),
+      good,
+    );
+    for (const d of Object.values(good.files!)) assert.equal(sha256((await s.get(blobKey(d)))!), d);
+    assert.equal(good.release, 2);
+    const beforePromotion = new Date();
+    await new Promise((r) => setTimeout(r, 5));
+    await acts.movePointer({
+      cohort,
+      stage: 'production',
+      digest: good.digest,
+      expected: prod.digest,
+      rolloutId: 'r1',
+      reason: 'promoted',
+    });
+    assert.equal(await pointerAt(s, cohort, 'production', beforePromotion), prod.digest);
+    assert.equal(await pointerAt(s, cohort, 'production', new Date()), good.digest);
+    // Production is now release 2: candidate-good again as a candidate is its own production (allowed),
+    // while production's pack (release 1) would be a rollback.
+    const rollback = await failureOf(
+      acts.registerCandidate({ rolloutId: 'r2', packDir: 'models/production', cohorts: [cohort] }),
+    );
+    assert.equal(rollback.type, ErrorType.ReleaseRollback);
+    // Registered versions are write-once on S3 too (If-None-Match).
+    const conflict = await failureOf(s.putIfAbsent(good.recordKey, Buffer.from('{}')));
+    assert.equal(conflict.type, ErrorType.ImmutableConflict);
+  } finally {
+    await runner.close();
+  }
 });

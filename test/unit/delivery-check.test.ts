@@ -9,6 +9,7 @@ import { makeWorld, otaOps } from '../support';
 import { createActivities } from '../../workers/worker';
 import { blobKey } from '../../workers/model-runner';
 import { ErrorType } from '../../errors';
+import type { LocalObjectStore } from '../../activities/store';
 
 void test('a blob damaged after registration is refused at delivery and no vehicle is targeted', async () => {
   const world = await makeWorld();
@@ -31,7 +32,7 @@ void test('a blob damaged after registration is refused at delivery and no vehic
     const before = (await otaOps(world)).length;
 
     // The stored blob is replaced behind the registry's back (the store itself never overwrites).
-    const file = world.services.store.pathOf(blobKey(candidate.digest));
+    const file = (world.services.store as LocalObjectStore).pathOf(blobKey(candidate.digest));
     writeFileSync(file, Buffer.from('not the registered model'));
     for (const attempt of [
       () =>
