@@ -44,6 +44,7 @@ import type * as SimFleetModule from '../sim/fleet';
 import type * as IotAgentModule from '../sim/iot-agent';
 import type * as SimulateModule from './simulate';
 import type * as ScenarioModule from '../policies/scenario';
+import type * as ModelModule from './model';
 
 export const DEFAULT_FLEET = 'sim/fleets/demo.yaml';
 export const DEFAULT_PRODUCTION = 'models/production';
@@ -82,9 +83,11 @@ Usage: fleetgate <command> [options]      (fleetgate <command> --help for detail
   fleet init                  register production and create the simulated fleet (idempotent)
   stats                       boundaries, sample sizes, rate ratios and simulations (no server needed)
   simulate                    dry run of a rollout against a scenario on the time-skipping test server
+  model                       signing keys, model packs and the registry: keygen, pack, sign, verify,
+                              trust, register, list, show, history (fleetgate model --help)
 
 Environment: TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TEMPORAL_API_KEY, TEMPORAL_TLS, FLEETGATE_DATA_DIR,
-FLEETGATE_TASK_QUEUE, FLEETGATE_PSEUDONYM_KEY, FLEETGATE_DEBUG (see docs/operations.md).
+FLEETGATE_TASK_QUEUE, FLEETGATE_PSEUDONYM_KEY, FLEETGATE_TRUSTED_KEYS, FLEETGATE_DEBUG (see docs/operations.md).
 `;
 
 const REQUEST_FLAGS = `  --policy FILE          rollout policy, YAML or JSON (required)
@@ -772,12 +775,7 @@ export async function initFleet(
   const cohorts = manifest.cohorts.map((c) => c.name);
   const services = await openServices(config.dataDir, config.root, config.ota);
   try {
-    const prod = await bootstrapProduction(
-      services,
-      packDir,
-      cohorts,
-      by,
-    );
+    const prod = await bootstrapProduction(services, packDir, cohorts, by);
     const productionByCohort = Object.fromEntries(cohorts.map((c) => [c, prod.digest]));
     const production =
       `production ${prod.name}@${prod.version} (${prod.digest.slice(0, 12)}) in ${cohorts.length} cohort(s) ` +
@@ -884,6 +882,7 @@ const COMMANDS: Record<string, (args: string[]) => Promise<number>> = {
   fleet: fleetCommand,
   stats: statsCommand,
   simulate: simulateCommand,
+  model: (args) => (require('./model') as typeof ModelModule).modelCommand(args),
 };
 
 /** Runs one command; returns the process exit code. Never throws. */
