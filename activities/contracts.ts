@@ -116,15 +116,53 @@ export interface BenchInput {
    */
   recordKey?: string;
 }
+/**
+ * One SKU's bench verdict. The optional fields came with the bench in a child process; results recorded
+ * in older histories lack them.
+ */
 export interface BenchResult {
   sku: string;
+  /** Batch-1 latency quantiles in ms, scaled to the SKU (speed factor times the version's slowdown). */
   p95Ms: number;
   p99Ms: number;
+  p50Ms?: number;
+  /** Latency samples behind the quantiles. */
+  runs?: number;
+  /** The p95 budget applied: the SKU's, or the pack's budget for the SKU when that is stricter. */
   budgetMs: number;
   deterministic: boolean;
   contractOk: boolean;
   passed: boolean;
+  /** Every failure, '; '-separated; absent when passed. */
   reason?: string;
+  /** False when the pack's `compatibleSkus` leaves this SKU out (nothing was run then). */
+  compatible?: boolean;
+  /** The process that ran the model: a child process of its own (`isolated`), or the worker's. */
+  pid?: number;
+  isolated?: boolean;
+  /** The session options the model ran with, as passed to onnxruntime. */
+  session?: {
+    intraOpThreads: number;
+    interOpThreads: number;
+    executionMode: string;
+    graphOptimization: string;
+    /** Threads the bench process started while building the session (Linux only). */
+    threadsStarted?: number;
+  };
+  /** Peak resident memory of the bench process, in MiB (isolated benches only). */
+  peakRssMb?: number;
+  /** Its peak before the model was read (onnxruntime loaded and warmed up). */
+  baselineRssMb?: number;
+  /** The model's share: peakRssMb - baselineRssMb; what the pack's memory ceiling is compared with. */
+  modelRssMb?: number;
+  /** The pack's memory ceiling for this SKU, in MiB. */
+  memoryCeilingMb?: number;
+  /** The pack's golden set: its rows, tolerance and the largest difference found. */
+  goldenRows?: number;
+  goldenTolerance?: number;
+  goldenMaxAbsDiff?: number;
+  /** Object-store key of the stored bench report. */
+  reportKey?: string;
 }
 
 export interface FleetSummary {
