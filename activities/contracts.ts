@@ -55,7 +55,10 @@ export interface ModelRecord {
 export interface SkuBudget {
   /** p95 latency ceiling in ms on that SKU (the stricter of this and the fleet's SKU budget applies). */
   latencyP95Ms?: number;
-  /** Peak resident memory ceiling in MiB of the bench process on that SKU. */
+  /**
+   * Ceiling in MiB of the model's own peak resident memory on that SKU: the bench child's peak minus its
+   * baseline with onnxruntime already started (both are reported).
+   */
   memoryMb?: number;
 }
 
