@@ -429,7 +429,12 @@ export class Rollout {
     this.record({
       phase: 'register',
       action: 'registered',
-      reason: `${candidate.name}@${candidate.version} (${candidate.digest.slice(0, 12)}) registered; contract matches production in ${wanted.length} cohort(s)`,
+      reason:
+        `${candidate.name}@${candidate.version}` +
+        (candidate.release !== undefined ? ` release ${candidate.release}` : '') +
+        ` (${candidate.digest.slice(0, 12)})` +
+        (candidate.signer ? `, signed by ${candidate.signer.slice(0, 16)},` : '') +
+        ` registered; contract matches production in ${wanted.length} cohort(s)`,
     });
   }
 
