@@ -1,7 +1,8 @@
 /**
  * Read-only queries of the model registry (docs/registry.md): the registered versions, a version's
- * record, the records holding a digest, the stage pointers of every cohort with their history, and the
- * bench reports stored beside a version. `fleetgate model list|show|history` are built on these.
+ * record, the records holding a digest, and the stage pointers of every cohort with their history.
+ * `fleetgate model list|show|history` are built on these (the bench reports stored beside a version are
+ * read by activities/inference.ts `benchReports`).
  *
  * The object-store layout is the one activities/registry.ts writes (see its header); this module uses
  * that module's key helpers and never writes: no put, no compare-and-swap, on any store.
@@ -173,28 +174,6 @@ export function entryAt(
     found = e;
   }
   return found;
-}
-
-/** A bench report stored with a version: `<record key without .json>.bench/<sku>/<rolloutId>.json`. */
-export interface StoredBenchReport {
-  sku: string;
-  rolloutId: string;
-  key: string;
-  report: unknown;
-}
-
-/** Bench reports stored beside a version's record, by SKU, then rollout id. */
-export async function benchReportsOf(store: ObjectStore, recordKey: string): Promise<StoredBenchReport[]> {
-  const prefix = `${recordKey.replace(/\.json$/, '')}.bench/`;
-  const out: StoredBenchReport[] = [];
-  for (const key of await store.list(prefix)) {
-    const m = /^([^/]+)\/([^/]+)\.json$/.exec(key.slice(prefix.length));
-    if (!m) continue;
-    const bytes = await store.get(key);
-    if (bytes === undefined) continue;
-    out.push({ sku: m[1]!, rolloutId: m[2]!, key, report: parseJson<unknown>(bytes, key) });
-  }
-  return out;
 }
 
 function parseJson<T>(bytes: Buffer, key: string): T {

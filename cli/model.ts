@@ -29,6 +29,7 @@ import type * as PackBuildModule from '../workers/pack-build';
 import type * as RegistryModule from '../activities/registry';
 import type * as RegistryReadModule from '../activities/registry-read';
 import type * as ReportModule from '../activities/report';
+import type * as InferenceModule from '../activities/inference';
 import type * as WorkerModule from '../workers/worker';
 
 /** Where the command writes; the process's stdout and stderr unless a caller captures them. */
@@ -38,8 +39,8 @@ export interface ModelIo {
 }
 
 const PROCESS_IO: ModelIo = {
-  out: (text) => void process.stdout.write(text.endsWith('\n') ? text : `${text}\n`),
-  err: (text) => void process.stderr.write(text.endsWith('\n') ? text : `${text}\n`),
+  out: (text) => console.log(text.replace(/\n$/, '')),
+  err: (text) => console.error(text.replace(/\n$/, '')),
 };
 
 /** A mistake in how the command was called: exit code 2. */
@@ -845,7 +846,8 @@ async function showCommand(args: string[], io: ModelIo): Promise<number> {
       }
     }
     moves.sort((a, b) => a.at.localeCompare(b.at));
-    const bench = await read.benchReportsOf(store, record.recordKey);
+    const { benchReports } = require('../activities/inference') as typeof InferenceModule;
+    const bench = await benchReports(store, record.recordKey);
     const rollouts = await rolloutsOf(config.dataDir, record, io);
     const registeredAt = (await read.registeredAt(store, record.recordKey)) ?? null;
     if (p.values.json) {
@@ -879,7 +881,7 @@ async function showCommand(args: string[], io: ModelIo): Promise<number> {
       );
     }
     io.out(`bench reports (${bench.length})`);
-    for (const b of bench) io.out(`  ${b.sku.padEnd(8)}rollout ${b.rolloutId}: ${benchLine(b.report)}`);
+    for (const b of bench) io.out(`  ${b.sku.name.padEnd(8)}rollout ${b.rolloutId}: ${benchLine(b)}`);
     io.out(`rollouts (${rollouts.length}, from ${displayPath(join(config.dataDir, 'reports'))})`);
     for (const r of rollouts) {
       io.out(
@@ -1191,5 +1193,10 @@ export async function runModel(args: string[], io: ModelIo = PROCESS_IO): Promis
 
 /** The `model` entry of the command table of cli/main.ts. */
 export async function modelCommand(args: string[]): Promise<number> {
+  // A reader that stops early (`fleetgate model list | head -1`) closes the pipe: end quietly then.
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') process.exit(0);
+    throw err;
+  });
   return runModel(args);
 }

@@ -314,7 +314,7 @@ void test('show is the model card: every record field, pointers, bench reports a
     record: ModelRecord;
     production: string[];
     pointerMoves: { rolloutId: string }[];
-    benchReports: { sku: string; rolloutId: string }[];
+    benchReports: { sku: { name: string }; rolloutId: string }[];
     rollouts: { rolloutId: string; outcome: string; cohorts: { cohort: string; state: string }[] }[];
   };
   for (const field of [
@@ -343,7 +343,7 @@ void test('show is the model card: every record field, pointers, bench reports a
     ['r-promote'],
   );
   assert.deepEqual(
-    card.benchReports.map((b) => [b.sku, b.rolloutId]),
+    card.benchReports.map((b) => [b.sku.name, b.rolloutId]),
     [['hw3', 'r-promote']],
   );
   assert.deepEqual(
