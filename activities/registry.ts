@@ -181,6 +181,15 @@ export function createRegistryActivities(deps: RegistryDeps) {
     } catch (err) {
       if (!(err instanceof ApplicationFailure) || err.type !== ErrorType.ImmutableConflict) throw err;
       const existing = await readJson<ModelRecord>(store, recordKey);
+      if (
+        existing &&
+        existing.manifestDigest === record.manifestDigest &&
+        existing.digest === record.digest
+      ) {
+        // The same signed manifest under another trusted signature (a key rotated since): the version is
+        // the registered one, and its record keeps the signature it was registered with.
+        return existing;
+      }
       throw fail(
         ErrorType.ImmutableConflict,
         `${manifest.name}@${manifest.version} is already registered with model digest ${existing?.digest ?? '?'} ` +

@@ -223,6 +223,10 @@ void test('UntrustedSigner: a valid signature by a key the registry does not tru
     trust: new Map([...deps.trust, [stranger.keyId, createPublicKey(stranger.publicPem)]]),
   });
   assert.equal((await trusting.registerCandidate({ rolloutId: 'r', packDir: pack })).signer, stranger.keyId);
+  // Re-signed by the fixture signer (a key rotation), the registered version is returned as it was.
+  await signPack(join(dir, pack), FIXTURE_KEY);
+  const again = await trusting.registerCandidate({ rolloutId: 'r', packDir: pack });
+  assert.equal(again.signer, stranger.keyId);
 });
 
 void test('ReleaseRollback: a release counter not above the production it would replace', async () => {
