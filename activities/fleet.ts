@@ -77,7 +77,11 @@ export interface FleetActivityDeps {
  * Re-checks the artifact a job is about to send: the blob stored under `digest` must exist and hash to
  * it. Runs before any vehicle is targeted, so a blob damaged or swapped after registration never ships.
  */
-export async function checkArtifact(store: ObjectStore | undefined, digest: string, jobId: string): Promise<void> {
+export async function checkArtifact(
+  store: ObjectStore | undefined,
+  digest: string,
+  jobId: string,
+): Promise<void> {
   if (!store) return;
   const bytes = await store.get(blobKey(digest));
   if (!bytes) {

@@ -35,6 +35,7 @@ import { ApplicationFailure } from '@temporalio/common';
 import { env as ortEnv } from 'onnxruntime-node';
 import type { BenchInput, BenchResult, ModelRecord, SkuBudget } from './contracts';
 import type { ModelRunner, ObjectStore, RunnerSettings } from './deps';
+import { parseStoredJson } from './store';
 import { ErrorType, fail } from '../errors';
 import type { Sku } from '../policies/schema';
 import { FEATURES, generateFrames, makeRng } from '../sim/frames';
@@ -128,7 +129,7 @@ export async function benchReports(store: ObjectStore, recordKey: string): Promi
   for (const key of await store.list(reportPrefix(recordKey))) {
     if (!key.endsWith('.json')) continue;
     const bytes = await store.get(key);
-    if (bytes !== undefined) reports.push(parseJson<BenchReport>(bytes, key));
+    if (bytes !== undefined) reports.push(parseStoredJson<BenchReport>(bytes, key));
   }
   return reports.sort(
     (a, b) => (a.sku.name < b.sku.name ? -1 : a.sku.name > b.sku.name ? 1 : 0) || a.at.localeCompare(b.at),
@@ -432,7 +433,7 @@ export function createInferenceActivities(deps: InferenceDeps) {
         recordKey,
       });
     }
-    const record = parseJson<ModelRecord>(bytes, recordKey);
+    const record = parseStoredJson<ModelRecord>(bytes, recordKey);
     if (record.digest !== digest) {
       throw fail(
         ErrorType.DigestMismatch,
@@ -673,7 +674,7 @@ function progress(p: Progress): void {
 async function readReport(store: ObjectStore, key: string, digest: string): Promise<BenchReport | undefined> {
   const bytes = await store.get(key);
   if (bytes === undefined) return undefined;
-  const report = parseJson<BenchReport>(bytes, key);
+  const report = parseStoredJson<BenchReport>(bytes, key);
   if (report.model?.digest !== digest) {
     throw fail(
       ErrorType.ImmutableConflict,
@@ -682,17 +683,6 @@ async function readReport(store: ObjectStore, key: string, digest: string): Prom
     );
   }
   return report;
-}
-
-function parseJson<T>(bytes: Buffer, key: string): T {
-  try {
-    return JSON.parse(bytes.toString('utf8')) as T;
-  } catch (err) {
-    throw fail(
-      ErrorType.InvalidInput,
-      `object ${key} is not valid JSON (${(err as Error).message}); it was not written by fleetgate or is damaged`,
-    );
-  }
 }
 
 /** Heartbeats when running inside an activity; a no-op in plain calls (tests, scripts). */

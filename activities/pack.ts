@@ -85,9 +85,12 @@ export function signManifest(manifestBytes: Buffer, privatePem: string | Buffer)
   };
 }
 
-/** Reads public keys (PEM) from files and from the `*.pub` files of directories; missing paths are skipped. */
-export async function loadTrust(paths: readonly string[]): Promise<Map<string, KeyObject>> {
-  const trust = new Map<string, KeyObject>();
+/**
+ * The key files of trust paths, in order: a file as it is, a directory's `*.pub` files sorted by name;
+ * missing paths are skipped. Each with the path it came from.
+ */
+export async function trustedKeyFilesIn(paths: readonly string[]): Promise<{ from: string; file: string }[]> {
+  const out: { from: string; file: string }[] = [];
   for (const p of paths) {
     let stat;
     try {
@@ -101,19 +104,26 @@ export async function loadTrust(paths: readonly string[]): Promise<Map<string, K
           .sort()
           .map((f) => path.join(p, f))
       : [p];
-    for (const file of files) {
-      let key: KeyObject;
-      try {
-        key = createPublicKey(await fs.readFile(file));
-      } catch (err) {
-        throw fail(
-          ErrorType.InvalidInput,
-          `trusted key ${file} is not a PEM public key (${(err as Error).message}); remove it or replace it with ` +
-            'the .pub file `fleetgate model keygen` wrote',
-        );
-      }
-      trust.set(keyIdOf(key), key);
+    for (const file of files) out.push({ from: p, file });
+  }
+  return out;
+}
+
+/** Reads the public keys (PEM) of trust paths (see `trustedKeyFilesIn`), by key id. */
+export async function loadTrust(paths: readonly string[]): Promise<Map<string, KeyObject>> {
+  const trust = new Map<string, KeyObject>();
+  for (const { file } of await trustedKeyFilesIn(paths)) {
+    let key: KeyObject;
+    try {
+      key = createPublicKey(await fs.readFile(file));
+    } catch (err) {
+      throw fail(
+        ErrorType.InvalidInput,
+        `trusted key ${file} is not a PEM public key (${(err as Error).message}); remove it or replace it with ` +
+          'the .pub file `fleetgate model keygen` wrote',
+      );
     }
+    trust.set(keyIdOf(key), key);
   }
   return trust;
 }

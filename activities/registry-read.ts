@@ -10,7 +10,7 @@
 import { promises as fs } from 'node:fs';
 import type { ModelRecord } from './contracts';
 import type { ObjectStore } from './deps';
-import { LocalObjectStore } from './store';
+import { LocalObjectStore, parseStoredJson } from './store';
 import { ErrorType, fail } from '../errors';
 import {
   type PointerDoc,
@@ -75,7 +75,7 @@ export async function readRecord(
 /** The record at a record key, or undefined. */
 export async function readRecordAt(store: ObjectStore, recordKey: string): Promise<ModelRecord | undefined> {
   const bytes = await store.get(recordKey);
-  return bytes === undefined ? undefined : parseJson<ModelRecord>(bytes, recordKey);
+  return bytes === undefined ? undefined : parseStoredJson<ModelRecord>(bytes, recordKey);
 }
 
 /** Every registered version whose model file has this digest (usually one), oldest version first. */
@@ -87,7 +87,7 @@ export async function recordsByDigest(store: ObjectStore, digest: string): Promi
   for (const key of await store.list(`index/sha256/${digest}/`)) {
     const bytes = await store.get(key);
     if (bytes === undefined) continue;
-    const { recordKey } = parseJson<{ recordKey: string }>(bytes, key);
+    const { recordKey } = parseStoredJson<{ recordKey: string }>(bytes, key);
     const record = await readRecordAt(store, recordKey);
     if (record) records.push(record);
   }
@@ -174,15 +174,4 @@ export function entryAt(
     found = e;
   }
   return found;
-}
-
-function parseJson<T>(bytes: Buffer, key: string): T {
-  try {
-    return JSON.parse(bytes.toString('utf8')) as T;
-  } catch (err) {
-    throw fail(
-      ErrorType.InvalidInput,
-      `object ${key} is not valid JSON (${(err as Error).message}); it was not written by fleetgate or is damaged`,
-    );
-  }
 }

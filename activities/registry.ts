@@ -25,7 +25,7 @@ import type {
   RegisterInput,
 } from './contracts';
 import type { ModelRunner, ObjectStore } from './deps';
-import { sha256 } from './store';
+import { parseStoredJson, sha256 } from './store';
 import { ErrorType, fail } from '../errors';
 import type { ModelManifest } from '../policies/schema';
 import { compareContracts } from '../policies/contract';
@@ -340,7 +340,7 @@ export async function readPointer(
   const key = pointerKey(cohort, stage);
   const bytes = await store.get(key);
   if (bytes === undefined) return { pointer: null, etag: null };
-  return { pointer: parseJson<PointerDoc>(bytes, key), etag: sha256(bytes) };
+  return { pointer: parseStoredJson<PointerDoc>(bytes, key), etag: sha256(bytes) };
 }
 
 /** Every move of a pointer, oldest first. */
@@ -356,7 +356,7 @@ export async function pointerHistory(
     if (seq === null) continue;
     const bytes = await store.get(key);
     if (bytes === undefined) continue;
-    const e = parseJson<Omit<PointerHistoryEntry, 'seq'>>(bytes, key);
+    const e = parseStoredJson<Omit<PointerHistoryEntry, 'seq'>>(bytes, key);
     entries.push({ seq, from: e.from, to: e.to, rolloutId: e.rolloutId, reason: e.reason, at: e.at });
   }
   return entries.sort((a, b) => a.seq - b.seq);
@@ -494,18 +494,7 @@ async function checkAgainstProduction(
 
 async function readJson<T>(store: ObjectStore, key: string): Promise<T | undefined> {
   const bytes = await store.get(key);
-  return bytes === undefined ? undefined : parseJson<T>(bytes, key);
-}
-
-function parseJson<T>(bytes: Buffer, key: string): T {
-  try {
-    return JSON.parse(bytes.toString('utf8')) as T;
-  } catch (err) {
-    throw fail(
-      ErrorType.InvalidInput,
-      `object ${key} is not valid JSON (${(err as Error).message}); it was not written by fleetgate or is damaged`,
-    );
-  }
+  return bytes === undefined ? undefined : parseStoredJson<T>(bytes, key);
 }
 
 function json(value: unknown): Buffer {

@@ -20,7 +20,7 @@ import {
   type S3Client,
 } from '@aws-sdk/client-s3';
 import type { ObjectStore } from './deps';
-import { sha256 } from './store';
+import { sameOrConflict, sha256 } from './store';
 import { ErrorType, fail } from '../errors';
 
 export interface S3ObjectStoreOptions {
@@ -94,7 +94,7 @@ export class S3ObjectStore implements ObjectStore {
           const existing = await this.get(key);
           // Removed between the refused write and this read (not by fleetgate): write it again.
           if (existing === undefined && again) continue;
-          return compareExisting(key, existing, body);
+          return sameOrConflict(key, existing, body);
         }
         if (isConcurrentWrite(err) && again) {
           await sleep(20 * 2 ** attempt);
@@ -267,16 +267,6 @@ function isStoreKey(key: string): boolean {
   } catch {
     return false;
   }
-}
-
-function compareExisting(key: string, existing: Buffer | undefined, body: Buffer): 'exists' {
-  if (existing !== undefined && existing.equals(body)) return 'exists';
-  throw fail(
-    ErrorType.ImmutableConflict,
-    `${key} is write-once and already holds other bytes (sha256 ${existing ? sha256(existing) : '?'}, ` +
-      `new ${sha256(body)}); write under a new key (e.g. a new version) instead`,
-    { key, existingEtag: existing ? sha256(existing) : null, newEtag: sha256(body) },
-  );
 }
 
 function pointerConflict(key: string, expectedEtag: string | null, actual: string | null) {

@@ -170,14 +170,7 @@ export class LocalObjectStore implements ObjectStore {
   }
 
   private async compareExisting(key: string, body: Buffer): Promise<'exists'> {
-    const existing = await this.get(key);
-    if (existing !== undefined && existing.equals(body)) return 'exists';
-    throw fail(
-      ErrorType.ImmutableConflict,
-      `${key} is write-once and already holds other bytes (sha256 ${existing ? sha256(existing) : '?'}, ` +
-        `new ${sha256(body)}); write under a new key (e.g. a new version) instead`,
-      { key, existingEtag: existing ? sha256(existing) : null, newEtag: sha256(body) },
-    );
+    return sameOrConflict(key, await this.get(key), body);
   }
 
   private async putExclusive(key: string, file: string, body: Buffer): Promise<'created' | 'exists'> {
@@ -303,6 +296,32 @@ export class LocalObjectStore implements ObjectStore {
 interface Lock {
   file: string;
   token: string;
+}
+
+/**
+ * A write-once key found taken: 'exists' when it holds these very bytes (a retried write), else an
+ * ImmutableConflict naming both digests. Shared by every ObjectStore.
+ */
+export function sameOrConflict(key: string, existing: Buffer | undefined, body: Buffer): 'exists' {
+  if (existing !== undefined && existing.equals(body)) return 'exists';
+  throw fail(
+    ErrorType.ImmutableConflict,
+    `${key} is write-once and already holds other bytes (sha256 ${existing ? sha256(existing) : '?'}, ` +
+      `new ${sha256(body)}); write under a new key (e.g. a new version) instead`,
+    { key, existingEtag: existing ? sha256(existing) : null, newEtag: sha256(body) },
+  );
+}
+
+/** JSON an object of the store holds; InvalidInput naming the key when it is not JSON. */
+export function parseStoredJson<T>(bytes: Buffer, key: string): T {
+  try {
+    return JSON.parse(bytes.toString('utf8')) as T;
+  } catch (err) {
+    throw fail(
+      ErrorType.InvalidInput,
+      `object ${key} is not valid JSON (${(err as Error).message}); it was not written by fleetgate or is damaged`,
+    );
+  }
 }
 
 export function sha256(bytes: Buffer | Uint8Array): string {

@@ -286,26 +286,12 @@ interface TrustedKeyFile {
 /** Every trusted key file of the configuration, in the order the registry reads them. */
 async function trustedKeyFiles(config: Config): Promise<TrustedKeyFile[]> {
   const { trustedKeyPaths } = require('../workers/worker') as typeof WorkerModule;
-  const { loadTrust } = require('../activities/pack') as typeof PackModule;
+  const { loadTrust, trustedKeyFilesIn } = require('../activities/pack') as typeof PackModule;
   const dataDirKeys = join(config.dataDir, TRUSTED_KEYS);
   const out: TrustedKeyFile[] = [];
-  for (const p of trustedKeyPaths(config.dataDir)) {
-    let stat;
-    try {
-      stat = await fs.stat(p);
-    } catch {
-      continue;
-    }
-    const files = stat.isDirectory()
-      ? (await fs.readdir(p))
-          .filter((f) => f.endsWith('.pub'))
-          .sort()
-          .map((f) => join(p, f))
-      : [p];
-    for (const file of files) {
-      for (const keyId of (await loadTrust([file])).keys()) {
-        out.push({ keyId, file, source: p === dataDirKeys ? 'data dir' : 'FLEETGATE_TRUSTED_KEYS' });
-      }
+  for (const { from, file } of await trustedKeyFilesIn(trustedKeyPaths(config.dataDir))) {
+    for (const keyId of (await loadTrust([file])).keys()) {
+      out.push({ keyId, file, source: from === dataDirKeys ? 'data dir' : 'FLEETGATE_TRUSTED_KEYS' });
     }
   }
   return out;
