@@ -151,12 +151,7 @@ export async function runDemo(): Promise<number> {
     services = await openServices(config.dataDir, config.root);
     const manifest = loadFleetManifest(FLEET);
     const cohorts = manifest.cohorts.map((c) => c.name);
-    const prod = await bootstrapProduction(
-      services,
-      PRODUCTION,
-      cohorts,
-      'demo',
-    );
+    const prod = await bootstrapProduction(services, PRODUCTION, cohorts, 'demo');
     const fleet = await initSimFleet(
       { conn: services.db.connection, key: services.key, root: services.root },
       FLEET,

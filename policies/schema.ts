@@ -616,7 +616,9 @@ export const FleetManifest = z
   });
 export type FleetManifest = z.infer<typeof FleetManifest>;
 
-const Sha256 = z.string().regex(/^[0-9a-f]{64}$/, { message: 'a sha256 hex digest (64 lowercase hex digits)' });
+const Sha256 = z
+  .string()
+  .regex(/^[0-9a-f]{64}$/, { message: 'a sha256 hex digest (64 lowercase hex digits)' });
 
 export const SkuBudget = z
   .object({
@@ -637,7 +639,11 @@ export const ModelManifest = z
       .positive()
       .describe('Release counter: strictly above the release of the production model it replaces'),
     model: z.string().min(1).describe('The ONNX file inside the pack'),
-    config: z.string().min(1).default('inference_config.json').describe('The inference config inside the pack'),
+    config: z
+      .string()
+      .min(1)
+      .default('inference_config.json')
+      .describe('The inference config inside the pack'),
     files: z.record(z.string(), Sha256).describe('Every file of the pack but manifest.json and manifest.sig'),
     trainingDataHash: Sha256.describe('sha256 of the training data snapshot'),
     codeHash: Sha256.describe('sha256 of the training code'),
@@ -662,7 +668,11 @@ export const InferenceConfig = z
     kind: z.literal('InferenceConfig'),
     name: Name.describe("The manifest's name: a config from another model is a mixed pack"),
     version: z.string().regex(/^\d+\.\d+\.\d+$/, { message: 'a semantic version such as "1.2.0"' }),
-    release: z.number().int().positive().describe("The manifest's release: a config of another release is refused"),
+    release: z
+      .number()
+      .int()
+      .positive()
+      .describe("The manifest's release: a config of another release is refused"),
     inputs: z.array(TensorDecl).min(1),
     outputs: z.array(TensorDecl).min(1),
     preprocessing: z
@@ -680,7 +690,10 @@ export const InferenceConfig = z
     golden: z
       .object({
         inputs: z.string().min(1).describe('File of little-endian float32 inputs, [rows, features]'),
-        outputs: z.string().min(1).describe('File of little-endian float32 expected outputs, [rows, classes]'),
+        outputs: z
+          .string()
+          .min(1)
+          .describe('File of little-endian float32 expected outputs, [rows, classes]'),
         rows: z.number().int().positive(),
         tolerance: z.number().positive().describe('Largest absolute difference allowed per output value'),
       })
@@ -696,7 +709,9 @@ export const PackSignature = z
     kind: z.literal('ModelPackSignature'),
     algorithm: z.literal('ed25519'),
     keyId: Sha256.describe('sha256 of the raw 32-byte public key'),
-    signature: z.string().regex(/^[A-Za-z0-9+/]{86}==$/, { message: 'a base64 ed25519 signature (64 bytes)' }),
+    signature: z
+      .string()
+      .regex(/^[A-Za-z0-9+/]{86}==$/, { message: 'a base64 ed25519 signature (64 bytes)' }),
   })
   .strict();
 export type PackSignature = z.infer<typeof PackSignature>;
