@@ -1,27 +1,49 @@
 /**
- * Writes the report of a finished rollout to `<data dir>/reports/<rolloutId>.json`.
+ * Writes the report of a finished rollout to `<data dir>/reports/<rolloutId>.json`, and beside it
+ * `<rolloutId>.html`, the same report as one self-contained page (activities/report-html.ts).
  *
  * The report holds the decision per cohort, the statistics and boundaries of every look and the whole
- * decision log. Written atomically (temp file, then rename), so a reader never sees half a report and a
- * retried activity writes the same file again. Never holds a raw vehicle identifier.
+ * decision log. Each file is written atomically (temp file, then rename), so a reader never sees half a
+ * report and a retried activity writes the same files again. The JSON is the record: it is written
+ * first, and a page that cannot be rendered never fails the activity. Never holds a raw vehicle
+ * identifier.
  */
 import { mkdir, rename, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import type { ReportInput } from './contracts';
+import { renderReportHtml } from './report-html';
 
 export function reportPath(dataDir: string, rolloutId: string): string {
   return join(dataDir, 'reports', `${rolloutId}.json`);
 }
 
+/** The HTML page beside a report. */
+export function reportHtmlPath(dataDir: string, rolloutId: string): string {
+  return join(dataDir, 'reports', `${rolloutId}.html`);
+}
+
+/** Writes `text` to `path` through a temp file in the same directory and a rename. */
+export async function writeFileAtomic(path: string, text: string): Promise<void> {
+  await mkdir(dirname(path), { recursive: true });
+  const tmp = `${path}.${process.pid}.tmp`;
+  await writeFile(tmp, text);
+  await rename(tmp, path);
+}
+
 export function createReportActivities({ dataDir }: { dataDir: string }) {
   return {
-    async writeReport(input: ReportInput): Promise<{ path: string }> {
+    async writeReport(input: ReportInput): Promise<{ path: string; htmlPath?: string }> {
       const path = reportPath(dataDir, input.rolloutId);
-      await mkdir(join(dataDir, 'reports'), { recursive: true });
-      const tmp = `${path}.${process.pid}.tmp`;
-      await writeFile(tmp, JSON.stringify(input.report, null, 2) + '\n');
-      await rename(tmp, path);
-      return { path };
+      await writeFileAtomic(path, JSON.stringify(input.report, null, 2) + '\n');
+      let html: string;
+      try {
+        html = renderReportHtml(input.report);
+      } catch {
+        return { path };
+      }
+      const htmlPath = reportHtmlPath(dataDir, input.rolloutId);
+      await writeFileAtomic(htmlPath, html);
+      return { path, htmlPath };
     },
   };
 }

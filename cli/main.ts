@@ -45,6 +45,7 @@ import type * as IotAgentModule from '../sim/iot-agent';
 import type * as SimulateModule from './simulate';
 import type * as ScenarioModule from '../policies/scenario';
 import type * as ModelModule from './model';
+import type * as ReportModule from './report';
 
 export const DEFAULT_FLEET = 'sim/fleets/demo.yaml';
 export const DEFAULT_PRODUCTION = 'models/production';
@@ -78,6 +79,7 @@ Usage: fleetgate <command> [options]      (fleetgate <command> --help for detail
   approve ID                  approve a pending gate
   reject ID                   reject a pending gate (the rollout rolls back)
   abort ID                    abort a rollout; its changes are compensated
+  report ID                   write a rollout's report as one self-contained HTML page (no server needed)
   worker                      run a worker (workflows and activities)
   server                      run a local Temporal dev server with the data directory's history
   fleet init                  register production and create the simulated fleet (idempotent)
@@ -883,6 +885,7 @@ const COMMANDS: Record<string, (args: string[]) => Promise<number>> = {
   stats: statsCommand,
   simulate: simulateCommand,
   model: (args) => (require('./model') as typeof ModelModule).modelCommand(args),
+  report: (args) => (require('./report') as typeof ReportModule).reportCommand(args),
 };
 
 /** Runs one command; returns the process exit code. Never throws. */
