@@ -366,3 +366,31 @@ export interface ReportInput {
   rolloutId: string;
   report: unknown;
 }
+
+/**
+ * What a rollout tells its webhook (activities/notify.ts). `event` names what happened; the idempotency
+ * key (`<rolloutId>/<seq>`, the seq of the decision-log entry it reports) is the same on every retry, so a
+ * receiver drops duplicates. Never a vehicle identifier: only cohorts, phases and decision reasons.
+ */
+export interface NotifyInput {
+  event:
+    | 'gate-pending'
+    | 'escalated'
+    | 'decision'
+    | 'rollback'
+    | 'promoted'
+    | 'completed'
+    | 'rejected'
+    | 'aborted'
+    | 'drift';
+  rolloutId: string;
+  cohort?: string;
+  wave?: number;
+  /** The rollout's phase when it happened (workflows/definitions.ts `Phase`). */
+  phase: string;
+  /** Workflow time of the decision, ISO 8601. */
+  at: string;
+  /** The decision log's reason, one line. */
+  reason: string;
+  idempotencyKey: string;
+}

@@ -41,11 +41,20 @@
  *   FLEETGATE_S3_ENDPOINT   endpoint URL of an S3-compatible server (e.g. moto, MinIO); unset:
  *                           FLEETGATE_AWS_ENDPOINT, then AWS. With an endpoint, requests are path-style.
  *                           Region and credentials: the AWS_* variables above.
+ *
+ * Notifications (see docs/operations.md, "Notifications"; activities/notify.ts):
+ *   FLEETGATE_WEBHOOK_URL   http:// or https:// URL that receives a JSON POST (Slack-compatible) when a gate
+ *                           waits, a cohort is rolled back or promoted and a rollout ends; unset: none sent.
+ *                           Treat it as a secret (a Slack URL's path is one): only its host is ever logged.
+ *   FLEETGATE_WEBHOOK_SECRET
+ *                           key of the X-Fleetgate-Signature header (sha256=<hex HMAC-SHA256 of the body>);
+ *                           unset: requests are not signed
  */
 import { join, resolve } from 'node:path';
 import { S3Client } from '@aws-sdk/client-s3';
 import type { ObjectStore } from '../activities/deps';
 import type { IotJobsSettings } from '../activities/ota-iot';
+import type { WebhookConfig } from '../activities/notify';
 import { LocalObjectStore } from '../activities/store';
 import { S3ObjectStore } from '../activities/store-s3';
 import { TASK_QUEUE } from '../workflows/definitions';
@@ -257,6 +266,20 @@ export function createS3Client(config: S3StoreConfig): S3Client {
     credentials: config.credentials,
     forcePathStyle: config.forcePathStyle,
   });
+}
+
+/** The webhook of notifications, or undefined when FLEETGATE_WEBHOOK_URL is unset; throws on a bad URL. */
+export function loadWebhookConfig(env: NodeJS.ProcessEnv = process.env): WebhookConfig | undefined {
+  const url = env.FLEETGATE_WEBHOOK_URL || undefined;
+  if (url === undefined) return undefined;
+  if (!isHttpUrl(url)) {
+    // The value is not echoed: a webhook URL carries its own secret.
+    throw new Error(
+      'FLEETGATE_WEBHOOK_URL must be an http:// or https:// URL (e.g. https://hooks.slack.com/services/...); unset it to send no notifications',
+    );
+  }
+  const secret = env.FLEETGATE_WEBHOOK_SECRET || undefined;
+  return { url, ...(secret !== undefined ? { secret } : {}) };
 }
 
 /** Options for `Connection.connect` / `NativeConnection.connect`. */

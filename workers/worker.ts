@@ -1,8 +1,8 @@
 /**
- * The composition root: builds the stores, the model runner, the DuckDB database, the pseudonym key and
- * the over-the-air channel (the simulated fleet, or AWS IoT Jobs with its `IoTClient`) from
- * configuration, hands them to the activity factories and creates the worker. Nothing else in fleetgate
- * constructs clients or stores.
+ * The composition root: builds the stores, the model runner, the DuckDB database, the pseudonym key, the
+ * over-the-air channel (the simulated fleet, or AWS IoT Jobs with its `IoTClient`) and the notifications'
+ * webhook from configuration, hands them to the activity factories and creates the worker. Nothing else
+ * in fleetgate constructs clients or stores.
  */
 import { delimiter, join, resolve } from 'node:path';
 import { copyFileSync, mkdirSync } from 'node:fs';
@@ -15,11 +15,19 @@ import { createFleetActivities } from '../activities/fleet';
 import { createLabelActivities } from '../activities/labels';
 import { createAnalysisActivities } from '../activities/analysis';
 import { createReportActivities } from '../activities/report';
+import { type WebhookConfig, createNotifyActivities } from '../activities/notify';
 import { openFleetDatabase } from '../activities/db';
 import type { ObjectStore, OtaChannel } from '../activities/deps';
 import { AwsIotJobsChannel } from '../activities/ota-iot';
 import { SimulatedOta } from '../sim/ota';
-import { type AwsIotConfig, type OtaConfig, loadOtaConfig, loadStoreConfig, openObjectStore } from './config';
+import {
+  type AwsIotConfig,
+  type OtaConfig,
+  loadOtaConfig,
+  loadStoreConfig,
+  loadWebhookConfig,
+  openObjectStore,
+} from './config';
 import { OnnxModelRunner, blobKey } from './model-runner';
 import { loadPseudonymKey } from './secrets';
 import { type TrustStore, loadTrust } from '../activities/pack';
@@ -39,6 +47,8 @@ export interface Services {
   trust: TrustStore;
   /** The AWS IoT client when delivery goes through AWS IoT Jobs. */
   iot?: IoTClient;
+  /** Where notifications go (FLEETGATE_WEBHOOK_URL/_SECRET); none: the notify activity sends nothing. */
+  webhook?: WebhookConfig;
   close(): Promise<void>;
 }
 
@@ -52,6 +62,7 @@ export async function openServices(
   root: string,
   ota: OtaConfig = loadOtaConfig(),
 ): Promise<Services> {
+  const webhook = loadWebhookConfig();
   mkdirSync(dataDir, { recursive: true });
   const store = openObjectStore(loadStoreConfig(), dataDir);
   const runner = new OnnxModelRunner((digest) => store.get(blobKey(digest)));
@@ -83,6 +94,7 @@ export async function openServices(
     ota: channel,
     trust,
     ...(iot ? { iot } : {}),
+    ...(webhook ? { webhook } : {}),
     async close() {
       await runner.close();
       if (store instanceof S3ObjectStore) store.close();
@@ -136,6 +148,7 @@ export function createActivities(s: Services) {
     ...createLabelActivities({ conn: s.db.connection }),
     ...createAnalysisActivities({ conn: s.db.connection }),
     ...createReportActivities({ dataDir: s.dataDir }),
+    ...createNotifyActivities({ webhook: s.webhook }),
   };
 }
 export type Activities = ReturnType<typeof createActivities>;

@@ -34,4 +34,10 @@ export const PATCHES = {
    * vehicle-hours, and a cohort still short after the extra looks is held.
    */
   waveExposure: 'wave-exposure',
+  /**
+   * Webhook notifications (activities/notify.ts) when a gate waits, a cohort is escalated, rolled back or
+   * promoted and the rollout ends; a notification that finally fails is a decision-log line, never a
+   * failure of the rollout. The rollout's end is also a decision-log line (`completed`).
+   */
+  notifyWebhook: 'notify-webhook',
 } as const;

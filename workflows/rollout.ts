@@ -13,6 +13,7 @@
  * on abort) runs them last-in first-out in a non-cancellable scope, each exactly once.
  */
 import {
+  ActivityFailure,
   ApplicationFailure,
   CancellationScope,
   condition,
@@ -30,7 +31,14 @@ import type { createFleetActivities } from '../activities/fleet';
 import type { createLabelActivities } from '../activities/labels';
 import type { createAnalysisActivities } from '../activities/analysis';
 import type { createReportActivities } from '../activities/report';
-import type { BenchResult, CohortStats, CoverageCount, ModelRecord } from '../activities/contracts';
+import type { createNotifyActivities } from '../activities/notify';
+import type {
+  BenchResult,
+  CohortStats,
+  CoverageCount,
+  ModelRecord,
+  NotifyInput,
+} from '../activities/contracts';
 import type { RetryPolicy } from '@temporalio/common';
 import { ErrorType, nonRetryableErrorTypes } from '../errors';
 import {
@@ -92,6 +100,21 @@ const retry: RetryPolicy = {
 const acts = proxyActivities<Activities>({ startToCloseTimeout: '5m', retry });
 /** Bench runs many inferences per SKU. */
 const benchActs = proxyActivities<Activities>({ startToCloseTimeout: '15m', retry });
+/**
+ * Notifications: one request per attempt (10 s timeout inside the activity), retried with exponential
+ * backoff (2 s, 4 s, ... at most a minute apart) for at most 10 minutes; then given up and logged.
+ */
+const notifyActs = proxyActivities<ReturnType<typeof createNotifyActivities>>({
+  startToCloseTimeout: '30s',
+  scheduleToCloseTimeout: '10m',
+  retry: {
+    initialInterval: '2s',
+    backoffCoefficient: 2,
+    maximumInterval: '1m',
+    maximumAttempts: 10,
+    nonRetryableErrorTypes,
+  },
+});
 
 /** A change applied to the fleet, and what undoes it. */
 type Compensation =
@@ -130,6 +153,10 @@ export class Rollout {
   engine: 1 | 2 = 1;
   /** Bench and delivery failures scoped to the cohorts they concern (false in older histories). */
   scopedFailures = false;
+  /** Webhook notifications (false in older histories). */
+  notifying = false;
+  /** The notifications raised so far, sent one after the other in that order (see `notify`). */
+  private notices: Promise<void> = Promise.resolve();
   readonly startMs = Date.now();
   private lastCollectedSimMs: number;
   readonly scope = new CancellationScope();
@@ -169,8 +196,64 @@ export class Rollout {
     };
   }
 
-  record(entry: Omit<DecisionLogEntry, 'seq' | 'at'>): void {
-    this.log.push({ seq: this.log.length + 1, at: new Date().toISOString(), ...entry });
+  record(entry: Omit<DecisionLogEntry, 'seq' | 'at'>): DecisionLogEntry {
+    const logged = { seq: this.log.length + 1, at: new Date().toISOString(), ...entry };
+    this.log.push(logged);
+    return logged;
+  }
+
+  // ---- notifications ----------------------------------------------------------------------------
+
+  /**
+   * Tells the webhook about a decision-log entry, without making the rollout wait for it. Notifications
+   * run one after the other, each once the one before is delivered or given up, so a receiver gets them in
+   * the order they happened even while one is being retried; the workflow awaits them all (`notified`)
+   * before it writes its report. Each runs in a non-cancellable scope (an abort does not lose the
+   * notifications before it) under its own retry policy; one that finally fails becomes a decision-log
+   * line and nothing else. Its idempotency key is the rollout and the entry's seq, the same on every retry.
+   */
+  notify(event: NotifyInput['event'], entry: DecisionLogEntry): void {
+    if (!this.notifying) return;
+    const input: NotifyInput = {
+      event,
+      rolloutId: this.req.rolloutId,
+      ...(entry.cohort !== undefined ? { cohort: entry.cohort } : {}),
+      ...(entry.wave ? { wave: entry.wave } : {}),
+      phase: entry.phase,
+      at: entry.at,
+      reason: entry.reason,
+      idempotencyKey: `${this.req.rolloutId}/${entry.seq}`,
+    };
+    this.notices = this.notices.then(() => this.send(input));
+  }
+
+  private async send(input: NotifyInput): Promise<void> {
+    try {
+      await CancellationScope.nonCancellable(() => notifyActs.notify(input));
+    } catch (err) {
+      const state = err instanceof ActivityFailure ? err.retryState : undefined;
+      const given =
+        state === 'MAXIMUM_ATTEMPTS_REACHED'
+          ? 'after its last attempt'
+          : state === 'TIMEOUT'
+            ? 'within its 10 minutes'
+            : state === 'NON_RETRYABLE_FAILURE'
+              ? 'refused, not retried'
+              : 'failed';
+      this.record({
+        phase: this.phase,
+        action: 'notify-failed',
+        reason: `notification ${input.idempotencyKey} (${input.event}${input.cohort ? ` ${input.cohort}` : ''}) not delivered (${given}): ${causeMessage(err)}; the rollout goes on`,
+      });
+    }
+  }
+
+  /** Waits until every notification raised so far is delivered or given up. */
+  async notified(): Promise<void> {
+    for (let n: Promise<void> | undefined; n !== this.notices;) {
+      n = this.notices;
+      await n;
+    }
   }
 
   active(): string[] {
@@ -329,7 +412,7 @@ export class Rollout {
     this.phase = 'rollback';
     this.setState(cohort, state, d ? headline(d) : why);
     await this.compensate([cohort]);
-    this.record({
+    const entry = this.record({
       phase: 'rollback',
       wave: this.wave,
       cohort,
@@ -337,6 +420,7 @@ export class Rollout {
       reason: why,
       metrics: d?.metrics,
     });
+    this.notify('rollback', entry);
     this.phase = prev;
   }
 
@@ -345,6 +429,7 @@ export class Rollout {
   async run(): Promise<void> {
     this.engine = patched(PATCHES.decisionEngine) ? 2 : 1;
     this.scopedFailures = patched(PATCHES.cohortScopedFailures);
+    this.notifying = patched(PATCHES.notifyWebhook);
     await this.register();
     await this.bench();
     await this.shadow();
@@ -858,12 +943,13 @@ export class Rollout {
       openedAt: new Date().toISOString(),
       deadline: new Date(Date.now() + timeoutMs).toISOString(),
     };
-    this.record({
+    const opened = this.record({
       phase: this.phase,
       wave: this.wave,
       action: 'gate-open',
       reason: `escalation: waiting for ${required} approval(s) of gate "escalation" to go on with ${cohorts.join(', ')}, which the data could not decide; approve to ${this.phase === 'analysis' ? 'promote' : 'continue'}, reject to roll back`,
     });
+    this.notify('escalated', opened);
     const pending = this.pendingGate;
     const decided = await condition(
       () => pending.approvals.length >= pending.required || this.rejection !== undefined,
@@ -916,12 +1002,13 @@ export class Rollout {
       openedAt: new Date().toISOString(),
       deadline: new Date(Date.now() + timeoutMs).toISOString(),
     };
-    this.record({
+    const opened = this.record({
       phase: this.phase,
       wave,
       action: 'gate-open',
       reason: `waiting for ${approval.required} approval(s) of gate "${approval.gate}" before wave ${wave}`,
     });
+    this.notify('gate-pending', opened);
     const pending = this.pendingGate;
     const decided = await condition(
       () => pending.approvals.length >= pending.required || this.rejection !== undefined,
@@ -1062,13 +1149,14 @@ export class Rollout {
         const s = this.cohorts.get(d.cohort)!;
         s.state = 'promoted';
         s.vehicles = res.vehicles;
-        this.record({
+        const entry = this.record({
           phase: 'promote',
           cohort: d.cohort,
           action: 'promoted',
           reason: d.reason,
           metrics: d.metrics,
         });
+        this.notify('promoted', entry);
       });
     }
   }
@@ -1092,6 +1180,7 @@ export async function rolloutWorkflow(input: RolloutRequestInput): Promise<Rollo
   let outcome: RolloutOutcome = 'completed';
   let rejectedAt: Phase | undefined;
   let reason = '';
+  let ended: DecisionLogEntry | undefined;
   try {
     await r.scope.run(() => r.run());
   } catch (err) {
@@ -1108,7 +1197,7 @@ export async function rolloutWorkflow(input: RolloutRequestInput): Promise<Rollo
       outcome = 'aborted';
       reason = `stopped by an error: ${causeMessage(err)}`;
     }
-    r.record({ phase: r.phase, action: outcome, reason });
+    ended = r.record({ phase: r.phase, action: outcome, reason });
     r.phase = 'rollback';
     await r.compensate([...r.cohorts.keys()]);
     for (const c of r.cohorts.values()) {
@@ -1117,6 +1206,13 @@ export async function rolloutWorkflow(input: RolloutRequestInput): Promise<Rollo
   }
   r.outcome = outcome;
   if (outcome === 'completed') reason = summarize(r);
+  if (r.notifying) {
+    // The end is a decision of its own: logged (a completed rollout had no line for it) and notified once
+    // its compensations have run; the report waits for every notification, so it lists any that failed.
+    ended ??= r.record({ phase: r.phase, action: outcome, reason });
+    r.notify(outcome, ended);
+    await r.notified();
+  }
   r.phase = 'done';
 
   const result: RolloutResult = {
