@@ -41,6 +41,8 @@ export async function openSimWorld(opts: SimWorldOptions): Promise<SimWorld> {
   // A simulated world's registry trusts the fixture packs' signer (and any key configured for it).
   trustFixtureSigner(opts.dataDir);
   const services = await openServices(opts.dataDir, opts.root, { kind: 'simulated' });
+  // A simulated world is a dry run: it never notifies the configured webhook (a test may set one).
+  delete services.webhook;
   try {
     const manifest = loadFleetManifest(resolve(opts.root, opts.fleet));
     const cohorts = manifest.cohorts.map((c) => c.name);
