@@ -5,6 +5,12 @@
 
 const { setTimeout } = require('node:timers');
 
+// A reader that stops early (`fleetgate model list | head -1`) closes the pipe: end quietly then.
+process.stdout.on('error', (err) => {
+  if (err && err.code === 'EPIPE') process.exit(0);
+  throw err;
+});
+
 require('tsx/cjs');
 const { main } = require('../cli/main.ts');
 

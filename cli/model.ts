@@ -1179,10 +1179,5 @@ export async function runModel(args: string[], io: ModelIo = PROCESS_IO): Promis
 
 /** The `model` entry of the command table of cli/main.ts. */
 export async function modelCommand(args: string[]): Promise<number> {
-  // A reader that stops early (`fleetgate model list | head -1`) closes the pipe: end quietly then.
-  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
-    if (err.code === 'EPIPE') process.exit(0);
-    throw err;
-  });
   return runModel(args);
 }

@@ -4,7 +4,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -260,6 +260,20 @@ void test('fleetgate --help prints the usage and exits 0', () => {
   ]) {
     assert.ok(r.stdout.includes(cmd), `mentions ${cmd}`);
   }
+});
+
+void test('a reader that closes the pipe early ends the command quietly, exit 0', async () => {
+  const child = spawn(process.execPath, [join(ROOT, 'bin', 'fleetgate.js'), '--help'], {
+    cwd: ROOT,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  // Like `fleetgate --help | head -0`: the reading end is gone before the first line is written.
+  child.stdout.destroy();
+  let stderr = '';
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  const code = await new Promise<number | null>((resolve) => child.on('close', (c) => resolve(c)));
+  assert.equal(code, 0, stderr);
+  assert.doesNotMatch(stderr, /EPIPE|Error/);
 });
 
 void test('an unknown command exits 2 with one line', () => {
