@@ -8,6 +8,7 @@
  * Pure: imported by workflow code.
  */
 import { defineQuery, defineUpdate } from '@temporalio/workflow';
+import { defineSearchAttributeKey, SearchAttributeType } from '@temporalio/common';
 import type { MetricResult } from '../policies/decide';
 import type { BenchResult } from '../activities/contracts';
 
@@ -136,7 +137,50 @@ export interface AbortReceipt {
   compensations: number;
 }
 
+/** Hold at the next safe point (before a wave, a look, the label wait's next poll, the analysis). */
+export interface PauseRequest {
+  by: string;
+  reason: string;
+}
+export interface ResumeRequest {
+  by: string;
+  reason?: string;
+}
+export interface PauseReceipt {
+  paused: boolean;
+  phase: Phase;
+  by: string;
+}
+/** Operator's emergency rollback of one cohort: its changes are compensated at once, it ends rolled_back. */
+export interface RollbackCohortRequest {
+  cohort: string;
+  by: string;
+  reason: string;
+}
+export interface RollbackCohortReceipt {
+  cohort: string;
+  state: CohortState;
+  compensations: number;
+}
+
+/**
+ * Custom search attributes of a rollout (registered by `fleetgate server`, the demo and the tests' dev
+ * servers), upserted by the workflow as it moves, so that for example
+ * `temporal workflow list --query 'FleetgatePhase="canary"'` lists the rollouts in their canary.
+ */
+export const SEARCH_ATTRIBUTES = {
+  phase: defineSearchAttributeKey('FleetgatePhase', SearchAttributeType.KEYWORD),
+  candidate: defineSearchAttributeKey('FleetgateCandidate', SearchAttributeType.KEYWORD),
+  production: defineSearchAttributeKey('FleetgateProduction', SearchAttributeType.KEYWORD_LIST),
+  outcome: defineSearchAttributeKey('FleetgateOutcome', SearchAttributeType.KEYWORD),
+} as const;
+
 export const approveUpdate = defineUpdate<GateReceipt, [ApproveRequest]>('approve');
 export const rejectUpdate = defineUpdate<GateReceipt, [RejectRequest]>('reject');
 export const abortUpdate = defineUpdate<AbortReceipt, [AbortRequest]>('abort');
+export const pauseUpdate = defineUpdate<PauseReceipt, [PauseRequest]>('pause');
+export const resumeUpdate = defineUpdate<PauseReceipt, [ResumeRequest]>('resume');
+export const rollbackCohortUpdate = defineUpdate<RollbackCohortReceipt, [RollbackCohortRequest]>(
+  'rollbackCohort',
+);
 export const statusQuery = defineQuery<RolloutStatus>('status');
