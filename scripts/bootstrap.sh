@@ -5,6 +5,7 @@
 #     (a `temporal` already on PATH is used instead of the pinned CLI)
 #   - moto's server (moto_server), pinned by version and hash, into .tools/venv: the AWS IoT stand-in
 #     that test/integration/ota-iot.test.ts starts on loopback (scripts/moto-requirements.txt)
+#   - Debian's chromium (/usr/bin/chromium), headless, for the status page's browser test and bench
 #   - with --fixtures: onnx and numpy, to remake the ONNX fixtures under models/
 # Prints nothing when everything is already there.
 set -euo pipefail
@@ -45,6 +46,17 @@ if [ ! -f "$moto_stamp" ] || [ ! -x "$venv/bin/moto_server" ]; then
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --require-hashes \
     -r scripts/moto-requirements.txt >&2
   touch "$moto_stamp"
+fi
+
+# Headless Chromium for test/integration/ui.test.ts and the status page's bench row (driven by
+# playwright-core, which downloads no browser).
+if [ ! -x /usr/bin/chromium ]; then
+  echo "bootstrap: installing chromium" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  if ! apt-get install -y -qq chromium >/dev/null 2>&1; then
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq chromium >/dev/null
+  fi
 fi
 
 if [ "${1:-}" = "--fixtures" ]; then
