@@ -7,6 +7,7 @@
  */
 import { z } from 'zod';
 import { DURATION_PATTERN, parseDuration } from './duration';
+import { DriftPolicy } from './drift-schema';
 
 /** Most windows a shadow is split into for its budget checks (each is an activity and a look). */
 export const MAX_SHADOW_WINDOWS = 100;
@@ -305,6 +306,9 @@ export const Policy = z
           ),
       })
       .strict(),
+    drift: DriftPolicy.optional().describe(
+      'Scheduled drift checks of the production models\' input features (fleetgate drift schedule); defaults when absent',
+    ),
     analysis: z
       .object({
         alpha: z
