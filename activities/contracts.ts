@@ -382,7 +382,9 @@ export interface NotifyInput {
     | 'completed'
     | 'rejected'
     | 'aborted'
-    | 'drift';
+    | 'drift'
+    | 'paused'
+    | 'resumed';
   rolloutId: string;
   cohort?: string;
   wave?: number;

@@ -59,6 +59,8 @@ const WHAT: Record<NotifyInput['event'], string> = {
   rejected: 'rollout rejected',
   aborted: 'rollout aborted',
   drift: 'drift detected',
+  paused: 'paused by an operator',
+  resumed: 'resumed',
 };
 
 /** The line a human reads: `fleetgate <rollout>: <cohort> <what happened> (wave n): <reason>`. */

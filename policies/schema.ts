@@ -31,8 +31,12 @@ export const Approval = z
     gate: Name.describe('Name of the gate, as reviewers give it to `fleetgate approve --gate`'),
     required: z.number().int().min(1).default(1).describe('How many different reviewers must approve'),
     timeout: Duration.default('24h').describe(
-      'Without enough approvals by then, the rollout is aborted and compensated',
+      "Without enough approvals by then, the gate's cohorts are held: compensated, never promoted",
     ),
+    excludeInitiator: z
+      .boolean()
+      .default(false)
+      .describe("The rollout's initiator (requestedBy) may not approve this gate, even when a reviewer"),
   })
   .strict();
 
@@ -274,6 +278,15 @@ export const Policy = z
       })
       .strict()
       .default({ maxFailureShare: 0.1 }),
+    promotion: z
+      .object({
+        approval: Approval.optional().describe(
+          'A reviewer gate before the final promotion, showing the cohorts about to be promoted and their ' +
+            'evidence; unanswered by its timeout, they are held; rejected, the rollout is rejected',
+        ),
+      })
+      .strict()
+      .optional(),
     labelWait: z
       .object({
         coverage: z
@@ -369,9 +382,13 @@ export const Policy = z
           .object({
             required: z.number().int().min(1).default(1).describe('Approvals needed to promote anyway'),
             timeout: Duration.default('24h').describe('Unanswered by then, the cohorts stay held'),
+            excludeInitiator: z
+              .boolean()
+              .default(false)
+              .describe("The rollout's initiator (requestedBy) may not approve an escalation"),
           })
           .strict()
-          .default({ required: 1, timeout: '24h' })
+          .default({ required: 1, timeout: '24h', excludeInitiator: false })
           .describe(
             'Inconclusive or missing data never promotes: the cohorts are held and put to the reviewers, ' +
               'who may approve (promote, or go on to the next wave) or reject (roll back)',

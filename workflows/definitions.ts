@@ -65,20 +65,40 @@ export interface DecisionLogEntry {
   reason: string;
   by?: string;
   metrics?: MetricResult[];
+  /** A gate passed or approved: the one-line evidence the reviewers had in front of them, per cohort. */
+  evidence?: string[];
 }
 
 export interface PendingGate {
   gate: string;
-  /** wave: a reviewer gate of the policy before a wave; escalation: the engine could not decide. */
-  kind?: 'wave' | 'escalation';
+  /**
+   * wave: a reviewer gate of the policy before a wave; escalation: the engine could not decide;
+   * promotion: the policy's gate before the final promotion (`promotion.approval`).
+   */
+  kind?: 'wave' | 'escalation' | 'promotion';
   wave: number;
-  /** Escalation: the cohorts the gate is about, and the one-line evidence for each. */
+  /** The cohorts the gate is about, and the one-line evidence for each (older wave gates: absent). */
   cohorts?: string[];
   evidence?: string[];
+  /** Distinct reviewers needed: each approval comes from a different name of `reviewers`. */
   required: number;
   approvals: string[];
+  /** Who may approve: the policy's reviewers, without the rollout's initiator when it is excluded. */
+  reviewers?: string[];
+  /** The rollout's initiator (`requestedBy`) may not approve this gate. */
+  excludeInitiator?: boolean;
+  /** The candidate digest the gate is about; an approval naming another digest (or prefix) is refused. */
+  digest?: string;
   openedAt: string;
   deadline: string;
+}
+
+/** An operator's pause: the rollout holds at its next safe point until it is resumed. */
+export interface PauseState {
+  by: string;
+  reason: string;
+  /** Workflow time of the pause, ISO 8601. */
+  since: string;
 }
 
 export interface RolloutStatus {
@@ -91,6 +111,8 @@ export interface RolloutStatus {
   candidate?: { name: string; version: string; digest: string };
   cohorts: CohortStatus[];
   pendingGate?: PendingGate;
+  /** Set while an operator's pause holds the rollout (see `pauseUpdate`). */
+  paused?: PauseState;
   lastDecision?: DecisionLogEntry;
   /** The last RECENT_DECISIONS entries of the decision log, oldest first (the report has them all). */
   recentDecisions: DecisionLogEntry[];
@@ -116,11 +138,18 @@ export interface ApproveRequest {
   gate: string;
   reviewer: string;
   comment?: string;
+  /**
+   * The candidate digest the reviewer looked at (the whole digest or a prefix of at least 12 hex digits):
+   * refused when it is not the candidate's, so an approval never applies to a candidate that changed.
+   */
+  digest?: string;
 }
 export interface RejectRequest {
   gate: string;
   reviewer: string;
   reason: string;
+  /** As for `ApproveRequest.digest`. */
+  digest?: string;
 }
 export interface GateReceipt {
   gate: string;

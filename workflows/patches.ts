@@ -40,4 +40,20 @@ export const PATCHES = {
    * failure of the rollout. The rollout's end is also a decision-log line (`completed`).
    */
   notifyWebhook: 'notify-webhook',
+  /**
+   * Quorum gates: a wave gate shows its cohorts and their evidence, and left unanswered holds them
+   * (compensated, never promoted) instead of aborting the rollout; a gate passed logs its evidence; the
+   * policy's `promotion.approval` gate stands before the final promotion.
+   */
+  quorumGates: 'quorum-gates',
+  /**
+   * Operator controls: `pause` holds the rollout at its next safe point until `resume`;
+   * `rollbackCohort` compensates one cohort at once while the others go on.
+   */
+  operatorControls: 'operator-controls',
+  /**
+   * Search attributes (SEARCH_ATTRIBUTES of workflows/definitions.ts) upserted as the rollout moves, for a
+   * rollout started with `FleetgatePhase` set (proof that its namespace has them registered).
+   */
+  searchAttributes: 'search-attributes',
 } as const;
