@@ -22,6 +22,7 @@ import {
   proxyActivities,
   setHandler,
   sleep,
+  upsertSearchAttributes,
   workflowInfo,
   allHandlersFinished,
 } from '@temporalio/workflow';
@@ -65,8 +66,12 @@ import {
   abortUpdate,
   approveUpdate,
   FINAL_COHORT_STATES,
+  pauseUpdate,
   RECENT_DECISIONS,
   rejectUpdate,
+  resumeUpdate,
+  rollbackCohortUpdate,
+  SEARCH_ATTRIBUTES,
   statusQuery,
   type AbortReceipt,
   type AbortRequest,
@@ -75,9 +80,15 @@ import {
   type CohortStatus,
   type DecisionLogEntry,
   type GateReceipt,
+  type PauseReceipt,
+  type PauseRequest,
+  type PauseState,
   type PendingGate,
   type Phase,
   type RejectRequest,
+  type ResumeRequest,
+  type RollbackCohortReceipt,
+  type RollbackCohortRequest,
   type RolloutOutcome,
   type RolloutResult,
   type RolloutStatus,
@@ -133,7 +144,7 @@ class RolloutEnded extends Error {
 
 /** The state of one rollout and its message handlers; the workflow function wires them. */
 export class Rollout {
-  phase: Phase = 'register';
+  private current: Phase = 'register';
   wave = 0;
   look = 0;
   candidate?: ModelRecord;
@@ -155,6 +166,18 @@ export class Rollout {
   scopedFailures = false;
   /** Webhook notifications (false in older histories). */
   notifying = false;
+  /** Quorum gates: a wave gate unanswered holds, a promotion gate (false in older histories). */
+  quorum = false;
+  /** Pause, resume and a cohort's emergency rollback (false in older histories). */
+  controls = false;
+  /** Search attributes upserted as the rollout moves (see `run`). */
+  searchAttributes = false;
+  /** Set while paused; the rollout holds at its next safe point (`checkpoint`). */
+  paused?: PauseState;
+  /** A wave being delivered: an emergency rollback waits for it, so a revert never precedes its install. */
+  private delivering = false;
+  /** The cohort being promoted: an emergency rollback of it is refused. */
+  private promoting?: string;
   /** The notifications raised so far, sent one after the other in that order (see `notify`). */
   private notices: Promise<void> = Promise.resolve();
   readonly startMs = Date.now();
@@ -167,6 +190,17 @@ export class Rollout {
 
   get policy(): Policy {
     return this.req.policy;
+  }
+
+  get phase(): Phase {
+    return this.current;
+  }
+
+  /** Every change of phase is upserted as `FleetgatePhase` when the rollout keeps search attributes. */
+  set phase(p: Phase) {
+    if (p === this.current) return;
+    this.current = p;
+    if (this.searchAttributes) upsertSearchAttributes([{ key: SEARCH_ATTRIBUTES.phase, value: p }]);
   }
 
   /** Simulated fleet time: real workflow time stretched by the fleet's time scale. */
@@ -188,6 +222,7 @@ export class Rollout {
       },
       cohorts: [...this.cohorts.values()],
       pendingGate: this.pendingGate,
+      ...(this.paused ? { paused: this.paused } : {}),
       lastDecision: this.log[this.log.length - 1],
       recentDecisions: this.log.slice(-RECENT_DECISIONS),
       benches: this.benches,
@@ -271,23 +306,61 @@ export class Rollout {
 
   // ---- messages ---------------------------------------------------------------------------------
 
-  validateGate(gate: string, reviewer: string): void {
+  /**
+   * Refuses (with what was wrong and the fix) an approval or rejection that does not fit the pending
+   * gate: no gate, another gate, a reviewer the policy does not name, or a digest that is not the
+   * candidate's. A validator: a refusal leaves nothing in history.
+   */
+  validateGate(gate: string, reviewer: string, digest?: string): void {
     const pending = this.pendingGate;
-    if (!pending) throw new Error(`no gate is pending; the rollout is in phase "${this.phase}"`);
+    if (!pending) {
+      throw new Error(
+        `no gate is pending; the rollout is in phase "${this.phase}"; wait until its status shows a pending gate`,
+      );
+    }
     if (gate !== pending.gate)
-      throw new Error(`gate "${gate}" is not pending; the pending gate is "${pending.gate}"`);
+      throw new Error(
+        `gate "${gate}" is not pending; the pending gate is "${pending.gate}": give that gate's name`,
+      );
     if (!this.policy.reviewers.includes(reviewer)) {
       throw new Error(
-        `reviewer "${reviewer}" is not allowed to approve; the policy's reviewers are: ${this.policy.reviewers.join(', ') || '(none)'}`,
+        `reviewer "${reviewer}" is not allowed to approve; the policy's reviewers are: ${this.policy.reviewers.join(', ') || '(none)'}; ask one of them`,
       );
+    }
+    if (digest !== undefined) {
+      const d = digest
+        .trim()
+        .toLowerCase()
+        .replace(/^sha256:/, '');
+      if (!/^[0-9a-f]{12,64}$/.test(d)) {
+        throw new Error(
+          `digest "${digest}" is not a candidate digest: give the whole sha256 or at least its first 12 hex digits, as the pending gate shows it`,
+        );
+      }
+      const cand = this.candidate?.digest ?? '';
+      if (!cand.startsWith(d)) {
+        throw new Error(
+          `digest "${digest}" is stale: the candidate of gate "${pending.gate}" is ${this.candidate ? `${this.candidate.name}@${this.candidate.version} ` : ''}${cand.slice(0, 12)}; look at the gate again and give its digest`,
+        );
+      }
     }
   }
 
   validateApprove(a: ApproveRequest): void {
-    this.validateGate(a.gate, a.reviewer);
-    if (this.pendingGate!.approvals.includes(a.reviewer)) {
+    this.validateGate(a.gate, a.reviewer, a.digest);
+    const pending = this.pendingGate!;
+    if (pending.excludeInitiator && a.reviewer === this.req.requestedBy) {
+      const others = (pending.reviewers ?? []).filter((r) => !pending.approvals.includes(r));
       throw new Error(
-        `reviewer "${a.reviewer}" has already approved gate "${a.gate}"; another reviewer must approve`,
+        `reviewer "${a.reviewer}" started this rollout and gate "${a.gate}" excludes its initiator; another reviewer must approve${others.length ? ` (${others.join(', ')})` : ''}`,
+      );
+    }
+    if (pending.approvals.includes(a.reviewer)) {
+      const others = (pending.reviewers ?? this.policy.reviewers).filter(
+        (r) => !pending.approvals.includes(r),
+      );
+      throw new Error(
+        `reviewer "${a.reviewer}" has already approved gate "${a.gate}" (${pending.approvals.length}/${pending.required}); another reviewer must approve${others.length ? ` (${others.join(', ')})` : ''}`,
       );
     }
   }
@@ -300,7 +373,8 @@ export class Rollout {
       wave: gate.wave,
       action: 'approve',
       by: a.reviewer,
-      reason: `${a.reviewer} approved gate "${gate.gate}" (${gate.approvals.length}/${gate.required})${a.comment ? `: ${a.comment}` : ''}`,
+      reason: `${a.reviewer} approved gate "${gate.gate}" (${gate.approvals.length}/${gate.required})${a.digest ? ` for candidate ${a.digest.trim().toLowerCase().slice(0, 12)}` : ''}${a.comment ? `: ${a.comment}` : ''}`,
+      ...(this.quorum && gate.evidence?.length ? { evidence: [...gate.evidence] } : {}),
     });
     return {
       gate: gate.gate,
@@ -311,8 +385,8 @@ export class Rollout {
   }
 
   validateReject(r: RejectRequest): void {
-    this.validateGate(r.gate, r.reviewer);
-    if (!r.reason || !r.reason.trim()) throw new Error('a rejection needs a reason');
+    this.validateGate(r.gate, r.reviewer, r.digest);
+    if (!r.reason || !r.reason.trim()) throw new Error('a rejection needs a reason: say why (--reason)');
   }
 
   reject(r: RejectRequest): GateReceipt {
@@ -327,6 +401,204 @@ export class Rollout {
     });
     return { gate: gate.gate, approvals: [...gate.approvals], required: gate.required, open: false };
   }
+
+  /** A pending gate of the policy: who may approve it and what it shows. */
+  openGate(g: {
+    gate: string;
+    kind: NonNullable<PendingGate['kind']>;
+    required: number;
+    timeoutMs: number;
+    excludeInitiator?: boolean;
+    cohorts?: string[];
+    evidence?: string[];
+  }): PendingGate {
+    const reviewers = this.policy.reviewers.filter(
+      (r) => !(g.excludeInitiator && r === this.req.requestedBy),
+    );
+    const gate: PendingGate = {
+      gate: g.gate,
+      kind: g.kind,
+      wave: this.wave,
+      required: g.required,
+      approvals: [],
+      openedAt: new Date().toISOString(),
+      deadline: new Date(Date.now() + g.timeoutMs).toISOString(),
+    };
+    if (g.cohorts) gate.cohorts = g.cohorts;
+    if (g.evidence) gate.evidence = g.evidence;
+    if (this.quorum) {
+      gate.reviewers = reviewers;
+      if (g.excludeInitiator) gate.excludeInitiator = true;
+      if (this.candidate) gate.digest = this.candidate.digest;
+    }
+    this.pendingGate = gate;
+    return gate;
+  }
+
+  /** The one-line evidence of each cohort: its latest statistic against its boundary, or its headline. */
+  evidenceOf(cohorts: string[]): string[] {
+    return cohorts.map((c) => `${c}: ${this.cohorts.get(c)?.headline ?? 'no look yet'}`);
+  }
+
+  /** Waits for the gate's quorum, a rejection, its cohorts all gone (emergency rollbacks) or the timeout. */
+  async awaitGate(pending: PendingGate, timeoutMs: number): Promise<boolean> {
+    return condition(
+      () =>
+        pending.approvals.length >= pending.required ||
+        this.rejection !== undefined ||
+        (pending.cohorts !== undefined && this.controls && pending.cohorts.every((c) => this.isFinal(c))),
+      timeoutMs,
+    );
+  }
+
+  isFinal(cohort: string): boolean {
+    const c = this.cohorts.get(cohort);
+    return !c || FINAL_COHORT_STATES.includes(c.state);
+  }
+
+  // ---- operator controls ------------------------------------------------------------------------
+
+  private ended(): string | undefined {
+    if (this.finished || this.outcome || this.phase === 'done')
+      return `the rollout has already ended (${this.outcome ?? 'finishing'})`;
+    if (this.abortRequest) return `an abort is under way, requested by ${this.abortRequest.by}`;
+    return undefined;
+  }
+
+  private needsControls(what: string): void {
+    if (!this.controls) {
+      throw new Error(
+        `this rollout was started by a version of fleetgate without ${what}; abort it instead if it must stop`,
+      );
+    }
+    const why = this.ended();
+    if (why) throw new Error(why);
+  }
+
+  validatePause(p: PauseRequest): void {
+    this.needsControls('pause');
+    if (!p.by || !p.by.trim()) throw new Error('a pause needs the name of who asks (by)');
+    if (!p.reason || !p.reason.trim()) throw new Error('a pause needs a reason: say why (--reason)');
+    if (this.paused) {
+      throw new Error(
+        `the rollout is already paused by ${this.paused.by} since ${this.paused.since}: ${this.paused.reason}; resume it first`,
+      );
+    }
+  }
+
+  /** Holds the rollout at its next safe point (`checkpoint`); a gate pending stays open to reviewers. */
+  pause(p: PauseRequest): PauseReceipt {
+    this.paused = { by: p.by, reason: p.reason, since: new Date().toISOString() };
+    const entry = this.record({
+      phase: this.phase,
+      wave: this.wave || undefined,
+      action: 'pause',
+      by: p.by,
+      reason: `paused by ${p.by}: ${p.reason}; nothing is delivered, analysed or promoted until it is resumed`,
+    });
+    this.notify('paused', entry);
+    return { paused: true, phase: this.phase, by: p.by };
+  }
+
+  validateResume(r: ResumeRequest): void {
+    this.needsControls('pause');
+    if (!r.by || !r.by.trim()) throw new Error('a resume needs the name of who asks (by)');
+    if (!this.paused) throw new Error('the rollout is not paused; there is nothing to resume');
+  }
+
+  resume(r: ResumeRequest): PauseReceipt {
+    const was = this.paused!;
+    this.paused = undefined;
+    const entry = this.record({
+      phase: this.phase,
+      wave: this.wave || undefined,
+      action: 'resume',
+      by: r.by,
+      reason: `resumed by ${r.by}${r.reason ? `: ${r.reason}` : ''} (paused by ${was.by} since ${was.since}: ${was.reason})`,
+    });
+    this.notify('resumed', entry);
+    return { paused: false, phase: this.phase, by: r.by };
+  }
+
+  /** A safe point: while paused, waits for the resume (an abort or a cancellation still goes through). */
+  async checkpoint(): Promise<void> {
+    if (!this.controls || !this.paused) return;
+    await condition(() => this.paused === undefined);
+  }
+
+  validateRollbackCohort(r: RollbackCohortRequest): void {
+    this.needsControls('emergency rollback');
+    if (!r.by || !r.by.trim()) throw new Error('a rollback needs the name of who asks (by)');
+    if (!r.reason || !r.reason.trim()) throw new Error('a rollback needs a reason: say why (--reason)');
+    const c = this.cohorts.get(r.cohort);
+    if (!c) {
+      throw new Error(
+        `cohort "${r.cohort}" is not in this rollout; its cohorts are: ${[...this.cohorts.keys()].join(', ') || '(none yet: the rollout is registering)'}`,
+      );
+    }
+    if (FINAL_COHORT_STATES.includes(c.state)) {
+      throw new Error(
+        `cohort "${r.cohort}" is already ${c.state}, a final state; there is nothing left to roll back`,
+      );
+    }
+    if (this.promoting === r.cohort) {
+      throw new Error(
+        `cohort "${r.cohort}" is being promoted right now; its promotion cannot be undone here`,
+      );
+    }
+  }
+
+  /**
+   * The operator's emergency rollback of one cohort: it ends `rolled_back` at once (so the rollout
+   * delivers, analyses and promotes nothing more there) and its changes are compensated last-in first-out,
+   * after a wave being delivered has landed. The other cohorts go on.
+   */
+  async emergencyRollback(r: RollbackCohortRequest): Promise<RollbackCohortReceipt> {
+    const c = this.cohorts.get(r.cohort)!;
+    c.state = 'rolled_back';
+    c.headline = `emergency rollback by ${r.by}: ${r.reason}`;
+    const before = this.compensationsRun.length;
+    await condition(() => !this.delivering);
+    await this.compensate([r.cohort]);
+    const entry = this.record({
+      phase: this.phase,
+      wave: this.wave || undefined,
+      cohort: r.cohort,
+      action: 'rollback',
+      by: r.by,
+      reason: `emergency rollback of ${r.cohort} by ${r.by}: ${r.reason}; its changes are compensated, the other cohorts go on`,
+    });
+    this.notify('rollback', entry);
+    return {
+      cohort: r.cohort,
+      state: c.state,
+      compensations: this.compensationsRun.length - before,
+    };
+  }
+
+  // ---- search attributes ------------------------------------------------------------------------
+
+  /** Upserts the candidate and production search attributes (the phase is upserted by its setter). */
+  upsertModels(): void {
+    if (!this.searchAttributes) return;
+    const production = new Set<string>();
+    for (const [cohort, digest] of this.production) {
+      const promoted = this.cohorts.get(cohort)?.state === 'promoted' && this.candidate;
+      const d = promoted ? this.candidate!.digest : digest;
+      production.add(d);
+      const v = this.versions[d];
+      if (v && this.modelNames[d]) production.add(`${this.modelNames[d]}@${v}`);
+    }
+    upsertSearchAttributes([
+      ...(this.candidate
+        ? [{ key: SEARCH_ATTRIBUTES.candidate, value: `${this.candidate.name}@${this.candidate.version}` }]
+        : []),
+      { key: SEARCH_ATTRIBUTES.production, value: [...production].sort() },
+    ]);
+  }
+
+  /** Model name of every digest in play, for the production search attribute. */
+  private readonly modelNames: Record<string, string> = {};
 
   validateAbort(a: AbortRequest): void {
     if (this.finished || this.outcome)
@@ -430,6 +702,17 @@ export class Rollout {
     this.engine = patched(PATCHES.decisionEngine) ? 2 : 1;
     this.scopedFailures = patched(PATCHES.cohortScopedFailures);
     this.notifying = patched(PATCHES.notifyWebhook);
+    this.quorum = patched(PATCHES.quorumGates);
+    this.controls = patched(PATCHES.operatorControls);
+    // Only a rollout started with FleetgatePhase set upserts: its start proved that the namespace has the
+    // attributes registered (an upsert of an unregistered one would fail every workflow task).
+    if (
+      workflowInfo().typedSearchAttributes.get(SEARCH_ATTRIBUTES.phase) !== undefined &&
+      patched(PATCHES.searchAttributes)
+    ) {
+      this.searchAttributes = true;
+      upsertSearchAttributes([{ key: SEARCH_ATTRIBUTES.phase, value: this.phase }]);
+    }
     await this.register();
     await this.bench();
     await this.shadow();
@@ -480,10 +763,12 @@ export class Rollout {
     }
     this.candidate = candidate;
     this.versions[candidate.digest] = candidate.version;
+    this.modelNames[candidate.digest] = candidate.name;
     for (const cohort of wanted) {
       const prod = production.byCohort[cohort]!;
       this.production.set(cohort, prod.digest);
       this.versions[prod.digest] = prod.version;
+      this.modelNames[prod.digest] = prod.name;
       const problems = compareContracts(prod.contract, candidate.contract);
       if (problems.length > 0) {
         throw new RolloutEnded(
@@ -521,6 +806,7 @@ export class Rollout {
         (candidate.signer ? `, signed by ${candidate.signer.slice(0, 16)},` : '') +
         ` registered; contract matches production in ${wanted.length} cohort(s)`,
     });
+    this.upsertModels();
   }
 
   private skus = new Map<string, Sku>();
@@ -616,6 +902,8 @@ export class Rollout {
    */
   private async applyShadowVerdicts(verdicts: ShadowVerdict[], to: number): Promise<void> {
     for (const v of verdicts) {
+      // A cohort an operator rolled back during the shadow stays rolled back.
+      if (this.controls && this.isFinal(v.cohort)) continue;
       this.record({
         phase: 'shadow',
         cohort: v.cohort,
@@ -712,12 +1000,14 @@ export class Rollout {
     for (let i = 0; i < waves.length; i++) {
       const w = waves[i]!;
       if (this.active().length === 0) break;
-      if (w.approval) await this.gate(i + 1, w.approval);
+      if (w.approval && !(await this.gate(i + 1, w.approval))) break;
+      await this.checkpoint();
       const cohorts = this.active();
       if (cohorts.length === 0) break;
       this.wave = i + 1;
       this.look = 0;
       this.push({ kind: 'revertWave', wave: this.wave, cohorts: [...cohorts] });
+      this.delivering = true;
       const delivered = await CancellationScope.nonCancellable(() =>
         acts.deliverWave({
           ...this.fleetRef(),
@@ -726,11 +1016,12 @@ export class Rollout {
           cohorts,
           digest: this.candidate!.digest,
         }),
-      );
+      ).finally(() => (this.delivering = false));
       for (const c of cohorts) {
         const s = this.cohorts.get(c)!;
         s.wave = this.wave;
-        s.vehicles = delivered.vehicles[c] ?? 0;
+        // A cohort rolled back by an operator while the wave was delivered has been reverted since.
+        if (!(this.controls && this.isFinal(c))) s.vehicles = delivered.vehicles[c] ?? 0;
       }
       this.record({
         phase: 'canary',
@@ -746,6 +1037,7 @@ export class Rollout {
       for (let k = 1; ; k++) {
         this.look = k;
         await sleep(interval);
+        await this.checkpoint();
         const last = k >= w.looks;
         const decisions = await this.analyzeLook({
           stage: 'canary',
@@ -833,12 +1125,14 @@ export class Rollout {
       });
       this.lastCollectedSimMs = now;
     }
-    const stats: CohortStats[] = await acts.analyze({
+    let stats: CohortStats[] = await acts.analyze({
       rolloutId: this.req.rolloutId,
       phase: 'canary',
       cohorts,
       asOfMs: now,
     });
+    // A cohort an operator rolled back during the analysis is decided no more.
+    if (this.controls) stats = stats.filter((s) => !this.isFinal(s.cohort));
     for (const s of stats) this.lastStats.set(s.cohort, s);
     if (this.engine === 2) return this.carryOut(ctx, stats, now);
     const { decisions, state } = decideLook(this.policy, ctx, stats, this.seq);
@@ -918,7 +1212,7 @@ export class Rollout {
    */
   async escalate(ds: CohortDecision[]): Promise<string[]> {
     const cohorts = ds.map((d) => d.cohort);
-    const { required, timeout } = this.policy.analysis.escalation;
+    const { required, timeout, excludeInitiator } = this.policy.analysis.escalation;
     if (this.policy.reviewers.length === 0) {
       for (const d of ds) {
         await this.rollbackCohort(
@@ -932,17 +1226,15 @@ export class Rollout {
     }
     const timeoutMs = parseDuration(timeout)!;
     for (const c of cohorts) this.setState(c, 'escalated');
-    this.pendingGate = {
+    const pending = this.openGate({
       gate: 'escalation',
       kind: 'escalation',
-      wave: this.wave,
+      required,
+      timeoutMs,
+      excludeInitiator: this.quorum && excludeInitiator === true,
       cohorts,
       evidence: ds.map((d) => `${d.cohort}: ${headline(d)}`),
-      required,
-      approvals: [],
-      openedAt: new Date().toISOString(),
-      deadline: new Date(Date.now() + timeoutMs).toISOString(),
-    };
+    });
     const opened = this.record({
       phase: this.phase,
       wave: this.wave,
@@ -950,16 +1242,14 @@ export class Rollout {
       reason: `escalation: waiting for ${required} approval(s) of gate "escalation" to go on with ${cohorts.join(', ')}, which the data could not decide; approve to ${this.phase === 'analysis' ? 'promote' : 'continue'}, reject to roll back`,
     });
     this.notify('escalated', opened);
-    const pending = this.pendingGate;
-    const decided = await condition(
-      () => pending.approvals.length >= pending.required || this.rejection !== undefined,
-      timeoutMs,
-    );
+    const decided = await this.awaitGate(pending, timeoutMs);
     this.pendingGate = undefined;
     const rejection = this.rejection;
     this.rejection = undefined;
+    // Cohorts an operator rolled back while the gate was open are decided already.
+    const open = this.controls ? ds.filter((d) => !this.isFinal(d.cohort)) : ds;
     if (rejection) {
-      for (const d of ds) {
+      for (const d of open) {
         await this.rollbackCohort(
           d.cohort,
           'rolled_back',
@@ -969,8 +1259,8 @@ export class Rollout {
       }
       return [];
     }
-    if (!decided) {
-      for (const d of ds) {
+    if (!decided || pending.approvals.length < pending.required) {
+      for (const d of open) {
         await this.rollbackCohort(
           d.cohort,
           'held',
@@ -981,39 +1271,54 @@ export class Rollout {
       return [];
     }
     this.lastApprovals = [...pending.approvals];
-    for (const c of cohorts) this.setState(c, 'canary');
-    this.record({
-      phase: this.phase,
-      wave: this.wave,
-      action: 'gate-passed',
-      reason: `gate "escalation" approved by ${pending.approvals.join(', ')} for ${cohorts.join(', ')}`,
-    });
-    return cohorts;
+    const approved = open.map((d) => d.cohort);
+    for (const c of approved) this.setState(c, 'canary');
+    this.passed(pending, approved);
+    return approved;
   }
 
-  async gate(wave: number, approval: NonNullable<Policy['waves'][number]['approval']>): Promise<void> {
+  /** The decision-log line of a gate whose quorum approved: who, for which cohorts, on what evidence. */
+  private passed(pending: PendingGate, cohorts?: string[]): void {
+    const evidence = this.quorum ? (pending.evidence ?? []) : [];
+    this.record({
+      phase: this.phase,
+      wave: pending.wave,
+      action: 'gate-passed',
+      ...(this.quorum ? { by: pending.approvals.join(', ') } : {}),
+      reason:
+        `gate "${pending.gate}" approved by ${pending.approvals.join(', ')}` +
+        (cohorts ? ` for ${cohorts.join(', ')}` : '') +
+        (evidence.length > 0 ? `; evidence: ${evidence.join('; ')}` : ''),
+      ...(evidence.length > 0 ? { evidence: [...evidence] } : {}),
+    });
+  }
+
+  /**
+   * A reviewer gate before wave `wave`. Approved by its quorum: the wave goes on. Rejected: the rollout
+   * ends rejected. Unanswered by its timeout: with quorum gates the cohorts waiting for it are held
+   * (compensated, never promoted) and `false` is returned; in older histories the rollout was aborted.
+   */
+  async gate(wave: number, approval: NonNullable<Policy['waves'][number]['approval']>): Promise<boolean> {
     const timeoutMs = parseDuration(approval.timeout)!;
-    this.pendingGate = {
+    const cohorts = this.quorum ? this.active() : undefined;
+    const pending = this.openGate({
       gate: approval.gate,
       kind: 'wave',
-      wave,
       required: approval.required,
-      approvals: [],
-      openedAt: new Date().toISOString(),
-      deadline: new Date(Date.now() + timeoutMs).toISOString(),
-    };
+      timeoutMs,
+      excludeInitiator: this.quorum && approval.excludeInitiator === true,
+      cohorts,
+      evidence: cohorts && this.evidenceOf(cohorts),
+    });
+    pending.wave = wave;
     const opened = this.record({
       phase: this.phase,
       wave,
       action: 'gate-open',
-      reason: `waiting for ${approval.required} approval(s) of gate "${approval.gate}" before wave ${wave}`,
+      reason: `waiting for ${approval.required} approval(s) of gate "${approval.gate}" before wave ${wave}${cohorts ? ` (${cohorts.join(', ')})` : ''}`,
     });
     this.notify('gate-pending', opened);
-    const pending = this.pendingGate;
-    const decided = await condition(
-      () => pending.approvals.length >= pending.required || this.rejection !== undefined,
-      timeoutMs,
-    );
+    const decided = await this.awaitGate(pending, timeoutMs);
     this.pendingGate = undefined;
     if (this.rejection) {
       const r = this.rejection;
@@ -1023,19 +1328,21 @@ export class Rollout {
         `gate "${r.gate}" rejected by ${r.reviewer}: ${r.reason}`,
       );
     }
-    if (!decided) {
-      throw new RolloutEnded(
-        'aborted',
-        this.phase,
-        `gate "${approval.gate}" timed out after ${approval.timeout} with ${pending.approvals.length}/${pending.required} approval(s)`,
-      );
+    const quorum = pending.approvals.length >= pending.required;
+    if (!decided || !quorum) {
+      const why = `gate "${approval.gate}" timed out after ${approval.timeout} with ${pending.approvals.length}/${pending.required} approval(s)`;
+      if (!this.quorum) throw new RolloutEnded('aborted', this.phase, why);
+      for (const c of (cohorts ?? []).filter((x) => !this.isFinal(x))) {
+        await this.rollbackCohort(
+          c,
+          'held',
+          `${why} before wave ${wave}: ${c} held, its waves withdrawn, never promoted without its reviewers`,
+        );
+      }
+      return false;
     }
-    this.record({
-      phase: this.phase,
-      wave,
-      action: 'gate-passed',
-      reason: `gate "${approval.gate}" approved by ${pending.approvals.join(', ')}`,
-    });
+    this.passed(pending);
+    return true;
   }
 
   async labelWait(): Promise<void> {
@@ -1082,6 +1389,7 @@ export class Rollout {
     const shown = (c: CoverageCount) =>
       `${pct(c.coverage)} (${c.labeled}/${c.requested}${c.young ? `, ${c.young} younger than the maturity not counted` : ''})`;
     for (;;) {
+      await this.checkpoint();
       const cohorts = this.active();
       if (cohorts.length === 0) return;
       const asOfMs = this.simNow();
@@ -1120,12 +1428,21 @@ export class Rollout {
   }
 
   async finalAnalysis(): Promise<void> {
+    await this.checkpoint();
     if (this.active().length === 0) return;
     this.phase = 'analysis';
     const decisions = await this.analyzeLook({ stage: 'final', isLastLookOfWave: true, extraLooksUsed: 0 });
     this.phase = 'promote';
-    for (const d of decisions) {
-      if (d.action !== 'promote') continue;
+    let promote = decisions.filter(
+      (d) => d.action === 'promote' && !(this.controls && this.isFinal(d.cohort)),
+    );
+    const approval = this.quorum ? this.policy.promotion?.approval : undefined;
+    if (approval && promote.length > 0) promote = await this.promotionGate(approval, promote);
+    await this.checkpoint();
+    for (const d of promote) {
+      // An operator may have rolled the cohort back while the rollout was paused.
+      if (this.controls && this.isFinal(d.cohort)) continue;
+      this.promoting = d.cohort;
       await CancellationScope.nonCancellable(async () => {
         const cand = this.candidate!.digest;
         const res = await acts.promoteCohort({ ...this.fleetRef(), cohort: d.cohort, digest: cand });
@@ -1158,7 +1475,65 @@ export class Rollout {
         });
         this.notify('promoted', entry);
       });
+      this.promoting = undefined;
+      this.upsertModels();
     }
+  }
+
+  /**
+   * The policy's gate before the final promotion: it shows the cohorts about to be promoted and their
+   * evidence. Approved: they are promoted. Rejected: the rollout ends rejected (everything compensated).
+   * Unanswered by its timeout: they are held, never promoted.
+   */
+  private async promotionGate(
+    approval: NonNullable<NonNullable<Policy['promotion']>['approval']>,
+    ds: CohortDecision[],
+  ): Promise<CohortDecision[]> {
+    const timeoutMs = parseDuration(approval.timeout)!;
+    const cohorts = ds.map((d) => d.cohort);
+    const pending = this.openGate({
+      gate: approval.gate,
+      kind: 'promotion',
+      required: approval.required,
+      timeoutMs,
+      excludeInitiator: approval.excludeInitiator,
+      cohorts,
+      evidence: ds.map((d) => `${d.cohort}: ${headline(d)}`),
+    });
+    const opened = this.record({
+      phase: this.phase,
+      action: 'gate-open',
+      reason: `waiting for ${approval.required} approval(s) of gate "${approval.gate}" before promoting ${cohorts.join(', ')}`,
+    });
+    this.notify('gate-pending', opened);
+    const decided = await this.awaitGate(pending, timeoutMs);
+    this.pendingGate = undefined;
+    if (this.rejection) {
+      const r = this.rejection;
+      throw new RolloutEnded(
+        'rejected',
+        this.phase,
+        `gate "${r.gate}" rejected by ${r.reviewer}: ${r.reason}`,
+      );
+    }
+    const open = ds.filter((d) => !this.isFinal(d.cohort));
+    if (!decided || pending.approvals.length < pending.required) {
+      for (const d of open) {
+        await this.rollbackCohort(
+          d.cohort,
+          'held',
+          `gate "${approval.gate}" unanswered after ${approval.timeout} (${pending.approvals.length}/${pending.required} approvals): ${d.cohort} held, never promoted without its reviewers`,
+          d,
+        );
+      }
+      return [];
+    }
+    this.passed(
+      pending,
+      open.map((d) => d.cohort),
+    );
+    for (const d of open) d.reason = `${d.reason} Promotion approved by ${pending.approvals.join(', ')}.`;
+    return open;
   }
 }
 
@@ -1176,6 +1551,11 @@ export async function rolloutWorkflow(input: RolloutRequestInput): Promise<Rollo
   setHandler(approveUpdate, (a) => r.approve(a), { validator: (a) => r.validateApprove(a) });
   setHandler(rejectUpdate, (a) => r.reject(a), { validator: (a) => r.validateReject(a) });
   setHandler(abortUpdate, (a) => r.abort(a), { validator: (a) => r.validateAbort(a) });
+  setHandler(pauseUpdate, (p) => r.pause(p), { validator: (p) => r.validatePause(p) });
+  setHandler(resumeUpdate, (p) => r.resume(p), { validator: (p) => r.validateResume(p) });
+  setHandler(rollbackCohortUpdate, (c) => r.emergencyRollback(c), {
+    validator: (c) => r.validateRollbackCohort(c),
+  });
 
   let outcome: RolloutOutcome = 'completed';
   let rejectedAt: Phase | undefined;
@@ -1214,6 +1594,10 @@ export async function rolloutWorkflow(input: RolloutRequestInput): Promise<Rollo
     await r.notified();
   }
   r.phase = 'done';
+  if (r.searchAttributes) {
+    r.upsertModels();
+    upsertSearchAttributes([{ key: SEARCH_ATTRIBUTES.outcome, value: outcome }]);
+  }
 
   const result: RolloutResult = {
     rolloutId: r.req.rolloutId,
