@@ -205,7 +205,8 @@ function tone(word: string): string {
 
 // ---- the page -------------------------------------------------------------------------------------
 
-const CSS = `
+/** The report's stylesheet; the status page of cli/ui-page.ts uses it too, so its charts look the same. */
+export const REPORT_CSS = `
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;color:#1b1f24;margin:0;background:#fff}
 main{max-width:1100px;margin:0 auto;padding:24px}
 h1{font-size:22px;margin:0 0 12px}h2{font-size:18px;margin:32px 0 8px;border-bottom:1px solid #d0d7de;padding-bottom:4px}
@@ -239,7 +240,7 @@ export function renderReportHtml(report: unknown): string {
   const body = [
     header(r, rolloutId),
     outcomeTable(cohorts, entries, obj(r.production)),
-    charts(cohorts, entries, policy),
+    charts(cohorts, entries, policy, true),
     timeline(entries, policy, str(r.startedAt)),
     decisionLog(entries),
   ].join('\n');
@@ -250,7 +251,7 @@ export function renderReportHtml(report: unknown): string {
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'">
 <title>fleetgate report ${e(rolloutId)}</title>
-<style>${CSS}</style>
+<style>${REPORT_CSS}</style>
 </head>
 <body>
 <main>
@@ -355,7 +356,24 @@ function harmThresholds(policy: Obj | undefined): Map<string, number> {
   return out;
 }
 
-function charts(cohorts: Cohort[], entries: Entry[], policy: Obj | undefined): string {
+/**
+ * The "Metrics per look" section alone, for a report or a report-shaped status (`cohorts`, `decisions`,
+ * optional `policy`): the status page of cli/ui.ts draws a live rollout's charts with it. `tables`:
+ * the per-look table under each chart.
+ */
+export function renderMetricCharts(report: unknown, opts: { tables?: boolean } = {}): string {
+  const r = obj(report) ?? {};
+  const cohorts = arr(r.cohorts)
+    .map(readCohort)
+    .filter((c): c is Cohort => c !== undefined);
+  const entries = arr(r.decisions)
+    .map(readEntry)
+    .filter((x): x is Entry => x !== undefined)
+    .sort((a, b) => a.seq - b.seq);
+  return charts(cohorts, entries, obj(r.policy), opts.tables ?? true);
+}
+
+function charts(cohorts: Cohort[], entries: Entry[], policy: Obj | undefined, tables: boolean): string {
   const thresholds = harmThresholds(policy);
   const parts: string[] = ['<h2 id="metrics">Metrics per look</h2>'];
   parts.push(
@@ -375,7 +393,7 @@ function charts(cohorts: Cohort[], entries: Entry[], policy: Obj | undefined): s
       for (const m of l.entry.metrics) if (!names.includes(m.metric)) names.push(m.metric);
     const decided = decidingEntry(c.cohort, entries);
     for (const name of names) {
-      parts.push(metricChart(c.cohort, name, looks, decided, thresholds.get(name)));
+      parts.push(metricChart(c.cohort, name, looks, decided, thresholds.get(name), tables));
     }
   }
   if (!any) parts.push('<p>This report holds no per-look statistics.</p>');
@@ -392,6 +410,7 @@ function metricChart(
   looks: Look[],
   decided: Entry | undefined,
   policyThreshold: number | undefined,
+  tables: boolean,
 ): string {
   const pts = looks.map((l) => ({ look: l, m: l.entry.metrics.find((m) => m.metric === metric) }));
   const first = pts.find((p) => p.m)?.m;
@@ -563,10 +582,12 @@ function metricChart(
     return `<tr><td>${e(look.label)}</td><td>${e(fmtTime(x0.dataAsOf))}</td><td class="n">${fmtCount(m.nCandidate)}</td><td class="n">${fmtCount(m.nProduction)}</td><td class="n">${fmt(m.candidate)}</td><td class="n">${fmt(m.production)}</td><td class="n">${estimated(m) ? fmt(m.estimate, true) : '—'}</td><td class="n">${estimated(m) ? `[${fmt(m.ci?.[0], true)}, ${fmt(m.ci?.[1], true)}]` : 'none yet'}</td><td class="n">${m.level === undefined ? '—' : fmt(m.level)}</td><td class="n">${fmt(m.lambda)} / ${fmt(m.boundary)}</td><td><span class="badge ${tone(m.verdict ?? '')}">${e(m.verdict ?? '—')}</span></td><td>${e(x0.action)}</td><td>${e(m.note ?? '')}</td></tr>`;
   });
   const test = first?.test ? `, ${e(first.test)}` : '';
-  return `<figure>
+  const figure = `<figure>
 ${svg.join('\n')}
 <figcaption>${e(metric)} in ${e(cohort)} (${e(unit)}${test}): ${pts.length} look(s); margin ${fmt(margin, true)}, harm threshold ${fmt(threshold, true)}.</figcaption>
-</figure>
+</figure>`;
+  if (!tables) return figure;
+  return `${figure}
 <table class="looks" data-cohort="${e(cohort)}" data-metric="${e(metric)}">
 <caption class="muted">${e(metric)} in ${e(cohort)}, per look</caption>
 <thead><tr><th scope="col">Look</th><th scope="col">Data as of (simulated)</th><th scope="col">n candidate</th><th scope="col">n production</th><th scope="col">Candidate</th><th scope="col">Production</th><th scope="col">Estimate Δ</th><th scope="col">Confidence band</th><th scope="col">Level α</th><th scope="col">Statistic / boundary</th><th scope="col">Verdict</th><th scope="col">Action</th><th scope="col">Note</th></tr></thead>

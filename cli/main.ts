@@ -40,12 +40,14 @@ import type * as WorkerModule from '../workers/worker';
 import type * as DevServerModule from '../workers/dev-server';
 import type * as RegistryModule from '../activities/registry';
 import type * as FleetActivitiesModule from '../activities/fleet';
+import type * as DriftActivitiesModule from '../activities/drift';
 import type * as SimFleetModule from '../sim/fleet';
 import type * as IotAgentModule from '../sim/iot-agent';
 import type * as SimulateModule from './simulate';
 import type * as ScenarioModule from '../policies/scenario';
 import type * as ModelModule from './model';
 import type * as ReportModule from './report';
+import type * as UiModule from './ui';
 
 export const DEFAULT_FLEET = 'sim/fleets/demo.yaml';
 export const DEFAULT_PRODUCTION = 'models/production';
@@ -80,6 +82,7 @@ Usage: fleetgate <command> [options]      (fleetgate <command> --help for detail
   reject ID                   reject a pending gate (the rollout rolls back)
   abort ID                    abort a rollout; its changes are compensated
   report ID                   write a rollout's report as one self-contained HTML page (no server needed)
+  ui                          serve a live status page of the rollouts on 127.0.0.1 (fleetgate ui --help)
   worker                      run a worker (workflows and activities)
   server                      run a local Temporal dev server with the data directory's history
   fleet init                  register production and create the simulated fleet (idempotent)
@@ -778,6 +781,9 @@ export async function initFleet(
   const services = await openServices(config.dataDir, config.root, config.ota);
   try {
     const prod = await bootstrapProduction(services, packDir, cohorts, by);
+    // The drift checks' reference (fleetgate drift), stored beside production's record as it is registered.
+    const { storeDriftReferences } = require('../activities/drift') as typeof DriftActivitiesModule;
+    await storeDriftReferences(services.store, prod, manifest);
     const productionByCohort = Object.fromEntries(cohorts.map((c) => [c, prod.digest]));
     const production =
       `production ${prod.name}@${prod.version} (${prod.digest.slice(0, 12)}) in ${cohorts.length} cohort(s) ` +
@@ -886,6 +892,7 @@ const COMMANDS: Record<string, (args: string[]) => Promise<number>> = {
   simulate: simulateCommand,
   model: (args) => (require('./model') as typeof ModelModule).modelCommand(args),
   report: (args) => (require('./report') as typeof ReportModule).reportCommand(args),
+  ui: (args) => (require('./ui') as typeof UiModule).uiCommand(args),
 };
 
 /** Runs one command; returns the process exit code. Never throws. */
