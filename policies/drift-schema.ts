@@ -92,3 +92,33 @@ export const DriftPolicy = z
   .strict();
 export type DriftPolicy = z.infer<typeof DriftPolicy>;
 export type DriftPolicyInput = z.input<typeof DriftPolicy>;
+
+/** The input of driftCheckWorkflow: what `fleetgate drift schedule` puts in its schedule's action. */
+export const DriftCheckRequest = z
+  .object({
+    scheduleId: z
+      .string()
+      .regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/, {
+        message: 'letters, digits, ".", "_" or "-", at most 100',
+      })
+      .describe('The schedule the check belongs to; its results are kept under this id'),
+    fleet: z
+      .object({
+        manifest: z.string().min(1).describe('Fleet manifest file, relative to the worker'),
+        timeScale: z
+          .number()
+          .positive()
+          .default(1)
+          .describe("Simulated fleet time per real second since the cohorts' first production"),
+      })
+      .strict(),
+    cohorts: z
+      .array(z.string().min(1))
+      .min(1)
+      .optional()
+      .describe('Cohorts checked; every cohort of the fleet when absent'),
+    policy: DriftPolicy.default(DriftPolicy.parse({})),
+  })
+  .strict();
+export type DriftCheckRequest = z.infer<typeof DriftCheckRequest>;
+export type DriftCheckRequestInput = z.input<typeof DriftCheckRequest>;

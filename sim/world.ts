@@ -11,6 +11,7 @@ import { rmSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { bootstrapProduction } from '../activities/registry';
 import { initSimFleet } from '../activities/fleet';
+import { storeDriftReferences } from '../activities/drift';
 import { openServices, trustFixtureSigner, type Services } from '../workers/worker';
 import { loadFleetManifest } from './fleet';
 
@@ -47,6 +48,8 @@ export async function openSimWorld(opts: SimWorldOptions): Promise<SimWorld> {
     const manifest = loadFleetManifest(resolve(opts.root, opts.fleet));
     const cohorts = manifest.cohorts.map((c) => c.name);
     const prod = await bootstrapProduction(services, opts.production, cohorts, opts.by);
+    // The reference the drift checks compare with, stored beside production's record as it is registered.
+    await storeDriftReferences(services.store, prod, manifest);
     await initSimFleet(
       { conn: services.db.connection, key: services.key, root: opts.root },
       opts.fleet,

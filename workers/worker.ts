@@ -16,6 +16,7 @@ import { createLabelActivities } from '../activities/labels';
 import { createAnalysisActivities } from '../activities/analysis';
 import { createReportActivities } from '../activities/report';
 import { type WebhookConfig, createNotifyActivities } from '../activities/notify';
+import { createDriftActivities } from '../activities/drift';
 import { openFleetDatabase } from '../activities/db';
 import type { ObjectStore, OtaChannel } from '../activities/deps';
 import { AwsIotJobsChannel } from '../activities/ota-iot';
@@ -149,6 +150,7 @@ export function createActivities(s: Services) {
     ...createAnalysisActivities({ conn: s.db.connection }),
     ...createReportActivities({ dataDir: s.dataDir }),
     ...createNotifyActivities({ webhook: s.webhook }),
+    ...createDriftActivities({ store: s.store, root: s.root }),
   };
 }
 export type Activities = ReturnType<typeof createActivities>;
