@@ -59,7 +59,7 @@ function tone(w) {
   return 'plain';
 }
 const badge = (w) => w ? '<span class="badge ' + tone(w) + '">' + esc(w) + '</span>' : '—';
-const time = (iso) => { const m = /^(\\d{4}-\\d{2}-\\d{2})T(\\d{2}:\\d{2}:\\d{2})/.exec(iso || ''); return m ? m[1] + ' ' + m[2] + 'Z' : esc(iso || '—'); };
+const time = (iso) => { const m = /^(\\d{4}-\\d{2}-\\d{2})T(\\d{2}:\\d{2}:\\d{2})/.exec(iso || ''); return m ? m[1] + ' ' + m[2] + 'Z' : (iso || '—'); };
 let selected = decodeURIComponent((location.hash.match(/^#rollout=(.+)$/) || [])[1] || '');
 let listDrawn = false;
 let lastCharts = null;
@@ -103,7 +103,7 @@ function drawRollout(v) {
   const cand = v.candidate ? esc(v.candidate.name) + '@' + esc(v.candidate.version) : '—';
   const phase = v.paused ? 'paused' : v.phase;
   $('kpis').innerHTML = [
-    tile('phase', 'Phase', badge(phase), v.paused ? 'in ' + v.phase : (v.running ? '' : (v.status || '').toLowerCase())),
+    tile('phase', 'Phase', badge(phase), v.paused ? 'in ' + v.phase + ' by ' + v.paused.by : (v.running ? '' : (v.status || '').toLowerCase())),
     tile('wave', 'Wave', esc(v.wave ?? '—') + ' / ' + esc(v.waves ?? '—')),
     tile('look', 'Look', esc(v.look ?? '—')),
     tile('candidate', 'Candidate', cand, v.candidate ? v.candidate.digest.slice(0, 12) : ''),
@@ -121,9 +121,10 @@ function drawRollout(v) {
   const g = v.running ? v.pendingGate : undefined;
   $('gate').classList.toggle('hidden', !g);
   if (g) {
-    $('gate-name').textContent = g.gate;
+    $('gate-name').textContent = g.gate + (g.digest ? ' (candidate ' + g.digest.slice(0, 12) + ')' : '');
     $('gate-detail').textContent = (g.kind === 'escalation' ? 'escalation' : 'before wave ' + g.wave) + '; approvals ' +
       g.approvals.length + '/' + g.required + (g.approvals.length ? ' (' + g.approvals.join(', ') + ')' : '') + '; deadline ' + time(g.deadline) +
+      (g.reviewers && g.reviewers.length ? '; reviewers: ' + g.reviewers.join(', ') : '') +
       (g.evidence && g.evidence.length ? '; ' + g.evidence.join('; ') : '');
   }
   $('actions').classList.toggle('hidden', !v.running);
@@ -136,7 +137,7 @@ function drawRollout(v) {
   const log = v.decisions.slice().reverse();
   $('log-title').textContent = 'Decision log (' + (v.running ? 'latest ' : '') + log.length + ' entries)';
   $('log').innerHTML = '<table class="decisions"><thead><tr><th scope="col">Seq</th><th scope="col">Time</th><th scope="col">Phase</th><th scope="col">Wave / look</th><th scope="col">Action</th><th scope="col">Cohort</th><th scope="col">By</th><th scope="col">Reason</th></tr></thead><tbody>' +
-    log.map((d) => '<tr class="entry" data-seq="' + esc(d.seq) + '"><td class="n">' + esc(d.seq) + '</td><td>' + time(d.at) + '</td><td>' + esc(d.phase) + '</td><td>' +
+    log.map((d) => '<tr class="entry" data-seq="' + esc(d.seq) + '"><td class="n">' + esc(d.seq) + '</td><td>' + esc(time(d.at)) + '</td><td>' + esc(d.phase) + '</td><td>' +
       (d.wave === undefined ? '' : 'w' + esc(d.wave)) + (d.look === undefined ? '' : ' l' + esc(d.look)) + '</td><td>' + badge(d.action) + '</td><td>' + esc(d.cohort || '') +
       '</td><td>' + esc(d.by || '') + '</td><td class="reason">' + esc(d.reason) + '</td></tr>').join('') + '</tbody></table>';
   document.body.dataset.phase = phase || '';
@@ -164,8 +165,10 @@ async function act(action, body) {
 }
 
 const val = (id) => $(id).value.trim();
-$('approve').addEventListener('click', (ev) => { ev.preventDefault(); act('approve', { gate: view.pendingGate?.gate, reviewer: val('reviewer'), comment: val('gate-text') || undefined }); });
-$('reject').addEventListener('click', (ev) => { ev.preventDefault(); act('reject', { gate: view.pendingGate?.gate, reviewer: val('reviewer'), reason: val('gate-text') }); });
+// The candidate digest shown on the page: an answer about another candidate is refused.
+const gateDigest = () => view.pendingGate?.digest || view.candidate?.digest || undefined;
+$('approve').addEventListener('click', (ev) => { ev.preventDefault(); act('approve', { gate: view.pendingGate?.gate, reviewer: val('reviewer'), comment: val('gate-text') || undefined, digest: gateDigest() }); });
+$('reject').addEventListener('click', (ev) => { ev.preventDefault(); act('reject', { gate: view.pendingGate?.gate, reviewer: val('reviewer'), reason: val('gate-text'), digest: gateDigest() }); });
 $('pause').addEventListener('click', (ev) => { ev.preventDefault(); act('pause', { by: val('by'), reason: val('why') || undefined }); });
 $('resume').addEventListener('click', (ev) => { ev.preventDefault(); act('resume', { by: val('by'), reason: val('why') || undefined }); });
 $('abort').addEventListener('click', (ev) => { ev.preventDefault(); if (confirm('Abort ' + view.id + '? Its changes are compensated.')) act('abort', { by: val('by'), reason: val('why') || undefined }); });

@@ -38,6 +38,7 @@ import {
   WORKFLOW_TYPE,
   type CohortStatus,
   type DecisionLogEntry,
+  type PauseState,
   type PendingGate,
   type RolloutStatus,
 } from '../workflows/definitions';
@@ -88,7 +89,8 @@ export interface RolloutView {
   candidate?: { name: string; version: string; digest: string };
   cohorts: CohortStatus[];
   pendingGate?: PendingGate;
-  paused?: boolean;
+  /** Set while an operator's pause holds the rollout. */
+  paused?: PauseState;
   outcome?: string;
   reason?: string;
   /** The latest label coverage the decision log states, e.g. "93.1%". */
@@ -183,7 +185,7 @@ export function viewOfStatus(id: string, s: RolloutStatus, status = 'RUNNING'): 
     candidate: s.candidate,
     cohorts: s.cohorts ?? [],
     pendingGate: s.pendingGate,
-    paused: (s as { paused?: unknown }).paused === true ? true : undefined,
+    paused: s.paused,
     outcome: s.outcome,
     labelCoverage: labelCoverage(decisions),
     decisions,
@@ -302,18 +304,23 @@ async function runAction(opts: UiServerOptions, id: string, action: UiAction, bo
   const by = () => field(body, action, 'by')!;
   const call = (): Promise<unknown> => {
     switch (action) {
+      // The digest the page showed goes with a gate's answer: refused if the candidate changed since.
       case 'approve': {
         const comment = field(body, action, 'comment', true);
+        const digest = field(body, action, 'digest', true);
         const req = { gate: field(body, action, 'gate')!, reviewer: field(body, action, 'reviewer')! };
-        return handle.executeUpdate(approveUpdate, { args: [{ ...req, ...(comment ? { comment } : {}) }] });
+        return handle.executeUpdate(approveUpdate, {
+          args: [{ ...req, ...(comment ? { comment } : {}), ...(digest ? { digest } : {}) }],
+        });
       }
       case 'reject': {
+        const digest = field(body, action, 'digest', true);
         const req = {
           gate: field(body, action, 'gate')!,
           reviewer: field(body, action, 'reviewer')!,
           reason: field(body, action, 'reason')!,
         };
-        return handle.executeUpdate(rejectUpdate, { args: [req] });
+        return handle.executeUpdate(rejectUpdate, { args: [{ ...req, ...(digest ? { digest } : {}) }] });
       }
       case 'abort':
         return handle.executeUpdate(abortUpdate, {
