@@ -47,6 +47,8 @@ import type * as SimulateModule from './simulate';
 import type * as ScenarioModule from '../policies/scenario';
 import type * as ModelModule from './model';
 import type * as ReportModule from './report';
+import type * as GateModule from './gate';
+import { GATE_HELP } from './gate-help';
 import type * as UiModule from './ui';
 
 export const DEFAULT_FLEET = 'sim/fleets/demo.yaml';
@@ -81,6 +83,9 @@ Usage: fleetgate <command> [options]      (fleetgate <command> --help for detail
   approve ID                  approve a pending gate
   reject ID                   reject a pending gate (the rollout rolls back)
   abort ID                    abort a rollout; its changes are compensated
+  gate show ID                the pending gate: cohorts, evidence, statistics, approvals, digest to approve
+  pause ID / resume ID        hold a rollout at its next safe point / let it go on
+  rollback ID                 emergency rollback of one cohort (--cohort); the others go on
   report ID                   write a rollout's report as one self-contained HTML page (no server needed)
   ui                          serve a live status page of the rollouts on 127.0.0.1 (fleetgate ui --help)
   worker                      run a worker (workflows and activities)
@@ -104,6 +109,7 @@ const REQUEST_FLAGS = `  --policy FILE          rollout policy, YAML or JSON (re
 
 const HELP: Record<string, string> = {
   demo: `Usage: fleetgate demo
+  ...GATE_HELP,
 
 Runs the whole demo in one process and prints a summary; about 2 minutes.
   - resets the simulated world in the data directory (store, fleet.duckdb; keeps reports, temporal.db)
@@ -135,13 +141,18 @@ with 80% power, and a warning when that is above the policy's own margin. No ser
 
   --watch     redraw the progress view until the rollout ends (exit 0 only when it completed)
   --json      print the status (of an ended rollout: its result) as JSON`,
-  approve: `Usage: fleetgate approve ID --gate GATE --reviewer NAME [--comment TEXT]
+  approve: `Usage: fleetgate approve ID --gate GATE --reviewer NAME [--comment TEXT] [--digest DIGEST]
 
-Approves the pending gate. Refused (exit 1) when that gate is not pending, the reviewer is not in the
-policy's reviewers, or has already approved it; a refusal leaves nothing in the workflow's history.`,
-  reject: `Usage: fleetgate reject ID --gate GATE --reviewer NAME --reason TEXT
+Approves the pending gate ("fleetgate gate show ID" shows it). A gate opens once its required number of
+distinct reviewers approved. Refused (exit 1) when that gate is not pending, the reviewer is not in the
+policy's reviewers, has already approved it, or started the rollout and the gate excludes its initiator,
+or the digest is not the candidate's; a refusal leaves nothing in the workflow's history.
+  --digest DIGEST  the candidate digest you reviewed (whole, or its first 12+ hex digits): guards against
+                   approving a candidate that changed since you looked; without it none is checked`,
+  reject: `Usage: fleetgate reject ID --gate GATE --reviewer NAME --reason TEXT [--digest DIGEST]
 
-Rejects the pending gate: the rollout ends "rejected" and every change it made is compensated.`,
+Rejects the pending gate: the rollout ends "rejected" and every change it made is compensated.
+  --digest DIGEST  as for approve: refused when it is not the candidate's`,
   abort: `Usage: fleetgate abort ID [--reason TEXT] [--by NAME]
 
 Aborts the rollout and waits until its changes are compensated (last in, first out).
@@ -378,7 +389,7 @@ export async function connect(config: Config = loadConfig()): Promise<Session> {
   return { client, connection, config, address: opts.address, close: () => connection.close() };
 }
 
-async function withSession<T>(fn: (s: Session) => Promise<T>): Promise<T> {
+export async function withSession<T>(fn: (s: Session) => Promise<T>): Promise<T> {
   const s = await connect();
   try {
     return await fn(s);
@@ -421,7 +432,7 @@ async function notFound(err: unknown, id: string, s: Session): Promise<never> {
 }
 
 /** Runs an update; a validator's refusal becomes `refused: <message>`. */
-async function update<T>(
+export async function update<T>(
   s: Session,
   id: string,
   timeoutMs: number,
@@ -648,7 +659,12 @@ async function approveCommand(args: string[]): Promise<number> {
   const p = parse(
     'approve',
     args,
-    { gate: { type: 'string' }, reviewer: { type: 'string' }, comment: { type: 'string' } },
+    {
+      gate: { type: 'string' },
+      reviewer: { type: 'string' },
+      comment: { type: 'string' },
+      digest: { type: 'string' },
+    },
     1,
   );
   if (p.help) return help('approve');
@@ -657,8 +673,11 @@ async function approveCommand(args: string[]): Promise<number> {
   const reviewer = required('approve', p.values, 'reviewer');
   const comment = str(p.values, 'comment');
   const receipt = await withSession((s) =>
+  const digest = str(p.values, 'digest');
     update(s, id, 30_000, (h) =>
-      h.executeUpdate(approveUpdate, { args: [{ gate, reviewer, ...(comment ? { comment } : {}) }] }),
+      h.executeUpdate(approveUpdate, {
+        args: [{ gate, reviewer, ...(comment ? { comment } : {}), ...(digest ? { digest } : {}) }],
+      }),
     ),
   );
   const state = receipt.open
@@ -674,7 +693,12 @@ async function rejectCommand(args: string[]): Promise<number> {
   const p = parse(
     'reject',
     args,
-    { gate: { type: 'string' }, reviewer: { type: 'string' }, reason: { type: 'string' } },
+    {
+      gate: { type: 'string' },
+      reviewer: { type: 'string' },
+      reason: { type: 'string' },
+      digest: { type: 'string' },
+    },
     1,
   );
   if (p.help) return help('reject');
@@ -683,7 +707,10 @@ async function rejectCommand(args: string[]): Promise<number> {
   const reviewer = required('reject', p.values, 'reviewer');
   const reason = required('reject', p.values, 'reason');
   await withSession((s) =>
-    update(s, id, 30_000, (h) => h.executeUpdate(rejectUpdate, { args: [{ gate, reviewer, reason }] })),
+  const digest = str(p.values, 'digest');
+    update(s, id, 30_000, (h) =>
+      h.executeUpdate(rejectUpdate, { args: [{ gate, reviewer, reason, ...(digest ? { digest } : {}) }] }),
+    ),
   );
   console.log(`rejected gate "${gate}" of ${id} as ${reviewer}; the rollout ends "rejected" and rolls back`);
   return 0;
@@ -886,6 +913,10 @@ const COMMANDS: Record<string, (args: string[]) => Promise<number>> = {
   reject: rejectCommand,
   abort: abortCommand,
   worker: workerCommand,
+  gate: (args) => (require('./gate') as typeof GateModule).gateCommand(args),
+  pause: (args) => (require('./gate') as typeof GateModule).pauseCommand(args),
+  resume: (args) => (require('./gate') as typeof GateModule).resumeCommand(args),
+  rollback: (args) => (require('./gate') as typeof GateModule).rollbackCommand(args),
   server: serverCommand,
   fleet: fleetCommand,
   stats: statsCommand,
