@@ -47,6 +47,7 @@ import type * as SimulateModule from './simulate';
 import type * as ScenarioModule from '../policies/scenario';
 import type * as ModelModule from './model';
 import type * as ReportModule from './report';
+import type * as DriftModule from './drift';
 import type * as GateModule from './gate';
 import { GATE_HELP } from './gate-help';
 import type * as UiModule from './ui';
@@ -91,6 +92,7 @@ Usage: fleetgate <command> [options]      (fleetgate <command> --help for detail
   worker                      run a worker (workflows and activities)
   server                      run a local Temporal dev server with the data directory's history
   fleet init                  register production and create the simulated fleet (idempotent)
+  drift                       scheduled drift checks of production's inputs: schedule, list, check, show, delete
   stats                       boundaries, sample sizes, rate ratios and simulations (no server needed)
   simulate                    dry run of a rollout against a scenario on the time-skipping test server
   model                       signing keys, model packs and the registry: keygen, pack, sign, verify,
@@ -923,6 +925,7 @@ const COMMANDS: Record<string, (args: string[]) => Promise<number>> = {
   simulate: simulateCommand,
   model: (args) => (require('./model') as typeof ModelModule).modelCommand(args),
   report: (args) => (require('./report') as typeof ReportModule).reportCommand(args),
+  drift: (args) => (require('./drift') as typeof DriftModule).driftCommand(args),
   ui: (args) => (require('./ui') as typeof UiModule).uiCommand(args),
 };
 
