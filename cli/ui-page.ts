@@ -19,16 +19,19 @@ import { REPORT_CSS } from '../activities/report-html';
 export const POLL_MS = 2000;
 
 const CSS = `
-main{max-width:1200px}
+main{max-width:1400px}
+#charts figure{display:inline-block;width:calc(50% - 16px);margin:8px 12px 4px 0;vertical-align:top}
+#charts h3{margin-bottom:0}
+.tile .v .badge{font-size:15px}.tile[data-kpi="candidate"]{grid-column:span 2}.tile[data-kpi="candidate"] .v{font-size:16px}
 header.top{display:flex;align-items:baseline;gap:16px;flex-wrap:wrap}
 header.top h1{margin:0}
 #conn{font-size:12px}
-.layout{display:grid;grid-template-columns:minmax(260px,330px) 1fr;gap:24px;align-items:start}
+.layout{display:grid;grid-template-columns:minmax(240px,300px) minmax(0,1fr);gap:24px;align-items:start}
 @media (max-width:900px){.layout{grid-template-columns:1fr}}
 #list table{width:100%}
 #list tr.sel td{background:#ddf4ff}
 #list a{color:#0969da;text-decoration:none;word-break:break-all}
-.tiles{display:grid;grid-template-columns:repeat(auto-fill,minmax(140px,1fr));gap:10px;margin:12px 0}
+.tiles{display:grid;grid-template-columns:repeat(auto-fill,minmax(118px,1fr));gap:10px;margin:12px 0}
 .tile{border:1px solid #d0d7de;border-radius:8px;padding:8px 10px;background:#f6f8fa}
 .tile .k{font-size:12px;color:#57606a}.tile .v{font-size:20px;font-weight:600;margin-top:2px;word-break:break-word}
 .tile .v small{font-size:12px;font-weight:400;color:#57606a}
