@@ -11,7 +11,8 @@
  *      the log with its per-batch statistics vs writing the events alone.
  *   5. fleet scale: 1M vehicles' init and waves; 6. shadow inference and the vehicle's p99
  *      (scripts/bench-shadow.ts); 7. verifying a signed pack with a 100 MB model vs sha256sum
- *      (scripts/bench-pack.ts).
+ *      (scripts/bench-pack.ts); 8. the status page's first render in headless Chromium with 50 rollouts
+ *      listed vs its empty list (scripts/bench-ui.ts).
  *
  * Then the statistics of the sequential designs, from the seeded simulation of `fleetgate stats simulate`:
  * the A/A false-alarm rate of each design over many looks against α, and power and samples to a decision
@@ -39,6 +40,7 @@ import { MAX_LOOKS } from '../policies/gsd';
 import { sampleSize } from '../policies/planning';
 import { shadowBench, type BenchRow } from './bench-shadow';
 import { packBench } from './bench-pack';
+import { uiBench } from './bench-ui';
 
 const ROOT = resolve(__dirname, '..');
 const FLEET = 'sim/fleets/demo.yaml';
@@ -212,6 +214,8 @@ async function main(): Promise<void> {
     results.push(...(await shadowBench(ROOT)));
     // 7. Verifying a signed pack with a 100 MB model, against sha256sum of its files.
     results.push(await packBench());
+    // 8. The status page's first render with 50 rollouts listed, against the same page's empty list.
+    results.push(await uiBench());
   } finally {
     await services.close();
     rmSync(dataDir, { recursive: true, force: true });

@@ -5,11 +5,10 @@
  * gate waits, after wave 1's looks (so the charts have points). Usage:
  *   node --import tsx scripts/screenshot-ui.ts [OUT.png]
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import YAML from 'yaml';
-import { readFileSync } from 'node:fs';
 import { Client, Connection } from '@temporalio/client';
 import { NativeConnection } from '@temporalio/worker';
 import { startDevServer } from '../workers/dev-server';
