@@ -6,11 +6,21 @@
  * A refusal by the workflow's validator (already paused, not paused, unknown cohort, a cohort already in
  * a final state, the rollout ended) comes back as `{ ok: false, refused }` with the validator's reason:
  * it left nothing in the rollout's history. Anything else (no such rollout, no worker answering) throws.
- * It never changes a rollout but through these updates.
+ * It never changes a rollout but through these updates. `startRolloutWorkflow` starts a rollout with its
+ * search attributes when the namespace has them.
  */
-import { WorkflowUpdateFailedError, type Client } from '@temporalio/client';
+import {
+  WorkflowUpdateFailedError,
+  type Client,
+  type WorkflowHandle,
+  type WorkflowStartOptions,
+} from '@temporalio/client';
+import type { RolloutRequestInput } from '../policies/schema';
 import {
   pauseUpdate,
+  SEARCH_ATTRIBUTES,
+  WORKFLOW_TYPE,
+  type RolloutResult,
   resumeUpdate,
   rollbackCohortUpdate,
   type PauseReceipt,
@@ -62,3 +72,33 @@ export function createRolloutControls({ client }: { client: Client }) {
 }
 
 export type RolloutControls = ReturnType<typeof createRolloutControls>;
+
+/** Whether a start (or upsert) was refused because the namespace does not have a search attribute. */
+export function unregisteredSearchAttribute(err: unknown): boolean {
+  for (let e: unknown = err; e instanceof Error; e = (e as { cause?: unknown }).cause) {
+    if (/search attribute/i.test(e.message) && /not defined|unknown|not registered|is not/i.test(e.message))
+      return true;
+  }
+  return false;
+}
+
+/**
+ * Starts a rollout with `FleetgatePhase` set: a rollout started so upserts its search attributes as it
+ * moves (the start itself proves the namespace has them). A namespace without them refuses such a start;
+ * the rollout is then started without them (it upserts nothing) and `searchAttributes` says so.
+ */
+export async function startRolloutWorkflow(
+  client: Client,
+  options: WorkflowStartOptions<(req: RolloutRequestInput) => Promise<RolloutResult>>,
+): Promise<{ handle: WorkflowHandle; searchAttributes: boolean }> {
+  const withAttributes = {
+    ...options,
+    typedSearchAttributes: [{ key: SEARCH_ATTRIBUTES.phase, value: 'register' as const }],
+  };
+  try {
+    return { handle: await client.workflow.start(WORKFLOW_TYPE, withAttributes), searchAttributes: true };
+  } catch (err) {
+    if (!unregisteredSearchAttribute(err)) throw err;
+    return { handle: await client.workflow.start(WORKFLOW_TYPE, options), searchAttributes: false };
+  }
+}

@@ -21,6 +21,7 @@ import {
   type RolloutStatus,
 } from '../workflows/definitions';
 import { connectionOptions, loadConfig } from '../workers/config';
+import { startRolloutWorkflow } from '../activities/controls';
 import { startDevServer, type DevServer } from '../workers/dev-server';
 import { temporalCli } from '../workers/tools';
 import {
@@ -190,7 +191,8 @@ export async function runDemo(): Promise<number> {
     });
     rollout = (async () => {
       check();
-      const handle = await client.workflow.start(WORKFLOW_TYPE, {
+      // With FleetgatePhase set, the rollout keeps its search attributes up to date as it moves.
+      const { handle } = await startRolloutWorkflow(client, {
         taskQueue: config.taskQueue,
         workflowId: id,
         workflowIdReusePolicy: WorkflowIdReusePolicy.REJECT_DUPLICATE,

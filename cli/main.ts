@@ -49,6 +49,7 @@ import type * as ModelModule from './model';
 import type * as ReportModule from './report';
 import type * as DriftModule from './drift';
 import type * as GateModule from './gate';
+import type * as ControlsModule from '../activities/controls';
 import { GATE_HELP } from './gate-help';
 import type * as UiModule from './ui';
 
@@ -110,8 +111,8 @@ const REQUEST_FLAGS = `  --policy FILE          rollout policy, YAML or JSON (re
   --requested-by NAME    who asks (default $USER, else "unknown")`;
 
 const HELP: Record<string, string> = {
-  demo: `Usage: fleetgate demo
   ...GATE_HELP,
+  demo: `Usage: fleetgate demo
 
 Runs the whole demo in one process and prints a summary; about 2 minutes.
   - resets the simulated world in the data directory (store, fleet.duckdb; keeps reports, temporal.db)
@@ -563,13 +564,20 @@ async function rolloutCommand(args: string[]): Promise<number> {
   return withSession(async (s) => {
     let handle: WorkflowHandle;
     try {
-      handle = await s.client.workflow.start(WORKFLOW_TYPE, {
+      const { startRolloutWorkflow } = require('../activities/controls') as typeof ControlsModule;
+      const started = await startRolloutWorkflow(s.client, {
         taskQueue: s.config.taskQueue,
         workflowId: request.rolloutId,
         // A rollout id names one rollout, its report and its history: never reused.
         workflowIdReusePolicy: WorkflowIdReusePolicy.REJECT_DUPLICATE,
         args: [request],
       });
+      handle = started.handle;
+      if (!started.searchAttributes) {
+        console.error(
+          'fleetgate: note: the namespace has no FleetgatePhase search attribute; the rollout is not listed by phase (see docs/operations.md)',
+        );
+      }
     } catch (err) {
       if (err instanceof WorkflowExecutionAlreadyStartedError) {
         throw new CliError(
@@ -604,7 +612,8 @@ async function rolloutCommand(args: string[]): Promise<number> {
     console.log(`    npx fleetgate rollout request ${flags} > request.json`);
     console.log(
       `    temporal workflow start --type ${WORKFLOW_TYPE} --task-queue ${shellQuote(s.config.taskQueue)} ` +
-        `--workflow-id ${shellQuote(id)} --id-reuse-policy RejectDuplicate --input-file request.json${conn ? ' ' + conn : ''}`,
+        `--workflow-id ${shellQuote(id)} --id-reuse-policy RejectDuplicate --input-file request.json ` +
+        `--search-attribute 'FleetgatePhase="register"'${conn ? ' ' + conn : ''}`,
     );
     if (!p.values.wait) return 0;
     return watchUntilDone(handle);
@@ -674,8 +683,8 @@ async function approveCommand(args: string[]): Promise<number> {
   const gate = required('approve', p.values, 'gate');
   const reviewer = required('approve', p.values, 'reviewer');
   const comment = str(p.values, 'comment');
-  const receipt = await withSession((s) =>
   const digest = str(p.values, 'digest');
+  const receipt = await withSession((s) =>
     update(s, id, 30_000, (h) =>
       h.executeUpdate(approveUpdate, {
         args: [{ gate, reviewer, ...(comment ? { comment } : {}), ...(digest ? { digest } : {}) }],
@@ -708,8 +717,8 @@ async function rejectCommand(args: string[]): Promise<number> {
   const gate = required('reject', p.values, 'gate');
   const reviewer = required('reject', p.values, 'reviewer');
   const reason = required('reject', p.values, 'reason');
-  await withSession((s) =>
   const digest = str(p.values, 'digest');
+  await withSession((s) =>
     update(s, id, 30_000, (h) =>
       h.executeUpdate(rejectUpdate, { args: [{ gate, reviewer, reason, ...(digest ? { digest } : {}) }] }),
     ),
@@ -914,11 +923,11 @@ const COMMANDS: Record<string, (args: string[]) => Promise<number>> = {
   approve: approveCommand,
   reject: rejectCommand,
   abort: abortCommand,
-  worker: workerCommand,
   gate: (args) => (require('./gate') as typeof GateModule).gateCommand(args),
   pause: (args) => (require('./gate') as typeof GateModule).pauseCommand(args),
   resume: (args) => (require('./gate') as typeof GateModule).resumeCommand(args),
   rollback: (args) => (require('./gate') as typeof GateModule).rollbackCommand(args),
+  worker: workerCommand,
   server: serverCommand,
   fleet: fleetCommand,
   stats: statsCommand,

@@ -1,13 +1,34 @@
 /**
  * Starts and stops a Temporal dev server (`temporal server start-dev`) with a SQLite file, for the demo,
- * `fleetgate server` and the integration tests. Binds to loopback only.
+ * `fleetgate server` and the integration tests, with the rollouts' search attributes registered. Binds to
+ * loopback only.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { dirname } from 'node:path';
 import { Connection } from '@temporalio/client';
+import { SEARCH_ATTRIBUTES } from '../workflows/definitions';
 import { temporalCli } from './tools';
+
+/** The dev server's name of each search attribute type (`--search-attribute KEY=TYPE`). */
+const CLI_TYPE: Record<string, string> = {
+  KEYWORD: 'Keyword',
+  KEYWORD_LIST: 'KeywordList',
+  TEXT: 'Text',
+  INT: 'Int',
+  DOUBLE: 'Double',
+  BOOL: 'Bool',
+  DATETIME: 'Datetime',
+};
+
+/** `--search-attribute` arguments registering the rollouts' search attributes (SEARCH_ATTRIBUTES). */
+export function searchAttributeArgs(): string[] {
+  return Object.values(SEARCH_ATTRIBUTES).flatMap((k) => [
+    '--search-attribute',
+    `${k.name}=${CLI_TYPE[k.type]}`,
+  ]);
+}
 
 export interface DevServer {
   address: string;
@@ -46,6 +67,8 @@ export async function startDevServer(opts: {
 }): Promise<DevServer> {
   const port = await freePort(opts.port);
   const args = ['server', 'start-dev', '--ip', '127.0.0.1', '--port', String(port), '--log-level', 'error'];
+  // The rollouts' search attributes, registered (again: it is idempotent) on every start.
+  args.push(...searchAttributeArgs());
   if (opts.namespace && opts.namespace !== 'default') args.push('--namespace', opts.namespace);
   if (opts.dbFile) {
     mkdirSync(dirname(opts.dbFile), { recursive: true });
