@@ -225,10 +225,9 @@ svg{max-width:100%;height:auto;font-family:inherit}
 .reason{max-width:640px}.muted{color:#57606a}
 `;
 
-/** Renders the whole report as one HTML document. */
-export function renderReportHtml(report: unknown): string {
+/** The report's cohorts and its decision log in order, read defensively. */
+function readReport(report: unknown): { r: Obj; cohorts: Cohort[]; entries: Entry[]; policy?: Obj } {
   const r = obj(report) ?? {};
-  const rolloutId = str(r.rolloutId) ?? 'unknown rollout';
   const cohorts = arr(r.cohorts)
     .map(readCohort)
     .filter((c): c is Cohort => c !== undefined);
@@ -236,7 +235,13 @@ export function renderReportHtml(report: unknown): string {
     .map(readEntry)
     .filter((x): x is Entry => x !== undefined)
     .sort((a, b) => a.seq - b.seq);
-  const policy = obj(r.policy);
+  return { r, cohorts, entries, policy: obj(r.policy) };
+}
+
+/** Renders the whole report as one HTML document. */
+export function renderReportHtml(report: unknown): string {
+  const { r, cohorts, entries, policy } = readReport(report);
+  const rolloutId = str(r.rolloutId) ?? 'unknown rollout';
   const body = [
     header(r, rolloutId),
     outcomeTable(cohorts, entries, obj(r.production)),
@@ -362,15 +367,8 @@ function harmThresholds(policy: Obj | undefined): Map<string, number> {
  * the per-look table under each chart.
  */
 export function renderMetricCharts(report: unknown, opts: { tables?: boolean } = {}): string {
-  const r = obj(report) ?? {};
-  const cohorts = arr(r.cohorts)
-    .map(readCohort)
-    .filter((c): c is Cohort => c !== undefined);
-  const entries = arr(r.decisions)
-    .map(readEntry)
-    .filter((x): x is Entry => x !== undefined)
-    .sort((a, b) => a.seq - b.seq);
-  return charts(cohorts, entries, obj(r.policy), opts.tables ?? true);
+  const { cohorts, entries, policy } = readReport(report);
+  return charts(cohorts, entries, policy, opts.tables ?? true);
 }
 
 function charts(cohorts: Cohort[], entries: Entry[], policy: Obj | undefined, tables: boolean): string {
