@@ -126,11 +126,25 @@ function phaseLine(status: RolloutStatus, p: Palette): string {
   }).join('  ');
 }
 
-/** What a pending gate holds up: a wave, or (escalation) the cohorts the data could not decide. */
+/** What a pending gate holds up: a wave, the promotion, or (escalation) the cohorts the data could not decide. */
 function gateWhat(g: NonNullable<RolloutStatus['pendingGate']>): string {
-  return g.kind === 'escalation'
-    ? `for ${(g.cohorts ?? []).join(', ')} (escalated)`
-    : `before wave ${g.wave}`;
+  if (g.kind === 'escalation') return `for ${(g.cohorts ?? []).join(', ')} (escalated)`;
+  if (g.kind === 'promotion') return `before promoting ${(g.cohorts ?? []).join(', ')}`;
+  return `before wave ${g.wave}`;
+}
+
+/** A gate's quorum: `1/2 approval(s) (bob) from distinct reviewers; may approve: carol`. */
+export function gateQuorum(g: NonNullable<RolloutStatus['pendingGate']>): string {
+  const who = g.approvals.length > 0 ? ` (${g.approvals.join(', ')})` : '';
+  const left = g.reviewers?.filter((r) => !g.approvals.includes(r));
+  const may = left ? `; may approve: ${left.join(', ') || 'nobody left'}` : '';
+  const initiator = g.excludeInitiator ? ', initiator excluded' : '';
+  return `${g.approvals.length}/${g.required} approval(s)${who} from distinct reviewers${may}${initiator}`;
+}
+
+/** `paused by ops since 2026-…: why`, for a paused rollout. */
+export function pausedLine(paused: NonNullable<RolloutStatus['paused']>): string {
+  return `paused by ${paused.by} since ${shortTime(paused.since)}: ${paused.reason} (holds at its next safe point until resumed)`;
 }
 
 function stateText(state: CohortStatus['state'], p: Palette): string {
@@ -216,13 +230,14 @@ export function renderStatus(status: RolloutStatus, opts: RenderOptions): string
     lines.push(`bench  ${benches.join('  ')}`);
   }
 
+  if (status.paused) lines.push(p.yellow(`⏸ ${pausedLine(status.paused)}`));
+
   const g = status.pendingGate;
   if (g) {
-    const who = g.approvals.length > 0 ? ` (${g.approvals.join(', ')})` : '';
     lines.push(
-      p.yellow(
-        `gate "${g.gate}" pending ${gateWhat(g)}: ${g.approvals.length}/${g.required} approval(s)${who}`,
-      ) + `  deadline ${shortTime(g.deadline)}`,
+      p.yellow(`gate "${g.gate}" pending ${gateWhat(g)}: ${gateQuorum(g)}`) +
+        `  deadline ${shortTime(g.deadline)}` +
+        (g.digest ? `  digest ${g.digest.slice(0, 12)}` : ''),
     );
     for (const e of g.evidence ?? []) lines.push(`  ${p.dim('evidence')} ${e}`);
   }
@@ -267,6 +282,7 @@ export class ProgressView {
   private seenSeq = 0;
   private seenPhase?: string;
   private seenGate?: string;
+  private seenPause?: string;
   private readonly seenCohort = new Map<string, string>();
 
   constructor(
@@ -338,12 +354,15 @@ export class ProgressView {
       const wave = status.phase === 'canary' && status.wave > 0 ? ` wave ${status.wave}/${status.waves}` : '';
       this.out.write(`phase ${status.phase}${wave}\n`);
     }
+    const pause = status.paused ? `${status.paused.by}|${status.paused.since}` : undefined;
+    if (pause !== this.seenPause) {
+      this.out.write(status.paused ? `${pausedLine(status.paused)}\n` : this.seenPause ? 'resumed\n' : '');
+    }
+    this.seenPause = pause;
     const g = status.pendingGate;
     const gate = g ? `${g.gate}|${g.approvals.length}` : undefined;
     if (g && gate !== this.seenGate) {
-      this.out.write(
-        `gate "${g.gate}" pending ${gateWhat(g)}: ${g.approvals.length}/${g.required} approval(s)\n`,
-      );
+      this.out.write(`gate "${g.gate}" pending ${gateWhat(g)}: ${gateQuorum(g)}\n`);
       for (const e of g.evidence ?? []) this.out.write(`  evidence ${e}\n`);
     }
     this.seenGate = gate;
