@@ -5,7 +5,7 @@
  * hw4/us drifted and the others ok, and stores its result once. With action "hold", the check pauses
  * the running rollout of hw4/us (a stand-in rolloutWorkflow that records the pause it receives) and
  * leaves the rollout of another cohort alone; a second hold is refused by the paused rollout and
- * reported, not thrown.
+ * reported, not thrown. A real rolloutWorkflow on a drifted cohort is paused through its own pause update.
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -23,7 +23,16 @@ import { createActivities } from '../../workers/worker';
 import type { DriftCheckRequestInput } from '../../policies/drift-schema';
 import type { DriftCheckOutcome } from '../../workflows/drift';
 import { finishSignal, type Recorded } from '../fixtures/pause-recorder-workflows';
-import { makeWorld, ROOT, timeSkippingServer, withWorker, type World } from '../support';
+import {
+  loadPolicy,
+  makeWorld,
+  rolloutRequest,
+  ROOT,
+  timeSkippingServer,
+  withWorker,
+  type World,
+} from '../support';
+import { statusQuery, WORKFLOW_TYPE } from '../../workflows/definitions';
 
 const FLEET = 'test/fixtures/fleet-drift.yaml';
 const server = timeSkippingServer();
@@ -204,5 +213,61 @@ describe('driftCheckWorkflow', () => {
         assert.deepEqual(euRecorded.pauses, []);
       })(),
     );
+  });
+  test('action hold pauses a real rollout of the drifted cohort through its pause update', async () => {
+    const { env, bundle } = server;
+    const client = new Client({ connection: env.connection });
+    const rolloutId = 'wf-drift-real-rollout';
+    const activities = {
+      ...createActivities(world.services),
+      ...createDriftActivities({
+        store: world.services.store,
+        root: ROOT,
+        temporal: () => client,
+        rollouts: async function* () {
+          yield { workflowId: rolloutId };
+        },
+      }),
+    };
+    const worker = await Worker.create({
+      connection: env.nativeConnection,
+      taskQueue: 'wf-drift-real',
+      workflowBundle: bundle,
+      activities,
+    });
+    await worker.runUntil(async () => {
+      const policy = loadPolicy('examples/demo-policy.yaml');
+      policy.cohorts = ['hw4/us'];
+      policy.shadow!.duration = '30d';
+      const rollout = await client.workflow.start(WORKFLOW_TYPE, {
+        taskQueue: 'wf-drift-real',
+        workflowId: rolloutId,
+        args: [rolloutRequest(rolloutId, 'models/candidate-good', policy, FLEET, 1)],
+      });
+      try {
+        // Past register and bench, waiting in its shadow.
+        for (;;) {
+          const s = await rollout.query(statusQuery);
+          if (s.phase === 'shadow') break;
+          await new Promise((r) => setTimeout(r, 200));
+        }
+        await env.sleep('3h'); // past the manifest's drift (the rollout's shadow windows are days long)
+        const held: DriftCheckOutcome = await client.workflow.execute('driftCheckWorkflow', {
+          taskQueue: 'wf-drift-real',
+          workflowId: 'wf-drift-real-hold',
+          args: [request('wf-drift-real', 'hold')],
+        });
+        assert.ok(held.drifted.includes('hw4/us'), JSON.stringify(held.cohorts.map((c) => c.verdict)));
+        assert.deepEqual(held.held, { paused: [rolloutId], refused: [] });
+        const status = await rollout.query(statusQuery);
+        assert.equal(status.paused?.by, 'drift-check');
+        assert.match(
+          status.paused?.reason ?? '',
+          /^drift check wf-drift-real-hold: feature \w+ of cohort hw4\/us/,
+        );
+      } finally {
+        await rollout.terminate('the test is over').catch(() => undefined);
+      }
+    });
   });
 });
