@@ -2,8 +2,9 @@
  * The status page of `fleetgate ui` in headless Chromium, against a real rollout: a dev server, a worker
  * with the real activities, the test fleet and a policy with a wave gate. The page must list the
  * rollout, show its phase and per-cohort states, show a validator's refusal of an action taken from it,
- * follow the rollout past the gate once approved from the page, and, once aborted from the page, show
- * the ended rollout from its report.
+ * follow the rollout past the gate once approved from the page, pause and resume it from the page
+ * (showing a reason's markup as text), and, once aborted from the page, show the ended rollout from
+ * its report.
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -124,8 +125,18 @@ test('the status page follows a rollout through its gate, shows a refusal and th
       assert.ok(vehicles.length > 0);
       for (const v of vehicles) assert.ok(!html.includes(v.vehicle), 'a vehicle pseudonym on the page');
 
-      // Aborted from the page: the ended rollout is read from its report.
+      // Paused and resumed from the page; a reason holding markup is shown as text.
       await page.fill('#by', 'alice');
+      await page.fill('#why', '<b>checking</b> the canary');
+      await page.click('#pause');
+      await shown(page, 'body[data-phase="paused"] [data-kpi="phase"]', /paused.*in canary by alice/);
+      await shown(page, '#log tr.entry', /paused by alice: <b>checking<\/b> the canary/);
+      assert.equal(await page.$('#log b'), null, 'markup of a reason is never markup on the page');
+      await page.click('#resume');
+      await shown(page, 'body[data-phase="canary"]');
+      await shown(page, '#log tr.entry', /resumed by alice/);
+
+      // Aborted from the page: the ended rollout is read from its report.
       await page.fill('#why', 'enough for this test');
       await page.click('#abort');
       const result = (await handle.result()) as RolloutResult;
