@@ -79,7 +79,7 @@ function drawList(rollouts) {
   const rows = rollouts.map((r) =>
     '<tr data-id="' + esc(r.id) + '"' + (r.id === selected ? ' class="sel"' : '') + '><td><a href="#rollout=' +
     encodeURIComponent(r.id) + '">' + esc(r.id) + '</a><div class="muted">' + esc(r.candidate || '') + '</div></td><td>' +
-    badge(r.outcome || (r.status === 'RUNNING' ? r.phase : r.status.toLowerCase())) + '</td></tr>');
+    badge(r.outcome || (r.status === 'RUNNING' ? r.phase || 'running' : r.status.toLowerCase())) + '</td></tr>');
   $('list').innerHTML = rollouts.length === 0
     ? '<p class="muted" id="empty">No rollouts yet. Start one with "fleetgate rollout start".</p>'
     : '<table class="rollouts"><thead><tr><th scope="col">Rollout</th><th scope="col">Phase / outcome</th></tr></thead><tbody>' + rows.join('') + '</tbody></table>';
