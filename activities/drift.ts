@@ -233,7 +233,8 @@ export function buildReference(
 
 /**
  * Writes, write-once, the reference of every cohort of the fleet beside the record of the production
- * model just registered; a reference already there with the same bytes is kept. Returns the keys.
+ * model just registered; a reference already there is kept, even when the manifest's conditions have
+ * changed since (drift is measured against the registration's). Returns the keys.
  */
 export async function storeDriftReferences(
   store: ObjectStore,
@@ -245,7 +246,13 @@ export async function storeDriftReferences(
   for (const cohort of manifest.cohorts) {
     if (!cohorts.includes(cohort.name)) continue;
     const key = referenceKey(record.recordKey, manifest.name, cohort.name);
-    await store.putIfAbsent(key, json(buildReference(manifest, cohort, record)));
+    try {
+      await store.putIfAbsent(key, json(buildReference(manifest, cohort, record)));
+    } catch (err) {
+      // The manifest's conditions changed since production was registered: the reference stays the one
+      // of the registration (write-once), which is what drift is measured against.
+      if (!(err instanceof ApplicationFailure) || err.type !== ErrorType.ImmutableConflict) throw err;
+    }
     keys.push(key);
   }
   return keys;
