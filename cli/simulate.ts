@@ -8,8 +8,8 @@
  * packs are copied into it and its fleet manifest written there, so a scenario can live anywhere and a
  * run never touches the operator's data directory. The directory is removed afterwards.
  *
- * A dry run answers what the data alone decides: wave gates of the policy are approved at once by its
- * reviewers; escalations are left unanswered, so they end held when they time out.
+ * A dry run answers what the data alone decides: wave gates and the promotion gate of the policy are
+ * approved at once by its reviewers; escalations are left unanswered, so they end held when they time out.
  */
 import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -337,7 +337,8 @@ export async function simulateOnce(
         args: [request],
       });
       try {
-        if (policy.waves.some((w) => w.approval)) await approveWaveGates(env, handle, policy);
+        if (policy.waves.some((w) => w.approval) || policy.promotion?.approval)
+          await approveWaveGates(env, handle, policy);
         return (await handle.result()) as RolloutResult;
       } catch (err) {
         await handle.terminate('simulation failed').catch(() => undefined);
@@ -407,7 +408,10 @@ function profiled<T extends object>(acts: T): T {
   ) as T;
 }
 
-/** Approves each wave gate of the policy as soon as it opens, by as many reviewers as it needs. */
+/**
+ * Approves each wave gate and the promotion gate of the policy as soon as it opens, by as many of the
+ * reviewers who may approve it (the initiator left out where the gate excludes it) as it needs.
+ */
 async function approveWaveGates(
   env: TestWorkflowEnvironment,
   handle: Awaited<ReturnType<TestWorkflowEnvironment['client']['workflow']['start']>>,
@@ -420,9 +424,10 @@ async function approveWaveGates(
     const s = await handle.query(statusQuery);
     if (s.phase === 'done' || s.outcome) return;
     const gate = s.pendingGate;
-    if (gate?.kind === 'wave' && !approved.has(`${gate.gate}@${gate.openedAt}`)) {
+    const ours = gate?.kind === 'wave' || gate?.kind === 'promotion';
+    if (gate && ours && !approved.has(`${gate.gate}@${gate.openedAt}`)) {
       approved.add(`${gate.gate}@${gate.openedAt}`);
-      for (const reviewer of policy.reviewers.slice(0, gate.required)) {
+      for (const reviewer of (gate.reviewers ?? policy.reviewers).slice(0, gate.required)) {
         await handle.executeUpdate(approveUpdate, {
           args: [{ gate: gate.gate, reviewer, comment: 'approved by fleetgate simulate' }],
         });
