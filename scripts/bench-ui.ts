@@ -4,12 +4,11 @@
  * served the same way in the same run. First render: from navigation to the page's
  * `fleetgate:list-drawn` performance mark (the list drawn from /api/rollouts). Goal: under a second.
  *
- * The 50 rollouts are rolloutWorkflow executions started on a dev server with their search attributes
- * (phase, candidate) and no worker polling their task queue, so they sit in the list the way real ones
+ * The 50 rollouts are rolloutWorkflow executions started on a dev server (which registers the search
+ * attributes) with their phase and candidate attributes and no worker polling their task queue, so they sit in the list the way real ones
  * do and the list endpoint reads them the same way. Runs alternate; the median of each is kept.
  */
 import { Client, Connection } from '@temporalio/client';
-import { temporal } from '@temporalio/proto';
 import type { Browser } from 'playwright-core';
 import { startDevServer } from '../workers/dev-server';
 import { SEARCH_ATTRIBUTES, WORKFLOW_TYPE } from '../workflows/definitions';
@@ -19,25 +18,6 @@ import type { BenchRow } from './bench-shadow';
 
 const ROLLOUTS = 50;
 const RUNS = 7;
-
-const KEYWORD = temporal.api.enums.v1.IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD;
-const KEYWORD_LIST = temporal.api.enums.v1.IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD_LIST;
-
-/**
- * Registers the rollouts' search attributes (workflows/definitions.ts) on a server that lacks them;
- * those already there are left alone.
- */
-export async function registerRolloutSearchAttributes(connection: Connection, namespace = 'default') {
-  const have = await connection.operatorService.listSearchAttributes({ namespace });
-  const missing: Record<string, temporal.api.enums.v1.IndexedValueType> = {};
-  for (const key of Object.values(SEARCH_ATTRIBUTES)) {
-    if (have.customAttributes?.[key.name] !== undefined) continue;
-    missing[key.name] = key.type === 'KEYWORD_LIST' ? KEYWORD_LIST : KEYWORD;
-  }
-  if (Object.keys(missing).length > 0) {
-    await connection.operatorService.addSearchAttributes({ namespace, searchAttributes: missing });
-  }
-}
 
 /** Milliseconds from navigation to the list drawn, as the page's own performance mark says. */
 async function firstRender(browser: Browser, url: string): Promise<number> {
@@ -69,7 +49,6 @@ export async function uiBench(): Promise<BenchRow> {
   const full = await startUiServer({ client, dataDir: '/nonexistent', port: 0, taskQueue: queue });
   const empty = await startUiServer({ client, dataDir: '/nonexistent', port: 0, taskQueue: `${queue}-none` });
   try {
-    await registerRolloutSearchAttributes(connection);
     for (let i = 0; i < ROLLOUTS; i++) {
       await client.workflow.start(WORKFLOW_TYPE, {
         workflowId: `bench-ui-${process.pid}-${String(i).padStart(2, '0')}`,

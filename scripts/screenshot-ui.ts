@@ -18,7 +18,6 @@ import { RolloutRequest, type PolicyInput } from '../policies/schema';
 import { SEARCH_ATTRIBUTES, WORKFLOW_TYPE, statusQuery } from '../workflows/definitions';
 import { startUiServer } from '../cli/ui';
 import { launchChromium } from './chromium';
-import { registerRolloutSearchAttributes } from './bench-ui';
 
 const ROOT = resolve(__dirname, '..');
 const FLEET = 'test/fixtures/fleet.yaml';
@@ -39,7 +38,6 @@ async function main(out: string): Promise<void> {
   const client = new Client({ connection: conn });
   const browser = await launchChromium();
   try {
-    await registerRolloutSearchAttributes(conn);
     const taskQueue = 'screenshot';
     const worker = await createFleetgateWorker({
       connection: native,

@@ -20,7 +20,6 @@ import { SEARCH_ATTRIBUTES, WORKFLOW_TYPE, type RolloutResult } from '../../work
 import { RolloutRequest } from '../../policies/schema';
 import { startUiServer, type UiServer } from '../../cli/ui';
 import { launchChromium } from '../../scripts/chromium';
-import { registerRolloutSearchAttributes } from '../../scripts/bench-ui';
 import { loadPolicy, makeWorld, query, rolloutRequest, type World } from '../support';
 
 let server: DevServer;
@@ -52,7 +51,6 @@ test('the status page follows a rollout through its gate, shows a refusal and th
   const connection = await NativeConnection.connect({ address: server.address });
   const clientConn = await Connection.connect({ address: server.address });
   const client = new Client({ connection: clientConn });
-  await registerRolloutSearchAttributes(clientConn);
   const taskQueue = `ui-${process.pid}`;
   let ui: UiServer | undefined;
   try {
