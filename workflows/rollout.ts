@@ -178,6 +178,8 @@ export class Rollout {
   private delivering = false;
   /** The cohort being promoted: an emergency rollback of it is refused. */
   private promoting?: string;
+  /** Emergency rollbacks under way: the rollout's end waits for them, so its report lists them. */
+  rollingBack = 0;
   /** The notifications raised so far, sent one after the other in that order (see `notify`). */
   private notices: Promise<void> = Promise.resolve();
   readonly startMs = Date.now();
@@ -558,8 +560,13 @@ export class Rollout {
     c.state = 'rolled_back';
     c.headline = `emergency rollback by ${r.by}: ${r.reason}`;
     const before = this.compensationsRun.length;
-    await condition(() => !this.delivering);
-    await this.compensate([r.cohort]);
+    this.rollingBack++;
+    try {
+      await condition(() => !this.delivering);
+      await this.compensate([r.cohort]);
+    } finally {
+      this.rollingBack--;
+    }
     const entry = this.record({
       phase: this.phase,
       wave: this.wave || undefined,
@@ -1584,6 +1591,8 @@ export async function rolloutWorkflow(input: RolloutRequestInput): Promise<Rollo
       if (!FINAL_COHORT_STATES.includes(c.state)) c.state = outcome === 'rejected' ? 'rejected' : 'aborted';
     }
   }
+  // An operator's emergency rollback still compensating is part of this outcome.
+  if (r.controls) await condition(() => r.rollingBack === 0);
   r.outcome = outcome;
   if (outcome === 'completed') reason = summarize(r);
   if (r.notifying) {
