@@ -3,7 +3,8 @@
  * no external reference (its Content-Security-Policy allows only its own script, by hash, and requests
  * to its own origin). The script polls `/api/rollouts` and the selected rollout's `/api/rollouts/:id`
  * every 2 s and redraws the list, the KPI tiles, the cohort table, the charts and the decision log; its
- * forms post the actions and show the answer, a validator's refusal included.
+ * forms and the cohort table's "Roll back" buttons post the actions and show the answer, a validator's
+ * refusal included.
  *
  * Every text the script puts into the page goes through `esc` or `textContent`; the one HTML fragment
  * it inserts as such is the charts section, which activities/report-html.ts drew with every string
@@ -14,6 +15,7 @@
  */
 import { createHash } from 'node:crypto';
 import { REPORT_CSS } from '../activities/report-html';
+import { FINAL_COHORT_STATES } from '../workflows/definitions';
 
 /** How often the page asks for news. */
 export const POLL_MS = 2000;
@@ -54,7 +56,7 @@ const SCRIPT = `
 const POLL_MS = ${POLL_MS};
 const $ = (id) => document.getElementById(id);
 const esc = (s) => String(s ?? '').replace(/[&<>"']/g, (c) => ({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;',"'":'&#39;'})[c]);
-const FINAL = ['promoted', 'rolled_back', 'held', 'rejected', 'aborted'];
+const FINAL = ${JSON.stringify(FINAL_COHORT_STATES)};
 function tone(w) {
   if (/^(promoted|completed|COMPLETED|done)$/.test(w)) return 'good';
   if (/^(rolled_back|rejected|aborted|rollback|FAILED|TERMINATED|TIMED_OUT|CANCELED)$/.test(w)) return 'bad';
@@ -117,10 +119,14 @@ function drawRollout(v) {
     v.outcome ? tile('outcome', 'Outcome', badge(v.outcome)) : '',
   ].join('');
   $('reason').textContent = v.reason ? 'Reason: ' + v.reason : '';
+  // A running rollout's cohorts not yet in a final state can be rolled back, one at a time.
+  const rollback = (c) => !v.running ? '' : '<td>' + (FINAL.includes(c.state) ? '' :
+    '<button class="danger rollback" data-cohort="' + esc(c.cohort) + '">Roll back</button>') + '</td>';
   $('cohorts').innerHTML = v.cohorts.length === 0 ? '<p class="muted">No cohorts yet.</p>' :
-    '<table class="cohorts"><thead><tr><th scope="col">Cohort</th><th scope="col">State</th><th scope="col">Waves</th><th scope="col">Vehicles on candidate</th><th scope="col">Deciding statistic</th></tr></thead><tbody>' +
+    '<table class="cohorts"><thead><tr><th scope="col">Cohort</th><th scope="col">State</th><th scope="col">Waves</th><th scope="col">Vehicles on candidate</th><th scope="col">Deciding statistic</th>' +
+    (v.running ? '<th scope="col">Operator</th>' : '') + '</tr></thead><tbody>' +
     v.cohorts.map((c) => '<tr data-cohort="' + esc(c.cohort) + '" data-state="' + esc(c.state) + '"><td>' + esc(c.cohort) + '</td><td>' + badge(c.state) +
-      '</td><td class="n">' + esc(c.wave ?? '—') + '</td><td class="n">' + esc(c.vehicles ?? '—') + '</td><td>' + esc(c.headline || '—') + '</td></tr>').join('') + '</tbody></table>';
+      '</td><td class="n">' + esc(c.wave ?? '—') + '</td><td class="n">' + esc(c.vehicles ?? '—') + '</td><td>' + esc(c.headline || '—') + '</td>' + rollback(c) + '</tr>').join('') + '</tbody></table>';
   const g = v.running ? v.pendingGate : undefined;
   $('gate').classList.toggle('hidden', !g);
   if (g) {
@@ -175,6 +181,16 @@ $('reject').addEventListener('click', (ev) => { ev.preventDefault(); act('reject
 $('pause').addEventListener('click', (ev) => { ev.preventDefault(); act('pause', { by: val('by'), reason: val('why') || undefined }); });
 $('resume').addEventListener('click', (ev) => { ev.preventDefault(); act('resume', { by: val('by'), reason: val('why') || undefined }); });
 $('abort').addEventListener('click', (ev) => { ev.preventDefault(); if (confirm('Abort ' + view.id + '? Its changes are compensated.')) act('abort', { by: val('by'), reason: val('why') || undefined }); });
+// The cohort table is redrawn on every poll: one listener on its container serves every row's button.
+$('cohorts').addEventListener('click', (ev) => {
+  const b = ev.target.closest('button.rollback');
+  if (!b || !view) return;
+  ev.preventDefault();
+  const cohort = b.dataset.cohort;
+  if (confirm('Roll back cohort ' + cohort + ' of ' + view.id + '? Its changes are compensated; the other cohorts go on.')) {
+    act('rollback-cohort', { cohort, by: val('by'), reason: val('why') });
+  }
+});
 
 let timer = null;
 let busy = false;

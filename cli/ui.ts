@@ -6,7 +6,8 @@
  *   GET  /api/rollouts/:id             one rollout: a running one's `statusQuery`, an ended one's report
  *                                      JSON in <data dir>/reports/<id>.json; with its charts drawn by
  *                                      activities/report-html.ts
- *   POST /api/rollouts/:id/:action     approve, reject, abort, pause, resume: the workflow's validated
+ *   POST /api/rollouts/:id/:action     approve, reject, abort, pause, resume, rollback-cohort (one cohort's
+ *                                      emergency rollback): the workflow's validated
  *                                      updates of workflows/definitions.ts; a refusal is a 409 with the
  *                                      validator's reason
  *
@@ -33,6 +34,7 @@ import {
   pauseUpdate,
   rejectUpdate,
   resumeUpdate,
+  rollbackCohortUpdate,
   SEARCH_ATTRIBUTES,
   statusQuery,
   WORKFLOW_TYPE,
@@ -54,8 +56,8 @@ export const UI_HELP = `Usage: fleetgate ui [--port N] [--host ADDRESS]
 Serves a live status page of the rollouts at http://ADDRESS:N/ until Ctrl-C: the list of rollouts
 (phase, candidate, outcome), and for one rollout its phase, wave, look, cohorts, metric charts and
 decision log, redrawn every 2 s; a running rollout's pending gate can be approved or rejected, and the
-rollout paused, resumed or aborted, through the same validated updates as the CLI (a refusal shows
-the validator's reason). Ended rollouts are read from <data dir>/reports.
+rollout paused, resumed or aborted and one of its cohorts rolled back, through the same validated
+updates as the CLI (a refusal shows the validator's reason). Ended rollouts are read from <data dir>/reports.
   --port N          port (default 8480; 0: any free port)
   --host ADDRESS    address to listen on (default 127.0.0.1; anything else exposes the page's actions)`;
 
@@ -109,7 +111,7 @@ export interface UiServerOptions {
   port?: number;
   /** Only the rollouts of this task queue (default: every rollout of the namespace). */
   taskQueue?: string;
-  /** How long a status query or an update may take (default 10 s; abort: 10 min). */
+  /** How long a status query or an update may take (default 10 s; abort and rollback-cohort: 10 min). */
   queryTimeoutMs?: number;
 }
 
@@ -283,7 +285,7 @@ async function rolloutView(opts: UiServerOptions, id: string): Promise<RolloutVi
 
 // ---- actions ------------------------------------------------------------------------------------
 
-export const UI_ACTIONS = ['approve', 'reject', 'abort', 'pause', 'resume'] as const;
+export const UI_ACTIONS = ['approve', 'reject', 'abort', 'pause', 'resume', 'rollback-cohort'] as const;
 export type UiAction = (typeof UI_ACTIONS)[number];
 
 /** A required non-empty string field of an action's body, or a 400 naming it. */
@@ -339,9 +341,19 @@ async function runAction(opts: UiServerOptions, id: string, action: UiAction, bo
         const reason = field(body, action, 'reason', true);
         return handle.executeUpdate(resumeUpdate, { args: [{ by: by(), ...(reason ? { reason } : {}) }] });
       }
+      // Waits until the cohort's changes are compensated; the other cohorts go on.
+      case 'rollback-cohort': {
+        const req = {
+          cohort: field(body, action, 'cohort')!,
+          by: by(),
+          reason: field(body, action, 'reason')!,
+        };
+        return handle.executeUpdate(rollbackCohortUpdate, { args: [req] });
+      }
     }
   };
-  const timeout = action === 'abort' ? 600_000 : (opts.queryTimeoutMs ?? 10_000);
+  const timeout =
+    action === 'abort' || action === 'rollback-cohort' ? 600_000 : (opts.queryTimeoutMs ?? 10_000);
   try {
     return await opts.client.withDeadline(Date.now() + timeout, call);
   } catch (err) {
@@ -442,7 +454,7 @@ export async function startUiServer(opts: UiServerOptions): Promise<UiServer> {
       sendJson(res, 200, await rolloutView(opts, decodeId(one[1]!)));
       return;
     }
-    const act = /^\/api\/rollouts\/([^/]+)\/([a-z]+)$/.exec(path);
+    const act = /^\/api\/rollouts\/([^/]+)\/([a-z-]+)$/.exec(path);
     if (act) {
       if (req.method !== 'POST') throw new HttpError(405, `${act[2]} takes POST`);
       const origin = req.headers.origin;

@@ -3,8 +3,8 @@
  * with the real activities, the test fleet and a policy with a wave gate. The page must list the
  * rollout, show its phase and per-cohort states, show a validator's refusal of an action taken from it,
  * follow the rollout past the gate once approved from the page, pause and resume it from the page
- * (showing a reason's markup as text), and, once aborted from the page, show the ended rollout from
- * its report.
+ * (showing a reason's markup as text), roll back one cohort from the page (refused without a reason),
+ * and, once aborted from the page, show the ended rollout from its report.
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -134,6 +134,25 @@ test('the status page follows a rollout through its gate, shows a refusal and th
       await shown(page, 'body[data-phase="canary"]');
       await shown(page, '#log tr.entry', /resumed by alice/);
 
+      // One cohort rolled back from the page: refused without a reason, then done; the others go on.
+      const target = rows[0]![0]!;
+      const button = `#cohorts tr[data-cohort="${target}"] button.rollback`;
+      await page.fill('#why', '');
+      await page.click(button);
+      assert.match(await shown(page, '#action-result.refused'), /^rollback-cohort: "reason" is required/);
+      assert.ok(await page.$(button), 'the refused rollback left the cohort as it was');
+      await page.fill('#why', 'field reports');
+      await page.click(button);
+      await shown(page, `#cohorts tr[data-cohort="${target}"][data-state="rolled_back"]`);
+      assert.equal(await page.$(button), null, 'a rolled back cohort has no Roll back button');
+      // The decision log says who and why: columns Action, Cohort, By, Reason.
+      await shown(page, '#log tr.entry', /emergency rollback of .+ by alice: field reports/);
+      const entry = page.locator('#log tr.entry', { hasText: /emergency rollback of/ }).first();
+      const cells = await entry.locator('td').allTextContents();
+      assert.deepEqual(cells.slice(4, 7), ['rollback', target, 'alice']);
+      assert.ok(cells[7]!.startsWith(`emergency rollback of ${target} by alice: field reports`), cells[7]);
+      assert.ok((await page.$$('#cohorts button.rollback')).length > 0, 'the other cohorts can still be');
+
       // Aborted from the page: the ended rollout is read from its report.
       await page.fill('#why', 'enough for this test');
       await page.click('#abort');
@@ -142,6 +161,8 @@ test('the status page follows a rollout through its gate, shows a refusal and th
       await shown(page, 'body[data-phase="done"] [data-kpi="outcome"]', /aborted/);
       await shown(page, '#reason', /enough for this test/);
       await shown(page, `#list tr[data-id="${id}"]`, /aborted/);
+      await shown(page, `#cohorts tr[data-cohort="${target}"][data-state="rolled_back"]`);
+      assert.equal(await page.$('#cohorts button.rollback'), null, 'no Roll back once it ended');
       await shown(page, '#charts h2', /Metrics per look/);
       assert.ok((await page.$$('#charts svg.chart')).length > 0, 'charts of the looks are drawn');
       await page.close();

@@ -14,7 +14,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { WorkflowUpdateFailedError, type Client } from '@temporalio/client';
 import { ApplicationFailure, TypedSearchAttributes } from '@temporalio/common';
-import { SEARCH_ATTRIBUTES } from '../../workflows/definitions';
+import { rollbackCohortUpdate, SEARCH_ATTRIBUTES } from '../../workflows/definitions';
 import { startUiServer, type UiServer } from '../../cli/ui';
 import { renderUiPage } from '../../cli/ui-page';
 
@@ -179,6 +179,31 @@ test('a validator’s refusal is a 409 with its reason; the update carries the p
     id: 'running-1',
     name: 'approve',
     args: [{ gate: 'wave-2', reviewer: 'mallory', digest: 'a8e7350bc4ef' }],
+  });
+});
+
+test('a cohort’s rollback passes cohort, by and reason to its update; a missing cohort is a 400', async () => {
+  const post = (body: unknown) =>
+    call('/api/rollouts/running-1/rollback-cohort', {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json', Origin: ui.url.replace(/\/$/, '') },
+      body: JSON.stringify(body),
+    });
+  const before = updates.length;
+  const missing = await post({ by: 'alice', reason: 'field reports' });
+  assert.equal(missing.status, 400);
+  assert.equal(JSON.parse(missing.body).error, 'rollback-cohort: "cohort" is required (a non-empty string)');
+  const noReason = await post({ cohort: 'hw3/nordic', by: 'alice' });
+  assert.equal(noReason.status, 400);
+  assert.equal(JSON.parse(noReason.body).error, 'rollback-cohort: "reason" is required (a non-empty string)');
+  assert.equal(updates.length, before, 'nothing reached the workflow');
+  const r = await post({ cohort: 'hw3/nordic', by: 'alice', reason: 'field reports' });
+  assert.equal(r.status, 409);
+  assert.match(JSON.parse(r.body).error, /^refused: /);
+  assert.deepEqual(updates.at(-1), {
+    id: 'running-1',
+    name: rollbackCohortUpdate.name,
+    args: [{ cohort: 'hw3/nordic', by: 'alice', reason: 'field reports' }],
   });
 });
 
