@@ -1,11 +1,12 @@
 /**
- * `fleetgate gate show`'s rendering (renderGate) and the progress view's paused state and gate quorum:
- * pure functions from a status to text.
+ * `fleetgate gate show`'s rendering (renderGate), the progress view's paused state and gate quorum, and
+ * the pause and resume notifications' text: pure functions.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { metricLine, renderGate } from '../../cli/gate';
 import { ProgressView, renderStatus } from '../../cli/progress';
+import { notificationText } from '../../activities/notify';
 import type { MetricResult } from '../../policies/decide';
 import type { RolloutStatus } from '../../workflows/definitions';
 
@@ -133,4 +134,16 @@ void test('the progress view shows the pause and the quorum of the pending gate'
   const out = lines.join('');
   assert.match(out, /^paused by ops since .*: sensor recall/m);
   assert.match(out, /^resumed$/m);
+});
+
+void test('pause and resume notifications say what happened', () => {
+  const base = { rolloutId: 'r1', phase: 'canary', at: '2026-01-01T00:00:00.000Z', idempotencyKey: 'r1/7' };
+  assert.equal(
+    notificationText({ ...base, event: 'paused', wave: 2, reason: 'paused by ops: sensor recall' }),
+    'fleetgate r1: paused by an operator (wave 2): paused by ops: sensor recall',
+  );
+  assert.match(
+    notificationText({ ...base, event: 'resumed', reason: 'resumed by ops' }),
+    /^fleetgate r1: resumed: /,
+  );
 });
