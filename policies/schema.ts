@@ -320,7 +320,7 @@ export const Policy = z
       })
       .strict(),
     drift: DriftPolicy.optional().describe(
-      'Scheduled drift checks of the production models\' input features (fleetgate drift schedule); defaults when absent',
+      "Scheduled drift checks of the production models' input features (fleetgate drift schedule); defaults when absent",
     ),
     analysis: z
       .object({
