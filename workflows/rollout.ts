@@ -955,6 +955,9 @@ export class Rollout {
       const dt = Math.min(step, total - elapsed);
       await sleep(dt);
       elapsed += dt;
+      // An operator's emergency rollback ends a cohort's shadow too.
+      collecting = collecting.filter((c) => this.cohorts.get(c)!.state === 'shadow');
+      if (collecting.length === 0) break;
       const to = this.simNow();
       await acts.runShadow({
         ...this.fleetRef(),
@@ -971,6 +974,7 @@ export class Rollout {
       from = to;
       this.lastCollectedSimMs = to;
       if (elapsed >= total) break;
+      await this.checkpoint();
       const stats = await acts.analyze({
         rolloutId: this.req.rolloutId,
         phase: 'shadow',
@@ -993,6 +997,7 @@ export class Rollout {
         }
       }
     }
+    await this.checkpoint();
     const judged = cohorts.filter((c) => this.cohorts.get(c)!.state === 'shadow');
     const to = this.lastCollectedSimMs;
     const stats = judged.length

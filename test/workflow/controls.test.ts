@@ -9,6 +9,7 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { WorkflowUpdateFailedError, type WorkflowHandle } from '@temporalio/client';
 import {
+  abortUpdate,
   approveUpdate,
   pauseUpdate,
   rejectUpdate,
@@ -306,6 +307,51 @@ describe('quorum gates and operator controls (time-skipping)', () => {
           ['pause ops', 'resume ops', 'rollback ops'],
         );
         assert.match(lines[2]!.reason, /emergency rollback of hw3\/nordic by ops: field reports/);
+      });
+    } finally {
+      await world.close();
+    }
+  });
+  test('a pause in the shadow holds its judgement; a cohort rolled back there stops collecting and gets no wave', async () => {
+    const world = await makeWorld();
+    try {
+      await withWorker(server.env, server.bundle, world, async (tq) => {
+        const handle = await startRollout(
+          server.env,
+          tq,
+          rolloutRequest(`controls-shadow-${process.pid}`, 'models/candidate-good', policy()),
+        );
+        await waitFor(handle, (s) => s.phase === 'shadow', 'reached the shadow');
+        await handle.executeUpdate(pauseUpdate, { args: [{ by: 'ops', reason: 'bench rig recalibration' }] });
+        const rb = await handle.executeUpdate(rollbackCohortUpdate, {
+          args: [{ cohort: 'hw3/nordic', by: 'ops', reason: 'map data withdrawn in the region' }],
+        });
+        assert.equal(rb.state, 'rolled_back');
+        await server.env.sleep('3d');
+        const held = await handle.query(statusQuery);
+        assert.equal(held.phase, 'shadow', 'still in the shadow three days into a one-day shadow');
+        assert.equal(held.wave, 0);
+        assert.ok(
+          !held.recentDecisions.some((d) => d.action === 'shadow-pass' || d.action === 'shadow-fail'),
+          'no shadow verdict while paused',
+        );
+        await handle.executeUpdate(resumeUpdate, { args: [{ by: 'ops' }] });
+        const after = await waitFor(handle, (s) => s.wave >= 1, 'reached wave 1 after the resume');
+        const verdicts = after.recentDecisions.filter((d) => d.action === 'shadow-pass');
+        assert.deepEqual(
+          verdicts.map((d) => d.cohort).sort(),
+          world.cohorts.filter((c) => c !== 'hw3/nordic').sort(),
+          'the shadow judges the cohorts still in it, not the rolled-back one',
+        );
+        const nordic = after.cohorts.find((c) => c.cohort === 'hw3/nordic')!;
+        assert.equal(nordic.state, 'rolled_back');
+        assert.equal(nordic.wave, 0, 'no wave delivered to the rolled-back cohort');
+        const deliveries = (await otaOps(world)).filter((o) => o.op !== 'revert');
+        assert.ok(deliveries.length > 0 && deliveries.every((o) => o.cohort !== 'hw3/nordic'));
+        await handle.executeUpdate(abortUpdate, { args: [{ by: 'ops', reason: 'end of the test' }] });
+        const result: RolloutResult = await handle.result();
+        assert.equal(result.outcome, 'aborted');
+        assert.equal(result.cohorts.find((c) => c.cohort === 'hw3/nordic')!.state, 'rolled_back');
       });
     } finally {
       await world.close();
