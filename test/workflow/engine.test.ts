@@ -155,7 +155,10 @@ describe('decision engine in rolloutWorkflow (time-skipping)', () => {
         const m = c.metrics!.find((x) => x.metric === 'safety_events')!;
         assert.equal(m.test, 'exact-poisson');
         assert.ok(m.ci[0] > 0 && m.lambda > 1, `rate ratio ${m.lambda}, interval ${m.ci.join(', ')}`);
-        assert.ok(m.probAboveMargin! > 0.5, `posterior P(ratio > 1.5) ${m.probAboveMargin}`);
+        // Harm is proven against the harm threshold (ratio 1); the posterior is about the margin (ratio
+        // 1.5), which a proven harm need not pass: it is reported beside the test, as a probability.
+        const p = m.probAboveMargin;
+        assert.ok(p !== undefined && p > 0 && p < 1, `posterior P(ratio > 1.5) ${p}`);
       }
       const report = reportOf(result);
       const rollback = report.decisions.find(
