@@ -292,6 +292,8 @@ function summary(
   if (ctx.ownServer) out.push('  npx fleetgate server        (keeps running; then, in another terminal:)');
   out.push(`  ${temporal} workflow list --address ${addr}`);
   out.push(`  ${temporal} workflow show --workflow-id ${shellQuote(id)} --address ${addr}`);
+  out.push(`  ${temporal} workflow list --query 'FleetgateOutcome="completed"' --address ${addr}`);
+  out.push('  npx fleetgate ui            (the status page, with every rollout of this server)');
   process.stdout.write(out.join('\n') + '\n');
 }
 
