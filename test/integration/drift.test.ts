@@ -5,17 +5,35 @@
  * policy's action "hold" finds the running rollout through the server's visibility (the real list
  * query) and pauses it with the rollout's own pause update.
  */
-import { test } from 'node:test';
+import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Client, Connection } from '@temporalio/client';
+import { NativeConnection } from '@temporalio/worker';
+import { startDevServer, type DevServer } from '../../workers/dev-server';
+import { createFleetgateWorker, quietRuntime } from '../../workers/worker';
 import { readDriftCheck, recentDriftChecks, RUNNING_ROLLOUTS } from '../../activities/drift';
 import { driftRequest, driftScheduleOptions, upsertDriftSchedule } from '../../cli/drift';
 import type { DriftCheckOutcome } from '../../workflows/drift';
 import { statusQuery, WORKFLOW_TYPE } from '../../workflows/definitions';
 import { loadPolicy, makeWorld, rolloutRequest, type World } from '../support';
-import { useDevServer, withDevWorker } from './dev-env';
 
 const FLEET = 'test/fixtures/fleet-drift.yaml';
-const env = useDevServer('fleetgate-it-drift-');
+let server: DevServer;
+let tmp: string;
+
+before(async () => {
+  quietRuntime();
+  tmp = mkdtempSync(join(tmpdir(), 'fleetgate-it-drift-'));
+  server = await startDevServer({ dbFile: join(tmp, 'temporal.db') });
+});
+
+after(async () => {
+  await server?.stop();
+  rmSync(tmp, { recursive: true, force: true });
+});
 
 /** Waits, without a deadline of its own (the test runner's timeout bounds it), until `probe` says yes. */
 async function until<T>(probe: () => Promise<T | undefined>): Promise<T> {
@@ -28,10 +46,20 @@ async function until<T>(probe: () => Promise<T | undefined>): Promise<T> {
 
 test('a drift schedule skips overlaps, catches up one interval, and its triggered check holds the drifted rollout', async () => {
   const world: World = await makeWorld(FLEET);
+  const connection = await NativeConnection.connect({ address: server.address });
+  const clientConn = await Connection.connect({ address: server.address });
+  const client = new Client({ connection: clientConn });
+  const taskQueue = `it-drift-${process.pid}`;
   const scheduleId = `it-drift-${process.pid}`;
   const rolloutId = `it-drift-rollout-${process.pid}`;
-  await withDevWorker(env.server, world, 'it-drift', async ({ client, taskQueue }) => {
-    try {
+  try {
+    const worker = await createFleetgateWorker({
+      connection,
+      namespace: 'default',
+      taskQueue,
+      services: world.services,
+    });
+    await worker.runUntil(async () => {
       // A rollout of hw3/eu and hw4/us, waiting in its long shadow when the check comes.
       const policy = loadPolicy('examples/demo-policy.yaml');
       policy.cohorts = ['hw3/eu', 'hw4/us'];
@@ -97,11 +125,14 @@ test('a drift schedule skips overlaps, catches up one interval, and its triggere
       assert.match(status.paused?.reason ?? '', /hw4\/us/);
       await rollout.terminate('the test is over');
       await handle.delete();
-    } finally {
-      await client.workflow
-        .getHandle(rolloutId)
-        .terminate('the test is over')
-        .catch(() => undefined);
-    }
-  });
+    });
+  } finally {
+    await client.workflow
+      .getHandle(rolloutId)
+      .terminate('the test is over')
+      .catch(() => undefined);
+    await clientConn.close();
+    await connection.close();
+    await world.close();
+  }
 });

@@ -8,23 +8,35 @@
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Client, Connection } from '@temporalio/client';
+import { NativeConnection } from '@temporalio/worker';
 import type { Browser, Page } from 'playwright-core';
+import { startDevServer, type DevServer } from '../../workers/dev-server';
+import { createFleetgateWorker, quietRuntime } from '../../workers/worker';
 import { SEARCH_ATTRIBUTES, WORKFLOW_TYPE, type RolloutResult } from '../../workflows/definitions';
 import { RolloutRequest } from '../../policies/schema';
 import { startUiServer, type UiServer } from '../../cli/ui';
 import { launchChromium } from '../../scripts/chromium';
-import { makeWorld, query, rolloutRequest, type World } from '../support';
-import { shortGatedPolicy, useDevServer, withDevWorker } from './dev-env';
+import { loadPolicy, makeWorld, query, rolloutRequest, type World } from '../support';
 
-const env = useDevServer('fleetgate-ui-');
+let server: DevServer;
+let tmp: string;
 let browser: Browser;
 
 before(async () => {
+  quietRuntime();
+  tmp = mkdtempSync(join(tmpdir(), 'fleetgate-ui-'));
+  server = await startDevServer({ dbFile: join(tmp, 'temporal.db') });
   browser = await launchChromium();
 });
 
 after(async () => {
   await browser?.close();
+  await server?.stop();
+  rmSync(tmp, { recursive: true, force: true });
 });
 
 /** Waits for an element, holding `text` when given, to be on the page; returns its text. */
@@ -36,10 +48,29 @@ async function shown(page: Page, selector: string, text?: RegExp): Promise<strin
 
 test('the status page follows a rollout through its gate, shows a refusal and the ended rollout', async () => {
   const world: World = await makeWorld();
-  await withDevWorker(env.server, world, 'ui', async ({ client, taskQueue }) => {
-    const ui: UiServer = await startUiServer({ client, dataDir: world.dataDir, port: 0 });
-    try {
-      const policy = shortGatedPolicy({ holds: ['4s', '30s', '30s'] });
+  const connection = await NativeConnection.connect({ address: server.address });
+  const clientConn = await Connection.connect({ address: server.address });
+  const client = new Client({ connection: clientConn });
+  const taskQueue = `ui-${process.pid}`;
+  let ui: UiServer | undefined;
+  try {
+    const worker = await createFleetgateWorker({
+      connection,
+      namespace: 'default',
+      taskQueue,
+      services: world.services,
+    });
+    ui = await startUiServer({ client, dataDir: world.dataDir, port: 0 });
+    await worker.runUntil(async () => {
+      const policy = loadPolicy('examples/demo-policy.yaml');
+      policy.shadow!.duration = '3s';
+      delete policy.shadow!.classGates;
+      policy.waves = [
+        { percent: 5, hold: '4s', looks: 2 },
+        { percent: 25, hold: '30s', looks: 2, approval: { gate: 'wave-2', required: 1, timeout: '10m' } },
+        { percent: 50, hold: '30s', looks: 2 },
+      ];
+      policy.labelWait = { coverage: 0.9, poll: '2s', timeout: '20s' };
       const id = `ui-rollout-${process.pid}`;
       const request = RolloutRequest.parse(
         rolloutRequest(id, 'models/candidate-good', policy, 'test/fixtures/fleet.yaml', 7200),
@@ -56,7 +87,7 @@ test('the status page follows a rollout through its gate, shows a refusal and th
 
       const page = await browser.newPage();
       page.on('dialog', (d) => void d.accept());
-      await page.goto(`${ui.url}#rollout=${encodeURIComponent(id)}`);
+      await page.goto(`${ui!.url}#rollout=${encodeURIComponent(id)}`);
 
       // Listed, with its phase from the search attributes; its cohorts with their states.
       await shown(page, `#list tr[data-id="${id}"]`);
@@ -135,8 +166,11 @@ test('the status page follows a rollout through its gate, shows a refusal and th
       await shown(page, '#charts h2', /Metrics per look/);
       assert.ok((await page.$$('#charts svg.chart')).length > 0, 'charts of the looks are drawn');
       await page.close();
-    } finally {
-      await ui.close();
-    }
-  });
+    });
+  } finally {
+    await ui?.close();
+    await clientConn.close();
+    await connection.close();
+    await world.close();
+  }
 });
