@@ -556,7 +556,7 @@ export function createFleetActivities(deps: FleetActivityDeps) {
       // that rate per vehicle), the exposure that safety events are counted in.
       const exposurePerEvent = 1 / manifest.eventsPerVehicleHour;
       await withAppender(conn, 'events', (a) => {
-        for (const { sim, out, arm, vehicles, cohortIndex, keep, weight } of simulated) {
+        for (const { sim, out, arm, vehicles, cohortIndex, keep, weight, failed } of simulated) {
           for (let i = 0; i < sim.n; i++) {
             if (keep && !keep[i]) continue;
             a.appendVarchar(`${tag}.${cohortIndex}.${i}`);
@@ -577,6 +577,7 @@ export function createFleetActivities(deps: FleetActivityDeps) {
             appendSafety(a, out.production.pred[i]!, sim.frames.labels[i]!);
             a.appendDouble(exposurePerEvent);
             a.appendDouble(weight ? weight[i]! : 1);
+            a.appendBoolean(failed ? failed[i] === 1 : false);
             a.endRow();
             total++;
           }
@@ -731,6 +732,11 @@ interface SimulatedCohort {
   weight?: Float64Array;
   /** The vehicles' upload counters for the window. */
   edge?: EdgeCounters;
+  /**
+   * Per event: 1 when the request failed (a service's error response: the acting model's columns are
+   * empty). Vehicles' events never fail; absent: none did.
+   */
+  failed?: Uint8Array;
 }
 
 /** Per-event outputs of one model; NaN and NO_PRED stand for NULL. */
