@@ -178,4 +178,6 @@ export interface EventsResponse {
   events: GatewayEvent[];
   /** The highest seq returned (or `after` when none): pass it as the next `after`. */
   next: number;
+  /** The highest seq written so far (0 for an empty log): where a reader that wants only new events starts. */
+  last: number;
 }
