@@ -1,0 +1,110 @@
+/**
+ * OpenTelemetry tracing of a fleetgate process: one NodeTracerProvider, registered globally, that
+ * batches spans and sends them as OTLP/HTTP JSON to a collector. Code that makes spans (the gateway,
+ * workers) uses `@opentelemetry/api` only; this module is the one place that builds the SDK.
+ *
+ * Nothing happens without an endpoint: the SDK and the exporter are loaded only inside `startTracing`,
+ * so a process that never calls it (no `otlpEndpoint`, no `OTEL_EXPORTER_OTLP_*` variable) pays nothing
+ * and sends nothing. Spans must never carry a raw caller or vehicle id: that is the span makers' duty,
+ * and the exporter sends what it is given.
+ */
+import { ErrorType, fail } from '../errors';
+
+/** The OTLP/HTTP path of traces, appended to an endpoint that does not already end with it. */
+export const TRACES_PATH = '/v1/traces';
+
+export interface TracingOptions {
+  /** The `service.name` resource attribute: how the collector names this process. */
+  serviceName: string;
+  /** The collector's OTLP/HTTP base URL (e.g. `http://127.0.0.1:4318`) or its full traces URL. */
+  endpoint: string;
+}
+
+export interface Tracing {
+  /** Flushes the spans still batched, stops the exporter and unregisters the provider. Idempotent. */
+  shutdown(): Promise<void>;
+}
+
+/**
+ * The traces URL of an OTLP/HTTP endpoint: `endpoint` + `/v1/traces` unless it already ends with it.
+ * Refuses anything but an http(s) URL, naming the value.
+ */
+export function tracesUrl(endpoint: string): string {
+  let url: URL;
+  try {
+    url = new URL(endpoint);
+  } catch {
+    throw fail(
+      ErrorType.InvalidInput,
+      `otlpEndpoint: ${JSON.stringify(endpoint)} is not a URL; give the collector's OTLP/HTTP base, e.g. http://127.0.0.1:4318`,
+    );
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+    throw fail(
+      ErrorType.InvalidInput,
+      `otlpEndpoint: ${JSON.stringify(endpoint)} is not http(s); OTLP/HTTP needs e.g. http://127.0.0.1:4318`,
+    );
+  }
+  const base = endpoint.replace(/\/+$/, '');
+  return base.endsWith(TRACES_PATH) ? base : base + TRACES_PATH;
+}
+
+/**
+ * The OTLP endpoint the standard environment variables name, or undefined when none is set:
+ * `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (a full traces URL) before `OTEL_EXPORTER_OTLP_ENDPOINT` (a base).
+ */
+export function endpointFromEnv(env: NodeJS.ProcessEnv = process.env): string | undefined {
+  const traces = env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT?.trim();
+  if (traces) return traces;
+  const base = env.OTEL_EXPORTER_OTLP_ENDPOINT?.trim();
+  return base ? base : undefined;
+}
+
+/**
+ * Starts tracing to `endpoint` and registers the provider as the global one (with the W3C trace context
+ * and baggage propagators and an AsyncLocalStorage context manager), so `trace.getTracer(...)` anywhere
+ * in the process records spans from now on.
+ */
+export async function startTracing(options: TracingOptions): Promise<Tracing> {
+  if (!options.serviceName) {
+    throw fail(
+      ErrorType.InvalidInput,
+      'serviceName: empty; give the name the collector should show for this process',
+    );
+  }
+  const url = tracesUrl(options.endpoint);
+  const [api, core, resources, node, exporterHttp] = await Promise.all([
+    import('@opentelemetry/api'),
+    import('@opentelemetry/core'),
+    import('@opentelemetry/resources'),
+    import('@opentelemetry/sdk-trace-node'),
+    import('@opentelemetry/exporter-trace-otlp-http'),
+  ]);
+  const exporter = new exporterHttp.OTLPTraceExporter({ url });
+  const provider = new node.NodeTracerProvider({
+    resource: new resources.Resource({ 'service.name': options.serviceName }),
+    spanProcessors: [new node.BatchSpanProcessor(exporter)],
+  });
+  provider.register({
+    propagator: new core.CompositePropagator({
+      propagators: [new core.W3CTraceContextPropagator(), new core.W3CBaggagePropagator()],
+    }),
+  });
+  let stopped: Promise<void> | undefined;
+  return {
+    shutdown() {
+      stopped ??= (async () => {
+        try {
+          // The provider's shutdown flushes its batch processor, then shuts the exporter down.
+          await provider.shutdown();
+        } finally {
+          // Unregister, so a later startTracing in this process (tests, a restarted gateway) takes effect.
+          api.trace.disable();
+          api.propagation.disable();
+          api.context.disable();
+        }
+      })();
+      return stopped;
+    },
+  };
+}
