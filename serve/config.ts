@@ -1,0 +1,150 @@
+/**
+ * The inference gateway's configuration file (`fleetgate serve --config FILE`), YAML or JSON: where it
+ * listens, which cohorts it serves, their initial routes, batching, queue and request limits, and the
+ * environment variable holding the admin token (never the token itself).
+ *
+ * Errors name the file, the field, the value and the fix; the file is never written by the gateway.
+ */
+import { readFileSync } from 'node:fs';
+import { dirname, extname, resolve } from 'node:path';
+import YAML from 'yaml';
+import { z } from 'zod';
+import { ArmRef, COHORT } from './api';
+import { formatIssues } from '../policies/schema';
+
+export const DEFAULT_GATEWAY_PORT = 8480;
+
+const Cohort = z.string().regex(COHORT, { message: 'a cohort name: lowercase letters, digits and "-"' });
+
+/** A cohort's route in the config: as CohortRoute, without a generation (it starts at 0). */
+export const InitialRoute = z
+  .object({
+    production: ArmRef,
+    candidate: ArmRef.optional(),
+    weight: z.number().min(0).max(100).default(0),
+    mirror: z.number().min(0).max(1).default(0),
+    salt: z.string().min(1).max(200).optional().describe('Default: "<gateway name>:<cohort>:canary"'),
+  })
+  .strict();
+
+const positiveInt = (max: number) => z.number().int().min(1).max(max);
+
+export const GatewayConfig = z
+  .object({
+    apiVersion: z.literal('fleetgate/v1'),
+    kind: z.literal('Gateway'),
+    name: z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/, {
+      message: 'a name: lowercase letters, digits and "-", at most 63 characters',
+    }),
+    listen: z
+      .object({
+        host: z.string().min(1).default('127.0.0.1'),
+        port: z.number().int().min(0).max(65535).default(DEFAULT_GATEWAY_PORT).describe('0: a free port'),
+      })
+      .strict()
+      .default({ host: '127.0.0.1', port: DEFAULT_GATEWAY_PORT }),
+    stateDir: z.string().min(1).describe('routes.json and events/; relative to the config file'),
+    cohorts: z.array(Cohort).min(1).describe('Cohorts served; the first is the default cohort'),
+    routes: z.record(Cohort, InitialRoute).optional(),
+    batching: z
+      .object({
+        maxBatch: positiveInt(4096).default(32),
+        maxDelayMs: z.number().min(0).max(1000).default(2),
+      })
+      .strict()
+      .default({ maxBatch: 32, maxDelayMs: 2 }),
+    queue: z
+      .object({ maxQueued: positiveInt(1_000_000).default(1024) })
+      .strict()
+      .default({ maxQueued: 1024 }),
+    shadow: z
+      .object({ maxQueued: z.number().int().min(0).max(1_000_000).default(256) })
+      .strict()
+      .default({ maxQueued: 256 }),
+    limits: z
+      .object({
+        maxBodyBytes: positiveInt(64 * 1024 * 1024).default(1_048_576),
+        maxRows: positiveInt(100_000).default(256),
+      })
+      .strict()
+      .default({ maxBodyBytes: 1_048_576, maxRows: 256 }),
+    adminTokenEnv: z
+      .string()
+      .regex(/^[A-Za-z_][A-Za-z0-9_]*$/, { message: 'an environment variable name' })
+      .default('FLEETGATE_GATEWAY_TOKEN'),
+    acceptSimTime: z.boolean().default(false),
+    faultInjection: z.boolean().default(false),
+    otlpEndpoint: z.url({ protocol: /^https?$/, message: 'an http:// or https:// URL' }).optional(),
+  })
+  .strict()
+  .superRefine((c, ctx) => {
+    const seen = new Set<string>();
+    c.cohorts.forEach((name, i) => {
+      if (seen.has(name)) {
+        ctx.addIssue({ code: 'custom', path: ['cohorts', i], message: `cohort "${name}" is listed twice` });
+      }
+      seen.add(name);
+    });
+    for (const name of Object.keys(c.routes ?? {})) {
+      if (!seen.has(name)) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['routes', name],
+          message: `a route for a cohort not in "cohorts" (${c.cohorts.join(', ')}); add it there or remove the route`,
+        });
+      }
+    }
+    for (const [name, r] of Object.entries(c.routes ?? {})) {
+      if (!r.candidate && (r.weight > 0 || r.mirror > 0)) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['routes', name, 'candidate'],
+          message: 'weight or mirror above 0 needs a candidate; add one or set them to 0',
+        });
+      }
+    }
+  });
+export type GatewayConfig = z.infer<typeof GatewayConfig>;
+export type GatewayConfigInput = z.input<typeof GatewayConfig>;
+
+/** A configuration that does not load, with every problem on its own line. */
+export class GatewayConfigError extends Error {
+  override name = 'GatewayConfigError';
+}
+
+/**
+ * Validates a parsed configuration; `baseDir` is what a relative stateDir is resolved against (the config
+ * file's directory). The returned stateDir is absolute.
+ */
+export function parseGatewayConfig(raw: unknown, baseDir: string, what = 'gateway config'): GatewayConfig {
+  const parsed = GatewayConfig.safeParse(raw);
+  if (!parsed.success) {
+    throw new GatewayConfigError(`invalid ${what}:\n${formatIssues(parsed.error, raw)}`);
+  }
+  return { ...parsed.data, stateDir: resolve(baseDir, parsed.data.stateDir) };
+}
+
+/** Reads and validates a gateway config file (.yaml, .yml or .json). */
+export function loadGatewayConfig(file: string): GatewayConfig {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    throw new GatewayConfigError(
+      code === 'ENOENT'
+        ? `gateway config ${file} does not exist; pass the path of a file like examples/gateway.yaml`
+        : `cannot read gateway config ${file}: ${code ?? String(err)}`,
+    );
+  }
+  const ext = extname(file).toLowerCase();
+  let raw: unknown;
+  try {
+    if (ext === '.json') raw = JSON.parse(text);
+    else if (ext === '.yaml' || ext === '.yml') raw = YAML.parse(text);
+    else throw new Error(`unknown extension "${ext}": use .yaml, .yml or .json`);
+  } catch (err) {
+    throw new GatewayConfigError(`gateway config ${file}: ${(err as Error).message}`);
+  }
+  return parseGatewayConfig(raw, dirname(resolve(file)), `gateway config ${file}`);
+}

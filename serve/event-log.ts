@@ -1,0 +1,210 @@
+/**
+ * The gateway's event log: one GatewayEvent per served request, as NDJSON lines appended to segments
+ * `<stateDir>/events/events-<first seq>.ndjson`. A new segment starts once the current one passes
+ * `segmentBytes`. `seq` grows by one per event across restarts: opening the log continues from the last
+ * line of the last segment (a torn last line, from a crash mid-write, is cut off).
+ *
+ * Writes are buffered and flushed at least every `flushMs` and on `flush()`/`close()`; `read` flushes
+ * first, so a reader sees every event appended before its call. Events carry callers' pseudonyms only:
+ * this module is never handed a raw caller id.
+ */
+import { mkdirSync, openSync, readdirSync, readFileSync, closeSync, ftruncateSync, fstatSync } from 'node:fs';
+import { promises as fs } from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { GatewayEvent } from './api';
+
+export const EVENTS_DIR = 'events';
+export const DEFAULT_SEGMENT_BYTES = 16 * 1024 * 1024;
+export const DEFAULT_FLUSH_MS = 200;
+/** Most events one `read` returns. */
+export const MAX_READ = 50_000;
+
+const SEGMENT = /^events-(\d{12})\.ndjson$/;
+const segmentName = (firstSeq: number) => `events-${String(firstSeq).padStart(12, '0')}.ndjson`;
+
+export interface EventLogOptions {
+  segmentBytes?: number;
+  flushMs?: number;
+}
+
+interface Segment {
+  firstSeq: number;
+  file: string;
+}
+
+export class EventLog {
+  readonly dir: string;
+  private readonly segmentBytes: number;
+  private seq: number;
+  private written: number;
+  private segments: Segment[];
+  private buffer: string[] = [];
+  private handle: FileHandle | undefined;
+  private currentSize: number;
+  private chain: Promise<void> = Promise.resolve();
+  private readonly timer: NodeJS.Timeout;
+  private closed = false;
+
+  private constructor(
+    dir: string,
+    opts: EventLogOptions,
+    segments: Segment[],
+    lastSeq: number,
+    size: number,
+  ) {
+    this.dir = dir;
+    this.segmentBytes = opts.segmentBytes ?? DEFAULT_SEGMENT_BYTES;
+    this.segments = segments;
+    this.seq = lastSeq;
+    this.written = lastSeq;
+    this.currentSize = size;
+    this.timer = setInterval(
+      () => void this.flush().catch(() => undefined),
+      opts.flushMs ?? DEFAULT_FLUSH_MS,
+    );
+    this.timer.unref();
+  }
+
+  /** Opens (creating) the log under `<stateDir>/events`, continuing its seq. */
+  static open(stateDir: string, opts: EventLogOptions = {}): EventLog {
+    const dir = join(stateDir, EVENTS_DIR);
+    mkdirSync(dir, { recursive: true });
+    const segments = readdirSync(dir)
+      .map((name) => SEGMENT.exec(name))
+      .filter((m): m is RegExpExecArray => m !== null)
+      .map((m) => ({ firstSeq: Number(m[1]), file: join(dir, m[0]) }))
+      .sort((a, b) => a.firstSeq - b.firstSeq);
+    let lastSeq = 0;
+    let size = 0;
+    for (let i = segments.length - 1; i >= 0; i--) {
+      const { seq, bytes } = lastLine(segments[i]!.file);
+      if (i === segments.length - 1) size = bytes;
+      if (seq !== undefined) {
+        lastSeq = seq;
+        break;
+      }
+      if (i === 0) lastSeq = segments[0]!.firstSeq - 1;
+    }
+    return new EventLog(dir, opts, segments, lastSeq, size);
+  }
+
+  /** The highest seq appended so far (0 for an empty log). */
+  get last(): number {
+    return this.seq;
+  }
+
+  /** Appends an event, giving it the next seq; it reaches the disk by the next flush. */
+  append(event: Omit<GatewayEvent, 'seq'>): GatewayEvent {
+    if (this.closed) throw new Error('the event log is closed');
+    const full = { seq: ++this.seq, ...event } as GatewayEvent;
+    this.buffer.push(JSON.stringify(full) + '\n');
+    return full;
+  }
+
+  /** Writes what is buffered; resolves once it is written. */
+  flush(): Promise<void> {
+    const next = this.chain.then(() => this.writeBuffered());
+    this.chain = next.catch(() => undefined);
+    return next;
+  }
+
+  private async writeBuffered(): Promise<void> {
+    while (this.buffer.length > 0) {
+      const lines = this.buffer;
+      this.buffer = [];
+      const firstSeq = this.written + 1;
+      if (!this.handle || this.currentSize >= this.segmentBytes) await this.startSegment(firstSeq);
+      const text = lines.join('');
+      await this.handle!.appendFile(text, 'utf8');
+      this.currentSize += Buffer.byteLength(text);
+      this.written += lines.length;
+    }
+  }
+
+  private async startSegment(firstSeq: number): Promise<void> {
+    const last = this.segments[this.segments.length - 1];
+    if (!this.handle && last && this.currentSize < this.segmentBytes) {
+      // Reopened: keep appending to the last segment.
+      this.handle = await fs.open(last.file, 'a');
+      return;
+    }
+    await this.handle?.close();
+    const seg = { firstSeq, file: join(this.dir, segmentName(firstSeq)) };
+    this.handle = await fs.open(seg.file, 'a');
+    this.segments.push(seg);
+    this.currentSize = 0;
+  }
+
+  /** Events with seq > after, in order, at most `limit` (capped at MAX_READ). */
+  async read(after: number, limit: number): Promise<GatewayEvent[]> {
+    await this.flush();
+    const n = Math.min(Math.max(0, limit), MAX_READ);
+    const out: GatewayEvent[] = [];
+    if (n === 0) return out;
+    let start = 0;
+    for (let i = 0; i < this.segments.length; i++) if (this.segments[i]!.firstSeq <= after + 1) start = i;
+    for (let i = start; i < this.segments.length && out.length < n; i++) {
+      let text: string;
+      try {
+        text = await fs.readFile(this.segments[i]!.file, 'utf8');
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue;
+        throw err;
+      }
+      for (const line of text.split('\n')) {
+        if (!line) continue;
+        let e: GatewayEvent;
+        try {
+          e = JSON.parse(line) as GatewayEvent;
+        } catch {
+          continue;
+        }
+        if (e.seq > after) {
+          out.push(e);
+          if (out.length >= n) break;
+        }
+      }
+    }
+    return out;
+  }
+
+  /** Flushes and closes the segment; appends are refused afterwards. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    clearInterval(this.timer);
+    await this.flush();
+    this.closed = true;
+    await this.handle?.close();
+    this.handle = undefined;
+  }
+}
+
+/** The seq of the last whole line of a segment; cuts a torn (unterminated or unparsable) tail off. */
+function lastLine(file: string): { seq?: number; bytes: number } {
+  const text = readFileSync(file, 'utf8');
+  let end = text.length;
+  if (!text.endsWith('\n')) end = text.lastIndexOf('\n') + 1;
+  let seq: number | undefined;
+  let good = end;
+  const lines = text.slice(0, end).split('\n');
+  for (let i = lines.length - 1; i >= 0 && seq === undefined; i--) {
+    const line = lines[i]!;
+    if (!line) continue;
+    try {
+      seq = (JSON.parse(line) as GatewayEvent).seq;
+    } catch {
+      good = text.slice(0, end).lastIndexOf(line);
+    }
+  }
+  if (good < Buffer.byteLength(text)) {
+    const fd = openSync(file, 'r+');
+    try {
+      const keep = Buffer.byteLength(text.slice(0, good));
+      if (keep < fstatSync(fd).size) ftruncateSync(fd, keep);
+    } finally {
+      closeSync(fd);
+    }
+  }
+  return { seq, bytes: Buffer.byteLength(text.slice(0, good)) };
+}
