@@ -10,7 +10,8 @@
  */
 import type { DuckDBConnection } from '@duckdb/node-api';
 import { CLASSES } from '../sim/frames';
-import type { AnalyzeInput, ArmStats, CohortStats, ShadowEstimates } from './contracts';
+import { TAIL_QUANTILES } from '../policies/schema';
+import type { AnalyzeInput, ArmStats, CohortStats, LatencyTail, ShadowEstimates } from './contracts';
 import { exec, exclusive, num, rows, transaction } from './db';
 import type { Row } from './db';
 import { ingestArrivedLabels } from './labels';
@@ -31,7 +32,10 @@ const CANARY_EVENTS = `(
 /** ln(x) where x > 0, else NULL (a zero or negative latency has no log and is left out of its moments). */
 const ln = (x: string) => `ln(CASE WHEN ${x} > 0 THEN ${x} END)`;
 
-/** The event-side statistics of one arm, from latency `lat`, safety flag `safety`, under `filter`. */
+/**
+ * The event-side statistics of one arm, from latency `lat`, safety flag `safety`, under `filter`; and
+ * the failed requests among the rows (`failed`).
+ */
 function eventStats(p: string, lat: string, safety: string, filter = 'true'): string {
   return `count(${lat}) AS ${p}lat_n,
        coalesce(sum(${lat}), 0) AS ${p}lat_sum,
@@ -40,7 +44,8 @@ function eventStats(p: string, lat: string, safety: string, filter = 'true'): st
        coalesce(sum(${ln(lat)}), 0) AS ${p}loglat_sum,
        coalesce(sum(${ln(lat)} * ${ln(lat)}), 0) AS ${p}loglat_sumsq,
        count(*) FILTER (WHERE ${safety}) AS ${p}safety_events,
-       coalesce(sum(e.exposure_h) FILTER (WHERE ${filter}), 0) AS ${p}exposure_h`;
+       coalesce(sum(e.exposure_h) FILTER (WHERE ${filter}), 0) AS ${p}exposure_h,
+       count(*) FILTER (WHERE e.failed) AS ${p}failed`;
 }
 
 const CANARY_SQL = `
@@ -230,6 +235,7 @@ const LOOK_COLUMNS = [
   'loglat_sumsq',
   'safety_events',
   'exposure_h',
+  'failed',
 ] as const;
 
 /** The event-side statistics of a (cohort, arm): what `batch_stats` stores per batch and a look sums. */
@@ -384,6 +390,7 @@ export function emptyArm(): ArmStats {
     latency: { n: 0, sum: 0, sumSq: 0 },
     logLatency: { n: 0, sum: 0, sumSq: 0 },
     safety: { events: 0, exposureHours: 0 },
+    failed: 0,
   };
 }
 
@@ -406,7 +413,62 @@ function arm(row: Row, prefix: string): ArmStats {
       events: num(row[`${prefix}safety_events`]),
       exposureHours: num(row[`${prefix}exposure_h`]),
     },
+    failed: num(row[`${prefix}failed`]),
   };
+}
+
+/**
+ * The latency tail per (cohort, arm) of the canary as of $asof, over the cohorts $c0, $c1, …: the
+ * events that did not fail and have a latency, each arm's p95 and p99 (`quantile_cont`, interpolated),
+ * and how many events of each arm are slower than production's p95 and p99 of the same cohort. Read
+ * from the events at every look: a quantile of the canary so far cannot be summed from per-batch or
+ * per-look statistics. Only the columns named here are read, and only for the cohorts asked for.
+ */
+function tailSql(cohorts: number): string {
+  const q95 = TAIL_QUANTILES.latency_p95;
+  const q99 = TAIL_QUANTILES.latency_p99;
+  const list = Array.from({ length: cohorts }, (_, i) => `$c${i}`).join(', ');
+  return `
+WITH ev AS (
+  SELECT e.cohort, e.arm, e.lat
+  FROM ${CANARY_EVENTS} e
+  WHERE e.rollout_id = $rollout AND e.ts_ms < $asof AND e.cohort IN (${list})
+    AND e.arm IN ('candidate', 'production') AND e.lat IS NOT NULL AND NOT coalesce(e.failed, false)
+), q AS (
+  SELECT cohort, arm, count(*) AS n, quantile_cont(lat, ${q95}) AS q95, quantile_cont(lat, ${q99}) AS q99
+  FROM ev
+  GROUP BY cohort, arm
+), x AS (
+  SELECT ev.cohort, ev.arm,
+         count(*) FILTER (WHERE ev.lat > t.q95) AS above95,
+         count(*) FILTER (WHERE ev.lat > t.q99) AS above99
+  FROM ev JOIN q t ON t.cohort = ev.cohort AND t.arm = 'production'
+  GROUP BY ev.cohort, ev.arm
+)
+SELECT q.cohort, q.arm, q.n, q.q95, q.q99, coalesce(x.above95, 0) AS above95, coalesce(x.above99, 0) AS above99
+FROM q LEFT JOIN x ON x.cohort = q.cohort AND x.arm = q.arm`;
+}
+
+/** Each (cohort, arm) of `cohorts` with canary latency samples before `asOfMs`: its tail (see `tailSql`). */
+export async function latencyTails(
+  conn: DuckDBConnection,
+  rolloutId: string,
+  cohorts: readonly string[],
+  asOfMs: number,
+): Promise<Map<string, LatencyTail>> {
+  const out = new Map<string, LatencyTail>();
+  if (cohorts.length === 0) return out;
+  const params: Record<string, string | number> = { rollout: rolloutId, asof: asOfMs };
+  cohorts.forEach((c, i) => (params[`c${i}`] = c));
+  const found = await exclusive(conn, () => rows(conn, tailSql(cohorts.length), params));
+  for (const r of found) {
+    out.set(`${String(r.cohort)}|${String(r.arm)}`, {
+      n: num(r.n),
+      p95: { ms: num(r.q95), above: num(r.above95) },
+      p99: { ms: num(r.q99), above: num(r.above99) },
+    });
+  }
+  return out;
 }
 
 export function createAnalysisActivities({ conn }: { conn: DuckDBConnection }) {
@@ -414,7 +476,9 @@ export function createAnalysisActivities({ conn }: { conn: DuckDBConnection }) {
     /**
      * Sufficient statistics per requested cohort (in the order given; zeros for a cohort without
      * events), as of `asOfMs`. Canary: per arm, the acting model's events, labeled events, errors,
-     * latency and log latency {n, sum, sumSq}, and safety events with their exposure. Shadow: the candidate arm from the candidate's outputs and the production
+     * latency and log latency {n, sum, sumSq}, safety events with their exposure, failed requests, and
+     * the latency tail over the canary so far (`latencyTail`, read from the events at every look: see
+     * `latencyTails`). Shadow: the candidate arm from the candidate's outputs and the production
      * arm from production's on the same events, plus the paired events and their disagreements.
      */
     async analyze(input: AnalyzeInput): Promise<CohortStats[]> {
@@ -451,6 +515,15 @@ export function createAnalysisActivities({ conn }: { conn: DuckDBConnection }) {
           stats.candidate = arm(row, 'c_');
           stats.production = arm(row, 'p_');
           stats.paired = { events: num(row.paired), disagreements: num(row.disagreements) };
+        }
+      }
+      if (input.phase === 'canary') {
+        const tails = await latencyTails(conn, input.rolloutId, [...byCohort.keys()], input.asOfMs);
+        for (const stats of byCohort.values()) {
+          for (const side of ['candidate', 'production'] as const) {
+            const tail = tails.get(`${stats.cohort}|${side}`);
+            if (tail) stats[side].latencyTail = tail;
+          }
         }
       }
       return [...byCohort.values()];

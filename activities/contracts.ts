@@ -316,6 +316,35 @@ export interface ArmStats {
    * in analysis results recorded before it existed; read it as empty then.
    */
   safety?: { events: number; exposureHours: number };
+  /**
+   * Requests of the arm that failed (a service's error responses; `events` counts them too). Vehicles'
+   * events never fail. Absent in analysis results recorded before it existed; read it as 0 then.
+   */
+  failed?: number;
+  /**
+   * Canary only: the tail of the arm's latency over the cohort's canary events so far, for latency_p95
+   * and latency_p99. Absent in analysis results recorded before it existed, in the shadow phase, and
+   * for an arm without latency samples.
+   */
+  latencyTail?: LatencyTail;
+}
+
+/**
+ * One arm's latency tail as of a look, over its events that did not fail and have a latency: `n` of
+ * them; per quantile q (p95: 0.95, p99: 0.99), the arm's own q-quantile in ms (DuckDB `quantile_cont`)
+ * and how many of its events are slower than the production arm's q-quantile of the same cohort (the
+ * threshold; 0 when production has no latency samples).
+ */
+export interface LatencyTail {
+  n: number;
+  p95: TailQuantile;
+  p99: TailQuantile;
+}
+export interface TailQuantile {
+  /** This arm's q-quantile of latency, in ms. */
+  ms: number;
+  /** Events with a latency above production's q-quantile (strictly above). */
+  above: number;
 }
 export interface CohortStats {
   cohort: string;

@@ -30,6 +30,9 @@ export interface FleetDatabase {
  * batch's min and max ts_ms, written with the batch (see `recordBatchStats` in analysis.ts), so a look
  * sums the batches inside its window instead of reading their events. Not migrated: batches written
  * before it existed have no rows there, and a look whose window holds their events reads the events.
+ * look_stats.failed and batch_stats.failed count the failed requests (events.failed); rows written
+ * before those columns existed hold NULL, read as 0: only vehicles' events, which never fail, were
+ * logged then. Tail-latency statistics are not cached: quantiles do not add up over looks or batches.
  *
  * events.safety_candidate / safety_production: the frame's true class was the critical one and that
  * model missed it (NULL where the model did not run); known on the vehicle at once (a takeover), not
@@ -168,6 +171,7 @@ CREATE TABLE IF NOT EXISTS look_stats (
   loglat_sumsq DOUBLE,
   safety_events BIGINT,
   exposure_h DOUBLE,
+  failed BIGINT,
   PRIMARY KEY (rollout_id, phase, as_of_ms, cohort, arm)
 );
 CREATE TABLE IF NOT EXISTS batch_stats (
@@ -187,6 +191,7 @@ CREATE TABLE IF NOT EXISTS batch_stats (
   loglat_sumsq DOUBLE NOT NULL,
   safety_events BIGINT NOT NULL,
   exposure_h DOUBLE NOT NULL,
+  failed BIGINT,
   PRIMARY KEY (batch_id, cohort, arm)
 );
 CREATE TABLE IF NOT EXISTS looks (
@@ -223,6 +228,8 @@ ALTER TABLE look_stats ADD COLUMN IF NOT EXISTS loglat_sum DOUBLE;
 ALTER TABLE look_stats ADD COLUMN IF NOT EXISTS loglat_sumsq DOUBLE;
 ALTER TABLE look_stats ADD COLUMN IF NOT EXISTS safety_events BIGINT;
 ALTER TABLE look_stats ADD COLUMN IF NOT EXISTS exposure_h DOUBLE;
+ALTER TABLE look_stats ADD COLUMN IF NOT EXISTS failed BIGINT;
+ALTER TABLE batch_stats ADD COLUMN IF NOT EXISTS failed BIGINT;
 DELETE FROM looks WHERE (rollout_id, phase) IN (SELECT rollout_id, phase FROM look_stats WHERE loglat_n IS NULL);
 DELETE FROM look_stats WHERE loglat_n IS NULL;
 `;

@@ -62,19 +62,35 @@ export const METRIC_KINDS = {
   error_rate: 'binary',
   latency_ms: 'continuous',
   safety_events: 'rate',
+  request_error_rate: 'binary',
+  latency_p95: 'binary',
+  latency_p99: 'binary',
 } as const;
+
+/** The tail-latency metrics and the quantile q each one tests. */
+export const TAIL_QUANTILES = { latency_p95: 0.95, latency_p99: 0.99 } as const;
 
 export const Metric = z
   .object({
     name: z
-      .enum(['error_rate', 'latency_ms', 'safety_events'])
+      .enum(['error_rate', 'latency_ms', 'safety_events', 'request_error_rate', 'latency_p95', 'latency_p99'])
       .describe(
         'error_rate: share of labeled events misclassified; latency_ms: inference latency; ' +
-          'safety_events: safety-critical misses per vehicle-hour, known without labels',
+          'safety_events: safety-critical misses per vehicle-hour, known without labels. Services, known ' +
+          'without labels: request_error_rate: share of requests that failed (failed over all requests ' +
+          "of the arm); latency_p95 / latency_p99: tail latency, tested as the share of each arm's " +
+          "requests slower than production's p95 (p99) over the cohort's canary so far: a difference of " +
+          'proportions, candidate minus production (production near 0.05 / 0.01). The threshold is ' +
+          "production's estimated quantile at each look, taken as known: an approximation that is close " +
+          "once production has a few hundred requests above it (see policies/engine.ts). Each arm's own " +
+          'quantile in ms is reported beside the test',
       ),
     kind: z
       .enum(['binary', 'continuous', 'rate'])
-      .describe('binary for error_rate, continuous for latency_ms, rate for safety_events'),
+      .describe(
+        'binary for error_rate, request_error_rate, latency_p95 and latency_p99; continuous for ' +
+          'latency_ms; rate for safety_events',
+      ),
     role: z
       .enum(['guardrail', 'success'])
       .default('guardrail')
@@ -94,7 +110,9 @@ export const Metric = z
       .nonnegative()
       .describe(
         'Largest harm (candidate minus production) still accepted as non-inferior; relative for ' +
-          'safety_events (0.2: a rate ratio up to 1.2) and for log-scale latency',
+          'safety_events (0.2: a rate ratio up to 1.2) and for log-scale latency; absolute shares for ' +
+          'error_rate and request_error_rate (0.01 = one point) and for latency_p95 / latency_p99 (p99 ' +
+          "with 0.01: at most 2% of the candidate's requests slower than production's p99)",
       ),
     harmThreshold: z
       .number()
