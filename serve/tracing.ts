@@ -8,6 +8,8 @@
  * and sends nothing. Spans must never carry a raw caller or vehicle id: that is the span makers' duty,
  * and the exporter sends what it is given.
  */
+import type { Resource } from '@opentelemetry/resources';
+import type { SpanProcessor } from '@opentelemetry/sdk-trace-base';
 import { ErrorType, fail } from '../errors';
 
 /** The OTLP/HTTP path of traces, appended to an endpoint that does not already end with it. */
@@ -21,6 +23,10 @@ export interface TracingOptions {
 }
 
 export interface Tracing {
+  /** The batching processor in front of the exporter: spans made elsewhere (a workflow sandbox) end here. */
+  readonly spanProcessor: SpanProcessor;
+  /** The resource (`service.name`) of every span this process sends. */
+  readonly resource: Resource;
   /** Flushes the spans still batched, stops the exporter and unregisters the provider. Idempotent. */
   shutdown(): Promise<void>;
 }
@@ -80,11 +86,11 @@ export async function startTracing(options: TracingOptions): Promise<Tracing> {
     import('@opentelemetry/sdk-trace-node'),
     import('@opentelemetry/exporter-trace-otlp-http'),
   ]);
-  const exporter = new exporterHttp.OTLPTraceExporter({ url });
-  const provider = new node.NodeTracerProvider({
-    resource: new resources.Resource({ 'service.name': options.serviceName }),
-    spanProcessors: [new node.BatchSpanProcessor(exporter)],
-  });
+  const resource = resources.Resource.default().merge(
+    new resources.Resource({ 'service.name': options.serviceName }),
+  );
+  const spanProcessor = new node.BatchSpanProcessor(new exporterHttp.OTLPTraceExporter({ url }));
+  const provider = new node.NodeTracerProvider({ resource, spanProcessors: [spanProcessor] });
   provider.register({
     propagator: new core.CompositePropagator({
       propagators: [new core.W3CTraceContextPropagator(), new core.W3CBaggagePropagator()],
@@ -92,6 +98,8 @@ export async function startTracing(options: TracingOptions): Promise<Tracing> {
   });
   let stopped: Promise<void> | undefined;
   return {
+    spanProcessor,
+    resource,
     shutdown() {
       stopped ??= (async () => {
         try {
