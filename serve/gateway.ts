@@ -1,0 +1,885 @@
+/**
+ * The inference gateway (`fleetgate serve`): registered models served behind the HTTP API of
+ * serve/api.ts, with a canary routing weight, shadow mirroring and instant rollback per cohort.
+ *
+ *   POST /v1/predict        validate, pseudonymise the caller, pick the arm (serve/router.ts), preprocess
+ *                           as the arm model's inference_config.json says, infer through the model's
+ *                           micro-batcher (serve/batcher.ts), answer; then, off the response path, mirror
+ *                           to the candidate and write the request's event (serve/event-log.ts)
+ *   GET  /healthz /readyz   alive; ready once every routed model is loaded and while not draining
+ *   GET  /metrics           Prometheus text (serve/metrics.ts)
+ *   /admin/*                bearer token from the environment variable the config names: read and change
+ *                           routes (saved atomically in routes.json before answering), read events
+ *
+ * The raw caller id lives only as long as it takes to compute its keyed pseudonym: nothing logged, stored,
+ * counted, traced or returned carries it. Memory is bounded by the body limit, the served queue's rows and
+ * the shadow queue's rows; a full queue answers 429, a full shadow queue drops the mirror.
+ */
+import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { mkdirSync } from 'node:fs';
+import { isDeepStrictEqual } from 'node:util';
+import { context, SpanStatusCode, trace } from '@opentelemetry/api';
+import type { z } from 'zod';
+import type { ModelRunner, ObjectStore } from '../activities/deps';
+import { cohortPointers } from '../activities/registry-read';
+import { S3ObjectStore } from '../activities/store-s3';
+import { pseudonym } from '../sim/fleet';
+import { loadConfig, loadStoreConfig, openObjectStore } from '../workers/config';
+import { blobKey, OnnxModelRunner } from '../workers/model-runner';
+import { loadPseudonymKey } from '../workers/secrets';
+import {
+  type Arm,
+  type ArmRef,
+  CohortRoute,
+  type ErrorBody,
+  type EventsResponse,
+  type GatewayEvent,
+  HEADERS,
+  PATHS,
+  PredictRequest,
+  type PredictOutput,
+  type PredictResponse,
+  REQUEST_ID,
+  RouteUpdate,
+  type RoutesResponse,
+} from './api';
+import { MicroBatcher, QueueFullError, RowBudget } from './batcher';
+import type { GatewayConfig } from './config';
+import { EventLog, MAX_READ } from './event-log';
+import { GatewayMetrics } from './metrics';
+import { ModelCatalog, ModelUnavailableError, type ServedModel } from './models';
+import { chooseArm, isInjectedError, isMirrored } from './router';
+import { RoutesStore } from './routes-store';
+
+export interface Gateway {
+  url: string;
+  port: number;
+  routes(): Record<string, CohortRoute>;
+  /** Stops taking predicts (503), finishes queued work and shadows, flushes the event log, closes the server. */
+  drain(): Promise<void>;
+  /** Drains (when not yet drained) and releases the runner and store it opened. */
+  close(): Promise<void>;
+}
+
+export interface GatewayDeps {
+  store?: ObjectStore;
+  key?: Buffer;
+  runner?: ModelRunner;
+  dataDir?: string;
+  /** Structured log lines (default: JSON on stderr). */
+  log?: (line: object) => void;
+}
+
+/** A request refused, with what to put in its ErrorBody. */
+class HttpError extends Error {
+  override name = 'HttpError';
+  constructor(
+    readonly status: number,
+    message: string,
+    readonly field?: string,
+    readonly value?: unknown,
+    readonly headers: Record<string, string> = {},
+  ) {
+    super(message);
+  }
+}
+
+const tracer = trace.getTracer('fleetgate-gateway');
+const JSON_TYPE = 'application/json; charset=utf-8';
+const DEFAULT_EVENTS_LIMIT = 1000;
+
+function defaultSalt(config: GatewayConfig, cohort: string): string {
+  return `${config.name}:${cohort}:canary`;
+}
+
+function sendJson(res: ServerResponse, status: number, value: unknown, headers: Record<string, string> = {}) {
+  const body = JSON.stringify(value);
+  res.writeHead(status, {
+    'Content-Type': JSON_TYPE,
+    'Content-Length': Buffer.byteLength(body),
+    'Cache-Control': 'no-store',
+    ...headers,
+  });
+  res.end(body);
+}
+
+function sendError(res: ServerResponse, err: HttpError, headers: Record<string, string> = {}) {
+  const error: ErrorBody['error'] = { status: err.status, message: err.message };
+  if (err.field !== undefined) error.field = err.field;
+  if (err.value !== undefined) error.value = shorten(err.value);
+  sendJson(res, err.status, { error } satisfies ErrorBody, { ...err.headers, ...headers });
+}
+
+/** A value to echo in an error: long ones are cut, so an error never carries a whole body back. */
+function shorten(value: unknown): unknown {
+  const s = JSON.stringify(value);
+  if (s === undefined || s.length <= 200) return value;
+  return `${s.slice(0, 197)}...`;
+}
+
+/** The first zod issue as an HttpError naming its field and value (the caller's id is never echoed). */
+function zodError(error: z.ZodError, input: unknown, what: string): HttpError {
+  const issue = error.issues[0]!;
+  const field = issue.path.map(String).join('.') || undefined;
+  let value: unknown = input;
+  for (const k of issue.path) {
+    value =
+      value !== null && typeof value === 'object' ? (value as Record<PropertyKey, unknown>)[k] : undefined;
+  }
+  if (field === 'caller') value = undefined;
+  const fix =
+    issue.code === 'unrecognized_keys'
+      ? `remove ${issue.keys.map((k) => `"${k}"`).join(', ')}`
+      : issue.message;
+  const more = error.issues.length > 1 ? ` (and ${error.issues.length - 1} more problem(s))` : '';
+  return new HttpError(400, `${what}: ${field ?? '(body)'}: ${fix}${more}`, field, value);
+}
+
+async function readBody(req: IncomingMessage, max: number): Promise<Buffer> {
+  const declared = Number(req.headers['content-length']);
+  const tooLarge = () =>
+    new HttpError(413, `the body is over ${max} bytes; send fewer rows per request`, undefined, undefined, {
+      Connection: 'close',
+    });
+  if (Number.isFinite(declared) && declared > max) {
+    req.resume();
+    throw tooLarge();
+  }
+  const chunks: Buffer[] = [];
+  let size = 0;
+  let over = false;
+  for await (const chunk of req as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > max) over = true;
+    else chunks.push(chunk);
+  }
+  if (over) throw tooLarge();
+  return Buffer.concat(chunks);
+}
+
+function parseJson(bytes: Buffer): unknown {
+  try {
+    return JSON.parse(bytes.toString('utf8'));
+  } catch (err) {
+    throw new HttpError(400, `the body is not JSON: ${(err as Error).message}; send a JSON object`);
+  }
+}
+
+/** Equality of two secrets in time independent of where they differ (and of their lengths). */
+function sameSecret(a: string, b: string): boolean {
+  const ha = createHash('sha256').update(a, 'utf8').digest();
+  const hb = createHash('sha256').update(b, 'utf8').digest();
+  return timingSafeEqual(ha, hb);
+}
+
+/** Outputs of the rows of one request: probabilities, class (threshold on class 1) and label. */
+function postprocess(
+  probs: Float32Array,
+  per: number,
+  model: ServedModel,
+  threshold: number | undefined,
+): PredictOutput[] {
+  const t = threshold ?? model.threshold;
+  const out: PredictOutput[] = [];
+  for (let r = 0; r * per < probs.length; r++) {
+    const p = Array.from(probs.subarray(r * per, (r + 1) * per));
+    let cls: number;
+    if (per === 2 && t !== undefined) cls = p[1]! >= t ? 1 : 0;
+    else {
+      cls = 0;
+      for (let i = 1; i < p.length; i++) if (p[i]! > p[cls]!) cls = i;
+    }
+    out.push({ probs: p, class: cls, label: model.classes[cls] ?? String(cls) });
+  }
+  return out;
+}
+
+function preprocess(inputs: number[][], model: ServedModel): Float32Array {
+  const x = new Float32Array(inputs.length * model.features);
+  let i = 0;
+  for (const row of inputs) for (const v of row) x[i++] = v * model.scale + model.offset;
+  return x;
+}
+
+const sleep = (ms: number) => new Promise((res) => setTimeout(res, ms));
+
+export async function startGateway(config: GatewayConfig, deps: GatewayDeps = {}): Promise<Gateway> {
+  const log =
+    deps.log ??
+    ((line: object) =>
+      process.stderr.write(JSON.stringify({ ts: new Date().toISOString(), ...line }) + '\n'));
+  const needsDataDir = !deps.store || !deps.key;
+  const dataDir = deps.dataDir ?? (needsDataDir ? loadConfig().dataDir : undefined);
+  const ownStore = !deps.store;
+  const store = deps.store ?? openObjectStore(loadStoreConfig(), dataDir!);
+  const key = deps.key ?? loadPseudonymKey(dataDir!);
+  const ownRunner = !deps.runner;
+  const runner = deps.runner ?? new OnnxModelRunner((digest) => store.get(blobKey(digest)));
+  const releaseOwned = async () => {
+    if (ownRunner) await runner.close();
+    if (ownStore && store instanceof S3ObjectStore) store.close();
+  };
+
+  mkdirSync(config.stateDir, { recursive: true });
+  const routesStore = new RoutesStore(config.stateDir);
+  let routes: Record<string, CohortRoute>;
+  let events: EventLog;
+  try {
+    routes = await initialRoutes(config, routesStore, store);
+    events = EventLog.open(config.stateDir);
+  } catch (err) {
+    await releaseOwned();
+    throw err;
+  }
+
+  const catalog = new ModelCatalog(store, runner);
+  const served = new RowBudget(config.queue.maxQueued);
+  const shadowBudget = new RowBudget(config.shadow.maxQueued);
+  const metrics = new GatewayMetrics(() => served.rows);
+  const batchers = new Map<string, MicroBatcher>();
+  const batcherOf = (model: ServedModel) => {
+    let b = batchers.get(model.digest);
+    if (!b) {
+      b = new MicroBatcher({
+        runner,
+        digest: model.digest,
+        features: model.features,
+        maxBatch: config.batching.maxBatch,
+        maxDelayMs: config.batching.maxDelayMs,
+        onBatch: (rows) => metrics.batchSize.observe(rows),
+      });
+      batchers.set(model.digest, b);
+    }
+    return b;
+  };
+  const setRouteGauges = (cohort: string, r: CohortRoute) => {
+    metrics.routeWeight.set({ cohort }, r.candidate ? r.weight : 0);
+    metrics.routeMirror.set({ cohort }, r.candidate ? r.mirror : 0);
+  };
+  for (const [cohort, r] of Object.entries(routes)) setRouteGauges(cohort, r);
+
+  const routedDigests = () => {
+    const ds = new Set<string>();
+    for (const r of Object.values(routes)) {
+      ds.add(r.production.digest);
+      if (r.candidate) ds.add(r.candidate.digest);
+    }
+    return [...ds];
+  };
+  const warm = (digests: string[]) =>
+    Promise.all(
+      digests.map((d) =>
+        catalog.get(d).catch((err: unknown) => {
+          log({
+            level: 'error',
+            event: 'gateway.model-unavailable',
+            digest: d,
+            message: (err as Error).message,
+          });
+        }),
+      ),
+    );
+
+  let draining = false;
+  let drained: Promise<void> | undefined;
+  const inFlight = new Set<Promise<void>>();
+  const shadows = new Set<Promise<void>>();
+  let adminChain: Promise<unknown> = Promise.resolve();
+
+  // ---- predict --------------------------------------------------------------------------------
+
+  const predict = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+    if (draining) throw new HttpError(503, 'the gateway is draining; send the request to another instance');
+    const rawId = req.headers[HEADERS.requestId];
+    let requestId: string;
+    if (rawId === undefined) requestId = randomUUID();
+    else if (typeof rawId === 'string' && REQUEST_ID.test(rawId)) requestId = rawId;
+    else {
+      throw new HttpError(
+        400,
+        `header ${HEADERS.requestId} must be 1-128 characters of letters, digits, ".", "_", ":" and "-"`,
+        HEADERS.requestId,
+        rawId,
+      );
+    }
+    const simRaw = req.headers[HEADERS.simTime];
+    let tsMs = Date.now();
+    if (simRaw !== undefined) {
+      if (!config.acceptSimTime) {
+        throw new HttpError(
+          400,
+          `header ${HEADERS.simTime} is accepted only by a gateway configured with acceptSimTime: true; remove the header`,
+          HEADERS.simTime,
+          simRaw,
+        );
+      }
+      const t = Number(simRaw);
+      if (typeof simRaw !== 'string' || !/^\d{1,16}$/.test(simRaw) || !Number.isSafeInteger(t)) {
+        throw new HttpError(
+          400,
+          `header ${HEADERS.simTime} must be whole ms since the epoch, e.g. 1767225600000`,
+          HEADERS.simTime,
+          simRaw,
+        );
+      }
+      tsMs = t;
+    }
+    const body = parseJson(await readBody(req, config.limits.maxBodyBytes));
+    const parsed = PredictRequest.safeParse(body);
+    if (!parsed.success) throw zodError(parsed.error, body, 'invalid predict request');
+    const started = performance.now();
+    const { inputs } = parsed.data;
+    const cohort = parsed.data.cohort ?? config.cohorts[0]!;
+    if (!config.cohorts.includes(cohort)) {
+      throw new HttpError(
+        400,
+        `unknown cohort "${cohort}"; this gateway serves ${config.cohorts.map((c) => `"${c}"`).join(', ')}`,
+        'cohort',
+        cohort,
+      );
+    }
+    if (inputs.length > config.limits.maxRows) {
+      throw new HttpError(
+        400,
+        `${inputs.length} rows are over this gateway's limit of ${config.limits.maxRows}; split the request`,
+        'inputs',
+        inputs.length,
+      );
+    }
+    // The raw id ends here: only its keyed pseudonym goes on.
+    const caller = pseudonym(key, parsed.data.caller);
+    const route = routes[cohort]!;
+    const arm = chooseArm(key, route, caller);
+    const ref = arm === 'candidate' ? route.candidate! : route.production;
+
+    await tracer.startActiveSpan('gateway.predict', async (span) => {
+      span.setAttributes({ cohort, arm, rows: inputs.length, 'request.id': requestId });
+      let status = 200;
+      try {
+        const result = await serveArm(cohort, arm, ref, inputs, requestId, started);
+        status = result.status;
+        const latencyMs = performance.now() - started;
+        const event: Omit<GatewayEvent, 'seq'> = {
+          requestId,
+          tsMs,
+          cohort,
+          caller,
+          arm,
+          digest: ref.digest,
+          ...(ref.threshold !== undefined ? { threshold: ref.threshold } : {}),
+          ...(result.outputs
+            ? { pred: result.outputs[0]!.class, conf: result.outputs[0]!.probs[result.outputs[0]!.class] }
+            : {}),
+          latencyMs,
+          status,
+          failed: status >= 500,
+        };
+        metrics.requests.inc({ cohort, arm, code: String(status) });
+        metrics.duration.observe({ cohort, arm }, latencyMs / 1000);
+        if (result.outputs) {
+          const response: PredictResponse = {
+            requestId,
+            arm,
+            model: {
+              digest: ref.digest,
+              ...(result.model?.name ? { name: result.model.name } : {}),
+              ...(result.model?.version ? { version: result.model.version } : {}),
+            },
+            outputs: result.outputs,
+            latencyMs,
+          };
+          sendJson(res, 200, response, { [HEADERS.arm]: arm, [HEADERS.requestId]: requestId });
+        } else {
+          sendError(res, result.error!, { [HEADERS.arm]: arm, [HEADERS.requestId]: requestId });
+        }
+        if (status === 429) return; // refused before it was served: no event
+        if (
+          arm === 'production' &&
+          status === 200 &&
+          route.candidate &&
+          isMirrored(key, route.salt, requestId, route.mirror)
+        ) {
+          startShadow(cohort, route.candidate, inputs, event);
+        } else {
+          events.append(event);
+        }
+      } catch (err) {
+        status = 500;
+        span.recordException(err as Error);
+        throw err;
+      } finally {
+        span.setAttribute('status', status);
+        if (status >= 500) span.setStatus({ code: SpanStatusCode.ERROR });
+        span.end();
+      }
+    });
+  };
+
+  /** Runs the arm's model on the rows: outputs, or the error to answer with. */
+  const serveArm = async (
+    cohort: string,
+    arm: Arm,
+    ref: ArmRef,
+    inputs: number[][],
+    requestId: string,
+    started: number,
+  ): Promise<{ status: number; outputs?: PredictOutput[]; model?: ServedModel; error?: HttpError }> => {
+    const inject = config.faultInjection ? ref.inject : undefined;
+    const addLatency = async () => {
+      const extra = (inject?.latencyMs ?? 0) - (performance.now() - started);
+      if (extra > 0) await sleep(extra);
+    };
+    let model: ServedModel;
+    try {
+      model = await catalog.get(ref.digest);
+    } catch (err) {
+      metrics.errors.inc({ cohort, arm, reason: 'model-unavailable' });
+      log({
+        level: 'error',
+        event: 'gateway.model-unavailable',
+        cohort,
+        arm,
+        digest: ref.digest,
+        message: (err as Error).message,
+      });
+      return {
+        status: 503,
+        error: new HttpError(503, `the ${arm} model cannot be served now: ${(err as Error).message}`),
+      };
+    }
+    for (let i = 0; i < inputs.length; i++) {
+      if (inputs[i]!.length !== model.features) {
+        metrics.errors.inc({ cohort, arm, reason: 'bad-input' });
+        return {
+          status: 400,
+          model,
+          error: new HttpError(
+            400,
+            `row ${i} has ${inputs[i]!.length} features; the model takes ${model.features} per row`,
+            `inputs.${i}`,
+            inputs[i]!.length,
+          ),
+        };
+      }
+    }
+    if (isInjectedError(requestId, inject?.errorRate)) {
+      await addLatency();
+      metrics.errors.inc({ cohort, arm, reason: 'injected' });
+      return {
+        status: 500,
+        model,
+        error: new HttpError(500, `injected fault (errorRate ${inject!.errorRate}) of the ${arm} arm`),
+      };
+    }
+    const x = preprocess(inputs, model);
+    const span = tracer.startSpan(
+      'gateway.inference',
+      { attributes: { digest: model.digest, rows: inputs.length } },
+      context.active(),
+    );
+    try {
+      const r = await batcherOf(model).submit(x, inputs.length, served);
+      span.setAttribute('batch.size', r.batchRows);
+      span.end();
+      await addLatency();
+      return { status: 200, model, outputs: postprocess(r.probs, r.outputsPerRow, model, ref.threshold) };
+    } catch (err) {
+      span.end();
+      if (err instanceof QueueFullError) {
+        metrics.rejected.inc();
+        metrics.errors.inc({ cohort, arm, reason: 'queue-full' });
+        return {
+          status: 429,
+          model,
+          error: new HttpError(
+            429,
+            `the gateway is busy (${err.message}); retry after 1 s`,
+            undefined,
+            undefined,
+            {
+              'Retry-After': '1',
+            },
+          ),
+        };
+      }
+      metrics.errors.inc({ cohort, arm, reason: 'inference' });
+      log({
+        level: 'error',
+        event: 'gateway.inference-failed',
+        cohort,
+        arm,
+        digest: model.digest,
+        message: (err as Error).message,
+      });
+      return { status: 500, model, error: new HttpError(500, `inference failed: ${(err as Error).message}`) };
+    }
+  };
+
+  /** Mirrors a production-served request to the candidate, after its response; writes its event when done. */
+  const startShadow = (
+    cohort: string,
+    cand: ArmRef,
+    inputs: number[][],
+    event: Omit<GatewayEvent, 'seq'>,
+  ) => {
+    metrics.shadowRequests.inc({ cohort });
+    const p = (async () => {
+      const t0 = performance.now();
+      let shadow: NonNullable<GatewayEvent['shadow']>;
+      try {
+        const model = await catalog.get(cand.digest);
+        if (inputs.some((row) => row.length !== model.features))
+          throw new Error('the candidate takes another row length');
+        const r = await batcherOf(model).submit(preprocess(inputs, model), inputs.length, shadowBudget);
+        const out = postprocess(r.probs, r.outputsPerRow, model, cand.threshold)[0]!;
+        shadow = {
+          digest: cand.digest,
+          pred: out.class,
+          conf: out.probs[out.class],
+          latencyMs: performance.now() - t0,
+          failed: false,
+          dropped: false,
+        };
+      } catch (err) {
+        if (err instanceof QueueFullError) {
+          metrics.shadowDropped.inc({ cohort });
+          shadow = { digest: cand.digest, failed: false, dropped: true };
+        } else {
+          metrics.errors.inc({ cohort, arm: 'candidate', reason: 'shadow' });
+          shadow = { digest: cand.digest, latencyMs: performance.now() - t0, failed: true, dropped: false };
+        }
+      }
+      events.append({ ...event, shadow });
+    })().finally(() => shadows.delete(p));
+    shadows.add(p);
+  };
+
+  // ---- admin ----------------------------------------------------------------------------------
+
+  const authorize = (req: IncomingMessage) => {
+    const token = process.env[config.adminTokenEnv];
+    if (!token) {
+      throw new HttpError(
+        503,
+        `the admin API is off: set the environment variable ${config.adminTokenEnv} to a secret token and restart the gateway`,
+      );
+    }
+    const header = req.headers.authorization ?? '';
+    const m = /^Bearer (.+)$/.exec(header);
+    if (!m || !sameSecret(m[1]!, token)) {
+      throw new HttpError(
+        401,
+        `send the admin token of ${config.adminTokenEnv} as "Authorization: Bearer <token>"`,
+        undefined,
+        undefined,
+        {
+          'WWW-Authenticate': 'Bearer',
+        },
+      );
+    }
+  };
+
+  const updateRoute = async (cohort: string, req: IncomingMessage): Promise<CohortRoute> => {
+    const body = parseJson(await readBody(req, config.limits.maxBodyBytes));
+    const parsed = RouteUpdate.safeParse(body);
+    if (!parsed.success) throw zodError(parsed.error, body, 'invalid route update');
+    const u = parsed.data;
+    const current = routes[cohort]!;
+    if (!config.faultInjection) {
+      for (const arm of ['production', 'candidate'] as const) {
+        if (u[arm]?.inject) {
+          throw new HttpError(
+            400,
+            `${arm}.inject: fault injection is off on this gateway; remove "inject" or run it with faultInjection: true`,
+            `${arm}.inject`,
+            u[arm].inject,
+          );
+        }
+      }
+    }
+    const candidate = u.candidate === null ? undefined : (u.candidate ?? current.candidate);
+    const next: CohortRoute = {
+      production: u.production ?? current.production,
+      ...(candidate ? { candidate } : {}),
+      weight: u.weight ?? (candidate ? current.weight : 0),
+      mirror: u.mirror ?? (candidate ? current.mirror : 0),
+      salt: u.salt ?? current.salt,
+      generation: current.generation,
+    };
+    if (!candidate && (next.weight > 0 || next.mirror > 0)) {
+      throw new HttpError(
+        400,
+        'weight and mirror above 0 need a candidate; add "candidate" or set them to 0',
+        next.weight > 0 ? 'weight' : 'mirror',
+        next.weight > 0 ? next.weight : next.mirror,
+      );
+    }
+    // A repeated update (a retry) that changes nothing answers the route as it is.
+    if (isDeepStrictEqual(next, current)) return current;
+    if (u.ifGeneration !== undefined && u.ifGeneration !== current.generation) {
+      throw new HttpError(
+        409,
+        `the route of "${cohort}" is at generation ${current.generation}, not ${u.ifGeneration}; read it again and retry`,
+        'ifGeneration',
+        u.ifGeneration,
+      );
+    }
+    for (const arm of ['production', 'candidate'] as const) {
+      const ref = next[arm];
+      if (!ref) continue;
+      try {
+        await catalog.get(ref.digest);
+      } catch (err) {
+        if (!(err instanceof ModelUnavailableError)) throw err;
+        throw new HttpError(400, `${arm}.digest: ${err.message}`, `${arm}.digest`, ref.digest);
+      }
+    }
+    next.generation = current.generation + 1;
+    const all = { ...routes, [cohort]: next };
+    await routesStore.save(all);
+    routes = all;
+    setRouteGauges(cohort, next);
+    log({
+      level: 'info',
+      event: 'gateway.route',
+      cohort,
+      generation: next.generation,
+      production: next.production.digest,
+      candidate: next.candidate?.digest ?? null,
+      weight: next.weight,
+      mirror: next.mirror,
+    });
+    return next;
+  };
+
+  const readEvents = async (url: URL): Promise<EventsResponse> => {
+    const num = (name: string, dflt: number, max: number) => {
+      const raw = url.searchParams.get(name);
+      if (raw === null || raw === '') return dflt;
+      const n = Number(raw);
+      if (!/^\d+$/.test(raw) || !Number.isSafeInteger(n) || n > max) {
+        throw new HttpError(400, `${name} must be a whole number from 0 to ${max}`, name, raw);
+      }
+      return n;
+    };
+    const after = num('after', 0, Number.MAX_SAFE_INTEGER);
+    const limit = num('limit', DEFAULT_EVENTS_LIMIT, MAX_READ);
+    const list = await events.read(after, limit);
+    return { events: list, next: list.length ? list[list.length - 1]!.seq : after, last: events.last };
+  };
+
+  const admin = async (req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> => {
+    authorize(req);
+    const path = url.pathname;
+    if (path === PATHS.routes) {
+      if (req.method !== 'GET') throw new HttpError(405, `${path} takes GET`);
+      sendJson(res, 200, { routes } satisfies RoutesResponse);
+      return;
+    }
+    if (path === PATHS.events) {
+      if (req.method !== 'GET') throw new HttpError(405, `${path} takes GET`);
+      sendJson(res, 200, await readEvents(url));
+      return;
+    }
+    const m = /^\/admin\/routes\/([^/]+)$/.exec(path);
+    if (m) {
+      let cohort: string;
+      try {
+        cohort = decodeURIComponent(m[1]!);
+      } catch {
+        throw new HttpError(400, 'malformed cohort in the path', 'cohort', m[1]);
+      }
+      if (req.method !== 'PUT') throw new HttpError(405, `${path} takes PUT`);
+      if (!routes[cohort]) {
+        throw new HttpError(
+          404,
+          `unknown cohort "${cohort}"; this gateway serves ${config.cohorts.join(', ')}`,
+          'cohort',
+          cohort,
+        );
+      }
+      const p = adminChain.then(() => updateRoute(cohort, req));
+      adminChain = p.catch(() => undefined);
+      sendJson(res, 200, await p);
+      return;
+    }
+    throw new HttpError(404, `no such endpoint: ${req.method} ${path}`);
+  };
+
+  // ---- the server -----------------------------------------------------------------------------
+
+  const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+    const url = new URL(req.url ?? '/', 'http://gateway');
+    const path = url.pathname;
+    if (path === PATHS.predict) {
+      if (req.method !== 'POST') throw new HttpError(405, `${path} takes POST`);
+      await predict(req, res);
+      return;
+    }
+    if (path === PATHS.health) {
+      sendJson(res, 200, { ok: true });
+      return;
+    }
+    if (path === PATHS.ready) {
+      const missing = routedDigests().filter((d) => !catalog.isLoaded(d));
+      if (draining) sendJson(res, 503, { ready: false, reason: 'draining' });
+      else if (missing.length > 0) sendJson(res, 503, { ready: false, reason: 'loading models', missing });
+      else sendJson(res, 200, { ready: true });
+      return;
+    }
+    if (path === PATHS.metrics) {
+      const m = await metrics.render();
+      res.writeHead(200, { 'Content-Type': m.contentType, 'Content-Length': Buffer.byteLength(m.body) });
+      res.end(m.body);
+      return;
+    }
+    if (path.startsWith('/admin/')) {
+      await admin(req, res, url);
+      return;
+    }
+    throw new HttpError(404, `no such endpoint: ${req.method} ${path}`);
+  };
+
+  const server: Server = createServer((req, res) => {
+    const p = handle(req, res)
+      .catch((err: unknown) => {
+        const e =
+          err instanceof HttpError
+            ? err
+            : new HttpError(500, `internal error: ${(err as Error).message ?? String(err)}`);
+        if (!(err instanceof HttpError)) log({ level: 'error', event: 'gateway.error', message: e.message });
+        if (!res.headersSent) sendError(res, e);
+        else res.end();
+      })
+      .finally(() => inFlight.delete(p));
+    inFlight.add(p);
+  });
+  server.keepAliveTimeout = 5000;
+
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(config.listen.port, config.listen.host, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+  } catch (err) {
+    await events.close();
+    await releaseOwned();
+    throw err;
+  }
+  const addr = server.address();
+  const port = typeof addr === 'object' && addr ? addr.port : config.listen.port;
+  const host = config.listen.host.includes(':') ? `[${config.listen.host}]` : config.listen.host;
+  const url = `http://${host}:${port}`;
+  const warming = warm(routedDigests());
+  log({
+    level: 'info',
+    event: 'gateway.start',
+    name: config.name,
+    url,
+    cohorts: config.cohorts,
+    routes: Object.fromEntries(
+      Object.entries(routes).map(([c, r]) => [
+        c,
+        {
+          production: r.production.digest,
+          candidate: r.candidate?.digest ?? null,
+          weight: r.weight,
+          mirror: r.mirror,
+          generation: r.generation,
+        },
+      ]),
+    ),
+  });
+
+  const drain = (): Promise<void> => {
+    drained ??= (async () => {
+      draining = true;
+      log({ level: 'info', event: 'gateway.drain', inFlight: inFlight.size, shadows: shadows.size });
+      await warming;
+      // Requests being answered, then what they queued, then the shadows they started.
+      while (inFlight.size > 0 || shadows.size > 0) {
+        await Promise.all([...batchers.values()].map((b) => b.drain()));
+        await Promise.allSettled([...inFlight, ...shadows]);
+      }
+      await events.flush();
+      const closed = new Promise<void>((res) => server.close(() => res()));
+      server.closeIdleConnections();
+      server.closeAllConnections();
+      await closed;
+      log({ level: 'info', event: 'gateway.drained', lastEvent: events.last });
+    })();
+    return drained;
+  };
+
+  let closing: Promise<void> | undefined;
+  return {
+    url,
+    port,
+    routes: () => structuredClone(routes),
+    drain,
+    close: () => {
+      closing ??= (async () => {
+        await drain();
+        await events.close();
+        await releaseOwned();
+      })();
+      return closing;
+    },
+  };
+}
+
+/**
+ * Each cohort's route: saved state first, then the config's routes, then the registry's production
+ * pointer of the cohort. Saves the result when there was no saved state, so it is what a restart finds.
+ */
+async function initialRoutes(
+  config: GatewayConfig,
+  routesStore: RoutesStore,
+  store: ObjectStore,
+): Promise<Record<string, CohortRoute>> {
+  const saved = routesStore.load() ?? {};
+  const out: Record<string, CohortRoute> = {};
+  let changed = false;
+  for (const cohort of config.cohorts) {
+    const s = saved[cohort];
+    if (s) {
+      out[cohort] = s;
+      continue;
+    }
+    changed = true;
+    const c = config.routes?.[cohort];
+    if (c) {
+      out[cohort] = CohortRoute.parse({
+        production: c.production,
+        ...(c.candidate ? { candidate: c.candidate } : {}),
+        weight: c.candidate ? c.weight : 0,
+        mirror: c.candidate ? c.mirror : 0,
+        salt: c.salt ?? defaultSalt(config, cohort),
+        generation: 0,
+      });
+      continue;
+    }
+    const [pointer] = await cohortPointers(store, { cohorts: [cohort], stages: ['production'] });
+    const digest = pointer?.current?.digest;
+    if (!digest) {
+      throw new Error(
+        `cohort "${cohort}" has no route: none saved in ${routesStore.file}, none under routes.${cohort} ` +
+          'in the config, and no production pointer in the registry; add routes.' +
+          `${cohort}.production.digest to the config or register production for the cohort`,
+      );
+    }
+    out[cohort] = {
+      production: { digest },
+      weight: 0,
+      mirror: 0,
+      salt: defaultSalt(config, cohort),
+      generation: 0,
+    };
+  }
+  if (changed) await routesStore.save({ ...saved, ...out });
+  return out;
+}
