@@ -546,160 +546,207 @@ export function createFleetActivities(deps: FleetActivityDeps) {
         await simulateCohort(manifest, cohort, manifest.cohorts.indexOf(cohort), fleet, startMs),
       );
     }
-    return transaction(conn, async () => {
-      const [again] = await existing();
-      if (again) return { batchId, events: num(again.events), written: false };
-      // Event ids are short (the index on them costs per byte): a tag of the batch id, cohort, index.
-      const tag = createHash('sha256').update(batchId).digest('hex').slice(0, 16);
-      let total = 0;
+    return writeBatch(conn, {
+      batchId,
+      phase,
+      rolloutId: input.rolloutId,
+      fromMs: input.fromMs,
+      toMs: input.toMs,
+      seed: manifest.seed,
+      labels: { rate: manifest.labels.rate, noise: manifest.labels.noise },
+      labelDelayMs: (cohort) => labelDelayMs(manifest, cohort),
       // Each event stands for 1 / eventsPerVehicleHour vehicle-hours of driving (events are drawn at
       // that rate per vehicle), the exposure that safety events are counted in.
-      const exposurePerEvent = 1 / manifest.eventsPerVehicleHour;
-      await withAppender(conn, 'events', (a) => {
-        for (const { sim, out, arm, vehicles, cohortIndex, keep, weight, failed } of simulated) {
-          for (let i = 0; i < sim.n; i++) {
-            if (keep && !keep[i]) continue;
-            a.appendVarchar(`${tag}.${cohortIndex}.${i}`);
-            a.appendVarchar(input.rolloutId);
-            a.appendVarchar(batchId);
-            a.appendVarchar(phase);
-            a.appendVarchar(sim.cohort);
-            a.appendVarchar(vehicles[sim.vehicle[i]!]!);
-            a.appendBigInt(BigInt(sim.ts[i]!));
-            a.appendVarchar(arm(i));
-            appendPred(a, out.candidate.pred[i]!);
-            appendPred(a, out.production.pred[i]!);
-            appendNumber(a, out.candidate.conf[i]!, 'float');
-            appendNumber(a, out.production.conf[i]!, 'float');
-            appendNumber(a, out.candidate.lat[i]!, 'double');
-            appendNumber(a, out.production.lat[i]!, 'double');
-            appendSafety(a, out.candidate.pred[i]!, sim.frames.labels[i]!);
-            appendSafety(a, out.production.pred[i]!, sim.frames.labels[i]!);
-            a.appendDouble(exposurePerEvent);
-            a.appendDouble(weight ? weight[i]! : 1);
-            a.appendBoolean(failed ? failed[i] === 1 : false);
-            a.endRow();
-            total++;
-          }
-        }
-      });
-      for (const { sim, edge } of simulated) {
-        if (!edge) continue;
-        await exec(
-          conn,
-          `INSERT INTO shadow_edge (batch_id, rollout_id, cohort, to_ms, vehicles, evaluated, priority,
-                                    disagreements, uploaded, over_budget)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-          [
-            batchId,
-            input.rolloutId,
-            sim.cohort,
-            input.toMs,
-            edge.vehicles,
-            edge.evaluated,
-            edge.priority,
-            edge.disagreements,
-            edge.uploaded,
-            edge.overBudget,
-          ],
-        );
-      }
-      await recordBatchStats(conn, {
-        batchId,
-        rolloutId: input.rolloutId,
-        phase,
-        fromMs: input.fromMs,
-        toMs: input.toMs,
-      });
-      // Ground truth and when the labeler would return it: mean delay labels.delay (or the cohort's
-      // labels.delayByCohort), uniform in ±50%.
-      const availableAt = simulated.map(({ sim }) => {
-        const delayMs = labelDelayMs(manifest, sim.cohort);
-        const at = new Float64Array(sim.n);
-        for (let i = 0; i < sim.n; i++) at[i] = sim.ts[i]! + Math.round(delayMs * (0.5 + sim.rng()));
-        return at;
-      });
-      await withAppender(conn, 'sim_truth', (a) => {
-        simulated.forEach(({ sim, cohortIndex }, c) => {
-          for (let i = 0; i < sim.n; i++) {
-            a.appendVarchar(`${tag}.${cohortIndex}.${i}`);
-            a.appendUTinyInt(sim.frames.labels[i]!);
-            a.appendBigInt(BigInt(availableAt[c]![i]!));
-            a.endRow();
-          }
-        });
-      });
-      // The labeler's wrong answers (labels.noise), on a stream of their own: the truth stays as it is.
-      const noise = manifest.labels.noise ?? 0;
-      if (noise > 0) {
-        await withAppender(conn, 'sim_label_noise', (a) => {
-          for (const { sim, cohortIndex, keep } of simulated) {
-            const rng = makeRng(`${manifest.seed}|${batchId}|${sim.cohort}|labeler`);
-            for (let i = 0; i < sim.n; i++) {
-              if (keep && !keep[i]) continue;
-              const answer = labelerAnswer(sim.frames.labels[i]!, noise, rng);
-              if (answer === sim.frames.labels[i]) continue;
-              a.appendVarchar(`${tag}.${cohortIndex}.${i}`);
-              a.appendUTinyInt(answer);
-              a.endRow();
-            }
-          }
-        });
-      }
-      // Label requests, made as the events are logged: each logged event's tier (shadow: disagreement,
-      // rare, low confidence, else the seeded sample; canary: the sample only, so that the arms are
-      // compared on a uniform sample), then the rollout's daily budget.
-      const n = simulated.reduce((sum, { sim }) => sum + sim.n, 0);
-      const tiers = new Uint8Array(n).fill(NO_TIER);
-      const at = new Float64Array(n);
-      let k = 0;
-      for (const { sim, out, request, keep } of simulated) {
-        for (let i = 0; i < sim.n; i++, k++) {
-          at[k] = sim.ts[i]!;
-          if (keep && !keep[i]) continue;
-          tiers[k] =
-            phase === 'shadow'
-              ? shadowTier(out, request, sim.frames.labels, i)
-              : request[i]
-                ? SAMPLE
-                : NO_TIER;
-        }
-      }
-      const plan = await budgetRequests(
-        conn,
-        {
-          rolloutId: input.rolloutId,
-          seed: `${manifest.seed}|${batchId}`,
-          toMs: input.toMs,
-          dailyBudget: input.labeling?.dailyBudget,
-          rate: manifest.labels.rate,
-        },
-        tiers,
-        at,
-      );
-      await withAppender(conn, 'label_requests', (a) => {
-        let j = 0;
-        for (const { sim, cohortIndex } of simulated) {
-          for (let i = 0; i < sim.n; i++, j++) {
-            if (!plan.keep[j]) continue;
-            a.appendVarchar(`${tag}.${cohortIndex}.${i}`);
-            a.appendVarchar(input.rolloutId);
-            a.appendBigInt(BigInt(sim.ts[i]!));
-            a.appendVarchar(LABEL_TIERS[tiers[j]!]!);
-            a.appendDouble(plan.inclusion[j]!);
-            a.endRow();
-          }
-        }
-      });
-      await exec(conn, `INSERT INTO batches (batch_id, rollout_id, phase, events) VALUES (?, ?, ?, ?)`, [
-        batchId,
-        input.rolloutId,
-        phase,
-        total,
-      ]);
-      return { batchId, events: total, written: true };
+      exposurePerEvent: () => 1 / manifest.eventsPerVehicleHour,
+      labeling: input.labeling,
+      simulated,
     });
   }
+}
+
+/**
+ * The prefix of a batch's event ids: event i of the cohort at `cohortIndex` is `${tag}.${cohortIndex}.${i}`.
+ * Event ids are short (the index on them costs per byte): a tag of the batch id, cohort, index.
+ */
+export function eventTag(batchId: string): string {
+  return createHash('sha256').update(batchId).digest('hex').slice(0, 16);
+}
+
+/** What `writeBatch` writes: one batch of simulated events, with everything its labels need. */
+export interface BatchWrite {
+  batchId: string;
+  phase: 'shadow' | 'canary';
+  rolloutId: string;
+  fromMs: number;
+  toMs: number;
+  /** The simulation's seed (the manifest's): seeds the labeler's noise and the label requests' draws. */
+  seed: number;
+  /** Share of events in no priority tier sent for labeling, and the labeler's share of wrong answers. */
+  labels: { rate: number; noise?: number };
+  /** The labeler's mean delay for a cohort's events, in ms (each delay uniform in 50% to 150% of it). */
+  labelDelayMs: (cohort: string) => number;
+  /** The exposure (vehicle- or caller-hours) each event of a cohort stands for, that safety events are counted in. */
+  exposurePerEvent: (cohort: string) => number;
+  labeling?: LabelingInput;
+  simulated: SimulatedCohort[];
+}
+
+/**
+ * Writes one batch of simulated events in one transaction: the events, the shadow's upload counters
+ * (`shadow_edge`), their per-batch statistics (`batch_stats`), ground truth (`sim_truth`), the labeler's
+ * wrong answers, the label requests and the `batches` row. Skipped (written: false) when the batch is
+ * there already, so a retried batch writes nothing twice. Shared by the fleet's and the service's
+ * activities; the simulated cohorts' `vehicles` are pseudonyms, never raw ids.
+ */
+export async function writeBatch(conn: DuckDBConnection, w: BatchWrite): Promise<BatchResult> {
+  const { batchId, phase, simulated } = w;
+  const existing = () => rows(conn, `SELECT events FROM batches WHERE batch_id = ?`, [batchId]);
+  return transaction(conn, async () => {
+    const [again] = await existing();
+    if (again) return { batchId, events: num(again.events), written: false };
+    const tag = eventTag(batchId);
+    let total = 0;
+    await withAppender(conn, 'events', (a) => {
+      for (const { sim, out, arm, vehicles, cohortIndex, keep, weight, failed } of simulated) {
+        const exposure = w.exposurePerEvent(sim.cohort);
+        for (let i = 0; i < sim.n; i++) {
+          if (keep && !keep[i]) continue;
+          a.appendVarchar(`${tag}.${cohortIndex}.${i}`);
+          a.appendVarchar(w.rolloutId);
+          a.appendVarchar(batchId);
+          a.appendVarchar(phase);
+          a.appendVarchar(sim.cohort);
+          a.appendVarchar(vehicles[sim.vehicle[i]!]!);
+          a.appendBigInt(BigInt(sim.ts[i]!));
+          a.appendVarchar(arm(i));
+          appendPred(a, out.candidate.pred[i]!);
+          appendPred(a, out.production.pred[i]!);
+          appendNumber(a, out.candidate.conf[i]!, 'float');
+          appendNumber(a, out.production.conf[i]!, 'float');
+          appendNumber(a, out.candidate.lat[i]!, 'double');
+          appendNumber(a, out.production.lat[i]!, 'double');
+          appendSafety(a, out.candidate.pred[i]!, sim.frames.labels[i]!);
+          appendSafety(a, out.production.pred[i]!, sim.frames.labels[i]!);
+          a.appendDouble(exposure);
+          a.appendDouble(weight ? weight[i]! : 1);
+          a.appendBoolean(failed ? failed[i] === 1 : false);
+          a.endRow();
+          total++;
+        }
+      }
+    });
+    for (const { sim, edge } of simulated) {
+      if (!edge) continue;
+      await exec(
+        conn,
+        `INSERT INTO shadow_edge (batch_id, rollout_id, cohort, to_ms, vehicles, evaluated, priority,
+                                  disagreements, uploaded, over_budget)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+        [
+          batchId,
+          w.rolloutId,
+          sim.cohort,
+          w.toMs,
+          edge.vehicles,
+          edge.evaluated,
+          edge.priority,
+          edge.disagreements,
+          edge.uploaded,
+          edge.overBudget,
+        ],
+      );
+    }
+    await recordBatchStats(conn, {
+      batchId,
+      rolloutId: w.rolloutId,
+      phase,
+      fromMs: w.fromMs,
+      toMs: w.toMs,
+    });
+    // Ground truth and when the labeler would return it: mean delay labels.delay (or the cohort's
+    // labels.delayByCohort), uniform in ±50%.
+    const availableAt = simulated.map(({ sim }) => {
+      const delayMs = w.labelDelayMs(sim.cohort);
+      const at = new Float64Array(sim.n);
+      for (let i = 0; i < sim.n; i++) at[i] = sim.ts[i]! + Math.round(delayMs * (0.5 + sim.rng()));
+      return at;
+    });
+    await withAppender(conn, 'sim_truth', (a) => {
+      simulated.forEach(({ sim, cohortIndex }, c) => {
+        for (let i = 0; i < sim.n; i++) {
+          a.appendVarchar(`${tag}.${cohortIndex}.${i}`);
+          a.appendUTinyInt(sim.frames.labels[i]!);
+          a.appendBigInt(BigInt(availableAt[c]![i]!));
+          a.endRow();
+        }
+      });
+    });
+    // The labeler's wrong answers (labels.noise), on a stream of their own: the truth stays as it is.
+    const noise = w.labels.noise ?? 0;
+    if (noise > 0) {
+      await withAppender(conn, 'sim_label_noise', (a) => {
+        for (const { sim, cohortIndex, keep } of simulated) {
+          const rng = makeRng(`${w.seed}|${batchId}|${sim.cohort}|labeler`);
+          for (let i = 0; i < sim.n; i++) {
+            if (keep && !keep[i]) continue;
+            const answer = labelerAnswer(sim.frames.labels[i]!, noise, rng);
+            if (answer === sim.frames.labels[i]) continue;
+            a.appendVarchar(`${tag}.${cohortIndex}.${i}`);
+            a.appendUTinyInt(answer);
+            a.endRow();
+          }
+        }
+      });
+    }
+    // Label requests, made as the events are logged: each logged event's tier (shadow: disagreement,
+    // rare, low confidence, else the seeded sample; canary: the sample only, so that the arms are
+    // compared on a uniform sample), then the rollout's daily budget.
+    const n = simulated.reduce((sum, { sim }) => sum + sim.n, 0);
+    const tiers = new Uint8Array(n).fill(NO_TIER);
+    const at = new Float64Array(n);
+    let k = 0;
+    for (const { sim, out, request, keep } of simulated) {
+      for (let i = 0; i < sim.n; i++, k++) {
+        at[k] = sim.ts[i]!;
+        if (keep && !keep[i]) continue;
+        tiers[k] =
+          phase === 'shadow' ? shadowTier(out, request, sim.frames.labels, i) : request[i] ? SAMPLE : NO_TIER;
+      }
+    }
+    const plan = await budgetRequests(
+      conn,
+      {
+        rolloutId: w.rolloutId,
+        seed: `${w.seed}|${batchId}`,
+        toMs: w.toMs,
+        dailyBudget: w.labeling?.dailyBudget,
+        rate: w.labels.rate,
+      },
+      tiers,
+      at,
+    );
+    await withAppender(conn, 'label_requests', (a) => {
+      let j = 0;
+      for (const { sim, cohortIndex } of simulated) {
+        for (let i = 0; i < sim.n; i++, j++) {
+          if (!plan.keep[j]) continue;
+          a.appendVarchar(`${tag}.${cohortIndex}.${i}`);
+          a.appendVarchar(w.rolloutId);
+          a.appendBigInt(BigInt(sim.ts[i]!));
+          a.appendVarchar(LABEL_TIERS[tiers[j]!]!);
+          a.appendDouble(plan.inclusion[j]!);
+          a.endRow();
+        }
+      }
+    });
+    await exec(conn, `INSERT INTO batches (batch_id, rollout_id, phase, events) VALUES (?, ?, ?, ?)`, [
+      batchId,
+      w.rolloutId,
+      phase,
+      total,
+    ]);
+    return { batchId, events: total, written: true };
+  });
 }
 
 export type FleetActivities = ReturnType<typeof createFleetActivities>;
@@ -707,7 +754,7 @@ export type FleetActivities = ReturnType<typeof createFleetActivities>;
 /** A cohort's vehicles and the digest each runs, as the OTA channel reports them. */
 type CohortFleet = Awaited<ReturnType<OtaChannel['inventory']>>;
 
-interface Simulation {
+export interface Simulation {
   cohort: string;
   n: number;
   /** Per event: index into the vehicles the events were drawn over. */
@@ -718,7 +765,7 @@ interface Simulation {
   rng: () => number;
 }
 
-interface SimulatedCohort {
+export interface SimulatedCohort {
   sim: Simulation;
   out: EventColumns;
   arm: (i: number) => 'candidate' | 'production' | 'shadow';
@@ -755,7 +802,7 @@ export class ArmColumns {
   }
 }
 
-class EventColumns {
+export class EventColumns {
   readonly candidate: ArmColumns;
   readonly production: ArmColumns;
   constructor(n: number) {
