@@ -8,10 +8,18 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Client } from '@temporalio/client';
 import { Worker } from '@temporalio/worker';
+import { LocalObjectStore, sha256 } from '../../activities/store';
+import { HEADERS, PATHS } from '../../serve/api';
+import { parseGatewayConfig } from '../../serve/config';
+import { startGateway } from '../../serve/gateway';
+import { startTracing } from '../../serve/tracing';
+import { blobKey, OnnxModelRunner } from '../../workers/model-runner';
 import { createActivities } from '../../workers/worker';
 import { WORKFLOWS_PATH } from '../../workers/bundle';
 import { clientTracingInterceptors, workerTracingOptions } from '../../workers/tracing';
@@ -91,10 +99,85 @@ describe('worker tracing', () => {
   });
 });
 
-describe(
-  'gateway tracing',
-  { skip: !existsSync(join(ROOT, 'serve', 'gateway.ts')) && 'no gateway yet' },
-  () => {
-    test('placeholder', () => undefined);
-  },
-);
+describe('gateway tracing', () => {
+  test('each predict is a gateway.predict span with cohort and arm, its inference a child; no raw caller', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'fleetgate-tracing-gw-'));
+    const store = new LocalObjectStore(join(dir, 'store'), { durable: false });
+    const digests: string[] = [];
+    for (const model of ['production/model.onnx', 'bench/mlp-8x64x64x2.onnx']) {
+      const bytes = readFileSync(join(ROOT, 'models', model));
+      digests.push(sha256(bytes));
+      await store.putIfAbsent(blobKey(sha256(bytes)), bytes);
+    }
+    const runner = new OnnxModelRunner((d) => store.get(blobKey(d)));
+    const config = parseGatewayConfig(
+      {
+        apiVersion: 'fleetgate/v1',
+        kind: 'Gateway',
+        name: 'tracing',
+        listen: { port: 0 },
+        stateDir: 'state',
+        cohorts: ['eu-north'],
+        routes: {
+          'eu-north': { production: { digest: digests[0] }, candidate: { digest: digests[1] }, weight: 50 },
+        },
+        otlpEndpoint: receiver.endpoint,
+      },
+      dir,
+    );
+    // What `fleetgate serve` does with a configured endpoint.
+    const tracing = await startTracing({
+      serviceName: 'fleetgate-gateway-test',
+      endpoint: config.otlpEndpoint!,
+    });
+    const gateway = await startGateway(config, { store, key: randomBytes(32), runner, log: () => undefined });
+    const callers = Array.from({ length: 12 }, (_, i) => `VIN-TRACE-${String(i).padStart(6, '0')}`);
+    const armOf = new Map<string, string>();
+    try {
+      for (const [i, caller] of callers.entries()) {
+        const requestId = `trace-${i}`;
+        const res = await fetch(gateway.url + PATHS.predict, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json', [HEADERS.requestId]: requestId },
+          body: JSON.stringify({
+            caller,
+            cohort: 'eu-north',
+            inputs: [[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]],
+          }),
+        });
+        assert.equal(res.status, 200, await res.text());
+        armOf.set(requestId, res.headers.get(HEADERS.arm)!);
+      }
+    } finally {
+      await gateway.close();
+      await runner.close();
+      await tracing.shutdown();
+      rmSync(dir, { recursive: true, force: true });
+    }
+
+    const predicts = receiver.spans.filter(
+      (s) => s.name === 'gateway.predict' && s.service === 'fleetgate-gateway-test',
+    );
+    assert.equal(predicts.length, callers.length);
+    for (const p of predicts) {
+      assert.equal(p.scope, 'fleetgate-gateway');
+      assert.equal(p.attributes.cohort, 'eu-north');
+      const requestId = String(p.attributes['request.id']);
+      assert.equal(
+        p.attributes.arm,
+        armOf.get(requestId),
+        `the span's arm is the one that answered ${requestId}`,
+      );
+      const inference = receiver.spans.filter(
+        (s) => s.name === 'gateway.inference' && s.parentSpanId === p.spanId,
+      );
+      assert.equal(inference.length, 1, `one gateway.inference under the predict of ${requestId}`);
+      assert.equal(inference[0]!.traceId, p.traceId);
+    }
+    assert.deepEqual(new Set(predicts.map((p) => p.attributes.arm)), new Set(['production', 'candidate']));
+    // Nothing the collector received names a caller: not an attribute, not anywhere in a body.
+    const sent = receiver.bodies.join('\n');
+    for (const caller of callers) assert.ok(!sent.includes(caller), `the raw caller ${caller} was exported`);
+    assert.ok(!sent.includes('VIN-TRACE'));
+  });
+});
