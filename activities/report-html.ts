@@ -28,6 +28,8 @@ interface LookMetric {
   scale?: string;
   level?: number;
   note?: string;
+  /** Tail-latency metrics: each arm's own quantile in ms (candidate/production are then shares). */
+  quantileMs?: { candidate?: number; production?: number };
 }
 
 interface Entry {
@@ -98,6 +100,14 @@ function readMetric(x: unknown): LookMetric | undefined {
     scale: str(m.scale),
     level: num(m.level),
     note: str(m.note),
+    ...(obj(m.quantileMs)
+      ? {
+          quantileMs: {
+            candidate: num(obj(m.quantileMs)!.candidate),
+            production: num(obj(m.quantileMs)!.production),
+          },
+        }
+      : {}),
   };
 }
 
@@ -415,7 +425,17 @@ function metricChart(
   const margin = [...pts].reverse().find((p) => p.m?.margin !== undefined)?.m?.margin;
   const threshold = policyThreshold ?? 0;
   const relative = first?.scale === 'log' || first?.test === 'exact-poisson' || metric === 'safety_events';
-  const unit = relative ? 'relative difference (ratio − 1)' : 'difference, candidate − production';
+  const tailQ = metric === 'latency_p95' ? 'p95' : metric === 'latency_p99' ? 'p99' : undefined;
+  const unit = relative
+    ? 'relative difference (ratio − 1)'
+    : tailQ
+      ? `difference of the shares above production's ${tailQ}, candidate − production`
+      : 'difference, candidate − production';
+  // Tail-latency metrics: the arm's share above production's quantile, and its own quantile in ms.
+  const armCell = (m: LookMetric, side: 'candidate' | 'production') => {
+    const ms = m.quantileMs?.[side];
+    return ms === undefined ? fmt(m[side]) : `${fmt(m[side])} (${tailQ} ${fmt(ms)} ms)`;
+  };
   const estimated = (m: LookMetric | undefined): m is LookMetric =>
     m !== undefined && m.verdict !== 'insufficient' && bounded(m.estimate);
 
@@ -577,7 +597,7 @@ function metricChart(
   const rows = pts.map(({ look, m }) => {
     const x0 = look.entry;
     if (!m) return `<tr><td>${e(look.label)}</td><td colspan="12">not analysed at this look</td></tr>`;
-    return `<tr><td>${e(look.label)}</td><td>${e(fmtTime(x0.dataAsOf))}</td><td class="n">${fmtCount(m.nCandidate)}</td><td class="n">${fmtCount(m.nProduction)}</td><td class="n">${fmt(m.candidate)}</td><td class="n">${fmt(m.production)}</td><td class="n">${estimated(m) ? fmt(m.estimate, true) : '—'}</td><td class="n">${estimated(m) ? `[${fmt(m.ci?.[0], true)}, ${fmt(m.ci?.[1], true)}]` : 'none yet'}</td><td class="n">${m.level === undefined ? '—' : fmt(m.level)}</td><td class="n">${fmt(m.lambda)} / ${fmt(m.boundary)}</td><td><span class="badge ${tone(m.verdict ?? '')}">${e(m.verdict ?? '—')}</span></td><td>${e(x0.action)}</td><td>${e(m.note ?? '')}</td></tr>`;
+    return `<tr><td>${e(look.label)}</td><td>${e(fmtTime(x0.dataAsOf))}</td><td class="n">${fmtCount(m.nCandidate)}</td><td class="n">${fmtCount(m.nProduction)}</td><td class="n">${e(armCell(m, 'candidate'))}</td><td class="n">${e(armCell(m, 'production'))}</td><td class="n">${estimated(m) ? fmt(m.estimate, true) : '—'}</td><td class="n">${estimated(m) ? `[${fmt(m.ci?.[0], true)}, ${fmt(m.ci?.[1], true)}]` : 'none yet'}</td><td class="n">${m.level === undefined ? '—' : fmt(m.level)}</td><td class="n">${fmt(m.lambda)} / ${fmt(m.boundary)}</td><td><span class="badge ${tone(m.verdict ?? '')}">${e(m.verdict ?? '—')}</span></td><td>${e(x0.action)}</td><td>${e(m.note ?? '')}</td></tr>`;
   });
   const test = first?.test ? `, ${e(first.test)}` : '';
   const figure = `<figure>

@@ -10,7 +10,7 @@
  * modules or third-party values, read the clock or a random source, do I/O, mutate its inputs, or put
  * NaN or ±Infinity in a result (results travel as JSON, where they would become null).
  */
-import type { CohortStats } from '../activities/contracts';
+import type { ArmStats, CohortStats } from '../activities/contracts';
 import type { Metric, Policy } from './schema';
 import { diffOfMeans, diffOfProportions, msprt, proportion, type Difference } from './stats';
 
@@ -25,7 +25,14 @@ export interface MetricResult {
   candidate: number;
   production: number;
   /**
-   * Candidate against production, positive = harm: a difference (error_rate, latency_ms), or relative
+   * latency_p95 / latency_p99, per cohort (never in the pooled test): each arm's own quantile in ms, for
+   * people; `candidate` and `production` are then the shares of latency samples above production's
+   * quantile, the quantities tested.
+   */
+  quantileMs?: { candidate: number; production: number };
+  /**
+   * Candidate against production, positive = harm: a difference (error_rate, latency_ms, and the
+   * shares of request_error_rate, latency_p95 and latency_p99), or relative
    * (safety_events: rate ratio − 1; log-scale latency: ratio of geometric means − 1).
    */
   estimate: number;
@@ -172,15 +179,63 @@ interface Arms {
   diff: Difference | undefined;
 }
 
+/** Events counted x of n in one arm, for a test of proportions. */
+export interface Counts {
+  x: number;
+  n: number;
+}
+
+/** The tail-latency metrics and which quantile of `LatencyTail` each reads. */
+export const TAIL_KEYS = { latency_p95: 'p95', latency_p99: 'p99' } as const;
+
+export function isTail(metric: string): metric is keyof typeof TAIL_KEYS {
+  return metric === 'latency_p95' || metric === 'latency_p99';
+}
+
+/**
+ * The counts a binary metric is tested on, per arm, and what its n counts; undefined for the other
+ * metrics. error_rate: errors of labeled events. request_error_rate: failed of all requests.
+ * latency_p95 / latency_p99: events slower than production's quantile of latency samples (events that
+ * did not fail and have a latency); an arm without a tail counts 0 of 0.
+ */
+export function binaryCounts(
+  metric: Metric['name'],
+  stats: CohortStats,
+): { candidate: Counts; production: Counts; unit: string } | undefined {
+  const { candidate: c, production: p } = stats;
+  if (metric === 'error_rate') {
+    return {
+      candidate: { x: c.errors, n: c.labeled },
+      production: { x: p.errors, n: p.labeled },
+      unit: 'labeled events',
+    };
+  }
+  if (metric === 'request_error_rate') {
+    return {
+      candidate: { x: c.failed ?? 0, n: c.events },
+      production: { x: p.failed ?? 0, n: p.events },
+      unit: 'requests',
+    };
+  }
+  if (isTail(metric)) {
+    const key = TAIL_KEYS[metric];
+    const of = (a: ArmStats): Counts => ({ x: a.latencyTail?.[key].above ?? 0, n: a.latencyTail?.n ?? 0 });
+    return { candidate: of(c), production: of(p), unit: 'latency samples' };
+  }
+  return undefined;
+}
+
 function armsOf(spec: Metric, stats: CohortStats): Arms {
   const { candidate: c, production: p } = stats;
-  if (spec.name === 'error_rate') {
+  const counts = binaryCounts(spec.name, stats);
+  if (counts) {
+    const { candidate: cc, production: pc } = counts;
     return {
-      nCandidate: c.labeled,
-      nProduction: p.labeled,
-      candidate: proportion(c.errors, c.labeled),
-      production: proportion(p.errors, p.labeled),
-      diff: diffOfProportions({ x: c.errors, n: c.labeled }, { x: p.errors, n: p.labeled }),
+      nCandidate: cc.n,
+      nProduction: pc.n,
+      candidate: proportion(cc.x, cc.n),
+      production: proportion(pc.x, pc.n),
+      diff: diffOfProportions(cc, pc),
     };
   }
   return {
@@ -270,7 +325,12 @@ export function describe(m: MetricResult, policy: Policy): string {
   const minN = policy.analysis.minLabeledPerArm;
   if (m.verdict === 'insufficient') {
     if (m.note) return `${m.metric} insufficient: ${m.note}`;
-    const unit = m.metric === 'error_rate' ? 'labeled events' : 'latency samples';
+    const unit =
+      m.metric === 'error_rate'
+        ? 'labeled events'
+        : m.metric === 'request_error_rate'
+          ? 'requests'
+          : 'latency samples';
     if (m.nCandidate < minN || m.nProduction < minN) {
       return `${m.metric} insufficient: ${m.nCandidate} candidate and ${m.nProduction} production ${unit}, ${minN} needed per arm`;
     }
@@ -281,7 +341,9 @@ export function describe(m: MetricResult, policy: Policy): string {
   const rel = isRelative(m);
   const arms = rel
     ? `${m.candidate.toFixed(d)} vs ${m.production.toFixed(d)}${m.metric === 'safety_events' ? ' per vehicle-hour' : ' (geometric means)'}`
-    : `${m.candidate.toFixed(d)} vs ${m.production.toFixed(d)}`;
+    : isTail(m.metric)
+      ? `${tailLead(m)} ${m.candidate.toFixed(d)} vs ${m.production.toFixed(d)}`
+      : `${m.candidate.toFixed(d)} vs ${m.production.toFixed(d)}`;
   const delta = rel ? `ratio−1=${signed(m.estimate, 3)}` : `Δ=${signed(m.estimate, d)}`;
   const ed = rel ? 3 : d;
   const core =
@@ -305,6 +367,23 @@ export function describe(m: MetricResult, policy: Policy): string {
     case 'untested':
       return `${core}; not tested: the guardrails must all be non-inferior first`;
   }
+}
+
+/**
+ * What a tail-latency metric's numbers are: "4.1 ms vs 1.2 ms, share above production's p95" (the
+ * arms' own quantiles first when known; the pooled test has none).
+ */
+function tailLead(m: MetricResult): string {
+  const q = isTail(m.metric) ? TAIL_KEYS[m.metric] : '';
+  const share = `share above production's ${q}`;
+  return m.quantileMs
+    ? `${formatMs(m.quantileMs.candidate)} ms vs ${formatMs(m.quantileMs.production)} ms, ${share}`
+    : share;
+}
+
+/** 4.123 -> "4.1", 0.4567 -> "0.46", 1234.5 -> "1234.5". */
+function formatMs(ms: number): string {
+  return ms >= 1 || ms === 0 ? ms.toFixed(1) : Number(ms.toPrecision(2)).toString();
 }
 
 function isRelative(m: MetricResult): boolean {
@@ -352,7 +431,7 @@ export function headline(d: CohortDecision): string {
   }
   const dp = isRelative(m) ? 3 : decimals(m.metric);
   const head =
-    `${m.metric} ${isRelative(m) ? 'ratio−1' : 'Δ'}=${signed(m.estimate, dp)} [${signed(m.ci[0], dp)}, ${signed(m.ci[1], dp)}] ` +
+    `${m.metric} ${isTail(m.metric) ? `${tailLead(m)} ` : ''}${isRelative(m) ? 'ratio−1' : 'Δ'}=${signed(m.estimate, dp)} [${signed(m.ci[0], dp)}, ${signed(m.ci[1], dp)}] ` +
     (m.test === undefined || m.test === 'msprt'
       ? `Λ=${formatLambda(m.lambda)} ${m.lambda >= m.boundary ? '≥' : '<'} ${formatLambda(m.boundary)}`
       : statistic(m));
@@ -424,7 +503,7 @@ export function decideShadow(policy: Policy, stats: CohortStats[]): ShadowVerdic
 
 export function decimals(metric: MetricResult['metric']): number {
   if (metric === 'safety_events') return 4;
-  return metric === 'error_rate' ? 3 : 2;
+  return metric === 'latency_ms' ? 2 : 3;
 }
 
 export function signed(x: number, dp: number): string {

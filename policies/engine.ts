@@ -4,7 +4,9 @@
  *
  * - Tests by metric kind: error_rate (difference of proportions), latency_ms (difference of means with
  *   unequal variances, or of log latency for skewed data), safety_events (exact conditional Poisson
- *   rate-ratio test, with the Gamma-Poisson posterior probability that the ratio exceeds 1 + margin).
+ *   rate-ratio test, with the Gamma-Poisson posterior probability that the ratio exceeds 1 + margin);
+ *   for services, request_error_rate (difference of proportions of failed requests) and latency_p95 /
+ *   latency_p99 (difference of the shares above production's quantile; see `evidenceOf`).
  * - Sequential designs: the always-valid mSPRT (`design: msprt`), or Lan-DeMets alpha spending over the
  *   observed information fraction (`ld-obf`, `ld-pocock`) with repeated confidence intervals. The
  *   exact Poisson test spends α·6/(π²k²) at its k-th look, a union bound valid for any number of looks.
@@ -29,7 +31,10 @@ import { boundaries, MAX_LOOKS } from './gsd';
 import { rateRatioTest } from './rates';
 import { betaBinomial, gammaPoissonRateRatio } from './bayes';
 import {
+  binaryCounts,
   describe,
+  isTail,
+  TAIL_KEYS,
   type CohortDecision,
   type LookContext,
   type MetricResult,
@@ -120,6 +125,8 @@ interface Evidence {
   statAt(alpha: number): { lambda: number; boundary: number; pValue: number };
   probAboveMargin?: number;
   note?: string;
+  /** Tail-latency metrics: each arm's own quantile in ms, reported beside the test. */
+  quantileMs?: { candidate: number; production: number };
 }
 
 function evaluateCohort(
@@ -156,6 +163,7 @@ function evaluateCohort(
       scale: e.scale,
       level: alpha,
       ...(e.probAboveMargin !== undefined ? { probAboveMargin: e.probAboveMargin } : {}),
+      ...(e.quantileMs !== undefined ? { quantileMs: e.quantileMs } : {}),
       ...(e.missing !== undefined ? { note: e.missing } : e.note ? { note: e.note } : {}),
     });
   };
@@ -264,11 +272,28 @@ function evidenceOf(
   let display: [number, number];
   let unit: string;
   const log = spec.name === 'latency_ms' && spec.scale === 'log';
-  if (spec.name === 'error_rate') {
-    diff = diffOfProportions({ x: c.errors, n: c.labeled }, { x: p.errors, n: p.labeled });
-    display = [proportion(c.errors, c.labeled), proportion(p.errors, p.labeled)];
+  // error_rate, request_error_rate, latency_p95 and latency_p99: x of n per arm.
+  //
+  // latency_p95 / latency_p99: the share of each arm's latency samples above T, production's q-quantile
+  // over the cohort's canary so far, tested as a difference of proportions (candidate minus
+  // production, production's share being about 1 − q). A slower tail shows as a larger share. T is
+  // estimated from production's own samples and taken as known, an approximation: production's share
+  // above T̂ is then close to 1 − q by construction (not binomial), and the candidate's share moves with
+  // T̂. By the delta method Var(Δ̂) ≈ q(1−q)/n_c + (f_c(T)/f_p(T))²·q(1−q)/n_p with f the latency
+  // densities at T, which equals the two-binomial variance used here exactly when the tails are equal
+  // (the null of no difference) and is smaller when the candidate's density at T is lower (a
+  // candidate slower at T: conservative there). The confidence sequence is the same always-valid
+  // normal-mixture one as error_rate's, on this approximately normal estimate, so it stays valid over
+  // any number of looks while T is re-estimated at each; it is rough while production has few samples
+  // above T (n_p·(1 − q) under a few hundred).
+  const counts = binaryCounts(spec.name, stats);
+  const tail = isTail(spec.name) ? TAIL_KEYS[spec.name] : undefined;
+  if (counts) {
+    const { candidate: cc, production: pc } = counts;
+    diff = diffOfProportions(cc, pc);
+    display = [proportion(cc.x, cc.n), proportion(pc.x, pc.n)];
     moments = undefined;
-    unit = 'labeled events';
+    unit = counts.unit;
   } else {
     const empty = { n: 0, sum: 0, sumSq: 0 };
     moments = log ? [c.logLatency ?? empty, p.logLatency ?? empty] : [c.latency, p.latency];
@@ -279,8 +304,8 @@ function evidenceOf(
       : [mean(moments[0]), mean(moments[1])];
     unit = log ? 'log-latency samples' : 'latency samples';
   }
-  const nC = spec.name === 'error_rate' ? c.labeled : moments![0].n;
-  const nP = spec.name === 'error_rate' ? p.labeled : moments![1].n;
+  const nC = counts ? counts.candidate.n : moments![0].n;
+  const nP = counts ? counts.production.n : moments![1].n;
   const toDisplay = (x: number) => (log ? Math.expm1(Math.min(x, 700)) : x);
   const threshold = log ? Math.log1p(spec.harmThreshold) : spec.harmThreshold;
   const base = {
@@ -290,6 +315,11 @@ function evidenceOf(
     candidate: display[0],
     production: display[1],
     scale: log ? ('log' as const) : ('linear' as const),
+    ...(tail
+      ? {
+          quantileMs: { candidate: c.latencyTail?.[tail].ms ?? 0, production: p.latencyTail?.[tail].ms ?? 0 },
+        }
+      : {}),
   };
   const design = policy.analysis.design;
   const test = design;
@@ -312,9 +342,17 @@ function evidenceOf(
   }
   const d = diff;
   const se = Math.sqrt(d.variance);
-  const few = spec.name === 'error_rate' && Math.min(c.errors, p.errors) < FEW_ERRORS;
+  // The posterior needs binomial counts: not for the tails, whose threshold is estimated.
+  const few =
+    counts !== undefined &&
+    tail === undefined &&
+    Math.min(counts.candidate.x, counts.production.x) < FEW_ERRORS;
   const posterior = few
-    ? betaBinomial({ successes: [c.errors, p.errors], trials: [c.labeled, p.labeled], margin: spec.margin })
+    ? betaBinomial({
+        successes: [counts.candidate.x, counts.production.x],
+        trials: [counts.candidate.n, counts.production.n],
+        margin: spec.margin,
+      })
     : undefined;
   const bayes = posterior ? { probAboveMargin: posterior.probAboveMargin } : {};
   if (design === 'msprt') {
@@ -531,7 +569,8 @@ function fleetVerdict(
  * Per guardrail of a normal-theory metric, the stratified estimate over cohorts k with CMH weights
  * w_k = n_c·n_p/(n_c + n_p): Σ w_k Δ_k / Σ w_k, variance Σ w_k² V_k / (Σ w_k)², tested by the mSPRT at
  * the pooled test's share of α. Cohorts without enough data carry no weight. Safety events are left
- * to the per-cohort exact tests.
+ * to the per-cohort exact tests. The tails pool each cohort's shares above its own production quantile
+ * (quantiles themselves do not pool: the pooled result has no `quantileMs`).
  */
 function pooledGuardrails(policy: Policy, stats: CohortStats[], level: number): MetricResult[] {
   const out: MetricResult[] = [];
@@ -552,10 +591,12 @@ function pooledGuardrails(policy: Policy, stats: CohortStats[], level: number): 
       let diff: Difference | undefined;
       let n: [number, number];
       let sums: [number, number];
-      if (spec.name === 'error_rate') {
-        diff = diffOfProportions({ x: c.errors, n: c.labeled }, { x: p.errors, n: p.labeled });
-        n = [c.labeled, p.labeled];
-        sums = [c.errors, p.errors];
+      // Binary metrics; for the tails, each cohort against its own production quantile.
+      const counts = binaryCounts(spec.name, s);
+      if (counts) {
+        diff = diffOfProportions(counts.candidate, counts.production);
+        n = [counts.candidate.n, counts.production.n];
+        sums = [counts.candidate.x, counts.production.x];
       } else {
         const empty = { n: 0, sum: 0, sumSq: 0 };
         const [mc, mp] = log ? [c.logLatency ?? empty, p.logLatency ?? empty] : [c.latency, p.latency];
