@@ -127,7 +127,9 @@ function zodError(error: z.ZodError, input: unknown, what: string): HttpError {
     value =
       value !== null && typeof value === 'object' ? (value as Record<PropertyKey, unknown>)[k] : undefined;
   }
-  if (field === 'caller') value = undefined;
+  // The whole body is never echoed (it holds the caller), nor the caller itself.
+  if (issue.path.length === 0) value = issue.code === 'unrecognized_keys' ? issue.keys : undefined;
+  if (issue.path[0] === 'caller') value = undefined;
   const fix =
     issue.code === 'unrecognized_keys'
       ? `remove ${issue.keys.map((k) => `"${k}"`).join(', ')}`
