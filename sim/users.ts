@@ -167,6 +167,11 @@ export class UserRequests {
     this.#rawId = rawId;
   }
 
+  /** The population's pseudonyms, by caller index (`vehicle[i]` indexes them). */
+  get pseudonyms(): readonly string[] {
+    return this.#population.pseudonyms;
+  }
+
   /** The caller pseudonym of request i. */
   callerPseudonym(i: number): string {
     return this.#population.pseudonyms[this.vehicle[i]!]!;

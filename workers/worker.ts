@@ -12,6 +12,7 @@ import { S3ObjectStore } from '../activities/store-s3';
 import { createRegistryActivities } from '../activities/registry';
 import { createInferenceActivities } from '../activities/inference';
 import { createFleetActivities } from '../activities/fleet';
+import { createServiceActivities, dispatchFleetActivities } from '../activities/service';
 import { createLabelActivities } from '../activities/labels';
 import { createAnalysisActivities } from '../activities/analysis';
 import { createReportActivities } from '../activities/report';
@@ -135,17 +136,15 @@ export function createIotClient(config: AwsIotConfig): IoTClient {
 }
 
 export function createActivities(s: Services) {
+  const fleetDeps = { conn: s.db.connection, runner: s.runner, key: s.key, root: s.root, store: s.store };
   return {
     ...createRegistryActivities(s),
     ...createInferenceActivities({ runner: s.runner, store: s.store }),
-    ...createFleetActivities({
-      conn: s.db.connection,
-      ota: s.ota,
-      runner: s.runner,
-      key: s.key,
-      root: s.root,
-      store: s.store,
-    }),
+    ...dispatchFleetActivities(
+      s.root,
+      createFleetActivities({ ...fleetDeps, ota: s.ota }),
+      createServiceActivities(fleetDeps),
+    ),
     ...createLabelActivities({ conn: s.db.connection }),
     ...createAnalysisActivities({ conn: s.db.connection }),
     ...createReportActivities({ dataDir: s.dataDir }),

@@ -1,0 +1,585 @@
+/**
+ * The fleet activities for a service: a model served by the inference gateway (`fleetgate serve`), rolled
+ * out by the same rollout workflow as a fleet of vehicles. Same signatures as activities/fleet.ts; the
+ * worker calls these when the rollout's manifest is `kind: Service` (workers/worker.ts).
+ *
+ * A wave is a routing weight (`PUT /admin/routes/:cohort`, serve/api.ts), a revert sets the candidate's
+ * weight and mirror to 0 at once, a promotion makes the candidate the production arm; the shadow mirrors
+ * a share of production's requests to the candidate. Traffic is the manifest's simulated user population
+ * (sim/users.ts), sent over real HTTP; what the gateway served is read back from its event log
+ * (`GET /admin/events`) and written as a batch of events exactly as a fleet's (activities/fleet.ts
+ * `writeBatch`), so the labels and the analysis apply unchanged.
+ *
+ * Idempotent: an equal route update changes nothing on the gateway, and a batch is keyed by rollout, phase
+ * and window, checked before any request is sent. Callers are known only by their keyed pseudonyms: this
+ * module never logs, stores or returns a raw caller id, and never returns rows per event.
+ */
+import type { DuckDBConnection } from '@duckdb/node-api';
+import { resolve } from 'node:path';
+import { ErrorType, fail } from '../errors';
+import { parseDuration } from '../policies/duration';
+import type { ServiceCohort, ServiceManifest } from '../policies/service-schema';
+import {
+  type ArmRef,
+  type CohortRoute,
+  type ErrorBody,
+  type EventsResponse,
+  type GatewayEvent,
+  PATHS,
+  type RouteUpdate,
+  type RoutesResponse,
+} from '../serve/api';
+import { canarySalt, waveShare } from '../sim/fleet';
+import { loadServiceManifest, manifestKind, send, UserPopulation, type UserRequests } from '../sim/users';
+import { bootstrapProduction, type RegistryDeps } from './registry';
+import type {
+  BatchResult,
+  DeliverInput,
+  DeliveryResult,
+  FleetInput,
+  FleetSummary,
+  PromoteInput,
+  RevertInput,
+  ShadowInput,
+  TelemetryInput,
+} from './contracts';
+import { exclusive, num, rows } from './db';
+import type { ModelRunner, ObjectStore } from './deps';
+import {
+  checkArtifact,
+  EventColumns,
+  eventTag,
+  writeBatch,
+  type FleetActivities,
+  type SimulatedCohort,
+} from './fleet';
+import { PRIORITY_CONFIDENCE } from './labels';
+
+export interface ServiceActivityDeps {
+  /** The fleet database: event logs and labels. */
+  conn: DuckDBConnection;
+  /** Unused by the service's own activities (the gateway runs the models); kept for the same deps. */
+  runner: ModelRunner;
+  /** The pseudonym key: the gateway's must be the same (its router ranks the same pseudonyms). */
+  key: Buffer;
+  /** Directory that manifest paths are relative to. */
+  root: string;
+  /** The object store of the model blobs: a route names only a digest whose stored bytes hash to it. */
+  store?: ObjectStore;
+}
+
+/** Polls of the gateway's event log while waiting for a batch's events (about 10 s in all). */
+const EVENT_POLLS = 200;
+const EVENT_POLL_MS = 50;
+/** Events read per `GET /admin/events` (the contract's maximum). */
+const EVENTS_PAGE = 50_000;
+
+/** The control plane of one gateway, over HTTP, with the admin token of the manifest's `tokenEnv`. */
+export class GatewayAdmin {
+  constructor(
+    readonly url: string,
+    private readonly tokenEnv: string,
+  ) {}
+
+  private async call<T>(method: 'GET' | 'PUT', path: string, body?: unknown): Promise<T> {
+    const token = process.env[this.tokenEnv];
+    let res: Response;
+    try {
+      res = await fetch(new URL(path, this.url), {
+        method,
+        headers: {
+          ...(token ? { authorization: `Bearer ${token}` } : {}),
+          ...(body !== undefined ? { 'content-type': 'application/json' } : {}),
+        },
+        ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+      });
+    } catch (err) {
+      throw fail(
+        ErrorType.Unavailable,
+        `gateway ${this.url} cannot be reached (${String((err as Error).cause ?? (err as Error).message)}); ` +
+          'is `fleetgate serve` running there, and is gateway.url of the service manifest right?',
+      );
+    }
+    if (res.ok) return (await res.json()) as T;
+    const text = await res.text();
+    let message = text;
+    try {
+      const e = (JSON.parse(text) as ErrorBody).error;
+      message = `${e.field ? `${e.field}: ` : ''}${e.message}${e.value !== undefined ? ` (got ${JSON.stringify(e.value)})` : ''}`;
+    } catch {
+      // Not the gateway's error body: its text is the message.
+    }
+    const what = `gateway ${this.url}: ${method} ${path} answered ${res.status}: ${message}`;
+    if (res.status === 401 || res.status === 403) {
+      throw fail(
+        ErrorType.InvalidInput,
+        `${what}; give the worker the gateway's admin token in ${this.tokenEnv} (gateway.tokenEnv)`,
+      );
+    }
+    if (res.status >= 500 || res.status === 409 || res.status === 429)
+      throw fail(ErrorType.Unavailable, what);
+    throw fail(ErrorType.InvalidInput, what);
+  }
+
+  async routes(): Promise<Record<string, CohortRoute>> {
+    return (await this.call<RoutesResponse>('GET', PATHS.routes)).routes;
+  }
+
+  async update(cohort: string, update: RouteUpdate): Promise<CohortRoute> {
+    return this.call<CohortRoute>('PUT', PATHS.route(cohort), update);
+  }
+
+  async events(after: number, limit: number): Promise<EventsResponse> {
+    return this.call<EventsResponse>('GET', `${PATHS.events}?after=${after}&limit=${limit}`);
+  }
+}
+
+/** Registers production for every cohort of a service (what `fleet init` does for one): no vehicles. */
+export async function initService(
+  deps: RegistryDeps,
+  manifestPath: string,
+  packDir: string,
+  by: string,
+): Promise<{
+  service: string;
+  cohorts: string[];
+  production: Awaited<ReturnType<typeof bootstrapProduction>>;
+}> {
+  const manifest = loadServiceManifest(resolve(deps.root, manifestPath));
+  const cohorts = manifest.cohorts.map((c) => c.name);
+  const production = await bootstrapProduction(deps, packDir, cohorts, by);
+  return { service: manifest.name, cohorts, production };
+}
+
+export function createServiceActivities(deps: ServiceActivityDeps) {
+  const { conn, key, root } = deps;
+  const manifestOf = (input: FleetInput) => loadServiceManifest(resolve(root, input.manifest));
+  const gatewayOf = (m: ServiceManifest) => new GatewayAdmin(m.gateway.url, m.gateway.tokenEnv);
+  const armOf = (m: ServiceManifest, digest: string): ArmRef => ({ digest, ...m.gateway.candidateArm });
+
+  // Pseudonyms of a population cost one HMAC per caller: computed once per service, cohort and size.
+  const populations = new Map<string, UserPopulation>();
+  const populationOf = (m: ServiceManifest, c: ServiceCohort): UserPopulation => {
+    const id = `${m.name}|${c.name}|${c.callers}`;
+    let p = populations.get(id);
+    if (!p || p.cohort !== c) {
+      p = new UserPopulation(key, m.name, c);
+      populations.set(id, p);
+    }
+    return p;
+  };
+
+  /** The gateway's routes, refusing one that does not serve every named cohort. */
+  async function routesFor(m: ServiceManifest, cohorts: readonly string[]) {
+    const gw = gatewayOf(m);
+    const routes = await gw.routes();
+    const missing = cohorts.filter((c) => !routes[c]);
+    if (missing.length > 0) {
+      throw fail(
+        ErrorType.NotFound,
+        `gateway ${gw.url} has no route for cohort(s) ${missing.join(', ')} of service ${m.name} ` +
+          `(it serves ${Object.keys(routes).join(', ') || 'none'}); add them to the gateway config's cohorts ` +
+          'and register production for them (fleetgate fleet init --fleet <service manifest>)',
+      );
+    }
+    return { gw, routes };
+  }
+
+  /**
+   * One batch: the population of each cohort sends its requests for the window, the gateway's events
+   * for them are read back, and `build` turns them into the batch's logged events. Nothing is sent when
+   * the batch is already written.
+   */
+  async function logRequests(
+    batchId: string,
+    phase: 'shadow' | 'canary',
+    input: FleetInput & {
+      cohorts: string[];
+      fromMs: number;
+      toMs: number;
+      labeling?: ShadowInput['labeling'];
+    },
+    beforeSending: (
+      m: ServiceManifest,
+      gw: GatewayAdmin,
+      routes: Record<string, CohortRoute>,
+    ) => Promise<void>,
+    build: (
+      m: ServiceManifest,
+      draw: UserRequests,
+      events: GatewayEvent[],
+      cohortIndex: number,
+    ) => SimulatedCohort,
+  ): Promise<BatchResult> {
+    if (!(Number.isFinite(input.fromMs) && Number.isFinite(input.toMs) && input.toMs > input.fromMs)) {
+      throw fail(
+        ErrorType.InvalidInput,
+        `batch window must have toMs > fromMs (got ${input.fromMs}, ${input.toMs})`,
+      );
+    }
+    const [before] = await exclusive(conn, () =>
+      rows(conn, `SELECT events FROM batches WHERE batch_id = ?`, [batchId]),
+    );
+    if (before) return { batchId, events: num(before.events), written: false };
+    const m = manifestOf(input);
+    const cohorts = cohortsOf(m, input.cohorts);
+    const { gw, routes } = await routesFor(
+      m,
+      cohorts.map((c) => c.name),
+    );
+    await beforeSending(m, gw, routes);
+    const tag = eventTag(batchId);
+    const { last } = await gw.events(0, 0);
+    const draws = cohorts.map((c) =>
+      populationOf(m, c).draw(m.seed, batchId, input.fromMs, input.toMs, m.load.maxRequestsPerWindow),
+    );
+    const indexOf = cohorts.map((c) => m.cohorts.indexOf(c));
+    // Request i of a cohort is event `${tag}.${cohortIndex}.${i}` of the batch (activities/fleet.ts).
+    for (const [j, draw] of draws.entries()) {
+      await send(m.gateway.url, draw, m.load.concurrency, (i) => `${tag}.${indexOf[j]}.${i}`);
+    }
+    const seen = await readEvents(gw, last, tag, draws, indexOf);
+    const simulated = draws.map((draw, j) => build(m, draw, seen[j]!, indexOf[j]!));
+    return writeBatch(conn, {
+      batchId,
+      phase,
+      rolloutId: input.rolloutId,
+      fromMs: input.fromMs,
+      toMs: input.toMs,
+      seed: m.seed,
+      labels: { rate: m.labels.rate, noise: m.labels.noise },
+      labelDelayMs: (cohort) => labelDelayMs(m, cohort),
+      // Each request stands for 1 / requestsPerCallerHour caller-hours of use.
+      exposurePerEvent: (cohort) => 1 / m.cohorts.find((c) => c.name === cohort)!.requestsPerCallerHour,
+      labeling: input.labeling,
+      simulated,
+    });
+  }
+
+  /**
+   * The gateway's events of the batch's requests, per cohort by request index, read from the log after
+   * `after` until every request has its event; Unavailable (retried) when some never come.
+   */
+  async function readEvents(
+    gw: GatewayAdmin,
+    after: number,
+    tag: string,
+    draws: UserRequests[],
+    indexOf: number[],
+  ): Promise<GatewayEvent[][]> {
+    const position = new Map(indexOf.map((cohortIndex, j) => [cohortIndex, j]));
+    const seen = draws.map((d) => new Array<GatewayEvent>(d.n));
+    let missing = draws.reduce((s, d) => s + d.n, 0);
+    let cursor = after;
+    let checked = false;
+    for (let polls = 0; missing > 0;) {
+      const page = await gw.events(cursor, EVENTS_PAGE);
+      cursor = page.next;
+      for (const e of page.events) {
+        const m = /^([0-9a-f]{16})\.(\d+)\.(\d+)$/.exec(e.requestId);
+        if (!m || m[1] !== tag) continue;
+        const j = position.get(Number(m[2]));
+        const i = Number(m[3]);
+        if (j === undefined || i >= draws[j]!.n || seen[j]![i]) continue;
+        if (!checked) {
+          checked = true;
+          if (e.caller !== draws[j]!.callerPseudonym(i)) {
+            throw fail(
+              ErrorType.InvalidInput,
+              `gateway ${gw.url} hashes callers with another pseudonym key than this worker's; the canary's ` +
+                "counts and the events' pseudonyms would not match: give the gateway and the worker the same key",
+            );
+          }
+        }
+        seen[j]![i] = e;
+        missing--;
+      }
+      if (missing === 0) break;
+      if (page.events.length === 0) {
+        if (++polls > EVENT_POLLS) {
+          throw fail(
+            ErrorType.Unavailable,
+            `gateway ${gw.url}: ${missing} request(s) of the batch have no event in its log after ` +
+              `${(EVENT_POLLS * EVENT_POLL_MS) / 1000}s; retrying the batch`,
+          );
+        }
+        await new Promise((r) => setTimeout(r, EVENT_POLL_MS));
+      }
+    }
+    return seen;
+  }
+
+  return {
+    /**
+     * The service's name, SKUs and cohorts (callers as `vehicles`), from its manifest; NotFound when the
+     * gateway does not route every cohort, Unavailable when it does not answer.
+     */
+    async describeFleet(input: FleetInput): Promise<FleetSummary> {
+      const m = manifestOf(input);
+      await routesFor(
+        m,
+        m.cohorts.map((c) => c.name),
+      );
+      return {
+        name: m.name,
+        skus: m.skus,
+        cohorts: m.cohorts.map((c) => ({
+          name: c.name,
+          sku: c.sku,
+          region: m.name,
+          firmware: '1.0.0',
+          vehicles: c.callers,
+          nightShare: c.nightShare,
+          rainShare: c.rainShare,
+          sensorNoise: c.sensorNoise,
+          availability: { online: 1, parked: 1, batteryOk: 1 },
+        })),
+      };
+    },
+
+    /**
+     * Routes `percent` of each cohort's callers to the candidate (its serving configuration from the
+     * manifest's gateway.candidateArm), with the rollout's canary salt and no mirror. Returns per cohort
+     * the callers the gateway's router gives the candidate. A repeat changes nothing.
+     */
+    async deliverWave(input: DeliverInput): Promise<DeliveryResult> {
+      const m = manifestOf(input);
+      const cohorts = cohortsOf(m, input.cohorts);
+      const jobId = `${input.rolloutId}-w${input.wave}`;
+      waveShare(input.percent);
+      await checkArtifact(deps.store, input.digest, jobId);
+      const { gw } = await routesFor(
+        m,
+        cohorts.map((c) => c.name),
+      );
+      const salt = canarySalt(input.rolloutId);
+      const vehicles: Record<string, number> = {};
+      for (const c of cohorts) {
+        await gw.update(c.name, {
+          candidate: armOf(m, input.digest),
+          weight: input.percent,
+          mirror: 0,
+          salt,
+        });
+        vehicles[c.name] = populationOf(m, c).candidateCallers(key, salt, input.percent);
+      }
+      return { jobId, vehicles };
+    },
+
+    /**
+     * Sets the candidate's weight and mirror to 0 in the given cohorts, all at once (the candidate stays
+     * loaded and serves nothing). Only routes of this rollout (its canary salt) are touched. Returns the
+     * callers that had the candidate; a second call reverts 0.
+     */
+    async revertWave(input: RevertInput): Promise<{ reverted: number }> {
+      const m = manifestOf(input);
+      const cohorts = cohortsOf(m, input.cohorts);
+      const { gw, routes } = await routesFor(
+        m,
+        cohorts.map((c) => c.name),
+      );
+      const salt = canarySalt(input.rolloutId);
+      const mine = cohorts.filter((c) => {
+        const r = routes[c.name]!;
+        return r.candidate && r.salt === salt && (r.weight > 0 || r.mirror > 0);
+      });
+      await Promise.all(mine.map((c) => gw.update(c.name, { weight: 0, mirror: 0 })));
+      let reverted = 0;
+      for (const c of mine)
+        reverted += populationOf(m, c).candidateCallers(key, salt, routes[c.name]!.weight);
+      return { reverted };
+    },
+
+    /**
+     * Makes the candidate (with the manifest's candidateArm) the cohort's production arm, serving all of
+     * its callers, and removes the candidate arm. Returns the cohort's callers. A repeat changes nothing.
+     */
+    async promoteCohort(input: PromoteInput): Promise<{ vehicles: number }> {
+      const m = manifestOf(input);
+      const [cohort] = cohortsOf(m, [input.cohort]);
+      await checkArtifact(deps.store, input.digest, `${input.rolloutId}-promote-${input.cohort}`);
+      const { gw } = await routesFor(m, [cohort!.name]);
+      await gw.update(cohort!.name, {
+        production: armOf(m, input.digest),
+        candidate: null,
+        weight: 0,
+        mirror: 0,
+      });
+      return { vehicles: cohort!.callers };
+    },
+
+    /**
+     * One shadow batch: the gateway mirrors `share` of each cohort's production requests to the
+     * candidate (weight 0: no caller is served by it); the mirrored requests the candidate answered
+     * are logged as 'shadow' events with both models' outputs and latencies, and sent for labeling in
+     * tiers as a fleet's shadow events are. The upload filter (`edge`) is a vehicle's: it does not
+     * apply. Keyed by `${rolloutId}:shadow:${fromMs}-${toMs}`.
+     */
+    async runShadow(input: ShadowInput): Promise<BatchResult> {
+      if (!(input.share > 0 && input.share <= 1)) {
+        throw fail(ErrorType.InvalidInput, `shadow share must be in (0, 1] (got ${input.share})`);
+      }
+      const batchId = `${input.rolloutId}:shadow:${input.fromMs}-${input.toMs}`;
+      const salt = canarySalt(input.rolloutId);
+      const lowConfidence = input.edge?.lowConfidence ?? PRIORITY_CONFIDENCE;
+      return logRequests(
+        batchId,
+        'shadow',
+        input,
+        async (m, gw) => {
+          await checkArtifact(deps.store, input.candidateDigest, batchId);
+          for (const c of cohortsOf(m, input.cohorts)) {
+            await gw.update(c.name, {
+              candidate: armOf(m, input.candidateDigest),
+              weight: 0,
+              mirror: input.share,
+              salt,
+            });
+          }
+        },
+        (m, draw, events, cohortIndex) => {
+          const n = draw.n;
+          const out = new EventColumns(n);
+          const keep = new Uint8Array(n);
+          const failed = new Uint8Array(n);
+          const request = new Uint8Array(n);
+          for (let i = 0; i < n; i++) {
+            const e = events[i]!;
+            const sampled = draw.rng() < m.labels.rate;
+            const s = e.shadow;
+            if (!s || s.dropped || s.failed || s.pred === undefined) continue;
+            keep[i] = 1;
+            setColumns(out.candidate, i, s.pred, s.conf, s.latencyMs);
+            if (e.failed) failed[i] = 1;
+            else setColumns(out.production, i, e.pred, e.conf, e.latencyMs);
+            const low = Math.min(out.candidate.conf[i]!, out.production.conf[i]!) < lowConfidence;
+            const disagree = out.candidate.pred[i] !== out.production.pred[i];
+            request[i] = low || disagree ? 1 : sampled ? 2 : 0;
+          }
+          return {
+            sim: draw,
+            out,
+            arm: () => 'shadow',
+            vehicles: draw.pseudonyms,
+            cohortIndex,
+            request,
+            keep,
+            failed,
+          };
+        },
+      );
+    },
+
+    /**
+     * One canary batch: each cohort's callers send their requests, served by the arm the gateway's
+     * router gives them; every request is logged in its arm with the serving model's prediction,
+     * confidence and the gateway's latency, and its failed flag. A seeded `labels.rate` share of the
+     * answered requests is sent for labeling ('sample'). Keyed by `${rolloutId}:canary:${fromMs}-${toMs}`.
+     */
+    async collectTelemetry(input: TelemetryInput): Promise<BatchResult> {
+      const batchId = `${input.rolloutId}:canary:${input.fromMs}-${input.toMs}`;
+      return logRequests(
+        batchId,
+        'canary',
+        input,
+        async () => undefined,
+        (m, draw, events, cohortIndex) => {
+          const n = draw.n;
+          const out = new EventColumns(n);
+          const isCandidate = new Uint8Array(n);
+          const failed = new Uint8Array(n);
+          const request = new Uint8Array(n);
+          for (let i = 0; i < n; i++) {
+            const e = events[i]!;
+            const sampled = draw.rng() < m.labels.rate;
+            if (e.arm === 'candidate') isCandidate[i] = 1;
+            const cols = e.arm === 'candidate' ? out.candidate : out.production;
+            if (e.failed) {
+              failed[i] = 1;
+              cols.lat[i] = e.latencyMs;
+            } else {
+              setColumns(cols, i, e.pred, e.conf, e.latencyMs);
+              // A failed request has no prediction to judge: its outcome is not asked for.
+              request[i] = sampled ? 2 : 0;
+            }
+          }
+          return {
+            sim: draw,
+            out,
+            arm: (i: number) => (isCandidate[i] ? 'candidate' : 'production'),
+            vehicles: draw.pseudonyms,
+            cohortIndex,
+            request,
+            failed,
+          };
+        },
+      );
+    },
+  };
+}
+
+export type ServiceActivities = ReturnType<typeof createServiceActivities>;
+
+/**
+ * Whether a rollout's manifest (resolved against the worker's root) is a service's (`kind: Service`):
+ * its fleet activities are then the gateway's. A manifest that cannot be read goes to the fleet's
+ * activities, whose errors name it.
+ */
+export function isServiceManifest(root: string, manifest: string): boolean {
+  try {
+    return manifestKind(resolve(root, manifest)) === 'Service';
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * The fleet activities that take a manifest, each dispatched on its kind: a fleet's vehicles
+ * (activities/fleet.ts) or a service behind the inference gateway (activities/service.ts).
+ */
+export function dispatchFleetActivities(
+  root: string,
+  fleet: Pick<FleetActivities, DispatchedActivity>,
+  service: Pick<FleetActivities, DispatchedActivity>,
+): Pick<FleetActivities, DispatchedActivity> {
+  const pick = (input: { manifest: string }) => (isServiceManifest(root, input.manifest) ? service : fleet);
+  return {
+    describeFleet: (input) => pick(input).describeFleet(input),
+    deliverWave: (input) => pick(input).deliverWave(input),
+    revertWave: (input) => pick(input).revertWave(input),
+    promoteCohort: (input) => pick(input).promoteCohort(input),
+    runShadow: (input) => pick(input).runShadow(input),
+    collectTelemetry: (input) => pick(input).collectTelemetry(input),
+  };
+}
+type DispatchedActivity =
+  'describeFleet' | 'deliverWave' | 'revertWave' | 'promoteCohort' | 'runShadow' | 'collectTelemetry';
+
+function setColumns(
+  cols: EventColumns['candidate'],
+  i: number,
+  pred: number | undefined,
+  conf: number | undefined,
+  latencyMs: number | undefined,
+): void {
+  if (pred !== undefined) cols.pred[i] = pred;
+  if (conf !== undefined) cols.conf[i] = conf;
+  if (latencyMs !== undefined) cols.lat[i] = latencyMs;
+}
+
+function cohortsOf(m: ServiceManifest, requested: readonly string[]): ServiceCohort[] {
+  const names = [...new Set(requested)];
+  const unknown = names.filter((n) => !m.cohorts.some((c) => c.name === n));
+  if (unknown.length > 0) {
+    throw fail(
+      ErrorType.InvalidInput,
+      `unknown cohort(s) ${unknown.join(', ')} in service ${m.name}; declared: ${m.cohorts.map((c) => c.name).join(', ')}`,
+    );
+  }
+  return names.map((n) => m.cohorts.find((c) => c.name === n)!);
+}
+
+/** The mean delay of a cohort's outcomes. */
+function labelDelayMs(m: ServiceManifest, cohort: string): number {
+  return parseDuration(m.labels.delayByCohort?.[cohort] ?? m.labels.delay) ?? 0;
+}
