@@ -8,6 +8,7 @@
  * and sends nothing. Spans must never carry a raw caller or vehicle id: that is the span makers' duty,
  * and the exporter sends what it is given.
  */
+import type { Tracer, TracerOptions, TracerProvider } from '@opentelemetry/api';
 import type { Resource } from '@opentelemetry/resources';
 import type { SpanProcessor } from '@opentelemetry/sdk-trace-base';
 import { ErrorType, fail } from '../errors';
@@ -66,10 +67,44 @@ export function endpointFromEnv(env: NodeJS.ProcessEnv = process.env): string | 
   return base ? base : undefined;
 }
 
+/** The SDK provider of the tracing running in this process, if any: where the global tracers forward. */
+let active: { provider: TracerProvider; serviceName: string } | undefined;
+/** True once the process's forwarding provider, propagator and context manager are registered. */
+let registered = false;
+
 /**
- * Starts tracing to `endpoint` and registers the provider as the global one (with the W3C trace context
- * and baggage propagators and an AsyncLocalStorage context manager), so `trace.getTracer(...)` anywhere
- * in the process records spans from now on.
+ * A tracer that forwards each span to the provider of the tracing running when the span starts, or to a
+ * no-op tracer when none runs. The global provider hands these out, so a tracer obtained once (at module
+ * load, as the gateway does) keeps working across a shutdown and a later start in the same process.
+ */
+function forwardingTracer(
+  noop: TracerProvider,
+  name: string,
+  version?: string,
+  options?: TracerOptions,
+): Tracer {
+  let cached: { provider: TracerProvider; tracer: Tracer } | undefined;
+  const target = (): Tracer => {
+    const provider = active?.provider ?? noop;
+    if (cached?.provider !== provider)
+      cached = { provider, tracer: provider.getTracer(name, version, options) };
+    return cached.tracer;
+  };
+  return {
+    startSpan: (spanName, spanOptions, ctx) => target().startSpan(spanName, spanOptions, ctx),
+    startActiveSpan: ((...args: Parameters<Tracer['startActiveSpan']>) => {
+      const tracer = target();
+      return (tracer.startActiveSpan as (...a: unknown[]) => unknown).apply(tracer, args);
+    }) as Tracer['startActiveSpan'],
+  };
+}
+
+/**
+ * Starts tracing to `endpoint`: spans of `trace.getTracer(...)` anywhere in the process are recorded
+ * from now on, batched and sent. The first start in a process registers the global tracer provider (one
+ * that forwards to the running tracing), the W3C trace context and baggage propagators and an
+ * AsyncLocalStorage context manager; they stay registered, and record nothing once tracing is shut down.
+ * One tracing runs at a time per process: a second start before the first's shutdown is refused.
  */
 export async function startTracing(options: TracingOptions): Promise<Tracing> {
   if (!options.serviceName) {
@@ -91,26 +126,41 @@ export async function startTracing(options: TracingOptions): Promise<Tracing> {
   );
   const spanProcessor = new node.BatchSpanProcessor(new exporterHttp.OTLPTraceExporter({ url }));
   const provider = new node.NodeTracerProvider({ resource, spanProcessors: [spanProcessor] });
-  provider.register({
-    propagator: new core.CompositePropagator({
-      propagators: [new core.W3CTraceContextPropagator(), new core.W3CBaggagePropagator()],
-    }),
-  });
+  if (active) {
+    throw fail(
+      ErrorType.InvalidInput,
+      `tracing already runs in this process as service ${JSON.stringify(active.serviceName)}; ` +
+        `shut it down before starting tracing as ${JSON.stringify(options.serviceName)}`,
+    );
+  }
+  active = { provider, serviceName: options.serviceName };
+  if (!registered) {
+    registered = true;
+    const noop = new api.ProxyTracerProvider();
+    // NodeTracerProvider.register sets the context manager and the propagator; the provider it registers
+    // as the global one hands out forwarding tracers and records nothing itself.
+    type SdkTracer = ReturnType<InstanceType<typeof node.NodeTracerProvider>['getTracer']>;
+    class ForwardingProvider extends node.NodeTracerProvider {
+      // Callers reach the registered provider through the API, and see the API's Tracer interface only.
+      override getTracer(name: string, version?: string, tracerOptions?: TracerOptions): SdkTracer {
+        return forwardingTracer(noop, name, version, tracerOptions) as unknown as SdkTracer;
+      }
+    }
+    new ForwardingProvider().register({
+      propagator: new core.CompositePropagator({
+        propagators: [new core.W3CTraceContextPropagator(), new core.W3CBaggagePropagator()],
+      }),
+    });
+  }
   let stopped: Promise<void> | undefined;
   return {
     spanProcessor,
     resource,
     shutdown() {
       stopped ??= (async () => {
-        try {
-          // The provider's shutdown flushes its batch processor, then shuts the exporter down.
-          await provider.shutdown();
-        } finally {
-          // Unregister, so a later startTracing in this process (tests, a restarted gateway) takes effect.
-          api.trace.disable();
-          api.propagation.disable();
-          api.context.disable();
-        }
+        if (active?.provider === provider) active = undefined;
+        // The provider's shutdown flushes its batch processor, then shuts the exporter down.
+        await provider.shutdown();
       })();
       return stopped;
     },

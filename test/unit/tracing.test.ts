@@ -1,15 +1,18 @@
 /**
  * serve/tracing.ts against a real OTLP/HTTP receiver on 127.0.0.1: spans made with `@opentelemetry/api`
  * arrive as JSON with the service name and their parent links; W3C trace context is injected; shutdown
- * flushes, is idempotent and unregisters, so tracing can start again; endpoints are normalised and bad
- * ones refused naming the value; the environment variables are read in their order of precedence; and
- * without tracing started the API records nothing.
+ * flushes and is idempotent, and tracing can start again (tracers obtained before any start keep working);
+ * one tracing runs at a time; endpoints are normalised and bad ones refused naming the value; the
+ * environment variables are read in their order of precedence; and without tracing the API records nothing.
  */
 import { test, after, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { context, propagation, trace } from '@opentelemetry/api';
 import { endpointFromEnv, startTracing, tracesUrl } from '../../serve/tracing';
 import { startOtlpReceiver, type OtlpReceiver } from '../otlp-receiver';
+
+/** Obtained at module load, before any tracing starts, as a module that makes spans does. */
+const early = trace.getTracer('tracing-test-early');
 
 let receiver: OtlpReceiver;
 before(async () => {
@@ -53,6 +56,28 @@ test('tracing starts again after a shutdown, with a full traces URL as endpoint'
   await tracing.shutdown();
   const again = receiver.spans.find((s) => s.name === 'again');
   assert.equal(again?.service, 'second');
+});
+
+test('a tracer obtained before tracing started records under each later start', async () => {
+  for (const service of ['first-run', 'second-run']) {
+    const tracing = await startTracing({ serviceName: service, endpoint: receiver.endpoint });
+    early.startActiveSpan(`early-${service}`, (span) => span.end());
+    await tracing.shutdown();
+    assert.equal(receiver.spans.find((s) => s.name === `early-${service}`)?.service, service);
+  }
+  assert.equal(early.startSpan('early-after').isRecording(), false);
+});
+
+test('one tracing at a time: a second start before the shutdown is refused', async () => {
+  const tracing = await startTracing({ serviceName: 'one', endpoint: receiver.endpoint });
+  try {
+    await assert.rejects(
+      startTracing({ serviceName: 'two', endpoint: receiver.endpoint }),
+      /tracing already runs in this process as service "one"; shut it down before starting tracing as "two"/,
+    );
+  } finally {
+    await tracing.shutdown();
+  }
 });
 
 test('without startTracing the API records nothing', () => {
