@@ -52,6 +52,7 @@ import type * as GateModule from './gate';
 import type * as ControlsModule from '../activities/controls';
 import { GATE_HELP } from './gate-help';
 import type * as UiModule from './ui';
+import type * as ServeModule from './serve';
 
 export const DEFAULT_FLEET = 'sim/fleets/demo.yaml';
 export const DEFAULT_PRODUCTION = 'models/production';
@@ -90,6 +91,7 @@ Usage: fleetgate <command> [options]      (fleetgate <command> --help for detail
   rollback ID                 emergency rollback of one cohort (--cohort); the others go on
   report ID                   write a rollout's report as one self-contained HTML page (no server needed)
   ui                          serve a live status page of the rollouts on 127.0.0.1 (fleetgate ui --help)
+  serve                       run the inference gateway of a service's models (fleetgate serve --help)
   worker                      run a worker (workflows and activities)
   server                      run a local Temporal dev server with the data directory's history
   fleet init                  register production and create the simulated fleet (idempotent)
@@ -936,6 +938,7 @@ const COMMANDS: Record<string, (args: string[]) => Promise<number>> = {
   report: (args) => (require('./report') as typeof ReportModule).reportCommand(args),
   drift: (args) => (require('./drift') as typeof DriftModule).driftCommand(args),
   ui: (args) => (require('./ui') as typeof UiModule).uiCommand(args),
+  serve: (args) => (require('./serve') as typeof ServeModule).serveCommand(args),
 };
 
 /** Runs one command; returns the process exit code. Never throws. */
