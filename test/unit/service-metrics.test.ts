@@ -21,6 +21,7 @@ import {
 } from '../../activities/analysis';
 import type { ArmStats, CohortStats, LatencyTail } from '../../activities/contracts';
 import { num, openFleetDatabase, rows, transaction } from '../../activities/db';
+import { renderReportHtml } from '../../activities/report-html';
 import type { FleetDatabase } from '../../activities/db';
 import { decideLook, headline, type LookContext, type MetricResult } from '../../policies/decide';
 import { engineLook } from '../../policies/engine';
@@ -268,6 +269,47 @@ describe('the engine on service metrics', () => {
     assert.equal(metric(d.metrics, 'latency_p95').verdict, 'harm');
     assert.equal(metric(d.metrics, 'request_error_rate').verdict, 'harm');
     assert.equal(d.action, 'rollback');
+  });
+});
+
+describe('the report', () => {
+  it("shows a tail metric's shares with each arm's quantile in ms, and request_error_rate like error_rate", () => {
+    const p = policyWith([
+      { name: 'request_error_rate', kind: 'binary', margin: 0.01 },
+      { name: 'latency_p95', kind: 'binary', margin: 0.02 },
+    ]);
+    const d = engineLook(
+      p,
+      canary,
+      [cohort('svc', { above95: 0.3, p95Ms: 4.1, failed: 100 }, { failed: 2 })],
+      {
+        minP: {},
+      },
+    ).decisions[0]!;
+    const html = renderReportHtml({
+      rolloutId: 'svc-report',
+      policy: p,
+      cohorts: [{ cohort: 'svc', state: 'rolled-back', headline: headline(d) }],
+      decisions: [
+        {
+          seq: 1,
+          phase: 'canary',
+          wave: 1,
+          look: 1,
+          cohort: 'svc',
+          action: d.action,
+          reason: d.reason,
+          metrics: d.metrics,
+        },
+      ],
+    });
+    for (const name of ['request_error_rate', 'latency_p95']) {
+      assert.match(html, new RegExp(`<svg class="chart" data-cohort="svc" data-metric="${name}"`));
+    }
+    assert.match(html, /<td class="n">0\.3 \(p95 4\.1 ms\)<\/td><td class="n">0\.0501 \(p95 1\.2 ms\)<\/td>/);
+    assert.match(html, /difference of the shares above production&#39;s p95, candidate − production/);
+    assert.match(html, /<td class="n">0\.05<\/td><td class="n">0\.001<\/td>/);
+    assert.match(html, /latency_p95 4\.1 ms vs 1\.2 ms, share above production&#39;s p95 Δ=\+0\.250/);
   });
 });
 
