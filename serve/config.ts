@@ -44,7 +44,10 @@ export const GatewayConfig = z
       .strict()
       .default({ host: '127.0.0.1', port: DEFAULT_GATEWAY_PORT }),
     stateDir: z.string().min(1).describe('routes.json and events/; relative to the config file'),
-    cohorts: z.array(Cohort).min(1).describe('Cohorts served; the first is the default cohort'),
+    cohorts: z
+      .array(Cohort)
+      .min(1, { message: 'list at least one cohort, e.g. [web, app]' })
+      .describe('Cohorts served; the first is the default cohort'),
     routes: z.record(Cohort, InitialRoute).optional(),
     batching: z
       .object({

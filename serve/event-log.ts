@@ -20,6 +20,7 @@ export const DEFAULT_FLUSH_MS = 200;
 /** Most events one `read` returns. */
 export const MAX_READ = 50_000;
 
+const SEQ_PREFIX = /^\{"seq":(\d+),/;
 const SEGMENT = /^events-(\d{12})\.ndjson$/;
 const segmentName = (firstSeq: number) => `events-${String(firstSeq).padStart(12, '0')}.ndjson`;
 
@@ -153,7 +154,9 @@ export class EventLog {
         throw err;
       }
       for (const line of text.split('\n')) {
-        if (!line) continue;
+        // Lines begin with their seq (append writes it first): earlier ones are skipped unparsed.
+        const m = SEQ_PREFIX.exec(line);
+        if (!m || Number(m[1]) <= after) continue;
         let e: GatewayEvent;
         try {
           e = JSON.parse(line) as GatewayEvent;

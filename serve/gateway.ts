@@ -226,9 +226,11 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps = {}
   mkdirSync(config.stateDir, { recursive: true });
   const routesStore = new RoutesStore(config.stateDir);
   let routes: Record<string, CohortRoute>;
+  /** Saved routes of cohorts this config does not serve: kept in routes.json, not served. */
+  let others: Record<string, CohortRoute>;
   let events: EventLog;
   try {
-    routes = await initialRoutes(config, routesStore, store);
+    ({ routes, others } = await initialRoutes(config, routesStore, store));
     events = EventLog.open(config.stateDir);
   } catch (err) {
     await releaseOwned();
@@ -359,7 +361,7 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps = {}
       span.setAttributes({ cohort, arm, rows: inputs.length, 'request.id': requestId });
       let status = 200;
       try {
-        const result = await serveArm(cohort, arm, ref, inputs, requestId, started);
+        const result = await serveArm(cohort, arm, ref, inputs, requestId);
         status = result.status;
         const latencyMs = performance.now() - started;
         const event: Omit<GatewayEvent, 'seq'> = {
@@ -395,7 +397,8 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps = {}
         } else {
           sendError(res, result.error!, { [HEADERS.arm]: arm, [HEADERS.requestId]: requestId });
         }
-        if (status === 429) return; // refused before it was served: no event
+        // Refusals (a bad row, a full queue) are not served requests: only answers and failures are events.
+        if (status !== 200 && status < 500) return;
         if (
           arm === 'production' &&
           status === 200 &&
@@ -425,12 +428,10 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps = {}
     ref: ArmRef,
     inputs: number[][],
     requestId: string,
-    started: number,
   ): Promise<{ status: number; outputs?: PredictOutput[]; model?: ServedModel; error?: HttpError }> => {
     const inject = config.faultInjection ? ref.inject : undefined;
     const addLatency = async () => {
-      const extra = (inject?.latencyMs ?? 0) - (performance.now() - started);
-      if (extra > 0) await sleep(extra);
+      if (inject?.latencyMs) await sleep(inject.latencyMs);
     };
     let model: ServedModel;
     try {
@@ -639,7 +640,7 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps = {}
     }
     next.generation = current.generation + 1;
     const all = { ...routes, [cohort]: next };
-    await routesStore.save(all);
+    await routesStore.save({ ...others, ...all });
     routes = all;
     setRouteGauges(cohort, next);
     log({
@@ -842,7 +843,7 @@ async function initialRoutes(
   config: GatewayConfig,
   routesStore: RoutesStore,
   store: ObjectStore,
-): Promise<Record<string, CohortRoute>> {
+): Promise<{ routes: Record<string, CohortRoute>; others: Record<string, CohortRoute> }> {
   const saved = routesStore.load() ?? {};
   const out: Record<string, CohortRoute> = {};
   let changed = false;
@@ -883,5 +884,6 @@ async function initialRoutes(
     };
   }
   if (changed) await routesStore.save({ ...saved, ...out });
-  return out;
+  const others = Object.fromEntries(Object.entries(saved).filter(([c]) => !config.cohorts.includes(c)));
+  return { routes: out, others };
 }
