@@ -282,9 +282,8 @@ describe('the report', () => {
       p,
       canary,
       [cohort('svc', { above95: 0.3, p95Ms: 4.1, failed: 100 }, { failed: 2 })],
-      {
-        minP: {},
-      },
+      { minP: {} },
+      1,
     ).decisions[0]!;
     const html = renderReportHtml({
       rolloutId: 'svc-report',
