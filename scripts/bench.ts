@@ -12,7 +12,8 @@
  *   5. fleet scale: 1M vehicles' init and waves; 6. shadow inference and the vehicle's p99
  *      (scripts/bench-shadow.ts); 7. verifying a signed pack with a 100 MB model vs sha256sum
  *      (scripts/bench-pack.ts); 8. the status page's first render in headless Chromium with 50 rollouts
- *      listed vs its empty list (scripts/bench-ui.ts).
+ *      listed vs its empty list (scripts/bench-ui.ts); 9. the inference gateway: p50/p99 and saturation against
+ *      direct runs, p99 with 100% mirroring, and overload against a small queue (scripts/bench-serve.ts).
  *
  * Then the statistics of the sequential designs, from the seeded simulation of `fleetgate stats simulate`:
  * the A/A false-alarm rate of each design over many looks against α, and power and samples to a decision
@@ -41,6 +42,7 @@ import { sampleSize } from '../policies/planning';
 import { shadowBench, type BenchRow } from './bench-shadow';
 import { packBench } from './bench-pack';
 import { uiBench } from './bench-ui';
+import { serveBench } from './bench-serve';
 
 const ROOT = resolve(__dirname, '..');
 const FLEET = 'sim/fleets/demo.yaml';
@@ -216,6 +218,8 @@ async function main(): Promise<void> {
     results.push(await packBench());
     // 8. The status page's first render with 50 rollouts listed, against the same page's empty list.
     results.push(await uiBench());
+    // 9. The inference gateway against direct runs of its model, with mirroring, and overloaded.
+    results.push(...(await serveBench(ROOT)));
   } finally {
     await services.close();
     rmSync(dataDir, { recursive: true, force: true });
