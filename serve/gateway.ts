@@ -377,7 +377,8 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps = {}
             : {}),
           latencyMs,
           status,
-          failed: status >= 500,
+          // A full queue fails the caller too: its event counts as a failed request of its arm.
+          failed: status >= 500 || status === 429,
         };
         metrics.requests.inc({ cohort, arm, code: String(status) });
         metrics.duration.observe({ cohort, arm }, latencyMs / 1000);
@@ -397,8 +398,8 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps = {}
         } else {
           sendError(res, result.error!, { [HEADERS.arm]: arm, [HEADERS.requestId]: requestId });
         }
-        // Refusals (a bad row, a full queue) are not served requests: only answers and failures are events.
-        if (status !== 200 && status < 500) return;
+        // A request refused for what it sent (400) is not a served request: it has no event.
+        if (status === 400) return;
         if (
           arm === 'production' &&
           status === 200 &&

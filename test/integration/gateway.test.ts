@@ -519,6 +519,14 @@ describe('the gateway under load and faults', () => {
     assert.equal((await predict(g, { caller: `${RAW}-after`, inputs: [golden[0]] })).status, 200);
     const m = (await call<string>(g, PATHS.metrics)).body;
     assert.match(m, new RegExp(`fleetgate_gateway_rejected_total ${busy.length}\\n`));
+    const events = await until('the events', async () => {
+      const ev = await allEvents(g);
+      return ev.length === 31 ? ev : undefined;
+    });
+    assert.equal(
+      events.filter((e) => e.status === 429 && e.failed && e.pred === undefined).length,
+      busy.length,
+    );
     await stop(g);
   });
 
