@@ -435,9 +435,8 @@ WITH ev AS (
   WHERE e.rollout_id = $rollout AND e.ts_ms < $asof AND e.cohort IN (${list})
     AND e.arm IN ('candidate', 'production') AND e.lat IS NOT NULL AND NOT coalesce(e.failed, false)
 ), q AS (
-  SELECT cohort, arm, count(*) AS n, quantile_cont(lat, ${q95}) AS q95, quantile_cont(lat, ${q99}) AS q99
-  FROM ev
-  GROUP BY cohort, arm
+  SELECT cohort, arm, n, qs[1] AS q95, qs[2] AS q99
+  FROM (SELECT cohort, arm, count(*) AS n, quantile_cont(lat, [${q95}, ${q99}]) AS qs FROM ev GROUP BY cohort, arm)
 ), x AS (
   SELECT ev.cohort, ev.arm,
          count(*) FILTER (WHERE ev.lat > t.q95) AS above95,
