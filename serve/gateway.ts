@@ -307,6 +307,19 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps = {}
         rawId,
       );
     }
+    try {
+      await servePredict(req, res, requestId);
+    } catch (err) {
+      if (err instanceof HttpError) err.headers[HEADERS.requestId] = requestId;
+      throw err;
+    }
+  };
+
+  const servePredict = async (
+    req: IncomingMessage,
+    res: ServerResponse,
+    requestId: string,
+  ): Promise<void> => {
     const simRaw = req.headers[HEADERS.simTime];
     let tsMs = Date.now();
     if (simRaw !== undefined) {

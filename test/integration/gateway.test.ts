@@ -274,7 +274,11 @@ describe('the gateway', () => {
       assert.match(r.body.error.message, message, what);
       assert.ok(!JSON.stringify(r.body).includes(RAW), `${what}: the caller is never echoed`);
     }
-    const r = await call<ErrorBody>(g, PATHS.predict, { body: { ...ok, inputs: [golden[0], [1, 2, 3]] } });
+    const r = await call<ErrorBody>(g, PATHS.predict, {
+      body: { ...ok, inputs: [golden[0], [1, 2, 3]] },
+      headers: { [HEADERS.requestId]: 'bad-row-1' },
+    });
+    assert.equal(r.headers.get(HEADERS.requestId), 'bad-row-1', 'an error names its request too');
     assert.equal(r.body.error.value, 3, 'the value is the row length found');
     const unknown = await call<ErrorBody>(g, PATHS.predict, { body: { ...ok, user: 'x' } });
     assert.deepEqual(unknown.body.error.value, ['user'], 'the unknown field is named, the body not echoed');
