@@ -3,13 +3,17 @@
  * on real onnxruntime sessions over a LocalObjectStore in a temporary directory, production the bench MLP
  * (models/bench/mlp-8x64x64x2.onnx) and candidate the fixture candidate-good, both bare blobs (served with
  * identity preprocessing). The load comes from autocannon in a child process, so the load generator does
- * not share the gateway's event loop; the gateway runs in this one, where its memory is sampled.
+ * not share the gateway's event loop (one child for the whole bench); the gateway runs in this process,
+ * where its memory is sampled.
  *
  *   1. gateway vs direct: batch-1 predicts over a few connections at a fixed overall rate (a third of
  *      the gateway's measured saturation) against `OnnxModelRunner.run` called in this process at the
  *      same concurrency and rate, paced the way autocannon paces (each connection sends its share of a
  *      second's requests as fast as answers come, then waits for the next second). p50, p99, and the
- *      saturation throughput of both at that concurrency. Goal printed: p50 overhead <= 1.2x.
+ *      saturation throughput of both at that concurrency. Goal printed: p50 overhead <= 1.2x. In the same
+ *      rotation, to tell the parts of the overhead apart: the gateway without its batching wait
+ *      (maxDelayMs 0), and the least HTTP server around the same runner (parse, run, answer) under the
+ *      same load: the gateway's own cost over what any HTTP service of this model pays.
  *   2. p99 with every production request mirrored to the candidate against no mirroring, at the same
  *      rate: rotations of off / on / off (the second off an A/A control of the host's noise), medians.
  *      Goal: <= 1.05x.
@@ -19,12 +23,14 @@
  *      set after a warm-up: it must stay bounded (the queue, not the offered load, sets the memory).
  *
  * Every row is a ratio against a baseline measured in the same run. About a minute by default; knobs:
- * FLEETGATE_BENCH_SERVE_SECONDS (each load run, default 3), _REPS (rotations, default 2), _CONNECTIONS
+ * FLEETGATE_BENCH_SERVE_SECONDS (each load run, default 2.5), _REPS (rotations, default 2), _CONNECTIONS
  * (default 4), _OVERLOAD (times saturation, default 4), _QUEUE (rows of the overload gateway's queue,
  * default 16), _OVERLOAD_CONNECTIONS (default 64). `node --import tsx scripts/bench-serve.ts` runs it alone.
  */
 import { fork } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -69,25 +75,64 @@ interface LoadOptions {
   durationS: number;
 }
 
-/** Runs autocannon in a child process (this file with `--load`), so it does not share the gateway's loop. */
-function load(opts: LoadOptions): Promise<LoadResult> {
-  return new Promise((resolvePromise, reject) => {
-    const child = fork(__filename, ['--load', JSON.stringify(opts)], {
-      execArgv: ['--import', 'tsx'],
-      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-    });
-    let result: LoadResult | undefined;
-    child.on('message', (m) => (result = m as LoadResult));
-    child.on('error', reject);
-    child.on('exit', (code) =>
-      result
-        ? resolvePromise(result)
-        : reject(new Error(`the load process exited with ${code} and no result`)),
-    );
-  });
+interface Loader {
+  run(opts: LoadOptions): Promise<LoadResult>;
+  close(): Promise<void>;
 }
 
-async function loadChild(opts: LoadOptions): Promise<void> {
+/**
+ * A child process (this file with `--load`) that runs autocannon for each `run`, so the load generator
+ * does not share the gateway's event loop. One child serves the whole bench, runs one at a time.
+ */
+function startLoader(): Loader {
+  const child = fork(__filename, ['--load'], {
+    execArgv: ['--import', 'tsx'],
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  });
+  let waiting: { resolve: (r: LoadResult) => void; reject: (e: Error) => void } | undefined;
+  let exited = false;
+  child.on('message', (m) => {
+    const w = waiting;
+    waiting = undefined;
+    const msg = m as { result?: LoadResult; error?: string };
+    if (msg.result) w?.resolve(msg.result);
+    else w?.reject(new Error(`the load process failed: ${msg.error}`));
+  });
+  child.on('exit', (code) => {
+    exited = true;
+    waiting?.reject(new Error(`the load process exited with ${code} during a run`));
+    waiting = undefined;
+  });
+  return {
+    run(opts) {
+      if (exited) return Promise.reject(new Error('the load process has exited'));
+      return new Promise((resolvePromise, reject) => {
+        waiting = { resolve: resolvePromise, reject };
+        child.send(opts);
+      });
+    },
+    close() {
+      if (exited) return Promise.resolve();
+      return new Promise((res) => {
+        child.once('exit', () => res());
+        child.disconnect();
+      });
+    },
+  };
+}
+
+/** The child's side: each message is a run; the result goes back the same way. Ends when disconnected. */
+function loadChild(): void {
+  process.on('message', (opts: LoadOptions) => {
+    autocannonRun(opts).then(
+      (result) => process.send!({ result }),
+      (err: unknown) => process.send!({ error: String(err) }),
+    );
+  });
+  process.on('disconnect', () => process.exit(0));
+}
+
+async function autocannonRun(opts: LoadOptions): Promise<LoadResult> {
   const byStatus: Record<string, number> = {};
   const okMs: number[] = [];
   const r = await new Promise<autocannon.Result>((done, fail) => {
@@ -109,14 +154,7 @@ async function loadChild(opts: LoadOptions): Promise<void> {
       if (statusCode >= 200 && statusCode < 300) okMs.push(ms);
     });
   });
-  const result: LoadResult = {
-    byStatus,
-    okMs,
-    errors: r.errors,
-    timeouts: r.timeouts,
-    durationS: r.duration,
-  };
-  process.send!(result, () => process.exit(0));
+  return { byStatus, okMs, errors: r.errors, timeouts: r.timeouts, durationS: r.duration };
 }
 
 /**
@@ -172,8 +210,45 @@ function checkAllOk(r: LoadResult, what: string): void {
   }
 }
 
+/**
+ * The least HTTP service around the same model: parse the body, run its first row, answer the
+ * probabilities. What a predict costs with no validation, routing, batching, events or metrics.
+ */
+async function bareServer(
+  runner: OnnxModelRunner,
+  digest: string,
+): Promise<{ url: string; close(): Promise<void> }> {
+  const server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const { inputs } = JSON.parse(Buffer.concat(chunks).toString('utf8')) as PredictRequest;
+      runner.run(digest, Float32Array.from(inputs[0]!), 1).then(
+        ({ probs }) => {
+          const out = JSON.stringify({ probs: Array.from(probs) });
+          res.writeHead(200, {
+            'content-type': 'application/json',
+            'content-length': Buffer.byteLength(out),
+          });
+          res.end(out);
+        },
+        (err: unknown) => res.writeHead(500).end(String(err)),
+      );
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const { port } = server.address() as AddressInfo;
+  return {
+    url: `http://127.0.0.1:${port}/`,
+    close: () => {
+      server.closeAllConnections();
+      return new Promise<void>((r) => server.close(() => r()));
+    },
+  };
+}
+
 export async function serveBench(root: string): Promise<BenchRow[]> {
-  const seconds = knob('SECONDS', 3);
+  const seconds = knob('SECONDS', 2.5);
   const reps = knob('REPS', 2);
   const connections = knob('CONNECTIONS', 4);
   const overload = knob('OVERLOAD', 4);
@@ -198,7 +273,7 @@ export async function serveBench(root: string): Promise<BenchRow[]> {
   const log = (line: object) => {
     if ((line as { level?: string }).level === 'error') errorLogs++;
   };
-  const gatewayAt = (name: string, maxQueued: number) =>
+  const gatewayAt = (name: string, maxQueued: number, maxDelayMs?: number) =>
     startGateway(
       parseGatewayConfig(
         {
@@ -210,6 +285,7 @@ export async function serveBench(root: string): Promise<BenchRow[]> {
           cohorts: ['bench'],
           routes: { bench: { production: { digest: production }, candidate: { digest: candidate } } },
           queue: { maxQueued },
+          ...(maxDelayMs === undefined ? {} : { batching: { maxDelayMs } }),
           adminTokenEnv: tokenEnv,
         },
         dir,
@@ -224,6 +300,7 @@ export async function serveBench(root: string): Promise<BenchRow[]> {
 
   const rows: BenchRow[] = [];
   let gateway: Gateway | undefined;
+  const loader = startLoader();
   try {
     gateway = await gatewayAt('bench-serve', 1024);
     const url = gateway.url + PATHS.predict;
@@ -252,51 +329,92 @@ export async function serveBench(root: string): Promise<BenchRow[]> {
     }
 
     // Warm-up, then saturation of both at the bench's concurrency.
-    await load({ url, body, connections, durationS: 1 });
+    await loader.run({ url, body, connections, durationS: 1 });
     await direct(runDirect, connections, undefined, 1);
-    const satLoad = await load({ url, body, connections, durationS: seconds });
+    const satLoad = await loader.run({ url, body, connections, durationS: seconds });
     checkAllOk(satLoad, 'gateway at saturation');
     const satGateway = ok(satLoad) / satLoad.durationS;
     const satDirectRun = await direct(runDirect, connections, undefined, seconds);
     const satDirect = satDirectRun.count / satDirectRun.durationS;
     const rate = Math.max(connections, Math.round(satGateway / 3));
 
-    // 1. Gateway vs direct at a third of the gateway's saturation, alternated.
-    const gw: { p50: number; p99: number; rate: number }[] = [];
-    const dr: { p50: number; p99: number; rate: number }[] = [];
-    for (let i = 0; i < reps; i++) {
-      const g = await load({ url, body, connections, overallRate: rate, durationS: seconds });
-      checkAllOk(g, 'gateway at the moderate rate');
-      gw.push({ p50: p(g.okMs, 0.5), p99: p(g.okMs, 0.99), rate: ok(g) / g.durationS });
-      const d = await direct(runDirect, connections, rate, seconds);
-      dr.push({ p50: p(d.okMs, 0.5), p99: p(d.okMs, 0.99), rate: d.count / d.durationS });
+    // 1. At a third of the gateway's saturation, in rotation: the gateway; the gateway without its
+    // batching wait (maxDelayMs 0); the least HTTP server around the same runner; and runner.run itself.
+    const noWait = await gatewayAt('bench-serve-nowait', 1024, 0);
+    const bare = await bareServer(runner, production);
+    type Arm = { name: string; p50: number[]; p99: number[]; served: number[] };
+    const arm = (name: string): Arm => ({ name, p50: [], p99: [], served: [] });
+    const subjects: [Arm, () => Promise<{ okMs: number[]; served: number }>][] = [
+      [arm('gateway'), () => httpRun(url)],
+      [arm('gateway, maxDelayMs 0'), () => httpRun(noWait.url + PATHS.predict)],
+      [arm('bare HTTP + runner.run'), () => httpRun(bare.url)],
+      [
+        arm('runner.run direct'),
+        async () => {
+          const d = await direct(runDirect, connections, rate, seconds);
+          return { okMs: d.okMs, served: d.count / d.durationS };
+        },
+      ],
+    ];
+    async function httpRun(target: string) {
+      const r = await loader.run({ url: target, body, connections, overallRate: rate, durationS: seconds });
+      checkAllOk(r, `${target} at the moderate rate`);
+      return { okMs: r.okMs, served: ok(r) / r.durationS };
     }
-    const m = (xs: { p50: number; p99: number; rate: number }[], k: 'p50' | 'p99' | 'rate') =>
-      median(xs.map((v) => v[k]));
-    const [gP50, gP99, dP50, dP99] = [m(gw, 'p50'), m(gw, 'p99'), m(dr, 'p50'), m(dr, 'p99')];
+    try {
+      for (let i = 0; i < reps; i++) {
+        for (let j = 0; j < subjects.length; j++) {
+          const [a, run] = subjects[(i + j) % subjects.length]!;
+          const r = await run();
+          a.p50.push(p(r.okMs, 0.5));
+          a.p99.push(p(r.okMs, 0.99));
+          a.served.push(r.served);
+        }
+      }
+    } finally {
+      await noWait.close();
+      await bare.close();
+    }
+    const [gw, nw, hb, dr] = subjects.map(([a]) => ({
+      p50: median(a.p50),
+      p99: median(a.p99),
+      served: median(a.served),
+    })) as [Stats, Stats, Stats, Stats];
+    type Stats = { p50: number; p99: number; served: number };
+    const both = (s: Stats) => `${ms(s.p50)} / ${ms(s.p99)}`;
     console.log(
       `gateway vs direct (batch 1, ${connections} connections, ${perSecond(rate)} = a third of the gateway's ` +
-        `saturation, ${seconds} s runs, medians of ${reps}): p50 gateway ${ms(gP50)}, direct ${ms(dP50)}, ` +
-        `overhead ${(gP50 / dP50).toFixed(2)}x (goal <= 1.2x); p99 gateway ${ms(gP99)}, direct ${ms(dP99)}, ` +
-        `${(gP99 / dP99).toFixed(2)}x; served ${perSecond(m(gw, 'rate'))} vs ${perSecond(m(dr, 'rate'))}; ` +
-        `saturation at ${connections} connections: gateway ${perSecond(satGateway)}, direct ${perSecond(satDirect)}`,
+        `saturation, ${seconds} s runs, ${reps} rotations, medians): p50 / p99 gateway ${both(gw)}, ` +
+        `without its batching wait ${both(nw)}, bare HTTP + runner.run ${both(hb)}, runner.run direct ` +
+        `${both(dr)}; p50 overhead over direct ${(gw.p50 / dr.p50).toFixed(2)}x (goal <= 1.2x), of the ` +
+        `gateway without its wait over bare HTTP ${(nw.p50 / hb.p50).toFixed(2)}x; served ` +
+        `${perSecond(gw.served)} vs ${perSecond(dr.served)}; saturation at ${connections} connections: ` +
+        `gateway ${perSecond(satGateway)}, direct ${perSecond(satDirect)}`,
     );
     rows.push(
       {
         name: `serve p50, batch 1 at ${perSecond(rate)} (goal overhead <= 1.2x)`,
         subject: 'gateway over HTTP',
         baseline: 'runner.run direct',
-        subjectMs: gP50,
-        baselineMs: dP50,
-        speedup: dP50 / gP50,
+        subjectMs: gw.p50,
+        baselineMs: dr.p50,
+        speedup: dr.p50 / gw.p50,
       },
       {
         name: `serve p99, batch 1 at ${perSecond(rate)}`,
         subject: 'gateway over HTTP',
         baseline: 'runner.run direct',
-        subjectMs: gP99,
-        baselineMs: dP99,
-        speedup: dP99 / gP99,
+        subjectMs: gw.p99,
+        baselineMs: dr.p99,
+        speedup: dr.p99 / gw.p99,
+      },
+      {
+        name: `serve p50, batch 1 at ${perSecond(rate)}`,
+        subject: 'gateway, maxDelayMs 0',
+        baseline: 'bare HTTP + runner.run',
+        subjectMs: nw.p50,
+        baselineMs: hb.p50,
+        speedup: hb.p50 / nw.p50,
       },
       {
         name: `serve saturation, ${connections} connections`,
@@ -318,7 +436,7 @@ export async function serveBench(root: string): Promise<BenchRow[]> {
       for (let j = 0; j < arms.length; j++) {
         const arm = arms[(i + j) % arms.length]!;
         await setMirror(arm.mirror);
-        const r = await load({ url, body, connections, overallRate: rate, durationS: seconds });
+        const r = await loader.run({ url, body, connections, overallRate: rate, durationS: seconds });
         checkAllOk(r, `gateway with mirror ${arm.mirror}`);
         arm.p99.push(p(r.okMs, 0.99));
       }
@@ -351,14 +469,14 @@ export async function serveBench(root: string): Promise<BenchRow[]> {
     // 3. Overload against a small queue; the resident set sampled throughout.
     gateway = await gatewayAt('bench-serve-overload', smallQueue);
     const overloadUrl = gateway.url + PATHS.predict;
-    await load({ url: overloadUrl, body, connections, overallRate: rate, durationS: seconds });
+    await loader.run({ url: overloadUrl, body, connections, overallRate: rate, durationS: seconds });
     global.gc?.();
     const rssWarm = process.memoryUsage().rss;
     let peak = rssWarm;
     const sampler = setInterval(() => (peak = Math.max(peak, process.memoryUsage().rss)), 10);
     let over: LoadResult;
     try {
-      over = await load({
+      over = await loader.run({
         url: overloadUrl,
         body,
         connections: overloadConnections,
@@ -378,7 +496,7 @@ export async function serveBench(root: string): Promise<BenchRow[]> {
         `connections, queue ${smallQueue} rows, ${seconds * 2} s): ${total(over)} answered, ` +
         `${((100 * rejected) / Math.max(1, total(over))).toFixed(1)}% 429, ${other} other non-200, ` +
         `${over.errors} errors, ${over.timeouts} timeouts; 200s ${perSecond(ok(over) / over.durationS)}, p99 ` +
-        `${ms(overP99)} (${ms(gP99)} at the moderate rate); RSS after warm-up ${mb(rssWarm)}, peak ${mb(peak)} ` +
+        `${ms(overP99)} (${ms(gw.p99)} at the moderate rate); RSS after warm-up ${mb(rssWarm)}, peak ${mb(peak)} ` +
         `(+${mb(peak - rssWarm)}), after ${mb(rssAfter)}; host load average ${loadavg()[0]!.toFixed(1)} on ` +
         `${cpus().length} cores`,
     );
@@ -388,8 +506,8 @@ export async function serveBench(root: string): Promise<BenchRow[]> {
         subject: `${overload}x saturation, queue ${smallQueue}`,
         baseline: 'moderate rate',
         subjectMs: overP99,
-        baselineMs: gP99,
-        speedup: gP99 / overP99,
+        baselineMs: gw.p99,
+        speedup: gw.p99 / overP99,
       },
       {
         name: `serve overload peak RSS (+${mb(peak - rssWarm)})`,
@@ -403,6 +521,7 @@ export async function serveBench(root: string): Promise<BenchRow[]> {
     if (errorLogs > 0) console.log(`gateway logged ${errorLogs} errors during the bench`);
     return rows;
   } finally {
+    await loader.close();
     await gateway?.close();
     await runner.close();
     delete process.env[tokenEnv];
@@ -412,10 +531,7 @@ export async function serveBench(root: string): Promise<BenchRow[]> {
 
 if (require.main === module) {
   if (process.argv[2] === '--load') {
-    loadChild(JSON.parse(process.argv[3]!) as LoadOptions).catch((err: unknown) => {
-      console.error(err);
-      process.exit(1);
-    });
+    loadChild();
   } else {
     serveBench(resolve(__dirname, '..')).then(
       (rows) => {
