@@ -382,6 +382,7 @@ FROM look_stats
 WHERE rollout_id = $rollout AND phase = 'canary' AND as_of_ms <= $asof
 GROUP BY cohort, arm`;
 
+/** An arm without events (its `failed` and `latencyTail` absent: none). */
 export function emptyArm(): ArmStats {
   return {
     events: 0,
@@ -390,7 +391,6 @@ export function emptyArm(): ArmStats {
     latency: { n: 0, sum: 0, sumSq: 0 },
     logLatency: { n: 0, sum: 0, sumSq: 0 },
     safety: { events: 0, exposureHours: 0 },
-    failed: 0,
   };
 }
 

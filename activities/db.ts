@@ -203,7 +203,8 @@ CREATE TABLE IF NOT EXISTS looks (
 `;
 
 /**
- * Brings a database created before the safety and log-latency columns up to date; a no-op on a new one.
+ * Brings a database created before the safety, log-latency and failed-request columns up to date; a
+ * no-op on a new one.
  * Labels ingested before then get their event's look columns copied in; stored canary looks without the
  * new statistics are dropped (they are a cache: the next look recomputes them from the event log).
  * Events logged before then have no safety flags or exposure: they count as none.

@@ -54,7 +54,8 @@ export interface MetricResult {
   level?: number;
   /**
    * Reported beside the test, never deciding: safety_events, the Gamma-Poisson posterior P(rate ratio >
-   * 1 + margin) under Jeffreys priors; error_rate with few errors, the Beta-Binomial P(Δ > margin).
+   * 1 + margin) under Jeffreys priors; error_rate and request_error_rate with few errors (or failed
+   * requests), the Beta-Binomial P(Δ > margin).
    */
   probAboveMargin?: number;
   /** Why a metric has no verdict yet, or a caveat on it (e.g. information beyond the plan). */
