@@ -5,9 +5,11 @@
  * child, so one trace shows a rollout from the CLI call to the last activity.
  *
  * Nothing here runs unless a worker is given an OTLP endpoint: `workerTracingOptions` starts the
- * process's tracing (serve/tracing.ts) and returns the worker options to merge. The workflow
- * interceptors must also be in the workflow bundle (`WORKFLOW_TRACING_MODULES`): a worker given a
- * prebuilt `workflowBundle` ignores `interceptors.workflowModules`.
+ * process's tracing (serve/tracing.ts) and returns the worker options to merge. The workflow side is
+ * bundled, not passed to the worker: fleetgate's workers take a prebuilt `workflowBundle`, and a worker
+ * with one ignores (and warns about) `interceptors.workflowModules`, so a traced worker's bundle is built
+ * with `workflowInterceptorModules: WORKFLOW_TRACING_MODULES`. Without them in the bundle, activities are
+ * still traced, each a trace of its own.
  */
 import { join, resolve } from 'node:path';
 import {
@@ -21,12 +23,15 @@ import type { WorkflowClientInterceptor } from '@temporalio/client';
 import type { InjectedSinks, WorkerInterceptors } from '@temporalio/worker';
 import { startTracing, type Tracing } from '../serve/tracing';
 
-/** The workflow interceptor modules of a traced worker: pass them to the bundler. */
+/** The workflow interceptor modules of a traced worker's bundle: `bundleWorkflowCode`'s `workflowInterceptorModules`. */
 export const WORKFLOW_TRACING_MODULES: readonly string[] = [
   join(resolve(__dirname, '..'), 'workflows', 'tracing-interceptors.ts'),
 ];
 
-/** The part of `WorkerOptions` that traces a worker: merge it into the options of `Worker.create`. */
+/**
+ * The part of `WorkerOptions` that traces a worker: merge it into the options of `Worker.create` (whose
+ * workflow bundle includes WORKFLOW_TRACING_MODULES).
+ */
 export interface WorkerTracingOptions {
   interceptors: WorkerInterceptors;
   sinks: InjectedSinks<OpenTelemetrySinks>;
@@ -47,7 +52,6 @@ export async function workerTracingOptions(endpoint: string, serviceName: string
   return {
     options: {
       interceptors: {
-        workflowModules: [...WORKFLOW_TRACING_MODULES],
         activity: [
           (ctx) => ({
             inbound: new OpenTelemetryActivityInboundInterceptor(ctx),

@@ -13,7 +13,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Client } from '@temporalio/client';
-import { Worker } from '@temporalio/worker';
+import { bundleWorkflowCode, Worker } from '@temporalio/worker';
 import { LocalObjectStore, sha256 } from '../../activities/store';
 import { HEADERS, PATHS } from '../../serve/api';
 import { parseGatewayConfig } from '../../serve/config';
@@ -22,7 +22,11 @@ import { startTracing } from '../../serve/tracing';
 import { blobKey, OnnxModelRunner } from '../../workers/model-runner';
 import { createActivities } from '../../workers/worker';
 import { WORKFLOWS_PATH } from '../../workers/bundle';
-import { clientTracingInterceptors, workerTracingOptions } from '../../workers/tracing';
+import {
+  clientTracingInterceptors,
+  WORKFLOW_TRACING_MODULES,
+  workerTracingOptions,
+} from '../../workers/tracing';
 import type { DriftCheckOutcome } from '../../workflows/drift';
 import { makeWorld, ROOT, timeSkippingServer, type World } from '../support';
 import { startOtlpReceiver, type OtlpReceiver, type ReceivedSpan } from '../otlp-receiver';
@@ -41,6 +45,8 @@ after(async () => {
   await receiver?.close();
 });
 
+const noop = () => undefined;
+const quietLogger = { log: noop, trace: noop, debug: noop, info: noop, warn: noop, error: console.error };
 const byName = (spans: ReceivedSpan[], name: string) => spans.filter((s) => s.name === name);
 
 describe('worker tracing', () => {
@@ -48,11 +54,16 @@ describe('worker tracing', () => {
     const tracing = await workerTracingOptions(receiver.endpoint, 'fleetgate-worker-test');
     try {
       const taskQueue = `tracing-${process.pid}`;
-      // The worker bundles the workflows itself here, so the tracing interceptor modules are bundled in.
+      // The bundle a traced worker runs: the workflows with the tracing interceptor modules.
+      const workflowBundle = await bundleWorkflowCode({
+        workflowsPath: WORKFLOWS_PATH,
+        workflowInterceptorModules: [...WORKFLOW_TRACING_MODULES],
+        logger: quietLogger,
+      });
       const worker = await Worker.create({
         connection: server.env.nativeConnection,
         taskQueue,
-        workflowsPath: WORKFLOWS_PATH,
+        workflowBundle,
         activities: createActivities(world.services),
         ...tracing.options,
       });
