@@ -25,7 +25,8 @@ import { renderReportHtml } from '../../activities/report-html';
 import type { FleetDatabase } from '../../activities/db';
 import { decideLook, headline, type LookContext, type MetricResult } from '../../policies/decide';
 import { engineLook } from '../../policies/engine';
-import { Policy, formatIssues, type PolicyInput } from '../../policies/schema';
+import { Policy, TAIL_QUANTILES, formatIssues, type PolicyInput } from '../../policies/schema';
+import { gaussian, makeRng } from '../../sim/frames';
 
 type MetricInput = NonNullable<PolicyInput['analysis']>['metrics'][number];
 
@@ -269,6 +270,81 @@ describe('the engine on service metrics', () => {
     assert.equal(metric(d.metrics, 'latency_p95').verdict, 'harm');
     assert.equal(metric(d.metrics, 'request_error_rate').verdict, 'harm');
     assert.equal(d.action, 'rollback');
+  });
+});
+
+/** The q-quantile of sorted values, interpolated as DuckDB's quantile_cont does. */
+function quantileCont(sorted: readonly number[], q: number): number {
+  const h = (sorted.length - 1) * q;
+  const lo = Math.floor(h);
+  const hi = Math.min(lo + 1, sorted.length - 1);
+  return sorted[lo]! + (h - lo) * (sorted[hi]! - sorted[lo]!);
+}
+
+/** The tails of two arms' latency samples so far, as the analysis computes them. */
+function tailsOf(candidate: readonly number[], production: readonly number[]): [LatencyTail, LatencyTail] {
+  const sc = [...candidate].sort((a, b) => a - b);
+  const sp = [...production].sort((a, b) => a - b);
+  const of = (own: number[], all: readonly number[]): LatencyTail => {
+    const at = (q: number) => ({
+      ms: quantileCont(own, q),
+      above: all.filter((x) => x > quantileCont(sp, q)).length,
+    });
+    return { n: all.length, p95: at(TAIL_QUANTILES.latency_p95), p99: at(TAIL_QUANTILES.latency_p99) };
+  };
+  return [of(sc, candidate), of(sp, production)];
+}
+
+/**
+ * Share of seeded runs in which the tail tests declare harm at any of `looks` looks of `perLook`
+ * lognormal latencies per arm, the candidate's scaled by `slowdown`.
+ */
+function tailRollbacks(policy: Policy, runs: number, slowdown: number, seed: number): number {
+  const rng = makeRng(seed);
+  const looks = 10;
+  const perLook = 300;
+  let harmed = 0;
+  for (let r = 0; r < runs; r++) {
+    const c: number[] = [];
+    const p: number[] = [];
+    let state = { minP: {} } as Parameters<typeof engineLook>[3];
+    for (let k = 0; k < looks; k++) {
+      for (let i = 0; i < perLook; i++) {
+        c.push(slowdown * Math.exp(0.5 * gaussian(rng)));
+        p.push(Math.exp(0.5 * gaussian(rng)));
+      }
+      const [tc, tp] = tailsOf(c, p);
+      const stats: CohortStats = {
+        cohort: 'svc',
+        candidate: { ...arm({ n: c.length }), latencyTail: tc },
+        production: { ...arm({ n: p.length }), latencyTail: tp },
+      };
+      const look = engineLook(policy, canary, [stats], state, 1);
+      state = look.state;
+      if (look.decisions[0]!.action === 'rollback') {
+        harmed++;
+        break;
+      }
+    }
+  }
+  return harmed / runs;
+}
+
+describe('the tail tests over many looks, T re-estimated at each', () => {
+  const policy = policyWith([
+    { name: 'latency_p95', kind: 'binary', margin: 0.02 },
+    { name: 'latency_p99', kind: 'binary', margin: 0.01 },
+  ]);
+
+  it('keep false rollbacks within α when the candidate is as fast (A/A)', () => {
+    const runs = 200;
+    const rate = tailRollbacks(policy, runs, 1, 20261204);
+    assert.ok(rate <= 0.05 + 2 * Math.sqrt((0.05 * 0.95) / runs), `false rollbacks in ${rate} of A/A runs`);
+  });
+
+  it('catch a candidate 30% slower', () => {
+    const rate = tailRollbacks(policy, 40, 1.3, 20261205);
+    assert.ok(rate >= 0.9, `a 30% slower candidate rolled back in only ${rate} of runs`);
   });
 });
 
