@@ -2,7 +2,9 @@
  * Tracing end to end, into a real OTLP/HTTP receiver on 127.0.0.1. A worker made with
  * `workerTracingOptions` on the time-skipping server runs driftCheckWorkflow with the real activities:
  * the client's start span, the workflow's run span and its activities' spans arrive as one trace, each
- * the child of the one before, with the worker's service name. And a gateway started with an
+ * the child of the one before, with the worker's service name; the traced history replays on the
+ * untraced bundle and an untraced one on the traced bundle, so tracing can be turned on or off under
+ * running rollouts. And a gateway started with an
  * `otlpEndpoint` sends a 'gateway.predict' span (with its 'gateway.inference' child) per request, with
  * the cohort and arm, and never the raw caller string.
  */
@@ -13,7 +15,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Client } from '@temporalio/client';
-import { bundleWorkflowCode, Worker } from '@temporalio/worker';
+import { bundleWorkflowCode, Worker, type WorkflowBundle } from '@temporalio/worker';
 import { LocalObjectStore, sha256 } from '../../activities/store';
 import { HEADERS, PATHS } from '../../serve/api';
 import { parseGatewayConfig } from '../../serve/config';
@@ -28,17 +30,24 @@ import {
   workerTracingOptions,
 } from '../../workers/tracing';
 import type { DriftCheckOutcome } from '../../workflows/drift';
-import { makeWorld, ROOT, timeSkippingServer, type World } from '../support';
+import { makeWorld, ROOT, timeSkippingServer, withWorker, type World } from '../support';
 import { startOtlpReceiver, type OtlpReceiver, type ReceivedSpan } from '../otlp-receiver';
 
 const FLEET = 'test/fixtures/fleet-drift.yaml';
 const server = timeSkippingServer();
 let receiver: OtlpReceiver;
 let world: World;
+let tracedBundle: WorkflowBundle;
 
 before(async () => {
   receiver = await startOtlpReceiver();
   world = await makeWorld(FLEET);
+  // The bundle a traced worker runs: the workflows with the tracing interceptor modules.
+  tracedBundle = await bundleWorkflowCode({
+    workflowsPath: WORKFLOWS_PATH,
+    workflowInterceptorModules: [...WORKFLOW_TRACING_MODULES],
+    logger: quietLogger,
+  });
 });
 after(async () => {
   await world?.close();
@@ -54,16 +63,10 @@ describe('worker tracing', () => {
     const tracing = await workerTracingOptions(receiver.endpoint, 'fleetgate-worker-test');
     try {
       const taskQueue = `tracing-${process.pid}`;
-      // The bundle a traced worker runs: the workflows with the tracing interceptor modules.
-      const workflowBundle = await bundleWorkflowCode({
-        workflowsPath: WORKFLOWS_PATH,
-        workflowInterceptorModules: [...WORKFLOW_TRACING_MODULES],
-        logger: quietLogger,
-      });
       const worker = await Worker.create({
         connection: server.env.nativeConnection,
         taskQueue,
-        workflowBundle,
+        workflowBundle: tracedBundle,
         activities: createActivities(world.services),
         ...tracing.options,
       });
@@ -107,6 +110,32 @@ describe('worker tracing', () => {
       assert.equal(r.scope, '@temporalio/interceptor-activity');
     }
     for (const s of scheduled) assert.ok(traceSpans.some((p) => p.spanId === s.parentSpanId));
+  });
+
+  test('turning tracing on or off never breaks replay: histories of each replay on the other bundle', async () => {
+    // Traced history (the test above) replayed by an untraced worker.
+    const traced = await server.env.client.workflow.getHandle('tracing-drift-check').fetchHistory();
+    await Worker.runReplayHistory({ workflowBundle: server.bundle }, traced, 'tracing-drift-check');
+    // An untraced run's history replayed by a traced worker (its span sink registered, as a traced worker has).
+    const untraced = await withWorker(server.env, server.bundle, world, async (taskQueue) => {
+      const handle = await server.env.client.workflow.start('driftCheckWorkflow', {
+        taskQueue,
+        workflowId: 'untraced-drift-check',
+        args: [{ scheduleId: 'untraced-drift', fleet: { manifest: FLEET }, policy: { action: 'alert' } }],
+      });
+      await handle.result();
+      return handle.fetchHistory();
+    });
+    const tracing = await workerTracingOptions(receiver.endpoint, 'fleetgate-replay-test');
+    try {
+      await Worker.runReplayHistory(
+        { workflowBundle: tracedBundle, sinks: tracing.options.sinks },
+        untraced,
+        'untraced-drift-check',
+      );
+    } finally {
+      await tracing.shutdown();
+    }
   });
 });
 
