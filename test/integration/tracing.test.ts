@@ -4,9 +4,8 @@
  * the client's start span, the workflow's run span and its activities' spans arrive as one trace, each
  * the child of the one before, with the worker's service name; the traced history replays on the
  * untraced bundle and an untraced one on the traced bundle, so tracing can be turned on or off under
- * running rollouts. And a gateway started with an
- * `otlpEndpoint` sends a 'gateway.predict' span (with its 'gateway.inference' child) per request, with
- * the cohort and arm, and never the raw caller string.
+ * running rollouts. And a gateway started with an `otlpEndpoint` sends a 'gateway.predict' span (with
+ * its 'gateway.inference' child) per request, with the cohort and arm, and never the raw caller string.
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
