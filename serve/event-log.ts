@@ -20,6 +20,9 @@ export const DEFAULT_FLUSH_MS = 200;
 /** Most events one `read` returns. */
 export const MAX_READ = 50_000;
 
+/** A read-position mark is kept about every this many events. */
+const MARK_EVERY = 1024;
+const READ_CHUNK = 1024 * 1024;
 const SEQ_PREFIX = /^\{"seq":(\d+),/;
 const SEGMENT = /^events-(\d{12})\.ndjson$/;
 const segmentName = (firstSeq: number) => `events-${String(firstSeq).padStart(12, '0')}.ndjson`;
@@ -27,6 +30,13 @@ const segmentName = (firstSeq: number) => `events-${String(firstSeq).padStart(12
 export interface EventLogOptions {
   segmentBytes?: number;
   flushMs?: number;
+}
+
+interface Mark {
+  seq: number;
+  /** Index in `segments`. */
+  seg: number;
+  offset: number;
 }
 
 interface Segment {
@@ -41,6 +51,8 @@ export class EventLog {
   private written: number;
   private segments: Segment[];
   private buffer: string[] = [];
+  /** Byte offsets of some seqs written by this process (one every MARK_EVERY or so): where reads start. */
+  private marks: Mark[] = [];
   private handle: FileHandle | undefined;
   private currentSize: number;
   private chain: Promise<void> = Promise.resolve();
@@ -117,6 +129,11 @@ export class EventLog {
       const firstSeq = this.written + 1;
       if (!this.handle || this.currentSize >= this.segmentBytes) await this.startSegment(firstSeq);
       const text = lines.join('');
+      const lastMark = this.marks[this.marks.length - 1];
+      const seg = this.segments.length - 1;
+      if (!lastMark || lastMark.seg !== seg || firstSeq - lastMark.seq >= MARK_EVERY) {
+        this.marks.push({ seq: firstSeq, seg, offset: this.currentSize });
+      }
       await this.handle!.appendFile(text, 'utf8');
       this.currentSize += Buffer.byteLength(text);
       this.written += lines.length;
@@ -142,34 +159,68 @@ export class EventLog {
     await this.flush();
     const n = Math.min(Math.max(0, limit), MAX_READ);
     const out: GatewayEvent[] = [];
-    if (n === 0) return out;
-    let start = 0;
-    for (let i = 0; i < this.segments.length; i++) if (this.segments[i]!.firstSeq <= after + 1) start = i;
-    for (let i = start; i < this.segments.length && out.length < n; i++) {
-      let text: string;
-      try {
-        text = await fs.readFile(this.segments[i]!.file, 'utf8');
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue;
-        throw err;
-      }
-      for (const line of text.split('\n')) {
+    if (n === 0 || after >= this.written) return out;
+    // Where to start: the last mark at or before the first wanted seq, else its segment's beginning.
+    let seg = 0;
+    let offset = 0;
+    for (let i = 0; i < this.segments.length; i++) if (this.segments[i]!.firstSeq <= after + 1) seg = i;
+    const mark = this.markAtOrBefore(after + 1);
+    if (mark && mark.seg >= seg) ({ seg, offset } = mark);
+    for (let i = seg; i < this.segments.length && out.length < n; i++) {
+      await this.scan(this.segments[i]!.file, i === seg ? offset : 0, (line) => {
         // Lines begin with their seq (append writes it first): earlier ones are skipped unparsed.
         const m = SEQ_PREFIX.exec(line);
-        if (!m || Number(m[1]) <= after) continue;
-        let e: GatewayEvent;
+        if (!m || Number(m[1]) <= after) return true;
         try {
-          e = JSON.parse(line) as GatewayEvent;
+          out.push(JSON.parse(line) as GatewayEvent);
         } catch {
-          continue;
+          return true; // a line being written as this one is read: the next read has it
         }
-        if (e.seq > after) {
-          out.push(e);
-          if (out.length >= n) break;
-        }
-      }
+        return out.length < n;
+      });
     }
     return out;
+  }
+
+  private markAtOrBefore(seq: number): Mark | undefined {
+    let lo = 0;
+    let hi = this.marks.length - 1;
+    let found: Mark | undefined;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      if (this.marks[mid]!.seq <= seq) {
+        found = this.marks[mid];
+        lo = mid + 1;
+      } else hi = mid - 1;
+    }
+    return found;
+  }
+
+  /** Calls `line` on each whole line of `file` from byte `offset`, in chunks, until it returns false. */
+  private async scan(file: string, offset: number, line: (text: string) => boolean): Promise<void> {
+    let fh: FileHandle;
+    try {
+      fh = await fs.open(file, 'r');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+      throw err;
+    }
+    try {
+      const buf = Buffer.alloc(READ_CHUNK);
+      let pos = offset;
+      let rest = '';
+      for (;;) {
+        const { bytesRead } = await fh.read(buf, 0, READ_CHUNK, pos);
+        if (bytesRead === 0) return;
+        pos += bytesRead;
+        const text = rest + buf.toString('utf8', 0, bytesRead);
+        const lines = text.split('\n');
+        rest = lines.pop()!;
+        for (const l of lines) if (l && !line(l)) return;
+      }
+    } finally {
+      await fh.close();
+    }
   }
 
   /** Flushes and closes the segment; appends are refused afterwards. */

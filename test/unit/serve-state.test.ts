@@ -116,6 +116,34 @@ describe('EventLog', () => {
     await again.close();
   });
 
+  it('reads from any seq, through its read marks and across segments, before and after reopening', async () => {
+    const dir = tmp();
+    const opts = { segmentBytes: 200_000 };
+    const log = EventLog.open(dir, opts);
+    for (let i = 1; i <= 6000; i++) {
+      log.append(event(i));
+      if (i % 300 === 0) await log.flush();
+    }
+    const check = async (l: EventLog) => {
+      for (const after of [0, 1, 299, 300, 1023, 1024, 1025, 2047, 3333, 5990, 5999]) {
+        const want = Array.from({ length: Math.min(7, 6000 - after) }, (_, i) => after + 1 + i);
+        assert.deepEqual(
+          (await l.read(after, 7)).map((e) => e.seq),
+          want,
+          `after ${after}`,
+        );
+      }
+      assert.deepEqual(await l.read(6000, 10), []);
+      assert.equal((await l.read(0, 50_000)).length, 6000);
+    };
+    await check(log);
+    await log.close();
+    assert.ok(readdirSync(join(dir, 'events')).length > 3);
+    const again = EventLog.open(dir, opts);
+    await check(again);
+    await again.close();
+  });
+
   it('cuts a torn last line off when reopened', async () => {
     const dir = tmp();
     const log = EventLog.open(dir);
