@@ -11,6 +11,10 @@
  *   /admin/*                bearer token from the environment variable the config names: read and change
  *                           routes (saved atomically in routes.json before answering), read events
  *
+ * Every answer of the served path (200, 429, 5xx) is one event, written when the request's shadow is done
+ * or dropped; a request refused for what it sent (400, 413) is not. A route update with no effect (a
+ * retry) answers the route as it is, whatever its ifGeneration.
+ *
  * The raw caller id lives only as long as it takes to compute its keyed pseudonym: nothing logged, stored,
  * counted, traced or returned carries it. Memory is bounded by the body limit, the served queue's rows and
  * the shadow queue's rows; a full queue answers 429, a full shadow queue drops the mirror.
