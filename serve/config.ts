@@ -12,7 +12,7 @@ import { z } from 'zod';
 import { ArmRef, COHORT } from './api';
 import { formatIssues } from '../policies/schema';
 
-export const DEFAULT_GATEWAY_PORT = 8480;
+export const DEFAULT_GATEWAY_PORT = 8490;
 
 const Cohort = z.string().regex(COHORT, { message: 'a cohort name: lowercase letters, digits and "-"' });
 
