@@ -81,9 +81,10 @@ export const Metric = z
           "of the arm); latency_p95 / latency_p99: tail latency, tested as the share of each arm's " +
           "requests slower than production's p95 (p99) over the cohort's canary so far: a difference of " +
           'proportions, candidate minus production (production near 0.05 / 0.01). The threshold is ' +
-          "production's estimated quantile at each look, taken as known: an approximation that is close " +
-          "once production has a few hundred requests above it (see policies/engine.ts). Each arm's own " +
-          'quantile in ms is reported beside the test',
+          "production's quantile re-estimated at each look (DuckDB quantile_cont over its requests that " +
+          'did not fail) and taken as known in the variance: exact in distribution when the tails are ' +
+          'equal, approximate otherwise, and rough while production has under ~100 requests above it ' +
+          "(see policies/engine.ts). Each arm's own quantile in ms is reported beside the test",
       ),
     kind: z
       .enum(['binary', 'continuous', 'rate'])
