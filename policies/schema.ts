@@ -82,7 +82,7 @@ export const Metric = z
           "requests slower than production's p95 (p99) over the cohort's canary so far: a difference of " +
           'proportions, candidate minus production (production near 0.05 / 0.01). The threshold is ' +
           "production's quantile re-estimated at each look (DuckDB quantile_cont over its requests that " +
-          'did not fail) and taken as known in the variance: exact in distribution when the tails are ' +
+          'did not fail) and taken as known in the variance: right (asymptotically) when the tails are ' +
           'equal, approximate otherwise, and rough while production has under ~100 requests above it ' +
           "(see policies/engine.ts). Each arm's own quantile in ms is reported beside the test",
       ),
