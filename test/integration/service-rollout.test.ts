@@ -1,0 +1,220 @@
+/**
+ * The rollout workflow rolling a model out to a service: a real Temporal dev server, the real activities
+ * (dispatched on the manifest's kind), a real inference gateway on 127.0.0.1 serving the registered
+ * packs with onnxruntime, and the simulated callers over real HTTP. A candidate whose serving arm is
+ * slowed by fault injection is rolled back in the canary (its route at weight 0 at once); a candidate
+ * with fewer wrong outcomes is promoted to 100% of every cohort, on the gateway and in the registry.
+ */
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import YAML from 'yaml';
+import { Client, Connection } from '@temporalio/client';
+import { NativeConnection, type Worker } from '@temporalio/worker';
+import { readPointer } from '../../activities/registry';
+import { initService } from '../../activities/service';
+import type { ServiceManifestInput } from '../../policies/service-schema';
+import { RolloutRequest, type PolicyInput } from '../../policies/schema';
+import { parseGatewayConfig } from '../../serve/config';
+import { startGateway, type Gateway } from '../../serve/gateway';
+import { startDevServer, type DevServer } from '../../workers/dev-server';
+import {
+  createFleetgateWorker,
+  openServices,
+  quietRuntime,
+  trustFixtureSigner,
+  type Services,
+} from '../../workers/worker';
+import { statusQuery, WORKFLOW_TYPE, type RolloutResult } from '../../workflows/definitions';
+import { reportOf, ROOT, rolloutRequest } from '../support';
+
+const TOKEN_ENV = 'FLEETGATE_TEST_SERVICE_TOKEN';
+const COHORTS = ['web-eu', 'web-us'];
+/** One real second is an hour of the service's traffic: a 2-second look covers 2 hours of requests. */
+const TIME_SCALE = 3600;
+/** Real time a rollout may take before the test fails with its status. */
+const ROLLOUT_LIMIT_MS = 120_000;
+
+let server: DevServer;
+let tmp: string;
+let services: Services;
+let gateway: Gateway;
+let productionDigest: string;
+let connection: NativeConnection;
+let clientConn: Connection;
+let client: Client;
+let worker: Worker;
+let running: Promise<void>;
+const taskQueue = `it-service-${process.pid}`;
+
+function serviceManifest(gatewayUrl: string, candidateArm?: object): ServiceManifestInput {
+  return {
+    apiVersion: 'fleetgate/v1',
+    kind: 'Service',
+    name: 'ranker',
+    seed: 3,
+    gateway: { url: gatewayUrl, tokenEnv: TOKEN_ENV, ...(candidateArm ? { candidateArm } : {}) },
+    skus: [{ name: 'hw4', speedFactor: 1, latencyBudgetMs: 50 }],
+    cohorts: [
+      { name: 'web-eu', sku: 'hw4', callers: 800, requestsPerCallerHour: 1, nightShare: 0.1 },
+      { name: 'web-us', sku: 'hw4', callers: 800, requestsPerCallerHour: 1, nightShare: 0.3 },
+    ],
+    labels: { rate: 0.5, delay: '1h' },
+    load: { maxRequestsPerWindow: 1200, concurrency: 16 },
+  };
+}
+
+function policy(): PolicyInput {
+  return {
+    apiVersion: 'fleetgate/v1',
+    kind: 'RolloutPolicy',
+    name: 'service-test',
+    reviewers: ['alice'],
+    bench: { goldenInputs: 64, repeats: 2 },
+    shadow: { share: 0.3, duration: '2s', maxDisagreement: 0.3, maxLatencyRatio: 3, minEvents: 100 },
+    waves: [
+      { percent: 30, hold: '4s', looks: 2 },
+      { percent: 60, hold: '4s', looks: 2 },
+    ],
+    labelWait: { coverage: 0.8, poll: '1s', timeout: '20s' },
+    analysis: {
+      alpha: 0.05,
+      mixtureSd: 0.05,
+      minLabeledPerArm: 100,
+      maxExtraLooks: 2,
+      metrics: [
+        { name: 'error_rate', kind: 'binary', margin: 0.04 },
+        { name: 'latency_ms', kind: 'continuous', scale: 'log', margin: 0.5, harmThreshold: 0.2 },
+      ],
+    },
+  };
+}
+
+before(async () => {
+  quietRuntime();
+  process.env[TOKEN_ENV] = randomBytes(16).toString('hex');
+  tmp = mkdtempSync(join(tmpdir(), 'fleetgate-it-service-'));
+  server = await startDevServer({ dbFile: join(tmp, 'temporal.db') });
+  const dataDir = join(tmp, 'data');
+  trustFixtureSigner(dataDir);
+  services = await openServices(dataDir, ROOT, { kind: 'simulated' });
+  delete services.webhook;
+  // What `fleet init --fleet <service manifest>` does: production registered for every cohort. The
+  // manifest's gateway URL is not known yet; initService reads only the cohorts.
+  const bootstrap = join(tmp, 'bootstrap.yaml');
+  writeFileSync(bootstrap, YAML.stringify(serviceManifest('http://127.0.0.1:1')));
+  productionDigest = (await initService(services, bootstrap, 'models/production', 'test')).production.digest;
+  const config = parseGatewayConfig(
+    {
+      apiVersion: 'fleetgate/v1',
+      kind: 'Gateway',
+      name: 'ranker',
+      listen: { host: '127.0.0.1', port: 0 },
+      stateDir: join(tmp, 'gateway'),
+      cohorts: COHORTS,
+      adminTokenEnv: TOKEN_ENV,
+      acceptSimTime: true,
+      faultInjection: true,
+    },
+    tmp,
+  );
+  gateway = await startGateway(config, {
+    store: services.store,
+    key: services.key,
+    runner: services.runner,
+    log: () => undefined,
+  });
+  connection = await NativeConnection.connect({ address: server.address });
+  clientConn = await Connection.connect({ address: server.address });
+  client = new Client({ connection: clientConn });
+  worker = await createFleetgateWorker({ connection, namespace: 'default', taskQueue, services });
+  running = worker.run();
+});
+
+after(async () => {
+  if (worker) {
+    worker.shutdown();
+    await running;
+  }
+  await clientConn?.close();
+  await connection?.close();
+  await gateway?.close();
+  await services?.close();
+  await server?.stop();
+  delete process.env[TOKEN_ENV];
+  rmSync(tmp, { recursive: true, force: true });
+});
+
+async function rollout(id: string, pack: string, candidateArm?: object): Promise<RolloutResult> {
+  const manifest = join(tmp, `${id}.yaml`);
+  writeFileSync(manifest, YAML.stringify(serviceManifest(gateway.url, candidateArm)));
+  const request = RolloutRequest.parse(rolloutRequest(id, pack, policy(), manifest, TIME_SCALE));
+  const handle = await client.workflow.start(WORKFLOW_TYPE, { taskQueue, workflowId: id, args: [request] });
+  // A rollout that does not end in time fails the test with where it stands, and is terminated.
+  let timer: NodeJS.Timeout | undefined;
+  const stuck = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      void (async () => {
+        const status = await handle.query(statusQuery).catch((err: unknown) => String(err));
+        await handle.terminate('the test timed out').catch(() => undefined);
+        reject(
+          new Error(
+            `rollout ${id} did not end within ${ROLLOUT_LIMIT_MS / 1000}s: ${JSON.stringify(status)}`,
+          ),
+        );
+      })();
+    }, ROLLOUT_LIMIT_MS);
+  });
+  try {
+    return (await Promise.race([handle.result(), stuck])) as RolloutResult;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+test('a candidate arm with injected latency is rolled back in the canary: its weight is 0 at once', async () => {
+  const result = await rollout('svc-slow', 'models/candidate-same', { inject: { latencyMs: 25 } });
+  const report = reportOf(result);
+  const states = Object.fromEntries(result.cohorts.map((c) => [c.cohort, c.state]));
+  assert.deepEqual(states, { 'web-eu': 'rolled_back', 'web-us': 'rolled_back' }, result.reason);
+  const routes = gateway.routes();
+  for (const cohort of COHORTS) {
+    assert.equal(routes[cohort]!.weight, 0, `${cohort}: the candidate serves nothing`);
+    assert.equal(routes[cohort]!.mirror, 0);
+    assert.equal(routes[cohort]!.production.digest, productionDigest, `${cohort}: production unchanged`);
+  }
+  const phases = new Set(report.decisions.map((d) => d.phase));
+  for (const p of ['register', 'bench', 'shadow', 'canary', 'rollback'])
+    assert.ok(phases.has(p), `phase ${p} ran`);
+  const harm = report.decisions.filter(
+    (d) => d.phase === 'canary' && /latency_ms/.test(`${d.reason} ${JSON.stringify(d.metrics ?? [])}`),
+  );
+  assert.ok(harm.length > 0, `a canary decision names latency_ms: ${JSON.stringify(report.decisions)}`);
+  assert.ok(
+    harm.some((d) => d.metrics?.some((m) => m.metric === 'latency_ms' && m.verdict === 'harm')),
+    `latency_ms is judged harmful: ${JSON.stringify(harm)}`,
+  );
+  // No raw caller id in the report or the event log the gateway wrote.
+  assert.doesNotMatch(readFileSync(result.reportPath!, 'utf8'), /user-\d/);
+});
+
+test('a candidate with fewer wrong outcomes is promoted to 100% of every cohort', async () => {
+  const result = await rollout('svc-good', 'models/candidate-good');
+  const report = reportOf(result);
+  const states = Object.fromEntries(result.cohorts.map((c) => [c.cohort, c.state]));
+  assert.deepEqual(
+    states,
+    { 'web-eu': 'promoted', 'web-us': 'promoted' },
+    `${result.reason}: ${JSON.stringify(report.decisions.slice(-6))}`,
+  );
+  const digest = report.candidate.digest;
+  const routes = gateway.routes();
+  for (const cohort of COHORTS) {
+    assert.equal(routes[cohort]!.production.digest, digest, `${cohort}: the candidate is production`);
+    assert.equal(routes[cohort]!.candidate, undefined);
+    assert.equal((await readPointer(services.store, cohort, 'production')).pointer?.digest, digest);
+  }
+});

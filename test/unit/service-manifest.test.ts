@@ -1,0 +1,156 @@
+/**
+ * The service manifest: the example loads; each kind of mistake is refused with the field, the value
+ * and the fix; `manifestKind` tells a service from a fleet and names the fix for anything else.
+ */
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { after, describe, it } from 'node:test';
+import YAML from 'yaml';
+import type { ServiceManifestInput } from '../../policies/service-schema';
+import { loadServiceManifest, manifestKind } from '../../sim/users';
+
+const ROOT = resolve(__dirname, '..', '..');
+const dir = mkdtempSync(join(tmpdir(), 'fleetgate-service-manifest-'));
+after(() => rmSync(dir, { recursive: true, force: true }));
+
+function base(): ServiceManifestInput {
+  return {
+    apiVersion: 'fleetgate/v1',
+    kind: 'Service',
+    name: 'ranker',
+    gateway: { url: 'http://127.0.0.1:8480' },
+    skus: [{ name: 'hw4', speedFactor: 1, latencyBudgetMs: 50 }],
+    cohorts: [{ name: 'web-eu', sku: 'hw4', callers: 100, requestsPerCallerHour: 2, nightShare: 0.1 }],
+    labels: { rate: 0.3, delay: '2h' },
+  };
+}
+
+let files = 0;
+function write(doc: unknown, ext = '.yaml'): string {
+  const file = join(dir, `m${++files}${ext}`);
+  writeFileSync(file, ext === '.json' ? JSON.stringify(doc) : YAML.stringify(doc));
+  return file;
+}
+
+function refused(doc: unknown, ...patterns: RegExp[]): void {
+  const file = write(doc);
+  assert.throws(
+    () => loadServiceManifest(file),
+    (err: Error & { type?: string }) => {
+      assert.equal(err.type, 'InvalidInput');
+      assert.match(
+        err.message,
+        new RegExp(`invalid service manifest ${file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}`),
+      );
+      for (const p of patterns) assert.match(err.message, p);
+      return true;
+    },
+  );
+}
+
+describe('service manifest', () => {
+  it('loads the example with its defaults', () => {
+    const m = loadServiceManifest(join(ROOT, 'examples/service/ranker.yaml'));
+    assert.equal(m.kind, 'Service');
+    assert.deepEqual(
+      m.cohorts.map((c) => c.name),
+      ['web-eu', 'web-us'],
+    );
+    assert.equal(m.gateway.tokenEnv, 'FLEETGATE_GATEWAY_TOKEN');
+    const minimal = loadServiceManifest(write(base(), '.json'));
+    assert.equal(minimal.seed, 1);
+    assert.deepEqual(minimal.load, { maxRequestsPerWindow: 5000, concurrency: 16 });
+    assert.equal(minimal.cohorts[0]!.rainShare, 0);
+    assert.equal(minimal.cohorts[0]!.sensorNoise, 1);
+  });
+
+  it('refuses each mistake with the field, the value and the fix', () => {
+    const cases: [string, (m: ServiceManifestInput) => void, RegExp[]][] = [
+      [
+        'a fleet cohort name (a "/" the gateway does not take)',
+        (m) => (m.cohorts[0]!.name = 'web/eu'),
+        [/cohorts\.0\.name: a gateway cohort name/, /"web-eu"/, /\(got "web\/eu"\)/],
+      ],
+      [
+        'an unknown SKU',
+        (m) => (m.cohorts[0]!.sku = 'gpu'),
+        [/cohorts\.0\.sku: unknown SKU "gpu"; declared: hw4/],
+      ],
+      [
+        'a cohort declared twice',
+        (m) => m.cohorts.push({ ...m.cohorts[0]! }),
+        [/cohorts\.1\.name: cohort names must be unique: "web-eu" is declared twice; rename one/],
+      ],
+      [
+        'a delay for an unknown cohort',
+        (m) => (m.labels.delayByCohort = { 'web-us': '1h' }),
+        [/labels\.delayByCohort\.web-us: unknown cohort "web-us"; declared: web-eu/],
+      ],
+      [
+        'a gateway URL that is not one',
+        (m) => (m.gateway.url = 'localhost 8480'),
+        [/gateway\.url: the gateway's base URL/, /\(got "localhost 8480"\)/],
+      ],
+      [
+        'a token variable that is not a variable name',
+        (m) => (m.gateway.tokenEnv = 'my token'),
+        [
+          /gateway\.tokenEnv: an environment variable name, such as FLEETGATE_GATEWAY_TOKEN \(got "my token"\)/,
+        ],
+      ],
+      [
+        'an unknown field of the candidate arm',
+        (m) => (m.gateway.candidateArm = { weight: 5 } as never),
+        [/gateway\.candidateArm/, /weight/],
+      ],
+      [
+        'a digest in the candidate arm (the rollout names the candidate)',
+        (m) => (m.gateway.candidateArm = { digest: 'a'.repeat(64) } as never),
+        [/gateway\.candidateArm/, /digest/],
+      ],
+      [
+        'a threshold outside (0, 1)',
+        (m) => (m.gateway.candidateArm = { threshold: 1.5 }),
+        [/gateway\.candidateArm\.threshold/, /\(got 1\.5\)/],
+      ],
+      ['no callers', (m) => (m.cohorts[0]!.callers = 0), [/cohorts\.0\.callers/, /\(got 0\)/]],
+      [
+        'a labeler noise above 0.5',
+        (m) => (m.labels.noise = 0.7),
+        [
+          /labels\.noise: a share in \[0, 0\.5\]: above 0\.5 the outcome would be wrong more often than right \(got 0\.7\)/,
+        ],
+      ],
+      [
+        'a load of no requests',
+        (m) => (m.load = { maxRequestsPerWindow: 0 }),
+        [/load\.maxRequestsPerWindow/, /\(got 0\)/],
+      ],
+    ];
+    for (const [what, change, patterns] of cases) {
+      const m = base();
+      change(m);
+      try {
+        refused(m, ...patterns);
+      } catch (err) {
+        throw new Error(`${what}: ${(err as Error).message}`);
+      }
+    }
+  });
+
+  it('tells a service from a fleet, and names the fix for any other kind', () => {
+    assert.equal(manifestKind(join(ROOT, 'examples/service/ranker.yaml')), 'Service');
+    assert.equal(manifestKind(join(ROOT, 'test/fixtures/fleet.yaml')), 'Fleet');
+    const other = write({ ...base(), kind: 'Gateway' });
+    assert.throws(
+      () => manifestKind(other),
+      /kind: "Gateway"; write kind: Fleet \(vehicles\) or kind: Service/,
+    );
+    assert.throws(() => manifestKind(join(dir, 'missing.yaml')), /missing\.yaml does not exist/);
+    const txt = join(dir, 'manifest.txt');
+    writeFileSync(txt, 'kind: Service');
+    assert.throws(() => manifestKind(txt), /unknown extension "\.txt": use \.yaml, \.yml or \.json/);
+  });
+});
