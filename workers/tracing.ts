@@ -48,20 +48,25 @@ export interface WorkerTracing {
  * that trace workflows (spans handed out of the sandbox through the `exporter` sink) and activities.
  */
 export async function workerTracingOptions(endpoint: string, serviceName: string): Promise<WorkerTracing> {
-  const tracing: Tracing = await startTracing({ serviceName, endpoint });
+  const tracing = await startTracing({ serviceName, endpoint });
+  return { options: tracingWorkerOptions(tracing), shutdown: () => tracing.shutdown() };
+}
+
+/**
+ * The worker options over a tracing already running in this process (one that also runs a gateway, say):
+ * one tracing per process, so its owner shuts it down.
+ */
+export function tracingWorkerOptions(tracing: Tracing): WorkerTracingOptions {
   return {
-    options: {
-      interceptors: {
-        activity: [
-          (ctx) => ({
-            inbound: new OpenTelemetryActivityInboundInterceptor(ctx),
-            outbound: new OpenTelemetryActivityOutboundInterceptor(ctx),
-          }),
-        ],
-      },
-      sinks: { exporter: makeWorkflowExporter(tracing.spanProcessor, tracing.resource) },
+    interceptors: {
+      activity: [
+        (ctx) => ({
+          inbound: new OpenTelemetryActivityInboundInterceptor(ctx),
+          outbound: new OpenTelemetryActivityOutboundInterceptor(ctx),
+        }),
+      ],
     },
-    shutdown: () => tracing.shutdown(),
+    sinks: { exporter: makeWorkflowExporter(tracing.spanProcessor, tracing.resource) },
   };
 }
 
