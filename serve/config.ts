@@ -52,10 +52,19 @@ export const GatewayConfig = z
     batching: z
       .object({
         maxBatch: positiveInt(4096).default(32),
-        maxDelayMs: z.number().min(0).max(1000).default(2),
+        maxDelayMs: z
+          .number()
+          .min(0)
+          .max(1000)
+          .default(0)
+          .describe(
+            'How long a row arriving at an idle model waits for more rows. 0: it runs at once, and batches ' +
+              'form from the rows that arrive while the model runs (continuous batching); a positive value ' +
+              'buys fuller batches at low load with that much latency',
+          ),
       })
       .strict()
-      .default({ maxBatch: 32, maxDelayMs: 2 }),
+      .default({ maxBatch: 32, maxDelayMs: 0 }),
     queue: z
       .object({ maxQueued: positiveInt(1_000_000).default(1024) })
       .strict()

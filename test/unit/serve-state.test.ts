@@ -200,7 +200,7 @@ describe('GatewayConfig', () => {
     const c = loadGatewayConfig(file);
     assert.equal(c.stateDir, join(dir, 'state'));
     assert.deepEqual(c.listen, { host: '127.0.0.1', port: 8490 });
-    assert.deepEqual(c.batching, { maxBatch: 32, maxDelayMs: 2 });
+    assert.deepEqual(c.batching, { maxBatch: 32, maxDelayMs: 0 });
     assert.equal(c.queue.maxQueued, 1024);
     assert.equal(c.shadow.maxQueued, 256);
     assert.deepEqual(c.limits, { maxBodyBytes: 1_048_576, maxRows: 256 });
