@@ -2,8 +2,7 @@
  * Micro-batching of inference: one `MicroBatcher` per model digest gathers the rows of concurrent
  * requests until `maxBatch` rows are waiting or `maxDelayMs` have passed since the first of them (0, the
  * gateway's default: at once when the model is idle, so batches form from the rows that arrive while a
- * run is in flight), runs the
- * model once on them all and hands each request its own rows of the output.
+ * run is in flight), runs the model once on them all and hands each request its own rows of the output.
  *
  * Memory is bounded: every submission takes its rows from a `RowBudget` (the served path has one, shadow
  * mirroring another) and gives them back once its batch has run; a submission the budget cannot hold is
