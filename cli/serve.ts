@@ -70,10 +70,15 @@ export async function serveCommand(args: string[]): Promise<number> {
   if (rawPort !== undefined) config = { ...config, listen: { ...config.listen, port: Number(rawPort) } };
 
   let tracing: { shutdown(): Promise<void> } | undefined;
-  const endpoint = config.otlpEndpoint ?? process.env.OTEL_EXPORTER_OTLP_ENDPOINT?.trim();
+  const { endpointFromEnv, startTracing } = require('../serve/tracing') as typeof TracingModule;
+  const endpoint = config.otlpEndpoint ?? endpointFromEnv(process.env);
   if (endpoint) {
-    const { startTracing } = require('../serve/tracing') as typeof TracingModule;
-    tracing = await startTracing({ serviceName: `fleetgate-gateway-${config.name}`, endpoint });
+    try {
+      tracing = await startTracing({ serviceName: `fleetgate-gateway-${config.name}`, endpoint });
+    } catch (err) {
+      console.error(`fleetgate: cannot trace to ${endpoint}: ${causeMessage(err)}`);
+      return 2;
+    }
   }
   let gateway;
   try {

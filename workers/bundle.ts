@@ -19,13 +19,25 @@ function sources(): string[] {
   return out.filter((f) => existsSync(f));
 }
 
-export async function getWorkflowBundle(): Promise<WorkflowBundle> {
+/**
+ * The bundle of the workflows; with `interceptorModules` (workers/tracing.ts WORKFLOW_TRACING_MODULES),
+ * also of those workflow interceptors, cached under another key.
+ */
+export async function getWorkflowBundle(
+  options: { interceptorModules?: readonly string[] } = {},
+): Promise<WorkflowBundle> {
+  const modules = [...(options.interceptorModules ?? [])];
   const h = createHash('sha256');
   for (const f of sources()) h.update(f.slice(ROOT.length)).update(readFileSync(f));
+  for (const m of modules) h.update(`interceptor:${m.slice(ROOT.length)}`);
   const dir = join(tmpdir(), 'fleetgate-bundles');
   const file = join(dir, `${h.digest('hex').slice(0, 24)}.js`);
   if (existsSync(file)) return { code: readFileSync(file, 'utf8') };
-  const bundle = await bundleWorkflowCode({ workflowsPath: WORKFLOWS_PATH, logger: quietLogger });
+  const bundle = await bundleWorkflowCode({
+    workflowsPath: WORKFLOWS_PATH,
+    workflowInterceptorModules: modules,
+    logger: quietLogger,
+  });
   mkdirSync(dir, { recursive: true });
   const tmp = `${file}.${process.pid}.tmp`;
   writeFileSync(tmp, bundle.code);
