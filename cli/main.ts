@@ -9,7 +9,7 @@
  * trace only with FLEETGATE_DEBUG=1).
  */
 import { readFileSync, existsSync } from 'node:fs';
-import { basename, extname, join, relative } from 'node:path';
+import { basename, extname, join, relative, resolve } from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import YAML from 'yaml';
 import {
@@ -42,6 +42,7 @@ import type * as RegistryModule from '../activities/registry';
 import type * as FleetActivitiesModule from '../activities/fleet';
 import type * as DriftActivitiesModule from '../activities/drift';
 import type * as SimFleetModule from '../sim/fleet';
+import type * as ServiceActivitiesModule from '../activities/service';
 import type * as IotAgentModule from '../sim/iot-agent';
 import type * as SimulateModule from './simulate';
 import type * as ScenarioModule from '../policies/scenario';
@@ -816,6 +817,9 @@ export async function initFleet(
   const { bootstrapProduction } = require('../activities/registry') as typeof RegistryModule;
   const { initSimFleet } = require('../activities/fleet') as typeof FleetActivitiesModule;
   const { loadFleetManifest } = require('../sim/fleet') as typeof SimFleetModule;
+  const { isServiceManifest } = require('../activities/service') as typeof ServiceActivitiesModule;
+  if (isServiceManifest(process.cwd(), manifestPath))
+    return initServiceLine(config, manifestPath, packDir, by);
   const manifest = loadFleetManifest(manifestPath);
   const cohorts = manifest.cohorts.map((c) => c.name);
   const services = await openServices(config.dataDir, config.root, config.ota);
@@ -846,6 +850,32 @@ export async function initFleet(
     return (
       `fleet "${fleet.fleet}" ${fleet.created ? 'created' : 'already there'}: ${fleet.vehicles} simulated vehicles; ` +
       `${production}; data in ${displayPath(config.dataDir)}`
+    );
+  } finally {
+    await services.close();
+  }
+}
+
+/** `fleet init` of a service manifest: production registered for every cohort; there are no vehicles. */
+async function initServiceLine(
+  config: Config,
+  manifestPath: string,
+  packDir: string,
+  by: string,
+): Promise<string> {
+  const { openServices } = require('../workers/worker') as typeof WorkerModule;
+  const { initService } = require('../activities/service') as typeof ServiceActivitiesModule;
+  const services = await openServices(config.dataDir, config.root, config.ota);
+  try {
+    const {
+      service,
+      cohorts,
+      production: prod,
+    } = await initService(services, resolve(manifestPath), packDir, by);
+    return (
+      `service "${service}": production ${prod.name}@${prod.version} (${prod.digest.slice(0, 12)}) in ` +
+      `${cohorts.length} cohort(s) (${cohorts.join(', ')}); the gateway serves it from the registry; ` +
+      `data in ${displayPath(config.dataDir)}`
     );
   } finally {
     await services.close();

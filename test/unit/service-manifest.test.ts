@@ -135,7 +135,7 @@ describe('service manifest', () => {
       try {
         refused(m, ...patterns);
       } catch (err) {
-        throw new Error(`${what}: ${(err as Error).message}`);
+        throw new Error(`${what}: ${(err as Error).message}`, { cause: err });
       }
     }
   });
