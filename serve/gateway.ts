@@ -23,7 +23,7 @@ import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { mkdirSync } from 'node:fs';
 import { isDeepStrictEqual } from 'node:util';
-import { context, SpanStatusCode, trace } from '@opentelemetry/api';
+import { context, propagation, SpanStatusCode, trace } from '@opentelemetry/api';
 import type { z } from 'zod';
 import type { ModelRunner, ObjectStore } from '../activities/deps';
 import { cohortPointers } from '../activities/registry-read';
@@ -374,7 +374,9 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps = {}
     const arm = chooseArm(key, route, caller);
     const ref = arm === 'candidate' ? route.candidate! : route.production;
 
-    await tracer.startActiveSpan('gateway.predict', async (span) => {
+    // A caller's W3C traceparent makes this request's span a child of the caller's.
+    const parent = propagation.extract(context.active(), req.headers);
+    await tracer.startActiveSpan('gateway.predict', {}, parent, async (span) => {
       span.setAttributes({ cohort, arm, rows: inputs.length, 'request.id': requestId });
       let status = 200;
       try {

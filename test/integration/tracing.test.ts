@@ -139,6 +139,8 @@ describe('worker tracing', () => {
 });
 
 describe('gateway tracing', () => {
+  const CALLER_TRACE = '4bf92f3577b34da6a3ce929d0e0e4736';
+  const CALLER_SPAN = '00f067aa0ba902b7';
   test('each predict is a gateway.predict span with cohort and arm, its inference a child; no raw caller', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'fleetgate-tracing-gw-'));
     const store = new LocalObjectStore(join(dir, 'store'), { durable: false });
@@ -175,9 +177,11 @@ describe('gateway tracing', () => {
     try {
       for (const [i, caller] of callers.entries()) {
         const requestId = `trace-${i}`;
+        // The first caller sends its own W3C trace context: its span must join the caller's trace.
+        const parent = i === 0 ? { traceparent: `00-${CALLER_TRACE}-${CALLER_SPAN}-01` } : {};
         const res = await fetch(gateway.url + PATHS.predict, {
           method: 'POST',
-          headers: { 'content-type': 'application/json', [HEADERS.requestId]: requestId },
+          headers: { 'content-type': 'application/json', [HEADERS.requestId]: requestId, ...parent },
           body: JSON.stringify({
             caller,
             cohort: 'eu-north',
@@ -214,6 +218,10 @@ describe('gateway tracing', () => {
       assert.equal(inference[0]!.traceId, p.traceId);
     }
     assert.deepEqual(new Set(predicts.map((p) => p.attributes.arm)), new Set(['production', 'candidate']));
+    const joined = predicts.find((p) => p.attributes['request.id'] === 'trace-0')!;
+    assert.equal(joined.traceId, CALLER_TRACE, "a caller's traceparent makes the predict part of its trace");
+    assert.equal(joined.parentSpanId, CALLER_SPAN);
+    assert.ok(predicts.filter((p) => p.traceId === CALLER_TRACE).length === 1, 'the others start their own');
     // Nothing the collector received names a caller: not an attribute, not anywhere in a body.
     const sent = receiver.bodies.join('\n');
     for (const caller of callers) assert.ok(!sent.includes(caller), `the raw caller ${caller} was exported`);
