@@ -6,16 +6,22 @@ import { NativeConnection } from '@temporalio/worker';
 import { connectionOptions, loadConfig } from './config';
 import { IotDeviceAgent, startAgentLoop } from '../sim/iot-agent';
 import { createFleetgateWorker, openServices } from './worker';
+import { endpointFromEnv } from '../serve/tracing';
+import { workerTracingOptions } from './tracing';
 
 export async function runWorker(): Promise<void> {
   const config = loadConfig();
   const services = await openServices(config.dataDir, config.root);
   const connection = await NativeConnection.connect(connectionOptions(config));
+  // Traces of the workflows and activities, when an OTLP endpoint is configured.
+  const endpoint = endpointFromEnv();
+  const tracing = endpoint ? await workerTracingOptions(endpoint, 'fleetgate-worker') : undefined;
   const worker = await createFleetgateWorker({
     connection,
     namespace: config.namespace,
     taskQueue: config.taskQueue,
     services,
+    tracing: tracing?.options,
   });
   console.error(
     `fleetgate worker: task queue "${config.taskQueue}" on ${connectionOptions(config).address}, data in ${config.dataDir}`,
@@ -34,6 +40,7 @@ export async function runWorker(): Promise<void> {
     await worker.run();
   } finally {
     await agent?.stop();
+    await tracing?.shutdown();
     await connection.close();
     await services.close();
   }

@@ -12,6 +12,7 @@ import { S3ObjectStore } from '../activities/store-s3';
 import { createRegistryActivities } from '../activities/registry';
 import { createInferenceActivities } from '../activities/inference';
 import { createFleetActivities } from '../activities/fleet';
+import { WORKFLOW_TRACING_MODULES, type WorkerTracingOptions } from './tracing';
 import { createServiceActivities, dispatchFleetActivities } from '../activities/service';
 import { createLabelActivities } from '../activities/labels';
 import { createAnalysisActivities } from '../activities/analysis';
@@ -173,13 +174,18 @@ export async function createFleetgateWorker(opts: {
   services: Services;
   activities?: object;
   workflowBundle?: WorkflowBundle;
+  /** OpenTelemetry: workflows and activities traced (workers/tracing.ts). */
+  tracing?: WorkerTracingOptions;
 }): Promise<Worker> {
   return Worker.create({
     connection: opts.connection,
     namespace: opts.namespace,
     taskQueue: opts.taskQueue,
-    workflowBundle: opts.workflowBundle ?? (await getWorkflowBundle()),
+    workflowBundle:
+      opts.workflowBundle ??
+      (await getWorkflowBundle(opts.tracing ? { interceptorModules: WORKFLOW_TRACING_MODULES } : {})),
     activities: opts.activities ?? createActivities(opts.services),
     maxConcurrentActivityTaskExecutions: 4,
+    ...opts.tracing,
   });
 }

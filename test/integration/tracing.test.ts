@@ -178,7 +178,8 @@ describe('gateway tracing', () => {
       for (const [i, caller] of callers.entries()) {
         const requestId = `trace-${i}`;
         // The first caller sends its own W3C trace context: its span must join the caller's trace.
-        const parent = i === 0 ? { traceparent: `00-${CALLER_TRACE}-${CALLER_SPAN}-01` } : {};
+        const parent: Record<string, string> =
+          i === 0 ? { traceparent: `00-${CALLER_TRACE}-${CALLER_SPAN}-01` } : {};
         const res = await fetch(gateway.url + PATHS.predict, {
           method: 'POST',
           headers: { 'content-type': 'application/json', [HEADERS.requestId]: requestId, ...parent },
