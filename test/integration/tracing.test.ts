@@ -21,7 +21,7 @@ import { parseGatewayConfig } from '../../serve/config';
 import { startGateway } from '../../serve/gateway';
 import { startTracing } from '../../serve/tracing';
 import { blobKey, OnnxModelRunner } from '../../workers/model-runner';
-import { createActivities } from '../../workers/worker';
+import { createFleetgateWorker } from '../../workers/worker';
 import { WORKFLOWS_PATH } from '../../workers/bundle';
 import {
   clientTracingInterceptors,
@@ -62,12 +62,13 @@ describe('worker tracing', () => {
     const tracing = await workerTracingOptions(receiver.endpoint, 'fleetgate-worker-test');
     try {
       const taskQueue = `tracing-${process.pid}`;
-      const worker = await Worker.create({
+      // As `fleetgate worker` makes it with an endpoint set: the traced bundle comes from its options.
+      const worker = await createFleetgateWorker({
         connection: server.env.nativeConnection,
+        namespace: server.env.namespace ?? 'default',
         taskQueue,
-        workflowBundle: tracedBundle,
-        activities: createActivities(world.services),
-        ...tracing.options,
+        services: world.services,
+        tracing: tracing.options,
       });
       const client = new Client({
         connection: server.env.connection,
