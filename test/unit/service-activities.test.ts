@@ -36,13 +36,17 @@ let candidate: string;
 let production: string;
 let acts: ReturnType<typeof createServiceActivities>;
 
-function doc(url: string, extra: ServiceManifestInput['cohorts'] = []): ServiceManifestInput {
+function doc(
+  url: string,
+  extra: ServiceManifestInput['cohorts'] = [],
+  candidateArm?: NonNullable<ServiceManifestInput['gateway']['candidateArm']>,
+): ServiceManifestInput {
   return {
     apiVersion: 'fleetgate/v1',
     kind: 'Service',
     name: 'ranker',
     seed: 4,
-    gateway: { url, tokenEnv: TOKEN_ENV },
+    gateway: { url, tokenEnv: TOKEN_ENV, ...(candidateArm ? { candidateArm } : {}) },
     skus: [{ name: 'hw4', speedFactor: 1, latencyBudgetMs: 50 }],
     cohorts: [
       { name: 'web-eu', sku: 'hw4', callers: 300, requestsPerCallerHour: 2, nightShare: 0.2 },
@@ -84,6 +88,7 @@ before(async () => {
       cohorts: ['web-eu', 'web-us'],
       adminTokenEnv: TOKEN_ENV,
       acceptSimTime: true,
+      faultInjection: true,
     },
     tmp,
   );
@@ -281,5 +286,51 @@ describe('service activities on a real gateway', () => {
     assert.equal(r.candidate, undefined);
     assert.equal(r.weight, 0);
     assert.equal(gateway.routes()['web-eu']!.production.digest, production);
+  });
+
+  it("logs the candidate arm's error responses as failed requests, never sent for labeling", async () => {
+    const faulty = join(tmp, 'faulty.yaml');
+    writeFileSync(faulty, YAML.stringify(doc(gateway.url, [], { inject: { errorRate: 0.5 } })));
+    const input = { rolloutId: 'svc3', manifest: faulty };
+    await acts.deliverWave({ ...input, wave: 1, percent: 50, cohorts: ['web-eu'], digest: candidate });
+    assert.deepEqual(gateway.routes()['web-eu']!.candidate?.inject, { errorRate: 0.5 });
+    const batch = await acts.collectTelemetry({
+      ...input,
+      cohorts: ['web-eu'],
+      candidateDigest: candidate,
+      fromMs: T0 + HOUR,
+      toMs: T0 + 2 * HOUR,
+    });
+    const id = `svc3:canary:${T0 + HOUR}-${T0 + 2 * HOUR}`;
+    const failed = await count(`SELECT count(*) FROM events WHERE batch_id = ? AND failed`, [id]);
+    const candidateEvents = await count(
+      `SELECT count(*) FROM events WHERE batch_id = ? AND arm = 'candidate'`,
+      [id],
+    );
+    assert.ok(
+      failed > 0.3 * candidateEvents && failed < 0.7 * candidateEvents,
+      `${failed} of ${candidateEvents}`,
+    );
+    assert.equal(
+      await count(`SELECT count(*) FROM events WHERE batch_id = ? AND failed AND arm <> 'candidate'`, [id]),
+      0,
+    );
+    assert.equal(
+      await count(
+        `SELECT count(*) FROM events WHERE batch_id = ? AND failed AND pred_candidate IS NOT NULL`,
+        [id],
+      ),
+      0,
+    );
+    assert.equal(
+      await count(
+        `SELECT count(*) FROM label_requests r JOIN events e ON e.event_id = r.event_id
+         WHERE e.batch_id = ? AND e.failed`,
+        [id],
+      ),
+      0,
+    );
+    assert.ok(batch.events > 0);
+    await acts.revertWave({ ...input, wave: 1, cohorts: ['web-eu'] });
   });
 });
