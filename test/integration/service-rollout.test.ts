@@ -93,6 +93,12 @@ function policy(): PolicyInput {
         // twice production's geometric mean is non-inferior, harm above 1.5 times); the injected 25 ms
         // on a few ms is far beyond them.
         { name: 'latency_ms', kind: 'continuous', scale: 'log', margin: 1, harmThreshold: 0.5 },
+        // The service's SLO gates, without labels: the candidate's share of requests slower than
+        // production's p95 (p99) may be at most 15% (6%) instead of 5% (1%), and its failed requests one
+        // point more than production's.
+        { name: 'latency_p95', kind: 'binary', margin: 0.1 },
+        { name: 'latency_p99', kind: 'binary', margin: 0.05 },
+        { name: 'request_error_rate', kind: 'binary', margin: 0.01 },
       ],
       // Data that cannot decide holds its cohorts after 5 s instead of waiting a day for reviewers.
       escalation: { timeout: '5s' },
@@ -204,6 +210,13 @@ test('a candidate arm with injected latency is rolled back in the canary: its we
     harm.some((d) => d.metrics?.some((m) => m.metric === 'latency_ms' && m.verdict === 'harm')),
     `latency_ms is judged harmful: ${JSON.stringify(harm)}`,
   );
+  // The tail gates see it too: nearly every candidate request is slower than production's p95 and p99.
+  for (const tail of ['latency_p95', 'latency_p99']) {
+    assert.ok(
+      harm.some((d) => d.metrics?.some((m) => m.metric === tail && m.verdict === 'harm')),
+      `${tail} is judged harmful: ${JSON.stringify(harm.map((d) => d.metrics))}`,
+    );
+  }
   // No raw caller id in the report or the event log the gateway wrote.
   assert.doesNotMatch(readFileSync(result.reportPath!, 'utf8'), /user-\d/);
 });
