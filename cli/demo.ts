@@ -1,13 +1,14 @@
 /**
- * `fleetgate demo`: the whole system in one process, in about two minutes. It resets the simulated
- * world, starts a Temporal dev server (unless TEMPORAL_ADDRESS is set) and a worker, rolls
+ * `fleetgate demo`: the whole system in one process, in about two and a half minutes. It resets the
+ * simulated world, starts a Temporal dev server (unless TEMPORAL_ADDRESS is set) and a worker, rolls
  * models/candidate-regress out to the demo fleet with examples/demo-policy.yaml at 600x fleet time,
- * approves its gate as "alice", and ends with a summary: outcome, decision and headline per cohort,
- * report, history length, Web UI link.
+ * approves its gate as "alice", then rolls models/candidate-good out to a service behind an inference
+ * gateway started in this process (cli/demo-service.ts), and ends with a summary of each: outcome,
+ * decision and headline per cohort, report, history length, Web UI link, the gateway's routes.
  *
- * It must stop what it started (worker, services, dev server) on success, on error and on Ctrl-C; it
- * deletes only the simulated world (<data dir>/store, <data dir>/fleet.duckdb*), never reports or the
- * Temporal history; and it never prints a raw vehicle id.
+ * It must stop what it started (worker, services, dev server, gateway) on success, on error and on Ctrl-C;
+ * it deletes only the simulated world (<data dir>/store, <data dir>/fleet.duckdb*, the demo gateway's
+ * state), never reports or the Temporal history; and it never prints a raw vehicle or caller id.
  */
 import { readdirSync, rmSync } from 'node:fs';
 import { basename, join } from 'node:path';
@@ -43,6 +44,7 @@ import {
   timestamp,
 } from './main';
 import { causeMessage, ProgressView, renderResult, watch, WatchInterrupted } from './progress';
+import { runServiceDemo, type ServiceDemo } from './demo-service';
 
 const POLICY = 'examples/demo-policy.yaml';
 const FLEET = 'sim/fleets/demo.yaml';
@@ -99,6 +101,7 @@ export async function runDemo(): Promise<number> {
   let workerConn: NativeConnection | undefined;
   let clientConn: Connection | undefined;
   let rollout: Promise<RolloutResult> | undefined;
+  let both: Promise<{ vehicles: RolloutResult; secondsVehicles: number; service: ServiceDemo }> | undefined;
 
   let signals = 0;
   const onSignal = () => {
@@ -202,8 +205,30 @@ export async function runDemo(): Promise<number> {
       const view = new ProgressView(process.stdout);
       return watch(handle, { view, signal: interrupt.signal, onStatus: approver(handle, view) });
     })();
+    // Then the same workflow on a service: the gateway's routing weights instead of over-the-air waves.
+    both = rollout.then(async (vehicles) => {
+      const secondsVehicles = Math.round((Date.now() - started) / 1000);
+      check();
+      process.stdout.write('\n');
+      const service = await runServiceDemo({
+        client,
+        services: services!,
+        taskQueue: config.taskQueue,
+        production: PRODUCTION,
+        signal: interrupt.signal,
+        say,
+        onStatus: approver,
+      });
+      return { vehicles, secondsVehicles, service };
+    });
     // Ctrl-C also stops the worker (the SDK listens for it); the watch still gets time to end its calls.
-    const result = await worker.runUntil(rollout, { promiseCompletionTimeout: '15s' });
+    const {
+      vehicles: result,
+      secondsVehicles,
+      service,
+    } = await worker.runUntil(both, {
+      promiseCompletionTimeout: '15s',
+    });
 
     const history = await client.workflow.getHandle(id).fetchHistory();
     summary(result, {
@@ -212,9 +237,10 @@ export async function runDemo(): Promise<number> {
       namespace: config.namespace,
       address,
       ownServer: Boolean(server),
-      seconds: Math.round((Date.now() - started) / 1000),
+      seconds: secondsVehicles,
     });
-    return result.outcome === 'completed' ? 0 : 1;
+    serviceSummary(service, Math.round((Date.now() - started) / 1000) - secondsVehicles);
+    return result.outcome === 'completed' && service.result.outcome === 'completed' ? 0 : 1;
   } catch (err) {
     if (interrupt.signal.aborted) {
       process.stderr.write(
@@ -228,6 +254,7 @@ export async function runDemo(): Promise<number> {
     await stopAll([
       // No client call may still be under way when its connection closes.
       () => rollout?.catch(() => undefined),
+      () => both?.catch(() => undefined),
       () => clientConn?.close(),
       () => workerConn?.close(),
       () => services?.close(),
@@ -294,6 +321,17 @@ function summary(
   out.push(`  ${temporal} workflow show --workflow-id ${shellQuote(id)} --address ${addr}`);
   out.push(`  ${temporal} workflow list --query 'FleetgateOutcome="completed"' --address ${addr}`);
   out.push('  npx fleetgate ui            (the status page, with every rollout of this server)');
+  process.stdout.write(out.join('\n') + '\n');
+}
+
+/** The service rollout's part of the summary: its outcome per cohort and the gateway's routes after it. */
+function serviceSummary(service: ServiceDemo, seconds: number): void {
+  const color = Boolean(process.stdout.isTTY) && !process.env.NO_COLOR;
+  const out: string[] = ['', `── summary of ${service.result.rolloutId} (${seconds} s) ──`];
+  out.push(renderResult({ ...service.result, reportPath: undefined }, { color }));
+  if (service.result.reportPath) out.push(`report   ${displayPath(service.result.reportPath)}`);
+  out.push(`gateway  ${service.gatewayUrl} (stopped), routes at the end:`);
+  for (const line of service.routes) out.push(`  ${line}`);
   process.stdout.write(out.join('\n') + '\n');
 }
 
