@@ -599,13 +599,14 @@ describe('the gateway under load and faults', () => {
   it('drains: readyz 503, new predicts 503, in-flight requests answered, the event log flushed', async () => {
     const g = await start('state-drain', {
       faultInjection: true,
-      routes: { web: { production: { digest: prodDigest, inject: { latencyMs: 3000 } } } },
+      routes: { web: { production: { digest: prodDigest, inject: { latencyMs: 6000 } } } },
     });
     await until('readyz', async () => ((await call(g, PATHS.ready)).status === 200 ? true : undefined));
     const inflight = Array.from({ length: 6 }, (_, i) =>
       predict(g, { caller: `${RAW}-d${i}`, inputs: [golden[i]] }, { [HEADERS.requestId]: `d-${i}` }),
     );
-    await new Promise((r) => setTimeout(r, 800));
+    // The six are in the gateway well before their injected 6 s are up, even on a busy host.
+    await new Promise((r) => setTimeout(r, 2000));
     const drained = g.drain();
     assert.equal((await call(g, PATHS.ready)).status, 503);
     const refused = await predict(g, { caller: `${RAW}-late`, inputs: [golden[0]] });
