@@ -978,13 +978,18 @@ function groupBy(values: readonly string[]): Map<string, number[]> {
   return groups;
 }
 
-function cohortsOf(manifest: FleetManifest, requested: readonly string[]): CohortSpec[] {
+/** The requested cohorts of a fleet's (or a service's) manifest, once each; InvalidInput naming any unknown. */
+export function cohortsOf<C extends { name: string }>(
+  manifest: { name: string; cohorts: readonly C[] },
+  requested: readonly string[],
+  what: 'fleet' | 'service' = 'fleet',
+): C[] {
   const names = [...new Set(requested)];
   const unknown = names.filter((n) => !manifest.cohorts.some((c) => c.name === n));
   if (unknown.length > 0) {
     throw fail(
       ErrorType.InvalidInput,
-      `unknown cohort(s) ${unknown.join(', ')} in fleet ${manifest.name}; declared: ${manifest.cohorts.map((c) => c.name).join(', ')}`,
+      `unknown cohort(s) ${unknown.join(', ')} in ${what} ${manifest.name}; declared: ${manifest.cohorts.map((c) => c.name).join(', ')}`,
     );
   }
   return names.map((n) => manifest.cohorts.find((c) => c.name === n)!);

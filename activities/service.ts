@@ -47,6 +47,7 @@ import { exclusive, num, rows } from './db';
 import type { ModelRunner, ObjectStore } from './deps';
 import {
   checkArtifact,
+  cohortsOf,
   EventColumns,
   eventTag,
   writeBatch,
@@ -222,7 +223,7 @@ export function createServiceActivities(deps: ServiceActivityDeps) {
     );
     if (before) return { batchId, events: num(before.events), written: false };
     const m = manifestOf(input);
-    const cohorts = cohortsOf(m, input.cohorts);
+    const cohorts = cohortsOf(m, input.cohorts, 'service');
     const { gw, routes } = await routesFor(
       m,
       cohorts.map((c) => c.name),
@@ -344,7 +345,7 @@ export function createServiceActivities(deps: ServiceActivityDeps) {
      */
     async deliverWave(input: DeliverInput): Promise<DeliveryResult> {
       const m = manifestOf(input);
-      const cohorts = cohortsOf(m, input.cohorts);
+      const cohorts = cohortsOf(m, input.cohorts, 'service');
       const jobId = `${input.rolloutId}-w${input.wave}`;
       waveShare(input.percent);
       await checkArtifact(deps.store, input.digest, jobId);
@@ -373,7 +374,7 @@ export function createServiceActivities(deps: ServiceActivityDeps) {
      */
     async revertWave(input: RevertInput): Promise<{ reverted: number }> {
       const m = manifestOf(input);
-      const cohorts = cohortsOf(m, input.cohorts);
+      const cohorts = cohortsOf(m, input.cohorts, 'service');
       const { gw, routes } = await routesFor(
         m,
         cohorts.map((c) => c.name),
@@ -396,7 +397,7 @@ export function createServiceActivities(deps: ServiceActivityDeps) {
      */
     async promoteCohort(input: PromoteInput): Promise<{ vehicles: number }> {
       const m = manifestOf(input);
-      const [cohort] = cohortsOf(m, [input.cohort]);
+      const [cohort] = cohortsOf(m, [input.cohort], 'service');
       await checkArtifact(deps.store, input.digest, `${input.rolloutId}-promote-${input.cohort}`);
       const { gw } = await routesFor(m, [cohort!.name]);
       await gw.update(cohort!.name, {
@@ -428,7 +429,7 @@ export function createServiceActivities(deps: ServiceActivityDeps) {
         input,
         async (m, gw) => {
           await checkArtifact(deps.store, input.candidateDigest, batchId);
-          for (const c of cohortsOf(m, input.cohorts)) {
+          for (const c of cohortsOf(m, input.cohorts, 'service')) {
             await gw.update(c.name, {
               candidate: armOf(m, input.candidateDigest),
               weight: 0,
@@ -565,18 +566,6 @@ function setColumns(
   if (pred !== undefined) cols.pred[i] = pred;
   if (conf !== undefined) cols.conf[i] = conf;
   if (latencyMs !== undefined) cols.lat[i] = latencyMs;
-}
-
-function cohortsOf(m: ServiceManifest, requested: readonly string[]): ServiceCohort[] {
-  const names = [...new Set(requested)];
-  const unknown = names.filter((n) => !m.cohorts.some((c) => c.name === n));
-  if (unknown.length > 0) {
-    throw fail(
-      ErrorType.InvalidInput,
-      `unknown cohort(s) ${unknown.join(', ')} in service ${m.name}; declared: ${m.cohorts.map((c) => c.name).join(', ')}`,
-    );
-  }
-  return names.map((n) => m.cohorts.find((c) => c.name === n)!);
 }
 
 /** The mean delay of a cohort's outcomes. */
