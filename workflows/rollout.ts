@@ -705,12 +705,20 @@ export class Rollout {
 
   // ---- phases -----------------------------------------------------------------------------------
 
-  async run(): Promise<void> {
+  /**
+   * The patches this run follows, read before the handlers are set: an update that arrives together with
+   * the start is then validated by the rules of this run (a resume of a rollout that is not paused is
+   * refused as such, not as a rollout without pause).
+   */
+  readPatches(): void {
     this.engine = patched(PATCHES.decisionEngine) ? 2 : 1;
     this.scopedFailures = patched(PATCHES.cohortScopedFailures);
     this.notifying = patched(PATCHES.notifyWebhook);
     this.quorum = patched(PATCHES.quorumGates);
     this.controls = patched(PATCHES.operatorControls);
+  }
+
+  async run(): Promise<void> {
     // Only a rollout started with FleetgatePhase set upserts: its start proved that the namespace has the
     // attributes registered (an upsert of an unregistered one would fail every workflow task).
     if (
@@ -1559,6 +1567,7 @@ export async function rolloutWorkflow(input: RolloutRequestInput): Promise<Rollo
     });
   }
   const r = new Rollout(parsed.data);
+  r.readPatches();
   setHandler(statusQuery, () => r.status());
   setHandler(approveUpdate, (a) => r.approve(a), { validator: (a) => r.validateApprove(a) });
   setHandler(rejectUpdate, (a) => r.reject(a), { validator: (a) => r.validateReject(a) });
