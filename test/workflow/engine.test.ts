@@ -218,8 +218,16 @@ describe('decision engine in rolloutWorkflow (time-skipping)', () => {
       );
       const running = await runningDigest(world, report.candidate.digest);
       assert.equal(running['hw4/us'] ?? 0, 0, 'no hw4/us vehicle keeps the candidate');
+      // Reverted only in hw4/us; a revert is logged when the wave had installed any vehicle there (all of
+      // its dozen targets can fail at 80%, for about 7% of rollout ids, and then there is nothing to undo).
+      const installed = Number(/hw4\/us (\d+)/.exec(deliver.reason)?.[1] ?? NaN);
+      assert.ok(Number.isInteger(installed), deliver.reason);
       const reverts = (await otaOps(world)).filter((o) => o.op === 'revert');
-      assert.ok(reverts.length > 0 && reverts.every((o) => o.cohort === 'hw4/us'));
+      assert.ok(
+        reverts.every((o) => o.cohort === 'hw4/us'),
+        JSON.stringify(reverts),
+      );
+      if (installed > 0) assert.ok(reverts.length > 0, `the ${installed} hw4/us installs were reverted`);
     } finally {
       await world.close();
     }
