@@ -95,9 +95,10 @@ function policy(): PolicyInput {
         { name: 'latency_ms', kind: 'continuous', scale: 'log', margin: 1, harmThreshold: 0.5 },
         // The service's SLO gates, without labels: the candidate's share of requests slower than
         // production's p95 (p99) may be at most 15% (6%) instead of 5% (1%), and its failed requests one
-        // point more than production's.
-        { name: 'latency_p95', kind: 'binary', margin: 0.1 },
-        { name: 'latency_p99', kind: 'binary', margin: 0.05 },
+        // point more than production's. Harm needs the excess proven above 10 (5) points: the two models'
+        // real latencies on a shared host differ by a few points of tail, which is no regression.
+        { name: 'latency_p95', kind: 'binary', margin: 0.1, harmThreshold: 0.1 },
+        { name: 'latency_p99', kind: 'binary', margin: 0.05, harmThreshold: 0.05 },
         { name: 'request_error_rate', kind: 'binary', margin: 0.01 },
       ],
       // Data that cannot decide holds its cohorts after 5 s instead of waiting a day for reviewers.
