@@ -8,13 +8,14 @@
  * raw caller id (the population's callers are known to the gateway by their pseudonyms only).
  */
 import { randomBytes } from 'node:crypto';
-import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { Client, WorkflowHandle } from '@temporalio/client';
 import { WorkflowIdReusePolicy } from '@temporalio/common';
 import YAML from 'yaml';
 import { startRolloutWorkflow } from '../activities/controls';
 import { initService } from '../activities/service';
+import { loadServiceManifest } from '../sim/users';
 import { parseGatewayConfig } from '../serve/config';
 import { startGateway, type Gateway } from '../serve/gateway';
 import type { Services } from '../workers/worker';
@@ -53,11 +54,8 @@ export async function runServiceDemo(ctx: {
   onStatus: (handle: WorkflowHandle, view: ProgressView) => (status: RolloutStatus) => Promise<void>;
 }): Promise<ServiceDemo> {
   const { services } = ctx;
-  const manifest = YAML.parse(readFileSync(resolve(services.root, SERVICE_MANIFEST), 'utf8')) as {
-    gateway: { url: string; tokenEnv?: string };
-    cohorts: { name: string }[];
-  };
-  const tokenEnv = manifest.gateway.tokenEnv ?? 'FLEETGATE_GATEWAY_TOKEN';
+  const manifest = loadServiceManifest(resolve(services.root, SERVICE_MANIFEST));
+  const tokenEnv = manifest.gateway.tokenEnv;
   // The admin token the worker's activities send and the gateway checks: one for this process.
   if (!process.env[tokenEnv]) process.env[tokenEnv] = randomBytes(32).toString('hex');
   const stateDir = gatewayStateDir(services.dataDir);

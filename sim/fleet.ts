@@ -33,25 +33,32 @@ export function pseudonym(key: Buffer, rawId: string): string {
   return createHmac('sha256', key).update(rawId, 'utf8').digest('hex').slice(0, PSEUDONYM_CHARS);
 }
 
-/** Reads and validates a fleet manifest (YAML or JSON, by extension). Errors name file, path and value. */
-export function loadFleetManifest(file: string): FleetManifest {
+/**
+ * The parsed contents of a manifest file (YAML or JSON, by extension), before validation; `what` names it
+ * in errors ("fleet manifest", "manifest"): NotFound, Unavailable, or InvalidInput for bad syntax.
+ */
+export function readManifestFile(file: string, what: string): unknown {
   let text: string;
   try {
     text = readFileSync(file, 'utf8');
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') throw fail(ErrorType.NotFound, `fleet manifest ${file} does not exist`);
-    throw fail(ErrorType.Unavailable, `cannot read fleet manifest ${file}: ${code ?? String(err)}`);
+    if (code === 'ENOENT') throw fail(ErrorType.NotFound, `${what} ${file} does not exist`);
+    throw fail(ErrorType.Unavailable, `cannot read ${what} ${file}: ${code ?? String(err)}`);
   }
   const ext = extname(file).toLowerCase();
-  let raw: unknown;
   try {
-    if (ext === '.json') raw = JSON.parse(text);
-    else if (ext === '.yaml' || ext === '.yml') raw = YAML.parse(text);
-    else throw new Error(`unknown extension "${ext}": use .yaml, .yml or .json`);
+    if (ext === '.json') return JSON.parse(text);
+    if (ext === '.yaml' || ext === '.yml') return YAML.parse(text);
+    throw new Error(`unknown extension "${ext}": use .yaml, .yml or .json`);
   } catch (err) {
-    throw fail(ErrorType.InvalidInput, `fleet manifest ${file}: ${(err as Error).message}`);
+    throw fail(ErrorType.InvalidInput, `${what} ${file}: ${(err as Error).message}`);
   }
+}
+
+/** Reads and validates a fleet manifest (YAML or JSON, by extension). Errors name file, path and value. */
+export function loadFleetManifest(file: string): FleetManifest {
+  const raw = readManifestFile(file, 'fleet manifest');
   const parsed = FleetManifest.safeParse(raw);
   if (!parsed.success) {
     throw fail(ErrorType.InvalidInput, `invalid fleet manifest ${file}:\n${formatIssues(parsed.error, raw)}`);

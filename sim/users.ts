@@ -12,43 +12,18 @@
  *
  * Activity-side only (files, node:crypto, fetch); workflows never import it.
  */
-import { readFileSync } from 'node:fs';
-import { extname } from 'node:path';
-import YAML from 'yaml';
 import { ErrorType, fail } from '../errors';
 import { formatIssues } from '../policies/schema';
 import { ServiceManifest, type ServiceCohort } from '../policies/service-schema';
 import { HEADERS, PATHS, type ErrorBody, type PredictRequest, type PredictResponse } from '../serve/api';
-import { assignmentRanks, pseudonym } from './fleet';
+import { assignmentRanks, pseudonym, readManifestFile } from './fleet';
 import { FEATURES, generateFramesWith, makeRng, poisson, type Frames } from './frames';
 
 export type ManifestKind = 'Fleet' | 'Service';
 
-function readManifest(file: string): unknown {
-  let text: string;
-  try {
-    text = readFileSync(file, 'utf8');
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') throw fail(ErrorType.NotFound, `manifest ${file} does not exist`);
-    throw fail(ErrorType.Unavailable, `cannot read manifest ${file}: ${code ?? String(err)}`);
-  }
-  const ext = extname(file).toLowerCase();
-  try {
-    if (ext === '.json') return JSON.parse(text);
-    if (ext === '.yaml' || ext === '.yml') return YAML.parse(text);
-  } catch (err) {
-    throw fail(ErrorType.InvalidInput, `manifest ${file}: ${(err as Error).message}`);
-  }
-  throw fail(
-    ErrorType.InvalidInput,
-    `manifest ${file}: unknown extension "${ext}": use .yaml, .yml or .json`,
-  );
-}
-
 /** Reads and validates a service manifest (YAML or JSON, by extension). Errors name file, path and value. */
 export function loadServiceManifest(file: string): ServiceManifest {
-  const raw = readManifest(file);
+  const raw = readManifestFile(file, 'manifest');
   const parsed = ServiceManifest.safeParse(raw);
   if (!parsed.success) {
     throw fail(
@@ -61,7 +36,7 @@ export function loadServiceManifest(file: string): ServiceManifest {
 
 /** The kind a manifest file declares: 'Fleet' (vehicles) or 'Service' (the inference gateway). */
 export function manifestKind(file: string): ManifestKind {
-  const raw = readManifest(file);
+  const raw = readManifestFile(file, 'manifest');
   const kind = raw !== null && typeof raw === 'object' ? (raw as { kind?: unknown }).kind : undefined;
   if (kind === 'Fleet' || kind === 'Service') return kind;
   throw fail(
