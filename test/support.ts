@@ -16,7 +16,7 @@ import { openSimWorld } from '../sim/world';
 import { createActivities, quietRuntime, type Services } from '../workers/worker';
 import { temporalTestServer } from '../workers/tools';
 import { getWorkflowBundle } from '../workers/bundle';
-import { WORKFLOW_TYPE, type RolloutResult } from '../workflows/definitions';
+import { WORKFLOW_TYPE, statusQuery, type RolloutResult } from '../workflows/definitions';
 import type { MetricResult } from '../policies/decide';
 import type { PolicyInput, RolloutRequestInput } from '../policies/schema';
 
@@ -177,4 +177,31 @@ export function runRollout(
     const handle = await startRollout(server.env, tq, rolloutRequest(id, pack, policy, fleet));
     return handle.result();
   });
+}
+
+/**
+ * The result of a rollout on a real-time server, or, when it has not ended within `limitMs`, a failure
+ * that says where it stands (its status and pending gate) after terminating it: a test on the dev server
+ * never waits out a real-time gate (a day-long escalation, say) or the runner's file timeout.
+ */
+export async function resultWithin(handle: WorkflowHandle, limitMs: number): Promise<RolloutResult> {
+  let timer: NodeJS.Timeout | undefined;
+  const stuck = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      void (async () => {
+        const status = await handle.query(statusQuery).catch((err: unknown) => String(err));
+        reject(
+          new Error(
+            `rollout ${handle.workflowId} did not end within ${limitMs / 1000}s: ${JSON.stringify(status)}`,
+          ),
+        );
+        await handle.terminate('the test timed out').catch(() => undefined);
+      })();
+    }, limitMs);
+  });
+  try {
+    return (await Promise.race([handle.result(), stuck])) as RolloutResult;
+  } finally {
+    clearTimeout(timer);
+  }
 }

@@ -15,9 +15,9 @@ import { NativeConnection } from '@temporalio/worker';
 import { startDevServer, type DevServer } from '../../workers/dev-server';
 import { temporalCli } from '../../workers/tools';
 import { createFleetgateWorker, quietRuntime } from '../../workers/worker';
-import { statusQuery, type RolloutResult } from '../../workflows/definitions';
+import { statusQuery } from '../../workflows/definitions';
 import { RolloutRequest } from '../../policies/schema';
-import { loadPolicy, makeWorld, rolloutRequest, runningDigest, type World } from '../support';
+import { loadPolicy, makeWorld, resultWithin, rolloutRequest, runningDigest, type World } from '../support';
 
 let server: DevServer;
 let tmp: string;
@@ -70,6 +70,8 @@ test('a rollout started with the Temporal CLI runs every phase on the dev server
         { percent: 50, hold: '6s', looks: 2 },
       ];
       policy.labelWait = { coverage: 0.9, poll: '2s', timeout: '20s' };
+      // Data too thin to decide holds its cohorts after 10 s instead of waiting a day for the reviewers.
+      policy.analysis.escalation = { timeout: '10s' };
       const id = `it-regress-${process.pid}`;
       // 7200x: a 3-second look covers six hours of driving, the test fleet's mean label delay.
       const request = RolloutRequest.parse(
@@ -114,7 +116,7 @@ test('a rollout started with the Temporal CLI runs every phase on the dev server
       ]);
       assert.match(out, /alice/);
 
-      const result = (await handle.result()) as RolloutResult;
+      const result = await resultWithin(handle, 180_000);
       assert.equal(result.outcome, 'completed', result.reason);
       const states = Object.fromEntries(result.cohorts.map((c) => [c.cohort, c.state]));
       assert.equal(states['hw3/nordic'], 'rolled_back');

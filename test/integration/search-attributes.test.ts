@@ -15,14 +15,9 @@ import { NativeConnection } from '@temporalio/worker';
 import { startDevServer, type DevServer } from '../../workers/dev-server';
 import { createFleetgateWorker, quietRuntime } from '../../workers/worker';
 import { createRolloutControls, startRolloutWorkflow } from '../../activities/controls';
-import {
-  approveUpdate,
-  SEARCH_ATTRIBUTES,
-  statusQuery,
-  type RolloutResult,
-} from '../../workflows/definitions';
+import { approveUpdate, SEARCH_ATTRIBUTES, statusQuery } from '../../workflows/definitions';
 import { RolloutRequest } from '../../policies/schema';
-import { loadPolicy, makeWorld, rolloutRequest, type World } from '../support';
+import { loadPolicy, makeWorld, resultWithin, rolloutRequest, type World } from '../support';
 
 let server: DevServer;
 let tmp: string;
@@ -72,6 +67,8 @@ test('a rollout is listed by its phase in its canary and by its outcome at the e
         { percent: 25, hold: '4s', looks: 1, approval: { gate: 'wave-2', required: 1, timeout: '10m' } },
       ];
       policy.labelWait = { coverage: 0.5, poll: '2s', timeout: '10s' };
+      // Data too thin to decide holds its cohorts after 10 s instead of waiting a day for the reviewers.
+      policy.analysis.escalation = { timeout: '10s' };
       const id = `sa-${process.pid}`;
       const request = RolloutRequest.parse(
         rolloutRequest(id, 'models/candidate-good', policy, 'test/fixtures/fleet.yaml', 7200),
@@ -111,7 +108,7 @@ test('a rollout is listed by its phase in its canary and by its outcome at the e
       await handle.executeUpdate(approveUpdate, {
         args: [{ gate: 'wave-2', reviewer: 'alice', digest: status.candidate!.digest.slice(0, 12) }],
       });
-      const result = (await handle.result()) as RolloutResult;
+      const result = await resultWithin(handle, 180_000);
       assert.equal(result.outcome, 'completed', result.reason);
       const done = await listedBy(client, 'FleetgateOutcome="completed"', id);
       assert.ok(done.includes(id));

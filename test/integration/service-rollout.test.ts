@@ -28,8 +28,8 @@ import {
   trustFixtureSigner,
   type Services,
 } from '../../workers/worker';
-import { statusQuery, WORKFLOW_TYPE, type RolloutResult } from '../../workflows/definitions';
-import { reportOf, ROOT, rolloutRequest } from '../support';
+import { WORKFLOW_TYPE, type RolloutResult } from '../../workflows/definitions';
+import { reportOf, resultWithin, ROOT, rolloutRequest } from '../support';
 
 const TOKEN_ENV = 'FLEETGATE_TEST_SERVICE_TOKEN';
 const COHORTS = ['web-eu', 'web-us'];
@@ -167,26 +167,7 @@ async function rollout(id: string, pack: string, candidateArm?: object): Promise
   writeFileSync(manifest, YAML.stringify(serviceManifest(gateway.url, candidateArm)));
   const request = RolloutRequest.parse(rolloutRequest(id, pack, policy(), manifest, TIME_SCALE));
   const handle = await client.workflow.start(WORKFLOW_TYPE, { taskQueue, workflowId: id, args: [request] });
-  // A rollout that does not end in time fails the test with where it stands, and is terminated.
-  let timer: NodeJS.Timeout | undefined;
-  const stuck = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => {
-      void (async () => {
-        const status = await handle.query(statusQuery).catch((err: unknown) => String(err));
-        await handle.terminate('the test timed out').catch(() => undefined);
-        reject(
-          new Error(
-            `rollout ${id} did not end within ${ROLLOUT_LIMIT_MS / 1000}s: ${JSON.stringify(status)}`,
-          ),
-        );
-      })();
-    }, ROLLOUT_LIMIT_MS);
-  });
-  try {
-    return (await Promise.race([handle.result(), stuck])) as RolloutResult;
-  } finally {
-    clearTimeout(timer);
-  }
+  return resultWithin(handle, ROLLOUT_LIMIT_MS);
 }
 
 test('a candidate arm with injected latency is rolled back in the canary: its weight is 0 at once', async () => {

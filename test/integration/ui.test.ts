@@ -16,11 +16,11 @@ import { NativeConnection } from '@temporalio/worker';
 import type { Browser, Page } from 'playwright-core';
 import { startDevServer, type DevServer } from '../../workers/dev-server';
 import { createFleetgateWorker, quietRuntime } from '../../workers/worker';
-import { SEARCH_ATTRIBUTES, WORKFLOW_TYPE, type RolloutResult } from '../../workflows/definitions';
+import { SEARCH_ATTRIBUTES, WORKFLOW_TYPE } from '../../workflows/definitions';
 import { RolloutRequest } from '../../policies/schema';
 import { startUiServer, type UiServer } from '../../cli/ui';
 import { launchChromium } from '../../scripts/chromium';
-import { loadPolicy, makeWorld, query, rolloutRequest, type World } from '../support';
+import { loadPolicy, makeWorld, query, resultWithin, rolloutRequest, type World } from '../support';
 
 let server: DevServer;
 let tmp: string;
@@ -156,7 +156,7 @@ test('the status page follows a rollout through its gate, shows a refusal and th
       // Aborted from the page: the ended rollout is read from its report.
       await page.fill('#why', 'enough for this test');
       await page.click('#abort');
-      const result = (await handle.result()) as RolloutResult;
+      const result = await resultWithin(handle, 180_000);
       assert.equal(result.outcome, 'aborted');
       await shown(page, 'body[data-phase="done"] [data-kpi="outcome"]', /aborted/);
       await shown(page, '#reason', /enough for this test/);
