@@ -172,6 +172,12 @@ export interface FleetSummary {
   name: string;
   skus: Sku[];
   cohorts: CohortSpec[];
+  /**
+   * Whether the shadow changes how the fleet serves (a service's gateway mirrors a share of its
+   * requests to the candidate), so that a cohort leaving the shadow without a wave has it undone by
+   * `endShadow`. Absent for a vehicle fleet, whose shadow runs on board and changes nothing.
+   */
+  mirrors?: boolean;
 }
 
 export interface FleetInput {
@@ -231,6 +237,9 @@ export interface DeliveryResult {
 }
 export interface RevertInput extends FleetInput {
   wave: number;
+  cohorts: string[];
+}
+export interface EndShadowInput extends FleetInput {
   cohorts: string[];
 }
 export interface PromoteInput extends FleetInput {

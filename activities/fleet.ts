@@ -39,6 +39,7 @@ import type {
   BatchResult,
   DeliverInput,
   DeliveryResult,
+  EndShadowInput,
   FleetInput,
   FleetSummary,
   LabelingInput,
@@ -285,6 +286,15 @@ export function createFleetActivities(deps: FleetActivityDeps) {
         ),
       );
       return { reverted };
+    },
+
+    /**
+     * Ends the shadow of the given cohorts. A vehicle's shadow runs on board and leaves nothing on the
+     * fleet to undo (the fleet's summary says `mirrors` only for a service): it stops 0 cohorts.
+     */
+    async endShadow(input: EndShadowInput): Promise<{ stopped: number }> {
+      cohortsOf(manifestOf(input), input.cohorts);
+      return { stopped: 0 };
     },
 
     /**

@@ -37,6 +37,7 @@ import type {
   DeliverInput,
   DeliveryResult,
   FleetInput,
+  EndShadowInput,
   FleetSummary,
   PromoteInput,
   RevertInput,
@@ -312,8 +313,9 @@ export function createServiceActivities(deps: ServiceActivityDeps) {
 
   return {
     /**
-     * The service's name, SKUs and cohorts (callers as `vehicles`), from its manifest; NotFound when the
-     * gateway does not route every cohort, Unavailable when it does not answer.
+     * The service's name, SKUs and cohorts (callers as `vehicles`), from its manifest, and `mirrors` (its
+     * shadow is a gateway mirror that `endShadow` stops); NotFound when the gateway does not route every
+     * cohort, Unavailable when it does not answer.
      */
     async describeFleet(input: FleetInput): Promise<FleetSummary> {
       const m = manifestOf(input);
@@ -335,6 +337,7 @@ export function createServiceActivities(deps: ServiceActivityDeps) {
           sensorNoise: c.sensorNoise,
           availability: { online: 1, parked: 1, batteryOk: 1 },
         })),
+        mirrors: true,
       };
     },
 
@@ -389,6 +392,27 @@ export function createServiceActivities(deps: ServiceActivityDeps) {
       for (const c of mine)
         reverted += populationOf(m, c).candidateCallers(key, salt, routes[c.name]!.weight);
       return { reverted };
+    },
+
+    /**
+     * Ends the shadow of the given cohorts: the gateway stops mirroring their requests to the candidate
+     * (mirror 0; weight untouched, the candidate stays loaded). Only routes of this rollout (its canary
+     * salt) are touched. Returns the cohorts that were mirroring; a second call stops 0.
+     */
+    async endShadow(input: EndShadowInput): Promise<{ stopped: number }> {
+      const m = manifestOf(input);
+      const cohorts = cohortsOf(m, input.cohorts, 'service');
+      const { gw, routes } = await routesFor(
+        m,
+        cohorts.map((c) => c.name),
+      );
+      const salt = canarySalt(input.rolloutId);
+      const mine = cohorts.filter((c) => {
+        const r = routes[c.name]!;
+        return r.candidate && r.salt === salt && r.mirror > 0;
+      });
+      await Promise.all(mine.map((c) => gw.update(c.name, { mirror: 0 })));
+      return { stopped: mine.length };
     },
 
     /**
@@ -550,11 +574,18 @@ export function dispatchFleetActivities(
     revertWave: (input) => pick(input).revertWave(input),
     promoteCohort: (input) => pick(input).promoteCohort(input),
     runShadow: (input) => pick(input).runShadow(input),
+    endShadow: (input) => pick(input).endShadow(input),
     collectTelemetry: (input) => pick(input).collectTelemetry(input),
   };
 }
 type DispatchedActivity =
-  'describeFleet' | 'deliverWave' | 'revertWave' | 'promoteCohort' | 'runShadow' | 'collectTelemetry';
+  | 'describeFleet'
+  | 'deliverWave'
+  | 'revertWave'
+  | 'promoteCohort'
+  | 'runShadow'
+  | 'endShadow'
+  | 'collectTelemetry';
 
 function setColumns(
   cols: EventColumns['candidate'],

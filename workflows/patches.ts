@@ -56,4 +56,10 @@ export const PATCHES = {
    * rollout started with `FleetgatePhase` set (proof that its namespace has them registered).
    */
   searchAttributes: 'search-attributes',
+  /**
+   * A fleet whose shadow mirrors its serving (a service: `FleetSummary.mirrors`) gets an `endShadow`
+   * compensation for the shadow's cohorts, so one rejected in the shadow, rolled back or aborted before
+   * its first wave stops being mirrored; a wave's delivery (no mirror) ends it for its cohorts.
+   */
+  shadowMirrorEnded: 'shadow-mirror-ended',
 } as const;

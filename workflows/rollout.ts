@@ -130,6 +130,7 @@ const notifyActs = proxyActivities<ReturnType<typeof createNotifyActivities>>({
 /** A change applied to the fleet, and what undoes it. */
 type Compensation =
   | { kind: 'revertWave'; wave: number; cohorts: string[] }
+  | { kind: 'endShadow'; cohorts: string[] }
   | { kind: 'clearCandidatePointer'; cohorts: string[] };
 
 class RolloutEnded extends Error {
@@ -172,6 +173,8 @@ export class Rollout {
   controls = false;
   /** Search attributes upserted as the rollout moves (see `run`). */
   searchAttributes = false;
+  /** The fleet's shadow is a mirror on its serving (a service's gateway) that must be ended. */
+  mirrors = false;
   /** Set while paused; the rollout holds at its next safe point (`checkpoint`). */
   paused?: PauseState;
   /** A wave being delivered: an emergency rollback waits for it, so a revert never precedes its install. */
@@ -650,6 +653,8 @@ export class Rollout {
             wave: c.wave,
             cohorts: mine,
           });
+        } else if (c.kind === 'endShadow') {
+          await acts.endShadow({ ...this.fleetRef(), cohorts: mine });
         } else {
           for (const cohort of mine) {
             await acts.movePointer({
@@ -749,6 +754,7 @@ export class Rollout {
   async register(): Promise<void> {
     this.phase = 'register';
     const fleet = await acts.describeFleet(this.fleetRef());
+    this.mirrors = fleet.mirrors === true;
     const known = fleet.cohorts.map((c) => c.name);
     const wanted = this.policy.cohorts ?? known;
     const unknown = wanted.filter((c) => !known.includes(c));
@@ -889,6 +895,10 @@ export class Rollout {
     // Cohorts a failed bench left out stay out (with engine 1 every cohort is still pending here).
     const cohorts = [...this.cohorts.values()].filter((c) => c.state === 'pending').map((c) => c.cohort);
     for (const c of cohorts) this.setState(c, 'shadow');
+    // A service's gateway mirrors to the candidate from the first shadow batch on: a cohort that leaves
+    // the shadow without a wave (rejected, rolled back, aborted) has its mirror stopped.
+    if (this.mirrors && patched(PATCHES.shadowMirrorEnded))
+      this.push({ kind: 'endShadow', cohorts: [...cohorts] });
     if (patched(PATCHES.shadowEdge)) {
       await this.shadowFiltered(cohorts);
       return;
@@ -1037,6 +1047,10 @@ export class Rollout {
           digest: this.candidate!.digest,
         }),
       ).finally(() => (this.delivering = false));
+      // The wave's route has no mirror: the shadow of its cohorts has ended.
+      for (const comp of this.compensations) {
+        if (comp.kind === 'endShadow') comp.cohorts = comp.cohorts.filter((x) => !cohorts.includes(x));
+      }
       for (const c of cohorts) {
         const s = this.cohorts.get(c)!;
         s.wave = this.wave;

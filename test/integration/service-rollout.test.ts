@@ -3,7 +3,8 @@
  * (dispatched on the manifest's kind), a real inference gateway on 127.0.0.1 serving the registered
  * packs with onnxruntime, and the simulated callers over real HTTP. A candidate whose serving arm is
  * slowed by fault injection is rolled back in the canary (its route at weight 0 at once); a candidate
- * with fewer wrong outcomes is promoted to 100% of every cohort, on the gateway and in the registry.
+ * with fewer wrong outcomes is promoted to 100% of every cohort, on the gateway and in the registry; a
+ * candidate that fails the shadow gate leaves no mirror behind.
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -162,10 +163,15 @@ after(async () => {
   rmSync(tmp, { recursive: true, force: true });
 });
 
-async function rollout(id: string, pack: string, candidateArm?: object): Promise<RolloutResult> {
+async function rollout(
+  id: string,
+  pack: string,
+  candidateArm?: object,
+  rolloutPolicy: PolicyInput = policy(),
+): Promise<RolloutResult> {
   const manifest = join(tmp, `${id}.yaml`);
   writeFileSync(manifest, YAML.stringify(serviceManifest(gateway.url, candidateArm)));
-  const request = RolloutRequest.parse(rolloutRequest(id, pack, policy(), manifest, TIME_SCALE));
+  const request = RolloutRequest.parse(rolloutRequest(id, pack, rolloutPolicy, manifest, TIME_SCALE));
   const handle = await client.workflow.start(WORKFLOW_TYPE, { taskQueue, workflowId: id, args: [request] });
   return resultWithin(handle, ROLLOUT_LIMIT_MS);
 }
@@ -218,5 +224,30 @@ test('a candidate with fewer wrong outcomes is promoted to 100% of every cohort'
     assert.equal(routes[cohort]!.production.digest, digest, `${cohort}: the candidate is production`);
     assert.equal(routes[cohort]!.candidate, undefined);
     assert.equal((await readPointer(services.store, cohort, 'production')).pointer?.digest, digest);
+  }
+});
+
+test('a candidate rejected in the shadow leaves no mirror: the gateway stops sending it requests', async () => {
+  const strict = policy();
+  // candidate-regress answers most night requests differently: far more than 2% disagreement.
+  strict.shadow = { ...strict.shadow, maxDisagreement: 0.02 };
+  const result = await rollout('svc-shadow', 'models/candidate-regress', undefined, strict);
+  const report = reportOf(result) as ReturnType<typeof reportOf> & {
+    compensations: { kind: string; cohorts: string[] }[];
+  };
+  assert.equal(result.outcome, 'rejected', result.reason);
+  assert.equal(result.rejectedAt, 'shadow', result.reason);
+  const digest = report.candidate.digest;
+  const routes = gateway.routes();
+  for (const cohort of COHORTS) {
+    assert.equal(routes[cohort]!.mirror, 0, `${cohort}: no request is mirrored to the rejected candidate`);
+    assert.equal(routes[cohort]!.weight, 0);
+    assert.notEqual(routes[cohort]!.production.digest, digest, `${cohort}: production unchanged`);
+    const ended = report.compensations.filter((c) => c.kind === 'endShadow' && c.cohorts.includes(cohort));
+    assert.equal(
+      ended.length,
+      1,
+      `${cohort}: its shadow ended once: ${JSON.stringify(report.compensations)}`,
+    );
   }
 });

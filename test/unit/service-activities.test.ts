@@ -2,8 +2,9 @@
  * The service's fleet activities against a real inference gateway on 127.0.0.1 (real onnxruntime on the
  * fixture packs, a real DuckDB file, real HTTP): a wave is a routing weight whose caller counts are the
  * router's own, a repeat changes nothing, a revert sets the weight to 0 at once, a batch is sent and
- * written once, shadow events carry both models, a promotion makes the candidate production; a gateway
- * that lacks a cohort is named with the cohort; no raw caller id reaches the event log.
+ * written once, shadow events carry both models, ending the shadow stops the mirror, a promotion makes
+ * the candidate production; a gateway that lacks a cohort is named with the cohort; no raw caller id
+ * reaches the event log.
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
@@ -134,6 +135,7 @@ describe('service activities on a real gateway', () => {
   it('describes the service, and names the gateway and the cohort it does not route', async () => {
     const summary = await acts.describeFleet(base);
     assert.equal(summary.name, 'ranker');
+    assert.equal(summary.mirrors, true, 'its shadow is a mirror that endShadow stops');
     assert.deepEqual(
       summary.cohorts.map((c) => [c.name, c.sku, c.vehicles]),
       [
@@ -274,6 +276,20 @@ describe('service activities on a real gateway', () => {
       ),
       shadow.events,
     );
+    // Ending the shadow stops the mirror of this rollout's routes only, and only once.
+    assert.deepEqual(await acts.endShadow({ ...base, rolloutId: 'other', cohorts: ['web-us'] }), {
+      stopped: 0,
+    });
+    assert.equal(gateway.routes()['web-us']!.mirror, 0.5);
+    assert.deepEqual(await acts.endShadow({ ...base, rolloutId: 'svc2', cohorts: ['web-us', 'web-eu'] }), {
+      stopped: 1,
+    });
+    assert.equal(gateway.routes()['web-us']!.mirror, 0);
+    assert.equal(gateway.routes()['web-us']!.weight, 0);
+    assert.equal(gateway.routes()['web-us']!.candidate?.digest, candidate, 'the candidate stays loaded');
+    assert.deepEqual(await acts.endShadow({ ...base, rolloutId: 'svc2', cohorts: ['web-us'] }), {
+      stopped: 0,
+    });
     const promoted = await acts.promoteCohort({
       ...base,
       rolloutId: 'svc2',

@@ -1,7 +1,7 @@
 /**
  * The worker's dispatch of the fleet activities on the manifest's kind: a `kind: Service` manifest goes
  * to the service's implementation, a fleet's (and a manifest that cannot be read, whose error the
- * fleet's activities give) to the fleet's; every one of the six activities is dispatched.
+ * fleet's activities give) to the fleet's; every one of the seven activities is dispatched.
  */
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -18,6 +18,7 @@ const NAMES = [
   'revertWave',
   'promoteCohort',
   'runShadow',
+  'endShadow',
   'collectTelemetry',
 ] as const;
 type Dispatched = Parameters<typeof dispatchFleetActivities>[1];
@@ -48,7 +49,7 @@ describe('fleet activity dispatch', () => {
     assert.equal(isServiceManifest(ROOT, broken), false);
   });
 
-  it('calls the service implementation for a service and the fleet one otherwise, for all six', async () => {
+  it('calls the service implementation for a service and the fleet one otherwise, for all seven', async () => {
     const calls: string[] = [];
     const acts = dispatchFleetActivities(ROOT, recorder('fleet', calls), recorder('service', calls));
     assert.deepEqual(Object.keys(acts).sort(), [...NAMES].sort());
