@@ -25,6 +25,7 @@ import {
   type ErrorBody,
   type EventsResponse,
   type GatewayEvent,
+  gatewayUrl,
   PATHS,
   type RouteUpdate,
   type RoutesResponse,
@@ -87,7 +88,7 @@ export class GatewayAdmin {
     const token = process.env[this.tokenEnv];
     let res: Response;
     try {
-      res = await fetch(new URL(path, this.url), {
+      res = await fetch(gatewayUrl(this.url, path), {
         method,
         headers: {
           ...(token ? { authorization: `Bearer ${token}` } : {}),

@@ -23,6 +23,17 @@ export const PATHS = {
   events: '/admin/events',
 } as const;
 
+/**
+ * The URL of a gateway path under a base URL, keeping the base's own path: a gateway behind a proxy at
+ * `https://host/ranker` is called at `https://host/ranker/v1/predict` (a bare `new URL(path, base)`
+ * would drop `/ranker`).
+ */
+export function gatewayUrl(base: string, path: string): URL {
+  const root = new URL(base);
+  if (!root.pathname.endsWith('/')) root.pathname += '/';
+  return new URL(path.replace(/^\/+/, ''), root);
+}
+
 export const HEADERS = {
   /** Optional caller-chosen id of a request (echoed back; the event's id). Generated when absent. */
   requestId: 'x-request-id',

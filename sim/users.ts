@@ -15,7 +15,14 @@
 import { ErrorType, fail } from '../errors';
 import { formatIssues } from '../policies/schema';
 import { ServiceManifest, type ServiceCohort } from '../policies/service-schema';
-import { HEADERS, PATHS, type ErrorBody, type PredictRequest, type PredictResponse } from '../serve/api';
+import {
+  gatewayUrl as gatewayEndpoint,
+  HEADERS,
+  PATHS,
+  type ErrorBody,
+  type PredictRequest,
+  type PredictResponse,
+} from '../serve/api';
 import { assignmentRanks, pseudonym, readManifestFile } from './fleet';
 import { FEATURES, generateFramesWith, makeRng, poisson, type Frames } from './frames';
 
@@ -184,7 +191,7 @@ export async function send(
   concurrency: number,
   requestIds: (i: number) => string,
 ): Promise<SendResult> {
-  const url = new URL(PATHS.predict, gatewayUrl).toString();
+  const url = gatewayEndpoint(gatewayUrl, PATHS.predict).toString();
   const n = requests.n;
   const result: SendResult = {
     status: new Uint16Array(n),

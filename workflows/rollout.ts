@@ -1061,7 +1061,9 @@ export class Rollout {
         phase: 'canary',
         wave: this.wave,
         action: 'deliver',
-        reason: `wave ${this.wave} (${w.percent}%) delivered as OTA job ${delivered.jobId}: ${cohorts.map((c) => `${c} ${delivered.vehicles[c] ?? 0}`).join(', ')} vehicles${installSummary(delivered.installs, cohorts)}`,
+        reason: this.mirrors
+          ? `wave ${this.wave} (${w.percent}%) routed to the candidate on the gateway: ${cohorts.map((c) => `${c} ${delivered.vehicles[c] ?? 0}`).join(', ')} callers`
+          : `wave ${this.wave} (${w.percent}%) delivered as OTA job ${delivered.jobId}: ${cohorts.map((c) => `${c} ${delivered.vehicles[c] ?? 0}`).join(', ')} vehicles${installSummary(delivered.installs, cohorts)}`,
       });
       if (this.scopedFailures) await this.abortFailedInstalls(delivered.installs ?? {}, cohorts);
       if (this.active().length === 0) break;

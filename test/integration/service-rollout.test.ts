@@ -187,6 +187,14 @@ test('a candidate arm with injected latency is rolled back in the canary: its we
     assert.equal(routes[cohort]!.mirror, 0);
     assert.equal(routes[cohort]!.production.digest, productionDigest, `${cohort}: production unchanged`);
   }
+  // The decision log speaks of the service: a wave is a route to callers, not an OTA job to vehicles.
+  const delivered = report.decisions.filter((d) => d.action === 'deliver');
+  assert.ok(delivered.length > 0);
+  for (const d of delivered)
+    assert.match(
+      d.reason,
+      /^wave \d+ \(\d+%\) routed to the candidate on the gateway: web-eu \d+, web-us \d+ callers$/,
+    );
   const phases = new Set(report.decisions.map((d) => d.phase));
   for (const p of ['register', 'bench', 'shadow', 'canary', 'rollback'])
     assert.ok(phases.has(p), `phase ${p} ran`);

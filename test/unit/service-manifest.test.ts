@@ -1,6 +1,7 @@
 /**
  * The service manifest: the example loads; each kind of mistake is refused with the field, the value
- * and the fix; `manifestKind` tells a service from a fleet and names the fix for anything else.
+ * and the fix; `manifestKind` tells a service from a fleet and names the fix for anything else; the
+ * gateway's URL keeps its path prefix.
  */
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -9,6 +10,7 @@ import { join, resolve } from 'node:path';
 import { after, describe, it } from 'node:test';
 import YAML from 'yaml';
 import type { ServiceManifestInput } from '../../policies/service-schema';
+import { gatewayUrl, PATHS } from '../../serve/api';
 import { loadServiceManifest, manifestKind } from '../../sim/users';
 
 const ROOT = resolve(__dirname, '..', '..');
@@ -152,5 +154,19 @@ describe('service manifest', () => {
     const txt = join(dir, 'manifest.txt');
     writeFileSync(txt, 'kind: Service');
     assert.throws(() => manifestKind(txt), /unknown extension "\.txt": use \.yaml, \.yml or \.json/);
+  });
+});
+
+describe('gateway URLs', () => {
+  it("keeps the base URL's own path, so a gateway behind a path prefix is reached", () => {
+    assert.equal(gatewayUrl('http://127.0.0.1:8480', PATHS.predict).href, 'http://127.0.0.1:8480/v1/predict');
+    assert.equal(
+      gatewayUrl('https://ml.example/ranker', PATHS.route('web-eu')).href,
+      'https://ml.example/ranker/admin/routes/web-eu',
+    );
+    assert.equal(
+      gatewayUrl('https://ml.example/ranker/', PATHS.events).href,
+      'https://ml.example/ranker/admin/events',
+    );
   });
 });
