@@ -178,6 +178,12 @@ export interface FleetSummary {
    * `endShadow`. Absent for a vehicle fleet, whose shadow runs on board and changes nothing.
    */
   mirrors?: boolean;
+  /**
+   * The candidate's serving configuration differs from production's (a service manifest's
+   * `gateway.candidateArm.threshold`), so a candidate with production's own digest is a configuration
+   * experiment, not a repeat of production: `threshold` names it. Absent for a vehicle fleet.
+   */
+  candidateConfig?: { threshold: number };
 }
 
 export interface FleetInput {

@@ -314,9 +314,10 @@ export function createServiceActivities(deps: ServiceActivityDeps) {
 
   return {
     /**
-     * The service's name, SKUs and cohorts (callers as `vehicles`), from its manifest, and `mirrors` (its
-     * shadow is a gateway mirror that `endShadow` stops); NotFound when the gateway does not route every
-     * cohort, Unavailable when it does not answer.
+     * The service's name, SKUs and cohorts (callers as `vehicles`), from its manifest, `mirrors` (its
+     * shadow is a gateway mirror that `endShadow` stops) and the candidate arm's threshold when the
+     * manifest sets one (`candidateConfig`); NotFound when the gateway does not route every cohort,
+     * Unavailable when it does not answer.
      */
     async describeFleet(input: FleetInput): Promise<FleetSummary> {
       const m = manifestOf(input);
@@ -339,6 +340,9 @@ export function createServiceActivities(deps: ServiceActivityDeps) {
           availability: { online: 1, parked: 1, batteryOk: 1 },
         })),
         mirrors: true,
+        ...(m.gateway.candidateArm?.threshold !== undefined
+          ? { candidateConfig: { threshold: m.gateway.candidateArm.threshold } }
+          : {}),
       };
     },
 

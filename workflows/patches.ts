@@ -62,4 +62,9 @@ export const PATCHES = {
    * its first wave stops being mirrored; a wave's delivery (no mirror) ends it for its cohorts.
    */
   shadowMirrorEnded: 'shadow-mirror-ended',
+  /**
+   * A service whose candidate arm has its own threshold (`FleetSummary.candidateConfig`) may roll out
+   * production's own model: a threshold experiment, which no longer ends rejected at register.
+   */
+  configExperiments: 'config-experiments',
 } as const;

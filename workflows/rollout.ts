@@ -175,6 +175,11 @@ export class Rollout {
   searchAttributes = false;
   /** The fleet's shadow is a mirror on its serving (a service's gateway) that must be ended. */
   mirrors = false;
+  /**
+   * The candidate arm's serving configuration, when it may differ from production's by that alone (the
+   * same digest): a threshold experiment on a service.
+   */
+  configExperiment?: { threshold: number };
   /** Set while paused; the rollout holds at its next safe point (`checkpoint`). */
   paused?: PauseState;
   /** A wave being delivered: an emergency rollback waits for it, so a revert never precedes its install. */
@@ -755,6 +760,11 @@ export class Rollout {
     this.phase = 'register';
     const fleet = await acts.describeFleet(this.fleetRef());
     this.mirrors = fleet.mirrors === true;
+    // Production's own model with another serving configuration (a threshold) is a rollout of its own.
+    this.configExperiment =
+      fleet.candidateConfig !== undefined && patched(PATCHES.configExperiments)
+        ? fleet.candidateConfig
+        : undefined;
     const known = fleet.cohorts.map((c) => c.name);
     const wanted = this.policy.cohorts ?? known;
     const unknown = wanted.filter((c) => !known.includes(c));
@@ -798,7 +808,7 @@ export class Rollout {
           `candidate contract differs from production ${prod.name}@${prod.version} (cohort ${cohort}): ${problems.join('; ')}`,
         );
       }
-      if (prod.digest === candidate.digest) {
+      if (prod.digest === candidate.digest && !this.configExperiment) {
         throw new RolloutEnded(
           'rejected',
           'register',
@@ -825,7 +835,10 @@ export class Rollout {
         (candidate.release !== undefined ? ` release ${candidate.release}` : '') +
         ` (${candidate.digest.slice(0, 12)})` +
         (candidate.signer ? `, signed by ${candidate.signer.slice(0, 16)},` : '') +
-        ` registered; contract matches production in ${wanted.length} cohort(s)`,
+        ` registered; contract matches production in ${wanted.length} cohort(s)` +
+        (this.configExperiment && [...this.production.values()].includes(candidate.digest)
+          ? `; a configuration experiment: production's model served with threshold ${this.configExperiment.threshold}`
+          : ''),
     });
     this.upsertModels();
   }

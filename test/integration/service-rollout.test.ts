@@ -4,7 +4,8 @@
  * packs with onnxruntime, and the simulated callers over real HTTP. A candidate whose serving arm is
  * slowed by fault injection is rolled back in the canary (its route at weight 0 at once); a candidate
  * with fewer wrong outcomes is promoted to 100% of every cohort, on the gateway and in the registry; a
- * candidate that fails the shadow gate leaves no mirror behind.
+ * candidate that fails the shadow gate leaves no mirror behind; a threshold experiment on production's
+ * own model runs as a rollout of its own and is rolled back when its outcomes are worse.
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -217,24 +218,6 @@ test('a candidate arm with injected latency is rolled back in the canary: its we
   assert.doesNotMatch(readFileSync(result.reportPath!, 'utf8'), /user-\d/);
 });
 
-test('a candidate with fewer wrong outcomes is promoted to 100% of every cohort', async () => {
-  const result = await rollout('svc-good', 'models/candidate-good');
-  const report = reportOf(result);
-  const states = Object.fromEntries(result.cohorts.map((c) => [c.cohort, c.state]));
-  assert.deepEqual(
-    states,
-    { 'web-eu': 'promoted', 'web-us': 'promoted' },
-    `${result.reason}: ${JSON.stringify(report.decisions.slice(-6))}`,
-  );
-  const digest = report.candidate.digest;
-  const routes = gateway.routes();
-  for (const cohort of COHORTS) {
-    assert.equal(routes[cohort]!.production.digest, digest, `${cohort}: the candidate is production`);
-    assert.equal(routes[cohort]!.candidate, undefined);
-    assert.equal((await readPointer(services.store, cohort, 'production')).pointer?.digest, digest);
-  }
-});
-
 test('a candidate rejected in the shadow leaves no mirror: the gateway stops sending it requests', async () => {
   const strict = policy();
   // candidate-regress answers most night requests differently: far more than 2% disagreement.
@@ -257,5 +240,53 @@ test('a candidate rejected in the shadow leaves no mirror: the gateway stops sen
       1,
       `${cohort}: its shadow ended once: ${JSON.stringify(report.compensations)}`,
     );
+  }
+});
+
+test('a threshold experiment on production’s own model is rolled out, and rolled back when it hurts outcomes', async () => {
+  const lenient = policy();
+  // Threshold 0.02 calls nearly every request a hazard: far more wrong outcomes (about 55% against 22%).
+  // The experiment is judged on those outcomes in the canary, not stopped by the shadow's disagreement.
+  lenient.shadow = { ...lenient.shadow, maxDisagreement: 0.9 };
+  const result = await rollout('svc-threshold', 'models/production', { threshold: 0.02 }, lenient);
+  const report = reportOf(result);
+  const registered = report.decisions.find((d) => d.action === 'registered');
+  assert.match(
+    registered?.reason ?? '',
+    /a configuration experiment: production's model served with threshold 0\.02/,
+  );
+  const states = Object.fromEntries(result.cohorts.map((c) => [c.cohort, c.state]));
+  assert.deepEqual(
+    states,
+    { 'web-eu': 'rolled_back', 'web-us': 'rolled_back' },
+    `${result.reason}: ${JSON.stringify(report.decisions.slice(-6))}`,
+  );
+  assert.ok(
+    report.decisions.some((d) => d.metrics?.some((m) => m.metric === 'error_rate' && m.verdict === 'harm')),
+    'the threshold is judged to cause more wrong outcomes',
+  );
+  for (const cohort of COHORTS) {
+    const r = gateway.routes()[cohort]!;
+    assert.equal(r.weight, 0, `${cohort}: the experiment serves nothing`);
+    assert.equal(r.production.threshold, undefined, `${cohort}: production keeps its own threshold`);
+  }
+});
+
+// Last: it makes candidate-good production of every cohort.
+test('a candidate with fewer wrong outcomes is promoted to 100% of every cohort', async () => {
+  const result = await rollout('svc-good', 'models/candidate-good');
+  const report = reportOf(result);
+  const states = Object.fromEntries(result.cohorts.map((c) => [c.cohort, c.state]));
+  assert.deepEqual(
+    states,
+    { 'web-eu': 'promoted', 'web-us': 'promoted' },
+    `${result.reason}: ${JSON.stringify(report.decisions.slice(-6))}`,
+  );
+  const digest = report.candidate.digest;
+  const routes = gateway.routes();
+  for (const cohort of COHORTS) {
+    assert.equal(routes[cohort]!.production.digest, digest, `${cohort}: the candidate is production`);
+    assert.equal(routes[cohort]!.candidate, undefined);
+    assert.equal((await readPointer(services.store, cohort, 'production')).pointer?.digest, digest);
   }
 });
