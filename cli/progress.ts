@@ -420,12 +420,10 @@ export async function watch(handle: WorkflowHandle, opts: WatchOptions = {}): Pr
   opts.signal?.addEventListener('abort', onAbort, { once: true });
 
   let settled: { ok: true; value: RolloutResult } | { ok: false; error: unknown } | undefined;
-  const closed = handle.client
-    .withAbortSignal(stop.signal, () => handle.result() as Promise<RolloutResult>)
-    .then(
-      (value) => (settled = { ok: true, value }),
-      (error: unknown) => (settled = { ok: false, error }),
-    );
+  const closed = resultUntil(handle, stop.signal).then(
+    (value) => (settled = { ok: true, value }),
+    (error: unknown) => (settled = { ok: false, error }),
+  );
 
   let last: RolloutStatus | undefined;
   try {
@@ -469,6 +467,37 @@ export async function watch(handle: WorkflowHandle, opts: WatchOptions = {}): Pr
   }
   view.finish();
   return result;
+}
+
+/** How long one wait for the result uses one abort signal (see `resultUntil`). */
+export const RESULT_ROUND_MS = 60_000;
+
+/**
+ * The workflow's result, or an AbortError once `stop` fires. The SDK adds an abort listener to the
+ * signal of every call it makes under `withAbortSignal` and never removes it, and the wait for the result
+ * is a long poll repeated every few seconds: on one signal a day-long watch would pile up thousands of
+ * listeners. Each round of `RESULT_ROUND_MS` has a signal of its own, dropped with its listeners.
+ */
+export async function resultUntil(
+  handle: WorkflowHandle,
+  stop: AbortSignal,
+  roundMs = RESULT_ROUND_MS,
+): Promise<RolloutResult> {
+  for (;;) {
+    const round = new AbortController();
+    const onStop = () => round.abort(stop.reason);
+    stop.addEventListener('abort', onStop, { once: true });
+    const timer = setTimeout(() => round.abort(), roundMs);
+    try {
+      return (await handle.client.withAbortSignal(round.signal, () => handle.result())) as RolloutResult;
+    } catch (err) {
+      // The round ended without a result: wait again on a fresh signal.
+      if (stop.aborted || !round.signal.aborted) throw err;
+    } finally {
+      clearTimeout(timer);
+      stop.removeEventListener('abort', onStop);
+    }
+  }
 }
 
 function queryProblem(err: unknown, timeoutMs: number): string {

@@ -439,7 +439,7 @@ async function lookScaling(conn: DuckDBConnection): Promise<Result[]> {
              pc, pp, NULL, NULL,
              CASE WHEN arm = 'candidate' THEN 1 + (hash(i) % 100) / 100.0 END,
              CASE WHEN arm = 'production' THEN 1 + (hash(i) % 100) / 100.0 END,
-             truth = 1 AND pc = 0, truth = 1 AND pp = 0, 1 / 20, 1.0
+             truth = 1 AND pc = 0, truth = 1 AND pp = 0, 1 / 20, 1.0, false
       FROM (
         SELECT i, CASE WHEN i % 10 < 2 THEN 'candidate' ELSE 'production' END AS arm,
                CASE WHEN i % 10 < 2 THEN (hash(i) % 2)::UTINYINT END AS pc,
