@@ -38,6 +38,8 @@ import type * as DemoModule from './demo';
 import type * as WorkerMainModule from '../workers/main';
 import type * as WorkerModule from '../workers/worker';
 import type * as DevServerModule from '../workers/dev-server';
+import type * as TracingModule from '../serve/tracing';
+import type * as WorkerTracingModule from '../workers/tracing';
 import type * as RegistryModule from '../activities/registry';
 import type * as FleetActivitiesModule from '../activities/fleet';
 import type * as DriftActivitiesModule from '../activities/drift';
@@ -391,8 +393,33 @@ export async function connect(config: Config = loadConfig()): Promise<Session> {
     const hint = config.address ? '' : '; start one with "npx fleetgate server", or set TEMPORAL_ADDRESS';
     throw new CliError(`cannot reach Temporal at ${opts.address}: ${causeMessage(err)}${hint}`);
   }
-  const client = new Client({ connection, namespace: config.namespace });
-  return { client, connection, config, address: opts.address, close: () => connection.close() };
+  const tracing = await clientTracing();
+  const client = new Client({
+    connection,
+    namespace: config.namespace,
+    ...(tracing ? { interceptors: tracing.interceptors } : {}),
+  });
+  const close = async () => {
+    await connection.close();
+    await tracing?.shutdown();
+  };
+  return { client, connection, config, address: opts.address, close };
+}
+
+/**
+ * With an OTLP endpoint in the environment (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or
+ * OTEL_EXPORTER_OTLP_ENDPOINT), the client's calls (start, signal, update, query) open spans as
+ * service `fleetgate-cli`, and the rollout's workflow run on a traced worker is their child. The
+ * OpenTelemetry modules are loaded only then.
+ */
+async function clientTracing() {
+  const env = process.env;
+  if (!env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT?.trim() && !env.OTEL_EXPORTER_OTLP_ENDPOINT?.trim())
+    return undefined;
+  const { endpointFromEnv, startTracing } = require('../serve/tracing') as typeof TracingModule;
+  const { clientTracingInterceptors } = require('../workers/tracing') as typeof WorkerTracingModule;
+  const tracing = await startTracing({ serviceName: 'fleetgate-cli', endpoint: endpointFromEnv(env)! });
+  return { interceptors: clientTracingInterceptors(), shutdown: () => tracing.shutdown() };
 }
 
 export async function withSession<T>(fn: (s: Session) => Promise<T>): Promise<T> {

@@ -5,12 +5,12 @@
  *
  * Errors name the file, the field, the value and the fix; the file is never written by the gateway.
  */
-import { readFileSync } from 'node:fs';
-import { dirname, extname, resolve } from 'node:path';
-import YAML from 'yaml';
+import { dirname, resolve } from 'node:path';
 import { z } from 'zod';
 import { ArmRef, COHORT } from './api';
+import { ErrorType } from '../errors';
 import { formatIssues } from '../policies/schema';
+import { readManifestFile } from '../sim/fleet';
 
 export const DEFAULT_GATEWAY_PORT = 8490;
 
@@ -136,27 +136,16 @@ export function parseGatewayConfig(raw: unknown, baseDir: string, what = 'gatewa
   return { ...parsed.data, stateDir: resolve(baseDir, parsed.data.stateDir) };
 }
 
-/** Reads and validates a gateway config file (.yaml, .yml or .json). */
+/** Reads and validates a gateway config file (.yaml, .yml or .json), as a manifest is read. */
 export function loadGatewayConfig(file: string): GatewayConfig {
-  let text: string;
-  try {
-    text = readFileSync(file, 'utf8');
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    throw new GatewayConfigError(
-      code === 'ENOENT'
-        ? `gateway config ${file} does not exist; pass the path of a file like examples/gateway.yaml`
-        : `cannot read gateway config ${file}: ${code ?? String(err)}`,
-    );
-  }
-  const ext = extname(file).toLowerCase();
   let raw: unknown;
   try {
-    if (ext === '.json') raw = JSON.parse(text);
-    else if (ext === '.yaml' || ext === '.yml') raw = YAML.parse(text);
-    else throw new Error(`unknown extension "${ext}": use .yaml, .yml or .json`);
+    raw = readManifestFile(file, 'gateway config');
   } catch (err) {
-    throw new GatewayConfigError(`gateway config ${file}: ${(err as Error).message}`);
+    const missing = (err as { type?: string }).type === ErrorType.NotFound;
+    throw new GatewayConfigError(
+      `${(err as Error).message}${missing ? '; pass the path of a file like examples/gateway.yaml' : ''}`,
+    );
   }
   return parseGatewayConfig(raw, dirname(resolve(file)), `gateway config ${file}`);
 }

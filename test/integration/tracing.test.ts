@@ -4,8 +4,10 @@
  * the client's start span, the workflow's run span and its activities' spans arrive as one trace, each
  * the child of the one before, with the worker's service name; the traced history replays on the
  * untraced bundle and an untraced one on the traced bundle, so tracing can be turned on or off under
- * running rollouts. And a gateway started with an `otlpEndpoint` sends a 'gateway.predict' span (with
- * its 'gateway.inference' child) per request, with the cohort and arm, and never the raw caller string.
+ * running rollouts. The fleetgate CLI's client, with an OTLP endpoint in its environment, sends its
+ * calls' spans as fleetgate-cli. And a gateway started with an `otlpEndpoint` sends a 'gateway.predict'
+ * span (with its 'gateway.inference' child) per request, with the cohort and arm, and never the raw
+ * caller string.
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -16,6 +18,8 @@ import { join } from 'node:path';
 import { Client } from '@temporalio/client';
 import { bundleWorkflowCode, Worker, type WorkflowBundle } from '@temporalio/worker';
 import { LocalObjectStore, sha256 } from '../../activities/store';
+import { connect, type Session } from '../../cli/main';
+import { loadConfig } from '../../workers/config';
 import { HEADERS, PATHS } from '../../serve/api';
 import { parseGatewayConfig } from '../../serve/config';
 import { startGateway } from '../../serve/gateway';
@@ -136,6 +140,41 @@ describe('worker tracing', () => {
     } finally {
       await tracing.shutdown();
     }
+  });
+});
+
+describe('CLI tracing', () => {
+  test('with an OTLP endpoint set, the fleetgate CLI’s client opens its calls’ spans as fleetgate-cli', async () => {
+    const seen = receiver.spans.length;
+    process.env.OTEL_EXPORTER_OTLP_ENDPOINT = receiver.endpoint;
+    let session: Session | undefined;
+    try {
+      session = await connect({
+        ...loadConfig({}),
+        address: server.env.address,
+        namespace: server.env.namespace ?? 'default',
+      });
+      // No worker polls this queue: only the client's own span is looked for.
+      const handle = await session.client.workflow.start('driftCheckWorkflow', {
+        taskQueue: `cli-tracing-${process.pid}`,
+        workflowId: 'cli-traced-start',
+        args: [{ scheduleId: 'cli-traced', fleet: { manifest: FLEET }, policy: { action: 'alert' } }],
+      });
+      await handle.terminate('only the start span is looked for');
+    } finally {
+      delete process.env.OTEL_EXPORTER_OTLP_ENDPOINT;
+      await session?.close();
+    }
+    const start = byName(receiver.spans.slice(seen), 'StartWorkflow:driftCheckWorkflow');
+    assert.equal(
+      start.length,
+      1,
+      `spans: ${receiver.spans
+        .slice(seen)
+        .map((s) => s.name)
+        .join(', ')}`,
+    );
+    assert.equal(start[0]!.service, 'fleetgate-cli');
   });
 });
 
