@@ -357,11 +357,17 @@ export function createServiceActivities(deps: ServiceActivityDeps) {
       const jobId = `${input.rolloutId}-w${input.wave}`;
       waveShare(input.percent);
       await checkArtifact(deps.store, input.digest, jobId);
-      const { gw } = await routesFor(
+      const { gw, routes } = await routesFor(
         m,
         cohorts.map((c) => c.name),
       );
       const salt = canarySalt(input.rolloutId);
+      refuseBusy(
+        gw.url,
+        routes,
+        cohorts.map((c) => c.name),
+        salt,
+      );
       const vehicles: Record<string, number> = {};
       for (const c of cohorts) {
         await gw.update(c.name, {
@@ -456,8 +462,9 @@ export function createServiceActivities(deps: ServiceActivityDeps) {
         batchId,
         'shadow',
         input,
-        async (m, gw) => {
+        async (m, gw, routes) => {
           await checkArtifact(deps.store, input.candidateDigest, batchId);
+          refuseBusy(gw.url, routes, input.cohorts, salt);
           for (const c of cohortsOf(m, input.cohorts, 'service')) {
             await gw.update(c.name, {
               candidate: armOf(m, input.candidateDigest),
@@ -549,6 +556,34 @@ export function createServiceActivities(deps: ServiceActivityDeps) {
 }
 
 export type ServiceActivities = ReturnType<typeof createServiceActivities>;
+
+/**
+ * Refuses (PointerConflict, not retried) cohorts whose route serves or mirrors the candidate of another
+ * rollout (another canary salt): one rollout per cohort at a time, or each would take the other's
+ * callers. A route left with weight and mirror at 0, or promoted, is free again.
+ */
+export function refuseBusy(
+  gatewayUrl: string,
+  routes: Record<string, CohortRoute>,
+  cohorts: readonly string[],
+  salt: string,
+): void {
+  const busy = cohorts.filter((c) => {
+    const r = routes[c];
+    return r?.candidate !== undefined && r.salt !== salt && (r.weight > 0 || r.mirror > 0);
+  });
+  if (busy.length === 0) return;
+  const owners = busy.map((c) => {
+    const r = routes[c]!;
+    return `${c} (rollout ${r.salt.replace(/:canary$/, '')}: weight ${r.weight}%, mirror ${r.mirror})`;
+  });
+  throw fail(
+    ErrorType.PointerConflict,
+    `gateway ${gatewayUrl}: cohort(s) ${owners.join(', ')} serve another rollout's candidate; one rollout ` +
+      'per cohort at a time: wait for that rollout to end, or abort it (fleetgate abort ID)',
+    { cohorts: busy },
+  );
+}
 
 /**
  * Whether a rollout's manifest (resolved against the worker's root) is a service's (`kind: Service`):

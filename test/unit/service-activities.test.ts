@@ -3,8 +3,8 @@
  * fixture packs, a real DuckDB file, real HTTP): a wave is a routing weight whose caller counts are the
  * router's own, a repeat changes nothing, a revert sets the weight to 0 at once, a batch is sent and
  * written once, shadow events carry both models, ending the shadow stops the mirror, a promotion makes
- * the candidate production; a gateway that lacks a cohort is named with the cohort; no raw caller id
- * reaches the event log.
+ * the candidate production; a cohort serving one rollout's candidate is refused to another; a gateway
+ * that lacks a cohort is named with the cohort; no raw caller id reaches the event log.
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
@@ -239,6 +239,33 @@ describe('service activities on a real gateway', () => {
       })
     ).json()) as { last: number };
     assert.equal(after.last, before.last);
+  });
+
+  it("refuses a second rollout on a cohort that serves another rollout's candidate, changing nothing", async () => {
+    const before = gateway.routes()['web-eu']!;
+    const other = { ...base, rolloutId: 'svc-other' };
+    const busy = (err: Error & { type?: string }) => {
+      assert.equal(err.type, 'PointerConflict');
+      assert.match(err.message, /cohort\(s\) web-eu \(rollout svc1: weight 25%, mirror 0\)/);
+      assert.match(err.message, /one rollout per cohort at a time/);
+      return true;
+    };
+    await assert.rejects(
+      acts.deliverWave({ ...other, wave: 1, percent: 5, cohorts: ['web-eu'], digest: candidate }),
+      busy,
+    );
+    await assert.rejects(
+      acts.runShadow({
+        ...other,
+        candidateDigest: candidate,
+        cohorts: ['web-eu'],
+        share: 0.1,
+        fromMs: T0,
+        toMs: T0 + HOUR,
+      }),
+      busy,
+    );
+    assert.deepEqual(gateway.routes()['web-eu'], before);
   });
 
   it('reverts at once: weight 0, the callers that had the candidate; a second revert reverts 0', async () => {
