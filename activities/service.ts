@@ -189,6 +189,25 @@ export function createServiceActivities(deps: ServiceActivityDeps) {
   }
 
   /**
+   * The requested cohorts whose route has this rollout's candidate (its canary salt) and matches `keep`:
+   * a revert or the end of a shadow touches only those.
+   */
+  async function ownRoutes(input: FleetInput & { cohorts: string[] }, keep: (r: CohortRoute) => boolean) {
+    const m = manifestOf(input);
+    const cohorts = cohortsOf(m, input.cohorts, 'service');
+    const { gw, routes } = await routesFor(
+      m,
+      cohorts.map((c) => c.name),
+    );
+    const salt = canarySalt(input.rolloutId);
+    const mine = cohorts.filter((c) => {
+      const r = routes[c.name]!;
+      return r.candidate !== undefined && r.salt === salt && keep(r);
+    });
+    return { m, gw, routes, salt, mine };
+  }
+
+  /**
    * One batch: the population of each cohort sends its requests for the window, the gateway's events
    * for them are read back, and `build` turns them into the batch's logged events. Nothing is sent when
    * the batch is already written.
@@ -387,17 +406,7 @@ export function createServiceActivities(deps: ServiceActivityDeps) {
      * callers that had the candidate; a second call reverts 0.
      */
     async revertWave(input: RevertInput): Promise<{ reverted: number }> {
-      const m = manifestOf(input);
-      const cohorts = cohortsOf(m, input.cohorts, 'service');
-      const { gw, routes } = await routesFor(
-        m,
-        cohorts.map((c) => c.name),
-      );
-      const salt = canarySalt(input.rolloutId);
-      const mine = cohorts.filter((c) => {
-        const r = routes[c.name]!;
-        return r.candidate && r.salt === salt && (r.weight > 0 || r.mirror > 0);
-      });
+      const { m, gw, routes, salt, mine } = await ownRoutes(input, (r) => r.weight > 0 || r.mirror > 0);
       await Promise.all(mine.map((c) => gw.update(c.name, { weight: 0, mirror: 0 })));
       let reverted = 0;
       for (const c of mine)
@@ -411,17 +420,7 @@ export function createServiceActivities(deps: ServiceActivityDeps) {
      * salt) are touched. Returns the cohorts that were mirroring; a second call stops 0.
      */
     async endShadow(input: EndShadowInput): Promise<{ stopped: number }> {
-      const m = manifestOf(input);
-      const cohorts = cohortsOf(m, input.cohorts, 'service');
-      const { gw, routes } = await routesFor(
-        m,
-        cohorts.map((c) => c.name),
-      );
-      const salt = canarySalt(input.rolloutId);
-      const mine = cohorts.filter((c) => {
-        const r = routes[c.name]!;
-        return r.candidate && r.salt === salt && r.mirror > 0;
-      });
+      const { gw, mine } = await ownRoutes(input, (r) => r.mirror > 0);
       await Promise.all(mine.map((c) => gw.update(c.name, { mirror: 0 })));
       return { stopped: mine.length };
     },
