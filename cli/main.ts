@@ -413,12 +413,12 @@ export async function connect(config: Config = loadConfig()): Promise<Session> {
  * OpenTelemetry modules are loaded only then.
  */
 async function clientTracing() {
-  const env = process.env;
-  if (!env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT?.trim() && !env.OTEL_EXPORTER_OTLP_ENDPOINT?.trim())
-    return undefined;
+  // serve/tracing loads the OpenTelemetry SDK only when tracing starts; workers/tracing loads it at once.
   const { endpointFromEnv, startTracing } = require('../serve/tracing') as typeof TracingModule;
+  const endpoint = endpointFromEnv(process.env);
+  if (!endpoint) return undefined;
   const { clientTracingInterceptors } = require('../workers/tracing') as typeof WorkerTracingModule;
-  const tracing = await startTracing({ serviceName: 'fleetgate-cli', endpoint: endpointFromEnv(env)! });
+  const tracing = await startTracing({ serviceName: 'fleetgate-cli', endpoint });
   return { interceptors: clientTracingInterceptors(), shutdown: () => tracing.shutdown() };
 }
 

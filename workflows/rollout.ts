@@ -1070,13 +1070,14 @@ export class Rollout {
         // A cohort rolled back by an operator while the wave was delivered has been reverted since.
         if (!(this.controls && this.isFinal(c))) s.vehicles = delivered.vehicles[c] ?? 0;
       }
+      const onCandidate = cohorts.map((c) => `${c} ${delivered.vehicles[c] ?? 0}`).join(', ');
       this.record({
         phase: 'canary',
         wave: this.wave,
         action: 'deliver',
         reason: this.mirrors
-          ? `wave ${this.wave} (${w.percent}%) routed to the candidate on the gateway: ${cohorts.map((c) => `${c} ${delivered.vehicles[c] ?? 0}`).join(', ')} callers`
-          : `wave ${this.wave} (${w.percent}%) delivered as OTA job ${delivered.jobId}: ${cohorts.map((c) => `${c} ${delivered.vehicles[c] ?? 0}`).join(', ')} vehicles${installSummary(delivered.installs, cohorts)}`,
+          ? `wave ${this.wave} (${w.percent}%) routed to the candidate on the gateway: ${onCandidate} callers`
+          : `wave ${this.wave} (${w.percent}%) delivered as OTA job ${delivered.jobId}: ${onCandidate} vehicles${installSummary(delivered.installs, cohorts)}`,
       });
       if (this.scopedFailures) await this.abortFailedInstalls(delivered.installs ?? {}, cohorts);
       if (this.active().length === 0) break;
