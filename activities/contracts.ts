@@ -428,7 +428,8 @@ export interface NotifyInput {
     | 'aborted'
     | 'drift'
     | 'paused'
-    | 'resumed';
+    | 'resumed'
+    | 'compensation-failing';
   rolloutId: string;
   cohort?: string;
   wave?: number;

@@ -49,6 +49,7 @@ import type {
   TelemetryInput,
 } from './contracts';
 import { exclusive, exec, num, rows, transaction } from './db';
+import { progress, throwIfCancelled } from './heartbeat';
 import type { ModelRunner, ObjectStore, OtaChannel, RunnerSettings } from './deps';
 import { sha256 } from './store';
 import { blobKey } from '../workers/model-runner';
@@ -265,6 +266,8 @@ export function createFleetActivities(deps: FleetActivityDeps) {
           digest: input.digest,
           result,
         };
+        // An abort that cancelled the delivery meanwhile rolls the whole wave back here: nothing lands.
+        throwIfCancelled(`delivery of wave ${input.wave}`);
         if (sim) await sim.finishJob(job, installed);
         else await ota.createJob({ ...job, targets });
         return result;
@@ -544,7 +547,14 @@ export function createFleetActivities(deps: FleetActivityDeps) {
     const cohorts = cohortsOf(manifest, input.cohorts);
     const startMs = await rolloutStart(manifest, input);
     const simulated: SimulatedCohort[] = [];
-    for (const cohort of cohorts) {
+    for (const [n, cohort] of cohorts.entries()) {
+      // A batch is written in one transaction: a retry starts it over; the progress shows how far the
+      // lost attempt got.
+      progress({
+        step: `${phase} batch: cohort ${n + 1} of ${cohorts.length}`,
+        batchId,
+        cohort: cohort.name,
+      });
       const fleet = await exclusive(conn, async () => {
         await requireFleet(manifest);
         return ota.inventory(manifest.name, cohort.name);
@@ -556,6 +566,7 @@ export function createFleetActivities(deps: FleetActivityDeps) {
         await simulateCohort(manifest, cohort, manifest.cohorts.indexOf(cohort), fleet, startMs),
       );
     }
+    progress({ step: `${phase} batch: writing`, batchId });
     return writeBatch(conn, {
       batchId,
       phase,

@@ -61,6 +61,7 @@ const WHAT: Record<NotifyInput['event'], string> = {
   drift: 'drift detected',
   paused: 'paused by an operator',
   resumed: 'resumed',
+  'compensation-failing': 'compensation failing, retried until it is done',
 };
 
 /** The line a human reads: `fleetgate <rollout>: <cohort> <what happened> (wave n): <reason>`. */

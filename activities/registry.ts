@@ -259,6 +259,21 @@ export function createRegistryActivities(deps: RegistryDeps) {
       const { pointer, etag } = await readPointer(store, cohort, stage);
       if (pointer) await repairHistory(store, cohort, stage, pointer);
       const current = pointer?.digest ?? null;
+      const other = pointer !== null && pointer.rolloutId !== input.rolloutId;
+      if (stage === 'candidate' && other && current !== null) {
+        // A cohort's candidate pointer belongs to the rollout that set it. Clearing it is the rollout's own
+        // compensation: another rollout's claim is left alone (nothing of this rollout's to undo). Taking
+        // it, even for the same model, is refused: one rollout per cohort.
+        if (input.digest === null) return { moved: false, previous: current };
+        if (input.expected === null)
+          throw fail(
+            ErrorType.PointerConflict,
+            `cohort ${cohort} is taken by rollout ${pointer.rolloutId} (its candidate ${current.slice(0, 12)} since ` +
+              `${pointer.at}); a cohort has one rollout at a time: wait until ${pointer.rolloutId} ends, or stop it ` +
+              `(fleetgate abort ${pointer.rolloutId}), then start this rollout again`,
+            { cohort, stage, expected: input.expected, actual: current, holder: pointer.rolloutId },
+          );
+      }
       if (current === input.digest) return { moved: false, previous: pointer?.previous ?? null };
       if (current !== input.expected) {
         throw fail(
@@ -266,7 +281,7 @@ export function createRegistryActivities(deps: RegistryDeps) {
           `${stage} pointer of cohort ${cohort} holds ${current ?? '(none)'}, not the expected ` +
             `${input.expected ?? '(none)'} (last moved by ${pointer?.rolloutId ?? '?'}: ${pointer?.reason ?? '?'}); ` +
             'another rollout moved it: re-read the pointer before moving it',
-          { cohort, stage, expected: input.expected, actual: current },
+          { cohort, stage, expected: input.expected, actual: current, holder: pointer?.rolloutId },
         );
       }
       const last = await lastHistorySeq(store, cohort, stage);

@@ -46,6 +46,7 @@ import type {
   TelemetryInput,
 } from './contracts';
 import { exclusive, num, rows } from './db';
+import { progress, resumeFrom, throwIfCancelled, type Progress } from './heartbeat';
 import type { ModelRunner, ObjectStore } from './deps';
 import {
   checkArtifact,
@@ -154,6 +155,15 @@ export async function initService(
   return { service: manifest.name, cohorts, production };
 }
 
+/** How far a batch's requests were sent: heartbeated, so a retry resumes (see `logRequests`). */
+interface SendProgress extends Progress {
+  batchId: string;
+  /** The gateway's event log position before the batch's first request. */
+  last: number;
+  /** Cohorts of the batch (in order) whose requests were all sent. */
+  sent: number;
+}
+
 export function createServiceActivities(deps: ServiceActivityDeps) {
   const { conn, key, root } = deps;
   const manifestOf = (input: FleetInput) => loadServiceManifest(resolve(root, input.manifest));
@@ -251,14 +261,33 @@ export function createServiceActivities(deps: ServiceActivityDeps) {
     );
     await beforeSending(m, gw, routes);
     const tag = eventTag(batchId);
-    const { last } = await gw.events(0, 0);
+    // A retry of a batch whose requests were partly sent resumes: from the event log position the lost
+    // attempt started at, sending only the cohorts it had not sent (the gateway serves each request
+    // once more otherwise, and its users would be counted twice).
+    const resumed = resumeFrom<SendProgress>();
+    const same = resumed?.batchId === batchId && typeof resumed.last === 'number';
+    const last = same ? resumed.last : (await gw.events(0, 0)).last;
+    const sent = same ? resumed.sent : 0;
     const draws = cohorts.map((c) =>
       populationOf(m, c).draw(m.seed, batchId, input.fromMs, input.toMs, m.load.maxRequestsPerWindow),
     );
     const indexOf = cohorts.map((c) => m.cohorts.indexOf(c));
     // Request i of a cohort is event `${tag}.${cohortIndex}.${i}` of the batch (activities/fleet.ts).
     for (const [j, draw] of draws.entries()) {
+      if (j < sent) continue;
+      progress({
+        step: `${phase} batch: sending cohort ${j + 1} of ${draws.length}`,
+        batchId,
+        last,
+        sent: j,
+      });
       await send(m.gateway.url, draw, m.load.concurrency, (i) => `${tag}.${indexOf[j]}.${i}`);
+      progress({
+        step: `${phase} batch: sent cohort ${j + 1} of ${draws.length}`,
+        batchId,
+        last,
+        sent: j + 1,
+      });
     }
     const seen = await readEvents(gw, last, tag, draws, indexOf);
     const simulated = draws.map((draw, j) => build(m, draw, seen[j]!, indexOf[j]!));
@@ -389,6 +418,8 @@ export function createServiceActivities(deps: ServiceActivityDeps) {
       );
       const vehicles: Record<string, number> = {};
       for (const c of cohorts) {
+        // An abort cancels the rest of the wave; the cohorts already routed are reverted by its compensation.
+        throwIfCancelled(`routing of wave ${input.wave} in ${c.name}`);
         await gw.update(c.name, {
           candidate: armOf(m, input.digest),
           weight: input.percent,

@@ -18,7 +18,8 @@ venv="$tools/venv"
 # platforms' optional binaries (darwin, win32 builds of DuckDB and swc) that this lock does not list.
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   echo "bootstrap: installing npm packages from package-lock.json" >&2
-  npm install --no-audit --no-fund >&2
+  # onnxruntime-node ships its CPU binaries; its install script would try a download.
+  ONNXRUNTIME_NODE_INSTALL=skip npm install --no-audit --no-fund >&2
 fi
 
 py=${PYTHON:-python3}

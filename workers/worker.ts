@@ -35,6 +35,7 @@ import { OnnxModelRunner, blobKey } from './model-runner';
 import { loadPseudonymKey } from './secrets';
 import { type TrustStore, loadTrust } from '../activities/pack';
 import { getWorkflowBundle } from './bundle';
+import { heartbeating } from '../activities/heartbeat';
 
 export interface Services {
   dataDir: string;
@@ -136,9 +137,13 @@ export function createIotClient(config: AwsIotConfig): IoTClient {
   });
 }
 
+/**
+ * Every activity of a worker, each heartbeating while it runs, so a worker that dies is noticed within
+ * the heartbeat timeout and an abort reaches what is running (activities/heartbeat.ts).
+ */
 export function createActivities(s: Services) {
   const fleetDeps = { conn: s.db.connection, runner: s.runner, key: s.key, root: s.root, store: s.store };
-  return {
+  return heartbeating({
     ...createRegistryActivities(s),
     ...createInferenceActivities({ runner: s.runner, store: s.store }),
     ...dispatchFleetActivities(
@@ -151,7 +156,7 @@ export function createActivities(s: Services) {
     ...createReportActivities({ dataDir: s.dataDir }),
     ...createNotifyActivities({ webhook: s.webhook }),
     ...createDriftActivities({ store: s.store, root: s.root }),
-  };
+  });
 }
 export type Activities = ReturnType<typeof createActivities>;
 

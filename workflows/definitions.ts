@@ -101,6 +101,19 @@ export interface PauseState {
   since: string;
 }
 
+/**
+ * What a running rollout waits on now, as the workflow knows it: a hold's next look, a delivery, a look's
+ * telemetry and analysis, the label wait's next poll, a gate, a pause, or a compensation being retried.
+ * `fleetgate status` adds the activities the server has in flight (attempt, last failure, last heartbeat).
+ */
+export interface WaitingOn {
+  what: string;
+  /** Workflow time it began, ISO 8601. */
+  since: string;
+  /** When the wait ends by itself (a timer), ISO 8601. */
+  until?: string;
+}
+
 export interface RolloutStatus {
   rolloutId: string;
   phase: Phase;
@@ -113,6 +126,8 @@ export interface RolloutStatus {
   pendingGate?: PendingGate;
   /** Set while an operator's pause holds the rollout (see `pauseUpdate`). */
   paused?: PauseState;
+  /** What the rollout waits on now (absent in older workers' status and once it has ended). */
+  waitingOn?: WaitingOn;
   lastDecision?: DecisionLogEntry;
   /** The last RECENT_DECISIONS entries of the decision log, oldest first (the report has them all). */
   recentDecisions: DecisionLogEntry[];

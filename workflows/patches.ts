@@ -67,4 +67,12 @@ export const PATCHES = {
    * production's own model: a threshold experiment, which no longer ends rejected at register.
    */
   configExperiments: 'config-experiments',
+  /**
+   * Faults of the processes (issue "chaos"): an abort no longer waits for what only reads or computes
+   * (telemetry, analysis, registry reads: cancelled without waiting) while a change in flight (a
+   * delivery, a pointer, a mirror) is cancelled and waited for; a compensation that fails is retried in
+   * rounds without a limit, logged and notified, so no rollout ends with its candidate where it was not
+   * promoted; a cohort another rollout holds ends the rollout `rejected` with its report.
+   */
+  faultTolerance: 'fault-tolerance',
 } as const;

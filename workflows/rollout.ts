@@ -13,6 +13,7 @@
  * on abort) runs them last-in first-out in a non-cancellable scope, each exactly once.
  */
 import {
+  ActivityCancellationType,
   ActivityFailure,
   ApplicationFailure,
   CancellationScope,
@@ -92,6 +93,7 @@ import {
   type RolloutOutcome,
   type RolloutResult,
   type RolloutStatus,
+  type WaitingOn,
 } from './definitions';
 
 type Activities = ReturnType<typeof createRegistryActivities> &
@@ -108,9 +110,50 @@ const retry: RetryPolicy = {
   maximumAttempts: 5,
   nonRetryableErrorTypes,
 };
-const acts = proxyActivities<Activities>({ startToCloseTimeout: '5m', retry });
+/**
+ * Every activity heartbeats while it runs (activities/heartbeat.ts): one on a worker that died is retried
+ * elsewhere once this much passes without a heartbeat, not when its start-to-close timeout ends.
+ */
+export const HEARTBEAT_TIMEOUT = '20s';
+/**
+ * Activities that change the fleet or the registry (a delivery, a pointer, a mirror): cancelled by an
+ * abort and waited for until the worker confirms, so a revert never runs before what it reverts ends.
+ */
+const acts = proxyActivities<Activities>({
+  startToCloseTimeout: '5m',
+  heartbeatTimeout: HEARTBEAT_TIMEOUT,
+  retry,
+});
+/**
+ * Activities that only read or compute (telemetry, analysis, registry reads, the bench): an abort cancels
+ * them without waiting (patch `fault-tolerance`; older rollouts wait, as their histories did).
+ */
+const readActs = proxyActivities<Activities>({
+  startToCloseTimeout: '5m',
+  heartbeatTimeout: HEARTBEAT_TIMEOUT,
+  retry,
+  cancellationType: ActivityCancellationType.TRY_CANCEL,
+});
 /** Bench runs many inferences per SKU. */
-const benchActs = proxyActivities<Activities>({ startToCloseTimeout: '15m', retry });
+const benchActs = proxyActivities<Activities>({
+  startToCloseTimeout: '15m',
+  heartbeatTimeout: HEARTBEAT_TIMEOUT,
+  retry,
+});
+const benchReadActs = proxyActivities<Activities>({
+  startToCloseTimeout: '15m',
+  heartbeatTimeout: HEARTBEAT_TIMEOUT,
+  retry,
+  cancellationType: ActivityCancellationType.TRY_CANCEL,
+});
+/**
+ * A compensation that fails its five attempts is tried again after a pause that doubles from 30 s to
+ * at most 10 minutes, without a limit: a rollout never ends with a change it could not undo.
+ */
+const COMPENSATION_PAUSE_MS = 30_000;
+const COMPENSATION_PAUSE_MAX_MS = 600_000;
+/** A compensation still failing is logged and notified at its first failed round and every tenth. */
+const COMPENSATION_NOTIFY_EVERY = 10;
 /**
  * Notifications: one request per attempt (10 s timeout inside the activity), retried with exponential
  * backoff (2 s, 4 s, ... at most a minute apart) for at most 10 minutes; then given up and logged.
@@ -188,6 +231,10 @@ export class Rollout {
   private promoting?: string;
   /** Emergency rollbacks under way: the rollout's end waits for them, so its report lists them. */
   rollingBack = 0;
+  /** Faults of the processes handled (patch `fault-tolerance`; false in older histories). */
+  faultTolerance = false;
+  /** What the rollout waits on now (see `waitOn`). */
+  waitingOn?: WaitingOn;
   /** The notifications raised so far, sent one after the other in that order (see `notify`). */
   private notices: Promise<void> = Promise.resolve();
   readonly startMs = Date.now();
@@ -233,12 +280,41 @@ export class Rollout {
       cohorts: [...this.cohorts.values()],
       pendingGate: this.pendingGate,
       ...(this.paused ? { paused: this.paused } : {}),
+      ...(this.waitingOn && !this.outcome ? { waitingOn: this.waitingOn } : {}),
       lastDecision: this.log[this.log.length - 1],
       recentDecisions: this.log.slice(-RECENT_DECISIONS),
       benches: this.benches,
       outcome: this.outcome,
       simNow: new Date(this.simNow()).toISOString(),
     };
+  }
+
+  /**
+   * Runs `fn` with `what` shown as what the rollout waits on (`status`), restoring the previous wait
+   * after it; `forMs` when the wait is a timer. It changes nothing the workflow does.
+   */
+  async waitOn<T>(what: string, fn: () => Promise<T>, forMs?: number): Promise<T> {
+    const prev = this.waitingOn;
+    const since = new Date();
+    this.waitingOn = {
+      what,
+      since: since.toISOString(),
+      ...(forMs !== undefined ? { until: new Date(since.getTime() + forMs).toISOString() } : {}),
+    };
+    try {
+      return await fn();
+    } finally {
+      this.waitingOn = prev;
+    }
+  }
+
+  /** The proxies of what only reads or computes: cancelled without waiting on an abort (see `readActs`). */
+  get reads(): typeof acts {
+    return this.faultTolerance ? readActs : acts;
+  }
+
+  get benchReads(): typeof acts {
+    return this.faultTolerance ? benchReadActs : benchActs;
   }
 
   record(entry: Omit<DecisionLogEntry, 'seq' | 'at'>): DecisionLogEntry {
@@ -452,11 +528,16 @@ export class Rollout {
 
   /** Waits for the gate's quorum, a rejection, its cohorts all gone (emergency rollbacks) or the timeout. */
   async awaitGate(pending: PendingGate, timeoutMs: number): Promise<boolean> {
-    return condition(
+    return this.waitOn(
+      `the reviewers of gate "${pending.gate}" (${pending.required} approval(s) needed)`,
       () =>
-        pending.approvals.length >= pending.required ||
-        this.rejection !== undefined ||
-        (pending.cohorts !== undefined && this.controls && pending.cohorts.every((c) => this.isFinal(c))),
+        condition(
+          () =>
+            pending.approvals.length >= pending.required ||
+            this.rejection !== undefined ||
+            (pending.cohorts !== undefined && this.controls && pending.cohorts.every((c) => this.isFinal(c))),
+          timeoutMs,
+        ),
       timeoutMs,
     );
   }
@@ -533,7 +614,9 @@ export class Rollout {
   /** A safe point: while paused, waits for the resume (an abort or a cancellation still goes through). */
   async checkpoint(): Promise<void> {
     if (!this.controls || !this.paused) return;
-    await condition(() => this.paused === undefined);
+    await this.waitOn(`the resume: paused by ${this.paused.by}`, () =>
+      condition(() => this.paused === undefined),
+    );
   }
 
   validateRollbackCohort(r: RollbackCohortRequest): void {
@@ -570,7 +653,9 @@ export class Rollout {
     const before = this.compensationsRun.length;
     this.rollingBack++;
     try {
-      await condition(() => !this.delivering);
+      await this.waitOn(`the wave being delivered, before ${r.cohort} is rolled back`, () =>
+        condition(() => !this.delivering),
+      );
       await this.compensate([r.cohort]);
     } finally {
       this.rollingBack--;
@@ -644,34 +729,17 @@ export class Rollout {
     this.compensations.push(c);
   }
 
-  /** Runs, last-in first-out, every remaining compensation that concerns `cohorts`; each exactly once. */
+  /**
+   * Runs, last-in first-out, every remaining compensation that concerns `cohorts`; each exactly once, and
+   * each until it is done (`untilDone`).
+   */
   async compensate(cohorts: string[]): Promise<void> {
     await CancellationScope.nonCancellable(async () => {
       for (let i = this.compensations.length - 1; i >= 0; i--) {
         const c = this.compensations[i]!;
         const mine = c.cohorts.filter((x) => cohorts.includes(x));
         if (mine.length === 0) continue;
-        if (c.kind === 'revertWave') {
-          await acts.revertWave({
-            rolloutId: this.req.rolloutId,
-            manifest: this.req.fleet.manifest,
-            wave: c.wave,
-            cohorts: mine,
-          });
-        } else if (c.kind === 'endShadow') {
-          await acts.endShadow({ ...this.fleetRef(), cohorts: mine });
-        } else {
-          for (const cohort of mine) {
-            await acts.movePointer({
-              cohort,
-              stage: 'candidate',
-              digest: null,
-              expected: this.candidate!.digest,
-              rolloutId: this.req.rolloutId,
-              reason: 'rollback',
-            });
-          }
-        }
+        await this.untilDone(c, mine);
         c.cohorts = c.cohorts.filter((x) => !mine.includes(x));
         this.compensationsRun.push({
           kind: c.kind,
@@ -684,6 +752,82 @@ export class Rollout {
         if (s) s.vehicles = 0;
       }
     });
+  }
+
+  /** Carries out one compensation for `cohorts` (idempotent activities: a retry changes nothing more). */
+  private async undo(c: Compensation, cohorts: string[]): Promise<void> {
+    if (c.kind === 'revertWave') {
+      await acts.revertWave({
+        rolloutId: this.req.rolloutId,
+        manifest: this.req.fleet.manifest,
+        wave: c.wave,
+        cohorts,
+      });
+    } else if (c.kind === 'endShadow') {
+      await acts.endShadow({ ...this.fleetRef(), cohorts });
+    } else {
+      for (const cohort of cohorts) {
+        await acts.movePointer({
+          cohort,
+          stage: 'candidate',
+          digest: null,
+          expected: this.candidate!.digest,
+          rolloutId: this.req.rolloutId,
+          reason: 'rollback',
+        });
+      }
+    }
+  }
+
+  /**
+   * One compensation, tried until it is done: each round is the activity's own attempts (`retry`); a round
+   * that fails is followed by a pause (30 s doubling to at most 10 minutes) and another round, without a
+   * limit. The first failed round and every tenth are a decision-log line (`compensation-retry`) and a
+   * `compensation-failing` notification; `status` shows the compensation as what the rollout waits on. The
+   * rollout cannot end meanwhile, so it never ends with its candidate where it was not promoted. Older
+   * rollouts (before patch `fault-tolerance`) fail as their histories did.
+   */
+  private async untilDone(c: Compensation, cohorts: string[]): Promise<void> {
+    const what =
+      c.kind === 'revertWave'
+        ? `revert of wave ${c.wave} in ${cohorts.join(', ')}`
+        : c.kind === 'endShadow'
+          ? `end of the shadow mirror in ${cohorts.join(', ')}`
+          : `clearing the candidate pointer of ${cohorts.join(', ')}`;
+    let firstFailure: string | undefined;
+    for (let round = 1; ; round++) {
+      try {
+        await this.waitOn(`compensation: ${what}`, () => this.undo(c, cohorts));
+        if (round > 1) {
+          this.record({
+            phase: this.phase,
+            action: 'compensation-done',
+            reason: `compensation ${what} done after ${round} rounds (failing since ${firstFailure})`,
+          });
+        }
+        return;
+      } catch (err) {
+        if (!this.faultTolerance) throw err;
+        firstFailure ??= new Date().toISOString();
+        const pauseMs = Math.min(COMPENSATION_PAUSE_MS * 2 ** (round - 1), COMPENSATION_PAUSE_MAX_MS);
+        const why = `compensation ${what} failed (round ${round}, failing since ${firstFailure}): ${causeMessage(err)}; tried again in ${Math.round(pauseMs / 1000)} s, and until it is done: the rollout cannot end before`;
+        if (round === 1 || round % COMPENSATION_NOTIFY_EVERY === 0) {
+          const entry = this.record({
+            phase: this.phase,
+            wave: c.kind === 'revertWave' ? c.wave : undefined,
+            ...(cohorts.length === 1 ? { cohort: cohorts[0] } : {}),
+            action: 'compensation-retry',
+            reason: why,
+          });
+          this.notify('compensation-failing', entry);
+        }
+        await this.waitOn(
+          `compensation: ${what}, failing: ${causeMessage(err)}`,
+          () => sleep(pauseMs),
+          pauseMs,
+        );
+      }
+    }
   }
 
   /** Forgets the compensations of a cohort whose promotion is final. */
@@ -726,6 +870,7 @@ export class Rollout {
     this.notifying = patched(PATCHES.notifyWebhook);
     this.quorum = patched(PATCHES.quorumGates);
     this.controls = patched(PATCHES.operatorControls);
+    this.faultTolerance = patched(PATCHES.faultTolerance);
   }
 
   async run(): Promise<void> {
@@ -758,7 +903,7 @@ export class Rollout {
 
   async register(): Promise<void> {
     this.phase = 'register';
-    const fleet = await acts.describeFleet(this.fleetRef());
+    const fleet = await this.reads.describeFleet(this.fleetRef());
     this.mirrors = fleet.mirrors === true;
     // Production's own model with another serving configuration (a threshold) is a rollout of its own.
     this.configExperiment =
@@ -780,10 +925,10 @@ export class Rollout {
     this.skus = new Map(fleet.skus.map((s) => [s.name, s]));
     this.cohortSku = new Map(fleet.cohorts.map((c) => [c.name, c.sku]));
 
-    const production = await acts.lookupProduction({ cohorts: wanted });
+    const production = await this.reads.lookupProduction({ cohorts: wanted });
     let candidate: ModelRecord;
     try {
-      candidate = await acts.registerCandidate({
+      candidate = await this.reads.registerCandidate({
         rolloutId: this.req.rolloutId,
         packDir: this.req.candidate.pack,
         cohorts: wanted,
@@ -818,14 +963,23 @@ export class Rollout {
     }
     this.push({ kind: 'clearCandidatePointer', cohorts: [...wanted] });
     for (const cohort of wanted) {
-      await acts.movePointer({
-        cohort,
-        stage: 'candidate',
-        digest: candidate.digest,
-        expected: null,
-        rolloutId: this.req.rolloutId,
-        reason: `rollout ${this.req.rolloutId} started by ${this.req.requestedBy}`,
-      });
+      try {
+        await acts.movePointer({
+          cohort,
+          stage: 'candidate',
+          digest: candidate.digest,
+          expected: null,
+          rolloutId: this.req.rolloutId,
+          reason: `rollout ${this.req.rolloutId} started by ${this.req.requestedBy}`,
+        });
+      } catch (err) {
+        // Another rollout holds the cohort: this one ends rejected, with its report; the pointers it did
+        // take are given back by its compensation, the other rollout's are left alone.
+        if (failureType(err) === ErrorType.PointerConflict && patched(PATCHES.faultTolerance)) {
+          throw new RolloutEnded('rejected', 'register', `cohort ${cohort} is busy: ${causeMessage(err)}`);
+        }
+        throw err;
+      }
     }
     this.record({
       phase: 'register',
@@ -855,7 +1009,7 @@ export class Rollout {
     const skuNames = [...new Set([...this.cohorts.keys()].map((c) => this.cohortSku.get(c)!))].sort();
     const results = await Promise.all(
       skuNames.map((name) =>
-        benchActs.benchModel({
+        this.benchReads.benchModel({
           rolloutId: this.req.rolloutId,
           digest: this.candidate!.digest,
           version: this.candidate!.version,
@@ -930,7 +1084,12 @@ export class Rollout {
       labeling: this.labeling(),
     });
     this.lastCollectedSimMs = to;
-    const stats = await acts.analyze({ rolloutId: this.req.rolloutId, phase: 'shadow', cohorts, asOfMs: to });
+    const stats = await this.reads.analyze({
+      rolloutId: this.req.rolloutId,
+      phase: 'shadow',
+      cohorts,
+      asOfMs: to,
+    });
     await this.applyShadowVerdicts(decideShadow(this.policy, stats), to);
   }
 
@@ -984,7 +1143,7 @@ export class Rollout {
     let from = this.startMs;
     for (let elapsed = 0; elapsed < total && collecting.length > 0;) {
       const dt = Math.min(step, total - elapsed);
-      await sleep(dt);
+      await this.waitOn('the end of the shadow window', () => sleep(dt), dt);
       elapsed += dt;
       // An operator's emergency rollback ends a cohort's shadow too.
       collecting = collecting.filter((c) => this.cohorts.get(c)!.state === 'shadow');
@@ -1006,7 +1165,7 @@ export class Rollout {
       this.lastCollectedSimMs = to;
       if (elapsed >= total) break;
       await this.checkpoint();
-      const stats = await acts.analyze({
+      const stats = await this.reads.analyze({
         rolloutId: this.req.rolloutId,
         phase: 'shadow',
         cohorts: collecting,
@@ -1032,7 +1191,12 @@ export class Rollout {
     const judged = cohorts.filter((c) => this.cohorts.get(c)!.state === 'shadow');
     const to = this.lastCollectedSimMs;
     const stats = judged.length
-      ? await acts.analyze({ rolloutId: this.req.rolloutId, phase: 'shadow', cohorts: judged, asOfMs: to })
+      ? await this.reads.analyze({
+          rolloutId: this.req.rolloutId,
+          phase: 'shadow',
+          cohorts: judged,
+          asOfMs: to,
+        })
       : [];
     await this.applyShadowVerdicts(judgeShadow(this.policy, stats), to);
   }
@@ -1051,14 +1215,19 @@ export class Rollout {
       this.look = 0;
       this.push({ kind: 'revertWave', wave: this.wave, cohorts: [...cohorts] });
       this.delivering = true;
-      const delivered = await CancellationScope.nonCancellable(() =>
+      const deliver = () =>
         acts.deliverWave({
           ...this.fleetRef(),
           wave: this.wave,
           percent: w.percent,
           cohorts,
           digest: this.candidate!.digest,
-        }),
+        });
+      // An abort cancels a delivery in flight and waits until its worker confirms (or is found dead by
+      // its heartbeat timeout); the wave's revert, pushed above, then undoes whatever landed. Older
+      // rollouts delivered in a non-cancellable scope.
+      const delivered = await this.waitOn(`the delivery of wave ${this.wave}`, () =>
+        this.faultTolerance ? deliver() : CancellationScope.nonCancellable(deliver),
       ).finally(() => (this.delivering = false));
       // The wave's route has no mirror: the shadow of its cohorts has ended.
       for (const comp of this.compensations) {
@@ -1086,7 +1255,7 @@ export class Rollout {
       let extra = 0;
       for (let k = 1; ; k++) {
         this.look = k;
-        await sleep(interval);
+        await this.waitOn(`look ${k} of wave ${this.wave}`, () => sleep(interval), interval);
         await this.checkpoint();
         const last = k >= w.looks;
         const decisions = await this.analyzeLook({
@@ -1163,24 +1332,28 @@ export class Rollout {
     if (cohorts.length === 0) return [];
     const now = this.simNow();
     if (ctx.stage === 'canary' && now > this.lastCollectedSimMs) {
-      await acts.collectTelemetry({
-        ...this.fleetRef(),
-        cohorts,
-        candidateDigest: this.candidate!.digest,
-        fromMs: this.lastCollectedSimMs,
-        toMs: now,
-        startMs: this.startMs,
-        versions: this.versions,
-        labeling: this.labeling(),
-      });
+      await this.waitOn(`the telemetry of look ${this.look}`, () =>
+        this.reads.collectTelemetry({
+          ...this.fleetRef(),
+          cohorts,
+          candidateDigest: this.candidate!.digest,
+          fromMs: this.lastCollectedSimMs,
+          toMs: now,
+          startMs: this.startMs,
+          versions: this.versions,
+          labeling: this.labeling(),
+        }),
+      );
       this.lastCollectedSimMs = now;
     }
-    let stats: CohortStats[] = await acts.analyze({
-      rolloutId: this.req.rolloutId,
-      phase: 'canary',
-      cohorts,
-      asOfMs: now,
-    });
+    let stats: CohortStats[] = await this.waitOn(`the analysis of look ${this.look}`, () =>
+      this.reads.analyze({
+        rolloutId: this.req.rolloutId,
+        phase: 'canary',
+        cohorts,
+        asOfMs: now,
+      }),
+    );
     // A cohort an operator rolled back during the analysis is decided no more.
     if (this.controls) stats = stats.filter((s) => !this.isFinal(s.cohort));
     for (const s of stats) this.lastStats.set(s.cohort, s);
@@ -1401,9 +1574,9 @@ export class Rollout {
     if (patched(PATCHES.labelWaitPerCohort)) return this.labelWaitPerCohort();
     const { coverage: wanted, poll, timeout } = this.policy.labelWait;
     const deadline = Date.now() + parseDuration(timeout)!;
-    await acts.requestLabels({ rolloutId: this.req.rolloutId, asOfMs: this.simNow() });
+    await this.reads.requestLabels({ rolloutId: this.req.rolloutId, asOfMs: this.simNow() });
     for (;;) {
-      const cov = await acts.labelCoverage({ rolloutId: this.req.rolloutId, asOfMs: this.simNow() });
+      const cov = await this.reads.labelCoverage({ rolloutId: this.req.rolloutId, asOfMs: this.simNow() });
       if (cov.coverage >= wanted) {
         this.record({
           phase: 'label-wait',
@@ -1443,7 +1616,12 @@ export class Rollout {
       const cohorts = this.active();
       if (cohorts.length === 0) return;
       const asOfMs = this.simNow();
-      const cov = await acts.labelCoverage({ rolloutId: this.req.rolloutId, asOfMs, maturityMs, cohorts });
+      const cov = await this.reads.labelCoverage({
+        rolloutId: this.req.rolloutId,
+        asOfMs,
+        maturityMs,
+        cohorts,
+      });
       const of = (c: string) => cov.cohorts?.[c] ?? { requested: 0, labeled: 0, coverage: 0 };
       const short = cohorts.filter((c) => of(c).coverage < wanted);
       if (short.length === 0) {
@@ -1473,7 +1651,12 @@ export class Rollout {
         }
         return;
       }
-      await sleep(Math.min(parseDuration(poll)!, left));
+      const pollMs = Math.min(parseDuration(poll)!, left);
+      await this.waitOn(
+        `labels: ${short.map((c) => `${c} ${shown(of(c))}`).join(', ')} below ${pct(wanted)}`,
+        () => sleep(pollMs),
+        pollMs,
+      );
     }
   }
 
@@ -1700,6 +1883,15 @@ function summarize(r: Rollout): string {
   const by = new Map<string, string[]>();
   for (const c of r.cohorts.values()) by.set(c.state, [...(by.get(c.state) ?? []), c.cohort]);
   return [...by.entries()].map(([state, cs]) => `${state}: ${cs.join(', ')}`).join('; ');
+}
+
+/** The error type of the innermost cause that has one (an activity failure wraps its ApplicationFailure). */
+function failureType(err: unknown): string | undefined {
+  let type: string | undefined;
+  for (let e: unknown = err; e instanceof Error; e = (e as { cause?: unknown }).cause) {
+    if (e instanceof ApplicationFailure && e.type) type = e.type;
+  }
+  return type;
 }
 
 function causeMessage(err: unknown): string {
