@@ -32,7 +32,16 @@ import {
   type RolloutResult,
 } from '../workflows/definitions';
 import { connectionOptions, loadConfig, type Config } from '../workers/config';
-import { causeMessage, renderResult, renderStatus, watch, WatchInterrupted } from './progress';
+import {
+  causeMessage,
+  inFlightLines,
+  inFlightOf,
+  renderResult,
+  renderStatus,
+  watch,
+  WatchInterrupted,
+  type InFlight,
+} from './progress';
 import { statsCommand } from './stats';
 import type * as DemoModule from './demo';
 import type * as WorkerMainModule from '../workers/main';
@@ -657,8 +666,11 @@ async function statusCommand(args: string[]): Promise<number> {
   return withSession(async (s) => {
     const handle = rolloutHandle(s, id);
     let running: boolean;
+    let inFlight: InFlight[];
     try {
-      running = (await handle.describe()).status.name === 'RUNNING';
+      const described = await handle.describe();
+      running = described.status.name === 'RUNNING';
+      inFlight = inFlightOf(described.raw.pendingActivities);
     } catch (err) {
       return notFound(err, id, s);
     }
@@ -684,14 +696,22 @@ async function statusCommand(args: string[]): Promise<number> {
       status = await s.client.withDeadline(Date.now() + 10_000, () => handle.query(statusQuery));
     } catch (err) {
       const msg = causeMessage(err);
+      // What the server knows still tells why the rollout waits: an activity on a worker that died.
+      const known = inFlightLines(inFlight)
+        .map((l) => `\n  in flight: ${l}`)
+        .join('');
       if (/deadline/i.test(msg)) {
         throw new CliError(
-          `no answer from rollout "${id}" within 10 s; is a fleetgate worker running on task queue "${s.config.taskQueue}"?`,
+          `no answer from rollout "${id}" within 10 s; is a fleetgate worker running on task queue "${s.config.taskQueue}"?${known}`,
         );
       }
-      throw new CliError(`cannot read the status of ${id}: ${msg}`);
+      throw new CliError(`cannot read the status of ${id}: ${msg}${known}`);
     }
-    console.log(p.values.json ? JSON.stringify(status, null, 2) : renderStatus(status, { color: color() }));
+    console.log(
+      p.values.json
+        ? JSON.stringify({ ...status, inFlight }, null, 2)
+        : renderStatus(status, { color: color() }, inFlight),
+    );
     return 0;
   });
 }

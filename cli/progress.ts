@@ -202,8 +202,90 @@ function shortTime(iso: string): string {
   return iso.replace('T', ' ').replace(/:\d\d(\.\d+)?Z$/, 'Z');
 }
 
+/**
+ * An activity the server has in flight for a rollout (from `describe()`): what `status` shows so an
+ * operator sees why a rollout waits (a worker that died, a dependency that fails) even when no worker
+ * answers the status query.
+ */
+export interface InFlight {
+  activity: string;
+  state: 'scheduled' | 'started' | 'cancel requested' | 'paused' | 'unknown';
+  attempt: number;
+  scheduledAt?: string;
+  startedAt?: string;
+  lastHeartbeatAt?: string;
+  lastFailure?: string;
+  worker?: string;
+}
+
+type Timestamp = { seconds?: unknown; nanos?: number | null } | null | undefined;
+function iso(ts: Timestamp): string | undefined {
+  if (!ts || ts.seconds === undefined || ts.seconds === null) return undefined;
+  const ms = Number(ts.seconds) * 1000 + Math.floor((ts.nanos ?? 0) / 1e6);
+  return ms > 0 ? new Date(ms).toISOString() : undefined;
+}
+
+/** The pending activities of `describe().raw`, as `InFlight` (innermost failure message). */
+export function inFlightOf(
+  pending:
+    | readonly {
+        activityType?: { name?: string | null } | null;
+        state?: number | null;
+        attempt?: number | null;
+        scheduledTime?: Timestamp;
+        lastStartedTime?: Timestamp;
+        lastHeartbeatTime?: Timestamp;
+        lastFailure?: { message?: string | null; cause?: unknown } | null;
+        lastWorkerIdentity?: string | null;
+      }[]
+    | null
+    | undefined,
+): InFlight[] {
+  const states = ['unknown', 'scheduled', 'started', 'cancel requested', 'paused'] as const;
+  return (pending ?? []).map((a) => {
+    let failure: string | undefined;
+    for (let f = a.lastFailure as { message?: string | null; cause?: unknown } | null | undefined; f;) {
+      if (f.message) failure = f.message;
+      f = f.cause as typeof f;
+    }
+    const out: InFlight = {
+      activity: a.activityType?.name ?? '?',
+      state: states[a.state ?? 0] ?? 'unknown',
+      attempt: a.attempt ?? 1,
+    };
+    const scheduledAt = iso(a.scheduledTime);
+    const startedAt = iso(a.lastStartedTime);
+    const lastHeartbeatAt = iso(a.lastHeartbeatTime);
+    if (scheduledAt) out.scheduledAt = scheduledAt;
+    if (startedAt) out.startedAt = startedAt;
+    if (lastHeartbeatAt) out.lastHeartbeatAt = lastHeartbeatAt;
+    if (failure) out.lastFailure = failure;
+    if (a.lastWorkerIdentity) out.worker = a.lastWorkerIdentity;
+    return out;
+  });
+}
+
+/** One line per activity in flight: `activity collectTelemetry started, attempt 2, ...`. */
+export function inFlightLines(list: readonly InFlight[], now = Date.now()): string[] {
+  const ago = (t?: string) => (t ? `${Math.max(0, Math.round((now - Date.parse(t)) / 1000))} s ago` : '');
+  return list.map((a) => {
+    const parts = [`activity ${a.activity} ${a.state}`, `attempt ${a.attempt}`];
+    if (a.state === 'started' && a.startedAt) parts.push(`started ${ago(a.startedAt)}`);
+    if (a.state === 'scheduled' && a.scheduledAt)
+      parts.push(`scheduled ${ago(a.scheduledAt)}, no worker took it yet`);
+    if (a.lastHeartbeatAt) parts.push(`last heartbeat ${ago(a.lastHeartbeatAt)}`);
+    if (a.worker) parts.push(`on ${a.worker}`);
+    if (a.lastFailure) parts.push(`last failure: ${a.lastFailure}`);
+    return parts.join(', ');
+  });
+}
+
 /** The whole status as text; no control codes unless `color`. */
-export function renderStatus(status: RolloutStatus, opts: RenderOptions): string {
+export function renderStatus(
+  status: RolloutStatus,
+  opts: RenderOptions,
+  inFlight: readonly InFlight[] = [],
+): string {
   const p = palette(opts.color);
   const lines: string[] = [];
   const cand = status.candidate
@@ -231,6 +313,13 @@ export function renderStatus(status: RolloutStatus, opts: RenderOptions): string
   }
 
   if (status.paused) lines.push(p.yellow(`⏸ ${pausedLine(status.paused)}`));
+  if (status.waitingOn) {
+    const w = status.waitingOn;
+    lines.push(
+      `waiting on ${w.what} since ${shortTime(w.since)}${w.until ? `, until ${shortTime(w.until)}` : ''}`,
+    );
+  }
+  for (const l of inFlightLines(inFlight)) lines.push(`  ${l}`);
 
   const g = status.pendingGate;
   if (g) {
