@@ -841,6 +841,15 @@ export const FleetManifest = z
   .strict()
   .superRefine((f, ctx) => {
     const cohortNames = new Set(f.cohorts.map((c) => c.name));
+    f.cohorts.forEach((c, i) => {
+      if (f.cohorts.findIndex((d) => d.name === c.name) !== i) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['cohorts', i, 'name'],
+          message: `cohort names must be unique: "${c.name}" is declared twice; rename one`,
+        });
+      }
+    });
     f.drift.forEach((d, i) => {
       (d.cohorts ?? []).forEach((c, j) => {
         if (!cohortNames.has(c)) {
