@@ -286,30 +286,32 @@ function shown(v: unknown): string {
     : `a ${typeof v} of ${json.length} characters as JSON`;
 }
 
-/** The problems of an update's input, in the caller's terms (`approve: "gate" must be ...`); [] when fine. */
+/**
+ * The problems of an update's input, in the caller's terms (`"gate" must be a string, ...`); [] when
+ * fine. `validateUpdate` prefixes them with the update's name.
+ */
 export function payloadProblems(update: UpdateName, input: unknown): string[] {
   const schema = UPDATE_PAYLOADS[update];
   const r = schema.safeParse(input);
   if (r.success) return [];
   const fields = Object.keys(schema.shape);
   if (input === null || typeof input !== 'object' || Array.isArray(input)) {
-    return [`${update}: the input must be a JSON object such as ${EXAMPLES[update]} (got ${shown(input)})`];
+    return [`the input must be a JSON object such as ${EXAMPLES[update]} (got ${shown(input)})`];
   }
   return r.error.issues.map((issue) => {
     if (issue.code === 'unrecognized_keys') {
       const keys = issue.keys.map((k) => JSON.stringify(k.length > 40 ? `${k.slice(0, 37)}...` : k));
-      return `${update}: unknown field${keys.length === 1 ? '' : 's'} ${keys.join(', ')}; the fields are ${fields.join(', ')}`;
+      return `unknown field${keys.length === 1 ? '' : 's'} ${keys.join(', ')}; the fields are ${fields.join(', ')}`;
     }
     const field = String(issue.path[0] ?? '');
     const value = (input as Record<string, unknown>)[field];
     const hint = FIELD_HINTS[field] ?? field;
-    if (value === undefined) return `${update}: "${field}" is missing: give ${hint}`;
-    if (typeof value !== 'string')
-      return `${update}: "${field}" must be a string, ${hint} (got ${shown(value)})`;
+    if (value === undefined) return `"${field}" is missing: give ${hint}`;
+    if (typeof value !== 'string') return `"${field}" must be a string, ${hint} (got ${shown(value)})`;
     if (issue.code === 'too_big') {
-      return `${update}: "${field}" has ${value.length.toLocaleString('en-US')} characters; at most ${grouped(Number(issue.maximum))}: shorten it`;
+      return `"${field}" has ${value.length.toLocaleString('en-US')} characters; at most ${grouped(Number(issue.maximum))}: shorten it`;
     }
-    return `${update}: "${field}" must not contain control characters (newlines, tabs, escapes): give ${hint} on one line`;
+    return `"${field}" must not contain control characters (newlines, tabs, escapes): give ${hint} on one line`;
   });
 }
 
@@ -324,7 +326,7 @@ export function validateUpdate(update: UpdateName, input: unknown, check: () => 
     throw ApplicationFailure.create({
       type: ErrorType.InvalidInput,
       nonRetryable: true,
-      message: problems.join('; '),
+      message: `${update}: ${problems.join('; ')}`,
     });
   }
   try {
