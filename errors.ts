@@ -38,6 +38,11 @@ export const ErrorType = {
   MajorBumpUnapproved: 'MajorBumpUnapproved',
   /** A pack path, or a file named in it, that leaves the pack (.., absolute, a link outside). */
   PathEscape: 'PathEscape',
+  /**
+   * A request to a running rollout that its state refuses (no gate pending, another gate, a reviewer not
+   * in the policy, already paused, an ended rollout): asking again unchanged gets the same answer.
+   */
+  Refused: 'Refused',
   /** A transient failure of a dependency: retried. */
   Unavailable: 'Unavailable',
 } as const;
@@ -59,6 +64,7 @@ export const nonRetryableErrorTypes: string[] = [
   ErrorType.ReleaseRollback,
   ErrorType.MajorBumpUnapproved,
   ErrorType.PathEscape,
+  ErrorType.Refused,
 ];
 
 /** Builds a non-retryable failure of a known type, keeping the cause chain. */

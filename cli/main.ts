@@ -21,7 +21,8 @@ import {
   type WorkflowHandle,
 } from '@temporalio/client';
 import { WorkflowExecutionAlreadyStartedError, WorkflowIdReusePolicy } from '@temporalio/common';
-import { Policy, RolloutRequest, formatIssues, type FleetManifest } from '../policies/schema';
+import { FleetManifest, Policy, RolloutRequest, formatIssues, policyWarnings } from '../policies/schema';
+import type * as ServiceSchemaModule from '../policies/service-schema';
 import { planRollout, type RolloutPlan } from '../policies/planning';
 import {
   abortUpdate,
@@ -137,13 +138,14 @@ Runs the whole demo in one process and prints a summary; about 2 minutes.
 Exit code 0 when the rollout completed.`,
   'rollout start': `Usage: fleetgate rollout start --policy FILE --candidate PACKDIR [options]
 
-Validates the policy and the whole rollout request here, then starts the rolloutWorkflow with the
-rollout id as its workflow id. Exit code 2 on an invalid policy (nothing is sent).
+Validates the policy and the whole rollout request here (and the fleet manifest, when it is here too),
+then starts the rolloutWorkflow with the rollout id as its workflow id. Exit code 2 on an invalid policy
+or fleet manifest (nothing is sent); warnings about legal but unusual settings go to stderr.
 ${REQUEST_FLAGS}
   --wait                 follow the rollout live until it ends (exit 0 only when it completed)`,
   'rollout request': `Usage: fleetgate rollout request --policy FILE --candidate PACKDIR [options] > request.json
 
-Prints the validated rollout request (the workflow's JSON input), for:
+Prints the validated rollout request (the workflow's JSON input; checked as "rollout start" checks it), for:
   temporal workflow start --type ${WORKFLOW_TYPE} --task-queue fleetgate --workflow-id ID --input-file request.json
 ${REQUEST_FLAGS}`,
   'rollout plan': `Usage: fleetgate rollout plan --policy FILE [--fleet MANIFEST] [--time-scale N] [--json]
@@ -358,6 +360,58 @@ function requestFlags(command: string, values: Record<string, string | boolean |
   };
 }
 
+export type ManifestCheck =
+  | { ok: true; kind: 'Fleet' | 'Service'; name: string; cohorts: string[] }
+  | { ok: false; problems: string[] };
+
+/**
+ * Reads and validates a fleet manifest (or a `kind: Service` manifest) with its schema, as the worker
+ * will: its kind, name and cohorts, or its problems as `path: message (got value)` lines.
+ */
+export function checkManifest(file: string): ManifestCheck {
+  const { readManifestFile } = require('../sim/fleet') as typeof SimFleetModule;
+  let raw: unknown;
+  try {
+    raw = readManifestFile(file, 'fleet manifest');
+  } catch (err) {
+    return { ok: false, problems: [causeMessage(err)] };
+  }
+  const kind = raw !== null && typeof raw === 'object' ? (raw as { kind?: unknown }).kind : undefined;
+  if (kind === 'Service') {
+    const { ServiceManifest } = require('../policies/service-schema') as typeof ServiceSchemaModule;
+    const r = ServiceManifest.safeParse(raw);
+    if (!r.success) return { ok: false, problems: formatIssues(r.error, raw).split('\n') };
+    return { ok: true, kind, name: r.data.name, cohorts: r.data.cohorts.map((c) => c.name) };
+  }
+  if (kind !== 'Fleet') {
+    return {
+      ok: false,
+      problems: [
+        `kind: write kind: Fleet (vehicles) or kind: Service (a model behind the inference gateway) (got ${kind === undefined ? 'missing' : JSON.stringify(kind)})`,
+      ],
+    };
+  }
+  const r = FleetManifest.safeParse(raw);
+  if (!r.success) return { ok: false, problems: formatIssues(r.error, raw).split('\n') };
+  return { ok: true, kind, name: r.data.name, cohorts: r.data.cohorts.map((c) => c.name) };
+}
+
+/** `policy.cohorts` lines naming cohorts the manifest does not declare. */
+export function unknownCohorts(
+  request: RolloutRequest,
+  manifest: { kind: string; name: string; cohorts: string[] },
+): string[] {
+  const declared = manifest.cohorts.join(', ');
+  const what = manifest.kind === 'Service' ? 'service' : 'fleet';
+  return (request.policy.cohorts ?? []).flatMap((c, i) =>
+    manifest.cohorts.includes(c)
+      ? []
+      : [
+          `policy.cohorts.${i}: unknown cohort "${c}": ${what} "${manifest.name}" (${request.fleet.manifest}) declares ${declared}; name one of them, or leave policy.cohorts out for all (got "${c}")`,
+        ],
+  );
+}
+
 function validRequest(flags: RequestFlags): RolloutRequest {
   const check = prepareRolloutRequest(flags);
   if (!check.ok) {
@@ -366,6 +420,22 @@ function validRequest(flags: RequestFlags): RolloutRequest {
       2,
     );
   }
+  // The manifest, when it is here too, is checked as the worker will: before anything is sent.
+  const manifestFile = check.request.fleet.manifest;
+  if (existsSync(manifestFile)) {
+    const manifest = checkManifest(manifestFile);
+    if (!manifest.ok) {
+      throw new CliError(
+        `invalid fleet manifest ${manifestFile}:\n${manifest.problems.map((l) => `  ${l}`).join('\n')}`,
+        2,
+      );
+    }
+    const unknown = unknownCohorts(check.request, manifest);
+    if (unknown.length > 0) {
+      throw new CliError(`invalid policy ${flags.policy}:\n${unknown.map((l) => `  ${l}`).join('\n')}`, 2);
+    }
+  }
+  for (const w of policyWarnings(check.request.policy)) console.error(`fleetgate: warning: ${w}`);
   for (const [what, path] of [
     ['candidate pack', check.request.candidate.pack],
     ['fleet manifest', check.request.fleet.manifest],
@@ -528,7 +598,7 @@ export function planFor(
   policyFile: string,
   fleetFile: string,
   timeScale = 1,
-): { ok: true; plan: RolloutPlan } | { ok: false; problems: string[] } {
+): { ok: true; plan: RolloutPlan; policy: Policy } | { ok: false; problems: string[] } {
   const read = readPolicyFile(policyFile);
   if (!read.ok) return read;
   const policy = Policy.safeParse(read.policy);
@@ -540,7 +610,7 @@ export function planFor(
   } catch (err) {
     return { ok: false, problems: [(err as Error).message.split('\n')[0]!] };
   }
-  return { ok: true, plan: planRollout({ policy: policy.data, fleet, timeScale }) };
+  return { ok: true, plan: planRollout({ policy: policy.data, fleet, timeScale }), policy: policy.data };
 }
 
 async function rolloutPlanCommand(args: string[]): Promise<number> {
@@ -562,6 +632,7 @@ async function rolloutPlanCommand(args: string[]): Promise<number> {
     throw new CliError(`cannot plan ${policyFile}:\n${result.problems.map((l) => `  ${l}`).join('\n')}`, 2);
   }
   const { plan } = result;
+  for (const w of policyWarnings(result.policy)) console.error(`fleetgate: warning: ${w}`);
   if (p.values.json) {
     process.stdout.write(JSON.stringify(plan, null, 2) + '\n');
     return 0;

@@ -26,3 +26,19 @@ export function formatDuration(ms: number): string {
   if (ms >= 1000) return `${(ms / 1000).toFixed(1)}s`;
   return `${ms}ms`;
 }
+
+/**
+ * The bounds of a policy's durations: each must be above 0 and at most `max`; above `warn` it is legal
+ * but `policyWarnings` (policies/schema.ts) names it. `what` names the field in messages. The maxima are
+ * what a real rollout could need (docs/operations.md "Limits"); a longer timer is a typo, not a plan.
+ */
+export const DURATION_LIMITS = {
+  shadow: { what: 'a shadow', max: '90d', warn: '30d' },
+  checkEvery: { what: "a shadow's budget check interval", max: '90d' },
+  hold: { what: 'a wave hold', max: '90d', warn: '30d' },
+  gateTimeout: { what: 'a gate timeout', max: '30d', warn: '14d' },
+  poll: { what: "the label wait's poll", max: '7d' },
+  labelTimeout: { what: "the label wait's timeout", max: '90d', warn: '30d' },
+  maturity: { what: 'a label maturity', max: '90d' },
+} as const satisfies Record<string, { what: string; max: string; warn?: string }>;
+export type DurationLimit = keyof typeof DURATION_LIMITS;

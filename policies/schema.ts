@@ -6,7 +6,13 @@
  * what is allowed (see `formatIssues`). Pure: imported by workflows, activities and the CLI.
  */
 import { z } from 'zod';
-import { DURATION_PATTERN, parseDuration } from './duration';
+import {
+  DURATION_LIMITS,
+  DURATION_PATTERN,
+  formatDuration,
+  parseDuration,
+  type DurationLimit,
+} from './duration';
 import { DriftPolicy } from './drift-schema';
 
 /** Most windows a shadow is split into for its budget checks (each is an activity and a look). */
@@ -26,13 +32,56 @@ const CohortName = z
   .string()
   .regex(/^[a-z0-9][a-z0-9._-]*(\/[a-z0-9][a-z0-9._-]*)*$/, { message: 'a cohort name such as "hw3/eu"' });
 
+/** Most characters of a name: the policy's, a gate's, a reviewer's, a cohort's, who starts or asks. */
+export const MAX_NAME_CHARS = 128;
+/** Most characters of a free text: an update's reason or comment. */
+export const MAX_TEXT_CHARS = 2000;
+/** Most reviewers a policy may name. */
+export const MAX_REVIEWERS = 100;
+/** No control characters (newlines, escapes) in a name: it is printed in logs, tables and notifications. */
+export const NO_CONTROL_CHARS = /^\P{Cc}*$/u;
+
+const LONG_NAME = { message: `at most ${MAX_NAME_CHARS} characters` };
+/** Names written in a policy (its own, gates, reviewers): a Name of bounded length. */
+const PolicyName = Name.max(MAX_NAME_CHARS, LONG_NAME);
+const PolicyCohortName = CohortName.max(MAX_NAME_CHARS, LONG_NAME);
+
+/**
+ * A policy duration within DURATION_LIMITS[limit]: above 0 and at most its maximum. `zero` replaces the
+ * message for 0 where 0 has a meaning of its own (leave the field out instead).
+ */
+function boundedDuration(limit: DurationLimit, zero?: string) {
+  const { what, max } = DURATION_LIMITS[limit];
+  const maxMs = parseDuration(max)!;
+  return Duration.superRefine((v, ctx) => {
+    const ms = parseDuration(v);
+    if (ms === undefined) return;
+    if (ms <= 0) {
+      ctx.addIssue({
+        code: 'custom',
+        message: zero ?? `${what} of 0 cannot work: give a duration above 0 and at most ${max}, such as "6h"`,
+      });
+    } else if (ms > maxMs) {
+      ctx.addIssue({
+        code: 'custom',
+        message: `${what} may last at most ${max}: shorten it (the limits are in docs/operations.md, "Limits")`,
+      });
+    }
+  });
+}
+
 export const Approval = z
   .object({
-    gate: Name.describe('Name of the gate, as reviewers give it to `fleetgate approve --gate`'),
-    required: z.number().int().min(1).default(1).describe('How many different reviewers must approve'),
-    timeout: Duration.default('24h').describe(
-      "Without enough approvals by then, the gate's cohorts are held: compensated, never promoted",
-    ),
+    gate: PolicyName.describe('Name of the gate, as reviewers give it to `fleetgate approve --gate`'),
+    required: z
+      .number()
+      .int()
+      .min(1)
+      .default(1)
+      .describe('How many different reviewers must approve; at most the reviewers who may approve it'),
+    timeout: boundedDuration('gateTimeout')
+      .default('24h')
+      .describe("Without enough approvals by then, the gate's cohorts are held: compensated, never promoted"),
     excludeInitiator: z
       .boolean()
       .default(false)
@@ -43,7 +92,7 @@ export const Approval = z
 export const Wave = z
   .object({
     percent: z.number().gt(0).max(100).describe('Share of each cohort that runs the candidate in this wave'),
-    hold: Duration.describe('Minimum time the wave is held before the next wave'),
+    hold: boundedDuration('hold').describe('Minimum time the wave is held before the next wave'),
     looks: z.number().int().min(1).max(50).default(2).describe('Analyses during the hold, evenly spaced'),
     approval: Approval.optional().describe('A reviewer gate before this wave is delivered'),
     minExposure: z
@@ -145,17 +194,21 @@ const BUDGET_FIX = {
 };
 const NOISE_FIX = { message: 'a share in [0, 0.5]: 0 for a labeler that is always right' };
 
-export const Policy = z
+const PolicyObject = z
   .object({
     apiVersion: z.literal('fleetgate/v1'),
     kind: z.literal('RolloutPolicy'),
-    name: Name,
+    name: PolicyName,
     cohorts: z
-      .array(CohortName)
+      .array(PolicyCohortName)
       .min(1)
       .optional()
       .describe('Cohorts in scope; all cohorts of the fleet when absent'),
-    reviewers: z.array(Name).default([]).describe('Who may approve gates'),
+    reviewers: z
+      .array(PolicyName)
+      .max(MAX_REVIEWERS, { message: `at most ${MAX_REVIEWERS} reviewers` })
+      .default([])
+      .describe('Who may approve gates'),
     bench: z
       .object({
         goldenInputs: z.number().int().min(8).max(100_000).default(256),
@@ -166,7 +219,7 @@ export const Policy = z
     shadow: z
       .object({
         share: z.number().gt(0).max(1).describe('Share of each cohort that runs the candidate in shadow'),
-        duration: Duration,
+        duration: boundedDuration('shadow'),
         maxDisagreement: z
           .number()
           .min(0)
@@ -193,9 +246,9 @@ export const Policy = z
           .lt(1)
           .default(0.6)
           .describe('An event whose less confident model is below this is always uploaded'),
-        checkEvery: Duration.optional().describe(
-          'How often the shadow checks its budgets; a quarter of `duration` when absent',
-        ),
+        checkEvery: boundedDuration('checkEvery')
+          .optional()
+          .describe('How often the shadow checks its budgets; a quarter of `duration` when absent'),
         uploadBudget: z
           .object({
             perVehiclePerDay: z
@@ -316,16 +369,21 @@ export const Policy = z
             "Share of each active cohort's counted label requests (see maturity) whose labels must have " +
               'arrived before the final analysis',
           ),
-        poll: Duration.default('1h'),
-        timeout: Duration.describe(
+        poll: boundedDuration('poll').default('1h'),
+        timeout: boundedDuration('labelTimeout').describe(
           'After this, cohorts still below the coverage are held (their waves withdrawn, never promoted); ' +
             'the others go on to the analysis',
         ),
-        maturity: Duration.optional().describe(
-          'How long after its request (for events requested as they are logged: after the event) a label ' +
-            'can be expected. A request younger than this at a look counts in coverage only once its label ' +
-            'has arrived. Absent: 0, every request counts',
-        ),
+        maturity: boundedDuration(
+          'maturity',
+          'leave maturity out for 0 (every request counts at once); otherwise give a duration above 0',
+        )
+          .optional()
+          .describe(
+            'How long after its request (for events requested as they are logged: after the event) a label ' +
+              'can be expected. A request younger than this at a look counts in coverage only once its label ' +
+              'has arrived. Absent: 0, every request counts',
+          ),
         dailyBudget: z
           .number(BUDGET_FIX)
           .int(BUDGET_FIX)
@@ -359,6 +417,7 @@ export const Policy = z
           .number()
           .int()
           .min(0)
+          .max(50)
           .default(2)
           .describe('Extra looks when a wave ends without enough data'),
         design: z
@@ -400,7 +459,9 @@ export const Policy = z
         escalation: z
           .object({
             required: z.number().int().min(1).default(1).describe('Approvals needed to promote anyway'),
-            timeout: Duration.default('24h').describe('Unanswered by then, the cohorts stay held'),
+            timeout: boundedDuration('gateTimeout')
+              .default('24h')
+              .describe('Unanswered by then, the cohorts stay held'),
             excludeInitiator: z
               .boolean()
               .default(false)
@@ -450,10 +511,154 @@ export const Policy = z
         }
       }),
   })
-  .strict();
+  .strict()
+  .superRefine((p, ctx) => {
+    const reviewers = [...new Set(p.reviewers)];
+    for (const g of policyGates(p)) {
+      // Without reviewers an escalation holds at once, by design (see the preprocess of Policy below).
+      if (g.kind === 'escalation' && reviewers.length === 0) continue;
+      const problem = quorumProblem(g, reviewers, 'policy.reviewers');
+      if (problem) ctx.addIssue({ code: 'custom', path: g.path, message: problem });
+    }
+  });
+
+type PolicyShape = z.infer<typeof PolicyObject>;
+
+/** An approval of a policy: a wave's gate, the promotion gate or the escalation. */
+interface PolicyGate {
+  kind: 'wave' | 'promotion' | 'escalation';
+  gate: string;
+  required: number;
+  excludeInitiator: boolean;
+  /** Path of its `required`, from the policy. */
+  path: (string | number)[];
+}
+
+function policyGates(p: PolicyShape): PolicyGate[] {
+  const gates: PolicyGate[] = [];
+  p.waves.forEach((w, i) => {
+    if (w.approval) {
+      gates.push({
+        kind: 'wave',
+        gate: w.approval.gate,
+        required: w.approval.required,
+        excludeInitiator: w.approval.excludeInitiator,
+        path: ['waves', i, 'approval', 'required'],
+      });
+    }
+  });
+  const promotion = p.promotion?.approval;
+  if (promotion) {
+    gates.push({
+      kind: 'promotion',
+      gate: promotion.gate,
+      required: promotion.required,
+      excludeInitiator: promotion.excludeInitiator,
+      path: ['promotion', 'approval', 'required'],
+    });
+  }
+  const e = p.analysis.escalation;
+  gates.push({
+    kind: 'escalation',
+    gate: 'escalation',
+    required: e.required,
+    excludeInitiator: e.excludeInitiator,
+    path: ['analysis', 'escalation', 'required'],
+  });
+  return gates;
+}
+
+/** Why a gate's quorum cannot be met by `reviewers` (distinct names), with the fix; undefined when it can. */
+function quorumProblem(
+  g: PolicyGate,
+  reviewers: string[],
+  who: string,
+  initiator?: string,
+): string | undefined {
+  const field = g.kind === 'escalation' ? 'analysis.escalation.required' : 'required';
+  const needs = `gate "${g.gate}" needs ${g.required} approval${g.required === 1 ? '' : 's from different reviewers'}`;
+  if (initiator === undefined) {
+    if (reviewers.length === 0) {
+      return `${needs} but ${who} names nobody, so it could never open (its cohorts would be held at its timeout); name reviewers in policy.reviewers or remove this approval`;
+    }
+    if (g.required > reviewers.length) {
+      return `${needs} but ${who} names only ${reviewers.length} (${reviewers.join(', ')}); name at least ${g.required} reviewers or lower ${field} to ${reviewers.length}`;
+    }
+    return undefined;
+  }
+  const others = reviewers.filter((r) => r !== initiator);
+  if (!g.excludeInitiator || others.length === reviewers.length || g.required <= others.length)
+    return undefined;
+  const lower = others.length > 0 ? `, lower ${field} to ${others.length}` : '';
+  return (
+    `${needs} and excludes the rollout's initiator "${initiator}" (excludeInitiator: true), but ${who} names ` +
+    `only ${others.length} other${others.length === 1 ? '' : 's'}${others.length ? ` (${others.join(', ')})` : ''}; ` +
+    `name another reviewer${lower}, or have someone else start the rollout (--requested-by)`
+  );
+}
+
+/**
+ * A rollout policy. Before its own schema, one check needs the file as written: an escalation quorum
+ * (`analysis.escalation.required`) set explicitly while `reviewers` names nobody cannot be met. Without
+ * reviewers an escalation holds its cohorts at once by design, so the default (1) stays legal there.
+ */
+export const Policy = z.preprocess((raw: z.input<typeof PolicyObject>, ctx) => {
+  const input = raw as unknown;
+  if (input === null || typeof input !== 'object') return raw;
+  const { reviewers, analysis } = input as { reviewers?: unknown; analysis?: unknown };
+  const escalation = (analysis as { escalation?: unknown } | null | undefined)?.escalation;
+  const required = (escalation as { required?: unknown } | null | undefined)?.required;
+  const nobody = reviewers === undefined || (Array.isArray(reviewers) && reviewers.length === 0);
+  if (required === undefined || !nobody) return raw;
+  // An issue here ends the parse, so the policy's other problems are added first.
+  const rest = PolicyObject.safeParse(raw);
+  if (!rest.success)
+    for (const i of rest.error.issues) ctx.addIssue({ code: 'custom', path: i.path, message: i.message });
+  ctx.addIssue({
+    code: 'custom',
+    path: ['analysis', 'escalation', 'required'],
+    message:
+      'policy.reviewers names nobody, so an escalation holds its cohorts at once and its approvals could never be given; ' +
+      'name reviewers in policy.reviewers, or remove analysis.escalation.required',
+  });
+  return raw;
+}, PolicyObject);
 
 export type Policy = z.infer<typeof Policy>;
 export type PolicyInput = z.input<typeof Policy>;
+
+/**
+ * Legal but absurd settings of a policy, one line each (`policy.<path>: ...`): a duration above its
+ * DURATION_LIMITS warning. The CLI prints them on stderr (`rollout start`, `request`, `plan`).
+ */
+export function policyWarnings(p: Policy): string[] {
+  const warnings: string[] = [];
+  const check = (path: string, value: string | number | undefined, limit: DurationLimit) => {
+    const bound = DURATION_LIMITS[limit] as { what: string; max: string; warn?: string };
+    const ms = value === undefined ? undefined : parseDuration(value);
+    if (!bound.warn || ms === undefined || ms <= parseDuration(bound.warn)!) return;
+    const shown = typeof value === 'number' ? formatDuration(value) : value;
+    warnings.push(
+      `policy.${path}: ${bound.what} of ${shown} is longer than ${bound.warn}; legal (at most ${bound.max}), but check that it is meant`,
+    );
+  };
+  check('shadow.duration', p.shadow.duration, 'shadow');
+  p.waves.forEach((w, i) => {
+    check(`waves.${i}.hold`, w.hold, 'hold');
+    check(`waves.${i}.approval.timeout`, w.approval?.timeout, 'gateTimeout');
+  });
+  check('promotion.approval.timeout', p.promotion?.approval?.timeout, 'gateTimeout');
+  check('analysis.escalation.timeout', p.analysis.escalation.timeout, 'gateTimeout');
+  check('labelWait.timeout', p.labelWait.timeout, 'labelTimeout');
+  return warnings;
+}
+
+/** A name of the request: bounded, without control characters. */
+const PersonName = z
+  .string()
+  .min(1)
+  .max(MAX_NAME_CHARS, LONG_NAME)
+  .regex(NO_CONTROL_CHARS, { message: 'no control characters (newlines, tabs, escapes)' });
 export type Wave = z.infer<typeof Wave>;
 export type Metric = z.infer<typeof Metric>;
 
@@ -482,9 +687,22 @@ export const RolloutRequest = z
       })
       .strict(),
     policy: Policy,
-    requestedBy: z.string().min(1).default('unknown'),
+    requestedBy: PersonName.default('unknown').describe(
+      'Who starts the rollout: the initiator a gate with excludeInitiator leaves out',
+    ),
   })
-  .strict();
+  .strict()
+  .superRefine((r, ctx) => {
+    // A gate that excludes the initiator needs its quorum among the other reviewers.
+    const reviewers = [...new Set(r.policy.reviewers)];
+    if (reviewers.length === 0) return;
+    for (const g of policyGates(r.policy)) {
+      if (g.required > reviewers.length) continue; // said by the policy's own check
+      const problem = quorumProblem(g, reviewers, 'policy.reviewers', r.requestedBy);
+      const path = ['policy', ...g.path.slice(0, -1), 'excludeInitiator'];
+      if (problem) ctx.addIssue({ code: 'custom', path, message: problem });
+    }
+  });
 export type RolloutRequest = z.infer<typeof RolloutRequest>;
 export type RolloutRequestInput = z.input<typeof RolloutRequest>;
 
@@ -623,6 +841,15 @@ export const FleetManifest = z
   .strict()
   .superRefine((f, ctx) => {
     const cohortNames = new Set(f.cohorts.map((c) => c.name));
+    f.cohorts.forEach((c, i) => {
+      if (f.cohorts.findIndex((d) => d.name === c.name) !== i) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['cohorts', i, 'name'],
+          message: `cohort names must be unique: "${c.name}" is declared twice; rename one`,
+        });
+      }
+    });
     f.drift.forEach((d, i) => {
       (d.cohorts ?? []).forEach((c, j) => {
         if (!cohortNames.has(c)) {

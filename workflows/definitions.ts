@@ -3,12 +3,17 @@
  * so no call site spells a message name as a string.
  *
  * Updates are what callers wait on (approve, reject, abort); each has a validator in the workflow, so a
- * refused request leaves nothing in history. `status` is a query.
+ * refused request leaves nothing in history. `status` is a query. `UPDATE_PAYLOADS` are the zod schemas
+ * of the updates' inputs, and `validateUpdate` is how every validator starts: the payload's shape first
+ * (InvalidInput), then the rollout's own checks (Refused), both non-retryable.
  *
  * Pure: imported by workflow code.
  */
-import { defineQuery, defineUpdate } from '@temporalio/workflow';
+import { ApplicationFailure, defineQuery, defineUpdate } from '@temporalio/workflow';
 import { defineSearchAttributeKey, SearchAttributeType } from '@temporalio/common';
+import { z } from 'zod';
+import { ErrorType } from '../errors';
+import { MAX_NAME_CHARS, MAX_TEXT_CHARS, NO_CONTROL_CHARS } from '../policies/schema';
 import type { MetricResult } from '../policies/decide';
 import type { BenchResult } from '../activities/contracts';
 
@@ -228,3 +233,125 @@ export const rollbackCohortUpdate = defineUpdate<RollbackCohortReceipt, [Rollbac
   'rollbackCohort',
 );
 export const statusQuery = defineQuery<RolloutStatus>('status');
+
+// ---- update payloads ----------------------------------------------------------------------------
+
+/** Longest digest an approval may name: "sha256:" and 64 hex digits, with room for spaces. */
+const MAX_DIGEST_CHARS = 100;
+
+const name = z.string().max(MAX_NAME_CHARS).regex(NO_CONTROL_CHARS);
+const text = z.string().max(MAX_TEXT_CHARS);
+const digest = z.string().max(MAX_DIGEST_CHARS);
+
+/**
+ * The shape of each update's input: strings of bounded length (names at most MAX_NAME_CHARS without
+ * control characters, reasons and comments at most MAX_TEXT_CHARS), no other fields. Emptiness and
+ * everything that depends on the rollout are the validators' own checks.
+ */
+export const UPDATE_PAYLOADS = {
+  approve: z
+    .object({ gate: name, reviewer: name, comment: text.optional(), digest: digest.optional() })
+    .strict(),
+  reject: z.object({ gate: name, reviewer: name, reason: text, digest: digest.optional() }).strict(),
+  abort: z.object({ reason: text, by: name }).strict(),
+  pause: z.object({ by: name, reason: text }).strict(),
+  resume: z.object({ by: name, reason: text.optional() }).strict(),
+  rollbackCohort: z.object({ cohort: name, by: name, reason: text }).strict(),
+} as const;
+export type UpdateName = keyof typeof UPDATE_PAYLOADS;
+
+/** What each field is, in the words of who sends it. */
+const FIELD_HINTS: Record<string, string> = {
+  gate: "the gate's name as status shows it",
+  reviewer: "the reviewer's name as the policy lists it",
+  comment: 'free text',
+  digest: 'the candidate digest as the pending gate shows it',
+  reason: 'why, in words',
+  by: 'the name of who asks',
+  cohort: "the cohort's name as status shows it",
+};
+
+const EXAMPLES: Record<UpdateName, string> = {
+  approve: '{"gate":"wave-2","reviewer":"alice"}',
+  reject: '{"gate":"wave-2","reviewer":"bob","reason":"night recall"}',
+  abort: '{"reason":"sensor recall","by":"ops"}',
+  pause: '{"reason":"sensor recall","by":"ops"}',
+  resume: '{"by":"ops"}',
+  rollbackCohort: '{"cohort":"hw3/nordic","reason":"field reports","by":"ops"}',
+};
+
+/** 3145728 -> "3,145,728". */
+function grouped(n: number): string {
+  return String(n).replace(/\B(?=(\d{3})+(?!\d))/g, ',');
+}
+
+/** A value as a message may show it: short JSON, or what it is when long (never a big blob). */
+function shown(v: unknown): string {
+  if (typeof v === 'string' && v.length > 40) return `a string of ${grouped(v.length)} characters`;
+  let json: string | undefined;
+  try {
+    json = JSON.stringify(v);
+  } catch {
+    json = undefined;
+  }
+  if (json === undefined) return typeof v;
+  if (json.length <= 60) return json;
+  return Array.isArray(v)
+    ? `an array of ${v.length} items`
+    : `a ${typeof v} of ${json.length} characters as JSON`;
+}
+
+/**
+ * The problems of an update's input, in the caller's terms (`"gate" must be a string, ...`); [] when
+ * fine. `validateUpdate` prefixes them with the update's name.
+ */
+export function payloadProblems(update: UpdateName, input: unknown): string[] {
+  const schema = UPDATE_PAYLOADS[update];
+  const r = schema.safeParse(input);
+  if (r.success) return [];
+  const fields = Object.keys(schema.shape);
+  if (input === null || typeof input !== 'object' || Array.isArray(input)) {
+    return [`the input must be a JSON object such as ${EXAMPLES[update]} (got ${shown(input)})`];
+  }
+  return r.error.issues.map((issue) => {
+    if (issue.code === 'unrecognized_keys') {
+      const keys = issue.keys.map((k) => JSON.stringify(k.length > 40 ? `${k.slice(0, 37)}...` : k));
+      return `unknown field${keys.length === 1 ? '' : 's'} ${keys.join(', ')}; the fields are ${fields.join(', ')}`;
+    }
+    const field = String(issue.path[0] ?? '');
+    const value = (input as Record<string, unknown>)[field];
+    const hint = FIELD_HINTS[field] ?? field;
+    if (value === undefined) return `"${field}" is missing: give ${hint}`;
+    if (typeof value !== 'string') return `"${field}" must be a string, ${hint} (got ${shown(value)})`;
+    if (issue.code === 'too_big') {
+      return `"${field}" has ${value.length.toLocaleString('en-US')} characters; at most ${grouped(Number(issue.maximum))}: shorten it`;
+    }
+    return `"${field}" must not contain control characters (newlines, tabs, escapes): give ${hint} on one line`;
+  });
+}
+
+/**
+ * How every update validator runs: the payload's shape first, refused as InvalidInput; then `check`, the
+ * rollout's own checks, whose refusal (an Error with the reason) becomes Refused. Both are non-retryable
+ * ApplicationFailures whose message is the reason as the caller sees it (`fleetgate: refused: <why>`).
+ */
+export function validateUpdate(update: UpdateName, input: unknown, check: () => void): void {
+  const problems = payloadProblems(update, input);
+  if (problems.length > 0) {
+    throw ApplicationFailure.create({
+      type: ErrorType.InvalidInput,
+      nonRetryable: true,
+      message: `${update}: ${problems.join('; ')}`,
+    });
+  }
+  try {
+    check();
+  } catch (err) {
+    if (err instanceof ApplicationFailure) throw err;
+    throw ApplicationFailure.create({
+      type: ErrorType.Refused,
+      nonRetryable: true,
+      message: err instanceof Error ? err.message : String(err),
+    });
+  }
+}

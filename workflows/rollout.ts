@@ -63,6 +63,7 @@ import {
 import { engineLook } from '../policies/engine';
 import { checkShadowBudget, judgeShadow } from '../policies/shadow';
 import { PATCHES } from './patches';
+import { validateUpdate } from './definitions';
 import {
   abortUpdate,
   approveUpdate,
@@ -433,22 +434,24 @@ export class Rollout {
   }
 
   validateApprove(a: ApproveRequest): void {
-    this.validateGate(a.gate, a.reviewer, a.digest);
-    const pending = this.pendingGate!;
-    if (pending.excludeInitiator && a.reviewer === this.req.requestedBy) {
-      const others = (pending.reviewers ?? []).filter((r) => !pending.approvals.includes(r));
-      throw new Error(
-        `reviewer "${a.reviewer}" started this rollout and gate "${a.gate}" excludes its initiator; another reviewer must approve${others.length ? ` (${others.join(', ')})` : ''}`,
-      );
-    }
-    if (pending.approvals.includes(a.reviewer)) {
-      const others = (pending.reviewers ?? this.policy.reviewers).filter(
-        (r) => !pending.approvals.includes(r),
-      );
-      throw new Error(
-        `reviewer "${a.reviewer}" has already approved gate "${a.gate}" (${pending.approvals.length}/${pending.required}); another reviewer must approve${others.length ? ` (${others.join(', ')})` : ''}`,
-      );
-    }
+    validateUpdate('approve', a, () => {
+      this.validateGate(a.gate, a.reviewer, a.digest);
+      const pending = this.pendingGate!;
+      if (pending.excludeInitiator && a.reviewer === this.req.requestedBy) {
+        const others = (pending.reviewers ?? []).filter((r) => !pending.approvals.includes(r));
+        throw new Error(
+          `reviewer "${a.reviewer}" started this rollout and gate "${a.gate}" excludes its initiator; another reviewer must approve${others.length ? ` (${others.join(', ')})` : ''}`,
+        );
+      }
+      if (pending.approvals.includes(a.reviewer)) {
+        const others = (pending.reviewers ?? this.policy.reviewers).filter(
+          (r) => !pending.approvals.includes(r),
+        );
+        throw new Error(
+          `reviewer "${a.reviewer}" has already approved gate "${a.gate}" (${pending.approvals.length}/${pending.required}); another reviewer must approve${others.length ? ` (${others.join(', ')})` : ''}`,
+        );
+      }
+    });
   }
 
   approve(a: ApproveRequest): GateReceipt {
@@ -471,8 +474,10 @@ export class Rollout {
   }
 
   validateReject(r: RejectRequest): void {
-    this.validateGate(r.gate, r.reviewer, r.digest);
-    if (!r.reason || !r.reason.trim()) throw new Error('a rejection needs a reason: say why (--reason)');
+    validateUpdate('reject', r, () => {
+      this.validateGate(r.gate, r.reviewer, r.digest);
+      if (!r.reason || !r.reason.trim()) throw new Error('a rejection needs a reason: say why (--reason)');
+    });
   }
 
   reject(r: RejectRequest): GateReceipt {
@@ -567,14 +572,16 @@ export class Rollout {
   }
 
   validatePause(p: PauseRequest): void {
-    this.needsControls('pause');
-    if (!p.by || !p.by.trim()) throw new Error('a pause needs the name of who asks (by)');
-    if (!p.reason || !p.reason.trim()) throw new Error('a pause needs a reason: say why (--reason)');
-    if (this.paused) {
-      throw new Error(
-        `the rollout is already paused by ${this.paused.by} since ${this.paused.since}: ${this.paused.reason}; resume it first`,
-      );
-    }
+    validateUpdate('pause', p, () => {
+      this.needsControls('pause');
+      if (!p.by || !p.by.trim()) throw new Error('a pause needs the name of who asks (by)');
+      if (!p.reason || !p.reason.trim()) throw new Error('a pause needs a reason: say why (--reason)');
+      if (this.paused) {
+        throw new Error(
+          `the rollout is already paused by ${this.paused.by} since ${this.paused.since}: ${this.paused.reason}; resume it first`,
+        );
+      }
+    });
   }
 
   /** Holds the rollout at its next safe point (`checkpoint`); a gate pending stays open to reviewers. */
@@ -592,9 +599,11 @@ export class Rollout {
   }
 
   validateResume(r: ResumeRequest): void {
-    this.needsControls('pause');
-    if (!r.by || !r.by.trim()) throw new Error('a resume needs the name of who asks (by)');
-    if (!this.paused) throw new Error('the rollout is not paused; there is nothing to resume');
+    validateUpdate('resume', r, () => {
+      this.needsControls('pause');
+      if (!r.by || !r.by.trim()) throw new Error('a resume needs the name of who asks (by)');
+      if (!this.paused) throw new Error('the rollout is not paused; there is nothing to resume');
+    });
   }
 
   resume(r: ResumeRequest): PauseReceipt {
@@ -620,25 +629,27 @@ export class Rollout {
   }
 
   validateRollbackCohort(r: RollbackCohortRequest): void {
-    this.needsControls('emergency rollback');
-    if (!r.by || !r.by.trim()) throw new Error('a rollback needs the name of who asks (by)');
-    if (!r.reason || !r.reason.trim()) throw new Error('a rollback needs a reason: say why (--reason)');
-    const c = this.cohorts.get(r.cohort);
-    if (!c) {
-      throw new Error(
-        `cohort "${r.cohort}" is not in this rollout; its cohorts are: ${[...this.cohorts.keys()].join(', ') || '(none yet: the rollout is registering)'}`,
-      );
-    }
-    if (FINAL_COHORT_STATES.includes(c.state)) {
-      throw new Error(
-        `cohort "${r.cohort}" is already ${c.state}, a final state; there is nothing left to roll back`,
-      );
-    }
-    if (this.promoting === r.cohort) {
-      throw new Error(
-        `cohort "${r.cohort}" is being promoted right now; its promotion cannot be undone here`,
-      );
-    }
+    validateUpdate('rollbackCohort', r, () => {
+      this.needsControls('emergency rollback');
+      if (!r.by || !r.by.trim()) throw new Error('a rollback needs the name of who asks (by)');
+      if (!r.reason || !r.reason.trim()) throw new Error('a rollback needs a reason: say why (--reason)');
+      const c = this.cohorts.get(r.cohort);
+      if (!c) {
+        throw new Error(
+          `cohort "${r.cohort}" is not in this rollout; its cohorts are: ${[...this.cohorts.keys()].join(', ') || '(none yet: the rollout is registering)'}`,
+        );
+      }
+      if (FINAL_COHORT_STATES.includes(c.state)) {
+        throw new Error(
+          `cohort "${r.cohort}" is already ${c.state}, a final state; there is nothing left to roll back`,
+        );
+      }
+      if (this.promoting === r.cohort) {
+        throw new Error(
+          `cohort "${r.cohort}" is being promoted right now; its promotion cannot be undone here`,
+        );
+      }
+    });
   }
 
   /**
@@ -701,12 +712,14 @@ export class Rollout {
   private readonly modelNames: Record<string, string> = {};
 
   validateAbort(a: AbortRequest): void {
-    if (this.finished || this.outcome)
-      throw new Error(`the rollout has already ended (${this.outcome ?? 'finishing'})`);
-    if (this.abortRequest)
-      throw new Error(`an abort is already under way, requested by ${this.abortRequest.by}`);
-    if (!a.reason || !a.reason.trim()) throw new Error('an abort needs a reason');
-    if (!a.by || !a.by.trim()) throw new Error('an abort needs the name of who asks (by)');
+    validateUpdate('abort', a, () => {
+      if (this.finished || this.outcome)
+        throw new Error(`the rollout has already ended (${this.outcome ?? 'finishing'})`);
+      if (this.abortRequest)
+        throw new Error(`an abort is already under way, requested by ${this.abortRequest.by}`);
+      if (!a.reason || !a.reason.trim()) throw new Error('an abort needs a reason');
+      if (!a.by || !a.by.trim()) throw new Error('an abort needs the name of who asks (by)');
+    });
   }
 
   async abort(a: AbortRequest): Promise<AbortReceipt> {

@@ -1,11 +1,13 @@
 /**
  * The fleetgate command without a server: the progress view's text, the client-side validation of a
- * policy (paths and values of every problem), and `--help` of the real executable.
+ * policy and of a local fleet manifest (paths and values of every problem, exit code 2), its warnings,
+ * and `--help` of the real executable.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import YAML from 'yaml';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { planFor, prepareRolloutRequest } from '../../cli/main';
@@ -311,6 +313,152 @@ void test('rollout plan: the demo policy reaches its own margin; a bad policy na
       r.problems.some((l) => l.startsWith('policy.waves:')),
       r.problems.join('\n'),
     );
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+/** `fleetgate rollout request` run as a user runs it (no server needed): exit code, stdout, stderr. */
+function request(args: string[]) {
+  return spawnSync(
+    process.execPath,
+    [
+      join(ROOT, 'bin', 'fleetgate.js'),
+      'rollout',
+      'request',
+      '--candidate',
+      'models/candidate-good',
+      ...args,
+    ],
+    { encoding: 'utf8', cwd: ROOT },
+  );
+}
+
+/** The demo policy, edited, in a file of `dir`. */
+function policyFile(dir: string, edit: (p: Record<string, unknown>) => void): string {
+  const p = YAML.parse(readFileSync(join(ROOT, 'examples/demo-policy.yaml'), 'utf8')) as Record<
+    string,
+    unknown
+  >;
+  edit(p);
+  const file = join(dir, 'policy.yaml');
+  writeFileSync(file, YAML.stringify(p));
+  return file;
+}
+
+void test('rollout request: an invalid local fleet manifest is refused before anything is sent, exit 2', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'fleetgate-manifest-'));
+  try {
+    const fleet = YAML.parse(readFileSync(join(ROOT, 'sim/fleets/demo.yaml'), 'utf8')) as {
+      cohorts: { vehicles: number; sku: string }[];
+    };
+    fleet.cohorts[0]!.vehicles = 0;
+    fleet.cohorts[1]!.sku = 'hw9';
+    const bad = join(dir, 'fleet.yaml');
+    writeFileSync(bad, YAML.stringify(fleet));
+    const r = request(['--policy', 'examples/demo-policy.yaml', '--fleet', bad]);
+    assert.equal(r.status, 2, r.stderr);
+    assert.equal(r.stdout, '', 'no request printed');
+    assert.match(r.stderr, new RegExp(`^fleetgate: invalid fleet manifest ${bad}:$`, 'm'));
+    assert.match(r.stderr, /^ {2}cohorts\.0\.vehicles: .*\(got 0\)$/m);
+    assert.match(r.stderr, /^ {2}cohorts\.1\.sku: unknown SKU "hw9"; declared: .*\(got "hw9"\)$/m);
+
+    const service = YAML.parse(readFileSync(join(ROOT, 'examples/service/ranker.yaml'), 'utf8')) as {
+      gateway: { url: string };
+    };
+    service.gateway.url = 'not a url';
+    const badService = join(dir, 'service.yaml');
+    writeFileSync(badService, YAML.stringify(service));
+    const s = request(['--policy', 'examples/service/policy.yaml', '--fleet', badService]);
+    assert.equal(s.status, 2, s.stderr);
+    assert.match(s.stderr, /^ {2}gateway\.url: .*\(got "not a url"\)$/m);
+
+    const ok = request([
+      '--policy',
+      'examples/service/policy.yaml',
+      '--fleet',
+      'examples/service/ranker.yaml',
+    ]);
+    assert.equal(ok.status, 0, ok.stderr);
+    assert.equal(JSON.parse(ok.stdout).fleet.manifest, 'examples/service/ranker.yaml');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+void test('rollout request: a cohort the local fleet does not declare is refused, exit 2', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'fleetgate-cohorts-'));
+  try {
+    const file = policyFile(dir, (p) => (p.cohorts = ['hw3/eu', 'hw9/mars']));
+    const r = request(['--policy', file]);
+    assert.equal(r.status, 2, r.stderr);
+    assert.match(
+      r.stderr,
+      /^ {2}policy\.cohorts\.1: unknown cohort "hw9\/mars": fleet "demo" \(sim\/fleets\/demo\.yaml\) declares hw3\/eu, hw4\/us, hw3\/nordic; .*\(got "hw9\/mars"\)$/m,
+    );
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+void test('rollout request: a quorum nobody can meet is refused with the gate, the numbers and the fix, exit 2', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'fleetgate-quorum-'));
+  try {
+    const file = policyFile(dir, (p) => {
+      const gate = (p.waves as { approval?: Record<string, unknown> }[])[1]!.approval!;
+      Object.assign(gate, { required: 2, excludeInitiator: true });
+    });
+    const r = request(['--policy', file, '--requested-by', 'alice']);
+    assert.equal(r.status, 2, r.stderr);
+    assert.match(r.stderr, new RegExp(`^fleetgate: invalid policy ${file}:$`, 'm'));
+    assert.match(
+      r.stderr,
+      /^ {2}policy\.waves\.1\.approval\.excludeInitiator: gate "wave-2" needs 2 approvals .* names only 1 other \(bob\); .*\(got true\)$/m,
+    );
+    assert.equal(request(['--policy', file, '--requested-by', 'carol']).status, 0, 'carol may start it');
+
+    const three = policyFile(dir, (p) => {
+      (p.waves as { approval?: Record<string, unknown> }[])[1]!.approval!.required = 3;
+    });
+    const t = request(['--policy', three]);
+    assert.equal(t.status, 2, t.stderr);
+    assert.match(
+      t.stderr,
+      /policy\.waves\.1\.approval\.required: gate "wave-2" needs 3 approvals .*names only 2 \(alice, bob\); name at least 3 reviewers or lower required to 2 \(got 3\)/,
+    );
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+void test('rollout request and plan: a legal but long duration is a warning on stderr, exit 0', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'fleetgate-warn-'));
+  try {
+    const file = policyFile(dir, (p) => ((p.shadow as { duration: string }).duration = '45d'));
+    const r = request(['--policy', file]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(
+      r.stderr,
+      /^fleetgate: warning: policy\.shadow\.duration: a shadow of 45d is longer than 30d/m,
+    );
+    assert.ok(JSON.parse(r.stdout).policy, 'the request is printed');
+    const plan = spawnSync(
+      process.execPath,
+      [
+        join(ROOT, 'bin', 'fleetgate.js'),
+        'rollout',
+        'plan',
+        '--policy',
+        file,
+        '--json',
+        '--time-scale',
+        '600',
+      ],
+      { encoding: 'utf8', cwd: ROOT },
+    );
+    assert.equal(plan.status, 0, plan.stderr);
+    assert.match(plan.stderr, /^fleetgate: warning: policy\.shadow\.duration: /m);
+    assert.ok(JSON.parse(plan.stdout).cohorts, 'stdout stays JSON');
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

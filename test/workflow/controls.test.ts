@@ -3,11 +3,16 @@
  * the real activities: a two-person gate that refuses the initiator, a second approval by the same
  * reviewer, an unknown reviewer, the wrong gate and a stale digest (each with its reason and without a
  * trace in history); a gate left unanswered holds; a promotion gate; pause holds a rollout until it is
- * resumed; an emergency rollback of one cohort compensates it while the others are promoted.
+ * resumed; an emergency rollback of one cohort compensates it while the others are promoted; malformed
+ * update payloads (wrong types, not an object, unknown fields, 3 MB texts) are refused as non-retryable
+ * InvalidInput before any check of the rollout's state, and leave nothing in history.
  */
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { WorkflowUpdateFailedError, type WorkflowHandle } from '@temporalio/client';
+import { ApplicationFailure } from '@temporalio/common';
+import { CliError, update, type Session } from '../../cli/main';
+import { loadConfig } from '../../workers/config';
 import {
   abortUpdate,
   approveUpdate,
@@ -62,6 +67,23 @@ async function refused(p: Promise<unknown>, why: RegExp): Promise<void> {
   await assert.rejects(p, (e: Error) => {
     assert.ok(e instanceof WorkflowUpdateFailedError, `refused by the validator, not ${e.name}`);
     assert.match(String(e.cause?.message), why);
+    return true;
+  });
+}
+
+/** Asserts a non-retryable refusal of the given failure type whose message (the caller's text) matches `why`. */
+async function refusedAs(p: Promise<unknown>, type: 'InvalidInput' | 'Refused', why: RegExp): Promise<void> {
+  await assert.rejects(p, (e: Error) => {
+    assert.ok(
+      e instanceof WorkflowUpdateFailedError,
+      `refused by the validator, not ${e.name}: ${e.message}`,
+    );
+    const cause = e.cause;
+    assert.ok(cause instanceof ApplicationFailure, `an ApplicationFailure, not ${String(cause)}`);
+    assert.equal(cause.type, type, cause.message);
+    assert.equal(cause.nonRetryable, true, 'a refusal is not retryable');
+    assert.match(cause.message, why);
+    assert.ok(cause.message.length < 1000, `a short message, never the payload: ${cause.message.length}`);
     return true;
   });
 }
@@ -352,6 +374,105 @@ describe('quorum gates and operator controls (time-skipping)', () => {
         const result: RolloutResult = await handle.result();
         assert.equal(result.outcome, 'aborted');
         assert.equal(result.cohorts.find((c) => c.cohort === 'hw3/nordic')!.state, 'rolled_back');
+      });
+    } finally {
+      await world.close();
+    }
+  });
+  test('malformed update payloads are refused as non-retryable InvalidInput before any state check, leave nothing in history, and the rollout goes on', async () => {
+    const world = await makeWorld();
+    try {
+      const p = policy();
+      p.waves![1] = { ...p.waves![1]!, approval: { gate: 'wave-2', required: 1, timeout: '7d' } };
+      await withWorker(server.env, server.bundle, world, async (tq) => {
+        const handle = await startRollout(
+          server.env,
+          tq,
+          rolloutRequest(`payloads-${process.pid}`, 'models/candidate-good', p),
+        );
+        const send = (u: typeof approveUpdate | typeof pauseUpdate, arg: unknown) =>
+          handle.executeUpdate(u as typeof approveUpdate, { args: [arg as never] });
+        const big = 'x'.repeat(3 * 1024 * 1024);
+        // No gate is pending yet: the payload's shape is what is refused, in the caller's terms.
+        await refusedAs(
+          send(approveUpdate, { gate: 1, reviewer: [] }),
+          'InvalidInput',
+          /^approve: "gate" must be a string, the gate's name as status shows it \(got 1\); "reviewer" must be a string, the reviewer's name as the policy lists it \(got \[\]\)$/,
+        );
+        await refusedAs(
+          send(approveUpdate, 'x'),
+          'InvalidInput',
+          /^approve: the input must be a JSON object such as \{"gate":"wave-2","reviewer":"alice"\} \(got "x"\)$/,
+        );
+        await refusedAs(
+          send(pauseUpdate, { by: 'ops', reason: 'recall', until: 'monday' }),
+          'InvalidInput',
+          /^pause: unknown field "until"; the fields are by, reason$/,
+        );
+        await refusedAs(
+          handle.executeUpdate(abortUpdate, { args: [{ by: 'ops', reason: big }] }),
+          'InvalidInput',
+          /^abort: "reason" has 3,145,728 characters; at most 2,000: shorten it$/,
+        );
+        await refusedAs(
+          handle.executeUpdate(resumeUpdate, { args: [{ by: 'ops\u001b[2J' }] }),
+          'InvalidInput',
+          /^resume: "by" must not contain control characters/,
+        );
+        await refusedAs(
+          send(rollbackCohortUpdate as never, { cohort: 5, by: 'ops', reason: 'x' }),
+          'InvalidInput',
+          /^rollbackCohort: "cohort" must be a string, the cohort's name as status shows it \(got 5\)$/,
+        );
+        // The CLI prints the same text as `fleetgate: refused: <why>` (exit 1).
+        const session = {
+          client: server.env.client,
+          config: loadConfig({}),
+          address: 'test',
+        } as unknown as Session;
+        await assert.rejects(
+          update(session, handle.workflowId, 30_000, (h) =>
+            h.executeUpdate(approveUpdate, { args: [{ gate: 1 } as never] }),
+          ),
+          (e: Error) =>
+            e instanceof CliError &&
+            e.exitCode === 1 &&
+            /^refused: approve: "gate" must be a string, .* \(got 1\); "reviewer" is missing: give the reviewer's name as the policy lists it$/.test(
+              e.message,
+            ),
+        );
+
+        await waitFor(handle, (x) => x.pendingGate?.gate === 'wave-2', 'waited at gate wave-2');
+        await refusedAs(
+          send(approveUpdate, { gate: 'wave-2', reviewer: 'alice', comment: big }),
+          'InvalidInput',
+          /^approve: "comment" has 3,145,728 characters; at most 2,000: shorten it$/,
+        );
+        await refusedAs(
+          send(approveUpdate, { gate: 1, reviewer: [] }),
+          'InvalidInput',
+          /^approve: "gate" must be a string/,
+        );
+        // A refusal by the rollout's state is not retryable either.
+        await refusedAs(
+          send(approveUpdate, { gate: 'wave-9', reviewer: 'alice' }),
+          'Refused',
+          /^gate "wave-9" is not pending; the pending gate is "wave-2"/,
+        );
+        const receipt = await handle.executeUpdate(approveUpdate, {
+          args: [{ gate: 'wave-2', reviewer: 'alice', comment: 'c'.repeat(2000) }],
+        });
+        assert.equal(receipt.open, true);
+        const result: RolloutResult = await handle.result();
+        assert.equal(result.outcome, 'completed', result.reason);
+        assert.ok(
+          result.cohorts.every((c) => c.state === 'promoted'),
+          JSON.stringify(result.cohorts),
+        );
+        assert.deepEqual(await acceptedUpdates(handle), ['approve'], 'only the valid approval');
+        const history = JSON.stringify(await handle.fetchHistory());
+        assert.ok(history.length < 1_000_000, `no 3 MB text in history (${history.length} characters)`);
+        assert.ok(!history.includes('monday') && !history.includes('x'.repeat(3000)));
       });
     } finally {
       await world.close();
