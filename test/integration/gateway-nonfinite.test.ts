@@ -122,7 +122,6 @@ describe('the gateway and values beyond float32', () => {
       ['1e400', '1e400', 'Infinity'],
     ];
     for (const [what, literal, value] of cases) {
-      const row = [...golden];
       const raw = `{"caller":"c-${what}","inputs":[${JSON.stringify(golden)},[${golden
         .map((v, i) => (i === 3 ? literal : String(v)))
         .join(',')}]]}`;
