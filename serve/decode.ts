@@ -12,7 +12,7 @@ import { FLOAT32_MAX, type PredictOutput } from './api';
 
 /** What decoding needs of a served model. */
 export interface DecodeModel {
-  classes: string[];
+  classes: readonly string[];
   /** The model config's threshold of class 1 (two-class models), when it sets one. */
   threshold?: number;
   scale: number;

@@ -29,6 +29,7 @@
 import {
   appendFileSync,
   closeSync,
+  fdatasync,
   fdatasyncSync,
   fstatSync,
   ftruncateSync,
@@ -36,11 +37,13 @@ import {
   openSync,
   readdirSync,
   readFileSync,
+  writeSync,
 } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 import type { GatewayEvent } from './api';
 
 export const EVENTS_DIR = 'events';
@@ -55,6 +58,7 @@ const MARK_EVERY = 1024;
 const READ_CHUNK = 1024 * 1024;
 const SEQ_PREFIX = /^\{"seq":(\d+),/;
 const SEGMENT = /^events-(\d{12})\.ndjson$/;
+const datasync = promisify(fdatasync);
 const segmentName = (firstSeq: number) => `events-${String(firstSeq).padStart(12, '0')}.ndjson`;
 
 export interface EventLogOptions {
@@ -113,7 +117,8 @@ export class EventLog {
   private nextId = 0;
   /** Byte offsets of some seqs written by this process (one every MARK_EVERY or so): where reads start. */
   private marks: Mark[] = [];
-  private handle: FileHandle | undefined;
+  /** The segment being appended to (written with write(2) on the event loop: small appends to the page cache). */
+  private fd: number | undefined;
   private currentSize: number;
   /** A write failed part-way: the next write starts on a new line. */
   private torn = false;
@@ -278,9 +283,9 @@ export class EventLog {
   /** fdatasyncs the segment when something was written since the last sync. */
   private sync(): Promise<void> {
     const next = this.chain.then(async () => {
-      if (!this.dirty || !this.handle) return;
+      if (!this.dirty || this.fd === undefined) return;
       this.dirty = false;
-      await this.handle.datasync();
+      await datasync(this.fd);
     });
     this.chain = next.catch(() => undefined);
     return next;
@@ -296,8 +301,8 @@ export class EventLog {
     const firstSeq = this.written + 1;
     try {
       let text = (this.torn ? '\n' : '') + entries.map((e) => e.text).join('');
-      if (!this.handle || this.currentSize >= this.segmentBytes) {
-        if (await this.startSegment(firstSeq)) {
+      if (this.fd === undefined || this.currentSize >= this.segmentBytes) {
+        if (this.startSegment(firstSeq)) {
           // Every unsettled pending line is in the last segment (opening the log looks there only).
           text = [...this.unsettled.values()].join('') + text;
         }
@@ -308,13 +313,14 @@ export class EventLog {
         this.marks.push({ seq: firstSeq, seg, offset: this.currentSize });
       }
       this.torn = true;
-      await this.handle!.appendFile(text, 'utf8');
+      const bytes = Buffer.from(text, 'utf8');
+      for (let at = 0; at < bytes.length;) at += writeSync(this.fd!, bytes, at);
       this.torn = false;
-      this.currentSize += Buffer.byteLength(text);
+      this.currentSize += bytes.length;
       this.dirty = true;
       if (this.syncMs === 0) {
         this.dirty = false;
-        await this.handle!.datasync();
+        await datasync(this.fd!);
       }
     } catch (err) {
       // The batch is given up (its commits fail: their requests are not answered as served).
@@ -339,21 +345,21 @@ export class EventLog {
   }
 
   /** Opens the segment to append to; true when it is a new one. */
-  private async startSegment(firstSeq: number): Promise<boolean> {
+  private startSegment(firstSeq: number): boolean {
     const last = this.segments[this.segments.length - 1];
-    if (!this.handle && last && this.currentSize < this.segmentBytes) {
+    if (this.fd === undefined && last && this.currentSize < this.segmentBytes) {
       // Reopened: keep appending to the last segment.
-      this.handle = await fs.open(last.file, 'a');
+      this.fd = openSync(last.file, 'a');
       return false;
     }
-    if (this.handle) {
-      if (this.dirty) await this.handle.datasync();
+    if (this.fd !== undefined) {
+      if (this.dirty) fdatasyncSync(this.fd);
       this.dirty = false;
-      await this.handle.close();
-      this.handle = undefined;
+      closeSync(this.fd);
+      this.fd = undefined;
     }
     const seg = { firstSeq, file: join(this.dir, segmentName(firstSeq)) };
-    this.handle = await fs.open(seg.file, 'a');
+    this.fd = openSync(seg.file, 'a');
     this.segments.push(seg);
     this.currentSize = 0;
     return true;
@@ -436,8 +442,8 @@ export class EventLog {
     await this.flush();
     await this.sync();
     this.closed = true;
-    await this.handle?.close();
-    this.handle = undefined;
+    if (this.fd !== undefined) closeSync(this.fd);
+    this.fd = undefined;
   }
 }
 
