@@ -154,13 +154,16 @@ async function readLog(stateDir: string): Promise<GatewayEvent[]> {
 }
 
 describe('the gateway event log', () => {
-  it('holds every answered request after SIGKILL under concurrent load, three times over', async () => {
+  it('holds every answered request after SIGKILL under concurrent load, three times over', async (t) => {
     const answered = new Set<string>();
     let inFlightAtKill = 0;
     for (let round = 0; round < 3; round++) {
+      // Each answer takes 20 ms more (injected), so the clients always have requests in the gateway.
       const g = await serve('durable', [
         'cohorts: [web]',
-        `routes: { web: { production: { digest: ${prod} }, candidate: { digest: ${cand} }, mirror: 0.5 } }`,
+        'faultInjection: true',
+        `routes: { web: { production: { digest: ${prod}, inject: { latencyMs: 20 } }, ` +
+          `candidate: { digest: ${cand} }, mirror: 0.5 } }`,
       ]);
       let killed = false;
       const live = new Set<string>();
@@ -189,6 +192,10 @@ describe('the gateway event log', () => {
     assert.deepEqual(twice.slice(0, 10), [], 'one event per request');
     for (let i = 1; i < events.length; i++) assert.equal(events[i]!.seq, events[i - 1]!.seq + 1);
     // Mirrored requests are among them: settled with the shadow's answer, or recovered as lost.
+    t.diagnostic(
+      `${answered.size} answered, ${inFlightAtKill} in flight at the kills, ${events.length} events, ` +
+        `${events.filter((e) => e.shadow?.lost).length} recovered with their shadow lost`,
+    );
     const mirrored = events.filter((e) => e.shadow);
     assert.ok(mirrored.length > 50, `${mirrored.length} mirrored events`);
     for (const e of mirrored) {
