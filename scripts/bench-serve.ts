@@ -12,7 +12,9 @@
  *      second's requests as fast as answers come, then waits for the next second). p50, p99, and the
  *      saturation throughput of both at that concurrency. Goal printed: p50 overhead <= 1.2x. In the same
  *      rotation, to tell the parts of the overhead apart: the gateway with a batching wait
- *      (maxDelayMs 2; the default is 0), and the least HTTP server around the same runner (parse, run, answer) under the
+ *      (maxDelayMs 2; the default is 0), the gateway that fdatasyncs its event log before every answer
+ *      (events.syncMs 0; the default writes each group of events to the OS before answering and syncs
+ *      every second), and the least HTTP server around the same runner (parse, run, answer) under the
  *      same load: the gateway's own cost over what any HTTP service of this model pays.
  *   2. p99 with every production request mirrored to the candidate against no mirroring, at the same
  *      rate: rotations of off / on / off (the second off an A/A control of the host's noise), medians.
@@ -273,7 +275,7 @@ export async function serveBench(root: string): Promise<BenchRow[]> {
   const log = (line: object) => {
     if ((line as { level?: string }).level === 'error') errorLogs++;
   };
-  const gatewayAt = (name: string, maxQueued: number, maxDelayMs?: number) =>
+  const gatewayAt = (name: string, maxQueued: number, maxDelayMs?: number, syncMs?: number) =>
     startGateway(
       parseGatewayConfig(
         {
@@ -286,6 +288,7 @@ export async function serveBench(root: string): Promise<BenchRow[]> {
           routes: { bench: { production: { digest: production }, candidate: { digest: candidate } } },
           queue: { maxQueued },
           ...(maxDelayMs === undefined ? {} : { batching: { maxDelayMs } }),
+          ...(syncMs === undefined ? {} : { events: { syncMs } }),
           adminTokenEnv: tokenEnv,
         },
         dir,
@@ -342,6 +345,7 @@ export async function serveBench(root: string): Promise<BenchRow[]> {
     // default); the gateway with a 2 ms batching wait; the least HTTP server around the same runner; and
     // runner.run itself.
     const waiting = await gatewayAt('bench-serve-wait', 1024, 2);
+    const synced = await gatewayAt('bench-serve-synced', 1024, undefined, 0);
     const bare = await bareServer(runner, production);
     type Arm = { name: string; p50: number[]; p99: number[]; served: number[] };
     const arm = (name: string): Arm => ({ name, p50: [], p99: [], served: [] });
@@ -349,6 +353,7 @@ export async function serveBench(root: string): Promise<BenchRow[]> {
       [arm('gateway'), () => httpRun(url)],
       [arm('gateway, maxDelayMs 2'), () => httpRun(waiting.url + PATHS.predict)],
       [arm('bare HTTP + runner.run'), () => httpRun(bare.url)],
+      [arm('gateway, events.syncMs 0'), () => httpRun(synced.url + PATHS.predict)],
       [
         arm('runner.run direct'),
         async () => {
@@ -374,19 +379,21 @@ export async function serveBench(root: string): Promise<BenchRow[]> {
       }
     } finally {
       await waiting.close();
+      await synced.close();
       await bare.close();
     }
-    const [gw, nw, hb, dr] = subjects.map(([a]) => ({
+    const [gw, nw, hb, sy, dr] = subjects.map(([a]) => ({
       p50: median(a.p50),
       p99: median(a.p99),
       served: median(a.served),
-    })) as [Stats, Stats, Stats, Stats];
+    })) as [Stats, Stats, Stats, Stats, Stats];
     type Stats = { p50: number; p99: number; served: number };
     const both = (s: Stats) => `${ms(s.p50)} / ${ms(s.p99)}`;
     console.log(
       `gateway vs direct (batch 1, ${connections} connections, ${perSecond(rate)} = a third of the gateway's ` +
         `saturation, ${seconds} s runs, ${reps} rotations, medians): p50 / p99 gateway ${both(gw)}, ` +
-        `with a 2 ms batching wait ${both(nw)}, bare HTTP + runner.run ${both(hb)}, runner.run direct ` +
+        `with a 2 ms batching wait ${both(nw)}, with an fdatasync before every answer ${both(sy)}, ` +
+        `bare HTTP + runner.run ${both(hb)}, runner.run direct ` +
         `${both(dr)}; p50 overhead over direct ${(gw.p50 / dr.p50).toFixed(2)}x (goal <= 1.2x), of the ` +
         `gateway over bare HTTP ${(gw.p50 / hb.p50).toFixed(2)}x; served ` +
         `${perSecond(gw.served)} vs ${perSecond(dr.served)}; saturation at ${connections} connections: ` +
@@ -424,6 +431,14 @@ export async function serveBench(root: string): Promise<BenchRow[]> {
         subjectMs: nw.p50,
         baselineMs: gw.p50,
         speedup: gw.p50 / nw.p50,
+      },
+      {
+        name: `serve p50, batch 1 at ${perSecond(rate)}`,
+        subject: 'gateway, events.syncMs 0',
+        baseline: 'gateway, events.syncMs 1000',
+        subjectMs: sy.p50,
+        baselineMs: gw.p50,
+        speedup: gw.p50 / sy.p50,
       },
       {
         name: `serve saturation, ${connections} connections`,

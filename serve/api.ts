@@ -52,6 +52,25 @@ const Digest = z
   .string()
   .regex(/^[0-9a-f]{64}$/, { message: 'a sha256 hex digest (64 lowercase hex digits)' });
 
+/**
+ * The largest finite float32, as a JSON number: models compute in float32, where a feature beyond it is
+ * Infinity (and a logistic model's output NaN), so such features are refused, never served.
+ */
+export const FLOAT32_MAX = 3.4028234663852886e38;
+
+/** A feature value: a number within float32 range. Errors give the value and the allowed range. */
+export const Feature = z
+  .number({
+    error: (iss) =>
+      typeof iss.input === 'number'
+        ? `${String(iss.input)} is not a finite number; send a number from -${FLOAT32_MAX} to ${FLOAT32_MAX} (float32 range)`
+        : 'expected a number',
+  })
+  .refine((v) => Math.abs(v) <= FLOAT32_MAX, {
+    error: (iss) =>
+      `${String(iss.input)} is beyond float32 range; send a number from -${FLOAT32_MAX} to ${FLOAT32_MAX}`,
+  });
+
 /** What a predict call sends. Limits on rows and body size come from the gateway's `limits`. */
 export const PredictRequest = z
   .object({
@@ -62,7 +81,7 @@ export const PredictRequest = z
       .optional()
       .describe("The caller's cohort; the gateway's first cohort when absent"),
     inputs: z
-      .array(z.array(z.number().finite()))
+      .array(z.array(Feature))
       .min(1)
       .describe("Rows of features, each as long as the model's input contract (its second dimension)"),
   })
@@ -173,14 +192,20 @@ export interface GatewayEvent {
   latencyMs: number;
   status: number;
   failed: boolean;
+  /** Why a failed request failed, e.g. 'nonfinite-output' (the model answered NaN or Infinity). */
+  reason?: string;
   shadow?: {
     digest: string;
     pred?: number;
     conf?: number;
     latencyMs?: number;
     failed: boolean;
+    /** Why the candidate failed, e.g. 'nonfinite-output'. */
+    reason?: string;
     /** The shadow queue was full: the candidate never ran this request. */
     dropped: boolean;
+    /** The gateway stopped before the candidate's answer was logged (also `dropped`): it is unknown. */
+    lost?: boolean;
   };
 }
 

@@ -80,6 +80,22 @@ export const GatewayConfig = z
       })
       .strict()
       .default({ maxBodyBytes: 1_048_576, maxRows: 256 }),
+    events: z
+      .object({
+        syncMs: z
+          .number()
+          .int()
+          .min(0)
+          .max(60_000)
+          .default(1000)
+          .describe(
+            'How often the event log is fdatasynced when written to: a power loss may lose the events of ' +
+              'the last syncMs (a crash of the process loses no answered request either way). 0: sync ' +
+              'before every answer',
+          ),
+      })
+      .strict()
+      .default({ syncMs: 1000 }),
     adminTokenEnv: z
       .string()
       .regex(/^[A-Za-z_][A-Za-z0-9_]*$/, { message: 'an environment variable name' })

@@ -11,9 +11,15 @@
  *   /admin/*                bearer token from the environment variable the config names: read and change
  *                           routes (saved atomically in routes.json before answering), read events
  *
- * Every answer of the served path (200, 429, 5xx) is one event, written when the request's shadow is done
- * or dropped; a request refused for what it sent (400, 413) is not. A route update with no effect (a
- * retry) answers the route as it is, whatever its ifGeneration.
+ * Every answer of the served path (200, 5xx) is one event, written to the OS before the answer is sent
+ * (serve/event-log.ts `commit`, shared by concurrent requests), so a crash right after an answer loses
+ * none; a mirrored request's event is first a pending line, settled with the shadow's answer when it is
+ * done or dropped. A request refused (400, 413 for what it sent, 429 queue full, 503 draining) has no
+ * event: it is counted in `fleetgate_gateway_refused_total` and summed in one log line per 10 s
+ * (serve/log-window.ts). A model output that is NaN or Infinity is never a class: the request fails (500,
+ * `fleetgate_gateway_nonfinite_outputs_total`, a failed event; a failed shadow when mirrored), and a
+ * feature beyond float32 range is refused (400) before the model runs (serve/decode.ts). A route update
+ * with no effect (a retry) answers the route as it is, whatever its ifGeneration.
  *
  * The raw caller id lives only as long as it takes to compute its keyed pseudonym: nothing logged, stored,
  * counted, traced or returned carries it. Memory is bounded by the body limit, the served queue's rows and
@@ -38,6 +44,7 @@ import {
   CohortRoute,
   type ErrorBody,
   type EventsResponse,
+  FLOAT32_MAX,
   type GatewayEvent,
   HEADERS,
   PATHS,
@@ -50,7 +57,9 @@ import {
 } from './api';
 import { MicroBatcher, QueueFullError, RowBudget } from './batcher';
 import type { GatewayConfig } from './config';
-import { EventLog, MAX_READ } from './event-log';
+import { decodeOutputs, FeatureRangeError, NonFiniteOutputError, preprocessRows } from './decode';
+import { EventLog, MAX_READ, type PendingEvent } from './event-log';
+import { LogWindow } from './log-window';
 import { GatewayMetrics } from './metrics';
 import { ModelCatalog, ModelUnavailableError, type ServedModel } from './models';
 import { chooseArm, isInjectedError, isMirrored } from './router';
@@ -78,6 +87,8 @@ export interface GatewayDeps {
 /** A request refused, with what to put in its ErrorBody. */
 class HttpError extends Error {
   override name = 'HttpError';
+  /** The `reason` label a refused predict is counted under. */
+  reason = 'invalid-request';
   constructor(
     readonly status: number,
     message: string,
@@ -117,6 +128,8 @@ function sendError(res: ServerResponse, err: HttpError, headers: Record<string, 
 
 /** A value to echo in an error: long ones are cut, so an error never carries a whole body back. */
 function shorten(value: unknown): unknown {
+  // JSON has no NaN or Infinity (they would read as null): such a value is echoed as its name.
+  if (typeof value === 'number' && !Number.isFinite(value)) return String(value);
   const s = JSON.stringify(value);
   if (s === undefined || s.length <= 200) return value;
   return `${s.slice(0, 197)}...`;
@@ -139,15 +152,20 @@ function zodError(error: z.ZodError, input: unknown, what: string): HttpError {
       ? `remove ${issue.keys.map((k) => `"${k}"`).join(', ')}`
       : issue.message;
   const more = error.issues.length > 1 ? ` (and ${error.issues.length - 1} more problem(s))` : '';
-  return new HttpError(400, `${what}: ${field ?? '(body)'}: ${fix}${more}`, field, value);
+  const e = new HttpError(400, `${what}: ${field ?? '(body)'}: ${fix}${more}`, field, value);
+  if (typeof value === 'number' && !(Math.abs(value) <= FLOAT32_MAX)) e.reason = 'out-of-range';
+  return e;
 }
 
 async function readBody(req: IncomingMessage, max: number): Promise<Buffer> {
   const declared = Number(req.headers['content-length']);
   const tooLarge = () =>
-    new HttpError(413, `the body is over ${max} bytes; send fewer rows per request`, undefined, undefined, {
-      Connection: 'close',
-    });
+    Object.assign(
+      new HttpError(413, `the body is over ${max} bytes; send fewer rows per request`, undefined, undefined, {
+        Connection: 'close',
+      }),
+      { reason: 'body-too-large' },
+    );
   if (Number.isFinite(declared) && declared > max) {
     req.resume();
     throw tooLarge();
@@ -179,35 +197,6 @@ function sameSecret(a: string, b: string): boolean {
   return timingSafeEqual(ha, hb);
 }
 
-/** Outputs of the rows of one request: probabilities, class (threshold on class 1) and label. */
-function postprocess(
-  probs: Float32Array,
-  per: number,
-  model: ServedModel,
-  threshold: number | undefined,
-): PredictOutput[] {
-  const t = threshold ?? model.threshold;
-  const out: PredictOutput[] = [];
-  for (let r = 0; r * per < probs.length; r++) {
-    const p = Array.from(probs.subarray(r * per, (r + 1) * per));
-    let cls: number;
-    if (per === 2 && t !== undefined) cls = p[1]! >= t ? 1 : 0;
-    else {
-      cls = 0;
-      for (let i = 1; i < p.length; i++) if (p[i]! > p[cls]!) cls = i;
-    }
-    out.push({ probs: p, class: cls, label: model.classes[cls] ?? String(cls) });
-  }
-  return out;
-}
-
-function preprocess(inputs: number[][], model: ServedModel): Float32Array {
-  const x = new Float32Array(inputs.length * model.features);
-  let i = 0;
-  for (const row of inputs) for (const v of row) x[i++] = v * model.scale + model.offset;
-  return x;
-}
-
 const sleep = (ms: number) => new Promise((res) => setTimeout(res, ms));
 
 export async function startGateway(config: GatewayConfig, deps: GatewayDeps = {}): Promise<Gateway> {
@@ -235,7 +224,7 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps = {}
   let events: EventLog;
   try {
     ({ routes, others } = await initialRoutes(config, routesStore, store));
-    events = EventLog.open(config.stateDir);
+    events = EventLog.open(config.stateDir, { syncMs: config.events.syncMs });
   } catch (err) {
     await releaseOwned();
     throw err;
@@ -245,6 +234,12 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps = {}
   const served = new RowBudget(config.queue.maxQueued);
   const shadowBudget = new RowBudget(config.shadow.maxQueued);
   const metrics = new GatewayMetrics(() => served.rows);
+  const summary = new LogWindow(log);
+  /** Counts a refused predict (never logged one by one: summed in the window's summary line). */
+  const refuse = (status: number, reason: string) => {
+    metrics.refused.inc({ code: String(status), reason });
+    summary.note(`${status} ${reason}`, `requests refused with ${status} (${reason})`);
+  };
   const batchers = new Map<string, MicroBatcher>();
   const batcherOf = (model: ServedModel) => {
     let b = batchers.get(model.digest);
@@ -298,7 +293,21 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps = {}
   // ---- predict --------------------------------------------------------------------------------
 
   const predict = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
-    if (draining) throw new HttpError(503, 'the gateway is draining; send the request to another instance');
+    try {
+      await acceptPredict(req, res);
+    } catch (err) {
+      if (err instanceof HttpError) refuse(err.status, err.reason);
+      throw err;
+    }
+  };
+
+  const acceptPredict = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+    if (draining) {
+      throw Object.assign(
+        new HttpError(503, 'the gateway is draining; send the request to another instance'),
+        { reason: 'draining' },
+      );
+    }
     const rawId = req.headers[HEADERS.requestId];
     let requestId: string;
     if (rawId === undefined) requestId = randomUUID();
@@ -353,19 +362,25 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps = {}
     const { inputs } = parsed.data;
     const cohort = parsed.data.cohort ?? config.cohorts[0]!;
     if (!config.cohorts.includes(cohort)) {
-      throw new HttpError(
-        400,
-        `unknown cohort "${cohort}"; this gateway serves ${config.cohorts.map((c) => `"${c}"`).join(', ')}`,
-        'cohort',
-        cohort,
+      throw Object.assign(
+        new HttpError(
+          400,
+          `unknown cohort "${cohort}"; this gateway serves ${config.cohorts.map((c) => `"${c}"`).join(', ')}`,
+          'cohort',
+          cohort,
+        ),
+        { reason: 'unknown-cohort' },
       );
     }
     if (inputs.length > config.limits.maxRows) {
-      throw new HttpError(
-        400,
-        `${inputs.length} rows are over this gateway's limit of ${config.limits.maxRows}; split the request`,
-        'inputs',
-        inputs.length,
+      throw Object.assign(
+        new HttpError(
+          400,
+          `${inputs.length} rows are over this gateway's limit of ${config.limits.maxRows}; split the request`,
+          'inputs',
+          inputs.length,
+        ),
+        { reason: 'too-many-rows' },
       );
     }
     // The raw id ends here: only its keyed pseudonym goes on.
@@ -382,6 +397,15 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps = {}
       try {
         const result = await serveArm(cohort, arm, ref, inputs, requestId);
         status = result.status;
+        const headers = { [HEADERS.arm]: arm, [HEADERS.requestId]: requestId };
+        // A refused request (400 for what it sent, 429 queue full) is not a served request: it has no
+        // event, and is counted (and summed in the log) only.
+        if (status === 400 || status === 429) {
+          refuse(status, result.error!.reason);
+          metrics.requests.inc({ cohort, arm, code: String(status) });
+          sendError(res, result.error!, headers);
+          return;
+        }
         const latencyMs = performance.now() - started;
         const event: Omit<GatewayEvent, 'seq'> = {
           requestId,
@@ -396,9 +420,44 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps = {}
             : {}),
           latencyMs,
           status,
-          // A full queue fails the caller too: its event counts as a failed request of its arm.
-          failed: status >= 500 || status === 429,
+          failed: status >= 500,
+          ...(status >= 500 ? { reason: result.error!.reason } : {}),
         };
+        const mirror =
+          arm === 'production' &&
+          status === 200 &&
+          route.candidate !== undefined &&
+          isMirrored(key, route.salt, requestId, route.mirror);
+        // The event reaches the OS before the answer leaves: a crash after the answer loses nothing
+        // answered. A mirrored request's event is pending until its shadow is done (shadow unknown if the
+        // gateway dies first).
+        let pending: PendingEvent | undefined;
+        if (mirror) {
+          pending = events.appendPending({
+            ...event,
+            shadow: { digest: route.candidate!.digest, failed: false, dropped: true, lost: true },
+          });
+        } else events.append(event);
+        const t0 = performance.now();
+        try {
+          await events.commit();
+        } catch (err) {
+          status = 500;
+          metrics.errors.inc({ cohort, arm, reason: 'event-log' });
+          summary.note('event-log', 'event log writes failed', {
+            level: 'error',
+            event: 'gateway.event-log-failed',
+            message: (err as Error).message,
+          });
+          metrics.requests.inc({ cohort, arm, code: '500' });
+          sendError(
+            res,
+            new HttpError(500, `the request's event could not be logged (${(err as Error).message}); retry`),
+            headers,
+          );
+          return;
+        }
+        metrics.eventCommit.observe((performance.now() - t0) / 1000);
         metrics.requests.inc({ cohort, arm, code: String(status) });
         metrics.duration.observe({ cohort, arm }, latencyMs / 1000);
         if (result.outputs) {
@@ -413,22 +472,11 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps = {}
             outputs: result.outputs,
             latencyMs,
           };
-          sendJson(res, 200, response, { [HEADERS.arm]: arm, [HEADERS.requestId]: requestId });
+          sendJson(res, 200, response, headers);
         } else {
-          sendError(res, result.error!, { [HEADERS.arm]: arm, [HEADERS.requestId]: requestId });
+          sendError(res, result.error!, headers);
         }
-        // A request refused for what it sent (400) is not a served request: it has no event.
-        if (status === 400) return;
-        if (
-          arm === 'production' &&
-          status === 200 &&
-          route.candidate &&
-          isMirrored(key, route.salt, requestId, route.mirror)
-        ) {
-          startShadow(cohort, route.candidate, inputs, event);
-        } else {
-          events.append(event);
-        }
+        if (pending) startShadow(cohort, route.candidate!, inputs, event, pending);
       } catch (err) {
         status = 500;
         span.recordException(err as Error);
@@ -477,14 +525,30 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps = {}
         return {
           status: 400,
           model,
-          error: new HttpError(
-            400,
-            `row ${i} has ${inputs[i]!.length} features; the model takes ${model.features} per row`,
-            `inputs.${i}`,
-            inputs[i]!.length,
+          error: Object.assign(
+            new HttpError(
+              400,
+              `row ${i} has ${inputs[i]!.length} features; the model takes ${model.features} per row`,
+              `inputs.${i}`,
+              inputs[i]!.length,
+            ),
+            { reason: 'bad-input' },
           ),
         };
       }
+    }
+    let x: Float32Array;
+    try {
+      x = preprocessRows(inputs, model);
+    } catch (err) {
+      if (!(err instanceof FeatureRangeError)) throw err;
+      return {
+        status: 400,
+        model,
+        error: Object.assign(new HttpError(400, err.message, err.field, err.value), {
+          reason: 'out-of-range',
+        }),
+      };
     }
     if (isInjectedError(requestId, inject?.errorRate)) {
       await addLatency();
@@ -492,21 +556,22 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps = {}
       return {
         status: 500,
         model,
-        error: new HttpError(500, `injected fault (errorRate ${inject!.errorRate}) of the ${arm} arm`),
+        error: Object.assign(
+          new HttpError(500, `injected fault (errorRate ${inject!.errorRate}) of the ${arm} arm`),
+          { reason: 'injected' },
+        ),
       };
     }
-    const x = preprocess(inputs, model);
     const span = tracer.startSpan(
       'gateway.inference',
       { attributes: { digest: model.digest, rows: inputs.length } },
       context.active(),
     );
+    let r;
     try {
-      const r = await batcherOf(model).submit(x, inputs.length, served);
+      r = await batcherOf(model).submit(x, inputs.length, served);
       span.setAttribute('batch.size', r.batchRows);
       span.end();
-      await addLatency();
-      return { status: 200, model, outputs: postprocess(r.probs, r.outputsPerRow, model, ref.threshold) };
     } catch (err) {
       span.end();
       if (err instanceof QueueFullError) {
@@ -515,19 +580,22 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps = {}
         return {
           status: 429,
           model,
-          error: new HttpError(
-            429,
-            `the gateway is busy (${err.message}); retry after 1 s`,
-            undefined,
-            undefined,
-            {
-              'Retry-After': '1',
-            },
+          error: Object.assign(
+            new HttpError(
+              429,
+              `the gateway is busy (${err.message}); retry after 1 s`,
+              undefined,
+              undefined,
+              {
+                'Retry-After': '1',
+              },
+            ),
+            { reason: 'queue-full' },
           ),
         };
       }
       metrics.errors.inc({ cohort, arm, reason: 'inference' });
-      log({
+      summary.note(`inference ${model.digest}`, `inference failures of model ${model.digest.slice(0, 12)}`, {
         level: 'error',
         event: 'gateway.inference-failed',
         cohort,
@@ -535,16 +603,63 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps = {}
         digest: model.digest,
         message: (err as Error).message,
       });
-      return { status: 500, model, error: new HttpError(500, `inference failed: ${(err as Error).message}`) };
+      return {
+        status: 500,
+        model,
+        error: Object.assign(new HttpError(500, `inference failed: ${(err as Error).message}`), {
+          reason: 'inference',
+        }),
+      };
     }
+    let outputs: PredictOutput[];
+    try {
+      outputs = decodeOutputs(r.probs, r.outputsPerRow, model, ref.threshold);
+    } catch (err) {
+      if (!(err instanceof NonFiniteOutputError)) throw err;
+      nonFinite(cohort, arm, 'served', model.digest, err);
+      return {
+        status: 500,
+        model,
+        error: Object.assign(new HttpError(500, `the ${arm} model failed: ${err.message}`), {
+          reason: 'nonfinite-output',
+        }),
+      };
+    }
+    await addLatency();
+    return { status: 200, model, outputs };
   };
 
-  /** Mirrors a production-served request to the candidate, after its response; writes its event when done. */
+  /** Counts (and logs, at most once per window per model) a model run whose outputs were not finite. */
+  const nonFinite = (
+    cohort: string,
+    arm: Arm,
+    path: 'served' | 'shadow',
+    digest: string,
+    err: NonFiniteOutputError,
+  ) => {
+    metrics.nonfinite.inc({ cohort, arm, path });
+    metrics.errors.inc({ cohort, arm, reason: path === 'shadow' ? 'shadow' : 'nonfinite-output' });
+    summary.note(`nonfinite ${digest}`, `runs of model ${digest.slice(0, 12)} with NaN or Infinity outputs`, {
+      level: 'error',
+      event: 'gateway.nonfinite-output',
+      cohort,
+      arm,
+      path,
+      digest,
+      message: err.message,
+    });
+  };
+
+  /**
+   * Mirrors a production-served request to the candidate, after its response; settles its pending event
+   * with the candidate's answer when done. A candidate output that is not finite is a failed shadow.
+   */
   const startShadow = (
     cohort: string,
     cand: ArmRef,
     inputs: number[][],
     event: Omit<GatewayEvent, 'seq'>,
+    pending: PendingEvent,
   ) => {
     metrics.shadowRequests.inc({ cohort });
     const p = (async () => {
@@ -554,8 +669,15 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps = {}
         const model = await catalog.get(cand.digest);
         if (inputs.some((row) => row.length !== model.features))
           throw new Error('the candidate takes another row length');
-        const r = await batcherOf(model).submit(preprocess(inputs, model), inputs.length, shadowBudget);
-        const out = postprocess(r.probs, r.outputsPerRow, model, cand.threshold)[0]!;
+        const r = await batcherOf(model).submit(preprocessRows(inputs, model), inputs.length, shadowBudget);
+        let out: PredictOutput;
+        try {
+          out = decodeOutputs(r.probs, r.outputsPerRow, model, cand.threshold)[0]!;
+        } catch (err) {
+          if (err instanceof NonFiniteOutputError)
+            nonFinite(cohort, 'candidate', 'shadow', model.digest, err);
+          throw err;
+        }
         shadow = {
           digest: cand.digest,
           pred: out.class,
@@ -569,11 +691,24 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps = {}
           metrics.shadowDropped.inc({ cohort });
           shadow = { digest: cand.digest, failed: false, dropped: true };
         } else {
-          metrics.errors.inc({ cohort, arm: 'candidate', reason: 'shadow' });
-          shadow = { digest: cand.digest, latencyMs: performance.now() - t0, failed: true, dropped: false };
+          if (!(err instanceof NonFiniteOutputError)) {
+            metrics.errors.inc({ cohort, arm: 'candidate', reason: 'shadow' });
+          }
+          shadow = {
+            digest: cand.digest,
+            latencyMs: performance.now() - t0,
+            failed: true,
+            reason:
+              err instanceof NonFiniteOutputError
+                ? 'nonfinite-output'
+                : err instanceof FeatureRangeError
+                  ? 'out-of-range'
+                  : 'shadow',
+            dropped: false,
+          };
         }
       }
-      events.append({ ...event, shadow });
+      events.settle(pending, { ...event, shadow });
     })().finally(() => shadows.delete(p));
     shadows.add(p);
   };
@@ -829,6 +964,7 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps = {}
         await Promise.allSettled([...inFlight, ...shadows]);
       }
       await events.flush();
+      summary.close();
       const closed = new Promise<void>((res) => server.close(() => res()));
       server.closeIdleConnections();
       server.closeAllConnections();

@@ -12,6 +12,9 @@ export class GatewayMetrics {
   readonly errors: Counter<'cohort' | 'arm' | 'reason'>;
   readonly queueDepth: Gauge;
   readonly rejected: Counter;
+  readonly refused: Counter<'code' | 'reason'>;
+  readonly nonfinite: Counter<'cohort' | 'arm' | 'path'>;
+  readonly eventCommit: Histogram;
   readonly shadowRequests: Counter<'cohort'>;
   readonly shadowDropped: Counter<'cohort'>;
   readonly batchSize: Histogram;
@@ -51,6 +54,28 @@ export class GatewayMetrics {
     this.rejected = new Counter({
       name: 'fleetgate_gateway_rejected_total',
       help: 'Predict requests refused with 429 because the queue was full',
+      registers,
+    });
+    this.refused = new Counter({
+      name: 'fleetgate_gateway_refused_total',
+      help:
+        'Predict requests refused (4xx, 429 queue full, 503 draining), by status code and reason; they have ' +
+        'no event: a summary line every 10 s is all the log says of them',
+      labelNames: ['code', 'reason'],
+      registers,
+    });
+    this.nonfinite = new Counter({
+      name: 'fleetgate_gateway_nonfinite_outputs_total',
+      help:
+        'Model runs whose outputs held NaN or Infinity, answered 500 (path "served") or logged as a failed ' +
+        'shadow (path "shadow"), never as a class; by cohort and arm',
+      labelNames: ['cohort', 'arm', 'path'],
+      registers,
+    });
+    this.eventCommit = new Histogram({
+      name: 'fleetgate_gateway_event_commit_seconds',
+      help: "Time a response waits for its event's write to the OS (group commit) before it is sent",
+      buckets: [0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1],
       registers,
     });
     this.shadowRequests = new Counter({
