@@ -947,6 +947,17 @@ export async function infer(
       features = frames.features.subarray(start * FEATURES, (start + rowsInChunk) * FEATURES);
     }
     const { probs } = await runner.run(digest, features, rowsInChunk, settings);
+    // A model that outputs NaN or Infinity answers no class: the batch fails, never reads it as "clear".
+    let nonFinite = 0;
+    for (let j = 0, end = 2 * rowsInChunk; j < end; j++) if (!Number.isFinite(probs[j]!)) nonFinite++;
+    if (nonFinite > 0) {
+      throw fail(
+        ErrorType.InvalidInput,
+        `model ${digest.slice(0, 12)} output ${nonFinite} non-finite value(s) (NaN or Infinity) for ${rowsInChunk} frame(s) ` +
+          `on ${sku.name}: it answers no class for them; a model that does this is not rolled out (check its export and ` +
+          'its inputs against the inference config)',
+      );
+    }
     if (idx) {
       for (let r = 0; r < rowsInChunk; r++) {
         const e = idx[start + r]!;
