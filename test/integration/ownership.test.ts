@@ -22,6 +22,8 @@ let server: DevServer;
 let tmp: string;
 let connection: NativeConnection;
 let worldA: World;
+/** Every `fleetgate worker` started, killed after the tests if one is still running (a failed test). */
+const children: ChildProcess[] = [];
 
 before(async () => {
   quietRuntime();
@@ -32,6 +34,7 @@ before(async () => {
 });
 
 after(async () => {
+  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
   await connection?.close();
   await worldA?.close();
   await server?.stop();
@@ -39,6 +42,17 @@ after(async () => {
 });
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** `p`'s value, or undefined when it has not settled within `ms`. */
+async function within<T>(p: Promise<T>, ms: number): Promise<T | undefined> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<undefined>((r) => (timer = setTimeout(() => r(undefined), ms)));
+  try {
+    return await Promise.race([p, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
 
 /** Waits until the server lists a poller of `taskQueue`'s activities that `match`es; returns its identity. */
 async function polling(taskQueue: string, match: (identity: string) => boolean): Promise<string> {
@@ -90,6 +104,7 @@ function cliWorker(dataDir: string, taskQueue: string, extra: NodeJS.ProcessEnv 
     env,
     stdio: ['ignore', 'ignore', 'pipe'],
   });
+  children.push(child);
   let stderr = '';
   child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
   const exited = new Promise<{ code: number | null; stderr: string }>((done) =>
@@ -110,16 +125,16 @@ test('a worker with another data directory is refused on a served task queue; sa
   const queue = `owner-${process.pid}`;
   const a = await workerA(queue);
   const identityA = a.options.identity!;
-  assert.match(identityA, /^fleetgate\/\d+@\S+ store=[0-9a-f]{12}$/);
   await a.runUntil(async () => {
     await polling(queue, (id) => id === identityA);
 
     const b = cliWorker(join(tmp, 'b'), queue);
-    const refused = await Promise.race([b.exited, sleep(60_000).then(() => undefined)]);
+    const refused = await within(b.exited, 30_000);
     if (!refused) {
       await stop(b);
-      assert.fail(`worker B still served A's task queue after 60 s: ${b.stderr()}`);
+      assert.fail(`worker B still served A's task queue after 30 s: ${b.stderr()}`);
     }
+    assert.match(identityA, /^fleetgate\/\d+@\S+ store=[0-9a-f]{12}$/);
     assert.equal(refused.code, 1, refused.stderr);
     const lines = refused.stderr.trim().split('\n');
     assert.equal(lines.length, 1, refused.stderr);
@@ -167,16 +182,21 @@ test('two workers with different stores polling one queue both stop within secon
   // A is created (and checked) while nobody polls; B then starts and polls first; A then runs too.
   const a = await workerA(queue, { firstRecheckMs: 500, recheckEveryMs: 500 });
   const b = cliWorker(join(tmp, 'race-b'), queue);
-  const identityB = await polling(queue, (id) => id.startsWith('fleetgate/'));
+  let identityB: string;
+  try {
+    identityB = await polling(queue, (id) => id.startsWith('fleetgate/'));
+  } catch (err) {
+    await a.runUntil(Promise.resolve()); // a worker never run keeps the connection held
+    await stop(b);
+    throw err;
+  }
   const started = Date.now();
-  let timer: NodeJS.Timeout | undefined;
-  const limit = new Promise<'still running'>((r) => (timer = setTimeout(() => r('still running'), 30_000)));
   const run = a.run().then(
-    () => undefined,
+    () => 'stopped without an error',
     (err: unknown) => err,
   );
-  const first = await Promise.race([run, limit]);
-  if (first === 'still running') {
+  const first = await within(run, 30_000);
+  if (first === undefined) {
     a.shutdown();
     await run;
     await stop(b);
@@ -188,8 +208,7 @@ test('two workers with different stores polling one queue both stop within secon
   assert.ok(err.message.includes(identityB), err.message);
 
   // B looks again 5 s after it started (the CLI's timing) and stops too, naming A.
-  const bEnd = await Promise.race([b.exited, sleep(30_000).then(() => undefined)]);
-  clearTimeout(timer);
+  const bEnd = await within(b.exited, 30_000);
   if (!bEnd) {
     await stop(b);
     assert.fail('worker B still served the queue 30 s after worker A polled it');
