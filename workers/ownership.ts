@@ -6,7 +6,7 @@
  * Temporal identity names its store (`fleetgate/<pid>@<host> store=<12 hex>`), and before it polls, then
  * every 30 s while it runs, the worker asks the server who else polls its task queue: a poller seen in
  * the last 2 minutes that names another store makes it refuse to start, or stop, with a message that
- * names that poller and what to do. FLEETGATE_ALLOW_SHARED_QUEUE=1 skips the check for an operator who
+ * names that poller and what to do. FLEETGATE_SHARED_QUEUE=1 skips the check for an operator who
  * knows the stores are one.
  *
  * A poller that names no store (an older fleetgate worker, another program) is not refused, since nothing
@@ -23,8 +23,8 @@ import type { NativeConnection, Worker, WorkerOptions, WorkerPlugin } from '@tem
 import { optionalTsToMs } from '@temporalio/common/lib/time';
 import type { ObjectStore } from '../activities/deps';
 import { S3ObjectStore } from '../activities/store-s3';
+import { SHARED_QUEUE_ENV, allowSharedQueue } from './config';
 
-export const ALLOW_SHARED_QUEUE_ENV = 'FLEETGATE_ALLOW_SHARED_QUEUE';
 /** A poller last seen longer ago than this has stopped (the server lists pollers for a few minutes). */
 export const RECENT_MS = 120_000;
 /** How often a running worker looks again, and how soon after it starts (two workers starting at once). */
@@ -161,23 +161,13 @@ export function decideOwnership(input: {
       `worker's (store=${input.own}); two stores on one queue split a rollout's activities between them. ` +
       `Stop ${them}, or point this one at the same data directory and FLEETGATE_STORE; if it has stopped, ` +
       `start this one again in ${Math.ceil(waitMs / 1000)} s (the server lists a poller for a while after ` +
-      `its last poll). ${ALLOW_SHARED_QUEUE_ENV}=1 skips this check, for stores known to be one`,
+      `its last poll). ${SHARED_QUEUE_ENV}=1 skips this check, for stores known to be one`,
   };
 }
 
 /** A worker refused its task queue: another data store serves it. */
 export class TaskQueueOwnerError extends Error {
   override name = 'TaskQueueOwnerError';
-}
-
-/** FLEETGATE_ALLOW_SHARED_QUEUE: "1" skips the check; unset, "" or "0" keeps it; anything else is an error. */
-export function allowSharedQueue(env: NodeJS.ProcessEnv = process.env): boolean {
-  const value = env[ALLOW_SHARED_QUEUE_ENV] ?? '';
-  if (value === '' || value === '0') return false;
-  if (value === '1') return true;
-  throw new Error(
-    `${ALLOW_SHARED_QUEUE_ENV} must be "1" (skip the check that one data store serves the task queue) or "0" (got "${value}")`,
-  );
 }
 
 const TASK_QUEUE_KIND_NORMAL = 1;
@@ -207,7 +197,7 @@ export async function describePollers(
 }
 
 export interface OwnershipOptions {
-  /** Where FLEETGATE_ALLOW_SHARED_QUEUE is read (default process.env). */
+  /** Where FLEETGATE_SHARED_QUEUE is read (default process.env). */
   env?: NodeJS.ProcessEnv;
   recheckEveryMs?: number;
   firstRecheckMs?: number;
@@ -244,7 +234,7 @@ export function taskQueueOwnership(
       const identity = opts.identity ? `${opts.identity} store=${own}` : workerIdentity(own);
       if (allowSharedQueue(options.env)) {
         log(
-          `fleetgate: note: ${ALLOW_SHARED_QUEUE_ENV}=1: task queue "${opts.taskQueue}" is served without ` +
+          `fleetgate: note: ${SHARED_QUEUE_ENV}=1: task queue "${opts.taskQueue}" is served without ` +
             'checking that its other workers use this data store',
         );
         return { ...opts, identity };

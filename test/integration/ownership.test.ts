@@ -3,7 +3,7 @@
  * world (DuckDB, local store); worker B is a real `fleetgate worker` process with a data directory of its
  * own. B is refused before it polls A's task queue (exit 1, one `fleetgate: ...` line naming A); B on
  * another queue, or A restarted on its own store, is fine; when A and B do get to poll one queue (B first,
- * then A), both stop within seconds instead of splitting the activities; FLEETGATE_ALLOW_SHARED_QUEUE=1
+ * then A), both stop within seconds instead of splitting the activities; FLEETGATE_SHARED_QUEUE=1
  * lets the operator who knows better through, with a note.
  */
 import { after, before, test } from 'node:test';
@@ -98,7 +98,7 @@ function cliWorker(dataDir: string, taskQueue: string, extra: NodeJS.ProcessEnv 
     'FLEETGATE_WEBHOOK_URL',
   ])
     delete env[name];
-  if (!extra.FLEETGATE_ALLOW_SHARED_QUEUE) delete env.FLEETGATE_ALLOW_SHARED_QUEUE;
+  if (!extra.FLEETGATE_SHARED_QUEUE) delete env.FLEETGATE_SHARED_QUEUE;
   const child = spawn(process.execPath, [join(ROOT, 'bin', 'fleetgate.js'), 'worker'], {
     cwd: ROOT,
     env,
@@ -142,7 +142,7 @@ test('a worker with another data directory is refused on a served task queue; sa
     assert.ok(lines[0]!.includes(`${identityA} (workflows and activities, last seen `), lines[0]);
     assert.match(lines[0]!, /Stop that worker, or point this one at the same data directory/);
     assert.match(lines[0]!, /start this one again in \d+ s/);
-    assert.match(lines[0]!, /FLEETGATE_ALLOW_SHARED_QUEUE=1 skips this check/);
+    assert.match(lines[0]!, /FLEETGATE_SHARED_QUEUE=1 skips this check/);
 
     // B's data directory on a queue of its own is fine.
     const own = cliWorker(join(tmp, 'b'), `${queue}-b`);
@@ -164,14 +164,14 @@ test('a worker with another data directory is refused on a served task queue; sa
   assert.equal(again.options.identity!.split(' store=')[1], STORE_OF(identityA));
   await again.runUntil(async () => {
     await polling(queue, (id) => id === again.options.identity);
-    const forced = cliWorker(join(tmp, 'b'), queue, { FLEETGATE_ALLOW_SHARED_QUEUE: '1' });
+    const forced = cliWorker(join(tmp, 'b'), queue, { FLEETGATE_SHARED_QUEUE: '1' });
     await polling(queue, (id) => id.startsWith('fleetgate/') && STORE_OF(id) !== STORE_OF(identityA));
     const forcedEnd = await stop(forced);
     assert.equal(forcedEnd.code, 0, forcedEnd.stderr);
     assert.match(
       forcedEnd.stderr,
       new RegExp(
-        `fleetgate: note: FLEETGATE_ALLOW_SHARED_QUEUE=1: task queue "${queue}" is served without checking`,
+        `fleetgate: note: FLEETGATE_SHARED_QUEUE=1: task queue "${queue}" is served without checking`,
       ),
     );
   });

@@ -12,8 +12,8 @@ import { join } from 'node:path';
 import { S3Client } from '@aws-sdk/client-s3';
 import { LocalObjectStore } from '../../activities/store';
 import { S3ObjectStore } from '../../activities/store-s3';
+import { allowSharedQueue } from '../../workers/config';
 import {
-  allowSharedQueue,
   dataDirId,
   decideOwnership,
   storeId,
@@ -111,13 +111,13 @@ void test("a worker's identity names its store, and only a well-formed store id 
     assert.equal(storeOfIdentity(other), undefined, other);
 });
 
-void test('FLEETGATE_ALLOW_SHARED_QUEUE is "1" or "0"; anything else names the variable', () => {
+void test('FLEETGATE_SHARED_QUEUE is "1" or "0"; anything else names the variable', () => {
   assert.equal(allowSharedQueue({}), false);
-  assert.equal(allowSharedQueue({ FLEETGATE_ALLOW_SHARED_QUEUE: '0' }), false);
-  assert.equal(allowSharedQueue({ FLEETGATE_ALLOW_SHARED_QUEUE: '1' }), true);
+  assert.equal(allowSharedQueue({ FLEETGATE_SHARED_QUEUE: '0' }), false);
+  assert.equal(allowSharedQueue({ FLEETGATE_SHARED_QUEUE: '1' }), true);
   assert.throws(
-    () => allowSharedQueue({ FLEETGATE_ALLOW_SHARED_QUEUE: 'yes' }),
-    /FLEETGATE_ALLOW_SHARED_QUEUE must be "1".*\(got "yes"\)/,
+    () => allowSharedQueue({ FLEETGATE_SHARED_QUEUE: 'yes' }),
+    /FLEETGATE_SHARED_QUEUE must be "1".*\(got "yes"\)/,
   );
 });
 
@@ -155,7 +155,7 @@ const CASES: {
       /this worker's \(store=aaaaaaaaaaaa\)/,
       /Stop that worker, or point this one at the same data directory and FLEETGATE_STORE/,
       /start this one again in 108 s/,
-      /FLEETGATE_ALLOW_SHARED_QUEUE=1 skips this check/,
+      /FLEETGATE_SHARED_QUEUE=1 skips this check/,
     ],
   },
   {
