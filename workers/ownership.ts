@@ -170,6 +170,10 @@ export class TaskQueueOwnerError extends Error {
   override name = 'TaskQueueOwnerError';
 }
 
+function firstLine(err: unknown): string {
+  return (err instanceof Error ? err.message : String(err)).split('\n')[0]!;
+}
+
 const TASK_QUEUE_KIND_NORMAL = 1;
 const TASK_QUEUE_TYPE = { workflow: 1, activity: 2 } as const;
 
@@ -251,7 +255,18 @@ export function taskQueueOwnership(
           nowMs: Date.now(),
           recentMs: options.recentMs,
         });
-      const decision = await check();
+      let decision: OwnershipDecision;
+      try {
+        decision = await check();
+      } catch (err) {
+        // Without the list (no permission, an old server) nothing says the queue is this store's alone.
+        throw new TaskQueueOwnerError(
+          `refusing to start: could not ask the server who polls task queue "${opts.taskQueue}" ` +
+            `(${firstLine(err)}); let this worker's credentials describe task queues, or set ` +
+            `${SHARED_QUEUE_ENV}=1 to start without the check that one data store serves it`,
+          { cause: err },
+        );
+      }
       if (!decision.ok) throw new TaskQueueOwnerError(`refusing to start: ${decision.message}`);
       note(decision.notes);
       return { ...opts, identity };

@@ -19,9 +19,12 @@ import {
   storeId,
   storeIdPath,
   storeOfIdentity,
+  taskQueueOwnership,
+  TaskQueueOwnerError,
   workerIdentity,
   type Poller,
 } from '../../workers/ownership';
+import type { NativeConnection } from '@temporalio/worker';
 
 function withDir(fn: (dir: string) => void | Promise<void>) {
   return async () => {
@@ -223,3 +226,37 @@ for (const c of CASES) {
     }
   });
 }
+
+void test(
+  'a server that will not list the pollers refuses the worker, naming the task queue and the way out',
+  withDir(async (dir) => {
+    // A fake connection: only its describeTaskQueue is used, and it fails as a server denying it would.
+    const connection = {
+      workflowService: {
+        describeTaskQueue: () => Promise.reject(new Error('7 PERMISSION_DENIED: Request unauthorized.')),
+      },
+    } as unknown as NativeConnection;
+    const plugin = taskQueueOwnership({ dataDir: dir, store: new LocalObjectStore(join(dir, 'store')) });
+    await assert.rejects(
+      Promise.resolve(plugin.configureWorker!({ connection, taskQueue: 'q' })),
+      (err: Error) => {
+        assert.ok(err instanceof TaskQueueOwnerError);
+        assert.equal(
+          err.message,
+          'refusing to start: could not ask the server who polls task queue "q" (7 PERMISSION_DENIED: ' +
+            "Request unauthorized.); let this worker's credentials describe task queues, or set " +
+            'FLEETGATE_SHARED_QUEUE=1 to start without the check that one data store serves it',
+        );
+        return true;
+      },
+    );
+    const notes: string[] = [];
+    const allowed = taskQueueOwnership(
+      { dataDir: dir, store: new LocalObjectStore(join(dir, 'store')) },
+      { env: { FLEETGATE_SHARED_QUEUE: '1' }, log: (l) => notes.push(l) },
+    );
+    const opts = await allowed.configureWorker!({ connection, taskQueue: 'q' });
+    assert.match(opts.identity!, / store=[0-9a-f]{12}$/);
+    assert.equal(notes.length, 1);
+  }),
+);
