@@ -228,7 +228,7 @@ for (const c of CASES) {
 }
 
 void test(
-  'a server that will not list the pollers refuses the worker, naming the task queue and the way out',
+  'a server that refuses to list the pollers refuses the worker (naming the queue and the way out); one without the list is noted',
   withDir(async (dir) => {
     // A fake connection: only its describeTaskQueue is used, and it fails as a server denying it would.
     const connection = {
@@ -251,6 +251,22 @@ void test(
       },
     );
     const notes: string[] = [];
+    // The time-skipping test server has no DescribeTaskQueue: nothing to check, a note says so.
+    const unimplemented = Object.assign(new Error('12 UNIMPLEMENTED: Method ... is unimplemented'), {
+      code: 12,
+    });
+    const testServer = {
+      workflowService: { describeTaskQueue: () => Promise.reject(unimplemented) },
+    } as unknown as NativeConnection;
+    const unlisted = await taskQueueOwnership(
+      { dataDir: dir, store: new LocalObjectStore(join(dir, 'store')) },
+      { log: (l) => notes.push(l) },
+    ).configureWorker!({ connection: testServer, taskQueue: 'q' });
+    assert.match(unlisted.identity!, / store=[0-9a-f]{12}$/);
+    assert.deepEqual(notes, [
+      `fleetgate: note: the server does not list task queue "q"'s pollers; the check that one data store serves it is skipped`,
+    ]);
+    notes.length = 0;
     const allowed = taskQueueOwnership(
       { dataDir: dir, store: new LocalObjectStore(join(dir, 'store')) },
       { env: { FLEETGATE_SHARED_QUEUE: '1' }, log: (l) => notes.push(l) },
