@@ -262,8 +262,8 @@ export function taskQueueOwnership(
         decision = await check();
       } catch (err) {
         if ((err as { code?: unknown }).code === GRPC_UNIMPLEMENTED) {
-          // A server that keeps no list of pollers (the time-skipping test server of tests and
-          // simulations): nothing to look at, now or later.
+          // A server that keeps no list of pollers (the time-skipping test server): nothing to look
+          // at, now or later.
           check = undefined;
           log(
             `fleetgate: note: the server does not list task queue "${opts.taskQueue}"'s pollers; ` +
