@@ -10,6 +10,8 @@
  *   FLEETGATE_DATA_DIR      data directory (default ".fleetgate")
  *   FLEETGATE_TASK_QUEUE    task queue (default "fleetgate")
  *   FLEETGATE_PSEUDONYM_KEY hex key of the vehicle pseudonyms (default: a key file in the data directory)
+ *   FLEETGATE_SHARED_QUEUE  "1": a worker skips the check that one data store serves its task queue
+ *                           (workers/ownership.ts; see docs/operations.md, "One data store per task queue")
  *
  * Over-the-air delivery (see docs/operations.md, "Delivery through AWS IoT Jobs"):
  *   FLEETGATE_OTA           "simulated" (default): the simulated fleet in the DuckDB file;
@@ -280,6 +282,18 @@ export function loadWebhookConfig(env: NodeJS.ProcessEnv = process.env): Webhook
   }
   const secret = env.FLEETGATE_WEBHOOK_SECRET || undefined;
   return { url, ...(secret !== undefined ? { secret } : {}) };
+}
+
+export const SHARED_QUEUE_ENV = 'FLEETGATE_SHARED_QUEUE';
+
+/** FLEETGATE_SHARED_QUEUE: "1" skips the check; unset, "" or "0" keeps it; anything else is an error. */
+export function allowSharedQueue(env: NodeJS.ProcessEnv = process.env): boolean {
+  const value = env[SHARED_QUEUE_ENV] ?? '';
+  if (value === '' || value === '0') return false;
+  if (value === '1') return true;
+  throw new Error(
+    `${SHARED_QUEUE_ENV} must be "1" (skip the check that one data store serves the task queue) or "0" (got "${value}")`,
+  );
 }
 
 /** Options for `Connection.connect` / `NativeConnection.connect`. */

@@ -16,15 +16,25 @@ export async function runWorker(): Promise<void> {
   // Traces of the workflows and activities, when an OTLP endpoint is configured.
   const endpoint = endpointFromEnv();
   const tracing = endpoint ? await workerTracingOptions(endpoint, 'fleetgate-worker') : undefined;
-  const worker = await createFleetgateWorker({
-    connection,
-    namespace: config.namespace,
-    taskQueue: config.taskQueue,
-    services,
-    tracing: tracing?.options,
-  });
+  let worker: Awaited<ReturnType<typeof createFleetgateWorker>>;
+  try {
+    // Refused (TaskQueueOwnerError) when a worker with another data store serves the task queue.
+    worker = await createFleetgateWorker({
+      connection,
+      namespace: config.namespace,
+      taskQueue: config.taskQueue,
+      services,
+      tracing: tracing?.options,
+    });
+  } catch (err) {
+    await tracing?.shutdown();
+    await connection.close();
+    await services.close();
+    throw err;
+  }
   console.error(
-    `fleetgate worker: task queue "${config.taskQueue}" on ${connectionOptions(config).address}, data in ${config.dataDir}`,
+    `fleetgate worker: task queue "${config.taskQueue}" on ${connectionOptions(config).address}, data in ${config.dataDir}, ` +
+      `identity ${worker.options.identity}`,
   );
   const ota = config.ota;
   const agent =
@@ -37,6 +47,7 @@ export async function runWorker(): Promise<void> {
       : undefined;
   if (agent) console.error('fleetgate worker: playing the vehicles of the fleet registered in AWS IoT');
   try {
+    // Rejects with a TaskQueueOwnerError when another data store shows up on the task queue.
     await worker.run();
   } finally {
     await agent?.stop();

@@ -36,6 +36,7 @@ import { loadPseudonymKey } from './secrets';
 import { type TrustStore, loadTrust } from '../activities/pack';
 import { getWorkflowBundle } from './bundle';
 import { heartbeating } from '../activities/heartbeat';
+import { type OwnershipOptions, taskQueueOwnership } from './ownership';
 
 export interface Services {
   dataDir: string;
@@ -181,6 +182,8 @@ export async function createFleetgateWorker(opts: {
   workflowBundle?: WorkflowBundle;
   /** OpenTelemetry: workflows and activities traced (workers/tracing.ts). */
   tracing?: WorkerTracingOptions;
+  /** The check that one data store serves the task queue (workers/ownership.ts): its timings, its env. */
+  ownership?: OwnershipOptions;
 }): Promise<Worker> {
   return Worker.create({
     connection: opts.connection,
@@ -192,5 +195,7 @@ export async function createFleetgateWorker(opts: {
     activities: opts.activities ?? createActivities(opts.services),
     maxConcurrentActivityTaskExecutions: 4,
     ...opts.tracing,
+    // Refuses the task queue (or stops polling it) when a worker with another data store serves it.
+    plugins: [taskQueueOwnership(opts.services, opts.ownership)],
   });
 }
