@@ -13,10 +13,19 @@ import { ArmColumns, infer } from '../../activities/fleet';
 import { FEATURES } from '../../sim/frames';
 import { OnnxModelRunner } from '../../workers/model-runner';
 import { ErrorType } from '../../errors';
+import type { Sku } from '../../policies/schema';
 import { ROOT } from '../support';
 
 const model = readFileSync(join(ROOT, 'models', 'production', 'model.onnx'));
-const sku = { name: 'hw3', speedFactor: 1, latencyBudgetMs: 500 } as const;
+const sku: Sku = {
+  name: 'hw3',
+  speedFactor: 1,
+  latencyBudgetMs: 500,
+  intraOpThreads: 1,
+  graphOptimization: 'all',
+  installFailureRate: 0,
+  slowdown: [],
+};
 
 function frames(value: number, count = 4) {
   return {
