@@ -437,6 +437,10 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps = {}
             ...event,
             shadow: { digest: route.candidate!.digest, failed: false, dropped: true, lost: true },
           });
+          // The mirror starts at once, as the answer's turn of the event loop: it joins the candidate's
+          // micro-batch with the requests it came with, so its latency compares with production's (started
+          // after the commit, it would wait a batching window alone). It settles after the pending line.
+          startShadow(cohort, route.candidate!, inputs, event, pending);
         } else events.append(event);
         const t0 = performance.now();
         try {
@@ -476,7 +480,6 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps = {}
         } else {
           sendError(res, result.error!, headers);
         }
-        if (pending) startShadow(cohort, route.candidate!, inputs, event, pending);
       } catch (err) {
         status = 500;
         span.recordException(err as Error);
