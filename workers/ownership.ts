@@ -16,7 +16,7 @@
  * anything but `<dataDir>/store-id` (which holds no secret: only a random name for the directory).
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { chmodSync, existsSync, linkSync, mkdirSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import type { NativeConnection, Worker, WorkerOptions, WorkerPlugin } from '@temporalio/worker';
@@ -24,6 +24,7 @@ import { optionalTsToMs } from '@temporalio/common/lib/time';
 import type { ObjectStore } from '../activities/deps';
 import { S3ObjectStore } from '../activities/store-s3';
 import { SHARED_QUEUE_ENV, allowSharedQueue } from './config';
+import { createOnce } from './secrets';
 
 /** A poller last seen longer ago than this has stopped (the server lists pollers for a few minutes). */
 export const RECENT_MS = 120_000;
@@ -44,18 +45,7 @@ export function storeIdPath(dataDir: string): string {
 export function dataDirId(dataDir: string): string {
   const file = storeIdPath(dataDir);
   mkdirSync(dataDir, { recursive: true });
-  if (!existsSync(file)) {
-    const tmp = `${file}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
-    writeFileSync(tmp, `${randomBytes(16).toString('hex')}\n`, { flag: 'wx', mode: 0o600 });
-    try {
-      chmodSync(tmp, 0o600);
-      linkSync(tmp, file);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-    } finally {
-      unlinkSync(tmp);
-    }
-  }
+  createOnce(file, () => `${randomBytes(16).toString('hex')}\n`);
   const id = readFileSync(file, 'utf8').trim();
   if (!/^[0-9a-f]{32}$/.test(id)) {
     throw new Error(

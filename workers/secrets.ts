@@ -33,20 +33,7 @@ export function loadPseudonymKey(dataDir: string, env: NodeJS.ProcessEnv = proce
   }
   const file = pseudonymKeyPath(dataDir);
   mkdirSync(join(dataDir, 'secrets'), { recursive: true, mode: 0o700 });
-  if (!existsSync(file)) {
-    // Written whole under a private name, then linked into place: link fails when the key exists, so
-    // exactly one process creates it and no reader ever sees a partly written key.
-    const tmp = `${file}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
-    writeFileSync(tmp, randomBytes(MIN_KEY_BYTES), { flag: 'wx', mode: 0o600 });
-    try {
-      chmodSync(tmp, 0o600);
-      linkSync(tmp, file);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-    } finally {
-      unlinkSync(tmp);
-    }
-  }
+  createOnce(file, () => randomBytes(MIN_KEY_BYTES));
   const key = readFileSync(file);
   if (key.length < MIN_KEY_BYTES) {
     throw fail(
@@ -55,4 +42,23 @@ export function loadPseudonymKey(dataDir: string, env: NodeJS.ProcessEnv = proce
     );
   }
   return key;
+}
+
+/**
+ * Creates `file` (mode 0600) with `contents()` unless it exists: written whole under a private name, then
+ * linked into place. Linking fails when the file exists, so exactly one of several racing processes
+ * creates it and no reader ever sees it partly written.
+ */
+export function createOnce(file: string, contents: () => string | Buffer): void {
+  if (existsSync(file)) return;
+  const tmp = `${file}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
+  writeFileSync(tmp, contents(), { flag: 'wx', mode: 0o600 });
+  try {
+    chmodSync(tmp, 0o600);
+    linkSync(tmp, file);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+  } finally {
+    unlinkSync(tmp);
+  }
 }

@@ -41,7 +41,7 @@ import type {
   ModelRecord,
   NotifyInput,
 } from '../activities/contracts';
-import type { RetryPolicy } from '@temporalio/common';
+import type { Duration, RetryPolicy } from '@temporalio/common';
 import { ErrorType, nonRetryableErrorTypes } from '../errors';
 import {
   RolloutRequest,
@@ -116,37 +116,28 @@ const retry: RetryPolicy = {
  * elsewhere once this much passes without a heartbeat, not when its start-to-close timeout ends.
  */
 export const HEARTBEAT_TIMEOUT = '20s';
+/** The activities with a start-to-close timeout, the heartbeat timeout, `retry` and a cancellation type. */
+function proxy(startToCloseTimeout: Duration, cancellationType?: ActivityCancellationType) {
+  return proxyActivities<Activities>({
+    startToCloseTimeout,
+    heartbeatTimeout: HEARTBEAT_TIMEOUT,
+    retry,
+    ...(cancellationType ? { cancellationType } : {}),
+  });
+}
 /**
  * Activities that change the fleet or the registry (a delivery, a pointer, a mirror): cancelled by an
  * abort and waited for until the worker confirms, so a revert never runs before what it reverts ends.
  */
-const acts = proxyActivities<Activities>({
-  startToCloseTimeout: '5m',
-  heartbeatTimeout: HEARTBEAT_TIMEOUT,
-  retry,
-});
+const acts = proxy('5m');
 /**
  * Activities that only read or compute (telemetry, analysis, registry reads, the bench): an abort cancels
  * them without waiting (patch `fault-tolerance`; older rollouts wait, as their histories did).
  */
-const readActs = proxyActivities<Activities>({
-  startToCloseTimeout: '5m',
-  heartbeatTimeout: HEARTBEAT_TIMEOUT,
-  retry,
-  cancellationType: ActivityCancellationType.TRY_CANCEL,
-});
+const readActs = proxy('5m', ActivityCancellationType.TRY_CANCEL);
 /** Bench runs many inferences per SKU. */
-const benchActs = proxyActivities<Activities>({
-  startToCloseTimeout: '15m',
-  heartbeatTimeout: HEARTBEAT_TIMEOUT,
-  retry,
-});
-const benchReadActs = proxyActivities<Activities>({
-  startToCloseTimeout: '15m',
-  heartbeatTimeout: HEARTBEAT_TIMEOUT,
-  retry,
-  cancellationType: ActivityCancellationType.TRY_CANCEL,
-});
+const benchActs = proxy('15m');
+const benchReadActs = proxy('15m', ActivityCancellationType.TRY_CANCEL);
 /**
  * A compensation that fails its five attempts is tried again after a pause that doubles from 30 s to
  * at most 10 minutes, without a limit: a rollout never ends with a change it could not undo.
