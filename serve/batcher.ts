@@ -1,8 +1,8 @@
 /**
  * Micro-batching of inference: one `MicroBatcher` per model digest gathers the rows of concurrent
  * requests until `maxBatch` rows are waiting or `maxDelayMs` have passed since the first of them (0, the
- * gateway's default: at once when the model is idle, so batches form from the rows that arrive while a
- * run is in flight), runs the model once on them all and hands each request its own rows of the output.
+ * gateway's default: at the end of the current turn of the event loop when the model is idle, so batches
+ * form from the rows submitted in that turn and those that arrive while a run is in flight), runs the model once on them all and hands each request its own rows of the output.
  *
  * Memory is bounded: every submission takes its rows from a `RowBudget` (the served path has one, shadow
  * mirroring another) and gives them back once its batch has run; a submission the budget cannot hold is
@@ -79,6 +79,8 @@ export class MicroBatcher {
   private idleWaiters: (() => void)[] = [];
   /** While draining, batches run at once instead of waiting for more rows. */
   private urgent = false;
+  /** A batch is to start at the end of this turn. */
+  private starting = false;
 
   constructor(private readonly opts: MicroBatcherOptions) {
     if (!(opts.maxBatch >= 1)) throw new Error(`maxBatch must be at least 1 (got ${opts.maxBatch})`);
@@ -127,11 +129,18 @@ export class MicroBatcher {
   }
 
   private schedule(): void {
-    if (this.running || this.pending.length === 0) return;
+    if (this.running || this.starting || this.pending.length === 0) return;
     const waited = Date.now() - this.pending[0]!.at;
     if (this.urgent || this.pendingRows >= this.opts.maxBatch || waited >= this.opts.maxDelayMs) {
       this.clearTimer();
-      void this.runBatch();
+      // At the end of this turn, not at once: rows submitted in the same turn (the mirrors of the
+      // requests one batch answered) run in one batch instead of the first alone and the rest a whole
+      // loop iteration later.
+      this.starting = true;
+      process.nextTick(() => {
+        this.starting = false;
+        if (!this.running && this.pending.length > 0) void this.runBatch();
+      });
       return;
     }
     if (!this.timer) {

@@ -260,11 +260,14 @@ export class EventLog {
   private queueWrite(): void {
     if (this.queued) return;
     this.queued = true;
-    // The write starts after this turn of the event loop: commits made in the same turn share it.
+    // The write starts at the end of this turn of the event loop (once its promise jobs are done):
+    // commits made in the same turn share it, and their answers leave in that turn. Not setImmediate:
+    // that holds every answer for a whole loop iteration, and a shadow started in the answer's turn
+    // would then wait behind the answers' I/O that production never waits for.
     const next = this.chain.then(
       () =>
         new Promise<void>((res, rej) =>
-          setImmediate(() => {
+          process.nextTick(() => {
             this.queued = false;
             this.writeBuffered().then(res, rej);
           }),

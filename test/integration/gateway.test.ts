@@ -596,6 +596,49 @@ describe('the gateway under load and faults', () => {
     await stop(g);
   });
 
+  it("measures a shadow's latency as production's: the same model at another threshold, about 1x", async () => {
+    // Both arms run production's own model: whatever the event loop's cadence under 16 concurrent
+    // callers, the shadow's latency (from its start to its decoded output) compares with production's.
+    const g = await start('state-shadow-latency', {
+      routes: {
+        web: {
+          production: { digest: prodDigest },
+          candidate: { digest: prodDigest, threshold: 0.02 },
+          weight: 0,
+          mirror: 0.3,
+        },
+      },
+    });
+    const n = 2000;
+    await pool(
+      Array.from({ length: n }, (_, i) => i),
+      16,
+      async (i) => {
+        const r = await predict(
+          g,
+          { caller: `${RAW}-lat-${i % 400}`, cohort: 'web', inputs: [golden[i % golden.length]] },
+          { [HEADERS.requestId]: `lat-${i}` },
+        );
+        assert.equal(r.status, 200);
+      },
+    );
+    await until('every shadow settled', async () =>
+      (await allEvents(g)).filter((e) => e.requestId.startsWith('lat-')).length === n ? true : undefined,
+    );
+    const shadowed = (await allEvents(g)).filter((e) => e.shadow?.latencyMs !== undefined);
+    assert.ok(shadowed.length > 400, `${shadowed.length} shadowed events`);
+    const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+    const production = mean(shadowed.map((e) => e.latencyMs));
+    const shadow = mean(shadowed.map((e) => e.shadow!.latencyMs!));
+    const ratio = shadow / production;
+    console.log(`shadow latency ${ratio.toFixed(2)}x production's (${shadowed.length} shadows)`);
+    assert.ok(
+      ratio < 1.5,
+      `shadow ${shadow.toFixed(2)} ms against production ${production.toFixed(2)} ms: ${ratio.toFixed(2)}x`,
+    );
+    await stop(g);
+  });
+
   it('drains: readyz 503, new predicts 503, in-flight requests answered, the event log flushed', async () => {
     const g = await start('state-drain', {
       faultInjection: true,
