@@ -631,9 +631,9 @@ describe('the gateway under load and faults', () => {
     const production = mean(shadowed.map((e) => e.latencyMs));
     const shadow = mean(shadowed.map((e) => e.shadow!.latencyMs!));
     const ratio = shadow / production;
-    console.log(`shadow latency ${ratio.toFixed(2)}x production's (${shadowed.length} shadows)`);
+    // Measured 0.7x to 1.4x on a busy 2-core host; shadows waiting behind their answers' I/O read 3x to 4x.
     assert.ok(
-      ratio < 1.5,
+      ratio < 2,
       `shadow ${shadow.toFixed(2)} ms against production ${production.toFixed(2)} ms: ${ratio.toFixed(2)}x`,
     );
     await stop(g);
