@@ -91,6 +91,16 @@ describe('fleetgate simulate (time-skipping)', () => {
     assertTimes(r);
   });
 
+  test('aa, its own seed: identical models, no cohort rolled back; the truth is neutral everywhere (50 seeds: npm run test:long)', async () => {
+    const r = await simulate(scenario('aa'), { env });
+    assert.equal(r.outcome, 'completed', r.reason);
+    assert.deepEqual(truthOf(r), { 'hw3/eu': 'neutral', 'hw4/us': 'neutral', 'hw3/nordic': 'neutral' });
+    for (const c of r.cohorts) {
+      assert.notEqual(c.decision, 'rolled_back', JSON.stringify(c));
+      assert.equal(c.cause, 'analysis', 'the run reaches the canary analysis');
+    }
+  });
+
   test('sku-latency: the slowed SKU is stopped at the bench (or canary), the other SKU promoted', async () => {
     const r = await simulate(scenario('sku-latency'), { env });
     assert.equal(r.outcome, 'completed');
