@@ -113,14 +113,16 @@ async function kill(child: ChildProcess): Promise<void> {
   await once(child, 'exit');
 }
 
-function request(id: string, candidate: string) {
+function request(id: string, candidate: string, manyWaves = false) {
   const policy = loadPolicy('examples/demo-policy.yaml');
   policy.shadow!.duration = '3s';
   delete policy.shadow!.classGates;
-  policy.waves = [
-    { percent: 5, hold: '8s', looks: 2 },
-    { percent: 50, hold: '8s', looks: 2 },
-  ];
+  policy.waves = manyWaves
+    ? [1, 2, 4, 8, 16, 32, 48, 64].map((percent) => ({ percent, hold: '1s', looks: 1 }))
+    : [
+        { percent: 5, hold: '8s', looks: 2 },
+        { percent: 50, hold: '8s', looks: 2 },
+      ];
   policy.labelWait = { coverage: 0.9, poll: '2s', timeout: '20s' };
   policy.analysis.escalation = { timeout: '10s' };
   return RolloutRequest.parse(rolloutRequest(id, candidate, policy, FLEET, 7200));
@@ -174,15 +176,16 @@ async function rolloutWithKilledWorker(
   candidate: string,
   env: NodeJS.ProcessEnv,
   taskQueue: string,
+  types = ['collectTelemetry', 'analyze'],
 ): Promise<{ handle: WorkflowHandle; killed: string }> {
   let worker = await startWorker(env);
   const handle = await client.workflow.start('rolloutWorkflow', {
     taskQueue,
     workflowId: id,
-    args: [request(id, candidate)],
+    args: [request(id, candidate, types.includes('deliverWave'))],
   });
   for (let tries = 0; tries < 5; tries++) {
-    const killed = await killDuring(handle, worker, ['collectTelemetry', 'analyze']);
+    const killed = await killDuring(handle, worker, types);
     if (killed) return { handle, killed };
     worker = await startWorker(env); // the activity ended before the kill: try the next one
   }
@@ -246,6 +249,40 @@ test('an abort sent while an activity hangs on a dead worker does not wait for i
   } finally {
     await kill(next);
   }
+  const report = JSON.parse(readFileSync(result.reportPath!, 'utf8')) as { candidate: { digest: string } };
+  assert.equal(await onCandidate(dir, report.candidate.digest), 0, 'no vehicle runs the candidate');
+});
+
+test('an abort sent while a delivery hangs on a dead worker cancels it: the delivery is not retried, nothing stays installed', async () => {
+  const taskQueue = `faults-deliver-${process.pid}`;
+  const dir = await dataDir('deliver', taskQueue);
+  const env = envFor(dir, taskQueue);
+  const id = `faults-deliver-${process.pid}`;
+  const { handle } = await rolloutWithKilledWorker(id, 'models/candidate-good', env, taskQueue, [
+    'deliverWave',
+  ]);
+  const next = await startWorker(env);
+  let result: RolloutResult;
+  try {
+    // A delivery used to be non-cancellable: the abort waited out its 5-minute start-to-close timeout, then
+    // its retry delivered the wave, then it was reverted. Now the abort cancels it; its worker being dead,
+    // it ends at its heartbeat timeout (20 s) and is not retried.
+    const receipt = await Promise.race([
+      handle.executeUpdate(abortUpdate, { args: [{ reason: 'chaos drill', by: 'ops' }] }),
+      new Promise<never>((_, reject) =>
+        setTimeout(() => reject(new Error('the abort still waits after 90 s')), 90_000),
+      ),
+    ]);
+    assert.equal(receipt.outcome, 'aborted');
+    result = (await handle.result()) as RolloutResult;
+  } finally {
+    await kill(next);
+  }
+  // No activity ran a second attempt: the delivery on the dead worker was not retried after the abort.
+  const retried = (await handle.fetchHistory()).events!.filter(
+    (e) => (e.activityTaskStartedEventAttributes?.attempt ?? 1) > 1,
+  );
+  assert.equal(retried.length, 0, 'the cancelled delivery was not retried');
   const report = JSON.parse(readFileSync(result.reportPath!, 'utf8')) as { candidate: { digest: string } };
   assert.equal(await onCandidate(dir, report.candidate.digest), 0, 'no vehicle runs the candidate');
 });
