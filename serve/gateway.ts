@@ -21,6 +21,12 @@
  * feature beyond float32 range is refused (400) before the model runs (serve/decode.ts). A route update
  * with no effect (a retry) answers the route as it is, whatever its ifGeneration.
  *
+ * Names that come from a request (a cohort in a path or a body) are looked up in `Map`s or arrays only,
+ * never on a plain object, where `constructor` or `__proto__` would find what every object inherits; a
+ * saved route under such a name is dropped with a warning at start (serve/routes-store.ts). Every answer
+ * says `nosniff` and forbids framing (`X-Frame-Options`, `Content-Security-Policy`): the gateway serves
+ * data, never a page.
+ *
  * The raw caller id lives only as long as it takes to compute its keyed pseudonym: nothing logged, stored,
  * counted, traced or returned carries it. Memory is bounded by the body limit, the served queue's rows and
  * the shadow queue's rows; a full queue answers 429, a full shadow queue drops the mirror.
@@ -63,7 +69,7 @@ import { LogWindow } from './log-window';
 import { GatewayMetrics } from './metrics';
 import { ModelCatalog, ModelUnavailableError, type ServedModel } from './models';
 import { chooseArm, isInjectedError, isMirrored } from './router';
-import { RoutesStore } from './routes-store';
+import { RoutesStore, shownName } from './routes-store';
 
 export interface Gateway {
   url: string;
@@ -103,6 +109,12 @@ class HttpError extends Error {
 const tracer = trace.getTracer('fleetgate-gateway');
 const JSON_TYPE = 'application/json; charset=utf-8';
 const DEFAULT_EVENTS_LIMIT = 1000;
+/** On every answer: no content sniffing, no framing by any page (the gateway serves data, not pages). */
+const SECURITY_HEADERS = {
+  'X-Content-Type-Options': 'nosniff',
+  'X-Frame-Options': 'DENY',
+  'Content-Security-Policy': "default-src 'none'; frame-ancestors 'none'",
+} as const;
 
 function defaultSalt(config: GatewayConfig, cohort: string): string {
   return `${config.name}:${cohort}:canary`;
@@ -111,6 +123,7 @@ function defaultSalt(config: GatewayConfig, cohort: string): string {
 function sendJson(res: ServerResponse, status: number, value: unknown, headers: Record<string, string> = {}) {
   const body = JSON.stringify(value);
   res.writeHead(status, {
+    ...SECURITY_HEADERS,
     'Content-Type': JSON_TYPE,
     'Content-Length': Buffer.byteLength(body),
     'Cache-Control': 'no-store',
@@ -142,7 +155,9 @@ function zodError(error: z.ZodError, input: unknown, what: string): HttpError {
   let value: unknown = input;
   for (const k of issue.path) {
     value =
-      value !== null && typeof value === 'object' ? (value as Record<PropertyKey, unknown>)[k] : undefined;
+      value !== null && typeof value === 'object' && Object.hasOwn(value, k)
+        ? (value as Record<PropertyKey, unknown>)[k]
+        : undefined;
   }
   // The whole body is never echoed (it holds the caller), nor the caller itself.
   if (issue.path.length === 0) value = issue.code === 'unrecognized_keys' ? issue.keys : undefined;
@@ -218,12 +233,12 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps = {}
 
   mkdirSync(config.stateDir, { recursive: true });
   const routesStore = new RoutesStore(config.stateDir);
-  let routes: Record<string, CohortRoute>;
+  let routes: Map<string, CohortRoute>;
   /** Saved routes of cohorts this config does not serve: kept in routes.json, not served. */
-  let others: Record<string, CohortRoute>;
+  let others: Map<string, CohortRoute>;
   let events: EventLog;
   try {
-    ({ routes, others } = await initialRoutes(config, routesStore, store));
+    ({ routes, others } = await initialRoutes(config, routesStore, store, log));
     events = EventLog.open(config.stateDir, { syncMs: config.events.syncMs });
   } catch (err) {
     await releaseOwned();
@@ -260,11 +275,11 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps = {}
     metrics.routeWeight.set({ cohort }, r.candidate ? r.weight : 0);
     metrics.routeMirror.set({ cohort }, r.candidate ? r.mirror : 0);
   };
-  for (const [cohort, r] of Object.entries(routes)) setRouteGauges(cohort, r);
+  for (const [cohort, r] of routes) setRouteGauges(cohort, r);
 
   const routedDigests = () => {
     const ds = new Set<string>();
-    for (const r of Object.values(routes)) {
+    for (const r of routes.values()) {
       ds.add(r.production.digest);
       if (r.candidate) ds.add(r.candidate.digest);
     }
@@ -385,7 +400,7 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps = {}
     }
     // The raw id ends here: only its keyed pseudonym goes on.
     const caller = pseudonym(key, parsed.data.caller);
-    const route = routes[cohort]!;
+    const route = routes.get(cohort)!;
     const arm = chooseArm(key, route, caller);
     const ref = arm === 'candidate' ? route.candidate! : route.production;
 
@@ -746,7 +761,7 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps = {}
     const parsed = RouteUpdate.safeParse(body);
     if (!parsed.success) throw zodError(parsed.error, body, 'invalid route update');
     const u = parsed.data;
-    const current = routes[cohort]!;
+    const current = routes.get(cohort)!;
     if (!config.faultInjection) {
       for (const arm of ['production', 'candidate'] as const) {
         if (u[arm]?.inject) {
@@ -797,8 +812,8 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps = {}
       }
     }
     next.generation = current.generation + 1;
-    const all = { ...routes, [cohort]: next };
-    await routesStore.save({ ...others, ...all });
+    const all = new Map(routes).set(cohort, next);
+    await routesStore.save(new Map([...others, ...all]));
     routes = all;
     setRouteGauges(cohort, next);
     log({
@@ -835,7 +850,7 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps = {}
     const path = url.pathname;
     if (path === PATHS.routes) {
       if (req.method !== 'GET') throw new HttpError(405, `${path} takes GET`);
-      sendJson(res, 200, { routes } satisfies RoutesResponse);
+      sendJson(res, 200, { routes: Object.fromEntries(routes) } satisfies RoutesResponse);
       return;
     }
     if (path === PATHS.events) {
@@ -852,10 +867,11 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps = {}
         throw new HttpError(400, 'malformed cohort in the path', 'cohort', m[1]);
       }
       if (req.method !== 'PUT') throw new HttpError(405, `${path} takes PUT`);
-      if (!routes[cohort]) {
+      if (!routes.has(cohort)) {
         throw new HttpError(
           404,
-          `unknown cohort "${cohort}"; this gateway serves ${config.cohorts.join(', ')}`,
+          `unknown cohort ${shownName(cohort)}; this gateway serves ${config.cohorts.map((c) => `"${c}"`).join(', ')}: ` +
+            "use one of them, or add it to the gateway config's cohorts and restart the gateway",
           'cohort',
           cohort,
         );
@@ -891,7 +907,11 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps = {}
     }
     if (path === PATHS.metrics) {
       const m = await metrics.render();
-      res.writeHead(200, { 'Content-Type': m.contentType, 'Content-Length': Buffer.byteLength(m.body) });
+      res.writeHead(200, {
+        ...SECURITY_HEADERS,
+        'Content-Type': m.contentType,
+        'Content-Length': Buffer.byteLength(m.body),
+      });
       res.end(m.body);
       return;
     }
@@ -943,7 +963,7 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps = {}
     url,
     cohorts: config.cohorts,
     routes: Object.fromEntries(
-      Object.entries(routes).map(([c, r]) => [
+      [...routes].map(([c, r]) => [
         c,
         {
           production: r.production.digest,
@@ -981,7 +1001,7 @@ export async function startGateway(config: GatewayConfig, deps: GatewayDeps = {}
   return {
     url,
     port,
-    routes: () => structuredClone(routes),
+    routes: () => structuredClone(Object.fromEntries(routes)),
     drain,
     close: () => {
       closing ??= (async () => {
@@ -1002,27 +1022,36 @@ async function initialRoutes(
   config: GatewayConfig,
   routesStore: RoutesStore,
   store: ObjectStore,
-): Promise<{ routes: Record<string, CohortRoute>; others: Record<string, CohortRoute> }> {
-  const saved = routesStore.load() ?? {};
-  const out: Record<string, CohortRoute> = {};
+  log: (line: object) => void,
+): Promise<{ routes: Map<string, CohortRoute>; others: Map<string, CohortRoute> }> {
+  const saved =
+    routesStore.load({
+      serves: (c) => config.cohorts.includes(c),
+      onDrop: (d) =>
+        log({ level: 'warn', event: 'gateway.route-dropped', cohort: d.cohort, message: d.message }),
+    }) ?? new Map<string, CohortRoute>();
+  const out = new Map<string, CohortRoute>();
   let changed = false;
   for (const cohort of config.cohorts) {
-    const s = saved[cohort];
+    const s = saved.get(cohort);
     if (s) {
-      out[cohort] = s;
+      out.set(cohort, s);
       continue;
     }
     changed = true;
-    const c = config.routes?.[cohort];
+    const c = config.routes && Object.hasOwn(config.routes, cohort) ? config.routes[cohort] : undefined;
     if (c) {
-      out[cohort] = CohortRoute.parse({
-        production: c.production,
-        ...(c.candidate ? { candidate: c.candidate } : {}),
-        weight: c.candidate ? c.weight : 0,
-        mirror: c.candidate ? c.mirror : 0,
-        salt: c.salt ?? defaultSalt(config, cohort),
-        generation: 0,
-      });
+      out.set(
+        cohort,
+        CohortRoute.parse({
+          production: c.production,
+          ...(c.candidate ? { candidate: c.candidate } : {}),
+          weight: c.candidate ? c.weight : 0,
+          mirror: c.candidate ? c.mirror : 0,
+          salt: c.salt ?? defaultSalt(config, cohort),
+          generation: 0,
+        }),
+      );
       continue;
     }
     const [pointer] = await cohortPointers(store, { cohorts: [cohort], stages: ['production'] });
@@ -1034,15 +1063,15 @@ async function initialRoutes(
           `${cohort}.production.digest to the config or register production for the cohort`,
       );
     }
-    out[cohort] = {
+    out.set(cohort, {
       production: { digest },
       weight: 0,
       mirror: 0,
       salt: defaultSalt(config, cohort),
       generation: 0,
-    };
+    });
   }
-  if (changed) await routesStore.save({ ...saved, ...out });
-  const others = Object.fromEntries(Object.entries(saved).filter(([c]) => !config.cohorts.includes(c)));
+  if (changed) await routesStore.save(new Map([...saved, ...out]));
+  const others = new Map([...saved].filter(([c]) => !config.cohorts.includes(c)));
   return { routes: out, others };
 }

@@ -35,16 +35,16 @@ describe('RoutesStore', () => {
     const dir = tmp();
     const s = new RoutesStore(dir);
     assert.equal(s.load(), undefined);
-    await s.save({ web: route(30, 1) });
-    assert.deepEqual(new RoutesStore(dir).load(), { web: route(30, 1) });
+    await s.save(new Map([['web', route(30, 1)]]));
+    assert.deepEqual(new RoutesStore(dir).load(), new Map([['web', route(30, 1)]]));
   });
 
   it('replaces the file by rename: no temporary file is left and concurrent saves end with the last', async () => {
     const dir = tmp();
     const s = new RoutesStore(dir);
-    await Promise.all([1, 2, 3, 4, 5].map((g) => s.save({ web: route(g * 10, g) })));
+    await Promise.all([1, 2, 3, 4, 5].map((g) => s.save(new Map([['web', route(g * 10, g)]]))));
     assert.deepEqual(readdirSync(dir), ['routes.json']);
-    assert.equal(s.load()!.web!.generation, 5);
+    assert.equal(s.load()!.get('web')!.generation, 5);
   });
 
   it('names a damaged file and says how to recover, rather than starting over', () => {
@@ -60,6 +60,36 @@ describe('RoutesStore', () => {
       }),
     );
     assert.throws(() => new RoutesStore(dir).load(), /routes\.web\.weight: .*got 300/);
+  });
+
+  it('leaves out names a plain object inherits and damaged routes of cohorts not served, telling why', () => {
+    const dir = tmp();
+    const broken = { weight: 0, mirror: 0, generation: null };
+    writeFileSync(
+      join(dir, 'routes.json'),
+      '{"apiVersion":"fleetgate/v1","kind":"GatewayRoutes","routes":{' +
+        `"web":${JSON.stringify(route(30, 1))},"__proto__":${JSON.stringify(route(1, 1))},` +
+        `"hasOwnProperty":${JSON.stringify(route(1, 1))},"constructor":${JSON.stringify(broken)}}}`,
+    );
+    const dropped: string[] = [];
+    const loaded = new RoutesStore(dir).load({
+      serves: (c) => c === 'web',
+      onDrop: (d) => dropped.push(`${d.cohort}: ${d.message}`),
+    });
+    assert.deepEqual(loaded, new Map([['web', route(30, 1)]]));
+    assert.equal(dropped.length, 3);
+    assert.match(
+      dropped[0]!,
+      /^__proto__: .*routes\.json: the route saved as "__proto__" is not a cohort name/,
+    );
+    assert.match(dropped[1]!, /^hasOwnProperty: .*is not a cohort name/);
+    assert.match(dropped[2]!, /^constructor: .*is damaged \(3 problem\(s\)\) and its cohort is not served/);
+    assert.ok(dropped.every((d) => d.includes('goes at the next route change')));
+    // A damaged route of a served cohort is still named, never dropped.
+    assert.throws(
+      () => new RoutesStore(dir).load({ serves: () => true }),
+      /routes\.constructor\.generation: .*got null/,
+    );
   });
 });
 
