@@ -15,6 +15,8 @@
  * except through those updates, never serves a file by a path taken from a request (a report is read
  * only when its id is one of the directory's), answers only requests whose Host is the address it
  * listens on and takes POSTs only as JSON from its own origin (so another site's page cannot drive it).
+ * Every answer forbids framing (`X-Frame-Options: DENY` and a Content-Security-Policy header with
+ * `frame-ancestors 'none'`), so no other page can put the page's buttons under a visitor's click.
  * Statuses and reports hold no vehicle identifier, and it adds none.
  */
 import { readFileSync } from 'node:fs';
@@ -290,7 +292,7 @@ export type UiAction = (typeof UI_ACTIONS)[number];
 
 /** A required non-empty string field of an action's body, or a 400 naming it. */
 function field(body: Obj, action: string, name: string, optional = false): string | undefined {
-  const v = body[name];
+  const v = Object.hasOwn(body, name) ? body[name] : undefined;
   if (v === undefined || v === null || v === '') {
     if (optional) return undefined;
     throw new HttpError(400, `${action}: "${name}" is required (a non-empty string)`);
@@ -401,10 +403,16 @@ async function readJson(req: IncomingMessage): Promise<Obj> {
   return body;
 }
 
+/**
+ * On every answer. The CSP header is the page's own policy plus `frame-ancestors 'none'`, which a meta
+ * tag cannot carry; the page keeps its meta tag for a copy opened without headers.
+ */
 const SECURITY_HEADERS = {
   'X-Content-Type-Options': 'nosniff',
   'Cache-Control': 'no-store',
   'Referrer-Policy': 'no-referrer',
+  'X-Frame-Options': 'DENY',
+  'Content-Security-Policy': `${renderUiPage().csp}; frame-ancestors 'none'`,
 };
 
 function send(res: ServerResponse, status: number, type: string, body: string): void {

@@ -217,3 +217,38 @@ test('the page allows only its own script and loads nothing from elsewhere', asy
   assert.match(renderUiPage().csp, /^default-src 'none';/);
   assert.doesNotMatch(r.body, /(src|href)="(https?:)?\/\//);
 });
+
+test('every answer (page, JSON, refusals, errors, 404s) forbids framing and sniffing and sends no referrer', async () => {
+  const json = { 'Content-Type': 'application/json', Origin: ui.url.replace(/\/$/, '') };
+  const answers = [
+    await call('/'),
+    await call('/api/rollouts'),
+    await call(`/api/rollouts/${REPORTED}`),
+    await call('/api/rollouts/running-1/approve', {
+      method: 'POST',
+      headers: json,
+      body: JSON.stringify({ gate: 'wave-2', reviewer: 'mallory' }),
+    }),
+    await call('/api/rollouts/running-1/approve', { method: 'POST', headers: json, body: '{}' }),
+    await call('/api/rollouts/running-1/approve', { method: 'POST', headers: json, body: '{' }),
+    await call('/api/rollouts/running-1/approve'),
+    await call('/api/rollouts/running-1/constructor', { method: 'POST', headers: json, body: '{}' }),
+    await call('/favicon.ico'),
+    await call('/api/rollouts', { headers: { Host: 'attacker.example:80' } }),
+  ];
+  assert.deepEqual(
+    answers.map((a) => a.status),
+    [200, 200, 200, 409, 400, 400, 405, 404, 404, 421],
+  );
+  const csp = `${renderUiPage().csp}; frame-ancestors 'none'`;
+  for (const a of answers) {
+    assert.equal(a.headers['x-frame-options'], 'DENY');
+    assert.equal(a.headers['content-security-policy'], csp);
+    assert.equal(a.headers['x-content-type-options'], 'nosniff');
+    assert.equal(a.headers['referrer-policy'], 'no-referrer');
+  }
+  // The page keeps its meta policy too (a saved copy opened from disk has no headers).
+  assert.ok(
+    answers[0]!.body.includes(`<meta http-equiv="Content-Security-Policy" content="${renderUiPage().csp}">`),
+  );
+});
