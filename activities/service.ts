@@ -186,7 +186,8 @@ export function createServiceActivities(deps: ServiceActivityDeps) {
   async function routesFor(m: ServiceManifest, cohorts: readonly string[]) {
     const gw = gatewayOf(m);
     const routes = await gw.routes();
-    const missing = cohorts.filter((c) => !routes[c]);
+    // Own keys only: a cohort named "constructor" is not a route every object has.
+    const missing = cohorts.filter((c) => !Object.hasOwn(routes, c));
     if (missing.length > 0) {
       throw fail(
         ErrorType.NotFound,
@@ -599,7 +600,7 @@ export function refuseBusy(
   salt: string,
 ): void {
   const busy = cohorts.filter((c) => {
-    const r = routes[c];
+    const r = Object.hasOwn(routes, c) ? routes[c] : undefined;
     return r?.candidate !== undefined && r.salt !== salt && (r.weight > 0 || r.mirror > 0);
   });
   if (busy.length === 0) return;

@@ -163,6 +163,24 @@ describe('service activities on a real gateway', () => {
         return true;
       },
     );
+    // A cohort named like a property every object inherits is no route either.
+    const inherited = join(tmp, 'inherited.yaml');
+    writeFileSync(
+      inherited,
+      YAML.stringify(
+        doc(gateway.url, [
+          { name: 'constructor', sku: 'hw4', callers: 10, requestsPerCallerHour: 1, nightShare: 0 },
+        ]),
+      ),
+    );
+    await assert.rejects(
+      acts.describeFleet({ ...base, manifest: inherited }),
+      (err: Error & { type?: string }) => {
+        assert.equal(err.type, 'NotFound');
+        assert.match(err.message, /has no route for cohort\(s\) constructor of service ranker/);
+        return true;
+      },
+    );
   });
 
   it('delivers a wave as a weight whose callers are the router’s, and a repeat changes nothing', async () => {

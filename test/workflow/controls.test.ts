@@ -3,7 +3,8 @@
  * the real activities: a two-person gate that refuses the initiator, a second approval by the same
  * reviewer, an unknown reviewer, the wrong gate and a stale digest (each with its reason and without a
  * trace in history); a gate left unanswered holds; a promotion gate; pause holds a rollout until it is
- * resumed; an emergency rollback of one cohort compensates it while the others are promoted; malformed
+ * resumed; an emergency rollback of one cohort compensates it while the others are promoted (one of an
+ * unknown cohort, `constructor` and `__proto__` included, is refused); malformed
  * update payloads (wrong types, not an object, unknown fields, 3 MB texts) are refused as non-retryable
  * InvalidInput before any check of the rollout's state, and leave nothing in history.
  */
@@ -286,6 +287,13 @@ describe('quorum gates and operator controls (time-skipping)', () => {
           }),
           /not in this rollout; its cohorts are: .*hw3\/nordic/,
         );
+        // Names every plain object inherits are unknown cohorts too, refused before history.
+        for (const cohort of ['constructor', '__proto__', 'toString', 'hasOwnProperty']) {
+          await refused(
+            handle.executeUpdate(rollbackCohortUpdate, { args: [{ cohort, by: 'ops', reason: 'x' }] }),
+            new RegExp(`^cohort "${cohort}" is not in this rollout; its cohorts are: .*hw3/nordic`),
+          );
+        }
         const rb = await handle.executeUpdate(rollbackCohortUpdate, {
           args: [{ cohort: 'hw3/nordic', by: 'ops', reason: 'field reports of missed pedestrians' }],
         });
