@@ -6,8 +6,13 @@
  *   blobs/sha256/<digest>                              model bytes, content-addressed, write-once
  *   registry/<name>/<version>.json                     ModelRecord, write-once
  *   index/sha256/<digest>/<name>/<version>.json        which records hold a digest, write-once
+ *   index/owner/<digest>.json                          the one record of a model digest, write-once
  *   pointers/<cohort>/<stage>.json                     current pointer, moved by compare-and-swap
  *   pointers/<cohort>/<stage>.history/<seq>.json       one write-once entry per move
+ *
+ * One model digest is one registry record: the first registration of a digest claims it (put-if-absent
+ * of its owner key, before the record is written) and the same bytes under another name@version are
+ * refused (ImmutableConflict), so a pointer's digest always names one version and one release.
  *
  * Every activity here is idempotent: a retry after a crash finds its own writes and completes them.
  * This module must never overwrite a registry record or blob, never move a pointer without
@@ -25,7 +30,7 @@ import type {
   RegisterInput,
 } from './contracts';
 import type { ModelRunner, ObjectStore } from './deps';
-import { parseStoredJson, sha256 } from './store';
+import { LocalObjectStore, parseStoredJson, sha256 } from './store';
 import { ErrorType, fail } from '../errors';
 import type { ModelManifest } from '../policies/schema';
 import { compareContracts } from '../policies/contract';
@@ -83,6 +88,10 @@ function historyKey(cohort: string, stage: Stage, seq: number): string {
 function indexPrefix(digest: string): string {
   return `index/sha256/${digest}/`;
 }
+/** The record that owns a model digest (the first registered with those bytes). */
+function ownerKey(digest: string): string {
+  return `index/owner/${digest}.json`;
+}
 /** Which registered versions hold a file with this digest (any file of a pack). */
 function fileIndexPrefix(digest: string): string {
   return `index/files/${digest}/`;
@@ -114,6 +123,18 @@ export function createRegistryActivities(deps: RegistryDeps) {
         input.allowMajorBump === true,
         input.packDir,
       );
+    }
+
+    // One record per model digest: refused before anything is stored (and claimed below, before the record).
+    const manifestDigest = sha256(pack.manifestBytes);
+    const registered = await readJson<ModelRecord>(store, recordKey);
+    const sameAsRegistered = registered?.digest === digest && registered.manifestDigest === manifestDigest;
+    if (!registered || sameAsRegistered) {
+      const first = await otherHolder(store, digest, recordKey, registered);
+      if (first) {
+        const { name, version, release } = manifest;
+        throw duplicateModel({ digest, recordKey, name, version, release }, first, input.packDir);
+      }
     }
 
     // Every file becomes a blob; each is hashed again as it is stored, so bytes that changed since the
@@ -157,7 +178,7 @@ export function createRegistryActivities(deps: RegistryDeps) {
       name: manifest.name,
       version: manifest.version,
       digest,
-      manifestDigest: sha256(pack.manifestBytes),
+      manifestDigest,
       recordKey,
       contract,
       release: manifest.release,
@@ -176,27 +197,27 @@ export function createRegistryActivities(deps: RegistryDeps) {
       },
       configDigest: manifest.files[manifest.config]!,
     };
-    try {
-      await store.putIfAbsent(recordKey, json(record));
-    } catch (err) {
-      if (!(err instanceof ApplicationFailure) || err.type !== ErrorType.ImmutableConflict) throw err;
-      const existing = await readJson<ModelRecord>(store, recordKey);
-      if (
-        existing &&
-        existing.manifestDigest === record.manifestDigest &&
-        existing.digest === record.digest
-      ) {
-        // The same signed manifest under another trusted signature (a key rotated since): the version is
-        // the registered one, and its record keeps the signature it was registered with.
-        return existing;
-      }
-      throw fail(
+    const versionConflict = (existing: ModelRecord | undefined) =>
+      fail(
         ErrorType.ImmutableConflict,
         `${manifest.name}@${manifest.version} is already registered with model digest ${existing?.digest ?? '?'} ` +
           `and manifest digest ${existing?.manifestDigest ?? '?'}; this pack has ${digest} and ${record.manifestDigest}. ` +
           'Registry versions are immutable: bump "version" and "release" in manifest.json',
         { recordKey, existing, attempted: record },
       );
+    if (registered && !sameVersion(registered, record)) throw versionConflict(registered);
+    await claimDigest(store, record, registered, input.packDir);
+    try {
+      await store.putIfAbsent(recordKey, json(record));
+    } catch (err) {
+      if (!(err instanceof ApplicationFailure) || err.type !== ErrorType.ImmutableConflict) throw err;
+      const existing = await readJson<ModelRecord>(store, recordKey);
+      if (existing && sameVersion(existing, record)) {
+        // The same signed manifest under another trusted signature (a key rotated since): the version is
+        // the registered one, and its record keeps the signature it was registered with.
+        return existing;
+      }
+      throw versionConflict(existing);
     }
     // The signed manifest and its signature, kept so the version can be verified again later.
     await store.putIfAbsent(`registry/${manifest.name}/${manifest.version}.sig`, pack.signatureBytes);
@@ -441,6 +462,140 @@ function compareSemver(a: string, b: string): number {
     if (d !== 0) return d;
   }
   return a < b ? -1 : a > b ? 1 : 0;
+}
+
+/** The same registry version: the same signed manifest and model (the signature may differ). */
+function sameVersion(a: ModelRecord, b: ModelRecord): boolean {
+  return a.manifestDigest === b.manifestDigest && a.digest === b.digest;
+}
+
+/** What the owner key of a digest holds. */
+interface DigestClaim {
+  recordKey: string;
+  name: string;
+  version: string;
+  release?: number;
+  /** When the registration claimed the digest. */
+  at: string;
+}
+
+/** Another record that holds a model digest first. */
+interface Holder {
+  recordKey: string;
+  name: string;
+  version: string;
+  release?: number;
+  at?: string;
+  /** false: claimed, but its record is not written yet (a registration under way, or one that crashed). */
+  complete: boolean;
+}
+
+/** The refusal of a model digest that record `h` holds first. */
+function duplicateModel(
+  attempted: Pick<ModelRecord, 'digest' | 'recordKey' | 'name' | 'version' | 'release'>,
+  h: Holder,
+  label: string,
+): ApplicationFailure {
+  return fail(
+    ErrorType.ImmutableConflict,
+    `model pack ${label}: its model (sha256 ${attempted.digest}) is already registered as ${h.name}@${h.version}` +
+      (h.release !== undefined ? ` release ${h.release}` : '') +
+      (h.at ? `, registered ${h.at}` : '') +
+      (h.complete ? '' : ' (that registration has not completed: register its pack again to complete it)') +
+      `; this pack would register the same bytes again as ${attempted.name}@${attempted.version} release ` +
+      `${attempted.release}. One model is one registry record, so that pointer histories and release checks ` +
+      `name one version: use the existing record ${h.name}@${h.version} (roll out or register its pack), or ` +
+      'pack a changed model',
+    { digest: attempted.digest, recordKey: h.recordKey, attempted: attempted.recordKey },
+  );
+}
+
+/**
+ * Claims `record.digest` for `record` (write-once owner key), or refuses (ImmutableConflict) naming the
+ * record that holds those bytes first. `registered`: the record already written at its key (a retry, or
+ * the same pack registered again), which stays a no-op.
+ */
+async function claimDigest(
+  store: ObjectStore,
+  record: ModelRecord,
+  registered: ModelRecord | undefined,
+  label: string,
+): Promise<void> {
+  const other = await otherHolder(store, record.digest, record.recordKey, registered);
+  if (other) throw duplicateModel(record, other, label);
+  const claim: DigestClaim = {
+    recordKey: record.recordKey,
+    name: record.name,
+    version: record.version,
+    release: record.release,
+    at: new Date().toISOString(),
+  };
+  try {
+    await store.putIfAbsent(ownerKey(record.digest), json(claim));
+  } catch (err) {
+    if (!(err instanceof ApplicationFailure) || err.type !== ErrorType.ImmutableConflict) throw err;
+    // Claimed meanwhile: by this record (a retry: its own claim, written at another time) or another.
+    const winner = await otherHolder(store, record.digest, record.recordKey, registered);
+    if (winner) throw duplicateModel(record, winner, label);
+  }
+}
+
+/**
+ * The record other than `recordKey` that holds model `digest` first, if any: the one the owner key
+ * names; without a valid owner key (stores written before owner keys, which may hold the same bytes
+ * under several versions), the lowest release, then version, of the records the digest index lists,
+ * `registered` (the record already written at `recordKey`, if any) included.
+ */
+async function otherHolder(
+  store: ObjectStore,
+  digest: string,
+  recordKey: string,
+  registered: ModelRecord | undefined,
+): Promise<Holder | undefined> {
+  const claim = await readJson<DigestClaim>(store, ownerKey(digest));
+  if (claim?.recordKey === recordKey) return undefined;
+  if (claim) {
+    const held = await readJson<ModelRecord>(store, claim.recordKey);
+    if (!held) return { ...claim, complete: false };
+    if (held.digest === digest) {
+      const { name, version, release } = held;
+      return { recordKey: claim.recordKey, name, version, release, at: claim.at, complete: true };
+    }
+    // A claim whose name@version was taken by other bytes in a race owns nothing: fall through.
+  }
+  const holders: ModelRecord[] = registered ? [registered] : [];
+  for (const key of await store.list(indexPrefix(digest))) {
+    const entry = await readJson<{ recordKey: string }>(store, key);
+    if (!entry || entry.recordKey === recordKey) continue;
+    const held = await readJson<ModelRecord>(store, entry.recordKey);
+    if (held?.digest === digest) holders.push(held);
+  }
+  const first = holders.sort(
+    (a, b) =>
+      (a.release ?? 0) - (b.release ?? 0) ||
+      compareSemver(a.version, b.version) ||
+      (a.recordKey < b.recordKey ? -1 : 1),
+  )[0];
+  if (!first || first.recordKey === recordKey) return undefined;
+  const { name, version, release } = first;
+  return {
+    recordKey: first.recordKey,
+    name,
+    version,
+    release,
+    at: await writtenAt(store, first.recordKey),
+    complete: true,
+  };
+}
+
+/** When a write-once key was written, if the store can tell (the local store's file time). */
+async function writtenAt(store: ObjectStore, key: string): Promise<string | undefined> {
+  if (!(store instanceof LocalObjectStore)) return undefined;
+  try {
+    return (await fs.stat(store.pathOf(key))).mtime.toISOString();
+  } catch {
+    return undefined;
+  }
 }
 
 /** Resolves a pack directory against root; refuses one outside it. */

@@ -3,13 +3,15 @@
  * `<rolloutId>.html`, the same report as one self-contained page (activities/report-html.ts).
  *
  * The report holds the decision per cohort, the statistics and boundaries of every look and the whole
- * decision log. Each file is written atomically (temp file, then rename), so a reader never sees half a
- * report and a retried activity writes the same files again. The JSON is the record: it is written
+ * decision log. Each file is written atomically (activities/atomic-file.ts: an exclusive temp file under
+ * a random name, then a rename; never through a link), so a reader never sees half a report and a
+ * retried activity writes the same files again. The JSON is the record: it is written
  * first, and a page that cannot be rendered never fails the activity. Never holds a raw vehicle
  * identifier.
  */
-import { mkdir, rename, writeFile } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
+import { writeFileAtomic as writeAtomic } from './atomic-file';
 import type { ReportInput } from './contracts';
 import { renderReportHtml } from './report-html';
 
@@ -22,12 +24,10 @@ export function reportHtmlPath(dataDir: string, rolloutId: string): string {
   return join(dataDir, 'reports', `${rolloutId}.html`);
 }
 
-/** Writes `text` to `path` through a temp file in the same directory and a rename. */
+/** Writes `text` to `path` atomically (activities/atomic-file.ts), creating its directory. */
 export async function writeFileAtomic(path: string, text: string): Promise<void> {
   await mkdir(dirname(path), { recursive: true });
-  const tmp = `${path}.${process.pid}.tmp`;
-  await writeFile(tmp, text);
-  await rename(tmp, path);
+  await writeAtomic(path, text);
 }
 
 export function createReportActivities({ dataDir }: { dataDir: string }) {

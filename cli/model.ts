@@ -127,7 +127,8 @@ Verifies the pack as "model verify" does and records it as an immutable registry
 signed manifest, signature, every file as a content-addressed blob), through the same services a
 worker opens: the data directory's store, its trusted keys, onnxruntime for the contract. DIR is read
 relative to the working directory and must be inside it. Moves no pointer. Registering the same pack
-again is a no-op; other bytes under a registered name@version are refused (ImmutableConflict). Needs
+again is a no-op; other bytes under a registered name@version, and a registered model under another
+name@version, are refused (ImmutableConflict). Needs
 the data directory's DuckDB file to itself (stop the worker first), as "fleet init" does.
   --json   print the record`,
   list: `Usage: fleetgate model list [--json]

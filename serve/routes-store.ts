@@ -1,7 +1,8 @@
 /**
  * The gateway's routes, saved in `<stateDir>/routes.json` so weights, candidates and generations survive
  * a restart. Every save is atomic and durable before the admin call that made it is answered: the JSON is
- * written to a temporary file, fsynced, renamed over routes.json and the directory fsynced, so a reader
+ * written to a temporary file (created exclusively under a random name, activities/atomic-file.ts),
+ * fsynced, renamed over routes.json and the directory fsynced, so a reader
  * (or a restart after a crash) sees the old routes or the new ones, never a mix.
  *
  * Routes hold model digests, salts and weights only: no caller identifier.
@@ -12,11 +13,11 @@
  * does not serve, is dropped and reported (`onDrop`), never a reason to refuse to start: it must never
  * be possible for a request to leave a file behind that stops the next start.
  */
-import { randomBytes } from 'node:crypto';
-import { mkdirSync, promises as fs, readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { COHORT, CohortRoute } from './api';
+import { writeFileAtomic } from '../activities/atomic-file';
 import { formatIssues } from '../policies/schema';
 
 export const ROUTES_FILE = 'routes.json';
@@ -139,27 +140,6 @@ export class RoutesStore {
 
   private async write(body: string): Promise<void> {
     mkdirSync(this.stateDir, { recursive: true });
-    const tmp = join(this.stateDir, `.${ROUTES_FILE}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
-    const fh = await fs.open(tmp, 'wx', 0o600);
-    try {
-      await fh.writeFile(body, 'utf8');
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    try {
-      await fs.rename(tmp, this.file);
-    } catch (err) {
-      await fs.rm(tmp, { force: true });
-      throw err;
-    }
-    const dir = await fs.open(this.stateDir, 'r');
-    try {
-      await dir.sync();
-    } catch {
-      // Some filesystems cannot fsync a directory; the rename itself is still atomic.
-    } finally {
-      await dir.close();
-    }
+    await writeFileAtomic(this.file, body, { mode: 0o600 });
   }
 }

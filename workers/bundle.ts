@@ -3,10 +3,11 @@
  * not rebuild it for every worker. The cache key is a hash of every file the bundle can include.
  */
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { bundleWorkflowCode, type WorkflowBundle } from '@temporalio/worker';
+import { writeFileAtomicSync } from '../activities/atomic-file';
 
 const ROOT = resolve(__dirname, '..');
 export const WORKFLOWS_PATH = join(ROOT, 'workflows', 'index.ts');
@@ -39,9 +40,9 @@ export async function getWorkflowBundle(
     logger: quietLogger,
   });
   mkdirSync(dir, { recursive: true });
-  const tmp = `${file}.${process.pid}.tmp`;
-  writeFileSync(tmp, bundle.code);
-  renameSync(tmp, file);
+  // The cache directory is shared by every user of the machine's temp directory: never a predictable
+  // temporary name, never through a link planted there.
+  writeFileAtomicSync(file, bundle.code, { durable: false });
   return { code: bundle.code };
 }
 

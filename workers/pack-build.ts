@@ -6,7 +6,11 @@
  * outputs onnxruntime gives for them, writes inference_config.json and the golden files, and rewrites
  * the manifest's `files` with the sha256 of every file of the pack. `signPack` writes manifest.sig.
  *
- * It writes only inside the pack directory it is given.
+ * It writes only inside the pack directory it is given, and never through a symbolic link: a link at a
+ * file it writes or removes (the config, the golden files, manifest.json, manifest.sig), or at a
+ * directory on the way to one, is refused (PathEscape) before anything is written, and every file is
+ * written through activities/atomic-file.ts (exclusive temporary file beside it, then a rename), so a
+ * link planted meanwhile is replaced, never followed.
  */
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
@@ -15,6 +19,7 @@ import * as ort from 'onnxruntime-node';
 import { ErrorType, fail } from '../errors';
 import { InferenceConfig, ModelManifest, formatIssues } from '../policies/schema';
 import { MANIFEST, SIGNATURE, hashFile, listFiles, signManifest } from '../activities/pack';
+import { writeFileAtomic } from '../activities/atomic-file';
 import { gaussian, makeRng } from '../sim/frames';
 
 export const CONFIG = 'inference_config.json';
@@ -35,6 +40,8 @@ export interface BuildOptions {
  * Returns the manifest written. Refuses a draft that does not parse, with every problem named.
  */
 export async function buildPack(dir: string, options: BuildOptions = {}): Promise<ModelManifest> {
+  // Everything this writes or removes, checked before anything is read or written.
+  for (const f of [GOLDEN_INPUTS, GOLDEN_OUTPUTS, CONFIG, MANIFEST, SIGNATURE]) await refuseLinks(dir, f);
   const manifestFile = path.join(dir, MANIFEST);
   let draft: Record<string, unknown>;
   try {
@@ -116,9 +123,8 @@ export async function buildPack(dir: string, options: BuildOptions = {}): Promis
     const result = await session.run({ [input.name]: new ort.Tensor('float32', golden, [rows, features]) });
     const expected = result[output.name]!.data as Float32Array;
 
-    await fs.mkdir(path.join(dir, 'golden'), { recursive: true });
-    await fs.writeFile(path.join(dir, GOLDEN_INPUTS), le(golden));
-    await fs.writeFile(path.join(dir, GOLDEN_OUTPUTS), le(expected));
+    await writePackFile(dir, GOLDEN_INPUTS, le(golden));
+    await writePackFile(dir, GOLDEN_OUTPUTS, le(expected));
     const config: InferenceConfig = InferenceConfig.parse({
       apiVersion: 'fleetgate/v1',
       kind: 'InferenceConfig',
@@ -132,7 +138,7 @@ export async function buildPack(dir: string, options: BuildOptions = {}): Promis
       thresholds: previous?.thresholds ?? {},
       golden: { inputs: GOLDEN_INPUTS, outputs: GOLDEN_OUTPUTS, rows, tolerance: options.tolerance ?? 1e-5 },
     });
-    await fs.writeFile(path.join(dir, CONFIG), JSON.stringify(config, null, 2) + '\n');
+    await writePackFile(dir, CONFIG, JSON.stringify(config, null, 2) + '\n');
 
     const files: Record<string, string> = {};
     for (const f of await listFiles(dir)) {
@@ -147,8 +153,9 @@ export async function buildPack(dir: string, options: BuildOptions = {}): Promis
         `${manifestFile}: the draft is incomplete:\n${formatIssues(parsed.error, candidate, 'manifest')}`,
       );
     }
-    await fs.writeFile(manifestFile, JSON.stringify(parsed.data, null, 2) + '\n');
+    await writePackFile(dir, MANIFEST, JSON.stringify(parsed.data, null, 2) + '\n');
     // A signature over an older manifest no longer holds: remove it, the pack must be signed again.
+    await refuseLinks(dir, SIGNATURE);
     await fs.rm(path.join(dir, SIGNATURE), { force: true });
     return parsed.data;
   } finally {
@@ -158,10 +165,58 @@ export async function buildPack(dir: string, options: BuildOptions = {}): Promis
 
 /** Signs the pack's manifest.json with an ed25519 private key (PEM); returns the signer's key id. */
 export async function signPack(dir: string, privatePem: string | Buffer): Promise<string> {
+  // The manifest signed must be the pack's own, and the signature must land in the pack.
+  await refuseLinks(dir, MANIFEST);
+  await refuseLinks(dir, SIGNATURE);
   const manifestBytes = await fs.readFile(path.join(dir, MANIFEST));
   const sig = signManifest(manifestBytes, privatePem);
-  await fs.writeFile(path.join(dir, SIGNATURE), JSON.stringify(sig, null, 2) + '\n');
+  await writePackFile(dir, SIGNATURE, JSON.stringify(sig, null, 2) + '\n');
   return sig.keyId;
+}
+
+/**
+ * Refuses (PathEscape) when the pack file `rel` ('/'-separated, inside `dir`), or a directory on the way
+ * to it below `dir`, is a symbolic link. Entries that do not exist yet pass.
+ */
+export async function refuseLinks(dir: string, rel: string): Promise<void> {
+  const segments = rel.split('/');
+  for (let i = 1; i <= segments.length; i++) {
+    const name = segments.slice(0, i).join('/');
+    let stat;
+    try {
+      stat = await fs.lstat(path.join(dir, ...segments.slice(0, i)));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+      throw err;
+    }
+    if (stat.isSymbolicLink()) {
+      throw fail(
+        ErrorType.PathEscape,
+        `model pack ${dir}: ${name} is a symbolic link; a pack's files are written in the pack, never through a ` +
+          `link (it could overwrite a file outside the pack): remove the symlink ${name} from the pack and run ` +
+          'the command again',
+        { dir, file: name },
+      );
+    }
+  }
+}
+
+/**
+ * Writes the pack file `rel` whole (activities/atomic-file.ts), creating its directories one by one, after
+ * refusing a link at it or on the way to it.
+ */
+async function writePackFile(dir: string, rel: string, data: string | Uint8Array): Promise<void> {
+  await refuseLinks(dir, rel);
+  const segments = rel.split('/');
+  for (let i = 1; i < segments.length; i++) {
+    try {
+      await fs.mkdir(path.join(dir, ...segments.slice(0, i)));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    }
+  }
+  await refuseLinks(dir, rel);
+  await writeFileAtomic(path.join(dir, ...segments), data);
 }
 
 async function readConfig(dir: string): Promise<InferenceConfig | undefined> {

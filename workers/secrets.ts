@@ -7,8 +7,9 @@
  * return in an error, or write anywhere else the key's bytes.
  */
 import { randomBytes } from 'node:crypto';
-import { chmodSync, existsSync, linkSync, mkdirSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { writeFileAtomicSync } from '../activities/atomic-file';
 import { ErrorType, fail } from '../errors';
 
 export const PSEUDONYM_KEY_ENV = 'FLEETGATE_PSEUDONYM_KEY';
@@ -45,20 +46,12 @@ export function loadPseudonymKey(dataDir: string, env: NodeJS.ProcessEnv = proce
 }
 
 /**
- * Creates `file` (mode 0600) with `contents()` unless it exists: written whole under a private name, then
- * linked into place. Linking fails when the file exists, so exactly one of several racing processes
- * creates it and no reader ever sees it partly written.
+ * Creates `file` (mode 0600) with `contents()` unless it exists: written whole under a private name
+ * (created exclusively, random), then linked into place (activities/atomic-file.ts, `replace: false`).
+ * Linking fails when the file exists, so exactly one of several racing processes creates it and no
+ * reader ever sees it partly written.
  */
 export function createOnce(file: string, contents: () => string | Buffer): void {
   if (existsSync(file)) return;
-  const tmp = `${file}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
-  writeFileSync(tmp, contents(), { flag: 'wx', mode: 0o600 });
-  try {
-    chmodSync(tmp, 0o600);
-    linkSync(tmp, file);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-  } finally {
-    unlinkSync(tmp);
-  }
+  writeFileAtomicSync(file, contents(), { mode: 0o600, replace: false });
 }
