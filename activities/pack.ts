@@ -158,6 +158,7 @@ export async function verifyPackDir(
   trust: TrustStore,
   knownFile: KnownFile = async () => undefined,
 ): Promise<VerifiedPack> {
+  for (const name of [MANIFEST, SIGNATURE]) await refuseOutsideLink(dir, name, label);
   const manifestBytes = await readOr(path.join(dir, MANIFEST), () =>
     fail(
       ErrorType.NotFound,
@@ -185,7 +186,7 @@ export async function verifyPackDir(
     ['model', manifest.model],
     ['config', manifest.config],
   ] as const) {
-    if (!(file in manifest.files)) {
+    if (!Object.hasOwn(manifest.files, file)) {
       throw fail(
         ErrorType.InvalidInput,
         `model pack ${label}: manifest.${field} is "${file}" but files does not list it; add "${file}": "<sha256>" to files`,
@@ -197,7 +198,7 @@ export async function verifyPackDir(
   const realDir = await fs.realpath(dir);
   const present = new Set((await listFiles(dir)).filter((f) => !UNLISTED.has(f)));
   const missing = Object.keys(manifest.files).filter((f) => !present.has(f));
-  const added = [...present].filter((f) => !(f in manifest.files)).sort();
+  const added = [...present].filter((f) => !Object.hasOwn(manifest.files, f)).sort();
   if (missing.length > 0 || added.length > 0) {
     throw fail(
       ErrorType.FileSetMismatch,
@@ -269,7 +270,7 @@ export async function verifyPackDir(
     ['golden.outputs', c.golden.outputs],
   ] as const) {
     checkPlainPath(file, label);
-    if (!(file in manifest.files)) {
+    if (!Object.hasOwn(manifest.files, file)) {
       throw fail(
         ErrorType.InvalidInput,
         `model pack ${label}: ${manifest.config} ${field} is "${file}", which the manifest does not list; ` +
@@ -315,6 +316,27 @@ export function checkSignature(
     );
   }
   return sig.data.keyId;
+}
+
+/**
+ * Refuses `name` in the pack when it is a link that resolves outside the pack, before anything reads it
+ * (a missing file is left to the caller's own message).
+ */
+async function refuseOutsideLink(dir: string, name: string, label: string): Promise<void> {
+  const file = path.join(dir, name);
+  let real: string;
+  try {
+    real = await fs.realpath(file);
+  } catch {
+    return;
+  }
+  const realDir = await fs.realpath(dir);
+  if (real.startsWith(realDir + path.sep)) return;
+  throw fail(
+    ErrorType.PathEscape,
+    `model pack ${label}: ${name} is a link to a file outside the pack; copy the file into the pack`,
+    { label, file: name },
+  );
 }
 
 /** Refuses a file name that is not a plain relative path inside the pack. */

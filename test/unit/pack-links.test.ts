@@ -139,3 +139,21 @@ void test('a pack without links still packs and signs to the committed bytes', a
     'model.onnx',
   ]);
 });
+
+for (const name of ['manifest.json', 'manifest.sig']) {
+  void test(`verifyPackDir refuses a pack whose ${name} is a link outside, before reading it`, async () => {
+    const { verifyPackDir, loadTrust } = await import('../../activities/pack');
+    const trust = await loadTrust([join(ROOT, 'models', 'keys', 'fixture-signer.pub')]);
+    const id = name.replace(/[/.]/g, '-');
+    const original = readFileSync(join(ROOT, 'models', 'candidate-good', name));
+    const { pack, outside } = setUp(`verify-${id}`, 'victim', original);
+    // the pack as committed verifies; the same bytes reached through a link outside do not
+    await verifyPackDir(pack, 'packs/plain', trust);
+    rmSync(join(pack, name));
+    symlinkSync(join(outside, 'victim'), join(pack, name));
+    await assert.rejects(verifyPackDir(pack, 'packs/linked', trust), (e: Error) => {
+      assert.match(e.message, new RegExp(`${name.replace('.', '\\.')} is a link to a file outside the pack`));
+      return true;
+    });
+  });
+}
