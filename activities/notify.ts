@@ -5,8 +5,12 @@
  * other receiver.
  *
  * Headers: `Idempotency-Key` (`<rolloutId>/<seq>`, the same on every retry of one notification, so a
- * receiver drops duplicates) and, with a secret, `X-Fleetgate-Signature: sha256=<hex>`, the HMAC-SHA256
- * of the exact body bytes under the secret.
+ * receiver drops duplicates) and, with a secret, `Fleetgate-Signature: t=<unix seconds>,v1=<hex>`, the
+ * HMAC-SHA256 under the secret of `<t>\n<idempotency key>\n<exact body bytes>`, signed afresh at each
+ * attempt. The timestamp and the key are signed with the body: a captured request cannot be replayed
+ * under a new key (the receiver's deduplication would let it through) nor after the replay window
+ * (`REPLAY_WINDOW_S`, 5 minutes), so a receiver only has to remember the keys of that window.
+ * `verifySignature` is the receiver's side, self-contained so that it can be copied.
  *
  * One request per attempt, bounded by its own timeout; Temporal retries the activity with backoff (the
  * workflow's retry policy). A 2xx is delivered; 408, 429, 5xx, a timeout or a network error is
@@ -15,16 +19,16 @@
  *
  * It must never log or put in an error the webhook's URL beyond its host (a Slack URL's path is its
  * secret), nor the signing secret, nor any vehicle identifier (notifications carry cohorts, phases and
- * decision reasons only).
+ * decision reasons only). It never signs the body alone: that signature would verify on a replay.
  */
-import { createHmac } from 'node:crypto';
+import { createHmac, timingSafeEqual } from 'node:crypto';
 import { ApplicationFailure } from '@temporalio/common';
 import { ErrorType, fail } from '../errors';
 import type { NotifyInput } from './contracts';
 
 /** Where notifications go (workers/config.ts reads it from FLEETGATE_WEBHOOK_URL/_SECRET). */
 export interface WebhookConfig {
-  /** http:// or https:// URL that receives the POSTs. */
+  /** https:// URL that receives the POSTs (http:// only to a loopback host: workers/config.ts checks). */
   url: string;
   /** Key of the HMAC-SHA256 signature header; none: requests are not signed. */
   secret?: string;
@@ -39,14 +43,74 @@ export interface NotifyResult {
 
 /** How long one request may take before the attempt counts as failed (and is retried). */
 export const NOTIFY_TIMEOUT_MS = 10_000;
-/** The signature header: `sha256=<hex HMAC-SHA256 of the body>`. */
-export const SIGNATURE_HEADER = 'X-Fleetgate-Signature';
+/** The signature header: `t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>\n<idempotency key>\n<body>">`. */
+export const SIGNATURE_HEADER = 'Fleetgate-Signature';
+/** The deduplication header; its value is signed with the body. */
+export const IDEMPOTENCY_HEADER = 'Idempotency-Key';
+/** How old (or how far ahead of the receiver's clock) a signed timestamp may be: 5 minutes. */
+export const REPLAY_WINDOW_S = 300;
 /** Slack shows at most 3,000 characters of a section's text. */
 const MAX_TEXT = 3000;
 
-/** The HMAC-SHA256 signature of `body` under `secret`, as the signature header carries it. */
-export function signature(secret: string, body: string): string {
-  return `sha256=${createHmac('sha256', secret).update(body, 'utf8').digest('hex')}`;
+/** The v1 HMAC-SHA256 (hex) of a timestamp, an idempotency key and the body bytes under `secret`. */
+function v1(secret: string, t: number, idempotencyKey: string, body: string | Uint8Array): string {
+  const mac = createHmac('sha256', secret).update(`${t}\n${idempotencyKey}\n`, 'utf8');
+  return (typeof body === 'string' ? mac.update(body, 'utf8') : mac.update(body)).digest('hex');
+}
+
+/** The signature header's value for one request: `t=<t>,v1=<hex>`. */
+export function signature(secret: string, t: number, idempotencyKey: string, body: string): string {
+  return `t=${t},v1=${v1(secret, t, idempotencyKey, body)}`;
+}
+
+/** What `verifySignature` decided: the signed timestamp and key, or why the request must be refused. */
+export type Verification =
+  { ok: true; timestamp: number; idempotencyKey: string } | { ok: false; reason: string };
+
+/**
+ * The receiver's check of a notification: the `Fleetgate-Signature` header must carry a `v1` HMAC under
+ * `secret` of its timestamp, the `Idempotency-Key` header and the raw body bytes (as received, before
+ * parsing), and its timestamp must lie within `windowSec` of `now` (ms, e.g. `Date.now()`). A receiver
+ * then drops any key it has seen within the window. `headers` is Node's `req.headers`, a fetch `Headers`
+ * or a plain object. Self-contained: it needs only node:crypto.
+ */
+export function verifySignature(
+  secret: string,
+  headers: Headers | Record<string, string | string[] | undefined>,
+  body: string | Uint8Array,
+  now: number = Date.now(),
+  windowSec: number = REPLAY_WINDOW_S,
+): Verification {
+  const get = (name: string): string | undefined => {
+    if (typeof (headers as Headers).get === 'function') return (headers as Headers).get(name) ?? undefined;
+    const h = headers as Record<string, string | string[] | undefined>;
+    const key = Object.keys(h).find((k) => k.toLowerCase() === name.toLowerCase());
+    const v = key === undefined ? undefined : h[key];
+    return Array.isArray(v) ? v.join(',') : v;
+  };
+  const header = get('Fleetgate-Signature');
+  if (!header) return { ok: false, reason: 'no Fleetgate-Signature header' };
+  const key = get('Idempotency-Key');
+  if (!key) return { ok: false, reason: 'no Idempotency-Key header' };
+  const parts = header.split(',').map((p) => p.trim().split('='));
+  const ts = parts.find(([k]) => k === 't')?.[1];
+  const t = ts !== undefined && /^\d{1,12}$/.test(ts) ? Number(ts) : NaN;
+  if (!Number.isSafeInteger(t)) return { ok: false, reason: 'no timestamp (t=) in Fleetgate-Signature' };
+  const age = Math.floor(now / 1000) - t;
+  if (Math.abs(age) > windowSec) {
+    return { ok: false, reason: `timestamp ${t} is ${age} s from now, outside the ${windowSec} s window` };
+  }
+  const expected = Buffer.from(v1(secret, t, key, body), 'hex');
+  const match = parts.some(
+    ([k, v]) =>
+      k === 'v1' &&
+      v !== undefined &&
+      /^[0-9a-f]{64}$/.test(v) &&
+      timingSafeEqual(Buffer.from(v, 'hex'), expected),
+  );
+  return match
+    ? { ok: true, timestamp: t, idempotencyKey: key }
+    : { ok: false, reason: 'no v1 signature matches the secret, timestamp, key and body' };
 }
 
 const WHAT: Record<NotifyInput['event'], string> = {
@@ -131,10 +195,17 @@ export function createNotifyActivities({
       const body = JSON.stringify(webhookBody(input));
       const headers: Record<string, string> = {
         'Content-Type': 'application/json; charset=utf-8',
-        'Idempotency-Key': input.idempotencyKey,
+        [IDEMPOTENCY_HEADER]: input.idempotencyKey,
         'User-Agent': 'fleetgate',
       };
-      if (webhook.secret) headers[SIGNATURE_HEADER] = signature(webhook.secret, body);
+      if (webhook.secret) {
+        headers[SIGNATURE_HEADER] = signature(
+          webhook.secret,
+          Math.floor(Date.now() / 1000),
+          input.idempotencyKey,
+          body,
+        );
+      }
       let res: Response;
       try {
         res = await fetch(webhook.url, {

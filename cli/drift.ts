@@ -9,8 +9,9 @@
  *   drift delete ID
  *
  * A client only: the request is validated here with the workflow's own zod schema before anything is
- * sent; results are read from the object store the workers write them to. It must never print a
- * vehicle identifier (there is none in a drift result) or a secret.
+ * sent; results are read from the object store the workers write them to, and their strings are escaped
+ * (cli/terminal.ts) before they are printed. It must never print a vehicle identifier (there is none in
+ * a drift result) or a secret.
  */
 import { basename, extname } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -30,6 +31,7 @@ import type { DriftCheckResult } from '../activities/drift';
 import type * as DriftActivitiesModule from '../activities/drift';
 import { loadConfig, loadStoreConfig, openObjectStore } from '../workers/config';
 import { CliError, connect, DEFAULT_FLEET, readPolicyFile, timestamp, UsageError } from './main';
+import { safeStrings } from './terminal';
 
 export const DRIFT_WORKFLOW_TYPE = 'driftCheckWorkflow';
 /** Shortest interval between checks: a check draws thousands of frames per cohort. */
@@ -187,7 +189,8 @@ export async function upsertDriftSchedule(
 const VERDICT_MARK: Record<string, string> = { ok: 'ok', warn: 'WARN', drift: 'DRIFT' };
 
 /** The per-cohort and feature table of a check. */
-export function renderDriftTable(o: Pick<DriftCheckOutcome, 'cohorts'>): string {
+export function renderDriftTable(raw: Pick<DriftCheckOutcome, 'cohorts'>): string {
+  const o = safeStrings(raw);
   const rows: string[][] = [['cohort', 'feature', 'psi', 'ks', 'ks p', 'js (bits)', 'verdict']];
   for (const c of o.cohorts) {
     for (const f of c.features) {
@@ -213,7 +216,8 @@ export function renderDriftTable(o: Pick<DriftCheckOutcome, 'cohorts'>): string 
   return lines.join('\n');
 }
 
-function renderResult(r: DriftCheckResult): string {
+function renderResult(raw: DriftCheckResult): string {
+  const r = safeStrings(raw);
   const head = `${r.at}  ${r.checkId}  ${VERDICT_MARK[r.verdict]}  (fleet time ${r.simAt})`;
   const cohorts = r.cohorts.map((c) =>
     `  ${c.cohort}: ${VERDICT_MARK[c.verdict]}  ${c.verdict === 'ok' ? '' : c.reason}`.trimEnd(),

@@ -6,7 +6,8 @@
  *
  * A client only: it reads the status query and sends the validated updates of workflows/definitions.ts
  * through activities/controls.ts; a validator's refusal prints `fleetgate: refused: <why>` and exits 1.
- * `renderGate` is pure (status in, text out). It never prints a vehicle id (statuses carry none).
+ * `renderGate` is pure (status in, text out). Strings of a status, a receipt or a refusal are escaped
+ * (cli/terminal.ts) before they are printed. It never prints a vehicle id (statuses carry none).
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import type { MetricResult } from '../policies/decide';
@@ -14,6 +15,7 @@ import { statusQuery, type RolloutStatus } from '../workflows/definitions';
 import { createRolloutControls, type ControlOutcome } from '../activities/controls';
 import { CliError, defaultRequester, UsageError, update, withSession } from './main';
 import { GATE_HELP } from './gate-help';
+import { safeStrings, safeText } from './terminal';
 
 type Options = NonNullable<ParseArgsConfig['options']>;
 type Values = Record<string, string | boolean | undefined>;
@@ -74,7 +76,8 @@ export function metricLine(m: MetricResult): string {
 }
 
 /** The pending gate of a status as text, or why there is none. */
-export function renderGate(status: RolloutStatus): string {
+export function renderGate(raw: RolloutStatus): string {
+  const status = safeStrings(raw);
   const g = status.pendingGate;
   if (!g)
     return `rollout ${status.rolloutId}: no gate is pending (phase ${status.phase}, wave ${status.wave}/${status.waves})`;
@@ -186,8 +189,8 @@ async function control<T>(
   const outcome = await withSession((s) =>
     update(s, id, timeoutMs, () => send(createRolloutControls({ client: s.client }))),
   );
-  if (!outcome.ok) throw new CliError(`refused: ${outcome.refused}`);
-  return outcome.receipt;
+  if (!outcome.ok) throw new CliError(`refused: ${safeText(outcome.refused)}`);
+  return safeStrings(outcome.receipt);
 }
 
 export async function pauseCommand(args: string[]): Promise<number> {

@@ -44,6 +44,7 @@ import {
   type InFlight,
 } from './progress';
 import { statsCommand } from './stats';
+import { guardOutput, safeText } from './terminal';
 import type * as DemoModule from './demo';
 import type * as WorkerMainModule from '../workers/main';
 import type * as WorkerModule from '../workers/worker';
@@ -554,7 +555,8 @@ export async function update<T>(
   try {
     return await s.client.withDeadline(Date.now() + timeoutMs, () => fn(handle));
   } catch (err) {
-    if (err instanceof WorkflowUpdateFailedError) throw new CliError(`refused: ${causeMessage(err)}`);
+    if (err instanceof WorkflowUpdateFailedError)
+      throw new CliError(`refused: ${safeText(causeMessage(err))}`);
     if (err instanceof WorkflowUpdateRPCTimeoutOrCancelledError) {
       throw new CliError(
         `no answer from rollout "${id}" within ${Math.round(timeoutMs / 1000)} s; is a fleetgate worker running on task queue "${s.config.taskQueue}"?`,
@@ -1091,6 +1093,9 @@ const COMMANDS: Record<string, (args: string[]) => Promise<number>> = {
 
 /** Runs one command; returns the process exit code. Never throws. */
 export async function main(argv: string[]): Promise<number> {
+  // Whatever a command prints, no control sequence of a value reaches the terminal (cli/terminal.ts).
+  guardOutput(process.stdout);
+  guardOutput(process.stderr);
   const [command, ...rest] = argv;
   try {
     if (command === undefined) {

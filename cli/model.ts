@@ -11,7 +11,8 @@
  * lines, or JSON with --json where the output is data). Heavy modules (onnxruntime, DuckDB, the worker)
  * are loaded only by the subcommands that need them; only `register` opens the data directory's
  * services. A refusal prints its error type and message and exits 1; a mistake in how the command was
- * called prints one line naming the flag or value and exits 2. It never prints a private key.
+ * called prints one line naming the flag or value and exits 2. It never prints a private key, nor a
+ * control character or bidi override of a record, a pointer's history or a report (cli/terminal.ts).
  */
 import { createPublicKey } from 'node:crypto';
 import { promises as fs } from 'node:fs';
@@ -31,6 +32,7 @@ import type * as RegistryReadModule from '../activities/registry-read';
 import type * as ReportModule from '../activities/report';
 import type * as InferenceModule from '../activities/inference';
 import type * as WorkerModule from '../workers/worker';
+import { safeOutput, safeStrings } from './terminal';
 
 /** Where the command writes; the process's stdout and stderr unless a caller captures them. */
 export interface ModelIo {
@@ -857,20 +859,21 @@ async function showCommand(args: string[], io: ModelIo): Promise<number> {
     }
     io.out(`${read.refOf(record)}`);
     if (registeredAt) io.out(`  registered      ${registeredAt}`);
-    for (const line of recordLines(record)) io.out(`  ${line}`);
+    for (const line of recordLines(safeStrings(record))) io.out(`  ${line}`);
     io.out('now');
     io.out(`  production in   ${now.production.join(', ') || '-'}`);
     io.out(`  candidate in    ${now.candidate.join(', ') || '-'}`);
     io.out(`pointer moves (${moves.length})`);
-    for (const m of moves) {
+    for (const m of safeStrings(moves)) {
       io.out(
         `  ${m.at}  ${m.cohort} ${m.stage}: ${m.fromModel} -> ${m.toModel}  by ${m.rolloutId}: ${m.reason}`,
       );
     }
     io.out(`bench reports (${bench.length})`);
-    for (const b of bench) io.out(`  ${b.sku.name.padEnd(8)}rollout ${b.rolloutId}: ${benchLine(b)}`);
+    for (const b of safeStrings(bench))
+      io.out(`  ${b.sku.name.padEnd(8)}rollout ${b.rolloutId}: ${benchLine(b)}`);
     io.out(`rollouts (${rollouts.length}, from ${displayPath(join(config.dataDir, 'reports'))})`);
-    for (const r of rollouts) {
+    for (const r of safeStrings(rollouts)) {
       io.out(
         `  ${r.rolloutId}: ${r.outcome}${r.startedAt ? `, ${r.startedAt} to ${r.finishedAt ?? '?'}` : ''}`,
       );
@@ -953,7 +956,7 @@ async function historyCommand(args: string[], io: ModelIo): Promise<number> {
         return 0;
       }
       io.out(`at ${at.toISOString()}:`);
-      for (const a of answers) {
+      for (const a of safeStrings(answers)) {
         io.out(
           `  ${a.cohort} ${a.stage}: ${a.model}` +
             (a.digest
@@ -978,7 +981,7 @@ async function historyCommand(args: string[], io: ModelIo): Promise<number> {
       io.out(`no pointer has moved in ${storeName(config)}; "fleetgate fleet init" sets production`);
       return 0;
     }
-    for (const h of out) {
+    for (const h of safeStrings(out)) {
       io.out(`${h.cohort} ${h.stage}`);
       for (const m of h.moves) {
         io.out(`  #${m.seq}  ${m.at}  ${m.fromModel} -> ${m.toModel}  by ${m.rolloutId}: ${m.reason}`);
@@ -1140,7 +1143,8 @@ const SUBCOMMANDS: Record<string, (args: string[], io: ModelIo) => Promise<numbe
  * Runs `fleetgate model <args>`; returns the exit code: 0, 1 when refused or failed (the error type and
  * message on `io.err`), 2 for a usage mistake (one line). Never throws.
  */
-export async function runModel(args: string[], io: ModelIo = PROCESS_IO): Promise<number> {
+export async function runModel(args: string[], raw: ModelIo = PROCESS_IO): Promise<number> {
+  const io: ModelIo = { out: (t) => raw.out(safeOutput(t)), err: (t) => raw.err(safeOutput(t)) };
   const [sub, ...rest] = args;
   try {
     if (sub === undefined) {

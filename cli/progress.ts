@@ -7,6 +7,10 @@
  * line per phase change, gate and new decision-log entry, with no control codes. `watch` polls a
  * workflow until it closes.
  *
+ * Every string of a status, a result or an error comes from outside (reasons, comments, names, the
+ * decision log): the renderers escape its control characters and bidi overrides (cli/terminal.ts) before
+ * painting it, so only the palette's own colour codes reach the terminal.
+ *
  * It must never print a raw vehicle id (statuses carry none) or change the workflow: it only queries.
  */
 import { setTimeout as delay } from 'node:timers/promises';
@@ -19,6 +23,7 @@ import {
   type RolloutResult,
   type RolloutStatus,
 } from '../workflows/definitions';
+import { safeStrings, safeText } from './terminal';
 
 /** The phases shown, in pipeline order. `rollback` and `done` are states around them. */
 export const PHASES: readonly Phase[] = [
@@ -134,7 +139,8 @@ function gateWhat(g: NonNullable<RolloutStatus['pendingGate']>): string {
 }
 
 /** A gate's quorum: `1/2 approval(s) (bob) from distinct reviewers; may approve: carol`. */
-export function gateQuorum(g: NonNullable<RolloutStatus['pendingGate']>): string {
+export function gateQuorum(raw: NonNullable<RolloutStatus['pendingGate']>): string {
+  const g = safeStrings(raw);
   const who = g.approvals.length > 0 ? ` (${g.approvals.join(', ')})` : '';
   const left = g.reviewers?.filter((r) => !g.approvals.includes(r));
   const may = left ? `; may approve: ${left.join(', ') || 'nobody left'}` : '';
@@ -143,7 +149,8 @@ export function gateQuorum(g: NonNullable<RolloutStatus['pendingGate']>): string
 }
 
 /** `paused by ops since 2026-…: why`, for a paused rollout. */
-export function pausedLine(paused: NonNullable<RolloutStatus['paused']>): string {
+export function pausedLine(raw: NonNullable<RolloutStatus['paused']>): string {
+  const paused = safeStrings(raw);
   return `paused by ${paused.by} since ${shortTime(paused.since)}: ${paused.reason} (holds at its next safe point until resumed)`;
 }
 
@@ -191,7 +198,8 @@ function cohortTable(cohorts: CohortStatus[], waves: number, p: Palette): string
 }
 
 /** One line of a decision-log entry: `#12 canary w2 look 1 hw3/eu rollback: why`. */
-export function decisionLine(d: DecisionLogEntry): string {
+export function decisionLine(raw: DecisionLogEntry): string {
+  const d = safeStrings(raw);
   const where = [d.phase, d.wave ? `w${d.wave}` : '', d.look ? `look ${d.look}` : '', d.cohort ?? '']
     .filter(Boolean)
     .join(' ');
@@ -266,7 +274,8 @@ export function inFlightOf(
 }
 
 /** One line per activity in flight: `activity collectTelemetry started, attempt 2, ...`. */
-export function inFlightLines(list: readonly InFlight[], now = Date.now()): string[] {
+export function inFlightLines(raw: readonly InFlight[], now = Date.now()): string[] {
+  const list = safeStrings(raw);
   const ago = (t?: string) => (t ? `${Math.max(0, Math.round((now - Date.parse(t)) / 1000))} s ago` : '');
   return list.map((a) => {
     const parts = [`activity ${a.activity} ${a.state}`, `attempt ${a.attempt}`];
@@ -282,10 +291,11 @@ export function inFlightLines(list: readonly InFlight[], now = Date.now()): stri
 
 /** The whole status as text; no control codes unless `color`. */
 export function renderStatus(
-  status: RolloutStatus,
+  raw: RolloutStatus,
   opts: RenderOptions,
   inFlight: readonly InFlight[] = [],
 ): string {
+  const status = safeStrings(raw);
   const p = palette(opts.color);
   const lines: string[] = [];
   const cand = status.candidate
@@ -340,7 +350,8 @@ export function renderStatus(
 }
 
 /** A finished rollout: outcome, reason, the decision and headline of every cohort, the report. */
-export function renderResult(result: RolloutResult, opts: RenderOptions): string {
+export function renderResult(raw: RolloutResult, opts: RenderOptions): string {
+  const result = safeStrings(raw);
   const p = palette(opts.color);
   const paint = result.outcome === 'completed' ? p.green : p.red;
   const lines = [
@@ -400,7 +411,8 @@ export class ProgressView {
   }
 
   /** Why the status could not be read; shown until the next successful update. */
-  trouble(message: string): void {
+  trouble(raw: string): void {
+    const message = safeText(raw);
     if (this.problem === message) return;
     this.problem = message;
     if (this.live) this.draw(this.lastText);
@@ -435,7 +447,8 @@ export class ProgressView {
     this.drawn = 0;
   }
 
-  private lines(status: RolloutStatus): void {
+  private lines(raw: RolloutStatus): void {
+    const status = safeStrings(raw);
     const phase = `${status.phase}|${status.wave}`;
     const phaseChanged = phase !== this.seenPhase;
     this.seenPhase = phase;

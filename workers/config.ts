@@ -45,12 +45,13 @@
  *                           Region and credentials: the AWS_* variables above.
  *
  * Notifications (see docs/operations.md, "Notifications"; activities/notify.ts):
- *   FLEETGATE_WEBHOOK_URL   http:// or https:// URL that receives a JSON POST (Slack-compatible) when a gate
- *                           waits, a cohort is rolled back or promoted and a rollout ends; unset: none sent.
+ *   FLEETGATE_WEBHOOK_URL   https:// URL that receives a JSON POST (Slack-compatible) when a gate waits, a
+ *                           cohort is rolled back or promoted and a rollout ends; unset: none sent. http://
+ *                           only to a loopback host (localhost, 127.0.0.0/8, [::1]); refused elsewhere.
  *                           Treat it as a secret (a Slack URL's path is one): only its host is ever logged.
  *   FLEETGATE_WEBHOOK_SECRET
- *                           key of the X-Fleetgate-Signature header (sha256=<hex HMAC-SHA256 of the body>);
- *                           unset: requests are not signed
+ *                           key of the Fleetgate-Signature header (t=<unix seconds>,v1=<hex HMAC-SHA256 of
+ *                           the timestamp, the Idempotency-Key and the body>); unset: requests are not signed
  */
 import { join, resolve } from 'node:path';
 import { S3Client } from '@aws-sdk/client-s3';
@@ -224,6 +225,11 @@ export function loadStoreConfig(env: NodeJS.ProcessEnv = process.env): StoreConf
   };
 }
 
+/** localhost, 127.0.0.0/8 or [::1], as the URL parser spells a hostname (it normalises 0x7f.1, 2130706433). */
+function isLoopbackHost(hostname: string): boolean {
+  return hostname === 'localhost' || hostname === '[::1]' || /^127(\.\d{1,3}){3}$/.test(hostname);
+}
+
 function isHttpUrl(value: string): boolean {
   try {
     const url = new URL(value);
@@ -278,6 +284,14 @@ export function loadWebhookConfig(env: NodeJS.ProcessEnv = process.env): Webhook
     // The value is not echoed: a webhook URL carries its own secret.
     throw new Error(
       'FLEETGATE_WEBHOOK_URL must be an http:// or https:// URL (e.g. https://hooks.slack.com/services/...); unset it to send no notifications',
+    );
+  }
+  const parsed = new URL(url);
+  if (parsed.protocol === 'http:' && !isLoopbackHost(parsed.hostname)) {
+    // The host only: the path and query of a webhook URL carry its secret.
+    throw new Error(
+      `FLEETGATE_WEBHOOK_URL is http:// to ${parsed.host}: notifications and their signatures would cross the ` +
+        'network unencrypted; use its https:// URL (http:// is accepted for a loopback host only: localhost, 127.0.0.0/8, [::1])',
     );
   }
   const secret = env.FLEETGATE_WEBHOOK_SECRET || undefined;

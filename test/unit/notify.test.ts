@@ -1,7 +1,9 @@
 /**
  * The notify activity against a real HTTP receiver on 127.0.0.1: the Slack-compatible body, the
- * signature and idempotency headers, which answers are retried (Unavailable) and which are refused for
- * good, the request timeout, and no webhook at all. Also the configuration of the webhook.
+ * signature (over the timestamp, the idempotency key and the body) and idempotency headers, a receiver
+ * that verifies with the exported `verifySignature` and refuses replays, which answers are retried
+ * (Unavailable) and which are refused for good, the request timeout, and no webhook at all. Also the
+ * configuration of the webhook, which refuses http:// but to a loopback host.
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -9,7 +11,7 @@ import { createHmac } from 'node:crypto';
 import { createServer, type IncomingHttpHeaders, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { ApplicationFailure } from '@temporalio/common';
-import { createNotifyActivities, notificationText } from '../../activities/notify';
+import { createNotifyActivities, notificationText, verifySignature } from '../../activities/notify';
 import type { NotifyInput } from '../../activities/contracts';
 import { loadWebhookConfig } from '../../workers/config';
 import { ErrorType } from '../../errors';
@@ -87,8 +89,18 @@ void test('posts a Slack-compatible JSON body, signed, with the idempotency key'
   assert.equal(r!.url, hookPath);
   assert.match(String(r!.headers['content-type']), /^application\/json/);
   assert.equal(r!.headers['idempotency-key'], 'r-42/17');
-  const expected = createHmac('sha256', secret).update(r!.body).digest('hex');
-  assert.equal(r!.headers['x-fleetgate-signature'], `sha256=${expected}`);
+  const sig = String(r!.headers['fleetgate-signature']);
+  const t = Number(/^t=(\d+),v1=[0-9a-f]{64}$/.exec(sig)?.[1]);
+  assert.ok(Math.abs(t - Date.now() / 1000) < 60, `a current unix timestamp: ${sig}`);
+  const expected = createHmac('sha256', secret).update(`${t}\nr-42/17\n${r!.body}`).digest('hex');
+  assert.equal(sig, `t=${t},v1=${expected}`, 'HMAC-SHA256 of "<t>\\n<idempotency key>\\n<body>"');
+  assert.equal(r!.headers['x-fleetgate-signature'], undefined, 'the body-only signature is not sent');
+  assert.deepEqual(verifySignature(secret, r!.headers, r!.body), {
+    ok: true,
+    timestamp: t,
+    idempotencyKey: 'r-42/17',
+  });
+  assert.equal(verifySignature('another-secret', r!.headers, r!.body).ok, false);
 
   const body = JSON.parse(r!.body);
   assert.equal(
@@ -120,7 +132,56 @@ void test("Slack's three special characters are escaped in the text; fleetgate's
   const body = JSON.parse(received[0]!.body);
   assert.match(body.text, /p95 &lt;2 ms &amp; latency ratio &gt;1\.5 second line$/);
   assert.equal(body.fleetgate.reason, input.reason);
-  assert.equal(received[0]!.headers['x-fleetgate-signature'], undefined, 'no secret: not signed');
+  assert.equal(received[0]!.headers['fleetgate-signature'], undefined, 'no secret: not signed');
+});
+
+void test('a receiver that verifies refuses a replay under a new key, an old timestamp and an edited body', async () => {
+  // The receiver as docs/operations.md describes it: verify, then drop a key seen before.
+  let receiverNow = Date.now();
+  const seen = new Set<string>();
+  received.length = 0;
+  answer = (res) => {
+    const r = received[received.length - 1]!;
+    const v = verifySignature(secret, r.headers, r.body, receiverNow);
+    if (!v.ok) return void res.writeHead(401).end(v.reason);
+    if (seen.has(v.idempotencyKey)) return void res.writeHead(200).end('duplicate');
+    seen.add(v.idempotencyKey);
+    res.writeHead(200).end('ok');
+  };
+  const { notify } = createNotifyActivities({ webhook: { url: base + hookPath, secret } });
+  assert.deepEqual(await notify(rollback), { sent: true, status: 200 });
+  const captured = received[0]!;
+  const replay = async (headers: Record<string, string>, body = captured.body) => {
+    const res = await fetch(base + hookPath, {
+      method: 'POST',
+      headers: {
+        'Content-Type': 'application/json',
+        'Fleetgate-Signature': String(captured.headers['fleetgate-signature']),
+        'Idempotency-Key': String(captured.headers['idempotency-key']),
+        ...headers,
+      },
+      body,
+    });
+    return { status: res.status, text: await res.text() };
+  };
+
+  assert.deepEqual(await replay({}), { status: 200, text: 'duplicate' }, 'the same key is dropped');
+  const fresh = await replay({ 'Idempotency-Key': 'r-42/9999' });
+  assert.equal(fresh.status, 401, 'a new key does not carry the signature');
+  assert.match(fresh.text, /no v1 signature matches/);
+  const edited = await replay({}, captured.body.replace('harm', 'fine'));
+  assert.equal(edited.status, 401, 'an edited body does not verify');
+  receiverNow = Date.now() + 301_000;
+  const late = await replay({});
+  assert.equal(late.status, 401, 'after the 5-minute window the timestamp is refused');
+  assert.match(late.text, /outside the 300 s window/);
+  receiverNow = Date.now();
+  const t = Number(/t=(\d+)/.exec(String(captured.headers['fleetgate-signature']))![1]);
+  const moved = await replay({
+    'Fleetgate-Signature': String(captured.headers['fleetgate-signature']).replace(`t=${t}`, `t=${t + 60}`),
+  });
+  assert.equal(moved.status, 401, 'the timestamp is signed');
+  assert.equal((await replay({ 'Fleetgate-Signature': '' })).status, 401, 'unsigned');
 });
 
 void test('a 500 is Unavailable and retryable, naming the host but not the path or query', async () => {
@@ -207,6 +268,25 @@ void test('without a webhook nothing is sent', async () => {
 });
 
 void test('the webhook comes from FLEETGATE_WEBHOOK_URL and _SECRET; a bad URL is refused without echoing it', () => {
+  assert.deepEqual(loadWebhookConfig({ FLEETGATE_WEBHOOK_URL: `${base}/hook` }), { url: `${base}/hook` });
+  for (const loopback of ['http://localhost:8080/h', 'http://[::1]:8080/h', 'http://127.1.2.3/h']) {
+    assert.deepEqual(loadWebhookConfig({ FLEETGATE_WEBHOOK_URL: loopback }), { url: loopback });
+  }
+  for (const remote of [
+    'http://hooks.example.com/services/T0/B0/s3cr3t?token=s3cr3t',
+    'http://user:s3cr3t@hooks.example.com/s3cr3t',
+    'http://127.0.0.1.example.com/s3cr3t',
+  ]) {
+    assert.throws(
+      () => loadWebhookConfig({ FLEETGATE_WEBHOOK_URL: remote, FLEETGATE_WEBHOOK_SECRET: 'k' }),
+      (e: Error) =>
+        /^FLEETGATE_WEBHOOK_URL is http:\/\/ to hooks\.example\.com|^FLEETGATE_WEBHOOK_URL is http:\/\/ to 127\.0\.0\.1\.example\.com/.test(
+          e.message,
+        ) &&
+        /use its https:\/\/ URL \(http:\/\/ is accepted for a loopback host only/.test(e.message) &&
+        !e.message.includes('s3cr3t'),
+    );
+  }
   assert.equal(loadWebhookConfig({}), undefined);
   assert.deepEqual(loadWebhookConfig({ FLEETGATE_WEBHOOK_URL: 'https://hooks.example.com/x' }), {
     url: 'https://hooks.example.com/x',

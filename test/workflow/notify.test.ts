@@ -7,10 +7,10 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createHmac } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { approveUpdate, statusQuery, type RolloutResult } from '../../workflows/definitions';
+import { verifySignature } from '../../activities/notify';
 import {
   loadPolicy,
   makeWorld,
@@ -56,8 +56,7 @@ before(async () => {
     req.on('data', (c: Buffer) => chunks.push(c));
     req.on('end', () => {
       const body = Buffer.concat(chunks).toString('utf8');
-      const sig = `sha256=${createHmac('sha256', secret).update(body).digest('hex')}`;
-      if (req.headers['x-fleetgate-signature'] !== sig) receiver.badSignatures++;
+      if (!verifySignature(secret, req.headers, body).ok) receiver.badSignatures++;
       const key = String(req.headers['idempotency-key']);
       const attempt = (receiver.attempts.get(key) ?? 0) + 1;
       receiver.attempts.set(key, attempt);
