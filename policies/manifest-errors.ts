@@ -44,11 +44,12 @@ function messageOf(issue: z.core.$ZodIssue): string {
   if (issue.code === 'unrecognized_keys') {
     const shown = issue.keys.filter((k) => PLAIN_KEY.test(k));
     const hidden = issue.keys.length - shown.length;
-    const names = [
-      ...shown.map((k) => `"${k}"`),
-      ...(hidden > 0 ? [`${hidden} key(s) not shown (not a plain field name)`] : []),
-    ].join(', ');
-    return `unrecognized key(s) ${names}: remove them or correct their spelling`;
+    const others = `${hidden} not shown, not being plain field names`;
+    const names =
+      shown.length === 0
+        ? `${hidden} unrecognized key(s) (not shown, not being plain field names)`
+        : `unrecognized key(s) ${shown.map((k) => `"${k}"`).join(', ')}${hidden > 0 ? ` and ${others}` : ''}`;
+    return `${names}: remove them or correct their spelling`;
   }
   if (issue.code === 'invalid_key') {
     // A record's key that its schema refuses: the key itself is in the path (shown only when plain).

@@ -26,9 +26,13 @@ const NOISE_FIX = { message: 'a share in [0, 0.5]: 0 for a labeler that is alway
  */
 export const GATEWAY_TOKEN_ENV = /^FLEETGATE_GATEWAY_TOKEN(?:_[A-Z0-9]+)*$/;
 
-/** Why `name` may not be gateway.tokenEnv: the name is repeated only when it is a plain variable name. */
+/**
+ * Why `name` may not be gateway.tokenEnv. The name is repeated only when it reads as a variable's name
+ * (upper-case words joined by "_", such as AWS_SECRET_ACCESS_KEY), never other text of the file.
+ */
 export function tokenEnvProblem(name: string): string {
-  const shown = /^[A-Za-z_][A-Za-z0-9_]{0,63}$/.test(name) ? `"${name}"` : 'the name given';
+  const shown =
+    /^[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+$/.test(name) && name.length <= 64 ? `"${name}"` : 'the name given';
   return (
     `${shown} is not a gateway token variable; name FLEETGATE_GATEWAY_TOKEN or FLEETGATE_GATEWAY_TOKEN_<NAME> ` +
     "(such as FLEETGATE_GATEWAY_TOKEN_RANKER) and put the gateway's admin token there: a worker sends a " +
