@@ -36,7 +36,10 @@ export const ErrorType = {
   ReleaseRollback: 'ReleaseRollback',
   /** A semantic-version major bump over production without the rollout's explicit approval. */
   MajorBumpUnapproved: 'MajorBumpUnapproved',
-  /** A pack path, or a file named in it, that leaves the pack (.., absolute, a link outside). */
+  /**
+   * A pack path, or a file named in it, that leaves the pack (.., absolute, a link outside); a rollout's
+   * manifest path that leaves the worker's directory (activities/confine.ts).
+   */
   PathEscape: 'PathEscape',
   /**
    * A request to a running rollout that its state refuses (no gate pending, another gate, a reviewer not

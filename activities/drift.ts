@@ -18,7 +18,6 @@
  * read its logged features. These activities never return or store a frame, only bin counts and
  * statistics, and never a vehicle identifier.
  */
-import { resolve } from 'node:path';
 import { Context } from '@temporalio/activity';
 import { type Client, WorkflowUpdateFailedError } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
@@ -37,6 +36,7 @@ import type { CohortSpec, FleetManifest } from '../policies/schema';
 import { FEATURES, generateFrames, makeRng, type FrameConditions } from '../sim/frames';
 import { loadFleetManifest } from '../sim/fleet';
 import { FINAL_COHORT_STATES, pauseUpdate, statusQuery, WORKFLOW_TYPE } from '../workflows/definitions';
+import { confinedPath } from './confine';
 import type { ModelRecord } from './contracts';
 import type { ObjectStore } from './deps';
 import { conditionsAt } from './fleet';
@@ -353,7 +353,7 @@ export function createDriftActivities(deps: DriftActivityDeps) {
       const key = checkKey(input.scheduleId, input.checkId);
       const stored = await readDriftCheck(store, key);
       if (stored) return summarize(stored, 0);
-      const manifest = loadFleetManifest(resolve(root, input.manifest));
+      const manifest = loadFleetManifest(confinedPath(root, input.manifest));
       const names = manifest.cohorts.map((c) => c.name);
       const unknown = (input.cohorts ?? []).filter((c) => !names.includes(c));
       if (unknown.length > 0) {

@@ -17,7 +17,6 @@
  */
 import type { DuckDBAppender, DuckDBConnection } from '@duckdb/node-api';
 import { createHash } from 'node:crypto';
-import { resolve } from 'node:path';
 import { ErrorType, fail } from '../errors';
 import { parseDuration } from '../policies/duration';
 import type { CohortSpec, FleetManifest, Sku } from '../policies/schema';
@@ -35,6 +34,7 @@ import {
 } from '../sim/fleet';
 import { countVehicles, INSTALL, installOutcomes, installsAlways, SimulatedOta } from '../sim/ota';
 import { recordBatchStats } from './analysis';
+import { confinedPath } from './confine';
 import type {
   BatchResult,
   DeliverInput,
@@ -66,7 +66,7 @@ export interface FleetActivityDeps {
   runner: ModelRunner;
   /** The pseudonym key (see workers/secrets.ts). */
   key: Buffer;
-  /** Directory that manifest paths are relative to. */
+  /** Directory that manifest paths are relative to; a manifest outside it is refused (activities/confine.ts). */
   root: string;
   /**
    * The object store holding the model blobs. When given, every delivery hashes the exact bytes it
@@ -119,7 +119,7 @@ export async function initSimFleet(
   manifestPath: string,
   productionByCohort: Record<string, string>,
 ): Promise<{ fleet: string; vehicles: number; created: boolean }> {
-  const manifest = loadFleetManifest(resolve(deps.root, manifestPath));
+  const manifest = loadFleetManifest(confinedPath(deps.root, manifestPath));
   const missing = manifest.cohorts.filter((c) => !productionByCohort[c.name]).map((c) => c.name);
   if (missing.length > 0) {
     throw fail(
@@ -166,7 +166,7 @@ export async function initSimFleet(
 
 export function createFleetActivities(deps: FleetActivityDeps) {
   const { conn, ota, runner, key, root } = deps;
-  const manifestOf = (input: FleetInput) => loadFleetManifest(resolve(root, input.manifest));
+  const manifestOf = (input: FleetInput) => loadFleetManifest(confinedPath(root, input.manifest));
 
   async function requireFleet(manifest: FleetManifest): Promise<void> {
     const n = await ota.vehicleCount(manifest.name);

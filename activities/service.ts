@@ -11,14 +11,24 @@
  * `writeBatch`), so the labels and the analysis apply unchanged.
  *
  * Idempotent: an equal route update changes nothing on the gateway, and a batch is keyed by rollout, phase
- * and window, checked before any request is sent. Callers are known only by their keyed pseudonyms: this
+ * and window, checked before any request is sent.
+ *
+ * Secrets go only where they belong: before any request, the manifest's gateway must be one the worker's
+ * own configuration allows (`GatewayAllow`, FLEETGATE_GATEWAY_ALLOW of workers/config.ts) and its token
+ * variable a gateway token's (FLEETGATE_GATEWAY_TOKEN[_<NAME>]); this module never sends, logs or returns
+ * any other variable of the environment, nor the token's value. Callers are known only by their keyed pseudonyms: this
  * module never logs, stores or returns a raw caller id, and never returns rows per event.
  */
 import type { DuckDBConnection } from '@duckdb/node-api';
-import { resolve } from 'node:path';
 import { ErrorType, fail } from '../errors';
 import { parseDuration } from '../policies/duration';
-import type { ServiceCohort, ServiceManifest } from '../policies/service-schema';
+import {
+  GATEWAY_TOKEN_ENV,
+  gatewayUrlProblem,
+  tokenEnvProblem,
+  type ServiceCohort,
+  type ServiceManifest,
+} from '../policies/service-schema';
 import {
   type ArmRef,
   type CohortRoute,
@@ -45,6 +55,7 @@ import type {
   ShadowInput,
   TelemetryInput,
 } from './contracts';
+import { confinedPath } from './confine';
 import { exclusive, num, rows } from './db';
 import { progress, resumeFrom, throwIfCancelled, type Progress } from './heartbeat';
 import type { ModelRunner, ObjectStore } from './deps';
@@ -66,10 +77,63 @@ export interface ServiceActivityDeps {
   runner: ModelRunner;
   /** The pseudonym key: the gateway's must be the same (its router ranks the same pseudonyms). */
   key: Buffer;
-  /** Directory that manifest paths are relative to. */
+  /** Directory that manifest paths are relative to; a manifest outside it is refused (activities/confine.ts). */
   root: string;
   /** The object store of the model blobs: a route names only a digest whose stored bytes hash to it. */
   store?: ObjectStore;
+  /** The gateways this worker may call (FLEETGATE_GATEWAY_ALLOW): a manifest names one of these or none. */
+  gateways: GatewayAllow;
+}
+
+/**
+ * The gateways a worker may send requests and its gateway token to, from its configuration
+ * (FLEETGATE_GATEWAY_ALLOW, workers/config.ts `loadGatewayAllow`): origins (`https://host:port`), and
+ * loopback ones (127.0.0.0/8, [::1], localhost, any port) when `loopback` is set.
+ */
+export interface GatewayAllow {
+  loopback: boolean;
+  /** Allowed origins, as `URL.origin` writes them (lowercase host, no default port). */
+  origins: readonly string[];
+}
+
+/** Whether `hostname` (as `URL.hostname` writes it) is this host's loopback. */
+export function isLoopbackHost(hostname: string): boolean {
+  return hostname === 'localhost' || hostname === '[::1]' || /^127(?:\.\d{1,3}){3}$/.test(hostname);
+}
+
+/**
+ * Refuses (InvalidInput, not retried) a manifest's gateway this worker may not call, before any request:
+ * a token variable that is not a gateway token's (its name is repeated, never its value), a URL that is
+ * not http(s) or carries a user, or an origin the worker's FLEETGATE_GATEWAY_ALLOW does not list.
+ */
+export function checkGateway(
+  gateway: { url: string; tokenEnv: string },
+  allow: GatewayAllow,
+  manifest = 'the service manifest',
+): void {
+  if (!GATEWAY_TOKEN_ENV.test(gateway.tokenEnv)) {
+    throw fail(
+      ErrorType.InvalidInput,
+      `gateway.tokenEnv of ${manifest}: ${tokenEnvProblem(gateway.tokenEnv)}`,
+      {
+        field: 'gateway.tokenEnv',
+      },
+    );
+  }
+  const problem = gatewayUrlProblem(gateway.url);
+  if (problem) {
+    throw fail(ErrorType.InvalidInput, `gateway.url of ${manifest}: ${problem}`, { field: 'gateway.url' });
+  }
+  const url = new URL(gateway.url);
+  if (allow.origins.includes(url.origin) || (allow.loopback && isLoopbackHost(url.hostname))) return;
+  throw fail(
+    ErrorType.InvalidInput,
+    `gateway.url of ${manifest}: ${url.origin} is not a gateway this worker may call (its ` +
+      'FLEETGATE_GATEWAY_ALLOW does not allow it; unset, it allows loopback gateways only); ' +
+      `point gateway.url at a gateway of this worker, or add ${url.origin} to FLEETGATE_GATEWAY_ALLOW of the workers ` +
+      '(they send it the token of gateway.tokenEnv)',
+    { field: 'gateway.url' },
+  );
 }
 
 /** Polls of the gateway's event log while waiting for a batch's events (about 10 s in all). */
@@ -78,12 +142,19 @@ const EVENT_POLL_MS = 50;
 /** Events read per `GET /admin/events` (the contract's maximum). */
 const EVENTS_PAGE = 50_000;
 
-/** The control plane of one gateway, over HTTP, with the admin token of the manifest's `tokenEnv`. */
+/**
+ * The control plane of one gateway, over HTTP, with the admin token of the manifest's `tokenEnv`. It is
+ * refused at construction when the worker may not send that gateway that token (`checkGateway`), and
+ * never follows a redirect (the token would go with it).
+ */
 export class GatewayAdmin {
   constructor(
     readonly url: string,
     private readonly tokenEnv: string,
-  ) {}
+    allow: GatewayAllow,
+  ) {
+    checkGateway({ url, tokenEnv }, allow);
+  }
 
   private async call<T>(method: 'GET' | 'PUT', path: string, body?: unknown): Promise<T> {
     const token = process.env[this.tokenEnv];
@@ -91,6 +162,7 @@ export class GatewayAdmin {
     try {
       res = await fetch(gatewayUrl(this.url, path), {
         method,
+        redirect: 'error',
         headers: {
           ...(token ? { authorization: `Bearer ${token}` } : {}),
           ...(body !== undefined ? { 'content-type': 'application/json' } : {}),
@@ -149,7 +221,7 @@ export async function initService(
   cohorts: string[];
   production: Awaited<ReturnType<typeof bootstrapProduction>>;
 }> {
-  const manifest = loadServiceManifest(resolve(deps.root, manifestPath));
+  const manifest = loadServiceManifest(confinedPath(deps.root, manifestPath));
   const cohorts = manifest.cohorts.map((c) => c.name);
   const production = await bootstrapProduction(deps, packDir, cohorts, by);
   return { service: manifest.name, cohorts, production };
@@ -166,8 +238,14 @@ interface SendProgress extends Progress {
 
 export function createServiceActivities(deps: ServiceActivityDeps) {
   const { conn, key, root } = deps;
-  const manifestOf = (input: FleetInput) => loadServiceManifest(resolve(root, input.manifest));
-  const gatewayOf = (m: ServiceManifest) => new GatewayAdmin(m.gateway.url, m.gateway.tokenEnv);
+  // Every activity reads its manifest first: a gateway the worker may not call is refused before any request.
+  const manifestOf = (input: FleetInput) => {
+    const m = loadServiceManifest(confinedPath(root, input.manifest));
+    checkGateway(m.gateway, deps.gateways, `service manifest ${JSON.stringify(input.manifest)}`);
+    return m;
+  };
+  const gatewayOf = (m: ServiceManifest) =>
+    new GatewayAdmin(m.gateway.url, m.gateway.tokenEnv, deps.gateways);
   const armOf = (m: ServiceManifest, digest: string): ArmRef => ({ digest, ...m.gateway.candidateArm });
 
   // Pseudonyms of a population cost one HMAC per caller: computed once per service, cohort and size.
@@ -618,12 +696,12 @@ export function refuseBusy(
 
 /**
  * Whether a rollout's manifest (resolved against the worker's root) is a service's (`kind: Service`):
- * its fleet activities are then the gateway's. A manifest that cannot be read goes to the fleet's
- * activities, whose errors name it.
+ * its fleet activities are then the gateway's. A manifest that cannot be read, or lies outside the root
+ * (not read), goes to the fleet's activities, whose errors name it.
  */
 export function isServiceManifest(root: string, manifest: string): boolean {
   try {
-    return manifestKind(resolve(root, manifest)) === 'Service';
+    return manifestKind(confinedPath(root, manifest)) === 'Service';
   } catch {
     return false;
   }

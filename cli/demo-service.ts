@@ -8,8 +8,8 @@
  * raw caller id (the population's callers are known to the gateway by their pseudonyms only).
  */
 import { randomBytes } from 'node:crypto';
-import { rmSync, writeFileSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { dirname, isAbsolute, join, relative, resolve } from 'node:path';
 import type { Client, WorkflowHandle } from '@temporalio/client';
 import { WorkflowIdReusePolicy } from '@temporalio/common';
 import YAML from 'yaml';
@@ -83,7 +83,14 @@ export async function runServiceDemo(ctx: {
       runner: services.runner,
       log: () => undefined,
     });
-    const serviceFile = join(services.dataDir, 'demo-service.yaml');
+    // The worker reads manifests only inside its directory: the data directory's copy when it is there.
+    const rel = relative(services.root, services.dataDir);
+    const inRoot = !rel.startsWith('..') && !isAbsolute(rel);
+    const serviceFile = join(
+      inRoot ? services.dataDir : join(services.root, '.fleetgate'),
+      'demo-service.yaml',
+    );
+    mkdirSync(dirname(serviceFile), { recursive: true });
     writeFileSync(
       serviceFile,
       YAML.stringify({ ...manifest, gateway: { ...manifest.gateway, url: gateway.url } }),

@@ -23,6 +23,7 @@ import {
 import { WorkflowExecutionAlreadyStartedError, WorkflowIdReusePolicy } from '@temporalio/common';
 import { FleetManifest, Policy, RolloutRequest, formatIssues, policyWarnings } from '../policies/schema';
 import type * as ServiceSchemaModule from '../policies/service-schema';
+import { formatManifestIssues, manifestKindProblem } from '../policies/manifest-errors';
 import { planRollout, type RolloutPlan } from '../policies/planning';
 import {
   abortUpdate,
@@ -367,7 +368,7 @@ export type ManifestCheck =
 
 /**
  * Reads and validates a fleet manifest (or a `kind: Service` manifest) with its schema, as the worker
- * will: its kind, name and cohorts, or its problems as `path: message (got value)` lines.
+ * will: its kind, name and cohorts, or its problems as `path: message` lines that never quote the file.
  */
 export function checkManifest(file: string): ManifestCheck {
   const { readManifestFile } = require('../sim/fleet') as typeof SimFleetModule;
@@ -381,19 +382,19 @@ export function checkManifest(file: string): ManifestCheck {
   if (kind === 'Service') {
     const { ServiceManifest } = require('../policies/service-schema') as typeof ServiceSchemaModule;
     const r = ServiceManifest.safeParse(raw);
-    if (!r.success) return { ok: false, problems: formatIssues(r.error, raw).split('\n') };
+    if (!r.success) return { ok: false, problems: formatManifestIssues(r.error, raw).split('\n') };
     return { ok: true, kind, name: r.data.name, cohorts: r.data.cohorts.map((c) => c.name) };
   }
   if (kind !== 'Fleet') {
     return {
       ok: false,
       problems: [
-        `kind: write kind: Fleet (vehicles) or kind: Service (a model behind the inference gateway) (got ${kind === undefined ? 'missing' : JSON.stringify(kind)})`,
+        `kind: write kind: Fleet (vehicles) or kind: Service (a model behind the inference gateway) (got ${manifestKindProblem(kind)})`,
       ],
     };
   }
   const r = FleetManifest.safeParse(raw);
-  if (!r.success) return { ok: false, problems: formatIssues(r.error, raw).split('\n') };
+  if (!r.success) return { ok: false, problems: formatManifestIssues(r.error, raw).split('\n') };
   return { ok: true, kind, name: r.data.name, cohorts: r.data.cohorts.map((c) => c.name) };
 }
 

@@ -19,6 +19,47 @@ const CohortName = z.string().regex(COHORT, {
 });
 const NOISE_FIX = { message: 'a share in [0, 0.5]: 0 for a labeler that is always right' };
 
+/**
+ * The variables a service manifest may name as its gateway's admin token: FLEETGATE_GATEWAY_TOKEN, or
+ * FLEETGATE_GATEWAY_TOKEN_<NAME> for a worker that serves several gateways. A worker sends a gateway no
+ * other secret of its environment (AWS keys, the webhook secret, the Temporal API key).
+ */
+export const GATEWAY_TOKEN_ENV = /^FLEETGATE_GATEWAY_TOKEN(?:_[A-Z0-9]+)*$/;
+
+/**
+ * Why `name` may not be gateway.tokenEnv. The name is repeated only when it reads as a variable's name
+ * (upper-case words joined by "_", such as AWS_SECRET_ACCESS_KEY), never other text of the file.
+ */
+export function tokenEnvProblem(name: string): string {
+  const shown =
+    /^[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+$/.test(name) && name.length <= 64 ? `"${name}"` : 'the name given';
+  return (
+    `${shown} is not a gateway token variable; name FLEETGATE_GATEWAY_TOKEN or FLEETGATE_GATEWAY_TOKEN_<NAME> ` +
+    "(such as FLEETGATE_GATEWAY_TOKEN_RANKER) and put the gateway's admin token there: a worker sends a " +
+    'gateway no other variable'
+  );
+}
+
+/**
+ * Why `url` may not be a gateway's base URL (an http:// or https:// URL without a user or password), or
+ * undefined. Whether this worker may call it is the worker's to say (activities/service.ts).
+ */
+export function gatewayUrlProblem(url: string): string | undefined {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    return 'the gateway\'s base URL, such as "http://127.0.0.1:8080"';
+  }
+  if (u.protocol !== 'http:' && u.protocol !== 'https:') {
+    return 'an http:// or https:// URL of the gateway, such as "http://127.0.0.1:8080"';
+  }
+  if (u.username !== '' || u.password !== '') {
+    return 'a URL without a user or password: the worker authenticates with the token of gateway.tokenEnv';
+  }
+  return undefined;
+}
+
 export const ServiceCohort = z
   .object({
     name: CohortName,
@@ -47,14 +88,24 @@ export const ServiceManifest = z
       .object({
         url: z
           .url({ message: 'the gateway\'s base URL, such as "http://127.0.0.1:8080"' })
-          .describe('Base URL of the inference gateway (`fleetgate serve`)'),
+          .superRefine((url, ctx) => {
+            // A string that is no URL at all has its issue from z.url already.
+            const problem = URL.canParse(url) ? gatewayUrlProblem(url) : undefined;
+            if (problem) ctx.addIssue({ code: 'custom', message: problem });
+          })
+          .describe(
+            "Base URL of the inference gateway (`fleetgate serve`); the worker calls it only when its origin is one the worker's FLEETGATE_GATEWAY_ALLOW allows",
+          ),
         tokenEnv: z
           .string()
-          .regex(/^[A-Z_][A-Z0-9_]*$/, {
-            message: 'an environment variable name, such as FLEETGATE_GATEWAY_TOKEN',
+          .superRefine((name, ctx) => {
+            if (!GATEWAY_TOKEN_ENV.test(name))
+              ctx.addIssue({ code: 'custom', message: tokenEnvProblem(name) });
           })
           .default('FLEETGATE_GATEWAY_TOKEN')
-          .describe("Environment variable holding the gateway's admin bearer token"),
+          .describe(
+            "Environment variable holding the gateway's admin bearer token: FLEETGATE_GATEWAY_TOKEN or FLEETGATE_GATEWAY_TOKEN_<NAME>",
+          ),
         candidateArm: ArmRef.omit({ digest: true })
           .optional()
           .describe(

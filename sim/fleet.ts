@@ -18,10 +18,11 @@
 import { createHash, createHmac } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { extname } from 'node:path';
-import YAML from 'yaml';
+import YAML, { YAMLParseError } from 'yaml';
 import { ErrorType, fail } from '../errors';
 import type { CohortSpec } from '../policies/schema';
-import { FleetManifest, formatIssues } from '../policies/schema';
+import { formatManifestIssues } from '../policies/manifest-errors';
+import { FleetManifest } from '../policies/schema';
 
 /** Hex characters kept of a pseudonym's HMAC (80 bits). */
 export const PSEUDONYM_CHARS = 20;
@@ -35,33 +36,59 @@ export function pseudonym(key: Buffer, rawId: string): string {
 
 /**
  * The parsed contents of a manifest file (YAML or JSON, by extension), before validation; `what` names it
- * in errors ("fleet manifest", "manifest"): NotFound, Unavailable, or InvalidInput for bad syntax.
+ * in errors ("fleet manifest", "manifest"): NotFound, Unavailable, or InvalidInput for bad syntax. A
+ * file of another extension is not read. A syntax error says where (line, column), never what is there:
+ * the file may not be a manifest at all.
  */
 export function readManifestFile(file: string, what: string): unknown {
+  const ext = extname(file).toLowerCase();
+  if (ext !== '.json' && ext !== '.yaml' && ext !== '.yml') {
+    throw fail(
+      ErrorType.InvalidInput,
+      `${what} ${file}: unknown extension "${ext.slice(0, 16)}": use .yaml, .yml or .json`,
+    );
+  }
   let text: string;
   try {
     text = readFileSync(file, 'utf8');
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'ENOENT') throw fail(ErrorType.NotFound, `${what} ${file} does not exist`);
-    throw fail(ErrorType.Unavailable, `cannot read ${what} ${file}: ${code ?? String(err)}`);
+    throw fail(ErrorType.Unavailable, `cannot read ${what} ${file}: ${code ?? 'unknown error'}`);
   }
-  const ext = extname(file).toLowerCase();
   try {
-    if (ext === '.json') return JSON.parse(text);
-    if (ext === '.yaml' || ext === '.yml') return YAML.parse(text);
-    throw new Error(`unknown extension "${ext}": use .yaml, .yml or .json`);
+    return ext === '.json' ? JSON.parse(text) : YAML.parse(text);
   } catch (err) {
-    throw fail(ErrorType.InvalidInput, `${what} ${file}: ${(err as Error).message}`);
+    throw fail(ErrorType.InvalidInput, `${what} ${file}: ${syntaxError(err, ext === '.json', text)}`);
   }
 }
 
-/** Reads and validates a fleet manifest (YAML or JSON, by extension). Errors name file, path and value. */
+/** Where a JSON or YAML syntax error is, without the text around it (the parsers' messages quote it). */
+function syntaxError(err: unknown, json: boolean, text: string): string {
+  const format = json ? 'JSON' : 'YAML';
+  let at = '';
+  if (err instanceof YAMLParseError && err.linePos) {
+    at = ` (${err.code} at line ${err.linePos[0].line}, column ${err.linePos[0].col})`;
+  } else {
+    const position = /at position (\d+)/.exec((err as Error).message ?? '');
+    if (position) {
+      const before = text.slice(0, Number(position[1]));
+      const line = before.split('\n').length;
+      at = ` (at line ${line}, column ${before.length - before.lastIndexOf('\n')})`;
+    }
+  }
+  return `not valid ${format}${at}; a ${json ? '.json' : '.yaml or .yml'} manifest must be ${format}: check its syntax, or the path`;
+}
+
+/** Reads and validates a fleet manifest (YAML or JSON, by extension). Errors name file and path, never a value. */
 export function loadFleetManifest(file: string): FleetManifest {
   const raw = readManifestFile(file, 'fleet manifest');
   const parsed = FleetManifest.safeParse(raw);
   if (!parsed.success) {
-    throw fail(ErrorType.InvalidInput, `invalid fleet manifest ${file}:\n${formatIssues(parsed.error, raw)}`);
+    throw fail(
+      ErrorType.InvalidInput,
+      `invalid fleet manifest ${file}:\n${formatManifestIssues(parsed.error, raw)}`,
+    );
   }
   const seen = new Set<string>();
   parsed.data.cohorts.forEach((c, i) => {

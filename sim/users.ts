@@ -13,7 +13,7 @@
  * Activity-side only (files, node:crypto, fetch); workflows never import it.
  */
 import { ErrorType, fail } from '../errors';
-import { formatIssues } from '../policies/schema';
+import { formatManifestIssues, manifestKindProblem } from '../policies/manifest-errors';
 import { ServiceManifest, type ServiceCohort } from '../policies/service-schema';
 import {
   gatewayUrl as gatewayEndpoint,
@@ -28,14 +28,14 @@ import { FEATURES, generateFramesWith, makeRng, poisson, type Frames } from './f
 
 export type ManifestKind = 'Fleet' | 'Service';
 
-/** Reads and validates a service manifest (YAML or JSON, by extension). Errors name file, path and value. */
+/** Reads and validates a service manifest (YAML or JSON, by extension). Errors name file and path, never a value. */
 export function loadServiceManifest(file: string): ServiceManifest {
   const raw = readManifestFile(file, 'manifest');
   const parsed = ServiceManifest.safeParse(raw);
   if (!parsed.success) {
     throw fail(
       ErrorType.InvalidInput,
-      `invalid service manifest ${file}:\n${formatIssues(parsed.error, raw)}`,
+      `invalid service manifest ${file}:\n${formatManifestIssues(parsed.error, raw)}`,
     );
   }
   return parsed.data;
@@ -48,7 +48,7 @@ export function manifestKind(file: string): ManifestKind {
   if (kind === 'Fleet' || kind === 'Service') return kind;
   throw fail(
     ErrorType.InvalidInput,
-    `manifest ${file}: kind: ${kind === undefined ? 'missing' : JSON.stringify(kind)}; write kind: Fleet (vehicles) or kind: Service (a model behind the inference gateway)`,
+    `manifest ${file}: kind: ${manifestKindProblem(kind)}; write kind: Fleet (vehicles) or kind: Service (a model behind the inference gateway)`,
   );
 }
 
@@ -207,6 +207,8 @@ export async function send(
       try {
         res = await fetch(url, {
           method: 'POST',
+          // A gateway never redirects; following one would send callers' requests where the worker was not told to.
+          redirect: 'error',
           headers: {
             'content-type': 'application/json',
             [HEADERS.requestId]: requestIds(i),

@@ -8,10 +8,10 @@
  * It must never touch a data directory it was not given.
  */
 import { rmSync } from 'node:fs';
-import { resolve } from 'node:path';
 import { bootstrapProduction } from '../activities/registry';
 import { initSimFleet } from '../activities/fleet';
 import { storeDriftReferences } from '../activities/drift';
+import { confinedPath } from '../activities/confine';
 import { openServices, trustFixtureSigner, type Services } from '../workers/worker';
 import { loadFleetManifest } from './fleet';
 
@@ -29,7 +29,7 @@ export interface SimWorldOptions {
   dataDir: string;
   /** Directory that the fleet manifest and pack paths are relative to (the worker's root). */
   root: string;
-  /** Fleet manifest, relative to `root` or absolute. */
+  /** Fleet manifest, relative to `root` (it must lie inside it, as a worker's). */
   fleet: string;
   /** Production model pack, relative to `root` (it must lie inside it). */
   production: string;
@@ -45,7 +45,7 @@ export async function openSimWorld(opts: SimWorldOptions): Promise<SimWorld> {
   // A simulated world is a dry run: it never notifies the configured webhook (a test may set one).
   delete services.webhook;
   try {
-    const manifest = loadFleetManifest(resolve(opts.root, opts.fleet));
+    const manifest = loadFleetManifest(confinedPath(opts.root, opts.fleet));
     const cohorts = manifest.cohorts.map((c) => c.name);
     const prod = await bootstrapProduction(services, opts.production, cohorts, opts.by);
     // The reference the drift checks compare with, stored beside production's record as it is registered.

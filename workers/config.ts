@@ -52,12 +52,21 @@
  *   FLEETGATE_WEBHOOK_SECRET
  *                           key of the Fleetgate-Signature header (t=<unix seconds>,v1=<hex HMAC-SHA256 of
  *                           the timestamp, the Idempotency-Key and the body>); unset: requests are not signed
+ *
+ * Services behind the inference gateway (see docs/serving.md; activities/service.ts):
+ *   FLEETGATE_GATEWAY_ALLOW the gateways a service manifest's gateway.url may name, which the worker sends
+ *                           requests and its gateway token to: origins (https://gw.internal:8443), separated
+ *                           by commas or spaces, and "loopback" for any port of 127.0.0.0/8, [::1] and
+ *                           localhost. Unset or empty: "loopback". "none": no gateway at all.
+ *   FLEETGATE_GATEWAY_TOKEN, FLEETGATE_GATEWAY_TOKEN_<NAME>
+ *                           the gateways' admin tokens; a manifest's gateway.tokenEnv may name only these
  */
 import { join, resolve } from 'node:path';
 import { S3Client } from '@aws-sdk/client-s3';
 import type { ObjectStore } from '../activities/deps';
 import type { IotJobsSettings } from '../activities/ota-iot';
 import type { WebhookConfig } from '../activities/notify';
+import type { GatewayAllow } from '../activities/service';
 import { LocalObjectStore } from '../activities/store';
 import { S3ObjectStore } from '../activities/store-s3';
 import { TASK_QUEUE } from '../workflows/definitions';
@@ -296,6 +305,51 @@ export function loadWebhookConfig(env: NodeJS.ProcessEnv = process.env): Webhook
   }
   const secret = env.FLEETGATE_WEBHOOK_SECRET || undefined;
   return { url, ...(secret !== undefined ? { secret } : {}) };
+}
+
+export const GATEWAY_ALLOW_ENV = 'FLEETGATE_GATEWAY_ALLOW';
+
+/**
+ * FLEETGATE_GATEWAY_ALLOW: the gateways this worker may call. Unset or empty: loopback only. Throws,
+ * naming the variable and the entry (never one with a user or password in it), on an entry that is not
+ * "loopback", "none" or an http(s) origin.
+ */
+export function loadGatewayAllow(env: NodeJS.ProcessEnv = process.env): GatewayAllow {
+  const value = (env[GATEWAY_ALLOW_ENV] ?? '').trim();
+  if (value === '') return { loopback: true, origins: [] };
+  let loopback = false;
+  const origins: string[] = [];
+  for (const [i, entry] of value
+    .split(/[\s,]+/)
+    .filter(Boolean)
+    .entries()) {
+    if (entry === 'loopback') loopback = true;
+    else if (entry !== 'none') origins.push(gatewayOrigin(entry, i + 1));
+  }
+  return { loopback, origins };
+}
+
+function gatewayOrigin(entry: string, n: number): string {
+  let url: URL | undefined;
+  try {
+    url = new URL(entry);
+  } catch {
+    url = undefined;
+  }
+  const plain =
+    url !== undefined &&
+    (url.protocol === 'http:' || url.protocol === 'https:') &&
+    url.username === '' &&
+    url.password === '' &&
+    url.pathname === '/' &&
+    url.search === '' &&
+    url.hash === '';
+  if (plain) return url!.origin;
+  const shown = entry.includes('@') ? `entry ${n}` : `"${entry.slice(0, 100)}"`;
+  throw new Error(
+    `${GATEWAY_ALLOW_ENV}: ${shown} is not a gateway origin; list origins such as https://gw.internal:8443 ` +
+      '(scheme, host and port only), "loopback" or "none", separated by commas',
+  );
 }
 
 export const SHARED_QUEUE_ENV = 'FLEETGATE_SHARED_QUEUE';

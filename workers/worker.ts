@@ -13,7 +13,7 @@ import { createRegistryActivities } from '../activities/registry';
 import { createInferenceActivities } from '../activities/inference';
 import { createFleetActivities } from '../activities/fleet';
 import { WORKFLOW_TRACING_MODULES, type WorkerTracingOptions } from './tracing';
-import { createServiceActivities, dispatchFleetActivities } from '../activities/service';
+import { type GatewayAllow, createServiceActivities, dispatchFleetActivities } from '../activities/service';
 import { createLabelActivities } from '../activities/labels';
 import { createAnalysisActivities } from '../activities/analysis';
 import { createReportActivities } from '../activities/report';
@@ -26,6 +26,7 @@ import { SimulatedOta } from '../sim/ota';
 import {
   type AwsIotConfig,
   type OtaConfig,
+  loadGatewayAllow,
   loadOtaConfig,
   loadStoreConfig,
   loadWebhookConfig,
@@ -54,6 +55,8 @@ export interface Services {
   iot?: IoTClient;
   /** Where notifications go (FLEETGATE_WEBHOOK_URL/_SECRET); none: the notify activity sends nothing. */
   webhook?: WebhookConfig;
+  /** The inference gateways a service's rollout may call (FLEETGATE_GATEWAY_ALLOW). */
+  gateways: GatewayAllow;
   close(): Promise<void>;
 }
 
@@ -68,6 +71,7 @@ export async function openServices(
   ota: OtaConfig = loadOtaConfig(),
 ): Promise<Services> {
   const webhook = loadWebhookConfig();
+  const gateways = loadGatewayAllow();
   mkdirSync(dataDir, { recursive: true });
   const store = openObjectStore(loadStoreConfig(), dataDir);
   const runner = new OnnxModelRunner((digest) => store.get(blobKey(digest)));
@@ -98,6 +102,7 @@ export async function openServices(
     key,
     ota: channel,
     trust,
+    gateways,
     ...(iot ? { iot } : {}),
     ...(webhook ? { webhook } : {}),
     async close() {
@@ -150,7 +155,7 @@ export function createActivities(s: Services) {
     ...dispatchFleetActivities(
       s.root,
       createFleetActivities({ ...fleetDeps, ota: s.ota }),
-      createServiceActivities(fleetDeps),
+      createServiceActivities({ ...fleetDeps, gateways: s.gateways }),
     ),
     ...createLabelActivities({ conn: s.db.connection }),
     ...createAnalysisActivities({ conn: s.db.connection }),

@@ -10,7 +10,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import YAML from 'yaml';
@@ -33,7 +33,7 @@ import {
 import { approveUpdate, statusQuery, WORKFLOW_TYPE, type RolloutResult } from '../../workflows/definitions';
 import { reportOf, resultWithin, ROOT, rolloutRequest } from '../support';
 
-const TOKEN_ENV = 'FLEETGATE_TEST_SERVICE_TOKEN';
+const TOKEN_ENV = 'FLEETGATE_GATEWAY_TOKEN_TEST_SERVICE';
 const COHORTS = ['web-eu', 'web-us'];
 /** One real second is an hour of the service's traffic: a 2-second look covers 2 hours of requests. */
 const TIME_SCALE = 3600;
@@ -42,6 +42,8 @@ const ROLLOUT_LIMIT_MS = 120_000;
 
 let server: DevServer;
 let tmp: string;
+/** The manifests, inside the worker's root (a worker reads no manifest outside it). */
+let manifests: string;
 let services: Services;
 let gateway: Gateway;
 let productionDigest: string;
@@ -113,6 +115,8 @@ before(async () => {
   quietRuntime();
   process.env[TOKEN_ENV] = randomBytes(16).toString('hex');
   tmp = mkdtempSync(join(tmpdir(), 'fleetgate-it-service-'));
+  mkdirSync(join(ROOT, 'tmp'), { recursive: true });
+  manifests = mkdtempSync(join(ROOT, 'tmp', 'it-service-'));
   server = await startDevServer({ dbFile: join(tmp, 'temporal.db') });
   const dataDir = join(tmp, 'data');
   trustFixtureSigner(dataDir);
@@ -120,7 +124,7 @@ before(async () => {
   delete services.webhook;
   // What `fleet init --fleet <service manifest>` does: production registered for every cohort. The
   // manifest's gateway URL is not known yet; initService reads only the cohorts.
-  const bootstrap = join(tmp, 'bootstrap.yaml');
+  const bootstrap = join(manifests, 'bootstrap.yaml');
   writeFileSync(bootstrap, YAML.stringify(serviceManifest('http://127.0.0.1:1')));
   productionDigest = (await initService(services, bootstrap, 'models/production', 'test')).production.digest;
   const config = parseGatewayConfig(
@@ -162,6 +166,7 @@ after(async () => {
   await server?.stop();
   delete process.env[TOKEN_ENV];
   rmSync(tmp, { recursive: true, force: true });
+  if (manifests) rmSync(manifests, { recursive: true, force: true });
 });
 
 async function rollout(
@@ -171,7 +176,7 @@ async function rollout(
   rolloutPolicy: PolicyInput = policy(),
   reviewer?: string,
 ): Promise<RolloutResult> {
-  const manifest = join(tmp, `${id}.yaml`);
+  const manifest = join(manifests, `${id}.yaml`);
   writeFileSync(manifest, YAML.stringify(serviceManifest(gateway.url, candidateArm)));
   const request = RolloutRequest.parse(rolloutRequest(id, pack, rolloutPolicy, manifest, TIME_SCALE));
   const handle = await client.workflow.start(WORKFLOW_TYPE, { taskQueue, workflowId: id, args: [request] });

@@ -8,7 +8,7 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -27,9 +27,11 @@ import { openServices, trustFixtureSigner, type Services } from '../../workers/w
 const ROOT = resolve(__dirname, '..', '..');
 const HOUR = 3_600_000;
 const T0 = Date.UTC(2026, 0, 5);
-const TOKEN_ENV = 'FLEETGATE_TEST_SERVICE_ACTS_TOKEN';
+const TOKEN_ENV = 'FLEETGATE_GATEWAY_TOKEN_TEST_SERVICE_ACTS';
 
 let tmp: string;
+/** The manifests, inside the worker's root (a worker reads no manifest outside it). */
+let manifests: string;
 let services: Services;
 let gateway: Gateway;
 let manifest: string;
@@ -67,10 +69,12 @@ async function count(sql: string, params: (string | number)[] = []): Promise<num
 before(async () => {
   process.env[TOKEN_ENV] = randomBytes(16).toString('hex');
   tmp = mkdtempSync(join(tmpdir(), 'fleetgate-service-acts-'));
+  mkdirSync(join(ROOT, 'tmp'), { recursive: true });
+  manifests = mkdtempSync(join(ROOT, 'tmp', 'service-acts-'));
   const dataDir = join(tmp, 'data');
   trustFixtureSigner(dataDir);
   services = await openServices(dataDir, ROOT, { kind: 'simulated' });
-  manifest = join(tmp, 'ranker.yaml');
+  manifest = join(manifests, 'ranker.yaml');
   writeFileSync(manifest, YAML.stringify(doc('http://127.0.0.1:1')));
   production = (await initService(services, manifest, 'models/production', 'test')).production.digest;
   candidate = (
@@ -106,6 +110,7 @@ before(async () => {
     key: services.key,
     root: ROOT,
     store: services.store,
+    gateways: { loopback: true, origins: [] },
   });
 });
 
@@ -114,6 +119,7 @@ after(async () => {
   await services?.close();
   delete process.env[TOKEN_ENV];
   rmSync(tmp, { recursive: true, force: true });
+  if (manifests) rmSync(manifests, { recursive: true, force: true });
 });
 
 /** Callers of a cohort the gateway's router sends to the candidate under its current route. */
@@ -143,7 +149,7 @@ describe('service activities on a real gateway', () => {
         ['web-us', 'hw4', 200],
       ],
     );
-    const wider = join(tmp, 'wider.yaml');
+    const wider = join(manifests, 'wider.yaml');
     writeFileSync(
       wider,
       YAML.stringify(
@@ -350,7 +356,7 @@ describe('service activities on a real gateway', () => {
   });
 
   it("logs the candidate arm's error responses as failed requests, never sent for labeling", async () => {
-    const faulty = join(tmp, 'faulty.yaml');
+    const faulty = join(manifests, 'faulty.yaml');
     writeFileSync(faulty, YAML.stringify(doc(gateway.url, [], { inject: { errorRate: 0.5 } })));
     const input = { rolloutId: 'svc3', manifest: faulty };
     await acts.deliverWave({ ...input, wave: 1, percent: 50, cohorts: ['web-eu'], digest: candidate });

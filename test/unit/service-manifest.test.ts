@@ -1,6 +1,7 @@
 /**
  * The service manifest: the example loads; each kind of mistake is refused with the field, the value
- * and the fix; `manifestKind` tells a service from a fleet and names the fix for anything else; the
+ * (a number; never text, which could be another file's) and the fix; a gateway token variable outside
+ * FLEETGATE_GATEWAY_TOKEN[_<NAME>] and a URL that is not http(s) or carries a password are refused; `manifestKind` tells a service from a fleet and names the fix for anything else; the
  * gateway's URL keeps its path prefix.
  */
 import assert from 'node:assert/strict';
@@ -68,12 +69,12 @@ describe('service manifest', () => {
     assert.equal(minimal.cohorts[0]!.sensorNoise, 1);
   });
 
-  it('refuses each mistake with the field, the value and the fix', () => {
+  it('refuses each mistake with the field, the value (numbers only) and the fix', () => {
     const cases: [string, (m: ServiceManifestInput) => void, RegExp[]][] = [
       [
         'a fleet cohort name (a "/" the gateway does not take)',
         (m) => (m.cohorts[0]!.name = 'web/eu'),
-        [/cohorts\.0\.name: a gateway cohort name/, /"web-eu"/, /\(got "web\/eu"\)/],
+        [/cohorts\.0\.name: a gateway cohort name/, /"web-eu"/],
       ],
       [
         'an unknown SKU',
@@ -93,13 +94,13 @@ describe('service manifest', () => {
       [
         'a gateway URL that is not one',
         (m) => (m.gateway.url = 'localhost 8480'),
-        [/gateway\.url: the gateway's base URL/, /\(got "localhost 8480"\)/],
+        [/gateway\.url: the gateway's base URL/],
       ],
       [
         'a token variable that is not a variable name',
         (m) => (m.gateway.tokenEnv = 'my token'),
         [
-          /gateway\.tokenEnv: an environment variable name, such as FLEETGATE_GATEWAY_TOKEN \(got "my token"\)/,
+          /gateway\.tokenEnv: the name given is not a gateway token variable; name FLEETGATE_GATEWAY_TOKEN or FLEETGATE_GATEWAY_TOKEN_<NAME>/,
         ],
       ],
       [
@@ -130,6 +131,33 @@ describe('service manifest', () => {
         (m) => (m.load = { maxRequestsPerWindow: 0 }),
         [/load\.maxRequestsPerWindow/, /\(got 0\)/],
       ],
+      [
+        'a token variable of another secret (the AWS secret key)',
+        (m) => (m.gateway.tokenEnv = 'AWS_SECRET_ACCESS_KEY'),
+        [
+          /gateway\.tokenEnv: "AWS_SECRET_ACCESS_KEY" is not a gateway token variable; name FLEETGATE_GATEWAY_TOKEN/,
+        ],
+      ],
+      [
+        'a token variable of another secret (the webhook secret)',
+        (m) => (m.gateway.tokenEnv = 'FLEETGATE_WEBHOOK_SECRET'),
+        [/gateway\.tokenEnv: "FLEETGATE_WEBHOOK_SECRET" is not a gateway token variable/],
+      ],
+      [
+        'a token variable that only starts like the gateway token',
+        (m) => (m.gateway.tokenEnv = 'FLEETGATE_GATEWAY_TOKENS'),
+        [/gateway\.tokenEnv: "FLEETGATE_GATEWAY_TOKENS" is not a gateway token variable/],
+      ],
+      [
+        'a gateway URL that is not http(s)',
+        (m) => (m.gateway.url = 'file:///etc/passwd'),
+        [/gateway\.url: an http:\/\/ or https:\/\/ URL of the gateway/],
+      ],
+      [
+        'a gateway URL with a password',
+        (m) => (m.gateway.url = 'http://ops:hunter2@127.0.0.1:8480'),
+        [/gateway\.url: a URL without a user or password/, /^(?![\s\S]*hunter2)/],
+      ],
     ];
     for (const [what, change, patterns] of cases) {
       const m = base();
@@ -139,6 +167,18 @@ describe('service manifest', () => {
       } catch (err) {
         throw new Error(`${what}: ${(err as Error).message}`, { cause: err });
       }
+    }
+  });
+
+  it('takes FLEETGATE_GATEWAY_TOKEN and FLEETGATE_GATEWAY_TOKEN_<NAME> as the token variable', () => {
+    for (const tokenEnv of [
+      'FLEETGATE_GATEWAY_TOKEN',
+      'FLEETGATE_GATEWAY_TOKEN_RANKER',
+      'FLEETGATE_GATEWAY_TOKEN_EU_2',
+    ]) {
+      const m = base();
+      m.gateway.tokenEnv = tokenEnv;
+      assert.equal(loadServiceManifest(write(m)).gateway.tokenEnv, tokenEnv);
     }
   });
 
