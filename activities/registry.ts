@@ -18,7 +18,7 @@
  * This module must never overwrite a registry record or blob, never move a pointer without
  * compare-and-swap, and never read files outside the pack directory it was given.
  */
-import { promises as fs } from 'node:fs';
+import { promises as fs, realpathSync } from 'node:fs';
 import * as path from 'node:path';
 import { ApplicationFailure } from '@temporalio/common';
 import type {
@@ -603,10 +603,26 @@ function resolvePack(root: string, packDir: string): string {
   const base = path.resolve(root);
   const pack = path.resolve(base, packDir);
   const rel = path.relative(base, pack);
-  if (rel.startsWith('..') || path.isAbsolute(rel)) {
+  const escapes = (r: string) => r.startsWith('..') || path.isAbsolute(r);
+  if (escapes(rel)) {
     throw fail(
       ErrorType.PathEscape,
       `model pack ${JSON.stringify(packDir)} resolves outside the worker directory; give a pack path inside it`,
+      { packDir },
+    );
+  }
+  // A pack directory (or a folder on the way to it) that is a link leading out is refused too.
+  let real: string | undefined;
+  try {
+    real = realpathSync(pack);
+  } catch {
+    return pack; // missing: verifyPackDir says so
+  }
+  if (escapes(path.relative(realpathSync(base), real))) {
+    throw fail(
+      ErrorType.PathEscape,
+      `model pack ${JSON.stringify(packDir)} is, or passes through, a link to a place outside the worker ` +
+        'directory; copy the pack into the worker directory and give its path there',
       { packDir },
     );
   }

@@ -332,6 +332,22 @@ void test('invalid manifests are InvalidInput; paths leaving the pack or the roo
   const e4 = await failure(acts.registerCandidate({ rolloutId: 'r', packDir: '../elsewhere' }));
   assert.equal(e4.type, ErrorType.PathEscape);
 
+  // A pack directory that is a link leading out of the root is refused, though its own files are whole.
+  const away = mkdtempSync(join(tmpdir(), 'fleetgate-registry-away-'));
+  try {
+    cpSync(join(MODELS, 'candidate-good'), join(away, 'pack'), { recursive: true });
+    symlinkSync(join(away, 'pack'), join(dir, 'packs', 'linked-dir'));
+    const e6 = await failure(acts.registerCandidate({ rolloutId: 'r', packDir: 'packs/linked-dir' }));
+    assert.equal(e6.type, ErrorType.PathEscape);
+    assert.match(
+      e6.message,
+      /"packs\/linked-dir" is, or passes through, a link to a place outside the worker/,
+    );
+    assert.doesNotMatch(e6.message, new RegExp(away));
+  } finally {
+    rmSync(away, { recursive: true, force: true });
+  }
+
   const e5 = await failure(acts.registerCandidate({ rolloutId: 'r', packDir: 'packs/nope' }));
   assert.equal(e5.type, ErrorType.NotFound);
 });
