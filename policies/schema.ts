@@ -28,9 +28,17 @@ export const Duration = z
 const Name = z
   .string()
   .regex(/^[a-z0-9][a-z0-9._-]*$/, { message: 'lowercase letters, digits, ".", "_" or "-"' });
+/**
+ * The one name the cohort pattern allows that every JavaScript object answers to (Object.prototype's
+ * `constructor`): refused, so that no lookup of a cohort by name, anywhere, can find what an object
+ * inherits.
+ */
+export const NOT_RESERVED = /^(?!constructor$)/;
+export const RESERVED_COHORT = { message: '"constructor" is a reserved name; choose another cohort name' };
 const CohortName = z
   .string()
-  .regex(/^[a-z0-9][a-z0-9._-]*(\/[a-z0-9][a-z0-9._-]*)*$/, { message: 'a cohort name such as "hw3/eu"' });
+  .regex(/^[a-z0-9][a-z0-9._-]*(\/[a-z0-9][a-z0-9._-]*)*$/, { message: 'a cohort name such as "hw3/eu"' })
+  .regex(NOT_RESERVED, RESERVED_COHORT);
 
 /** Most characters of a name: the policy's, a gate's, a reviewer's, a cohort's, who starts or asks. */
 export const MAX_NAME_CHARS = 128;

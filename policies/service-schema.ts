@@ -8,15 +8,18 @@
  */
 import { z } from 'zod';
 import { ArmRef, COHORT } from '../serve/api';
-import { Duration, Sku } from './schema';
+import { Duration, NOT_RESERVED, RESERVED_COHORT, Sku } from './schema';
 
 const Name = z
   .string()
   .regex(/^[a-z0-9][a-z0-9._-]*$/, { message: 'lowercase letters, digits, ".", "_" or "-"' });
 /** A gateway cohort name (serve/api.ts COHORT): no "/" as a fleet's cohorts have. */
-const CohortName = z.string().regex(COHORT, {
-  message: 'a gateway cohort name: lowercase letters, digits and "-", at most 63, such as "web-eu"',
-});
+const CohortName = z
+  .string()
+  .regex(COHORT, {
+    message: 'a gateway cohort name: lowercase letters, digits and "-", at most 63, such as "web-eu"',
+  })
+  .regex(NOT_RESERVED, RESERVED_COHORT);
 const NOISE_FIX = { message: 'a share in [0, 0.5]: 0 for a labeler that is always right' };
 
 /**

@@ -17,6 +17,7 @@ import {
   policyWarnings,
 } from '../../policies/schema';
 import { formatDuration, parseDuration } from '../../policies/duration';
+import { ServiceManifest } from '../../policies/service-schema';
 
 const ROOT = resolve(__dirname, '..', '..');
 const load = (f: string): unknown => YAML.parse(readFileSync(join(ROOT, f), 'utf8'));
@@ -340,6 +341,35 @@ void test('a fleet naming an undeclared SKU is refused at that cohort', () => {
   const r = FleetManifest.safeParse(f);
   assert.ok(!r.success);
   assert.match(formatIssues(r.error, f), /^cohorts\.1\.sku: unknown SKU "hw9"; declared: hw3, hw4/m);
+});
+
+void test('"constructor", the one cohort name an object inherits, is refused in fleets, policies and services', () => {
+  const f = load('test/fixtures/fleet.yaml') as { cohorts: { name: string }[] };
+  f.cohorts[1]!.name = 'constructor';
+  const r = FleetManifest.safeParse(f);
+  assert.ok(!r.success);
+  assert.match(
+    formatIssues(r.error, f),
+    /^cohorts\.1\.name: "constructor" is a reserved name; choose another/m,
+  );
+
+  const p = load('examples/demo-policy.yaml') as { cohorts?: string[] };
+  p.cohorts = ['hw3/eu', 'constructor'];
+  const q = Policy.safeParse(p);
+  assert.ok(!q.success);
+  assert.match(formatIssues(q.error, p), /^cohorts\.1: "constructor" is a reserved name/m);
+  // names that merely contain it are names like any other
+  p.cohorts = ['constructor-eu', 'hw3/constructor'];
+  assert.ok(Policy.safeParse(p).success);
+
+  const svc = ServiceManifest.safeParse({
+    kind: 'service',
+    name: 'ranker',
+    gateway: { url: 'http://127.0.0.1:8080' },
+    cohorts: [{ name: 'constructor', replicas: 2, callersPerDay: 100 }],
+  });
+  assert.ok(!svc.success);
+  assert.match(formatIssues(svc.error, {}), /cohorts\.0\.name: "constructor" is a reserved name/);
 });
 
 void test('durations', () => {
