@@ -353,7 +353,7 @@ export function createDriftActivities(deps: DriftActivityDeps) {
       const key = checkKey(input.scheduleId, input.checkId);
       const stored = await readDriftCheck(store, key);
       if (stored) return summarize(stored, 0);
-      const manifest = loadFleetManifest(confinedPath(root, input.manifest));
+      const manifest = loadFleetManifest(confinedPath(root, input.manifest), input.manifest);
       const names = manifest.cohorts.map((c) => c.name);
       const unknown = (input.cohorts ?? []).filter((c) => !names.includes(c));
       if (unknown.length > 0) {

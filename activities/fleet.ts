@@ -119,7 +119,7 @@ export async function initSimFleet(
   manifestPath: string,
   productionByCohort: Record<string, string>,
 ): Promise<{ fleet: string; vehicles: number; created: boolean }> {
-  const manifest = loadFleetManifest(confinedPath(deps.root, manifestPath));
+  const manifest = loadFleetManifest(confinedPath(deps.root, manifestPath), manifestPath);
   const missing = manifest.cohorts.filter((c) => !productionByCohort[c.name]).map((c) => c.name);
   if (missing.length > 0) {
     throw fail(
@@ -166,7 +166,8 @@ export async function initSimFleet(
 
 export function createFleetActivities(deps: FleetActivityDeps) {
   const { conn, ota, runner, key, root } = deps;
-  const manifestOf = (input: FleetInput) => loadFleetManifest(confinedPath(root, input.manifest));
+  const manifestOf = (input: FleetInput) =>
+    loadFleetManifest(confinedPath(root, input.manifest), input.manifest);
 
   async function requireFleet(manifest: FleetManifest): Promise<void> {
     const n = await ota.vehicleCount(manifest.name);

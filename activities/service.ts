@@ -221,7 +221,7 @@ export async function initService(
   cohorts: string[];
   production: Awaited<ReturnType<typeof bootstrapProduction>>;
 }> {
-  const manifest = loadServiceManifest(confinedPath(deps.root, manifestPath));
+  const manifest = loadServiceManifest(confinedPath(deps.root, manifestPath), manifestPath);
   const cohorts = manifest.cohorts.map((c) => c.name);
   const production = await bootstrapProduction(deps, packDir, cohorts, by);
   return { service: manifest.name, cohorts, production };
@@ -240,7 +240,7 @@ export function createServiceActivities(deps: ServiceActivityDeps) {
   const { conn, key, root } = deps;
   // Every activity reads its manifest first: a gateway the worker may not call is refused before any request.
   const manifestOf = (input: FleetInput) => {
-    const m = loadServiceManifest(confinedPath(root, input.manifest));
+    const m = loadServiceManifest(confinedPath(root, input.manifest), input.manifest);
     checkGateway(m.gateway, deps.gateways, `service manifest ${JSON.stringify(input.manifest)}`);
     return m;
   };
@@ -701,7 +701,7 @@ export function refuseBusy(
  */
 export function isServiceManifest(root: string, manifest: string): boolean {
   try {
-    return manifestKind(confinedPath(root, manifest)) === 'Service';
+    return manifestKind(confinedPath(root, manifest), manifest) === 'Service';
   } catch {
     return false;
   }

@@ -40,12 +40,12 @@ export function pseudonym(key: Buffer, rawId: string): string {
  * file of another extension is not read. A syntax error says where (line, column), never what is there:
  * the file may not be a manifest at all.
  */
-export function readManifestFile(file: string, what: string): unknown {
+export function readManifestFile(file: string, what: string, shown = file): unknown {
   const ext = extname(file).toLowerCase();
   if (ext !== '.json' && ext !== '.yaml' && ext !== '.yml') {
     throw fail(
       ErrorType.InvalidInput,
-      `${what} ${file}: unknown extension "${ext.slice(0, 16)}": use .yaml, .yml or .json`,
+      `${what} ${shown}: unknown extension "${ext.slice(0, 16)}": use .yaml, .yml or .json`,
     );
   }
   let text: string;
@@ -53,13 +53,13 @@ export function readManifestFile(file: string, what: string): unknown {
     text = readFileSync(file, 'utf8');
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') throw fail(ErrorType.NotFound, `${what} ${file} does not exist`);
-    throw fail(ErrorType.Unavailable, `cannot read ${what} ${file}: ${code ?? 'unknown error'}`);
+    if (code === 'ENOENT') throw fail(ErrorType.NotFound, `${what} ${shown} does not exist`);
+    throw fail(ErrorType.Unavailable, `cannot read ${what} ${shown}: ${code ?? 'unknown error'}`);
   }
   try {
     return ext === '.json' ? JSON.parse(text) : YAML.parse(text);
   } catch (err) {
-    throw fail(ErrorType.InvalidInput, `${what} ${file}: ${syntaxError(err, ext === '.json', text)}`);
+    throw fail(ErrorType.InvalidInput, `${what} ${shown}: ${syntaxError(err, ext === '.json', text)}`);
   }
 }
 
@@ -80,14 +80,16 @@ function syntaxError(err: unknown, json: boolean, text: string): string {
   return `not valid ${format}${at}; a ${json ? '.json' : '.yaml or .yml'} manifest must be ${format}: check its syntax, or the path`;
 }
 
-/** Reads and validates a fleet manifest (YAML or JSON, by extension). Errors name file and path, never a value. */
-export function loadFleetManifest(file: string): FleetManifest {
-  const raw = readManifestFile(file, 'fleet manifest');
+/** Reads and validates a fleet manifest (YAML or JSON, by extension). Errors name the file as
+ * `shown` (a worker passes the path as the rollout gave it, never its own directory) and the field path,
+ * never a value. */
+export function loadFleetManifest(file: string, shown = file): FleetManifest {
+  const raw = readManifestFile(file, 'fleet manifest', shown);
   const parsed = FleetManifest.safeParse(raw);
   if (!parsed.success) {
     throw fail(
       ErrorType.InvalidInput,
-      `invalid fleet manifest ${file}:\n${formatManifestIssues(parsed.error, raw)}`,
+      `invalid fleet manifest ${shown}:\n${formatManifestIssues(parsed.error, raw)}`,
     );
   }
   const seen = new Set<string>();
@@ -95,7 +97,7 @@ export function loadFleetManifest(file: string): FleetManifest {
     if (seen.has(c.name)) {
       throw fail(
         ErrorType.InvalidInput,
-        `invalid fleet manifest ${file}:\ncohorts.${i}.name: cohort names must be unique (got "${c.name}")`,
+        `invalid fleet manifest ${shown}:\ncohorts.${i}.name: cohort names must be unique (got "${c.name}")`,
       );
     }
     seen.add(c.name);

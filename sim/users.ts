@@ -28,27 +28,29 @@ import { FEATURES, generateFramesWith, makeRng, poisson, type Frames } from './f
 
 export type ManifestKind = 'Fleet' | 'Service';
 
-/** Reads and validates a service manifest (YAML or JSON, by extension). Errors name file and path, never a value. */
-export function loadServiceManifest(file: string): ServiceManifest {
-  const raw = readManifestFile(file, 'manifest');
+/** Reads and validates a service manifest (YAML or JSON, by extension). Errors name the file as
+ * `shown` (a worker passes the path as the rollout gave it, never its own directory) and the field path,
+ * never a value. */
+export function loadServiceManifest(file: string, shown = file): ServiceManifest {
+  const raw = readManifestFile(file, 'manifest', shown);
   const parsed = ServiceManifest.safeParse(raw);
   if (!parsed.success) {
     throw fail(
       ErrorType.InvalidInput,
-      `invalid service manifest ${file}:\n${formatManifestIssues(parsed.error, raw)}`,
+      `invalid service manifest ${shown}:\n${formatManifestIssues(parsed.error, raw)}`,
     );
   }
   return parsed.data;
 }
 
 /** The kind a manifest file declares: 'Fleet' (vehicles) or 'Service' (the inference gateway). */
-export function manifestKind(file: string): ManifestKind {
-  const raw = readManifestFile(file, 'manifest');
+export function manifestKind(file: string, shown = file): ManifestKind {
+  const raw = readManifestFile(file, 'manifest', shown);
   const kind = raw !== null && typeof raw === 'object' ? (raw as { kind?: unknown }).kind : undefined;
   if (kind === 'Fleet' || kind === 'Service') return kind;
   throw fail(
     ErrorType.InvalidInput,
-    `manifest ${file}: kind: ${manifestKindProblem(kind)}; write kind: Fleet (vehicles) or kind: Service (a model behind the inference gateway)`,
+    `manifest ${shown}: kind: ${manifestKindProblem(kind)}; write kind: Fleet (vehicles) or kind: Service (a model behind the inference gateway)`,
   );
 }
 

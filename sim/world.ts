@@ -45,7 +45,7 @@ export async function openSimWorld(opts: SimWorldOptions): Promise<SimWorld> {
   // A simulated world is a dry run: it never notifies the configured webhook (a test may set one).
   delete services.webhook;
   try {
-    const manifest = loadFleetManifest(confinedPath(opts.root, opts.fleet));
+    const manifest = loadFleetManifest(confinedPath(opts.root, opts.fleet), opts.fleet);
     const cohorts = manifest.cohorts.map((c) => c.name);
     const prod = await bootstrapProduction(services, opts.production, cohorts, opts.by);
     // The reference the drift checks compare with, stored beside production's record as it is registered.

@@ -161,10 +161,22 @@ describe("a manifest's errors never quote the file", () => {
       );
     }
     await assert.rejects(acts.describeFleet({ rolloutId: 'r', manifest: 'creds.json' }), (err: Error) => {
-      assert.match(err.message, /invalid fleet manifest/);
+      assert.match(err.message, /invalid fleet manifest creds\.json:/);
       noContents(err.message);
+      assert.ok(!err.message.includes(root), 'the worker directory is not named');
       return true;
     });
+    // A manifest that is missing, or not YAML, inside the root: named as the rollout gave it.
+    for (const [manifest, error] of [
+      ['missing.yaml', /fleet manifest missing\.yaml does not exist/],
+      ['creds.yaml', /fleet manifest creds\.yaml: not valid YAML/],
+    ] as const) {
+      await assert.rejects(acts.describeFleet({ rolloutId: 'r', manifest }), (err: Error) => {
+        assert.match(err.message, error);
+        assert.ok(!err.message.includes(root), `the worker directory is not named: ${err.message}`);
+        return true;
+      });
+    }
   });
 
   it('text in the fields of a manifest, and long or odd keys, are not repeated', () => {
