@@ -9,7 +9,7 @@
  * trace only with FLEETGATE_DEBUG=1).
  */
 import { readFileSync, existsSync } from 'node:fs';
-import { basename, extname, join, relative, resolve } from 'node:path';
+import { basename, extname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import YAML from 'yaml';
 import {
@@ -442,7 +442,13 @@ function validRequest(flags: RequestFlags): RolloutRequest {
     ['candidate pack', check.request.candidate.pack],
     ['fleet manifest', check.request.fleet.manifest],
   ] as const) {
-    if (!existsSync(path)) {
+    const rel = relative(process.cwd(), resolve(path));
+    if (rel === '..' || rel.startsWith(`..${sep}`) || isAbsolute(rel)) {
+      console.error(
+        `fleetgate: warning: ${what} ${safeText(path)} is outside this directory; a worker reads packs and ` +
+          'manifests only inside the directory it runs in and refuses this path: copy it there and give its relative path',
+      );
+    } else if (!existsSync(path)) {
       console.error(
         `fleetgate: note: ${what} ${path} is not here; the worker resolves it from its own directory`,
       );

@@ -46,8 +46,11 @@ export const MAX_NAME_CHARS = 128;
 export const MAX_TEXT_CHARS = 2000;
 /** Most reviewers a policy may name. */
 export const MAX_REVIEWERS = 100;
-/** No control characters (newlines, escapes) in a name: it is printed in logs, tables and notifications. */
-export const NO_CONTROL_CHARS = /^\P{Cc}*$/u;
+/**
+ * No control characters (newlines, escapes) and no bidirectional overrides or isolates (which reorder
+ * the text shown around them) in a name: it is printed in logs, tables and notifications.
+ */
+export const NO_CONTROL_CHARS = /^[^\p{Cc}\u202A-\u202E\u2066-\u2069]*$/u;
 
 const LONG_NAME = { message: `at most ${MAX_NAME_CHARS} characters` };
 /** Names written in a policy (its own, gates, reviewers): a Name of bounded length. */
@@ -666,7 +669,7 @@ const PersonName = z
   .string()
   .min(1)
   .max(MAX_NAME_CHARS, LONG_NAME)
-  .regex(NO_CONTROL_CHARS, { message: 'no control characters (newlines, tabs, escapes)' });
+  .regex(NO_CONTROL_CHARS, { message: 'no control characters (newlines, tabs, escapes) or bidi overrides' });
 export type Wave = z.infer<typeof Wave>;
 export type Metric = z.infer<typeof Metric>;
 

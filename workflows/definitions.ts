@@ -326,7 +326,7 @@ export function payloadProblems(update: UpdateName, input: unknown): string[] {
     if (issue.code === 'too_big') {
       return `"${field}" has ${value.length.toLocaleString('en-US')} characters; at most ${grouped(Number(issue.maximum))}: shorten it`;
     }
-    return `"${field}" must not contain control characters (newlines, tabs, escapes): give ${hint} on one line`;
+    return `"${field}" must not contain control characters (newlines, tabs, escapes) or bidi overrides: give ${hint} on one line, as typed`;
   });
 }
 

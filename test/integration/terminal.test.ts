@@ -105,17 +105,25 @@ test('pause, status, a refused second pause and abort print operator text escape
         args: [request],
       });
 
-      const paused = await fleetgate(env, 'pause', id, '--reason', REASON, '--by', BY);
+      // A name with a bidi override is refused (names are one plain line); a reason may hold anything.
+      const odd = await fleetgate(env, 'pause', id, '--reason', REASON, '--by', BY);
+      assert.equal(odd.code, 1, odd.stdout);
+      assertSafe(odd, 'refused name');
+      assert.match(
+        odd.stderr,
+        /"by" must not contain control characters \(newlines, tabs, escapes\) or bidi/,
+      );
+      const paused = await fleetgate(env, 'pause', id, '--reason', REASON, '--by', 'ops');
       assert.equal(paused.code, 0, paused.stderr);
       assertSafe(paused, 'pause');
-      assert.match(paused.stdout, /as ops\\u202e:/);
+      assert.match(paused.stdout, /as ops:/);
       assert.equal((await handle.query(statusQuery)).paused?.reason, REASON, 'the reason is stored as sent');
 
       const status = await fleetgate(env, 'status', id);
       assert.equal(status.code, 0, status.stderr);
       assertSafe(status, 'status');
       const escaped = 'sensor recall \\x1b]0;pwned\\x07 \\x1b[2J then \\u202eevil\\noutcome completed';
-      assert.ok(status.stdout.includes(`paused by ops\\u202e since `), status.stdout);
+      assert.ok(status.stdout.includes(`paused by ops since `), status.stdout);
       assert.ok(status.stdout.includes(`: ${escaped} (holds at its next safe point`), status.stdout);
       assert.ok(!/^outcome completed/m.test(status.stdout), 'the newline of the reason forges no line');
 
@@ -125,14 +133,14 @@ test('pause, status, a refused second pause and abort print operator text escape
       assert.ok(json.stdout.includes('\\u202e'), 'the override is a JSON escape');
       const parsed = JSON.parse(json.stdout) as { paused: { reason: string; by: string } };
       assert.equal(parsed.paused.reason, REASON, '--json holds the exact value');
-      assert.equal(parsed.paused.by, BY);
+      assert.equal(parsed.paused.by, 'ops');
 
       const again = await fleetgate(env, 'pause', id, '--reason', 'again', '--by', 'ops');
       assert.equal(again.code, 1);
       assertSafe(again, 'refused pause');
       assert.match(
         again.stderr,
-        /^fleetgate: refused: the rollout is already paused by ops\\u202e since .*\\x1b\]0;pwned\\x07/,
+        /^fleetgate: refused: the rollout is already paused by ops since .*\\x1b\]0;pwned\\x07/,
       );
       assert.equal(again.stderr.trimEnd().split('\n').length, 1, 'one line');
 

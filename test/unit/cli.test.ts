@@ -467,3 +467,15 @@ void test('rollout request and plan: a legal but long duration is a warning on s
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+void test('rollout request: a pack or manifest outside this directory is a warning that the worker will refuse it, exit 0', () => {
+  const r = request(['--policy', 'examples/demo-policy.yaml', '--fleet', '../elsewhere/fleet.yaml']);
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(
+    r.stderr,
+    /^fleetgate: warning: fleet manifest \.\.\/elsewhere\/fleet\.yaml is outside this directory; a worker reads packs and manifests only inside the directory it runs in and refuses this path/m,
+  );
+  const inside = request(['--policy', 'examples/demo-policy.yaml']);
+  assert.equal(inside.status, 0, inside.stderr);
+  assert.doesNotMatch(inside.stderr, /outside this directory/);
+});

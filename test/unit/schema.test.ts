@@ -303,7 +303,7 @@ void test('a gate that excludes its initiator needs its quorum among the other r
 });
 
 void test('the initiator is a bounded name without control characters', () => {
-  for (const by of ['a\nb', 'x'.repeat(129)]) {
+  for (const by of ['a\nb', 'x'.repeat(129), 'ops\u202egnp.exe', 'a\u2066b']) {
     const r = RolloutRequest.safeParse(request(base(), by));
     assert.ok(!r.success, JSON.stringify(by));
     assert.match(formatIssues(r.error, request(base(), by)), /^requestedBy: /m);

@@ -428,6 +428,11 @@ describe('quorum gates and operator controls (time-skipping)', () => {
           /^resume: "by" must not contain control characters/,
         );
         await refusedAs(
+          handle.executeUpdate(pauseUpdate, { args: [{ by: 'ops\u202egnp.exe', reason: 'x' }] }),
+          'InvalidInput',
+          /^pause: "by" must not contain control characters \(newlines, tabs, escapes\) or bidi overrides/,
+        );
+        await refusedAs(
           send(rollbackCohortUpdate as never, { cohort: 5, by: 'ops', reason: 'x' }),
           'InvalidInput',
           /^rollbackCohort: "cohort" must be a string, the cohort's name as status shows it \(got 5\)$/,
