@@ -68,6 +68,7 @@ import type * as ControlsModule from '../activities/controls';
 import { GATE_HELP } from './gate-help';
 import type * as UiModule from './ui';
 import type * as ServeModule from './serve';
+import type * as EventsCliModule from '../events/cli';
 
 export const DEFAULT_FLEET = 'sim/fleets/demo.yaml';
 export const DEFAULT_PRODUCTION = 'models/production';
@@ -107,6 +108,7 @@ Usage: fleetgate <command> [options]      (fleetgate <command> --help for detail
   report ID                   write a rollout's report as one self-contained HTML page (no server needed)
   ui                          serve a live status page of the rollouts on 127.0.0.1 (fleetgate ui --help)
   serve                       run the inference gateway of a service's models (fleetgate serve --help)
+  events schema               the event contract's JSON Schema or Parquet columns (docs/events.md)
   worker                      run a worker (workflows and activities)
   server                      run a local Temporal dev server with the data directory's history
   fleet init                  register production and create the simulated fleet (idempotent)
@@ -1096,6 +1098,7 @@ const COMMANDS: Record<string, (args: string[]) => Promise<number>> = {
   drift: (args) => (require('./drift') as typeof DriftModule).driftCommand(args),
   ui: (args) => (require('./ui') as typeof UiModule).uiCommand(args),
   serve: (args) => (require('./serve') as typeof ServeModule).serveCommand(args),
+  events: (args) => (require('../events/cli') as typeof EventsCliModule).eventsCommand(args),
 };
 
 /** Runs one command; returns the process exit code. Never throws. */
