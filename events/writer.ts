@@ -1,0 +1,285 @@
+/**
+ * The one writer of ingested records: every ingestion path (NDJSON, Parquet, and any later one) hands
+ * it a batch of raw records of one kind for one fleet, and it validates the whole batch against the
+ * contract (events/contract.ts) before anything is written, then writes it in one DuckDB transaction:
+ * all of the batch, or none of it. A refused batch (`BatchRefused`, naming each bad record's position,
+ * field and fix) changes nothing already stored.
+ *
+ * Exactly once by id: a record whose key is already stored (fleet + eventId for inference events,
+ * fleet + eventId + labeler for labels, fleet + requestId for outcomes), or repeated within the batch,
+ * is a duplicate: not written, counted; the first one received stays. Each row records its ingestion
+ * time (`ingested_at_ms`).
+ *
+ * Watermarks, per fleet and cohort: the producer declares one with a batch of inference events ("every
+ * event of these cohorts with `at` below W has been sent"), as Flink and Beam sources do; the stored
+ * watermark of each cohort of the batch becomes the greater of the stored one and W, so it never goes
+ * back. The server cannot infer one: a vehicle that is parked or out of coverage sends nothing, and only
+ * the producer knows whether more is coming. Events with `at` below their cohort's watermark when they
+ * arrive are still stored, and counted as late.
+ *
+ * It must never store a record that did not pass the contract (so never a raw unit id: `unit` is a
+ * pseudonym or the batch is refused), and never log a record.
+ */
+import { DuckDBInstance, type DuckDBAppender, type DuckDBConnection } from '@duckdb/node-api';
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import {
+  parquetColumnsOf,
+  validateBatch,
+  type ColumnType,
+  type Inference,
+  type Problem,
+  type RecordKind,
+} from './contract';
+
+/** A batch refused by the contract: nothing of it was written. */
+export class BatchRefused extends Error {
+  override name = 'BatchRefused';
+  constructor(
+    readonly problems: Problem[],
+    readonly problemCount: number,
+  ) {
+    super(`the batch was refused: ${problemCount} problem(s); nothing of it was stored`);
+  }
+}
+
+/** What a batch did. `watermark`: the stored watermark (epoch ms) of each cohort of the batch, or null. */
+export interface WriteResult {
+  accepted: number;
+  duplicates: number;
+  late: number;
+  watermark: Record<string, number | null> | null;
+}
+
+export interface IngestOptions {
+  /** "line" (NDJSON) or "row" (Parquet): how errors name a record's position. */
+  where: 'line' | 'row';
+  /** The 1-based position of each raw record (default: its index + 1). */
+  positions?: readonly number[];
+  /** The producer's watermark for the batch's cohorts (inference events only), epoch ms. */
+  watermarkMs?: number;
+}
+
+export interface WriterOptions {
+  /** Awaited inside the transaction just before it commits (tests hold a batch open with it). */
+  beforeCommit?: () => Promise<void>;
+  /** The clock of `ingested_at_ms` (default Date.now). */
+  now?: () => number;
+}
+
+/** Table of each kind, and the columns of its key. */
+export const TABLES: Record<RecordKind, { table: string; key: string[] }> = {
+  inference: { table: 'ingested_inference', key: ['fleet', 'event_id'] },
+  label: { table: 'ingested_labels', key: ['fleet', 'event_id', 'labeler'] },
+  outcome: { table: 'ingested_outcomes', key: ['fleet', 'request_id'] },
+};
+export const WATERMARKS_TABLE = 'ingest_watermarks';
+
+interface Column {
+  name: string;
+  type: ColumnType;
+  nullable: boolean;
+  get: (fleet: string, r: Record<string, unknown>, now: number) => unknown;
+}
+
+/** The table's columns (names quoted in SQL: `at` is a keyword): `fleet` (from the URL where the record has none), the record's, ingested_at_ms. */
+function columnsOf(kind: RecordKind): Column[] {
+  const record = parquetColumnsOf(kind);
+  const cols: Column[] = [];
+  if (!record.some((c) => c.name === 'fleet')) {
+    cols.push({ name: 'fleet', type: 'VARCHAR', nullable: false, get: (fleet) => fleet });
+  }
+  for (const c of record) {
+    cols.push({
+      name: c.name,
+      type: c.type,
+      nullable: c.nullable,
+      get: (_f, r) => {
+        let v: unknown = r;
+        for (const k of c.field)
+          v = v !== null && typeof v === 'object' ? (v as Record<string, unknown>)[k] : undefined;
+        return v ?? null;
+      },
+    });
+  }
+  cols.push({ name: 'ingested_at_ms', type: 'BIGINT', nullable: false, get: (_f, _r, now) => now });
+  return cols;
+}
+
+const COLUMNS = Object.fromEntries(
+  (Object.keys(TABLES) as RecordKind[]).map((k) => [k, columnsOf(k)]),
+) as Record<RecordKind, Column[]>;
+
+function tableSql(kind: RecordKind): string {
+  const { table, key } = TABLES[kind];
+  const cols = COLUMNS[kind].map((c) => `  "${c.name}" ${c.type}${c.nullable ? '' : ' NOT NULL'}`);
+  return `CREATE TABLE IF NOT EXISTS ${table} (\n${cols.join(',\n')},\n  PRIMARY KEY (${key.join(', ')})\n);
+CREATE TEMP TABLE IF NOT EXISTS stage_${kind} AS SELECT * FROM ${table} LIMIT 0;`;
+}
+
+export const SCHEMA_SQL = `${(Object.keys(TABLES) as RecordKind[]).map(tableSql).join('\n')}
+CREATE TABLE IF NOT EXISTS ${WATERMARKS_TABLE} (
+  fleet VARCHAR NOT NULL,
+  cohort VARCHAR NOT NULL,
+  watermark_ms BIGINT NOT NULL,
+  updated_at_ms BIGINT NOT NULL,
+  PRIMARY KEY (fleet, cohort)
+);`;
+
+function append(a: DuckDBAppender, type: ColumnType, v: unknown): void {
+  if (v === null) return a.appendNull();
+  switch (type) {
+    case 'VARCHAR':
+      return a.appendVarchar(v as string);
+    case 'BOOLEAN':
+      return a.appendBoolean(v as boolean);
+    case 'INTEGER':
+      return a.appendInteger(v as number);
+    case 'BIGINT':
+      return a.appendBigInt(BigInt(v as number));
+    case 'DOUBLE':
+      return a.appendDouble(v as number);
+  }
+}
+
+function keyOf(kind: RecordKind, r: Record<string, unknown>): string {
+  if (kind === 'inference') return String(r.eventId);
+  if (kind === 'label') return `${String(r.eventId)}\u0000${String(r.labeler)}`;
+  return String(r.requestId);
+}
+
+export class EventWriter {
+  private queue: Promise<unknown> = Promise.resolve();
+  private closed = false;
+
+  private constructor(
+    private readonly instance: DuckDBInstance,
+    /** The writer's connection; read it only through `read`. */
+    private readonly conn: DuckDBConnection,
+    private readonly options: WriterOptions,
+  ) {}
+
+  /** Opens (creating where needed) the database file, or ":memory:". */
+  static async open(file: string, options: WriterOptions = {}): Promise<EventWriter> {
+    if (file !== ':memory:') mkdirSync(dirname(file), { recursive: true });
+    const instance = await DuckDBInstance.create(file);
+    const conn = await instance.connect();
+    await conn.run(SCHEMA_SQL);
+    return new EventWriter(instance, conn, options);
+  }
+
+  /** A new connection to the same database (Parquet batches are read on one of their own). */
+  connect(): Promise<DuckDBConnection> {
+    return this.instance.connect();
+  }
+
+  /** Runs `fn` after everything queued on the writer's connection, alone. */
+  private exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.queue.then(fn);
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+
+  /** Rows of a query on the writer's connection, in turn with the writes (tests and reads). */
+  read(sql: string, params: Record<string, string | number> = {}): Promise<Record<string, unknown>[]> {
+    return this.exclusive(async () => (await this.conn.runAndReadAll(sql, params)).getRowObjectsJS());
+  }
+
+  /**
+   * Validates a batch of raw records against the contract, then writes it in one transaction.
+   * Throws `BatchRefused` (nothing written) when any record is refused.
+   */
+  async ingest(
+    kind: RecordKind,
+    fleet: string,
+    raw: readonly unknown[],
+    opts: IngestOptions,
+  ): Promise<WriteResult> {
+    if (this.closed) throw new Error('the event writer is closed');
+    const v = validateBatch(kind, fleet, raw, opts.where, opts.positions);
+    if (!v.ok) throw new BatchRefused(v.problems, v.problemCount);
+    const records = v.records as unknown as Record<string, unknown>[];
+    return this.exclusive(() => this.write(kind, fleet, records, opts.watermarkMs));
+  }
+
+  private async write(
+    kind: RecordKind,
+    fleet: string,
+    records: Record<string, unknown>[],
+    watermarkMs: number | undefined,
+  ): Promise<WriteResult> {
+    const now = (this.options.now ?? Date.now)();
+    const seen = new Set<string>();
+    const fresh: Record<string, unknown>[] = [];
+    for (const r of records) {
+      const k = keyOf(kind, r);
+      if (seen.has(k)) continue;
+      seen.add(k);
+      fresh.push(r);
+    }
+    const cohorts =
+      kind === 'inference' ? [...new Set(fresh.map((r) => (r as unknown as Inference).cohort))] : [];
+    const { table } = TABLES[kind];
+    const stage = `stage_${kind}`;
+    const conn = this.conn;
+    await conn.run('BEGIN TRANSACTION');
+    try {
+      await conn.run(`DELETE FROM ${stage}`);
+      const cols = COLUMNS[kind];
+      const appender = await conn.createAppender(stage);
+      try {
+        for (const r of fresh) {
+          for (const c of cols) append(appender, c.type, c.get(fleet, r, now));
+          appender.endRow();
+        }
+      } finally {
+        appender.closeSync();
+      }
+      let late = 0;
+      if (kind === 'inference') {
+        const rows = await conn.runAndReadAll(
+          `SELECT count(*)::INTEGER AS n FROM ${stage} s JOIN ${WATERMARKS_TABLE} w USING (fleet, cohort)
+           WHERE s."at" < w.watermark_ms AND NOT EXISTS
+             (SELECT 1 FROM ${table} t WHERE t.fleet = s.fleet AND t.event_id = s.event_id)`,
+        );
+        late = rows.getRowObjectsJS()[0]!.n as number;
+      }
+      const inserted = await conn.run(`INSERT INTO ${table} SELECT * FROM ${stage} ON CONFLICT DO NOTHING`);
+      const accepted = inserted.rowsChanged;
+      let watermark: Record<string, number | null> | null = null;
+      if (kind === 'inference') {
+        if (watermarkMs !== undefined && cohorts.length > 0) {
+          await conn.run(
+            `INSERT INTO ${WATERMARKS_TABLE}
+             SELECT $fleet, cohort, $w, $now FROM (SELECT DISTINCT cohort FROM ${stage})
+             ON CONFLICT (fleet, cohort) DO UPDATE SET
+               watermark_ms = greatest(${WATERMARKS_TABLE}.watermark_ms, excluded.watermark_ms),
+               updated_at_ms = excluded.updated_at_ms`,
+            { fleet, w: BigInt(watermarkMs), now: BigInt(now) },
+          );
+        }
+        const wm = await conn.runAndReadAll(
+          `SELECT cohort, watermark_ms FROM ${WATERMARKS_TABLE} WHERE fleet = $fleet`,
+          { fleet },
+        );
+        const stored = new Map(wm.getRowObjectsJS().map((r) => [r.cohort as string, Number(r.watermark_ms)]));
+        watermark = Object.fromEntries(cohorts.map((c) => [c, stored.get(c) ?? null]));
+      }
+      await this.options.beforeCommit?.();
+      await conn.run('COMMIT');
+      return { accepted, duplicates: records.length - accepted, late, watermark };
+    } catch (err) {
+      await conn.run('ROLLBACK').catch(() => undefined);
+      throw err;
+    }
+  }
+
+  /** Waits for queued batches, then closes the connection and the database. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.queue;
+    this.conn.closeSync();
+    this.instance.closeSync();
+  }
+}
