@@ -311,14 +311,25 @@ export function problemsOf(error: z.ZodError, input: unknown): Problem[] {
 export type Validated<K extends RecordKind> =
   { ok: true; records: RecordOf<K>[] } | { ok: false; problems: Problem[]; problemCount: number };
 
+/**
+ * The key that makes a record unique within its fleet: the event id of an inference event, the event id
+ * and labeler of a label, the request id of an outcome.
+ */
+export function recordKey(kind: RecordKind, r: Record<string, unknown>): string {
+  if (kind === 'inference') return String(r.eventId);
+  if (kind === 'label') return `${String(r.eventId)}\u0000${String(r.labeler)}`;
+  return String(r.requestId);
+}
+
 /** Most problems listed in one answer; the count says how many there were. */
 export const MAX_PROBLEMS = 20;
 
 /**
  * Validates a whole batch of one kind for one fleet. `where` names the position in errors ("line" for
  * NDJSON, "row" for Parquet), `positions[i]` the 1-based position of `raw[i]` (default i + 1). An
- * inference event of another fleet than the URL's is refused too. All or nothing: one bad record and
- * no record is returned.
+ * inference event of another fleet than the URL's is refused too, and so is a record whose key repeats
+ * an earlier record of the batch with other values (the same record twice is a duplicate, for the
+ * writer to count). All or nothing: one bad record and no record is returned.
  */
 export function validateBatch<K extends RecordKind>(
   kind: K,
@@ -336,6 +347,7 @@ export function validateBatch<K extends RecordKind>(
     for (const p of list)
       if (problems.length < MAX_PROBLEMS) problems.push({ [where]: positions?.[i] ?? i + 1, ...p });
   };
+  const firsts = new Map<string, { i: number; json: string }>();
   raw.forEach((input, i) => {
     const r = schema.safeParse(input);
     if (!r.success) return add(i, problemsOf(r.error, input));
@@ -344,6 +356,19 @@ export function validateBatch<K extends RecordKind>(
         {
           field: 'fleet',
           message: `differs from the fleet of the URL: send each fleet's events to /v1/events/{its fleet}`,
+        },
+      ]);
+    }
+    const key = recordKey(kind, r.data);
+    const json = JSON.stringify(r.data);
+    const first = firsts.get(key);
+    if (first === undefined) firsts.set(key, { i, json });
+    else if (first.json !== json) {
+      const field = kind === 'outcome' ? 'requestId' : 'eventId';
+      return add(i, [
+        {
+          field,
+          message: `repeats the ${field} of ${where} ${positions?.[first.i] ?? first.i + 1} with other values: give each record its own id`,
         },
       ]);
     }

@@ -6,8 +6,9 @@
  * field and fix) changes nothing already stored.
  *
  * Exactly once by id: a record whose key is already stored (fleet + eventId for inference events,
- * fleet + eventId + labeler for labels, fleet + requestId for outcomes), or repeated within the batch,
- * is a duplicate: not written, counted; the first one received stays. Each row records its ingestion
+ * fleet + eventId + labeler for labels, fleet + requestId for outcomes), or repeated identically
+ * within the batch, is a duplicate: not written, counted; the first one received stays. A batch that
+ * repeats a key with other values is refused (events/contract.ts `validateBatch`). Each row records its ingestion
  * time (`ingested_at_ms`).
  *
  * Watermarks, per fleet and cohort: the producer declares one with a batch of inference events ("every
@@ -25,6 +26,7 @@ import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import {
   parquetColumnsOf,
+  recordKey,
   validateBatch,
   type ColumnType,
   type Inference,
@@ -142,12 +144,6 @@ function append(a: DuckDBAppender, type: ColumnType, v: unknown): void {
   }
 }
 
-function keyOf(kind: RecordKind, r: Record<string, unknown>): string {
-  if (kind === 'inference') return String(r.eventId);
-  if (kind === 'label') return `${String(r.eventId)}\u0000${String(r.labeler)}`;
-  return String(r.requestId);
-}
-
 export class EventWriter {
   private queue: Promise<unknown> = Promise.resolve();
   private closed = false;
@@ -212,7 +208,7 @@ export class EventWriter {
     const seen = new Set<string>();
     const fresh: Record<string, unknown>[] = [];
     for (const r of records) {
-      const k = keyOf(kind, r);
+      const k = recordKey(kind, r);
       if (seen.has(k)) continue;
       seen.add(k);
       fresh.push(r);

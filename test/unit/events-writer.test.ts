@@ -69,20 +69,31 @@ describe('event writer', () => {
       // Another fleet may use the same event ids.
       const other = await w.ingest('inference', 'other', [event(1, { fleet: 'other' })], { where: 'line' });
       assert.equal(other.accepted, 1);
-      // Within one batch, the first of two records with one id is kept.
-      const inBatch = await w.ingest(
-        'inference',
-        'demo',
-        [event(9, { prediction: 0 }), event(9, { prediction: 2 })],
-        {
-          where: 'line',
+      // Within one batch: the same record twice is a duplicate; one id with other values is refused.
+      const inBatch = await w.ingest('inference', 'demo', [event(9), event(9)], { where: 'line' });
+      assert.deepEqual([inBatch.accepted, inBatch.duplicates], [1, 1]);
+      await assert.rejects(
+        w.ingest(
+          'inference',
+          'demo',
+          [event(10, { prediction: 0 }), event(11), event(10, { prediction: 2 })],
+          {
+            where: 'line',
+          },
+        ),
+        (err) => {
+          assert.ok(err instanceof BatchRefused);
+          assert.deepEqual(err.problems, [
+            {
+              line: 3,
+              field: 'eventId',
+              message: 'repeats the eventId of line 1 with other values: give each record its own id',
+            },
+          ]);
+          return true;
         },
       );
-      assert.deepEqual([inBatch.accepted, inBatch.duplicates], [1, 1]);
-      assert.equal(
-        (await w.read(`SELECT prediction FROM ingested_inference WHERE event_id = 'e-9'`))[0]!.prediction,
-        0,
-      );
+      assert.equal(await count(w), 5);
     } finally {
       await w.close();
     }
@@ -179,7 +190,7 @@ describe('event writer', () => {
         labeler,
         at: T0,
       });
-      let r = await w.ingest('label', 'demo', [label('vendor-a'), label('vendor-b'), label('vendor-a', 2)], {
+      let r = await w.ingest('label', 'demo', [label('vendor-a'), label('vendor-b'), label('vendor-a')], {
         where: 'line',
       });
       assert.deepEqual(r, { accepted: 2, duplicates: 1, late: 0, watermark: null });
