@@ -109,6 +109,7 @@ Usage: fleetgate <command> [options]      (fleetgate <command> --help for detail
   ui                          serve a live status page of the rollouts on 127.0.0.1 (fleetgate ui --help)
   serve                       run the inference gateway of a service's models (fleetgate serve --help)
   events schema               the event contract's JSON Schema or Parquet columns (docs/events.md)
+  ingest                      run the endpoint fleets send events, labels and outcomes to (fleetgate ingest --help)
   worker                      run a worker (workflows and activities)
   server                      run a local Temporal dev server with the data directory's history
   fleet init                  register production and create the simulated fleet (idempotent)
@@ -1099,6 +1100,7 @@ const COMMANDS: Record<string, (args: string[]) => Promise<number>> = {
   ui: (args) => (require('./ui') as typeof UiModule).uiCommand(args),
   serve: (args) => (require('./serve') as typeof ServeModule).serveCommand(args),
   events: (args) => (require('../events/cli') as typeof EventsCliModule).eventsCommand(args),
+  ingest: (args) => (require('../events/cli') as typeof EventsCliModule).ingestCommand(args),
 };
 
 /** Runs one command; returns the process exit code. Never throws. */

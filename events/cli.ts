@@ -8,6 +8,8 @@
 import { parseArgs } from 'node:util';
 import { join, resolve } from 'node:path';
 import { jsonSchemaOf, parquetSchemaOf, RECORD_KINDS, type RecordKind } from './contract';
+import type * as WriterModule from './writer';
+import type * as ServerModule from './ingest-server';
 
 export const EVENTS_HELP = `Usage: fleetgate events schema [--kind inference|label|outcome] [--format json-schema|parquet]
 
@@ -67,4 +69,79 @@ export async function eventsCommand(args: string[]): Promise<number> {
 /** The ingestion database of a data directory: `<FLEETGATE_DATA_DIR or .fleetgate>/ingest.duckdb`. */
 export function defaultIngestDb(env: NodeJS.ProcessEnv = process.env): string {
   return join(resolve(env.FLEETGATE_DATA_DIR || '.fleetgate'), 'ingest.duckdb');
+}
+
+export const INGEST_HELP = `Usage: fleetgate ingest [--port N] [--host HOST] [--db FILE] [--max-body-bytes N] [--max-pending N]
+
+Runs the ingestion endpoint of the event contract (docs/events.md) until Ctrl-C or SIGTERM:
+POST /v1/events/{fleet}, /v1/labels/{fleet}, /v1/outcomes/{fleet} (NDJSON or Parquet, gzip allowed),
+GET /healthz, GET /metrics. Each fleet's bearer token is read from FLEETGATE_INGEST_TOKEN_<FLEET>
+(the name uppercased, other characters than letters and digits as "_").
+  --port N             port to listen on (default 8790; 0: any free port)
+  --host HOST          address to listen on (default 127.0.0.1)
+  --db FILE            DuckDB database of ingested records (default <FLEETGATE_DATA_DIR>/ingest.duckdb)
+  --max-body-bytes N   largest body, before and after gunzip (default 16777216)
+  --max-pending N      batches read or written at once before 429 (default 4)`;
+
+const positiveInt = (s: string | undefined, max: number) =>
+  s !== undefined && /^\d{1,10}$/.test(s) && Number(s) >= 1 && Number(s) <= max ? Number(s) : undefined;
+
+/** The `ingest` entry of the command table of cli/main.ts. */
+export async function ingestCommand(args: string[]): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args,
+      options: {
+        port: { type: 'string' },
+        host: { type: 'string' },
+        db: { type: 'string' },
+        'max-body-bytes': { type: 'string' },
+        'max-pending': { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
+      },
+      allowPositionals: false,
+      strict: true,
+    });
+  } catch (err) {
+    return usage((err as Error).message.split(/\.\s|\n/)[0]!, 'ingest');
+  }
+  const v = parsed.values;
+  if (v.help) {
+    console.log(INGEST_HELP);
+    return 0;
+  }
+  const port = v.port === '0' ? 0 : (positiveInt(v.port ?? '8790', 65535) ?? -1);
+  if (port < 0)
+    return usage(
+      `--port must be a whole number from 0 to 65535 (got "${String(v.port).slice(0, 20)}")`,
+      'ingest',
+    );
+  const maxBodyBytes = positiveInt(v['max-body-bytes'] ?? '16777216', 1 << 30);
+  if (maxBodyBytes === undefined)
+    return usage('--max-body-bytes must be a whole number from 1 to 1073741824', 'ingest');
+  const maxPending = positiveInt(v['max-pending'] ?? '4', 1000);
+  if (maxPending === undefined) return usage('--max-pending must be a whole number from 1 to 1000', 'ingest');
+  const db = v.db ? resolve(v.db) : defaultIngestDb();
+  const { EventWriter } = require('./writer') as typeof WriterModule;
+  const { startIngestServer } = require('./ingest-server') as typeof ServerModule;
+  const writer = await EventWriter.open(db);
+  let server;
+  try {
+    server = await startIngestServer({ writer, port, host: v.host ?? '127.0.0.1', maxBodyBytes, maxPending });
+  } catch (err) {
+    await writer.close();
+    console.error(
+      `fleetgate: cannot listen on ${v.host ?? '127.0.0.1'}:${port}: ${(err as Error).message.split('\n')[0]}`,
+    );
+    return 1;
+  }
+  console.log(`fleetgate ingest: listening on ${server.url} (database ${db}); Ctrl-C to stop`);
+  await new Promise<void>((res) => {
+    process.once('SIGINT', res);
+    process.once('SIGTERM', res);
+  });
+  await server.close();
+  await writer.close();
+  return 0;
 }

@@ -1,0 +1,486 @@
+/**
+ * The ingestion endpoint (`fleetgate ingest`): fleets send batches of records of the event contract
+ * (events/contract.ts, docs/events.md) over HTTP, and every batch goes through the one writer
+ * (events/writer.ts): validated whole, then stored in one transaction or not at all.
+ *
+ *   POST /v1/events/{fleet}     inference events     NDJSON (application/x-ndjson) or Parquet
+ *   POST /v1/labels/{fleet}     label records        (application/vnd.apache.parquet); either may be
+ *   POST /v1/outcomes/{fleet}   service outcomes     sent with Content-Encoding: gzip
+ *   GET  /healthz               alive
+ *   GET  /metrics               Prometheus text: batches, rows accepted, duplicates, late, refused by status
+ *
+ * Each fleet has its own bearer token, from FLEETGATE_INGEST_TOKEN_<FLEET> (the fleet's name uppercased,
+ * every other character than a letter or digit as "_"), compared in constant time: 401 without a valid
+ * one, 403 for another fleet's. A body is capped (16 MiB by default) before and after gunzip (413, so a
+ * gzip bomb is refused as it inflates), and so is the number of records of a batch. A batch with any
+ * bad record is refused whole (400) with the line or row, field and fix of the first 20 problems and
+ * their count. When `maxPending` batches are already being read or written, a batch is refused with 429
+ * and Retry-After. A Parquet body is written to a temporary file created exclusively in a directory of
+ * the server's own (mode 0700) and read with DuckDB's read_parquet, then removed.
+ *
+ * It must never log or answer with a record's identifiers (units, event ids), a token or a file path.
+ */
+import { randomUUID } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { open, unlink } from 'node:fs/promises';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import {
+  END_AT_MS,
+  MAX_PROBLEMS,
+  MIN_AT_MS,
+  parquetColumnsOf,
+  recordFromColumns,
+  validateBatch,
+  type Problem,
+  type RecordKind,
+} from './contract';
+import {
+  bearerToken,
+  gunzipBounded,
+  HttpError,
+  mediaType,
+  readBody,
+  sameSecret,
+  send,
+  sendError,
+  sendJson,
+} from './http';
+import { BatchRefused, type EventWriter, type WriteResult } from './writer';
+
+export const DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024;
+export const DEFAULT_MAX_RECORDS = 100_000;
+export const DEFAULT_MAX_PENDING = 4;
+export const NDJSON = 'application/x-ndjson';
+export const PARQUET = 'application/vnd.apache.parquet';
+/** The producer's watermark of a batch of inference events: integer epoch ms. */
+export const WATERMARK_HEADER = 'fleetgate-watermark';
+const TOKEN_PREFIX = 'FLEETGATE_INGEST_TOKEN_';
+/** How far ahead of the server's clock a declared watermark may be (clock skew). */
+const MAX_WATERMARK_AHEAD_MS = 60 * 60 * 1000;
+
+const KIND_OF_PATH: Record<string, RecordKind> = {
+  events: 'inference',
+  labels: 'label',
+  outcomes: 'outcome',
+};
+const FLEET = /^[a-z0-9][a-z0-9._-]{0,127}$/;
+
+/** The variable holding a fleet's token: FLEETGATE_INGEST_TOKEN_ + the name uppercased, others as "_". */
+export function tokenVariable(fleet: string): string {
+  return TOKEN_PREFIX + fleet.toUpperCase().replace(/[^A-Z0-9]/g, '_');
+}
+
+export interface IngestServerOptions {
+  writer: EventWriter;
+  /** Default 127.0.0.1. */
+  host?: string;
+  /** Default 0: any free port. */
+  port?: number;
+  /** Where tokens are read, at each request (default process.env). */
+  env?: NodeJS.ProcessEnv;
+  maxBodyBytes?: number;
+  maxRecords?: number;
+  maxPending?: number;
+  /** One JSON line per failure (a 500): never a record, a token or a path. Refusals are only counted. */
+  log?: (line: Record<string, unknown>) => void;
+  /** The server's clock, for the watermark's skew check (default Date.now). */
+  now?: () => number;
+}
+
+export interface IngestServer {
+  url: string;
+  port: number;
+  /** Stops taking batches, waits for those in flight, removes the temporary directory. */
+  close(): Promise<void>;
+}
+
+interface Counters {
+  batches: Map<RecordKind, number>;
+  accepted: Map<RecordKind, number>;
+  duplicates: Map<RecordKind, number>;
+  late: number;
+  refused: Map<number, number>;
+}
+
+const inc = <K>(m: Map<K, number>, k: K, by = 1) => m.set(k, (m.get(k) ?? 0) + by);
+
+function metricsText(c: Counters, pending: number): string {
+  const lines: string[] = [];
+  const counter = <K>(name: string, help: string, label: string, m: Map<K, number>) => {
+    lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} counter`);
+    for (const [k, v] of m) lines.push(`${name}{${label}="${k}"} ${v}`);
+  };
+  counter('fleetgate_ingest_batches_total', 'Batches stored, by record kind.', 'kind', c.batches);
+  counter('fleetgate_ingest_rows_accepted_total', 'Records stored, by record kind.', 'kind', c.accepted);
+  counter(
+    'fleetgate_ingest_duplicates_total',
+    'Records already stored, not written again.',
+    'kind',
+    c.duplicates,
+  );
+  lines.push(
+    '# HELP fleetgate_ingest_late_rows_total Inference events stored below their cohort watermark.',
+    '# TYPE fleetgate_ingest_late_rows_total counter',
+    `fleetgate_ingest_late_rows_total ${c.late}`,
+  );
+  counter('fleetgate_ingest_refused_total', 'Requests refused, by HTTP status.', 'status', c.refused);
+  lines.push(
+    '# HELP fleetgate_ingest_batches_in_flight Batches being read or written.',
+    '# TYPE fleetgate_ingest_batches_in_flight gauge',
+    `fleetgate_ingest_batches_in_flight ${pending}`,
+  );
+  return lines.join('\n') + '\n';
+}
+
+/** The records of an NDJSON body, their line numbers, and the lines that are no JSON object. */
+function parseNdjson(text: string): { raw: unknown[]; positions: number[]; problems: Problem[] } {
+  const raw: unknown[] = [];
+  const positions: number[] = [];
+  const problems: Problem[] = [];
+  const lines = text.split('\n');
+  lines.forEach((line, i) => {
+    const l = line.endsWith('\r') ? line.slice(0, -1) : line;
+    if (l.trim() === '') return;
+    let value: unknown;
+    try {
+      value = JSON.parse(l);
+    } catch {
+      // The parser's message quotes the line: never repeated.
+      problems.push({
+        line: i + 1,
+        field: '(line)',
+        message: 'not JSON: send one JSON object per line (NDJSON)',
+      });
+      return;
+    }
+    raw.push(value);
+    positions.push(i + 1);
+  });
+  return { raw, positions, problems };
+}
+
+export async function startIngestServer(opts: IngestServerOptions): Promise<IngestServer> {
+  const writer = opts.writer;
+  const env = opts.env ?? process.env;
+  const maxBody = opts.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES;
+  const maxRecords = opts.maxRecords ?? DEFAULT_MAX_RECORDS;
+  const maxPending = opts.maxPending ?? DEFAULT_MAX_PENDING;
+  const now = opts.now ?? Date.now;
+  const log =
+    opts.log ??
+    ((line: Record<string, unknown>) =>
+      process.stderr.write(JSON.stringify({ ts: new Date().toISOString(), ...line }) + '\n'));
+  const tmp = mkdtempSync(join(tmpdir(), 'fleetgate-ingest-'));
+  const counters: Counters = {
+    batches: new Map(),
+    accepted: new Map(),
+    duplicates: new Map(),
+    late: 0,
+    refused: new Map(),
+  };
+  let pending = 0;
+  let closing = false;
+  const inFlight = new Set<Promise<void>>();
+
+  /** 401 or 403 unless the bearer token is the fleet's own. */
+  function authorize(req: IncomingMessage, fleet: string): void {
+    const token = bearerToken(req);
+    const variable = tokenVariable(fleet);
+    const challenge = { 'WWW-Authenticate': 'Bearer realm="fleetgate-ingest"' };
+    if (token === undefined) {
+      throw new HttpError(
+        401,
+        'unauthorized',
+        `send the fleet's token as "Authorization: Bearer <token>" (the server reads it from ${variable})`,
+        {},
+        challenge,
+      );
+    }
+    const own = env[variable];
+    if (own && sameSecret(token, own)) return;
+    let other = false;
+    for (const [name, value] of Object.entries(env)) {
+      if (name.startsWith(TOKEN_PREFIX) && name !== variable && value && sameSecret(token, value))
+        other = true;
+    }
+    if (other) {
+      throw new HttpError(
+        403,
+        'forbidden',
+        `the token is another fleet's: send fleet "${fleet}"'s own token`,
+      );
+    }
+    throw new HttpError(
+      401,
+      'unauthorized',
+      own
+        ? `the token is not fleet "${fleet}"'s: send the token the server holds in ${variable}`
+        : `fleet "${fleet}" has no token on this server: set ${variable} where the server runs`,
+      {},
+      challenge,
+    );
+  }
+
+  function watermarkOf(req: IncomingMessage, kind: RecordKind): number | undefined {
+    const h = req.headers[WATERMARK_HEADER];
+    if (h === undefined) return undefined;
+    const fix = `Fleetgate-Watermark: integer epoch milliseconds from ${MIN_AT_MS} to now (every event of the batch's cohorts with an earlier "at" has been sent)`;
+    if (kind !== 'inference') {
+      throw new HttpError(
+        400,
+        'bad-watermark',
+        'Fleetgate-Watermark applies to inference events only: remove it',
+      );
+    }
+    const s = Array.isArray(h) ? '' : h.trim();
+    const w = /^\d{1,16}$/.test(s) ? Number(s) : NaN;
+    if (!(w >= MIN_AT_MS && w < END_AT_MS)) throw new HttpError(400, 'bad-watermark', fix);
+    if (w > now() + MAX_WATERMARK_AHEAD_MS) {
+      throw new HttpError(
+        400,
+        'bad-watermark',
+        `the watermark is over an hour ahead of the server's clock; ${fix}`,
+        {
+          value: w,
+        },
+      );
+    }
+    return w;
+  }
+
+  async function parquetRecords(body: Buffer, kind: RecordKind): Promise<unknown[]> {
+    const file = join(tmp, `${randomUUID()}.parquet`);
+    const handle = await open(file, 'wx', 0o600);
+    try {
+      await handle.writeFile(body);
+    } finally {
+      await handle.close();
+    }
+    const conn = await writer.connect();
+    const unreadable = () =>
+      new HttpError(
+        400,
+        'bad-parquet',
+        'the body is not a readable Parquet file: send one Parquet file per batch (as DuckDB, pyarrow or Spark write them)',
+      );
+    try {
+      let described;
+      try {
+        described = (
+          await conn.runAndReadAll('DESCRIBE SELECT * FROM read_parquet($f)', { f: file })
+        ).getRowObjectsJS();
+      } catch {
+        throw unreadable();
+      }
+      const known = new Set(parquetColumnsOf(kind).map((c) => c.name));
+      const unknown = described.map((d) => String(d.column_name)).filter((n) => !known.has(n));
+      if (unknown.length > 0) {
+        const shown = unknown
+          .slice(0, 5)
+          .map((n) => JSON.stringify(n.length <= 40 ? n : `${n.slice(0, 37)}...`));
+        throw new HttpError(
+          400,
+          'invalid-batch',
+          `unknown column(s) ${shown.join(', ')}${unknown.length > 5 ? ', ...' : ''}: remove them (the columns are in events/schema/${kind}.parquet.json)`,
+        );
+      }
+      const n = (
+        await conn.runAndReadAll('SELECT count(*) AS n FROM read_parquet($f)', { f: file })
+      ).getRowObjectsJS()[0]!.n;
+      if (Number(n) > maxRecords) {
+        throw new HttpError(
+          413,
+          'too-many-records',
+          `the batch holds over ${maxRecords} records; send fewer per batch`,
+        );
+      }
+      let rows;
+      try {
+        rows = (await conn.runAndReadAll('SELECT * FROM read_parquet($f)', { f: file })).getRowObjectsJS();
+      } catch {
+        throw unreadable();
+      }
+      return rows.map((row) => recordFromColumns(kind, row));
+    } finally {
+      conn.closeSync();
+      await unlink(file).catch(() => undefined);
+    }
+  }
+
+  async function ingest(req: IncomingMessage, kind: RecordKind, fleet: string): Promise<WriteResult> {
+    const type = mediaType(req);
+    if (type !== NDJSON && type !== PARQUET) {
+      throw new HttpError(
+        415,
+        'unsupported-media-type',
+        `send Content-Type: ${NDJSON} (one JSON record per line) or ${PARQUET}`,
+      );
+    }
+    const encoding = (req.headers['content-encoding'] ?? 'identity').trim().toLowerCase();
+    if (encoding !== 'identity' && encoding !== 'gzip') {
+      throw new HttpError(
+        415,
+        'unsupported-media-type',
+        'send Content-Encoding: gzip, or no Content-Encoding',
+      );
+    }
+    const watermarkMs = watermarkOf(req, kind);
+    let body = await readBody(req, maxBody);
+    if (encoding === 'gzip') body = await gunzipBounded(body, maxBody);
+    let raw: unknown[];
+    let positions: number[] | undefined;
+    let parseProblems: Problem[] = [];
+    const where = type === NDJSON ? 'line' : 'row';
+    if (type === NDJSON) {
+      ({ raw, positions, problems: parseProblems } = parseNdjson(body.toString('utf8')));
+    } else {
+      raw = await parquetRecords(body, kind);
+    }
+    if (raw.length + parseProblems.length > maxRecords) {
+      throw new HttpError(
+        413,
+        'too-many-records',
+        `the batch holds over ${maxRecords} records; send fewer per batch`,
+      );
+    }
+    if (raw.length + parseProblems.length === 0) {
+      throw new HttpError(400, 'invalid-batch', 'the batch holds no record: send at least one');
+    }
+    if (parseProblems.length > 0) {
+      // Report every line: those that are no JSON and the problems of those that are.
+      const v = validateBatch(kind, fleet, raw, where, positions);
+      const all = [...parseProblems, ...(v.ok ? [] : v.problems)].sort(
+        (a, b) => (a.line ?? 0) - (b.line ?? 0),
+      );
+      throw new BatchRefused(all.slice(0, MAX_PROBLEMS), parseProblems.length + (v.ok ? 0 : v.problemCount));
+    }
+    return writer.ingest(kind, fleet, raw, { where, positions, watermarkMs });
+  }
+
+  async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const url = new URL(req.url ?? '/', 'http://ingest');
+    if (url.pathname === '/healthz') {
+      return sendJson(res, closing ? 503 : 200, { ok: !closing });
+    }
+    if (url.pathname === '/metrics') {
+      return send(res, 200, 'text/plain; version=0.0.4; charset=utf-8', metricsText(counters, pending));
+    }
+    const m = /^\/v1\/(events|labels|outcomes)\/([^/]*)$/.exec(url.pathname);
+    if (!m) {
+      throw new HttpError(
+        404,
+        'not-found',
+        'no such endpoint: POST /v1/events/{fleet}, /v1/labels/{fleet} or /v1/outcomes/{fleet}',
+      );
+    }
+    const kind = KIND_OF_PATH[m[1]!]!;
+    let fleet: string;
+    try {
+      fleet = decodeURIComponent(m[2]!);
+    } catch {
+      fleet = '';
+    }
+    if (!FLEET.test(fleet)) {
+      throw new HttpError(
+        404,
+        'not-found',
+        'the fleet in the path is no fleet name: lowercase letters, digits, ".", "_" or "-", at most 128',
+      );
+    }
+    if (req.method !== 'POST') {
+      throw new HttpError(405, 'method-not-allowed', `send batches with POST`, {}, { Allow: 'POST' });
+    }
+    authorize(req, fleet);
+    if (closing)
+      throw new HttpError(
+        503,
+        'closing',
+        'the server is stopping: send the batch again later',
+        {},
+        { 'Retry-After': '5' },
+      );
+    if (pending >= maxPending) {
+      throw new HttpError(
+        429,
+        'busy',
+        `${pending} batches are being written: send this one again after Retry-After seconds`,
+        {},
+        { 'Retry-After': '1' },
+      );
+    }
+    pending++;
+    try {
+      const r = await ingest(req, kind, fleet);
+      inc(counters.batches, kind);
+      inc(counters.accepted, kind, r.accepted);
+      inc(counters.duplicates, kind, r.duplicates);
+      counters.late += r.late;
+      return sendJson(res, 200, r);
+    } catch (err) {
+      if (err instanceof BatchRefused) {
+        throw new HttpError(
+          400,
+          'invalid-batch',
+          `${err.message}: fix the records named and send the batch again`,
+          {
+            problems: err.problems,
+            problemCount: err.problemCount,
+          },
+        );
+      }
+      throw err;
+    } finally {
+      pending--;
+    }
+  }
+
+  const server: Server = createServer((req, res) => {
+    const p = handle(req, res)
+      .catch((err: unknown) => {
+        const e =
+          err instanceof HttpError
+            ? err
+            : new HttpError(
+                500,
+                'internal',
+                'the batch could not be stored: send it again (nothing of it was stored)',
+              );
+        if (!(err instanceof HttpError))
+          log({ event: 'ingest.failed', error: (err as Error)?.name ?? 'Error' });
+        inc(counters.refused, e.status);
+        if (!req.complete) {
+          // Answer at once and drop what is still coming (a body over the cap, a refused batch).
+          e.headers.Connection = 'close';
+          req.resume();
+        }
+        if (!res.headersSent) sendError(res, e);
+      })
+      .finally(() => inFlight.delete(p));
+    inFlight.add(p);
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(opts.port ?? 0, opts.host ?? '127.0.0.1', () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  const addr = server.address();
+  const port = typeof addr === 'object' && addr ? addr.port : (opts.port ?? 0);
+  const host = (opts.host ?? '127.0.0.1').includes(':') ? `[${opts.host}]` : (opts.host ?? '127.0.0.1');
+  return {
+    url: `http://${host}:${port}`,
+    port,
+    close: async () => {
+      closing = true;
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      server.closeIdleConnections();
+      await Promise.allSettled([...inFlight]);
+      server.closeAllConnections();
+      await closed;
+      rmSync(tmp, { recursive: true, force: true });
+    },
+  };
+}
