@@ -1,5 +1,6 @@
 // Lint of fleetgate. The workflow sandbox override forbids anything with side effects in workflows/:
 // Node built-ins, native and I/O packages, and the Temporal packages that only workers and clients use.
+// The simulator floor keeps production code from depending on sim/, one producer of events among others.
 import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
@@ -14,10 +15,83 @@ const forbiddenInWorkflows = [
     message: 'Only @temporalio/workflow and @temporalio/common belong in workflows.',
   },
   {
-    group: ['../workers/*', '../sim/*', '../cli/*'],
+    group: ['../workers/*', '../cli/*'],
     message: 'Workflows import only workflows/, policies/, errors.ts and types.',
   },
 ];
+
+/*
+ * The simulator floor. sim/ is one producer of events among others; production code must not depend on
+ * it. `simFloor(allowed, why)` is a no-restricted-imports pattern matching an import of sim/ or any module
+ * under it, from any depth (`../sim`, `../../sim/fleet`), but the sim/ modules named in `allowed`; and a
+ * no-restricted-syntax selector doing the same for a lazy `require('../sim/...')`.
+ */
+const SIM_MESSAGE =
+  'Production code does not import the simulator (sim/): pseudonyms, assignment and manifests are in fleet/, ' +
+  'seeded draws and the model contract in policies/.';
+function simRegex(allowed) {
+  const except = allowed.length > 0 ? `(?!(${allowed.join('|')})$)` : '';
+  return `^(\\.\\./)+sim(/${except}|$)`;
+}
+function simFloor(allowed = [], why = '') {
+  const message = allowed.length > 0 ? `${SIM_MESSAGE} ${why}` : SIM_MESSAGE;
+  return {
+    pattern: { regex: simRegex(allowed), message },
+    require: {
+      // A selector's regular expression cannot hold a slash, even escaped: \x2F stands for it.
+      selector: `CallExpression[callee.name='require'] > Literal.arguments[value=/${simRegex(allowed).replaceAll('/', '\\x2F')}/]`,
+      message,
+    },
+  };
+}
+const simAlways = simFloor();
+// Modules that moved out of sim/ never come back from it, whatever sim/ module an exemption allows.
+const movedOutOfSim = {
+  group: ['**/sim', '**/sim/*'],
+  importNames: [
+    'pseudonym',
+    'pseudonymSql',
+    'PSEUDONYM_CHARS',
+    'assignmentRank',
+    'assignmentRanks',
+    'saltedSql',
+    'keyedUniforms',
+    'rankOrder',
+    'targetCount',
+    'waveTargets',
+    'shadowTargets',
+    'waveShare',
+    'canarySalt',
+    'MAX_COHORT_VEHICLES',
+    'readManifestFile',
+    'loadFleetManifest',
+    'loadServiceManifest',
+    'manifestKind',
+    'makeRng',
+    'gaussian',
+    'poisson',
+    'hash32',
+    'FEATURES',
+    'CLASSES',
+    'CRITICAL_CLASS',
+    'EdgeCounters',
+  ],
+  message:
+    'Moved out of sim/: import it from fleet/ (pseudonym, assignment, manifest) or policies/ (rng, model-contract), or its contract from activities/contracts.ts.',
+};
+/**
+ * The floor for files that may import exactly the sim/ modules `allowed`, for the reason `why`. With
+ * `names` (the default), what moved out of sim/ is also refused from those modules by name; a file that
+ * imports an allowed module as a namespace (`import type * as M`, for a lazy require) cannot have it.
+ */
+function simRules(allowed = [], why = '', { names = true, extraPatterns = [] } = {}) {
+  const floor = allowed.length > 0 ? simFloor(allowed, why) : simAlways;
+  const moved = allowed.length > 0 && names ? [movedOutOfSim] : [];
+  return {
+    'no-restricted-imports': ['error', { patterns: [floor.pattern, ...moved, ...extraPatterns] }],
+    'no-restricted-syntax': ['error', floor.require],
+  };
+}
 const nodeBuiltins = [
   'assert',
   'buffer',
@@ -71,7 +145,11 @@ export default tseslint.config(
   {
     files: ['workflows/**/*.ts', 'policies/**/*.ts', 'errors.ts'],
     rules: {
-      'no-restricted-imports': ['error', { paths: nodeBuiltins, patterns: forbiddenInWorkflows }],
+      'no-restricted-imports': [
+        'error',
+        { paths: nodeBuiltins, patterns: [...forbiddenInWorkflows, simAlways.pattern] },
+      ],
+      'no-restricted-syntax': ['error', simAlways.require],
       // Activities cross into workflows as types only.
       '@typescript-eslint/no-restricted-imports': [
         'error',
@@ -86,6 +164,62 @@ export default tseslint.config(
         },
       ],
     },
+  },
+  // Production code and the simulator: no file below imports sim/ but the exemptions that follow.
+  {
+    files: ['serve/**/*.ts', 'workers/**/*.ts', 'cli/**/*.ts'],
+    rules: simRules(),
+  },
+  // fleet/ is a lower layer: pseudonyms, assignment and manifests, for activities, the gateway and the CLI.
+  {
+    files: ['fleet/**/*.ts'],
+    rules: simRules([], '', {
+      extraPatterns: [
+        {
+          regex: '^(\\.\\./)+(activities|serve|workers|cli|workflows)(/|$)',
+          message:
+            'fleet/ sits below activities, the gateway, the workers and the CLI: it imports only policies/ and errors.ts.',
+        },
+      ],
+    }),
+  },
+  // The composition root wires the simulated OTA channel and the simulated IoT device agent.
+  {
+    files: ['workers/worker.ts'],
+    rules: simRules(['ota'], 'workers/worker.ts wires the simulated OTA channel (sim/ota) only.'),
+  },
+  {
+    files: ['workers/main.ts'],
+    rules: simRules(
+      ['iot-agent'],
+      'workers/main.ts runs the simulated IoT device agent (sim/iot-agent) only.',
+    ),
+  },
+  // The simulation commands: `fleetgate simulate`, and the IoT agent of `fleet init` with AWS IoT.
+  {
+    files: ['cli/simulate.ts'],
+    rules: simRules(['truth', 'world'], 'cli/simulate.ts runs the simulated world against its truth only.'),
+  },
+  {
+    files: ['cli/main.ts'],
+    rules: simRules(
+      ['iot-agent'],
+      'cli/main.ts loads the simulated IoT device agent (sim/iot-agent) for `fleet init` only.',
+      { names: false },
+    ),
+  },
+  /*
+   * Temporary: activities still draw the simulated telemetry (frames, the vehicles' upload filter), the
+   * simulated OTA outcomes and the simulated callers from sim/, until the composition root chooses their
+   * sources. Nothing else comes from sim/.
+   */
+  {
+    files: ['activities/**/*.ts'],
+    rules: simRules(
+      ['frames', 'edge', 'ota', 'users'],
+      'activities/ may import sim/frames, sim/edge, sim/ota and sim/users only, for the simulated telemetry, ' +
+        'OTA and callers, and only until the composition root chooses those sources.',
+    ),
   },
   {
     files: ['bin/**/*.js', 'scripts/**/*.js'],

@@ -9,7 +9,7 @@
  * later for the same moment gives the same numbers.
  */
 import type { DuckDBConnection } from '@duckdb/node-api';
-import { CLASSES } from '../sim/frames';
+import { CLASSES } from '../policies/model-contract';
 import { TAIL_QUANTILES } from '../policies/schema';
 import type { AnalyzeInput, ArmStats, CohortStats, LatencyTail, ShadowEstimates } from './contracts';
 import { exec, exclusive, num, rows, transaction } from './db';

@@ -4,7 +4,6 @@
  * History stays small: everything here is a reference (key, digest, path) or an aggregate whose size
  * grows with cohorts and metrics, never with vehicles or events.
  */
-import type { EdgeCounters } from '../sim/edge';
 import type { CohortSpec, Sku } from '../policies/schema';
 
 /** Input/output contract of an ONNX model, as onnxruntime reads it from the file. */
@@ -369,6 +368,24 @@ export interface CohortStats {
   paired?: { events: number; disagreements: number };
   /** Shadow only, for batches written with the upload filter: counters and weighted estimates. */
   shadow?: ShadowEstimates;
+}
+
+/**
+ * What the vehicles' upload filter reports per window alongside its uploads (a few integers, exact for
+ * every event), summed over the shadow's windows in `ShadowEstimates`.
+ */
+export interface EdgeCounters {
+  /** Vehicles with at least one event in the window. */
+  vehicles: number;
+  /** Events both models ran on. */
+  evaluated: number;
+  /** Events that disagree or are low-confidence. */
+  priority: number;
+  disagreements: number;
+  /** Events uploaded (after the budget). */
+  uploaded: number;
+  /** Vehicles whose would-be uploads exceeded their budget. */
+  overBudget: number;
 }
 
 /** What the shadow phase knows of a cohort: the vehicles' counters and estimates from the uploads. */

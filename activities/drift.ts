@@ -33,8 +33,10 @@ import {
 } from '../policies/drift';
 import { DRIFT_FEATURES, type DriftPolicy } from '../policies/drift-schema';
 import type { CohortSpec, FleetManifest } from '../policies/schema';
-import { FEATURES, generateFrames, makeRng, type FrameConditions } from '../sim/frames';
-import { loadFleetManifest } from '../sim/fleet';
+import { FEATURES } from '../policies/model-contract';
+import { generateFrames, type FrameConditions } from '../sim/frames';
+import { makeRng } from '../policies/rng';
+import { loadFleetManifest } from '../fleet/manifest';
 import { FINAL_COHORT_STATES, pauseUpdate, statusQuery, WORKFLOW_TYPE } from '../workflows/definitions';
 import { confinedPath } from './confine';
 import type { ModelRecord } from './contracts';

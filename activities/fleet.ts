@@ -20,18 +20,15 @@ import { createHash } from 'node:crypto';
 import { ErrorType, fail } from '../errors';
 import { parseDuration } from '../policies/duration';
 import type { CohortSpec, FleetManifest, Sku } from '../policies/schema';
-import { CRITICAL_CLASS, FEATURES, gaussian, generateFramesWith, makeRng, poisson } from '../sim/frames';
+import { CRITICAL_CLASS, FEATURES } from '../policies/model-contract';
+import { gaussian, makeRng, poisson } from '../policies/rng';
+import { generateFramesWith } from '../sim/frames';
 import type { FrameConditions, Frames } from '../sim/frames';
 import { edgeFilter, windowBudget } from '../sim/edge';
-import type { EdgeCounters } from '../sim/edge';
-import {
-  loadFleetManifest,
-  pseudonymSql,
-  shadowTargets,
-  targetCount,
-  waveShare,
-  waveTargets,
-} from '../sim/fleet';
+import type { EdgeCounters } from './contracts';
+import { loadFleetManifest } from '../fleet/manifest';
+import { pseudonymSql } from '../fleet/pseudonym';
+import { shadowTargets, targetCount, waveShare, waveTargets } from '../fleet/assignment';
 import { countVehicles, INSTALL, installOutcomes, installsAlways, SimulatedOta } from '../sim/ota';
 import { recordBatchStats } from './analysis';
 import { confinedPath } from './confine';

@@ -38,7 +38,9 @@ import type { ModelRunner, ObjectStore, RunnerSettings } from './deps';
 import { parseStoredJson } from './store';
 import { ErrorType, fail } from '../errors';
 import type { Sku } from '../policies/schema';
-import { FEATURES, generateFrames, makeRng } from '../sim/frames';
+import { FEATURES } from '../policies/model-contract';
+import { generateFrames } from '../sim/frames';
+import { makeRng } from '../policies/rng';
 import {
   CLASSES,
   EXPECTED_FILE,

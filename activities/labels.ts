@@ -18,7 +18,7 @@
  */
 import type { DuckDBConnection } from '@duckdb/node-api';
 import { ErrorType, fail } from '../errors';
-import { makeRng } from '../sim/frames';
+import { makeRng } from '../policies/rng';
 import type { CoverageCount, LabelCoverage, LabelInput } from './contracts';
 import { exclusive, exec, num, rows, transaction } from './db';
 

@@ -40,8 +40,9 @@ import {
   type RouteUpdate,
   type RoutesResponse,
 } from '../serve/api';
-import { canarySalt, waveShare } from '../sim/fleet';
-import { loadServiceManifest, manifestKind, send, UserPopulation, type UserRequests } from '../sim/users';
+import { canarySalt, waveShare } from '../fleet/assignment';
+import { loadServiceManifest, manifestKind } from '../fleet/manifest';
+import { send, UserPopulation, type UserRequests } from '../sim/users';
 import { bootstrapProduction, type RegistryDeps } from './registry';
 import type {
   BatchResult,

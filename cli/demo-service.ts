@@ -15,7 +15,7 @@ import { WorkflowIdReusePolicy } from '@temporalio/common';
 import YAML from 'yaml';
 import { startRolloutWorkflow } from '../activities/controls';
 import { initService } from '../activities/service';
-import { loadServiceManifest } from '../sim/users';
+import { loadServiceManifest } from '../fleet/manifest';
 import { parseGatewayConfig } from '../serve/config';
 import { startGateway, type Gateway } from '../serve/gateway';
 import type { Services } from '../workers/worker';

@@ -34,7 +34,7 @@ import {
 } from '../workers/worker';
 import { bootstrapProduction } from '../activities/registry';
 import { initSimFleet } from '../activities/fleet';
-import { loadFleetManifest } from '../sim/fleet';
+import { loadFleetManifest } from '../fleet/manifest';
 import {
   CliError,
   defaultRequester,

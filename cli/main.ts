@@ -55,7 +55,7 @@ import type * as WorkerTracingModule from '../workers/tracing';
 import type * as RegistryModule from '../activities/registry';
 import type * as FleetActivitiesModule from '../activities/fleet';
 import type * as DriftActivitiesModule from '../activities/drift';
-import type * as SimFleetModule from '../sim/fleet';
+import type * as ManifestModule from '../fleet/manifest';
 import type * as ServiceActivitiesModule from '../activities/service';
 import type * as IotAgentModule from '../sim/iot-agent';
 import type * as SimulateModule from './simulate';
@@ -374,7 +374,7 @@ export type ManifestCheck =
  * will: its kind, name and cohorts, or its problems as `path: message` lines that never quote the file.
  */
 export function checkManifest(file: string): ManifestCheck {
-  const { readManifestFile } = require('../sim/fleet') as typeof SimFleetModule;
+  const { readManifestFile } = require('../fleet/manifest') as typeof ManifestModule;
   let raw: unknown;
   try {
     raw = readManifestFile(file, 'fleet manifest');
@@ -618,7 +618,7 @@ export function planFor(
     return { ok: false, problems: formatIssues(policy.error, read.policy, 'policy').split('\n') };
   let fleet: FleetManifest;
   try {
-    fleet = (require('../sim/fleet') as typeof SimFleetModule).loadFleetManifest(fleetFile);
+    fleet = (require('../fleet/manifest') as typeof ManifestModule).loadFleetManifest(fleetFile);
   } catch (err) {
     return { ok: false, problems: [(err as Error).message.split('\n')[0]!] };
   }
@@ -946,7 +946,7 @@ export async function initFleet(
   const { openServices } = require('../workers/worker') as typeof WorkerModule;
   const { bootstrapProduction } = require('../activities/registry') as typeof RegistryModule;
   const { initSimFleet } = require('../activities/fleet') as typeof FleetActivitiesModule;
-  const { loadFleetManifest } = require('../sim/fleet') as typeof SimFleetModule;
+  const { loadFleetManifest } = require('../fleet/manifest') as typeof ManifestModule;
   const { isServiceManifest } = require('../activities/service') as typeof ServiceActivitiesModule;
   if (isServiceManifest(process.cwd(), manifestPath))
     return initServiceLine(config, manifestPath, packDir, by);

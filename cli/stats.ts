@@ -8,7 +8,7 @@
  * A bad flag gives one line naming the flag, the value and what is allowed, and exit code 2.
  */
 import { parseArgs } from 'node:util';
-import { makeRng } from '../sim/frames';
+import { makeRng } from '../policies/rng';
 import { MAX_LOOKS, boundaries, type Design } from '../policies/gsd';
 import { sampleSize } from '../policies/planning';
 import { rateRatioTest } from '../policies/rates';

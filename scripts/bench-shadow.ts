@@ -29,7 +29,9 @@ import type { RunnerSettings } from '../activities/deps';
 import { ArmColumns, INFERENCE_CHUNK, infer } from '../activities/fleet';
 import { Sku } from '../policies/schema';
 import { LocalObjectStore, sha256 } from '../activities/store';
-import { FEATURES, generateFrames, makeRng } from '../sim/frames';
+import { FEATURES } from '../policies/model-contract';
+import { generateFrames } from '../sim/frames';
+import { makeRng } from '../policies/rng';
 import { ThreadModel, VehicleRuntime, driveAtRate, runnerModel } from '../sim/vehicle';
 import { OnnxModelRunner, blobKey } from '../workers/model-runner';
 

@@ -27,6 +27,8 @@ from onnx import TensorProto, helper, numpy_helper
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
 FRAMES_TS = ROOT / "sim" / "frames.ts"
+# The models' input width (FEATURES) is the model contract's, not the simulator's.
+CONTRACT_TS = ROOT / "policies" / "model-contract.ts"
 
 # The generative process of sim/frames.ts.
 FEATURES = 8
@@ -51,8 +53,8 @@ TRAIN_NIGHT_SHARE = 0.4
 
 
 def check_constants() -> None:
-    """Fails when sim/frames.ts no longer matches the constants above."""
-    src = FRAMES_TS.read_text(encoding="utf-8")
+    """Fails when sim/frames.ts (or policies/model-contract.ts) no longer matches the constants above."""
+    src = FRAMES_TS.read_text(encoding="utf-8") + CONTRACT_TS.read_text(encoding="utf-8")
 
     def number(name: str) -> float:
         m = re.search(rf"export const {name} = ([0-9.]+);", src)

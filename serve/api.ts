@@ -7,8 +7,8 @@
  * Control plane (bearer token): `GET /admin/routes`, `PUT /admin/routes/:cohort`, `GET /admin/events`.
  *
  * Callers are known to the gateway by their raw id only for the time it takes to compute their keyed
- * pseudonym (HMAC with the pseudonym key, as `sim/fleet.ts` `pseudonym`); nothing logged, stored, counted
- * or returned carries the raw id.
+ * pseudonym (HMAC with the pseudonym key, as `fleet/pseudonym.ts` `pseudonym`); nothing logged, stored,
+ * counted or returned carries the raw id.
  */
 import { z } from 'zod';
 
@@ -140,8 +140,8 @@ export const CohortRoute = z
     candidate: ArmRef.optional(),
     /**
      * Percent (0..100) of the cohort's callers served by the candidate: a caller is the candidate's when
-     * `assignmentRank(key, salt, pseudonym) / 2^32 < weight / 100` (sim/fleet.ts), so the set of callers
-     * only grows as the weight grows, and a caller keeps its arm between requests.
+     * `assignmentRank(key, salt, pseudonym) / 2^32 < weight / 100` (fleet/assignment.ts), so the set of
+     * callers only grows as the weight grows, and a caller keeps its arm between requests.
      */
     weight: z.number().min(0).max(100),
     /** Share (0..1) of the production arm's requests also sent to the candidate, off the response path. */
@@ -181,7 +181,7 @@ export interface GatewayEvent {
   /** The request's time (simulated when `x-fleetgate-sim-time` was accepted), ms since the epoch. */
   tsMs: number;
   cohort: string;
-  /** Keyed pseudonym of the caller (hex, as `sim/fleet.ts` `pseudonym`). */
+  /** Keyed pseudonym of the caller (hex, as `fleet/pseudonym.ts` `pseudonym`). */
   caller: string;
   arm: Arm;
   digest: string;

@@ -10,7 +10,7 @@ import { z } from 'zod';
 import { ArmRef, COHORT } from './api';
 import { ErrorType } from '../errors';
 import { formatIssues } from '../policies/schema';
-import { readManifestFile } from '../sim/fleet';
+import { readManifestFile } from '../fleet/manifest';
 
 export const DEFAULT_GATEWAY_PORT = 8490;
 

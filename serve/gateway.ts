@@ -40,7 +40,7 @@ import type { z } from 'zod';
 import type { ModelRunner, ObjectStore } from '../activities/deps';
 import { cohortPointers } from '../activities/registry-read';
 import { S3ObjectStore } from '../activities/store-s3';
-import { pseudonym } from '../sim/fleet';
+import { pseudonym } from '../fleet/pseudonym';
 import { loadConfig, loadStoreConfig, openObjectStore } from '../workers/config';
 import { blobKey, OnnxModelRunner } from '../workers/model-runner';
 import { loadPseudonymKey } from '../workers/secrets';

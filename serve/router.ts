@@ -3,12 +3,12 @@
  * the route and an id, so the same caller always gets the same arm, the same request id the same mirror
  * and fault-injection decision, and a test or a replay gets the same answers.
  *
- * The canary assignment is the fleet's (sim/fleet.ts `assignmentRank`): a caller is the candidate's when
- * its rank under the route's salt, as a share of 2^32, is below weight/100. Raising the weight only adds
- * callers. It never sees a raw caller id: only pseudonyms.
+ * The canary assignment is the fleet's (fleet/assignment.ts `assignmentRank`): a caller is the
+ * candidate's when its rank under the route's salt, as a share of 2^32, is below weight/100. Raising the
+ * weight only adds callers. It never sees a raw caller id: only pseudonyms.
  */
 import { createHmac } from 'node:crypto';
-import { assignmentRank } from '../sim/fleet';
+import { assignmentRank } from '../fleet/assignment';
 import type { Arm, CohortRoute } from './api';
 
 const TWO_32 = 2 ** 32;

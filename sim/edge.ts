@@ -11,8 +11,10 @@
  * of sums over every event the vehicles ran. The counters are what a vehicle reports alongside its
  * uploads (a few integers per window), exact for every event.
  *
- * Pure and deterministic for a given `rng`: the simulation replays a batch bit for bit.
+ * Pure and deterministic for a given `rng`: the simulation replays a batch bit for bit. The counters'
+ * shape is the shadow activity's contract (`EdgeCounters`, activities/contracts.ts).
  */
+import type { EdgeCounters } from '../activities/contracts';
 
 export interface EdgeSettings {
   /** Share of ordinary (not priority) events uploaded, in (0, 1]. */
@@ -32,20 +34,6 @@ export interface EdgeEvents {
   predProduction: Uint8Array;
   confCandidate: Float32Array;
   confProduction: Float32Array;
-}
-
-export interface EdgeCounters {
-  /** Vehicles with at least one event in the window. */
-  vehicles: number;
-  /** Events both models ran on. */
-  evaluated: number;
-  /** Events that disagree or are low-confidence. */
-  priority: number;
-  disagreements: number;
-  /** Events uploaded (after the budget). */
-  uploaded: number;
-  /** Vehicles whose would-be uploads exceeded their budget. */
-  overBudget: number;
 }
 
 export interface EdgeResult {

@@ -16,9 +16,12 @@
  * sensorNoise 1 multiplies by exactly 1, so dry nominal conditions give the same frames, bit for bit, as
  * before these conditions existed.
  *
- * Deterministic: the same seed gives the same frames on every machine. Pure (no I/O).
+ * The frame's width and classes are the model contract (policies/model-contract.ts); the seeded draws
+ * are policies/rng.ts. Deterministic: the same seed gives the same frames on every machine. Pure (no I/O).
  */
-export const FEATURES = 8;
+import { FEATURES } from '../policies/model-contract';
+import { gaussian } from '../policies/rng';
+
 export const HAZARD_PRIOR = 0.3;
 export const CAMERA_WEIGHTS = [1.0, 0.8, 0.6, 0.4] as const;
 export const RADAR_WEIGHTS = [1.0, 0.8, 0.6, 0.4] as const;
@@ -32,58 +35,6 @@ export const RAIN_CAMERA_SIGNAL = 0.4;
 export const RAIN_CAMERA_NOISE = 1.8;
 /** Rain: factor of the radar's noise (a little clutter from the drops; radar is little affected). */
 export const RAIN_RADAR_NOISE = 1.1;
-/**
- * The safety-critical class: a hazard (1). A missed hazard (the model says "none" in front of one) is
- * what a vehicle must never do, and a driver takes over at once; a false alarm is a comfort problem, not
- * a safety one. The fixture models of scripts/make_models.py are binary classifiers with class 1 the
- * hazard, so this is the only class a missed detection of is dangerous.
- */
-export const CRITICAL_CLASS = 1;
-/** Classes the models output: 0 no hazard, 1 hazard. */
-export const CLASSES = 2;
-
-/** A small, fast, seedable PRNG (mulberry32) over a 32-bit state derived from any string. */
-export function makeRng(seed: string | number): () => number {
-  let a = typeof seed === 'number' ? seed >>> 0 : hash32(seed);
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-/** FNV-1a 32-bit hash of a string. Not a secret: use HMAC for anything keyed. */
-export function hash32(s: string): number {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < s.length; i++) {
-    h ^= s.charCodeAt(i);
-    h = Math.imul(h, 0x01000193) >>> 0;
-  }
-  return h >>> 0;
-}
-
-/** Standard normal draw (Box-Muller). */
-export function gaussian(rng: () => number): number {
-  let u = rng();
-  if (u < 1e-12) u = 1e-12;
-  return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * rng());
-}
-
-/** Poisson draw (Knuth for small means, normal approximation above 50). */
-export function poisson(rng: () => number, mean: number): number {
-  if (mean <= 0) return 0;
-  if (mean > 50) return Math.max(0, Math.round(mean + Math.sqrt(mean) * gaussian(rng)));
-  const l = Math.exp(-mean);
-  let k = 0;
-  let p = 1;
-  do {
-    k++;
-    p *= rng();
-  } while (p > l);
-  return k - 1;
-}
 
 export interface Frames {
   count: number;

@@ -18,7 +18,7 @@ import { columns, exec, num, rows } from '../activities/db';
 import type { OtaChannel, OtaJob } from '../activities/deps';
 import { ErrorType, fail } from '../errors';
 import type { CohortSpec } from '../policies/schema';
-import { canarySalt, keyedUniforms, saltedSql } from './fleet';
+import { canarySalt, keyedUniforms, saltedSql } from '../fleet/assignment';
 
 /** What happened to one targeted vehicle in a simulated install. */
 export const INSTALL = { installed: 0, deferred: 1, failed: 2 } as const;

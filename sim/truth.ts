@@ -28,7 +28,9 @@ import type { ModelRunner } from '../activities/deps';
 import { parseDuration } from '../policies/duration';
 import { normalQuantile } from '../policies/normal';
 import type { CohortSpec, FleetManifest, Metric, Policy, Sku } from '../policies/schema';
-import { CRITICAL_CLASS, FEATURES, generateFrames, makeRng, type FrameConditions } from './frames';
+import { CRITICAL_CLASS, FEATURES } from '../policies/model-contract';
+import { generateFrames, type FrameConditions } from './frames';
+import { makeRng } from '../policies/rng';
 
 export type TruthLabel = 'regressed' | 'neutral' | 'improved';
 

@@ -5,16 +5,17 @@
  *
  * A caller's raw id (`${service}/${cohort}/user-${k}`) exists only while a request body is being
  * built for the gateway, which hashes it at once; everything this module returns or logs knows callers
- * by index and keyed pseudonym (sim/fleet.ts `pseudonym`) only. Draws are seeded by the batch and the
- * cohort, so a retried batch sends the same requests.
+ * by index and keyed pseudonym (fleet/pseudonym.ts) only. Draws are seeded by the batch and the
+ * cohort, so a retried batch sends the same requests. The service manifest's loaders are production code
+ * (fleet/manifest.ts).
  *
- * Also the service manifest's loaders (`loadServiceManifest`, `manifestKind`).
- *
- * Activity-side only (files, node:crypto, fetch); workflows never import it.
+ * Activity-side only (node:crypto, fetch); workflows never import it.
  */
 import { ErrorType, fail } from '../errors';
-import { formatManifestIssues, manifestKindProblem } from '../policies/manifest-errors';
-import { ServiceManifest, type ServiceCohort } from '../policies/service-schema';
+import { assignmentRanks } from '../fleet/assignment';
+import { pseudonym } from '../fleet/pseudonym';
+import { makeRng, poisson } from '../policies/rng';
+import type { ServiceCohort } from '../policies/service-schema';
 import {
   gatewayUrl as gatewayEndpoint,
   HEADERS,
@@ -23,36 +24,8 @@ import {
   type PredictRequest,
   type PredictResponse,
 } from '../serve/api';
-import { assignmentRanks, pseudonym, readManifestFile } from './fleet';
-import { FEATURES, generateFramesWith, makeRng, poisson, type Frames } from './frames';
-
-export type ManifestKind = 'Fleet' | 'Service';
-
-/** Reads and validates a service manifest (YAML or JSON, by extension). Errors name the file as
- * `shown` (a worker passes the path as the rollout gave it, never its own directory) and the field path,
- * never a value. */
-export function loadServiceManifest(file: string, shown = file): ServiceManifest {
-  const raw = readManifestFile(file, 'manifest', shown);
-  const parsed = ServiceManifest.safeParse(raw);
-  if (!parsed.success) {
-    throw fail(
-      ErrorType.InvalidInput,
-      `invalid service manifest ${shown}:\n${formatManifestIssues(parsed.error, raw)}`,
-    );
-  }
-  return parsed.data;
-}
-
-/** The kind a manifest file declares: 'Fleet' (vehicles) or 'Service' (the inference gateway). */
-export function manifestKind(file: string, shown = file): ManifestKind {
-  const raw = readManifestFile(file, 'manifest', shown);
-  const kind = raw !== null && typeof raw === 'object' ? (raw as { kind?: unknown }).kind : undefined;
-  if (kind === 'Fleet' || kind === 'Service') return kind;
-  throw fail(
-    ErrorType.InvalidInput,
-    `manifest ${shown}: kind: ${manifestKindProblem(kind)}; write kind: Fleet (vehicles) or kind: Service (a model behind the inference gateway)`,
-  );
-}
+import { FEATURES } from '../policies/model-contract';
+import { generateFramesWith, type Frames } from './frames';
 
 const HOUR_MS = 3_600_000;
 /** Attempts of a request the gateway answers 429 (its queue is full), with exponential backoff. */

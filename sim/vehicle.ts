@@ -21,7 +21,7 @@
  */
 import { Worker } from 'node:worker_threads';
 import type { ModelRunner, RunnerSettings } from '../activities/deps';
-import { FEATURES } from './frames';
+import { FEATURES } from '../policies/model-contract';
 
 /** A model on the vehicle: class probabilities [rows, 2] of frames' features [rows, FEATURES]. */
 export interface FrameModel {

@@ -13,7 +13,7 @@ import { initSimFleet } from '../activities/fleet';
 import { storeDriftReferences } from '../activities/drift';
 import { confinedPath } from '../activities/confine';
 import { openServices, trustFixtureSigner, type Services } from '../workers/worker';
-import { loadFleetManifest } from './fleet';
+import { loadFleetManifest } from '../fleet/manifest';
 
 export interface SimWorld {
   dataDir: string;

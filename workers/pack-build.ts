@@ -20,7 +20,7 @@ import { ErrorType, fail } from '../errors';
 import { InferenceConfig, ModelManifest, formatIssues } from '../policies/schema';
 import { MANIFEST, SIGNATURE, hashFile, listFiles, signManifest } from '../activities/pack';
 import { writeFileAtomic } from '../activities/atomic-file';
-import { gaussian, makeRng } from '../sim/frames';
+import { gaussian, makeRng } from '../policies/rng';
 
 export const CONFIG = 'inference_config.json';
 export const GOLDEN_INPUTS = 'golden/inputs.f32';

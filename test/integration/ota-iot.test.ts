@@ -31,7 +31,7 @@ import {
 } from '../../activities/ota-iot';
 import type { OtaJob } from '../../activities/deps';
 import { ErrorType } from '../../errors';
-import { loadFleetManifest } from '../../sim/fleet';
+import { loadFleetManifest } from '../../fleet/manifest';
 import { IotDeviceAgent, startAgentLoop } from '../../sim/iot-agent';
 import { initFleet } from '../../cli/main';
 import { loadConfig, loadOtaConfig } from '../../workers/config';

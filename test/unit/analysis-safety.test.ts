@@ -17,7 +17,7 @@ import { num, openFleetDatabase, rows } from '../../activities/db';
 import type { FleetDatabase, Row } from '../../activities/db';
 import { createFleetActivities, initSimFleet } from '../../activities/fleet';
 import { ingestArrivedLabels } from '../../activities/labels';
-import { makeRng } from '../../sim/frames';
+import { makeRng } from '../../policies/rng';
 import { SimulatedOta } from '../../sim/ota';
 import { OnnxModelRunner } from '../../workers/model-runner';
 import { loadPseudonymKey } from '../../workers/secrets';

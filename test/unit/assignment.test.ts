@@ -19,16 +19,15 @@ import {
   assignmentRank,
   assignmentRanks,
   keyedUniforms,
-  loadFleetManifest,
-  pseudonym,
-  pseudonymSql,
   rankOrder,
   saltedSql,
   shadowTargets,
-  simVehicles,
   targetCount,
   waveTargets,
-} from '../../sim/fleet';
+} from '../../fleet/assignment';
+import { loadFleetManifest } from '../../fleet/manifest';
+import { pseudonym, pseudonymSql } from '../../fleet/pseudonym';
+import { simVehicles } from '../../sim/fleet';
 import { loadPseudonymKey, pseudonymKeyPath } from '../../workers/secrets';
 
 const KEY = Buffer.from('5a'.repeat(32), 'hex');

@@ -12,7 +12,7 @@ import { canaryFull, canaryLook, eventsSide, recordBatchStats } from '../../acti
 import { exec, num, openFleetDatabase, rows, transaction } from '../../activities/db';
 import type { FleetDatabase, Row } from '../../activities/db';
 import { ingestArrivedLabels } from '../../activities/labels';
-import { makeRng } from '../../sim/frames';
+import { makeRng } from '../../policies/rng';
 
 const HOUR = 3_600_000;
 

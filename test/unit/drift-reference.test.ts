@@ -17,7 +17,7 @@ import {
 } from '../../activities/drift';
 import type { ModelRecord } from '../../activities/contracts';
 import { LocalObjectStore } from '../../activities/store';
-import { loadFleetManifest } from '../../sim/fleet';
+import { loadFleetManifest } from '../../fleet/manifest';
 import { ROOT } from '../support';
 
 const record = {

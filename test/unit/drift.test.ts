@@ -5,7 +5,7 @@
  */
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { gaussian, makeRng } from '../../sim/frames';
+import { gaussian, makeRng } from '../../policies/rng';
 import {
   binCounts,
   featureDrift,

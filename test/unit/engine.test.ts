@@ -10,7 +10,7 @@ import type { ArmStats, CohortStats } from '../../activities/contracts';
 import { engineLook, familyLevel } from '../../policies/engine';
 import type { LookContext, MetricResult, SequentialState } from '../../policies/decide';
 import { msprt } from '../../policies/stats';
-import { gaussian, makeRng } from '../../sim/frames';
+import { gaussian, makeRng } from '../../policies/rng';
 import { boundaries } from '../../policies/gsd';
 import { Policy, formatIssues, type PolicyInput } from '../../policies/schema';
 

@@ -19,7 +19,8 @@ import { conditionsAt, createFleetActivities, initSimFleet } from '../../activit
 import { createInferenceActivities } from '../../activities/inference';
 import { FleetManifest } from '../../policies/schema';
 import type { Sku } from '../../policies/schema';
-import { generateFrames, makeRng } from '../../sim/frames';
+import { generateFrames } from '../../sim/frames';
+import { makeRng } from '../../policies/rng';
 import type { FrameConditions, Frames } from '../../sim/frames';
 import { INSTALL, installOutcomes } from '../../sim/ota';
 import { SimulatedOta } from '../../sim/ota';

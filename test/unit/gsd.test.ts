@@ -7,7 +7,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { gaussian, makeRng } from '../../sim/frames';
+import { gaussian, makeRng } from '../../policies/rng';
 import {
   MAX_LOOKS,
   MIN_INFO_STEP,

@@ -10,7 +10,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ApplicationFailure } from '@temporalio/common';
 import { ArmColumns, infer } from '../../activities/fleet';
-import { FEATURES } from '../../sim/frames';
+import { FEATURES } from '../../policies/model-contract';
 import { OnnxModelRunner } from '../../workers/model-runner';
 import { ErrorType } from '../../errors';
 import type { Sku } from '../../policies/schema';

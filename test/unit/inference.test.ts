@@ -23,7 +23,8 @@ import type { BenchInput, BenchResult, ModelRecord } from '../../activities/cont
 import { CancelledFailure } from '@temporalio/common';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { ErrorType } from '../../errors';
-import { generateFrames, makeRng } from '../../sim/frames';
+import { generateFrames } from '../../sim/frames';
+import { makeRng } from '../../policies/rng';
 import { OnnxModelRunner, blobKey } from '../../workers/model-runner';
 import type { Sku } from '../../policies/schema';
 

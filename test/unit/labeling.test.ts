@@ -27,7 +27,7 @@ import {
   tierBase,
 } from '../../activities/labels';
 import { FleetManifest, formatIssues, Policy } from '../../policies/schema';
-import { makeRng } from '../../sim/frames';
+import { makeRng } from '../../policies/rng';
 import { SimulatedOta } from '../../sim/ota';
 import { OnnxModelRunner } from '../../workers/model-runner';
 import { loadPseudonymKey } from '../../workers/secrets';

@@ -9,7 +9,8 @@ import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { sha256 } from '../../activities/store';
 import { OnnxModelRunner } from '../../workers/model-runner';
-import { generateFrames, makeRng, type Frames } from '../../sim/frames';
+import { generateFrames, type Frames } from '../../sim/frames';
+import { makeRng } from '../../policies/rng';
 import { loadTrust, verifyPackDir } from '../../activities/pack';
 
 const MODELS = resolve(__dirname, '../../models');

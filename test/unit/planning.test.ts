@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import YAML from 'yaml';
-import { makeRng } from '../../sim/frames';
+import { makeRng } from '../../policies/rng';
 import { FleetManifest, Policy } from '../../policies/schema';
 import { minimumDetectableEffect, planRollout, power, sampleSize } from '../../policies/planning';
 import { diffOfProportions, msprt } from '../../policies/stats';

@@ -5,7 +5,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { gaussian, makeRng, poisson } from '../../sim/frames';
+import { gaussian, makeRng, poisson } from '../../policies/rng';
 import {
   betaQuantile,
   binomialCdf,

@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { pseudonym } from '../../sim/fleet';
+import { pseudonym } from '../../fleet/pseudonym';
 import { chooseArm, isInjectedError, isMirrored } from '../../serve/router';
 
 const KEY = Buffer.from('3c'.repeat(32), 'hex');

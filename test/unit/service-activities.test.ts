@@ -20,8 +20,9 @@ import type { ServiceManifestInput } from '../../policies/service-schema';
 import { parseGatewayConfig } from '../../serve/config';
 import { startGateway, type Gateway } from '../../serve/gateway';
 import { chooseArm } from '../../serve/router';
-import { canarySalt } from '../../sim/fleet';
-import { loadServiceManifest, UserPopulation } from '../../sim/users';
+import { canarySalt } from '../../fleet/assignment';
+import { loadServiceManifest } from '../../fleet/manifest';
+import { UserPopulation } from '../../sim/users';
 import { openServices, trustFixtureSigner, type Services } from '../../workers/worker';
 
 const ROOT = resolve(__dirname, '..', '..');

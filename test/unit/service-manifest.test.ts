@@ -12,7 +12,7 @@ import { after, describe, it } from 'node:test';
 import YAML from 'yaml';
 import type { ServiceManifestInput } from '../../policies/service-schema';
 import { gatewayUrl, PATHS } from '../../serve/api';
-import { loadServiceManifest, manifestKind } from '../../sim/users';
+import { loadServiceManifest, manifestKind } from '../../fleet/manifest';
 
 const ROOT = resolve(__dirname, '..', '..');
 const dir = mkdtempSync(join(tmpdir(), 'fleetgate-service-manifest-'));

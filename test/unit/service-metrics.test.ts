@@ -27,7 +27,7 @@ import { decideLook, headline, type LookContext, type MetricResult } from '../..
 import { engineLook } from '../../policies/engine';
 import { Policy, TAIL_QUANTILES, formatIssues, type PolicyInput } from '../../policies/schema';
 import { normalQuantile } from '../../policies/normal';
-import { gaussian, makeRng } from '../../sim/frames';
+import { gaussian, makeRng } from '../../policies/rng';
 
 type MetricInput = NonNullable<PolicyInput['analysis']>['metrics'][number];
 

@@ -12,8 +12,8 @@ import { after, before, describe, it } from 'node:test';
 import { ServiceCohort } from '../../policies/service-schema';
 import { HEADERS, PATHS, PredictRequest } from '../../serve/api';
 import { chooseArm } from '../../serve/router';
-import { pseudonym } from '../../sim/fleet';
-import { FEATURES } from '../../sim/frames';
+import { pseudonym } from '../../fleet/pseudonym';
+import { FEATURES } from '../../policies/model-contract';
 import { send, UserPopulation } from '../../sim/users';
 
 const HOUR = 3_600_000;

@@ -21,7 +21,7 @@ import { Policy } from '../../policies/schema';
 import { checkShadowBudget, judgeShadow } from '../../policies/shadow';
 import { edgeFilter, windowBudget } from '../../sim/edge';
 import type { EdgeEvents } from '../../sim/edge';
-import { makeRng } from '../../sim/frames';
+import { makeRng } from '../../policies/rng';
 import { SimulatedOta } from '../../sim/ota';
 import { OnnxModelRunner } from '../../workers/model-runner';
 import { loadPseudonymKey } from '../../workers/secrets';

@@ -4,7 +4,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { makeRng } from '../../sim/frames';
+import { makeRng } from '../../policies/rng';
 import {
   diffOfMeans,
   diffOfProportions,

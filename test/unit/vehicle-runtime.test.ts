@@ -10,7 +10,9 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { sha256 } from '../../activities/store';
-import { FEATURES, generateFrames, makeRng } from '../../sim/frames';
+import { FEATURES } from '../../policies/model-contract';
+import { generateFrames } from '../../sim/frames';
+import { makeRng } from '../../policies/rng';
 import { ThreadModel, VehicleRuntime, driveAtRate, runnerModel, type FrameModel } from '../../sim/vehicle';
 import { OnnxModelRunner } from '../../workers/model-runner';
 
