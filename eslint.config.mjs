@@ -167,7 +167,7 @@ export default tseslint.config(
   },
   // Production code and the simulator: no file below imports sim/ but the exemptions that follow.
   {
-    files: ['serve/**/*.ts', 'workers/**/*.ts', 'cli/**/*.ts'],
+    files: ['serve/**/*.ts', 'workers/**/*.ts', 'cli/**/*.ts', 'events/**/*.ts'],
     rules: simRules(),
   },
   // fleet/ is a lower layer: pseudonyms, assignment and manifests, for activities, the gateway and the CLI.

@@ -14,7 +14,7 @@ import { gzipSync } from 'node:zlib';
 import { DuckDBInstance } from '@duckdb/node-api';
 import { EventWriter } from '../../events/writer';
 import { startIngestServer, tokenVariable, type IngestServer } from '../../events/ingest-server';
-import { pseudonym } from '../../sim/fleet';
+import { pseudonym } from '../../fleet/pseudonym';
 
 const KEY = randomBytes(32);
 const T0 = Date.UTC(2025, 0, 1);

@@ -21,7 +21,7 @@ import {
   MAX_PROBLEMS,
 } from '../../events/contract';
 import { schemaText } from '../../events/cli';
-import { pseudonym } from '../../sim/fleet';
+import { pseudonym } from '../../fleet/pseudonym';
 
 const ROOT = resolve(__dirname, '..', '..');
 const KEY = randomBytes(32);

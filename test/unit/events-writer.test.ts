@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { BatchRefused, EventWriter } from '../../events/writer';
-import { pseudonym } from '../../sim/fleet';
+import { pseudonym } from '../../fleet/pseudonym';
 
 const KEY = randomBytes(32);
 const T0 = Date.UTC(2025, 0, 1);
