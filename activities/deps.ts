@@ -22,6 +22,11 @@ export interface ObjectStore {
   etag(key: string): Promise<string | null>;
   /** Keys under a prefix, sorted. */
   list(prefix: string): Promise<string[]>;
+  /**
+   * Removes key; an absent key is not an error. For the retention and compaction of ingested-record
+   * partitions (events/partitions.ts) only: registry records and pointers are never deleted.
+   */
+  delete(key: string): Promise<void>;
 }
 
 /** Runs registered models with onnxruntime, one cached session per (digest, settings). */

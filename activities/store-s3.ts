@@ -13,6 +13,7 @@
  * its prefix and never turn a failed request into an answer (a 403 is not a missing key).
  */
 import {
+  DeleteObjectCommand,
   GetObjectCommand,
   ListObjectsV2Command,
   PutObjectCommand,
@@ -171,6 +172,16 @@ export class S3ObjectStore implements ObjectStore {
       token = page.IsTruncated ? page.NextContinuationToken : undefined;
     } while (token);
     return keys.sort();
+  }
+
+  async delete(key: string): Promise<void> {
+    const objectKey = this.objectKey(key);
+    try {
+      // S3 answers 204 for a key that is already absent.
+      await this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: objectKey }));
+    } catch (err) {
+      throw this.failure(`delete ${key}`, err);
+    }
   }
 
   /** Bucket key of a store key; refuses the keys LocalObjectStore refuses, and keys too long for S3. */

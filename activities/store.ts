@@ -115,6 +115,16 @@ export class LocalObjectStore implements ObjectStore {
     return keys.filter((k) => k.startsWith(prefix)).sort();
   }
 
+  async delete(key: string): Promise<void> {
+    const file = this.pathOf(key);
+    try {
+      await fs.unlink(file);
+    } catch (err) {
+      if (isCode(err, 'ENOENT') || isCode(err, 'ENOTDIR')) return;
+      throw unavailable(`delete ${key}`, err);
+    }
+  }
+
   /** Absolute file of a key; refuses keys that are empty, absolute or leave the root. */
   pathOf(key: string): string {
     if (typeof key !== 'string' || key.length === 0) {

@@ -1,23 +1,36 @@
 /**
  * The `events` and `ingest` commands of cli/main.ts: `fleetgate events schema` prints the contract's
- * generated JSON Schema or Parquet columns (events/contract.ts), `fleetgate ingest` runs the ingestion
- * endpoint (events/ingest-server.ts) until SIGINT or SIGTERM.
+ * generated JSON Schema or Parquet columns (events/contract.ts), `fleetgate events rebuild|prune|compact`
+ * rebuild the database from, prune and compact the Parquet partitions of the configured object store
+ * (events/rebuild.ts), `fleetgate ingest` runs the ingestion endpoint (events/ingest-server.ts), keeping
+ * partitions in that store, until SIGINT or SIGTERM.
  *
- * It prints the URL and the database file, never a token or a record.
+ * It prints the URL, the database file and counts, never a token or a record.
  */
 import { parseArgs } from 'node:util';
 import { join, resolve } from 'node:path';
 import { jsonSchemaOf, parquetSchemaOf, RECORD_KINDS, type RecordKind } from './contract';
 import type * as WriterModule from './writer';
 import type * as ServerModule from './ingest-server';
+import type * as RebuildModule from './rebuild';
+import type * as ConfigModule from '../workers/config';
 
 export const EVENTS_HELP = `Usage: fleetgate events schema [--kind inference|label|outcome] [--format json-schema|parquet]
+       fleetgate events rebuild [--db FILE]
+       fleetgate events prune --before DATE|EPOCH_MS [--db FILE]
+       fleetgate events compact [--date DATE]
 
 Prints the event contract (fleetgate/v1, docs/events.md) as JSON: the JSON Schema of a record kind, or
 its Parquet columns (name, DuckDB/Parquet type, nullable, record field). Without --kind, every kind,
 keyed by kind. The committed copies are events/schema/<kind>.schema.json and <kind>.parquet.json.
   --kind KIND      inference (default: all), label or outcome
-  --format FORMAT  json-schema (default) or parquet`;
+  --format FORMAT  json-schema (default) or parquet
+
+rebuild writes a new database (FILE must not exist; default <FLEETGATE_DATA_DIR>/ingest.duckdb) from the
+Parquet partitions of the object store (FLEETGATE_STORE), the same rows and watermarks as the database
+that ingested them. prune deletes the partitions of ingestion dates before DATE (yyyy-mm-dd, UTC; an
+epoch-ms instant counts from its day) and their rows from the database (stop the ingest server on it
+first). compact merges the partitions of each kind, fleet and date (of DATE only with --date) into one.`;
 
 function usage(message: string, help: string): number {
   console.error(`fleetgate: ${message} (see "fleetgate ${help} --help")`);
@@ -40,6 +53,9 @@ export async function eventsCommand(args: string[]): Promise<number> {
       options: {
         kind: { type: 'string' },
         format: { type: 'string' },
+        db: { type: 'string' },
+        before: { type: 'string' },
+        date: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
       allowPositionals: true,
@@ -53,7 +69,10 @@ export async function eventsCommand(args: string[]): Promise<number> {
     return 0;
   }
   const [sub, ...extra] = parsed.positionals;
-  if (sub !== 'schema' || extra.length > 0) return usage('events takes one subcommand: schema', 'events');
+  const subs = ['schema', 'rebuild', 'prune', 'compact'];
+  if (sub === undefined || !subs.includes(sub) || extra.length > 0)
+    return usage(`events takes one subcommand: ${subs.join(', ')}`, 'events');
+  if (sub !== 'schema') return storeCommand(sub, parsed.values);
   const kind = parsed.values.kind;
   if (kind !== undefined && !(RECORD_KINDS as readonly string[]).includes(kind)) {
     return usage(`--kind must be one of ${RECORD_KINDS.join(', ')} (got "${kind.slice(0, 40)}")`, 'events');
@@ -64,6 +83,74 @@ export async function eventsCommand(args: string[]): Promise<number> {
   }
   console.log(schemaText(kind as RecordKind | undefined, format));
   return 0;
+}
+
+/** `events rebuild|prune|compact` on the configured object store. */
+async function storeCommand(
+  sub: string,
+  v: { db?: string; before?: string; date?: string; kind?: string; format?: string },
+): Promise<number> {
+  const allowed: Record<string, string[]> = { rebuild: ['db'], prune: ['db', 'before'], compact: ['date'] };
+  const extra = Object.keys(v).filter(
+    (k) => v[k as keyof typeof v] !== undefined && !allowed[sub]!.includes(k),
+  );
+  if (extra.length > 0) return usage(`events ${sub} takes no --${extra[0]}`, 'events');
+  const ops = require('./rebuild') as typeof RebuildModule;
+  let beforeMs: number | undefined;
+  if (sub === 'prune') {
+    beforeMs = v.before === undefined ? undefined : ops.parseInstant(v.before);
+    if (beforeMs === undefined)
+      return usage(
+        `--before must be a date (yyyy-mm-dd) or epoch milliseconds (got "${String(v.before).slice(0, 40)}")`,
+        'events',
+      );
+  }
+  if (v.date !== undefined && (!/^\d{4}-\d{2}-\d{2}$/.test(v.date) || ops.parseInstant(v.date) === undefined))
+    return usage(`--date must be a date, yyyy-mm-dd (got "${v.date.slice(0, 40)}")`, 'events');
+  const config = require('../workers/config') as typeof ConfigModule;
+  let store;
+  try {
+    store = config.openObjectStore(
+      config.loadStoreConfig(),
+      resolve(process.env.FLEETGATE_DATA_DIR || '.fleetgate'),
+    );
+  } catch (err) {
+    console.error(`fleetgate: ${(err as Error).message}`);
+    return 2;
+  }
+  const db = v.db ? resolve(v.db) : defaultIngestDb();
+  try {
+    if (sub === 'rebuild') {
+      const r = await ops.rebuildFromStore(store, db);
+      console.log(
+        `fleetgate events rebuild: ${db}: ${JSON.stringify({ partitions: r.partitions, rows: r.rows })}`,
+      );
+      if (r.ignored.length > 0)
+        console.log(`  ${r.ignored.length} key(s) under events/ are not partitions: left alone`);
+    } else if (sub === 'prune') {
+      const { EventWriter } = require('./writer') as typeof WriterModule;
+      const writer = await EventWriter.open(db);
+      try {
+        const r = await ops.prune(store, writer, beforeMs!);
+        console.log(
+          `fleetgate events prune: before ${r.before}: ${r.partitions} partition(s), rows ${JSON.stringify(r.rows)} deleted`,
+        );
+      } finally {
+        await writer.close();
+      }
+    } else {
+      const r = await ops.compact(store, v.date === undefined ? {} : { date: v.date });
+      console.log(
+        `fleetgate events compact: ${r.groups} group(s) merged, ${r.written} file(s) written, ${r.deleted} deleted`,
+      );
+    }
+    return 0;
+  } catch (err) {
+    console.error(`fleetgate: events ${sub}: ${(err as Error).message.split('\n')[0]}`);
+    return 1;
+  } finally {
+    (store as { close?: () => void }).close?.();
+  }
 }
 
 /** The ingestion database of a data directory: `<FLEETGATE_DATA_DIR or .fleetgate>/ingest.duckdb`. */
@@ -125,7 +212,18 @@ export async function ingestCommand(args: string[]): Promise<number> {
   const db = v.db ? resolve(v.db) : defaultIngestDb();
   const { EventWriter } = require('./writer') as typeof WriterModule;
   const { startIngestServer } = require('./ingest-server') as typeof ServerModule;
-  const writer = await EventWriter.open(db);
+  const config = require('../workers/config') as typeof ConfigModule;
+  let store;
+  try {
+    store = config.openObjectStore(
+      config.loadStoreConfig(),
+      resolve(process.env.FLEETGATE_DATA_DIR || '.fleetgate'),
+    );
+  } catch (err) {
+    console.error(`fleetgate: ${(err as Error).message}`);
+    return 2;
+  }
+  const writer = await EventWriter.open(db, { store });
   let server;
   try {
     server = await startIngestServer({ writer, port, host: v.host ?? '127.0.0.1', maxBodyBytes, maxPending });
@@ -143,5 +241,6 @@ export async function ingestCommand(args: string[]): Promise<number> {
   });
   await server.close();
   await writer.close();
+  (store as { close?: () => void }).close?.();
   return 0;
 }

@@ -18,12 +18,27 @@
  * the producer knows whether more is coming. Events with `at` below their cohort's watermark when they
  * arrive are still stored, and counted as late.
  *
+ * The database is a cache when the writer has an object store: the new rows of each batch (those not
+ * already stored) are then also written as one Parquet partition (events/partitions.ts), and each
+ * watermark change as a small partition of its own, from which events/rebuild.ts rebuilds the database
+ * on any machine. The order is: stage the batch, find its new rows, write the partitions to the store,
+ * then commit. A failed store write rolls the batch back, so the producer is answered with an error and
+ * sends again. A crash after the partition and before the commit leaves a partition whose rows the
+ * database lacks: the producer, having had no answer, sends the batch again, and its rows are written to
+ * the database and to a partition again (under another key when the rows differ, e.g. by
+ * `ingested_at_ms`; else under the same key, which `putIfAbsent` finds already there). A key reaches a
+ * second partition only that way, because a committed key is a duplicate before any partition is
+ * written; so a rebuild keeps, for each key, the row with the latest `ingested_at_ms`, the one the
+ * database committed, and the outcome is the same as without the crash.
+ *
  * It must never store a record that did not pass the contract (so never a raw unit id: `unit` is a
- * pseudonym or the batch is refused), and never log a record.
+ * pseudonym or the batch is refused), never commit a batch whose partition the store has not accepted,
+ * and never log a record.
  */
 import { DuckDBInstance, type DuckDBAppender, type DuckDBConnection } from '@duckdb/node-api';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
+import type { ObjectStore } from '../activities/deps';
 import {
   parquetColumnsOf,
   recordKey,
@@ -33,6 +48,7 @@ import {
   type Problem,
   type RecordKind,
 } from './contract';
+import { ingestionDate, sqlString, writePartition } from './partitions';
 
 /** A batch refused by the contract: nothing of it was written. */
 export class BatchRefused extends Error {
@@ -67,6 +83,10 @@ export interface WriterOptions {
   beforeCommit?: () => Promise<void>;
   /** The clock of `ingested_at_ms` (default Date.now). */
   now?: () => number;
+  /** Where the new rows of each batch and each watermark change are kept as Parquet partitions. */
+  store?: ObjectStore;
+  /** Directory of the temporary Parquet files (default the system's). */
+  tmpDir?: string;
 }
 
 /** Table of each kind, and the columns of its key. */
@@ -111,6 +131,19 @@ function columnsOf(kind: RecordKind): Column[] {
 const COLUMNS = Object.fromEntries(
   (Object.keys(TABLES) as RecordKind[]).map((k) => [k, columnsOf(k)]),
 ) as Record<RecordKind, Column[]>;
+
+/** The column names of a kind's table, in table order. */
+export function columnNamesOf(kind: RecordKind): string[] {
+  return COLUMNS[kind].map((c) => c.name);
+}
+
+/** The staged rows of a kind whose key is not stored yet, in key order. */
+function newRowsSql(kind: RecordKind): string {
+  const { table, key } = TABLES[kind];
+  return `SELECT s.* FROM stage_${kind} s WHERE NOT EXISTS
+    (SELECT 1 FROM ${table} t WHERE ${key.map((k) => `t.${k} = s.${k}`).join(' AND ')})
+    ORDER BY ${key.map((k) => `s.${k}`).join(', ')}`;
+}
 
 function tableSql(kind: RecordKind): string {
   const { table, key } = TABLES[kind];
@@ -240,6 +273,33 @@ export class EventWriter {
         );
         late = rows.getRowObjectsJS()[0]!.n as number;
       }
+      const store = this.options.store;
+      const date = ingestionDate(now);
+      if (store) {
+        const fresh = await conn.runAndReadAll(`SELECT count(*)::INTEGER AS n FROM (${newRowsSql(kind)})`);
+        if ((fresh.getRowObjectsJS()[0]!.n as number) > 0) {
+          await writePartition(conn, store, { kind, fleet, date }, newRowsSql(kind), this.options.tmpDir);
+        }
+        if (kind === 'inference' && watermarkMs !== undefined && cohorts.length > 0) {
+          // The cohorts whose watermark this batch raises, with their new value.
+          const raised = `SELECT ${sqlString(fleet)} AS fleet, c.cohort, ${BigInt(watermarkMs)}::BIGINT AS watermark_ms,
+              ${BigInt(now)}::BIGINT AS updated_at_ms
+            FROM (SELECT DISTINCT cohort FROM ${stage}) c
+            LEFT JOIN ${WATERMARKS_TABLE} w ON w.fleet = ${sqlString(fleet)} AND w.cohort = c.cohort
+            WHERE w.watermark_ms IS NULL OR w.watermark_ms < ${BigInt(watermarkMs)}
+            ORDER BY c.cohort`;
+          const n = await conn.runAndReadAll(`SELECT count(*)::INTEGER AS n FROM (${raised})`);
+          if ((n.getRowObjectsJS()[0]!.n as number) > 0) {
+            await writePartition(
+              conn,
+              store,
+              { kind: 'watermarks', fleet, date },
+              raised,
+              this.options.tmpDir,
+            );
+          }
+        }
+      }
       const inserted = await conn.run(`INSERT INTO ${table} SELECT * FROM ${stage} ON CONFLICT DO NOTHING`);
       const accepted = inserted.rowsChanged;
       let watermark: Record<string, number | null> | null = null;
@@ -249,8 +309,9 @@ export class EventWriter {
             `INSERT INTO ${WATERMARKS_TABLE}
              SELECT $fleet, cohort, $w, $now FROM (SELECT DISTINCT cohort FROM ${stage})
              ON CONFLICT (fleet, cohort) DO UPDATE SET
-               watermark_ms = greatest(${WATERMARKS_TABLE}.watermark_ms, excluded.watermark_ms),
-               updated_at_ms = excluded.updated_at_ms`,
+               watermark_ms = excluded.watermark_ms,
+               updated_at_ms = excluded.updated_at_ms
+             WHERE excluded.watermark_ms > ${WATERMARKS_TABLE}.watermark_ms`,
             { fleet, w: BigInt(watermarkMs), now: BigInt(now) },
           );
         }
@@ -268,6 +329,32 @@ export class EventWriter {
       await conn.run('ROLLBACK').catch(() => undefined);
       throw err;
     }
+  }
+
+  /**
+   * Deletes the rows of every kind ingested before `beforeMs`, in one transaction (events/rebuild.ts
+   * `prune`, after the partitions of those days are gone from the store). Answers the count per kind.
+   */
+  async deleteIngestedBefore(beforeMs: number): Promise<Record<RecordKind, number>> {
+    if (this.closed) throw new Error('the event writer is closed');
+    return this.exclusive(async () => {
+      const conn = this.conn;
+      const counts = {} as Record<RecordKind, number>;
+      await conn.run('BEGIN TRANSACTION');
+      try {
+        for (const kind of Object.keys(TABLES) as RecordKind[]) {
+          const r = await conn.run(`DELETE FROM ${TABLES[kind].table} WHERE ingested_at_ms < $before`, {
+            before: BigInt(beforeMs),
+          });
+          counts[kind] = r.rowsChanged;
+        }
+        await conn.run('COMMIT');
+      } catch (err) {
+        await conn.run('ROLLBACK').catch(() => undefined);
+        throw err;
+      }
+      return counts;
+    });
   }
 
   /** Waits for queued batches, then closes the connection and the database. */

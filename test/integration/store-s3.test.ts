@@ -217,6 +217,21 @@ test('putIfAbsent on the same new key from two instances at once: both succeed, 
   assert.equal(await late, 'exists');
 });
 
+test('delete removes a key under the prefix only; an absent key is fine; keys are checked first', async () => {
+  const key = 'events/inference/fleet=demo/date=2025-01-01/a.parquet';
+  await store.putIfAbsent(key, bytes('a'));
+  await storeAt('fleet/b').putIfAbsent(key, bytes('b'));
+  await store.delete(key);
+  assert.equal(await store.get(key), undefined);
+  assert.equal(await rawGet(`fleet/a/${key}`), undefined);
+  assert.equal(await rawGet(`fleet/b/${key}`), 'b', 'a sibling prefix keeps its key');
+  await store.delete(key);
+  assert.equal(await store.putIfAbsent(key, bytes('again')), 'created', 'the key can be written anew');
+  await store.delete(key);
+  const err = await failureOf(store.delete('../a'));
+  assert.equal(err.type, ErrorType.InvalidInput);
+});
+
 test('compareAndSwap: create when absent, swap on the current etag, refuse stale and absent etags', async () => {
   const key = 'pointers/hw3-eu/production.json';
   const e1 = await store.compareAndSwap(key, null, bytes('v1'));

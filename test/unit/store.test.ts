@@ -35,6 +35,23 @@ async function failureType(p: Promise<unknown>): Promise<string | undefined> {
 }
 
 void test(
+  'delete removes a key (a later putIfAbsent creates it anew); an absent key is fine; keys are checked',
+  withStore(async (store, dir) => {
+    const key = 'events/inference/fleet=demo/date=2025-01-01/a.parquet';
+    await store.putIfAbsent(key, Buffer.from('a'));
+    await store.putIfAbsent('events/inference/fleet=demo/date=2025-01-01/b.parquet', Buffer.from('b'));
+    await store.delete(key);
+    assert.equal(await store.get(key), undefined);
+    assert.deepEqual(await store.list('events/'), ['events/inference/fleet=demo/date=2025-01-01/b.parquet']);
+    await store.delete(key);
+    await store.delete('events/none/x.parquet');
+    assert.equal(await store.putIfAbsent(key, Buffer.from('other')), 'created');
+    assert.equal(await failureType(store.delete('../outside')), ErrorType.InvalidInput);
+    assert.ok(existsSync(dir));
+  }),
+);
+
+void test(
   'putIfAbsent creates once, accepts the same bytes again, refuses different bytes',
   withStore(async (store) => {
     assert.equal(await store.putIfAbsent('registry/m/1.0.0.json', Buffer.from('a')), 'created');
