@@ -218,6 +218,8 @@ test('putIfAbsent on the same new key from two instances at once: both succeed, 
 });
 
 test('delete removes a key under the prefix only; an absent key is fine; keys are checked first', async () => {
+  // Its own store: the registry's requests through `store` are checked below never to delete.
+  const store = storeAt('fleet/a');
   const key = 'events/inference/fleet=demo/date=2025-01-01/a.parquet';
   await store.putIfAbsent(key, bytes('a'));
   await storeAt('fleet/b').putIfAbsent(key, bytes('b'));
