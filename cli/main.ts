@@ -109,6 +109,7 @@ Usage: fleetgate <command> [options]      (fleetgate <command> --help for detail
   ui                          serve a live status page of the rollouts on 127.0.0.1 (fleetgate ui --help)
   serve                       run the inference gateway of a service's models (fleetgate serve --help)
   events schema               the event contract's JSON Schema or Parquet columns (docs/events.md)
+  events pull                 read the files streams put in an object store's landing zone (fleetgate events --help)
   ingest                      run the endpoint fleets send events, labels and outcomes to (fleetgate ingest --help)
   worker                      run a worker (workflows and activities)
   server                      run a local Temporal dev server with the data directory's history
