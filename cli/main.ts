@@ -110,6 +110,7 @@ Usage: fleetgate <command> [options]      (fleetgate <command> --help for detail
   serve                       run the inference gateway of a service's models (fleetgate serve --help)
   events schema               the event contract's JSON Schema or Parquet columns (docs/events.md)
   events rebuild|prune|compact  the ingestion database from the store's Parquet partitions, retention, merging
+  events pull                 read the files streams put in an object store's landing zone (fleetgate events --help)
   ingest                      run the endpoint fleets send events, labels and outcomes to (fleetgate ingest --help)
   worker                      run a worker (workflows and activities)
   server                      run a local Temporal dev server with the data directory's history

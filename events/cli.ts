@@ -2,10 +2,11 @@
  * The `events` and `ingest` commands of cli/main.ts: `fleetgate events schema` prints the contract's
  * generated JSON Schema or Parquet columns (events/contract.ts), `fleetgate events rebuild|prune|compact`
  * rebuild the database from, prune and compact the Parquet partitions of the configured object store
- * (events/rebuild.ts), `fleetgate ingest` runs the ingestion endpoint (events/ingest-server.ts), keeping
- * partitions in that store, until SIGINT or SIGTERM.
+ * (events/rebuild.ts), `fleetgate events pull` reads the landing zone of an object store
+ * (events/landing.ts) once or every interval, `fleetgate ingest` runs the ingestion endpoint
+ * (events/ingest-server.ts), keeping partitions in that store, until SIGINT or SIGTERM.
  *
- * It prints the URL, the database file and counts, never a token or a record.
+ * It prints the URL, the database file, keys and counts, never a token, a credential or a record.
  */
 import { parseArgs } from 'node:util';
 import { join, resolve } from 'node:path';
@@ -13,9 +14,11 @@ import { jsonSchemaOf, parquetSchemaOf, RECORD_KINDS, type RecordKind } from './
 import type * as WriterModule from './writer';
 import type * as ServerModule from './ingest-server';
 import type * as RebuildModule from './rebuild';
+import type * as LandingModule from './landing';
 import type * as ConfigModule from '../workers/config';
 
 export const EVENTS_HELP = `Usage: fleetgate events schema [--kind inference|label|outcome] [--format json-schema|parquet]
+       fleetgate events pull --landing PREFIX [--fleet F] [--every 30s] [--db FILE] [--max-file-bytes N]
        fleetgate events rebuild [--db FILE]
        fleetgate events prune --before DATE|EPOCH_MS [--db FILE]
        fleetgate events compact [--date DATE]
@@ -30,7 +33,17 @@ rebuild writes a new database (FILE must not exist; default <FLEETGATE_DATA_DIR>
 Parquet partitions of the object store (FLEETGATE_STORE), the same rows and watermarks as the database
 that ingested them. prune deletes the partitions of ingestion dates before DATE (yyyy-mm-dd, UTC; an
 epoch-ms instant counts from its day) and their rows from the database (stop the ingest server on it
-first). compact merges the partitions of each kind, fleet and date (of DATE only with --date) into one.`;
+first). compact merges the partitions of each kind, fleet and date (of DATE only with --date) into one.
+
+pull reads the landing zone (docs/events.md, "Landing zone"): the files streams put at
+<PREFIX>/<fleet>/<events|labels|outcomes>/<yyyy>/<MM>/<dd>/<HH>/<name>.ndjson[.gz] or .parquet, each
+file once, into the ingestion database. One pass, or one every --every until Ctrl-C or SIGTERM.
+  --landing PREFIX     a key prefix of the object store of FLEETGATE_STORE (default the data directory's
+                       store/), or s3://BUCKET[/PREFIX] (endpoint and credentials as for FLEETGATE_STORE)
+  --fleet F            only this fleet's files
+  --every INTERVAL     a pass every INTERVAL (30s, 5m, 1h); a failed pass is retried by the next
+  --db FILE            DuckDB database of ingested records (default <FLEETGATE_DATA_DIR>/ingest.duckdb)
+  --max-file-bytes N   largest file, before and after gunzip (default 16777216); larger ones are refused`;
 
 function usage(message: string, help: string): number {
   console.error(`fleetgate: ${message} (see "fleetgate ${help} --help")`);
@@ -46,6 +59,7 @@ export function schemaText(kind: RecordKind | undefined, format: 'json-schema' |
 
 /** The `events` entry of the command table of cli/main.ts. */
 export async function eventsCommand(args: string[]): Promise<number> {
+  if (args[0] === 'pull') return pullCommand(args.slice(1));
   let parsed;
   try {
     parsed = parseArgs({
@@ -69,7 +83,7 @@ export async function eventsCommand(args: string[]): Promise<number> {
     return 0;
   }
   const [sub, ...extra] = parsed.positionals;
-  const subs = ['schema', 'rebuild', 'prune', 'compact'];
+  const subs = ['schema', 'pull', 'rebuild', 'prune', 'compact'];
   if (sub === undefined || !subs.includes(sub) || extra.length > 0)
     return usage(`events takes one subcommand: ${subs.join(', ')}`, 'events');
   if (sub !== 'schema') return storeCommand(sub, parsed.values);
@@ -243,4 +257,125 @@ export async function ingestCommand(args: string[]): Promise<number> {
   await writer.close();
   (store as { close?: () => void }).close?.();
   return 0;
+}
+
+/** Milliseconds of an interval such as 30s, 5m or 1h (1 s to 1 day), or undefined. */
+export function intervalMs(s: string): number | undefined {
+  const m = /^(\d{1,6})(s|m|h)$/.exec(s);
+  if (!m) return undefined;
+  const ms = Number(m[1]) * { s: 1000, m: 60_000, h: 3_600_000 }[m[2] as 's' | 'm' | 'h'];
+  return ms >= 1000 && ms <= 86_400_000 ? ms : undefined;
+}
+
+/** The line `fleetgate events pull` prints for a pass. */
+export function passLine(r: LandingModule.PassResult): string {
+  return (
+    `fleetgate events pull: ${r.filesRead} file(s) read, ${r.filesSkipped} skipped, ${r.filesRefused} refused, ` +
+    `${r.filesOutside} outside the layout; ${r.accepted} record(s) accepted, ${r.duplicates} duplicate(s), ` +
+    `${r.late} late${r.stopped ? ' (stopped before the end: the next pass goes on)' : ''}`
+  );
+}
+
+/** `fleetgate events pull`. */
+async function pullCommand(args: string[]): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args,
+      options: {
+        landing: { type: 'string' },
+        fleet: { type: 'string' },
+        every: { type: 'string' },
+        db: { type: 'string' },
+        'max-file-bytes': { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
+      },
+      allowPositionals: false,
+      strict: true,
+    });
+  } catch (err) {
+    return usage((err as Error).message.split(/\.\s|\n/)[0]!, 'events');
+  }
+  const v = parsed.values;
+  if (v.help) {
+    console.log(EVENTS_HELP);
+    return 0;
+  }
+  if (v.landing === undefined)
+    return usage('events pull needs --landing PREFIX (or s3://BUCKET/PREFIX)', 'events');
+  const every = v.every === undefined ? undefined : intervalMs(v.every);
+  if (v.every !== undefined && every === undefined)
+    return usage(
+      `--every must be an interval from 1s to 24h such as 30s, 5m or 1h (got "${v.every.slice(0, 20)}")`,
+      'events',
+    );
+  const maxFileBytes = positiveInt(v['max-file-bytes'] ?? '16777216', 1 << 30);
+  if (maxFileBytes === undefined)
+    return usage('--max-file-bytes must be a whole number from 1 to 1073741824', 'events');
+  const { loadConfig, loadStoreConfig, openObjectStore } =
+    require('../workers/config') as typeof ConfigModule;
+  const { LandingReader } = require('./landing') as typeof LandingModule;
+  const { EventWriter } = require('./writer') as typeof WriterModule;
+  let store;
+  let prefix = v.landing.replace(/\/+$/, '');
+  try {
+    const config = loadConfig();
+    if (prefix.startsWith('s3://')) {
+      store = openObjectStore(loadStoreConfig({ ...process.env, FLEETGATE_STORE: prefix }), config.dataDir);
+      prefix = '';
+    } else {
+      store = openObjectStore(config.store, config.dataDir);
+    }
+  } catch (err) {
+    // The s3:// form is read as FLEETGATE_STORE is: name the option the value came from.
+    console.error(`fleetgate: ${(err as Error).message.replace('FLEETGATE_STORE=', '--landing ')}`);
+    return 2;
+  }
+  const db = v.db ? resolve(v.db) : defaultIngestDb();
+  const writer = await EventWriter.open(db);
+  let reader;
+  try {
+    reader = await LandingReader.open({ store, writer, prefix, fleet: v.fleet, maxFileBytes });
+  } catch (err) {
+    await writer.close();
+    console.error(`fleetgate: ${(err as Error).message}`);
+    return 2;
+  }
+  const stop = new AbortController();
+  const onSignal = () => stop.abort();
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  let code: number;
+  try {
+    for (;;) {
+      try {
+        console.log(passLine(await reader.pass(stop.signal)));
+        code = 0;
+      } catch (err) {
+        code = 1;
+        console.error(
+          `fleetgate events pull: the pass failed: ${(err as Error).message.split('\n')[0]}` +
+            (every ? '; the next pass tries again' : '; run it again (files already read stay read)'),
+        );
+      }
+      if (every === undefined || stop.signal.aborted) break;
+      await new Promise<void>((res) => {
+        const done = () => {
+          clearTimeout(timer);
+          stop.signal.removeEventListener('abort', done);
+          res();
+        };
+        const timer = setTimeout(done, every);
+        stop.signal.addEventListener('abort', done, { once: true });
+      });
+      if (stop.signal.aborted) break;
+    }
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    reader.close();
+    await writer.close();
+    (store as { close?: () => void }).close?.();
+  }
+  return code;
 }

@@ -1,16 +1,13 @@
 /**
  * The small HTTP helpers of the ingestion endpoint: JSON answers with the headers every answer carries
- * (`nosniff`, no framing, no caching), errors as JSON, a bounded body reader, a gunzip bounded after
- * decompression, bearer tokens and a constant-time comparison of secrets.
+ * (`nosniff`, no framing, no caching), errors as JSON, a bounded body reader, bearer tokens and a
+ * constant-time comparison of secrets (the bounded gunzip is in events/parse.ts, shared with the
+ * landing-zone reader).
  *
  * It must never put a token, a header's value or a body in an answer or an error.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { gunzip } from 'node:zlib';
-import { promisify } from 'node:util';
-
-const gunzipAsync = promisify(gunzip);
 
 /** On every answer: the endpoint serves data, never a page. */
 export const SECURITY_HEADERS = {
@@ -98,22 +95,6 @@ export async function readBody(req: IncomingMessage, max: number): Promise<Buffe
   }
   if (over) throw tooLarge(max, '');
   return Buffer.concat(chunks);
-}
-
-/** Gunzips at most `max` bytes of output: a gzip bomb is a 413, a broken stream a 400. */
-export async function gunzipBounded(body: Buffer, max: number): Promise<Buffer> {
-  try {
-    return await gunzipAsync(body, { maxOutputLength: max });
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE' || err instanceof RangeError) {
-      throw tooLarge(max, ' once decompressed');
-    }
-    throw new HttpError(
-      400,
-      'bad-encoding',
-      'the body is not valid gzip: send it gzip-compressed with Content-Encoding: gzip, or uncompressed without that header',
-    );
-  }
 }
 
 /** The token of an `Authorization: Bearer <token>` header, or undefined. */

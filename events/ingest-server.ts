@@ -15,42 +15,29 @@
  * gzip bomb is refused as it inflates), and so is the number of records of a batch. A batch with any
  * bad record is refused whole (400) with the line or row, field and fix of the first 20 problems and
  * their count. When `maxPending` batches are already being read or written, a batch is refused with 429
- * and Retry-After. A Parquet body is written to a temporary file created exclusively in a directory of
- * the server's own (mode 0700) and read with DuckDB's read_parquet, then removed.
+ * and Retry-After. Bodies are parsed by events/parse.ts (shared with the landing-zone reader): a Parquet
+ * body is written to a temporary file created exclusively in a directory of the server's own (mode 0700)
+ * and read with DuckDB's read_parquet, then removed.
  *
  * It must never log or answer with a record's identifiers (units, event ids), a token or a file path.
  */
-import { randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { open, unlink } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { END_AT_MS, MIN_AT_MS, type RecordKind } from './contract';
+import { bearerToken, HttpError, mediaType, readBody, sameSecret, send, sendError, sendJson } from './http';
 import {
-  END_AT_MS,
-  MAX_PROBLEMS,
-  MIN_AT_MS,
-  parquetColumnsOf,
-  recordFromColumns,
-  validateBatch,
-  type Problem,
-  type RecordKind,
-} from './contract';
-import {
-  bearerToken,
-  gunzipBounded,
-  HttpError,
-  mediaType,
-  readBody,
-  sameSecret,
-  send,
-  sendError,
-  sendJson,
-} from './http';
+  BatchUnreadable,
+  DEFAULT_MAX_BATCH_BYTES,
+  DEFAULT_MAX_RECORDS as MAX_RECORDS_OF_A_BATCH,
+  parseBatch,
+  shownColumns,
+} from './parse';
 import { BatchRefused, type EventWriter, type WriteResult } from './writer';
 
-export const DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024;
-export const DEFAULT_MAX_RECORDS = 100_000;
+export const DEFAULT_MAX_BODY_BYTES = DEFAULT_MAX_BATCH_BYTES;
+export const DEFAULT_MAX_RECORDS = MAX_RECORDS_OF_A_BATCH;
 export const DEFAULT_MAX_PENDING = 4;
 export const NDJSON = 'application/x-ndjson';
 export const PARQUET = 'application/vnd.apache.parquet';
@@ -134,31 +121,44 @@ function metricsText(c: Counters, pending: number): string {
   return lines.join('\n') + '\n';
 }
 
-/** The records of an NDJSON body, their line numbers, and the lines that are no JSON object. */
-function parseNdjson(text: string): { raw: unknown[]; positions: number[]; problems: Problem[] } {
-  const raw: unknown[] = [];
-  const positions: number[] = [];
-  const problems: Problem[] = [];
-  const lines = text.split('\n');
-  lines.forEach((line, i) => {
-    const l = line.endsWith('\r') ? line.slice(0, -1) : line;
-    if (l.trim() === '') return;
-    let value: unknown;
-    try {
-      value = JSON.parse(l);
-    } catch {
-      // The parser's message quotes the line: never repeated.
-      problems.push({
-        line: i + 1,
-        field: '(line)',
-        message: 'not JSON: send one JSON object per line (NDJSON)',
-      });
-      return;
-    }
-    raw.push(value);
-    positions.push(i + 1);
-  });
-  return { raw, positions, problems };
+/** The answer to a body that cannot be read as a batch. */
+function httpErrorOf(err: BatchUnreadable, kind: RecordKind, maxBody: number, maxRecords: number): HttpError {
+  switch (err.code) {
+    case 'body-too-large':
+      return new HttpError(
+        413,
+        'body-too-large',
+        `the body is over ${maxBody} bytes${err.details.decompressed ? ' once decompressed' : ''}; send fewer records per batch`,
+        {},
+        { Connection: 'close' },
+      );
+    case 'bad-encoding':
+      return new HttpError(
+        400,
+        'bad-encoding',
+        'the body is not valid gzip: send it gzip-compressed with Content-Encoding: gzip, or uncompressed without that header',
+      );
+    case 'bad-parquet':
+      return new HttpError(
+        400,
+        'bad-parquet',
+        'the body is not a readable Parquet file: send one Parquet file per batch (as DuckDB, pyarrow or Spark write them)',
+      );
+    case 'unknown-columns':
+      return new HttpError(
+        400,
+        'invalid-batch',
+        `unknown column(s) ${shownColumns(err.details.columns ?? [])}: remove them (the columns are in events/schema/${kind}.parquet.json)`,
+      );
+    case 'too-many-records':
+      return new HttpError(
+        413,
+        'too-many-records',
+        `the batch holds over ${maxRecords} records; send fewer per batch`,
+      );
+    case 'empty':
+      return new HttpError(400, 'invalid-batch', 'the batch holds no record: send at least one');
+  }
 }
 
 export async function startIngestServer(opts: IngestServerOptions): Promise<IngestServer> {
@@ -250,65 +250,6 @@ export async function startIngestServer(opts: IngestServerOptions): Promise<Inge
     return w;
   }
 
-  async function parquetRecords(body: Buffer, kind: RecordKind): Promise<unknown[]> {
-    const file = join(tmp, `${randomUUID()}.parquet`);
-    const handle = await open(file, 'wx', 0o600);
-    try {
-      await handle.writeFile(body);
-    } finally {
-      await handle.close();
-    }
-    const conn = await writer.connect();
-    const unreadable = () =>
-      new HttpError(
-        400,
-        'bad-parquet',
-        'the body is not a readable Parquet file: send one Parquet file per batch (as DuckDB, pyarrow or Spark write them)',
-      );
-    try {
-      let described;
-      try {
-        described = (
-          await conn.runAndReadAll('DESCRIBE SELECT * FROM read_parquet($f)', { f: file })
-        ).getRowObjectsJS();
-      } catch {
-        throw unreadable();
-      }
-      const known = new Set(parquetColumnsOf(kind).map((c) => c.name));
-      const unknown = described.map((d) => String(d.column_name)).filter((n) => !known.has(n));
-      if (unknown.length > 0) {
-        const shown = unknown
-          .slice(0, 5)
-          .map((n) => JSON.stringify(n.length <= 40 ? n : `${n.slice(0, 37)}...`));
-        throw new HttpError(
-          400,
-          'invalid-batch',
-          `unknown column(s) ${shown.join(', ')}${unknown.length > 5 ? ', ...' : ''}: remove them (the columns are in events/schema/${kind}.parquet.json)`,
-        );
-      }
-      const n = (
-        await conn.runAndReadAll('SELECT count(*) AS n FROM read_parquet($f)', { f: file })
-      ).getRowObjectsJS()[0]!.n;
-      if (Number(n) > maxRecords) {
-        throw new HttpError(
-          413,
-          'too-many-records',
-          `the batch holds over ${maxRecords} records; send fewer per batch`,
-        );
-      }
-      let rows;
-      try {
-        rows = (await conn.runAndReadAll('SELECT * FROM read_parquet($f)', { f: file })).getRowObjectsJS();
-      } catch {
-        throw unreadable();
-      }
-      return rows.map((row) => recordFromColumns(kind, row));
-    } finally {
-      conn.closeSync();
-      await unlink(file).catch(() => undefined);
-    }
-  }
-
   async function ingest(req: IncomingMessage, kind: RecordKind, fleet: string): Promise<WriteResult> {
     const type = mediaType(req);
     if (type !== NDJSON && type !== PARQUET) {
@@ -327,35 +268,24 @@ export async function startIngestServer(opts: IngestServerOptions): Promise<Inge
       );
     }
     const watermarkMs = watermarkOf(req, kind);
-    let body = await readBody(req, maxBody);
-    if (encoding === 'gzip') body = await gunzipBounded(body, maxBody);
-    let raw: unknown[];
-    let positions: number[] | undefined;
-    let parseProblems: Problem[] = [];
-    const where = type === NDJSON ? 'line' : 'row';
-    if (type === NDJSON) {
-      ({ raw, positions, problems: parseProblems } = parseNdjson(body.toString('utf8')));
-    } else {
-      raw = await parquetRecords(body, kind);
+    const body = await readBody(req, maxBody);
+    let batch;
+    try {
+      batch = await parseBatch(body, {
+        format: type === NDJSON ? 'ndjson' : 'parquet',
+        gzip: encoding === 'gzip',
+        kind,
+        fleet,
+        maxBytes: maxBody,
+        maxRecords,
+        tmpDir: tmp,
+        connect: () => writer.connect(),
+      });
+    } catch (err) {
+      if (err instanceof BatchUnreadable) throw httpErrorOf(err, kind, maxBody, maxRecords);
+      throw err;
     }
-    if (raw.length + parseProblems.length > maxRecords) {
-      throw new HttpError(
-        413,
-        'too-many-records',
-        `the batch holds over ${maxRecords} records; send fewer per batch`,
-      );
-    }
-    if (raw.length + parseProblems.length === 0) {
-      throw new HttpError(400, 'invalid-batch', 'the batch holds no record: send at least one');
-    }
-    if (parseProblems.length > 0) {
-      // Report every line: those that are no JSON and the problems of those that are.
-      const v = validateBatch(kind, fleet, raw, where, positions);
-      const all = [...parseProblems, ...(v.ok ? [] : v.problems)].sort(
-        (a, b) => (a.line ?? 0) - (b.line ?? 0),
-      );
-      throw new BatchRefused(all.slice(0, MAX_PROBLEMS), parseProblems.length + (v.ok ? 0 : v.problemCount));
-    }
+    const { raw, where, positions } = batch;
     return writer.ingest(kind, fleet, raw, { where, positions, watermarkMs });
   }
 
