@@ -13,7 +13,11 @@
  *      (scripts/bench-shadow.ts); 7. verifying a signed pack with a 100 MB model vs sha256sum
  *      (scripts/bench-pack.ts); 8. the status page's first render in headless Chromium with 50 rollouts
  *      listed vs its empty list (scripts/bench-ui.ts); 9. the inference gateway: p50/p99 and saturation against
- *      direct runs, p99 with 100% mirroring, and overload against a small queue (scripts/bench-serve.ts).
+ *      direct runs, p99 with 100% mirroring, and overload against a small queue (scripts/bench-serve.ts);
+ *      10. ingestion: `fleetgate ingest` over HTTP (NDJSON, gzip, Parquet) against DuckDB's appender, its
+ *      peak resident set, and a rebuild from partitions against the write (scripts/bench-ingest.ts).
+ *
+ * `npm run bench -- ingest` runs only the sections named (those of ALONE), without the statistics.
  *
  * Then the statistics of the sequential designs, from the seeded simulation of `fleetgate stats simulate`:
  * the A/A false-alarm rate of each design over many looks against α, and power and samples to a decision
@@ -47,6 +51,7 @@ import { shadowBench, type BenchRow } from './bench-shadow';
 import { packBench } from './bench-pack';
 import { uiBench } from './bench-ui';
 import { serveBench } from './bench-serve';
+import { ingestBench } from './bench-ingest';
 
 const ROOT = resolve(__dirname, '..');
 const FLEET = 'sim/fleets/demo.yaml';
@@ -75,7 +80,30 @@ async function best<T>(n: number, fn: () => Promise<T>) {
   return out;
 }
 
+/** Sections that `npm run bench -- NAME...` runs alone. */
+const ALONE: Record<string, () => Promise<Result[]>> = {
+  ingest: () => ingestBench(ROOT),
+};
+
 async function main(): Promise<void> {
+  const only = process.argv.slice(2);
+  const unknown = only.filter((name) => !Object.hasOwn(ALONE, name));
+  if (unknown.length > 0) {
+    throw new Error(
+      `no bench section "${unknown[0]!.slice(0, 40)}": name one of ${Object.keys(ALONE).join(', ')}, or none to run them all`,
+    );
+  }
+  if (only.length > 0) {
+    const results: Result[] = [];
+    for (const name of only) results.push(...(await ALONE[name]!()));
+    printResults(results);
+    console.log(
+      JSON.stringify({
+        bench: results.map((r) => ({ name: r.name, speedup: Number(r.speedup.toFixed(2)) })),
+      }),
+    );
+    return;
+  }
   const dataDir = mkdtempSync(join(tmpdir(), 'fleetgate-bench-'));
   trustFixtureSigner(dataDir);
   const services = await openServices(dataDir, ROOT);
@@ -224,13 +252,37 @@ async function main(): Promise<void> {
     results.push(await uiBench());
     // 9. The inference gateway against direct runs of its model, with mirroring, and overloaded.
     results.push(...(await serveBench(ROOT)));
+    // 10. Ingestion over HTTP against the appender, the server's memory, and a rebuild against the write.
+    results.push(...(await ingestBench(ROOT)));
   } finally {
     await services.close();
     rmSync(dataDir, { recursive: true, force: true });
   }
 
+  printResults(results);
+  const statistics = statisticsSection();
+  printStatistics(statistics);
+  const round = (x: number) => Number(x.toFixed(4));
+  console.log(
+    JSON.stringify({
+      bench: results.map((r) => ({ name: r.name, speedup: Number(r.speedup.toFixed(2)) })),
+      statistics: {
+        ...statistics,
+        rows: statistics.rows.map((r) => ({
+          ...r,
+          falseAlarmRate: round(r.falseAlarmRate),
+          se: round(r.se),
+          power: r.power.map(round),
+          samplesRatio: r.samplesRatio.map(round),
+        })),
+      },
+    }),
+  );
+}
+
+/** The table of results: each column as wide as its longest entry, plus two spaces. */
+function printResults(results: Result[]): void {
   const pad = (s: string, n: number) => s.padEnd(n);
-  // Each column as wide as its longest entry, plus two spaces.
   const width = (pick: (r: BenchRow) => string, head: string) =>
     Math.max(head.length, ...results.map((r) => pick(r).length)) + 2;
   const [wName, wSubject, wBaseline] = [
@@ -258,24 +310,6 @@ async function main(): Promise<void> {
     );
   }
   console.log('');
-  const statistics = statisticsSection();
-  printStatistics(statistics);
-  const round = (x: number) => Number(x.toFixed(4));
-  console.log(
-    JSON.stringify({
-      bench: results.map((r) => ({ name: r.name, speedup: Number(r.speedup.toFixed(2)) })),
-      statistics: {
-        ...statistics,
-        rows: statistics.rows.map((r) => ({
-          ...r,
-          falseAlarmRate: round(r.falseAlarmRate),
-          se: round(r.se),
-          power: r.power.map(round),
-          samplesRatio: r.samplesRatio.map(round),
-        })),
-      },
-    }),
-  );
 }
 
 type SimDesign = SimulationInput['design'];
