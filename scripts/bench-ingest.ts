@@ -438,7 +438,7 @@ async function rebuildRow(
   );
   rmSync(dir, { recursive: true, force: true });
   return {
-    name: `rebuild (${fmt(total)} events, ${result.partitions.inference} partitions; goal <= 1x)`,
+    name: `rebuild (${fmt(total)} events, ${result.partitions.inference} partitions; goal: speed-up >= 1x)`,
     subject: 'rebuildFromStore',
     baseline: 'writer.ingest',
     subjectMs: rebuildMs,
