@@ -29,7 +29,7 @@ let acts: ReturnType<typeof createActivities>;
 
 before(async () => {
   tmp = mkdtempSync(join(tmpdir(), 'fleetgate-confine-'));
-  root = join(tmp, 'root');
+  root = join(tmp, 'worker');
   mkdirSync(root);
   writeFileSync(join(tmp, 'outside.json'), CREDENTIALS);
   // A valid fleet manifest outside the root: refused all the same, it is not read.
@@ -74,7 +74,7 @@ describe('a manifest outside the worker directory is refused, never read', () =>
     join(tmp, 'outside.json'),
     'link.json',
     'up/outside.json',
-    'up/root/../outside.yaml',
+    'up/worker/../outside.yaml',
     'up/missing.yaml',
   ];
 
