@@ -161,7 +161,8 @@ CREATE TABLE IF NOT EXISTS ${WATERMARKS_TABLE} (
   PRIMARY KEY (fleet, cohort)
 );`;
 
-function append(a: DuckDBAppender, type: ColumnType, v: unknown): void {
+/** Appends one value of a contract column's type (null as NULL). */
+export function append(a: DuckDBAppender, type: ColumnType, v: unknown): void {
   if (v === null) return a.appendNull();
   switch (type) {
     case 'VARCHAR':

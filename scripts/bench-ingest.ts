@@ -29,13 +29,13 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { gzipSync } from 'node:zlib';
-import { DuckDBInstance, type DuckDBAppender, type DuckDBConnection } from '@duckdb/node-api';
+import { DuckDBInstance, type DuckDBConnection } from '@duckdb/node-api';
 import { LocalObjectStore } from '../activities/store';
-import { parquetColumnsOf, SCHEMA_VERSION, type ColumnType, type Inference } from '../events/contract';
+import { parquetColumnsOf, SCHEMA_VERSION, type Inference } from '../events/contract';
 import { NDJSON, PARQUET, tokenVariable } from '../events/ingest-server';
 import { sqlString } from '../events/partitions';
 import { rebuildFromStore } from '../events/rebuild';
-import { EventWriter, SCHEMA_SQL, TABLES } from '../events/writer';
+import { append, EventWriter, SCHEMA_SQL, TABLES } from '../events/writer';
 import { pseudonym } from '../fleet/pseudonym';
 import { makeRng } from '../policies/rng';
 import type { BenchRow } from './bench-shadow';
@@ -96,22 +96,6 @@ function valueOf(r: Inference, field: readonly string[]): unknown {
   for (const k of field)
     v = v !== null && typeof v === 'object' ? (v as Record<string, unknown>)[k] : undefined;
   return v ?? null;
-}
-
-function append(a: DuckDBAppender, type: ColumnType, v: unknown): void {
-  if (v === null) return a.appendNull();
-  switch (type) {
-    case 'VARCHAR':
-      return a.appendVarchar(v as string);
-    case 'BOOLEAN':
-      return a.appendBoolean(v as boolean);
-    case 'INTEGER':
-      return a.appendInteger(v as number);
-    case 'BIGINT':
-      return a.appendBigInt(BigInt(v as number));
-    case 'DOUBLE':
-      return a.appendDouble(v as number);
-  }
 }
 
 /** Appends records to `table`, whose columns are the contract's (then `ingested_at_ms` when `now` is given). */
