@@ -11,13 +11,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { CreateBucketCommand, ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
-import { DuckDBInstance } from '@duckdb/node-api';
 import { S3ObjectStore } from '../../activities/store-s3';
-import { EventWriter, TABLES, WATERMARKS_TABLE } from '../../events/writer';
+import { EventWriter, WATERMARKS_TABLE } from '../../events/writer';
 import { parsePartitionKey } from '../../events/partitions';
 import { compact, prune, rebuildFromStore } from '../../events/rebuild';
 import { createS3Client, loadStoreConfig, type S3StoreConfig } from '../../workers/config';
 import { pseudonym } from '../../fleet/pseudonym';
+import { dumpIngested } from '../events-support';
 import { startMoto, type Moto } from '../moto';
 
 const BUCKET = 'fleetgate-events';
@@ -76,26 +76,6 @@ function event(i: number): Record<string, unknown> {
   };
 }
 
-async function dump(file: string): Promise<Record<string, unknown[]>> {
-  const instance = await DuckDBInstance.create(file);
-  const conn = await instance.connect();
-  try {
-    const out: Record<string, unknown[]> = {};
-    for (const { table, key } of Object.values(TABLES)) {
-      out[table] = (
-        await conn.runAndReadAll(`SELECT * FROM ${table} ORDER BY ${key.join(', ')}`)
-      ).getRowObjectsJS();
-    }
-    out[WATERMARKS_TABLE] = (
-      await conn.runAndReadAll(`SELECT * FROM ${WATERMARKS_TABLE} ORDER BY fleet, cohort`)
-    ).getRowObjectsJS();
-    return out;
-  } finally {
-    conn.closeSync();
-    instance.closeSync();
-  }
-}
-
 test('partitions on S3: ingest, re-send, crash and re-send, compact, prune, and rebuild each time', async () => {
   const clock = { t: T0 };
   let crash = false;
@@ -143,7 +123,7 @@ test('partitions on S3: ingest, re-send, crash and re-send, compact, prune, and 
   const expected = await writer.read('SELECT * FROM ingested_inference ORDER BY fleet, event_id');
   const rebuiltA = join(tmp, 'a.duckdb');
   await rebuildFromStore(store, rebuiltA, { cacheDir: tmp });
-  const a = await dump(rebuiltA);
+  const a = await dumpIngested(rebuiltA);
   assert.deepEqual(a.ingested_inference, expected);
   assert.deepEqual(
     a[WATERMARKS_TABLE],
@@ -156,7 +136,7 @@ test('partitions on S3: ingest, re-send, crash and re-send, compact, prune, and 
   assert.equal((await store.list('events/')).length, 4);
   const rebuiltB = join(tmp, 'b.duckdb');
   await rebuildFromStore(store, rebuiltB);
-  assert.deepEqual(await dump(rebuiltB), a);
+  assert.deepEqual(await dumpIngested(rebuiltB), a);
 
   // Prune the first day: its record partition goes, the second day's and the watermarks stay.
   const p = await prune(store, writer, T0 + DAY);
@@ -168,9 +148,9 @@ test('partitions on S3: ingest, re-send, crash and re-send, compact, prune, and 
     'watermarks/2025-01-02',
   ]);
   await writer.close();
-  const pruned = await dump(db);
+  const pruned = await dumpIngested(db);
   assert.equal(pruned.ingested_inference!.length, 11);
   const rebuiltC = join(tmp, 'c.duckdb');
   await rebuildFromStore(store, rebuiltC);
-  assert.deepEqual(await dump(rebuiltC), pruned);
+  assert.deepEqual(await dumpIngested(rebuiltC), pruned);
 });

@@ -14,11 +14,12 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { DuckDBInstance } from '@duckdb/node-api';
 import { LocalObjectStore } from '../../activities/store';
-import { EventWriter, TABLES, WATERMARKS_TABLE } from '../../events/writer';
+import { EventWriter, WATERMARKS_TABLE } from '../../events/writer';
 import { parsePartitionKey } from '../../events/partitions';
 import { compact, prune, rebuildFromStore } from '../../events/rebuild';
 import { eventsCommand } from '../../events/cli';
 import { pseudonym } from '../../fleet/pseudonym';
+import { dumpIngested } from '../events-support';
 
 const KEY = randomBytes(32);
 const DAY = 86_400_000;
@@ -58,27 +59,6 @@ const outcome = (i: number) => ({
   outcome: i % 4 === 0 ? 'error' : 'ok',
   at: T0 + i * 1000,
 });
-
-/** Every table of a database, each ordered by its key (rows as DuckDB returns them). */
-async function dump(file: string): Promise<Record<string, unknown[]>> {
-  const instance = await DuckDBInstance.create(file);
-  const conn = await instance.connect();
-  try {
-    const out: Record<string, unknown[]> = {};
-    for (const { table, key } of Object.values(TABLES)) {
-      out[table] = (
-        await conn.runAndReadAll(`SELECT * FROM ${table} ORDER BY ${key.join(', ')}`)
-      ).getRowObjectsJS();
-    }
-    out[WATERMARKS_TABLE] = (
-      await conn.runAndReadAll(`SELECT * FROM ${WATERMARKS_TABLE} ORDER BY fleet, cohort`)
-    ).getRowObjectsJS();
-    return out;
-  } finally {
-    conn.closeSync();
-    instance.closeSync();
-  }
-}
 
 describe('ingested records as Parquet partitions', () => {
   let dir: string;
@@ -166,12 +146,12 @@ describe('ingested records as Parquet partitions', () => {
       await writer.ingest('outcome', 'demo', [outcome(b)], { where: 'line' });
     }
     await writer.close();
-    const original = await dump(db);
+    const original = await dumpIngested(db);
     assert.equal(original.ingested_inference!.length, 24);
     assert.equal(original[WATERMARKS_TABLE]!.length, 4, 'two cohorts in each fleet');
     rmSync(db);
     const result = await rebuildFromStore(store, db, { cacheDir: base });
-    assert.deepEqual(await dump(db), original);
+    assert.deepEqual(await dumpIngested(db), original);
     assert.deepEqual(result.rows, { inference: 24, label: 6, outcome: 6, watermarks: 4 });
     // Never over an existing database, and the cache is gone.
     await assert.rejects(rebuildFromStore(store, db), /already exists; a rebuild writes a fresh database/);
@@ -210,12 +190,12 @@ describe('ingested records as Parquet partitions', () => {
       assert.equal(r.accepted, 3);
       await run.writer.close();
     }
-    const expected = await dump(clean.db);
-    assert.deepEqual(await dump(crashed.db), expected);
+    const expected = await dumpIngested(clean.db);
+    assert.deepEqual(await dumpIngested(crashed.db), expected);
     for (const run of [crashed, clean]) {
       rmSync(run.db);
       await rebuildFromStore(run.store, run.db);
-      assert.deepEqual(await dump(run.db), expected);
+      assert.deepEqual(await dumpIngested(run.db), expected);
     }
     // Re-sent at the same instant: the same bytes, the same key, nothing new.
     const same = await setup({
@@ -265,10 +245,10 @@ describe('ingested records as Parquet partitions', () => {
       ['e-4', 'e-5'],
     );
     await writer.close();
-    const pruned = await dump(db);
+    const pruned = await dumpIngested(db);
     rmSync(db);
     await rebuildFromStore(store, db);
-    assert.deepEqual(await dump(db), pruned);
+    assert.deepEqual(await dumpIngested(db), pruned);
   });
 
   test('compact merges each kind, fleet and date into one file; the rows after rebuild are the same', async () => {
@@ -294,7 +274,7 @@ describe('ingested records as Parquet partitions', () => {
     clock.t = T0 + DAY + 10_000;
     await writer.ingest('inference', 'demo', [event(40)], { where: 'line' });
     await writer.close();
-    const original = await dump(db);
+    const original = await dumpIngested(db);
     const before = await store.list('events/');
     assert.equal(before.length, 8 * 3 + 2);
     // --date: that day only.
@@ -309,7 +289,7 @@ describe('ingested records as Parquet partitions', () => {
     assert.deepEqual(await compact(store), { groups: 0, written: 0, deleted: 0 }, 'nothing left to merge');
     rmSync(db);
     await rebuildFromStore(store, db);
-    assert.deepEqual(await dump(db), original);
+    assert.deepEqual(await dumpIngested(db), original);
   });
 
   test('fleetgate events rebuild, prune and compact on the configured local store', async () => {
@@ -337,10 +317,10 @@ describe('ingested records as Parquet partitions', () => {
         logs.at(-1)!,
         /before 2025-01-02: 2 partition\(s\), rows \{"inference":2,"label":0,"outcome":0\}/,
       );
-      const pruned = await dump(db);
+      const pruned = await dumpIngested(db);
       const rebuilt = join(base, 'rebuilt.duckdb');
       assert.equal(await eventsCommand(['rebuild', '--db', rebuilt]), 0);
-      assert.deepEqual(await dump(rebuilt), pruned);
+      assert.deepEqual(await dumpIngested(rebuilt), pruned);
       assert.equal(await eventsCommand(['rebuild', '--db', rebuilt]), 1);
       assert.match(errors.at(-1)!, /already exists; a rebuild writes a fresh database: move the file away/);
       assert.equal(await eventsCommand(['prune', '--before', 'yesterday']), 2);
