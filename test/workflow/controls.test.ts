@@ -109,7 +109,7 @@ describe('quorum gates and operator controls (time-skipping)', () => {
       };
       p.promotion = { approval: { gate: 'promote', required: 1, timeout: '3d', excludeInitiator: true } };
       const req = {
-        ...rolloutRequest(`quorum-${process.pid}`, 'models/candidate-good', p),
+        ...rolloutRequest(`quorum`, 'models/candidate-good', p),
         requestedBy: 'alice',
       };
       await withWorker(server.env, server.bundle, world, async (tq) => {
@@ -215,7 +215,7 @@ describe('quorum gates and operator controls (time-skipping)', () => {
         const handle = await startRollout(
           server.env,
           tq,
-          rolloutRequest(`unanswered-gate-${process.pid}`, 'models/candidate-good', p),
+          rolloutRequest(`unanswered-gate`, 'models/candidate-good', p),
         );
         return (await handle.result()) as RolloutResult;
       });
@@ -244,7 +244,7 @@ describe('quorum gates and operator controls (time-skipping)', () => {
         const handle = await startRollout(
           server.env,
           tq,
-          rolloutRequest(`controls-${process.pid}`, 'models/candidate-good', policy()),
+          rolloutRequest(`controls`, 'models/candidate-good', policy()),
         );
         await refused(handle.executeUpdate(resumeUpdate, { args: [{ by: 'ops' }] }), /not paused/);
         await waitFor(handle, (s) => s.wave === 1, 'reached wave 1');
@@ -349,7 +349,7 @@ describe('quorum gates and operator controls (time-skipping)', () => {
         const handle = await startRollout(
           server.env,
           tq,
-          rolloutRequest(`controls-shadow-${process.pid}`, 'models/candidate-good', policy()),
+          rolloutRequest(`controls-shadow`, 'models/candidate-good', policy()),
         );
         await waitFor(handle, (s) => s.phase === 'shadow', 'reached the shadow');
         await handle.executeUpdate(pauseUpdate, { args: [{ by: 'ops', reason: 'bench rig recalibration' }] });
@@ -396,7 +396,7 @@ describe('quorum gates and operator controls (time-skipping)', () => {
         const handle = await startRollout(
           server.env,
           tq,
-          rolloutRequest(`payloads-${process.pid}`, 'models/candidate-good', p),
+          rolloutRequest(`payloads`, 'models/candidate-good', p),
         );
         const send = (u: typeof approveUpdate | typeof pauseUpdate, arg: unknown) =>
           handle.executeUpdate(u as typeof approveUpdate, { args: [arg as never] });

@@ -48,7 +48,7 @@ describe('decision engine in rolloutWorkflow (time-skipping)', () => {
         const handle = await startRollout(
           server.env,
           tq,
-          rolloutRequest(`escalate-${process.pid}`, 'models/candidate-good', undecidable()),
+          rolloutRequest(`escalate`, 'models/candidate-good', undecidable()),
         );
         // Every escalation (a wave that ended short of data, or the final analysis) is approved by alice.
         const gates: string[][] = [];
@@ -103,7 +103,7 @@ describe('decision engine in rolloutWorkflow (time-skipping)', () => {
   test('an escalation nobody answers leaves every cohort held and the fleet as it was', async () => {
     const world = await makeWorld();
     try {
-      const result = await run(world, `unanswered-${process.pid}`, 'models/candidate-good', undecidable());
+      const result = await run(world, `unanswered`, 'models/candidate-good', undecidable());
       assert.equal(result.outcome, 'completed', result.reason);
       for (const c of result.cohorts) assert.equal(c.state, 'held', `${c.cohort}: ${c.headline}`);
       const report = reportOf(result);
@@ -125,7 +125,7 @@ describe('decision engine in rolloutWorkflow (time-skipping)', () => {
     try {
       const policy = week();
       policy.analysis!.rollbackScope = 'fleet';
-      const result = await run(world, `fleetwide-${process.pid}`, 'models/candidate-regress', policy);
+      const result = await run(world, `fleetwide`, 'models/candidate-regress', policy);
       assert.equal(result.outcome, 'completed', result.reason);
       for (const c of result.cohorts) assert.equal(c.state, 'rolled_back', `${c.cohort}: ${c.headline}`);
       const report = reportOf(result);
@@ -144,7 +144,7 @@ describe('decision engine in rolloutWorkflow (time-skipping)', () => {
       const policy = week();
       policy.analysis!.metrics = [{ name: 'safety_events', kind: 'rate', margin: 0.5 }];
       // candidate-blind: production's weights with a threshold that calls more hazards clear.
-      const result = await run(world, `safety-${process.pid}`, 'models/candidate-blind', policy);
+      const result = await run(world, `safety`, 'models/candidate-blind', policy);
       assert.equal(result.outcome, 'completed', result.reason);
       const harmed = result.cohorts.filter((c) =>
         c.metrics?.some((m) => m.metric === 'safety_events' && m.verdict === 'harm'),
@@ -179,7 +179,7 @@ describe('decision engine in rolloutWorkflow (time-skipping)', () => {
     const fleet = 'test/fixtures/fleet-slow-hw4.yaml';
     const world = await makeWorld(fleet);
     try {
-      const result = await run(world, `halfslow-${process.pid}`, 'models/candidate-good', week(), fleet);
+      const result = await run(world, `halfslow`, 'models/candidate-good', week(), fleet);
       assert.equal(result.outcome, 'completed', result.reason);
       const byCohort = Object.fromEntries(result.cohorts.map((c) => [c.cohort, c]));
       assert.equal(
@@ -202,7 +202,7 @@ describe('decision engine in rolloutWorkflow (time-skipping)', () => {
     const fleet = 'test/fixtures/fleet-flaky-hw4.yaml';
     const world = await makeWorld(fleet);
     try {
-      const result = await run(world, `flaky-${process.pid}`, 'models/candidate-good', week(), fleet);
+      const result = await run(world, `flaky`, 'models/candidate-good', week(), fleet);
       assert.equal(result.outcome, 'completed', result.reason);
       const byCohort = Object.fromEntries(result.cohorts.map((c) => [c.cohort, c]));
       assert.equal(byCohort['hw4/us']!.state, 'rolled_back');
@@ -239,7 +239,7 @@ describe('decision engine in rolloutWorkflow (time-skipping)', () => {
       const policy = week();
       policy.analysis!.design = 'ld-obf';
       policy.analysis!.plannedPerArm = 3000;
-      const result = await run(world, `gsd-${process.pid}`, 'models/candidate-regress', policy);
+      const result = await run(world, `gsd`, 'models/candidate-regress', policy);
       assert.equal(result.outcome, 'completed', result.reason);
       const byCohort = Object.fromEntries(result.cohorts.map((c) => [c.cohort, c]));
       assert.equal(byCohort['hw3/nordic']!.state, 'rolled_back');
@@ -265,7 +265,7 @@ describe('decision engine in rolloutWorkflow (time-skipping)', () => {
       // Wave 2 (25% of each cohort for 6 hours) can never reach this: it is extended by the allowed
       // extra looks, each adding exposure, and then every cohort is held.
       policy.waves![1]!.minExposure = 1_000_000;
-      const result = await run(world, `exposure-${process.pid}`, 'models/candidate-good', policy);
+      const result = await run(world, `exposure`, 'models/candidate-good', policy);
       assert.equal(result.outcome, 'completed', result.reason);
       for (const c of result.cohorts) assert.equal(c.state, 'held', `${c.cohort}: ${c.headline}`);
       const entries = reportOf(result).decisions;

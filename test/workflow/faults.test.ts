@@ -66,7 +66,7 @@ describe('faults (time-skipping)', () => {
         const handle = await startRollout(
           server.env,
           tq,
-          rolloutRequest(`flaky-revert-${process.pid}`, 'models/candidate-regress', week()),
+          rolloutRequest(`flaky-revert`, 'models/candidate-regress', week()),
         );
         return { result: (await handle.result()) as RolloutResult, calls: calls() };
       });
@@ -98,7 +98,7 @@ describe('faults (time-skipping)', () => {
         const first = await startRollout(
           server.env,
           tq,
-          rolloutRequest(`holder-${process.pid}`, 'models/candidate-good', week()),
+          rolloutRequest(`holder`, 'models/candidate-good', week()),
         );
         // Wait until the first rollout holds its cohorts (its candidate pointers set at register).
         for (let i = 0; (await first.query(statusQuery)).phase === 'register'; i++) {
@@ -110,19 +110,19 @@ describe('faults (time-skipping)', () => {
           const second = await startRollout(
             server.env,
             tq,
-            rolloutRequest(`latecomer-${n}-${process.pid}`, pack, week()),
+            rolloutRequest(`latecomer-${n}`, pack, week()),
           );
           const r = (await second.result()) as RolloutResult;
           assert.equal(r.outcome, 'rejected', r.reason);
           assert.equal(r.rejectedAt, 'register');
-          assert.match(r.reason, new RegExp(`is taken by rollout holder-${process.pid}`));
-          assert.match(r.reason, new RegExp(`fleetgate abort holder-${process.pid}`));
+          assert.match(r.reason, new RegExp(`is taken by rollout holder`));
+          assert.match(r.reason, new RegExp(`fleetgate abort holder`));
           assert.ok(r.reportPath, 'a rejected rollout has its report');
           const report = JSON.parse(readFileSync(r.reportPath, 'utf8')) as { decisions: ReportEntry[] };
           assert.ok(report.decisions.some((d) => d.action === 'rejected'));
           for (const cohort of world.cohorts) {
             const { pointer } = await readPointer(world.services.store, cohort, 'candidate');
-            assert.equal(pointer?.rolloutId, `holder-${process.pid}`, `${cohort} still held by the first`);
+            assert.equal(pointer?.rolloutId, `holder`, `${cohort} still held by the first`);
           }
         }
         const r = (await first.result()) as RolloutResult;

@@ -51,7 +51,7 @@ describe('per-cohort label wait in rolloutWorkflow (time-skipping)', () => {
         const handle = await startRollout(
           server.env,
           tq,
-          rolloutRequest(`slowlabels-${process.pid}`, 'models/candidate-good', policy(), FLEET),
+          rolloutRequest(`slowlabels`, 'models/candidate-good', policy(), FLEET),
         );
         return handle.result();
       });

@@ -131,7 +131,7 @@ describe('webhook notifications of rolloutWorkflow (time-skipping)', () => {
     receiver.reset((_key, attempt) => (attempt === 1 ? 500 : attempt === 2 ? 503 : 200));
     const world = await makeWorld();
     try {
-      const id = `notify-flaky-${process.pid}`;
+      const id = `notify-flaky`;
       const result = await regressRollout(world, id);
       assert.equal(result.outcome, 'completed', result.reason);
       const byCohort = states(result);
@@ -175,7 +175,7 @@ describe('webhook notifications of rolloutWorkflow (time-skipping)', () => {
     receiver.reset(() => 500);
     const world = await makeWorld();
     try {
-      const result = await regressRollout(world, `notify-down-${process.pid}`);
+      const result = await regressRollout(world, `notify-down`);
       assert.equal(result.outcome, 'completed', result.reason);
       assert.equal(states(result)['hw3/nordic'], 'rolled_back');
       if (flakyStates) assert.deepEqual(states(result), flakyStates, 'the same decisions as with a receiver');

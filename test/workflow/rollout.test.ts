@@ -45,7 +45,7 @@ describe('rolloutWorkflow (time-skipping)', () => {
       const result = await withWorker(world, async (tq) => {
         const handle = await start(
           tq,
-          rolloutRequest(`regress-${process.pid}`, 'models/candidate-regress', week()),
+          rolloutRequest(`regress`, 'models/candidate-regress', week()),
         );
         const r: RolloutResult = await handle.result();
         await maybeSaveHistory('regress', handle);
@@ -86,7 +86,7 @@ describe('rolloutWorkflow (time-skipping)', () => {
         for (const w of policy.waves!) w.hold = '12h';
         const handle = await start(
           tq,
-          rolloutRequest(`good-${process.pid}`, 'models/candidate-good', policy),
+          rolloutRequest(`good`, 'models/candidate-good', policy),
         );
         const r: RolloutResult = await handle.result();
         await maybeSaveHistory('good', handle);
@@ -127,7 +127,7 @@ describe('rolloutWorkflow (time-skipping)', () => {
       await withWorker(world, async (tq) => {
         const handle = await start(
           tq,
-          rolloutRequest(`abort-${process.pid}`, 'models/candidate-good', policy),
+          rolloutRequest(`abort`, 'models/candidate-good', policy),
         );
         // Let time pass until the rollout waits at the gate before wave 3 (waves 1 and 2 delivered).
         for (let i = 0; i < 100; i++) {
@@ -180,7 +180,7 @@ describe('rolloutWorkflow (time-skipping)', () => {
       await withWorker(world, async (tq) => {
         const handle = await start(
           tq,
-          rolloutRequest(`gate-${process.pid}`, 'models/candidate-good', policy),
+          rolloutRequest(`gate`, 'models/candidate-good', policy),
         );
         for (let i = 0; i < 100; i++) {
           if ((await handle.query(statusQuery)).pendingGate) break;
@@ -235,7 +235,7 @@ describe('rolloutWorkflow (time-skipping)', () => {
       const world = await makeWorld(fleet);
       try {
         await withWorker(world, async (tq) => {
-          const id = `size-${world.cohorts.length}-${fleet.includes('large') ? 'large' : 'small'}-${process.pid}`;
+          const id = `size-${world.cohorts.length}-${fleet.includes('large') ? 'large' : 'small'}`;
           // Enough data in both fleets that neither needs extra looks: the comparison is about size alone.
           const policy = week();
           policy.analysis!.minLabeledPerArm = 30;
@@ -281,7 +281,7 @@ describe('rolloutWorkflow (time-skipping)', () => {
         const handle = await start(
           tq,
           rolloutRequest(
-            `bench-${process.pid}`,
+            `bench`,
             'models/candidate-good',
             week(),
             'test/fixtures/fleet-slow.yaml',
@@ -338,7 +338,7 @@ describe('rolloutWorkflow (time-skipping)', () => {
       await withWorker(world, async (tq) => {
         const handle = await start(
           tq,
-          rolloutRequest(`invalid-${process.pid}`, 'models/candidate-good', policy),
+          rolloutRequest(`invalid`, 'models/candidate-good', policy),
         );
         await assert.rejects(handle.result(), (e: Error) => {
           assert.ok(e instanceof WorkflowFailedError);

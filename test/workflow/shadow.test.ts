@@ -42,7 +42,7 @@ describe('shadow with the upload filter in rolloutWorkflow (time-skipping)', () 
   test('a candidate that misses hazards fails the class recall gate; no vehicle gets it', async () => {
     const world = await makeWorld();
     try {
-      const result = await run(world, `shadow-blind-${process.pid}`, 'models/candidate-blind', filtered());
+      const result = await run(world, `shadow-blind`, 'models/candidate-blind', filtered());
       assert.equal(result.outcome, 'rejected', result.reason);
       assert.equal(result.rejectedAt, 'shadow');
       const fails = decisions(result).filter((d) => d.action === 'shadow-fail');
@@ -59,7 +59,7 @@ describe('shadow with the upload filter in rolloutWorkflow (time-skipping)', () 
   test('a good candidate passes the same gates, judged on weighted estimates', async () => {
     const world = await makeWorld();
     try {
-      const result = await run(world, `shadow-good-${process.pid}`, 'models/candidate-good', filtered());
+      const result = await run(world, `shadow-good`, 'models/candidate-good', filtered());
       const passes = decisions(result).filter((d) => d.action === 'shadow-pass');
       assert.deepEqual(passes.map((d) => d.cohort).sort(), [...world.cohorts].sort(), result.reason);
       for (const d of passes) assert.match(d.reason, /Shadow passed: \d+ events \(\d+ uploaded\)/);
@@ -74,7 +74,7 @@ describe('shadow with the upload filter in rolloutWorkflow (time-skipping)', () 
     try {
       const policy = filtered();
       policy.shadow!.uploadBudget = { perVehiclePerDay: 12, maxOverBudgetShare: 0.05 };
-      const result = await run(world, `shadow-budget-${process.pid}`, 'models/candidate-good', policy);
+      const result = await run(world, `shadow-budget`, 'models/candidate-good', policy);
       assert.equal(result.outcome, 'rejected', result.reason);
       assert.equal(result.rejectedAt, 'shadow');
       const fails = decisions(result).filter((d) => d.action === 'shadow-fail');
