@@ -17,7 +17,7 @@ import type * as RebuildModule from './rebuild';
 import type * as LandingModule from './landing';
 import type * as ConfigModule from '../workers/config';
 
-export const EVENTS_HELP = `Usage: fleetgate events schema [--kind inference|label|outcome] [--format json-schema|parquet]
+export const EVENTS_HELP = `Usage: fleetgate events schema [--kind inference|label|outcome|upload] [--format json-schema|parquet]
        fleetgate events pull --landing PREFIX [--fleet F] [--every 30s] [--db FILE] [--max-file-bytes N]
        fleetgate events rebuild [--db FILE]
        fleetgate events prune --before DATE|EPOCH_MS [--db FILE]
@@ -26,7 +26,7 @@ export const EVENTS_HELP = `Usage: fleetgate events schema [--kind inference|lab
 Prints the event contract (fleetgate/v1, docs/events.md) as JSON: the JSON Schema of a record kind, or
 its Parquet columns (name, DuckDB/Parquet type, nullable, record field). Without --kind, every kind,
 keyed by kind. The committed copies are events/schema/<kind>.schema.json and <kind>.parquet.json.
-  --kind KIND      inference (default: all), label or outcome
+  --kind KIND      inference, label, outcome or upload (default: all)
   --format FORMAT  json-schema (default) or parquet
 
 rebuild writes a new database (FILE must not exist; default <FLEETGATE_DATA_DIR>/ingest.duckdb) from the
@@ -36,8 +36,8 @@ epoch-ms instant counts from its day) and their rows from the database (stop the
 first). compact merges the partitions of each kind, fleet and date (of DATE only with --date) into one.
 
 pull reads the landing zone (docs/events.md, "Landing zone"): the files streams put at
-<PREFIX>/<fleet>/<events|labels|outcomes>/<yyyy>/<MM>/<dd>/<HH>/<name>.ndjson[.gz] or .parquet, each
-file once, into the ingestion database. One pass, or one every --every until Ctrl-C or SIGTERM.
+<PREFIX>/<fleet>/<events|labels|outcomes|uploads>/<yyyy>/<MM>/<dd>/<HH>/<name>.ndjson[.gz] or
+.parquet, each file once, into the ingestion database. One pass, or one every --every until Ctrl-C or SIGTERM.
   --landing PREFIX     a key prefix of the object store of FLEETGATE_STORE (default the data directory's
                        store/), or s3://BUCKET[/PREFIX] (endpoint and credentials as for FLEETGATE_STORE)
   --fleet F            only this fleet's files
@@ -175,8 +175,8 @@ export function defaultIngestDb(env: NodeJS.ProcessEnv = process.env): string {
 export const INGEST_HELP = `Usage: fleetgate ingest [--port N] [--host HOST] [--db FILE] [--max-body-bytes N] [--max-pending N]
 
 Runs the ingestion endpoint of the event contract (docs/events.md) until Ctrl-C or SIGTERM:
-POST /v1/events/{fleet}, /v1/labels/{fleet}, /v1/outcomes/{fleet} (NDJSON or Parquet, gzip allowed),
-GET /healthz, GET /metrics. Each fleet's bearer token is read from FLEETGATE_INGEST_TOKEN_<FLEET>
+POST /v1/events/{fleet}, /v1/labels/{fleet}, /v1/outcomes/{fleet}, /v1/uploads/{fleet} (NDJSON or
+Parquet, gzip allowed), GET /healthz, GET /metrics. Each fleet's bearer token is read from FLEETGATE_INGEST_TOKEN_<FLEET>
 (the name uppercased, other characters than letters and digits as "_").
   --port N             port to listen on (default 8790; 0: any free port)
   --host HOST          address to listen on (default 127.0.0.1)

@@ -1,8 +1,9 @@
 /**
  * The event contract `fleetgate/v1`: what fleets (vehicles, services, labelers) send to the ingestion
- * endpoint. Three record kinds, defined once here as zod schemas: an inference event (one model output
- * on one unit), a label record (the true class of an event, from a labeler) and a service outcome (what
- * became of a served request). The JSON Schema of each kind and its Parquet columns are generated from
+ * endpoint. Four record kinds, defined once here as zod schemas: an inference event (one model output
+ * on one unit), a label record (the true class of an event, from a labeler), a service outcome (what
+ * became of a served request) and an upload report (a unit's exact counters of one shadow window, beside
+ * the events its upload filter kept). The JSON Schema of each kind and its Parquet columns are generated from
  * these schemas (`jsonSchemaOf`, `parquetColumnsOf`) and committed under events/schema/; docs/events.md
  * describes every field.
  *
@@ -21,7 +22,7 @@ import { MAX_NAME_CHARS, NO_CONTROL_CHARS, NOT_RESERVED } from '../policies/sche
 
 /** The contract's version: the `schema` field of every record. */
 export const SCHEMA_VERSION = 'fleetgate/v1';
-export const RECORD_KINDS = ['inference', 'label', 'outcome'] as const;
+export const RECORD_KINDS = ['inference', 'label', 'outcome', 'upload'] as const;
 export type RecordKind = (typeof RECORD_KINDS)[number];
 
 /** Hex characters of a keyed pseudonym: HMAC-SHA256(fleet key, raw id), first 20 (sim/fleet.ts). */
@@ -38,6 +39,8 @@ export const MAX_CLASS = 65_535;
 /** Largest latency (one day, in ms) and exposure (one vehicle-year, in hours) of one event. */
 export const MAX_LATENCY_MS = 86_400_000;
 export const MAX_EXPOSURE_HOURS = 8760;
+/** Largest counter of an upload report (int32). */
+export const MAX_COUNT = 2 ** 31 - 1;
 
 /** Printable ASCII without spaces: ids and keys, safe in a URL, a log field and a file name. */
 const PRINTABLE = /^[\x21-\x7e]+$/;
@@ -106,6 +109,8 @@ const At = z
   .describe("The unit's own time of the record, integer epoch milliseconds (UTC)");
 
 const ROLLOUT_FIX = 'the rollout id: letters, digits, ".", "_" or "-", at most 100; null outside a rollout';
+const ROLLOUT_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/;
+const Unit = z.string(e(UNIT_FIX)).regex(PSEUDONYM_PATTERN, e(UNIT_FIX)).describe(UNIT_FIX);
 const PHASE_FIX = 'one of "production" (no rollout), "shadow" or "canary"';
 const ARM_FIX = 'one of "production" or "candidate": the arm whose model acted';
 const TIER_FIX = 'the upload tier: lowercase letters, digits, ".", "_" or "-", at most 64, such as "sample"';
@@ -113,6 +118,8 @@ const P_FIX = 'the probability that this event was uploaded, in (0, 1]: the anal
 const EXPOSURE_FIX = `a finite number of vehicle-hours from 0 to ${MAX_EXPOSURE_HOURS}`;
 const REF_FIX = `an object-store key of 1 to ${MAX_REF_CHARS} printable ASCII characters, relative (no leading "/", no ".." part)`;
 const LABELER_FIX = `who labeled: 1 to ${MAX_NAME_CHARS} characters, no control characters`;
+const SHADOW_SAFETY_FIX =
+  "true or false: whether the shadow model's output would have been a safety-critical event; leave it out when unknown";
 
 export const Inference = z
   .strictObject({
@@ -120,10 +127,10 @@ export const Inference = z
     eventId: Id('Chosen by the producer, unique per fleet: a second record with the same id is a duplicate'),
     fleet: FleetName,
     cohort: CohortName,
-    unit: z.string(e(UNIT_FIX)).regex(PSEUDONYM_PATTERN, e(UNIT_FIX)).describe(UNIT_FIX),
+    unit: Unit,
     rolloutId: z
       .string(e(ROLLOUT_FIX))
-      .regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/, e(ROLLOUT_FIX))
+      .regex(ROLLOUT_PATTERN, e(ROLLOUT_FIX))
       .nullable()
       .optional()
       .describe('The rollout the event belongs to; null or absent outside a rollout'),
@@ -136,6 +143,13 @@ export const Inference = z
         prediction: ClassIndex("The shadow model's predicted class"),
         confidence: Confidence,
         latencyMs: Latency,
+        safety: z
+          .boolean(e(SHADOW_SAFETY_FIX))
+          .optional()
+          .describe(
+            "Whether the shadow model's output would have been a safety-critical event (it missed a hazard " +
+              'the unit saw); absent when unknown',
+          ),
       })
       .optional()
       .describe('In phase "shadow" only, and required there: the output of the model that did not act'),
@@ -238,7 +252,80 @@ export const Outcome = z
   .describe('A service outcome: what became of one served request');
 export type Outcome = z.infer<typeof Outcome>;
 
-export const RECORD_SCHEMAS = { inference: Inference, label: Label, outcome: Outcome } as const;
+const UPLOAD_ROLLOUT_FIX =
+  'the id of the rollout whose shadow ran: letters, digits, ".", "_" or "-", at most 100';
+const COUNT_FIX = `a count of events: an integer from 0 to ${MAX_COUNT}`;
+const Count = (what: string) =>
+  z.int(e(COUNT_FIX)).min(0, e(COUNT_FIX)).max(MAX_COUNT, e(COUNT_FIX)).describe(what);
+
+export const Upload = z
+  .strictObject({
+    schema: SchemaField,
+    fleet: FleetName,
+    cohort: CohortName,
+    unit: Unit,
+    rolloutId: z
+      .string(e(UPLOAD_ROLLOUT_FIX))
+      .regex(ROLLOUT_PATTERN, e(UPLOAD_ROLLOUT_FIX))
+      .describe('The rollout whose shadow the unit ran in the window'),
+    fromMs: At.describe("The window's start (included), the unit's time, integer epoch milliseconds (UTC)"),
+    at: At.describe("The window's end (excluded), the unit's time, integer epoch milliseconds (UTC)"),
+    evaluated: Count('Events of the window both models ran on, uploaded or not'),
+    priority: Count(
+      'Of the evaluated events, those that were priority (the models disagree, or the less confident is below the low-confidence threshold)',
+    ),
+    disagreements: Count('Of the priority events, those whose two models predicted different classes'),
+    uploaded: Count('Of the evaluated events, those uploaded (after the upload budget)'),
+    overBudget: z
+      .boolean(
+        e("true or false: whether the unit's would-be uploads in the window exceeded its upload budget"),
+      )
+      .describe("Whether the unit's would-be uploads in the window exceeded its upload budget"),
+  })
+  .superRefine((r, ctx) => {
+    if (r.at <= r.fromMs) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['at'],
+        message:
+          'must be after fromMs: the window is [fromMs, at), send its end in at and its start in fromMs',
+      });
+    }
+    if (r.priority > r.evaluated) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['priority'],
+        message: 'at most evaluated: a priority event is one of the events both models ran on',
+      });
+    }
+    if (r.disagreements > r.priority) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['disagreements'],
+        message: 'at most priority: every event the models disagree on is a priority event',
+      });
+    }
+    if (r.uploaded > r.evaluated) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['uploaded'],
+        message: 'at most evaluated: only events both models ran on are uploaded',
+      });
+    }
+  })
+  .describe(
+    "An upload report: a unit's exact counters of one shadow window [fromMs, at), for every event it ran, " +
+      'uploaded or not. Rules across fields: `at` after `fromMs`; `priority` at most `evaluated`; ' +
+      '`disagreements` at most `priority`; `uploaded` at most `evaluated`.',
+  );
+export type Upload = z.infer<typeof Upload>;
+
+export const RECORD_SCHEMAS = {
+  inference: Inference,
+  label: Label,
+  outcome: Outcome,
+  upload: Upload,
+} as const;
 export type RecordOf<K extends RecordKind> = z.infer<(typeof RECORD_SCHEMAS)[K]>;
 
 // ---- errors ---------------------------------------------------------------------------------------
@@ -313,13 +400,23 @@ export type Validated<K extends RecordKind> =
 
 /**
  * The key that makes a record unique within its fleet: the event id of an inference event, the event id
- * and labeler of a label, the request id of an outcome.
+ * and labeler of a label, the request id of an outcome, the unit, rollout and window start of an upload
+ * report.
  */
 export function recordKey(kind: RecordKind, r: Record<string, unknown>): string {
   if (kind === 'inference') return String(r.eventId);
   if (kind === 'label') return `${String(r.eventId)}\u0000${String(r.labeler)}`;
+  if (kind === 'upload') return `${String(r.unit)}\u0000${String(r.rolloutId)}\u0000${String(r.fromMs)}`;
   return String(r.requestId);
 }
+
+/** Where each kind is sent: the path of the endpoint (docs/events.md). */
+const PATH_OF: Record<RecordKind, string> = {
+  inference: 'events',
+  label: 'labels',
+  outcome: 'outcomes',
+  upload: 'uploads',
+};
 
 /** Most problems listed in one answer; the count says how many there were. */
 export const MAX_PROBLEMS = 20;
@@ -327,7 +424,7 @@ export const MAX_PROBLEMS = 20;
 /**
  * Validates a whole batch of one kind for one fleet. `where` names the position in errors ("line" for
  * NDJSON, "row" for Parquet), `positions[i]` the 1-based position of `raw[i]` (default i + 1). An
- * inference event of another fleet than the URL's is refused too, and so is a record whose key repeats
+ * inference event or upload report of another fleet than the URL's is refused too, and so is a record whose key repeats
  * an earlier record of the batch with other values (the same record twice is a duplicate, for the
  * writer to count). All or nothing: one bad record and no record is returned.
  */
@@ -351,11 +448,11 @@ export function validateBatch<K extends RecordKind>(
   raw.forEach((input, i) => {
     const r = schema.safeParse(input);
     if (!r.success) return add(i, problemsOf(r.error, input));
-    if (kind === 'inference' && (r.data as Inference).fleet !== fleet) {
+    if ((kind === 'inference' || kind === 'upload') && (r.data as { fleet: string }).fleet !== fleet) {
       return add(i, [
         {
           field: 'fleet',
-          message: `differs from the fleet of the URL: send each fleet's events to /v1/events/{its fleet}`,
+          message: `differs from the fleet of the URL: send each fleet's ${kind === 'upload' ? 'upload reports' : 'events'} to /v1/${PATH_OF[kind]}/{its fleet}`,
         },
       ]);
     }
@@ -364,11 +461,20 @@ export function validateBatch<K extends RecordKind>(
     const first = firsts.get(key);
     if (first === undefined) firsts.set(key, { i, json });
     else if (first.json !== json) {
+      const at = `${where} ${positions?.[first.i] ?? first.i + 1}`;
+      if (kind === 'upload') {
+        return add(i, [
+          {
+            field: 'fromMs',
+            message: `repeats the unit, rolloutId and fromMs of ${at} with other values: send one report per unit and window`,
+          },
+        ]);
+      }
       const field = kind === 'outcome' ? 'requestId' : 'eventId';
       return add(i, [
         {
           field,
-          message: `repeats the ${field} of ${where} ${positions?.[first.i] ?? first.i + 1} with other values: give each record its own id`,
+          message: `repeats the ${field} of ${at} with other values: give each record its own id`,
         },
       ]);
     }
@@ -383,6 +489,7 @@ const TITLES: Record<RecordKind, string> = {
   inference: 'fleetgate inference event',
   label: 'fleetgate label record',
   outcome: 'fleetgate service outcome',
+  upload: 'fleetgate upload report',
 };
 
 type JsonSchema = Record<string, unknown>;

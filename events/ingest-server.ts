@@ -6,6 +6,7 @@
  *   POST /v1/events/{fleet}     inference events     NDJSON (application/x-ndjson) or Parquet
  *   POST /v1/labels/{fleet}     label records        (application/vnd.apache.parquet); either may be
  *   POST /v1/outcomes/{fleet}   service outcomes     sent with Content-Encoding: gzip
+ *   POST /v1/uploads/{fleet}    upload reports
  *   GET  /healthz               alive
  *   GET  /metrics               Prometheus text: batches, rows accepted, duplicates, late, refused by status
  *
@@ -51,6 +52,7 @@ const KIND_OF_PATH: Record<string, RecordKind> = {
   events: 'inference',
   labels: 'label',
   outcomes: 'outcome',
+  uploads: 'upload',
 };
 const FLEET = /^[a-z0-9][a-z0-9._-]{0,127}$/;
 
@@ -297,12 +299,12 @@ export async function startIngestServer(opts: IngestServerOptions): Promise<Inge
     if (url.pathname === '/metrics') {
       return send(res, 200, 'text/plain; version=0.0.4; charset=utf-8', metricsText(counters, pending));
     }
-    const m = /^\/v1\/(events|labels|outcomes)\/([^/]*)$/.exec(url.pathname);
+    const m = /^\/v1\/(events|labels|outcomes|uploads)\/([^/]*)$/.exec(url.pathname);
     if (!m) {
       throw new HttpError(
         404,
         'not-found',
-        'no such endpoint: POST /v1/events/{fleet}, /v1/labels/{fleet} or /v1/outcomes/{fleet}',
+        'no such endpoint: POST /v1/events/{fleet}, /v1/labels/{fleet}, /v1/outcomes/{fleet} or /v1/uploads/{fleet}',
       );
     }
     const kind = KIND_OF_PATH[m[1]!]!;

@@ -4,7 +4,7 @@
  * through the same parsing (events/parse.ts) and the same idempotent writer (events/writer.ts) as the
  * HTTP path. The layout, under a prefix of the store (docs/events.md, "Landing zone"):
  *
- *   <prefix>/<fleet>/<events|labels|outcomes>/<yyyy>/<MM>/<dd>/<HH>/<name>.ndjson[.gz] | .parquet
+ *   <prefix>/<fleet>/<events|labels|outcomes|uploads>/<yyyy>/<MM>/<dd>/<HH>/<name>.ndjson[.gz] | .parquet
  *
  * One file is one batch: all of it is stored, or, when any record breaks the contract, none of it. Each
  * file read is recorded in the table `landing_files` of the writer's DuckDB database (made through a
@@ -52,10 +52,12 @@ export const LANDING_KINDS: Record<string, RecordKind> = {
   events: 'inference',
   labels: 'label',
   outcomes: 'outcome',
+  uploads: 'upload',
 };
 
 const FLEET = /^[a-z0-9][a-z0-9._-]{0,127}$/;
-const LAYOUT = '<fleet>/<events|labels|outcomes>/<yyyy>/<MM>/<dd>/<HH>/<name>.ndjson[.gz] or .parquet';
+const LAYOUT =
+  '<fleet>/<events|labels|outcomes|uploads>/<yyyy>/<MM>/<dd>/<HH>/<name>.ndjson[.gz] or .parquet';
 /** Problems of a refused file kept in its record and in the log line. */
 const LOGGED_PROBLEMS = 5;
 
@@ -97,7 +99,7 @@ export function landingFileOf(prefix: string, key: string): LandingFile | { outs
   }
   const kind = LANDING_KINDS[kindDir!];
   if (kind === undefined || !Object.hasOwn(LANDING_KINDS, kindDir!)) {
-    return { outside: 'the kind level is not events, labels or outcomes' };
+    return { outside: 'the kind level is not events, labels, outcomes or uploads' };
   }
   const inRange = (s: string | undefined, digits: number, lo: number, hi: number) =>
     s !== undefined && s.length === digits && /^\d+$/.test(s) && Number(s) >= lo && Number(s) <= hi;

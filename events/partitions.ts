@@ -5,11 +5,11 @@
  * compacts them.
  *
  * A partition is `events/<kind>/fleet=<fleet>/date=<yyyy-mm-dd>/<batch id>.parquet` (Hive-style, so
- * DuckDB reads a prefix with `hive_partitioning`): kind `inference`, `label`, `outcome` or `watermarks`,
- * the date the rows were ingested (UTC), and as batch id the sha256 of the file's bytes. A key thus names
- * exactly one content: a retried write of the same rows lands on the same key, and `putIfAbsent` answers
- * 'exists' instead of conflicting. The file is written by DuckDB into a private directory created
- * exclusively (mkdtemp, mode 0700), read, stored, and removed with its directory.
+ * DuckDB reads a prefix with `hive_partitioning`): kind `inference`, `label`, `outcome`, `upload` or
+ * `watermarks`, the date the rows were ingested (UTC), and as batch id the sha256 of the file's bytes. A
+ * key thus names exactly one content: a retried write of the same rows lands on the same key, and
+ * `putIfAbsent` answers 'exists' instead of conflicting. The file is written by DuckDB into a private
+ * directory created exclusively (mkdtemp, mode 0700), read, stored, and removed with its directory.
  *
  * It must never write a partition but with `putIfAbsent` (partitions are write-once), never keep the
  * temporary file, and never log a row.
@@ -39,7 +39,7 @@ export interface Partition {
 }
 
 const KEY =
-  /^events\/(inference|label|outcome|watermarks)\/fleet=([a-z0-9][a-z0-9._-]*)\/date=(\d{4}-\d{2}-\d{2})\/([0-9a-f]{64})\.parquet$/;
+  /^events\/(inference|label|outcome|upload|watermarks)\/fleet=([a-z0-9][a-z0-9._-]*)\/date=(\d{4}-\d{2}-\d{2})\/([0-9a-f]{64})\.parquet$/;
 
 export function partitionKey(kind: PartitionKind, fleet: string, date: string, batchId: string): string {
   return `${PARTITIONS_PREFIX}${kind}/fleet=${fleet}/date=${date}/${batchId}.parquet`;

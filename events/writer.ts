@@ -6,7 +6,8 @@
  * field and fix) changes nothing already stored.
  *
  * Exactly once by id: a record whose key is already stored (fleet + eventId for inference events,
- * fleet + eventId + labeler for labels, fleet + requestId for outcomes), or repeated identically
+ * fleet + eventId + labeler for labels, fleet + requestId for outcomes, fleet + unit + rolloutId +
+ * fromMs for upload reports), or repeated identically
  * within the batch, is a duplicate: not written, counted; the first one received stays. A batch that
  * repeats a key with other values is refused (events/contract.ts `validateBatch`). Each row records its ingestion
  * time (`ingested_at_ms`).
@@ -30,6 +31,10 @@
  * second partition only that way, because a committed key is a duplicate before any partition is
  * written; so a rebuild keeps, for each key, the row with the latest `ingested_at_ms`, the one the
  * database committed, and the outcome is the same as without the crash.
+ *
+ * A writer is opened on a database file of its own (`open`), or attached to a DuckDB instance its caller
+ * already holds (`attach`, for a process that keeps other tables in the same file, since only one
+ * process may open a DuckDB file): then it makes and closes only its own connection.
  *
  * It must never store a record that did not pass the contract (so never a raw unit id: `unit` is a
  * pseudonym or the batch is refused), never commit a batch whose partition the store has not accepted,
@@ -94,6 +99,7 @@ export const TABLES: Record<RecordKind, { table: string; key: string[] }> = {
   inference: { table: 'ingested_inference', key: ['fleet', 'event_id'] },
   label: { table: 'ingested_labels', key: ['fleet', 'event_id', 'labeler'] },
   outcome: { table: 'ingested_outcomes', key: ['fleet', 'request_id'] },
+  upload: { table: 'ingested_uploads', key: ['fleet', 'unit', 'rollout_id', 'from_ms'] },
 };
 export const WATERMARKS_TABLE = 'ingest_watermarks';
 
@@ -187,15 +193,44 @@ export class EventWriter {
     /** The writer's connection; read it only through `read`. */
     private readonly conn: DuckDBConnection,
     private readonly options: WriterOptions,
+    /** Whether `close` closes the instance too (opened by `open`, not given to `attach`). */
+    private readonly ownsInstance: boolean,
   ) {}
 
   /** Opens (creating where needed) the database file, or ":memory:". */
   static async open(file: string, options: WriterOptions = {}): Promise<EventWriter> {
     if (file !== ':memory:') mkdirSync(dirname(file), { recursive: true });
     const instance = await DuckDBInstance.create(file);
+    try {
+      return await EventWriter.on(instance, options, true);
+    } catch (err) {
+      instance.closeSync();
+      throw err;
+    }
+  }
+
+  /**
+   * A writer on a DuckDB instance the caller holds (its other tables stay as they are): a connection of
+   * its own, the ingestion tables created where missing. `close` closes that connection only, never the
+   * instance.
+   */
+  static attach(instance: DuckDBInstance, options: WriterOptions = {}): Promise<EventWriter> {
+    return EventWriter.on(instance, options, false);
+  }
+
+  private static async on(
+    instance: DuckDBInstance,
+    options: WriterOptions,
+    ownsInstance: boolean,
+  ): Promise<EventWriter> {
     const conn = await instance.connect();
-    await conn.run(SCHEMA_SQL);
-    return new EventWriter(instance, conn, options);
+    try {
+      await conn.run(SCHEMA_SQL);
+    } catch (err) {
+      conn.closeSync();
+      throw err;
+    }
+    return new EventWriter(instance, conn, options, ownsInstance);
   }
 
   /** A new connection to the same database (Parquet batches are read on one of their own). */
@@ -358,12 +393,15 @@ export class EventWriter {
     });
   }
 
-  /** Waits for queued batches, then closes the connection and the database. */
+  /**
+   * Waits for queued batches, then closes the writer's connection, and the database when the writer
+   * opened it (`open`; an instance given to `attach` stays open).
+   */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     await this.queue;
     this.conn.closeSync();
-    this.instance.closeSync();
+    if (this.ownsInstance) this.instance.closeSync();
   }
 }

@@ -12,6 +12,7 @@ import {
   Inference,
   Label,
   Outcome,
+  Upload,
   RECORD_KINDS,
   jsonSchemaOf,
   parquetSchemaOf,
@@ -20,7 +21,7 @@ import {
   validateBatch,
   MAX_PROBLEMS,
 } from '../../events/contract';
-import { schemaText } from '../../events/cli';
+import { eventsCommand, schemaText } from '../../events/cli';
 import { pseudonym } from '../../fleet/pseudonym';
 
 const ROOT = resolve(__dirname, '..', '..');
@@ -51,6 +52,24 @@ export function inference(over: Record<string, unknown> = {}): Record<string, un
 }
 
 const SHADOW = { digest: 'b'.repeat(64), prediction: 0, confidence: 0.6, latencyMs: 4 };
+
+export function uploadReport(over: Record<string, unknown> = {}): Record<string, unknown> {
+  return {
+    schema: 'fleetgate/v1',
+    fleet: 'demo',
+    cohort: 'hw3/eu',
+    unit: pseudonym(KEY, RAW_ID),
+    rolloutId: 'r-1',
+    fromMs: Date.UTC(2025, 0, 1),
+    at: Date.UTC(2025, 0, 1, 1),
+    evaluated: 120,
+    priority: 9,
+    disagreements: 4,
+    uploaded: 20,
+    overBudget: false,
+    ...over,
+  };
+}
 
 describe('event contract', () => {
   test('accepts the records of every phase, label records and outcomes', () => {
@@ -220,6 +239,126 @@ describe('event contract', () => {
     assert.equal(bad.problems[1]!.field, 'prediction');
   });
 
+  test('shadow.safety is an optional boolean of the shadow output', () => {
+    for (const safety of [true, false, undefined]) {
+      const shadow = safety === undefined ? SHADOW : { ...SHADOW, safety };
+      const res = Inference.safeParse(inference({ phase: 'shadow', rolloutId: 'r-1', shadow }));
+      assert.ok(res.success, `${String(safety)}: ${JSON.stringify(res.error?.issues)}`);
+      assert.equal(res.data.shadow?.safety, safety);
+    }
+    const input = inference({ phase: 'shadow', rolloutId: 'r-1', shadow: { ...SHADOW, safety: 'yes' } });
+    const res = Inference.safeParse(input);
+    assert.ok(!res.success);
+    const p = problemsOf(res.error, input).find((x) => x.field === 'shadow.safety');
+    assert.ok(p);
+    assert.match(p.message, /true or false: whether the shadow model's output.*leave it out when unknown/);
+  });
+
+  test('an upload report is accepted; each rule across fields is refused naming its field and fix', () => {
+    const ok = Upload.safeParse(uploadReport());
+    assert.ok(ok.success, JSON.stringify(ok.error?.issues));
+    for (const edge of [
+      uploadReport({ evaluated: 0, priority: 0, disagreements: 0, uploaded: 0 }),
+      uploadReport({ priority: 120, disagreements: 120, uploaded: 120, overBudget: true }),
+      uploadReport({ at: Date.UTC(2025, 0, 1) + 1 }),
+    ]) {
+      assert.ok(Upload.safeParse(edge).success, JSON.stringify(edge));
+    }
+    const { rolloutId: _r, ...noRollout } = uploadReport();
+    const refused: Array<[string, unknown, string, RegExp]> = [
+      [
+        'empty window',
+        uploadReport({ at: Date.UTC(2025, 0, 1) }),
+        'at',
+        /must be after fromMs.*\[fromMs, at\)/,
+      ],
+      ['window backwards', uploadReport({ at: Date.UTC(2024, 11, 31) }), 'at', /must be after fromMs/],
+      ['priority > evaluated', uploadReport({ priority: 121 }), 'priority', /at most evaluated/],
+      ['disagreements > priority', uploadReport({ disagreements: 10 }), 'disagreements', /at most priority/],
+      ['uploaded > evaluated', uploadReport({ uploaded: 121 }), 'uploaded', /at most evaluated/],
+      ['negative count', uploadReport({ uploaded: -1 }), 'uploaded', /integer from 0 to 2147483647/],
+      ['fractional count', uploadReport({ evaluated: 1.5 }), 'evaluated', /integer from 0/],
+      ['count over int32', uploadReport({ evaluated: 2 ** 31 }), 'evaluated', /to 2147483647/],
+      ['no rolloutId', noRollout, 'rolloutId', /^missing: send the id of the rollout whose shadow ran/],
+      ['null rolloutId', uploadReport({ rolloutId: null }), 'rolloutId', /the id of the rollout/],
+      ['fromMs in seconds', uploadReport({ fromMs: 1_735_689_600 }), 'fromMs', /from 946684800000/],
+      ['overBudget a number', uploadReport({ overBudget: 1 }), 'overBudget', /true or false/],
+      ['unknown field', uploadReport({ vehicles: 1 }), '(record)', /unknown field\(s\) "vehicles"/],
+    ];
+    for (const [what, input, field, fix] of refused) {
+      const res = Upload.safeParse(input);
+      assert.ok(!res.success, `${what} was accepted`);
+      const problems = problemsOf(res.error, input);
+      const p = problems.find((x) => x.field === field);
+      assert.ok(p, `${what}: no problem names ${field}: ${JSON.stringify(problems)}`);
+      assert.match(p.message, fix, what);
+    }
+    // A raw id in unit: refused with how to make the pseudonym, and never repeated.
+    const raw = uploadReport({ unit: RAW_ID });
+    const res = Upload.safeParse(raw);
+    assert.ok(!res.success);
+    const problems = problemsOf(res.error, raw);
+    assert.deepEqual(
+      problems.map((p) => p.field),
+      ['unit'],
+    );
+    assert.match(problems[0]!.message, /keyed pseudonym, never its raw id/);
+    assert.ok(!JSON.stringify(problems).includes(RAW_ID));
+  });
+
+  test('a batch of upload reports: the URL fleet, and one key with other values refused', () => {
+    const other = uploadReport({ fromMs: Date.UTC(2025, 0, 1, 1), at: Date.UTC(2025, 0, 1, 2) });
+    const good = validateBatch(
+      'upload',
+      'demo',
+      [uploadReport(), other, uploadReport({ rolloutId: 'r-2' }), uploadReport()],
+      'line',
+    );
+    assert.ok(good.ok);
+    assert.equal(good.records.length, 4);
+    const fleet = validateBatch('upload', 'demo', [uploadReport({ fleet: 'other' })], 'row');
+    assert.ok(!fleet.ok);
+    assert.deepEqual(fleet.problems, [
+      {
+        row: 1,
+        field: 'fleet',
+        message:
+          "differs from the fleet of the URL: send each fleet's upload reports to /v1/uploads/{its fleet}",
+      },
+    ]);
+    const conflict = validateBatch(
+      'upload',
+      'demo',
+      [uploadReport(), other, uploadReport({ uploaded: 3 })],
+      'line',
+    );
+    assert.ok(!conflict.ok);
+    assert.deepEqual(conflict.problems, [
+      {
+        line: 3,
+        field: 'fromMs',
+        message:
+          'repeats the unit, rolloutId and fromMs of line 1 with other values: send one report per unit and window',
+      },
+    ]);
+    assert.ok(!JSON.stringify(conflict.problems).includes(pseudonym(KEY, RAW_ID)));
+  });
+
+  test('fleetgate events schema --kind upload prints the committed columns', async () => {
+    const out: string[] = [];
+    const log = console.log;
+    console.log = (s: string) => out.push(s);
+    try {
+      assert.equal(await eventsCommand(['schema', '--kind', 'upload', '--format', 'parquet']), 0);
+      assert.equal(await eventsCommand(['schema', '--kind', 'upload']), 0);
+    } finally {
+      console.log = log;
+    }
+    const dir = join(ROOT, 'events', 'schema');
+    assert.deepEqual(JSON.parse(out[0]!), JSON.parse(readFileSync(join(dir, 'upload.parquet.json'), 'utf8')));
+    assert.deepEqual(JSON.parse(out[1]!), JSON.parse(readFileSync(join(dir, 'upload.schema.json'), 'utf8')));
+  });
+
   test('the committed schemas equal the generated ones (regenerate: fleetgate events schema)', () => {
     for (const kind of RECORD_KINDS) {
       const dir = join(ROOT, 'events', 'schema');
@@ -252,6 +391,29 @@ describe('event contract', () => {
     });
     assert.equal(cols.rollout_id!.nullable, true);
     assert.equal(cols.upload_inclusion_probability!.nullable, false);
+    assert.deepEqual(cols.shadow_safety, {
+      name: 'shadow_safety',
+      type: 'BOOLEAN',
+      nullable: true,
+      field: ['shadow', 'safety'],
+    });
+    assert.deepEqual(
+      parquetSchemaOf('upload').columns.map((c) => [c.name, c.type, c.nullable]),
+      [
+        ['schema', 'VARCHAR', false],
+        ['fleet', 'VARCHAR', false],
+        ['cohort', 'VARCHAR', false],
+        ['unit', 'VARCHAR', false],
+        ['rollout_id', 'VARCHAR', false],
+        ['from_ms', 'BIGINT', false],
+        ['at', 'BIGINT', false],
+        ['evaluated', 'INTEGER', false],
+        ['priority', 'INTEGER', false],
+        ['disagreements', 'INTEGER', false],
+        ['uploaded', 'INTEGER', false],
+        ['over_budget', 'BOOLEAN', false],
+      ],
+    );
     const row = {
       ...Object.fromEntries(Object.keys(cols).map((k) => [k, null])),
       event_id: 'e',

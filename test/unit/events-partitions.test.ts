@@ -53,6 +53,21 @@ const label = (i: number) => ({
   label: i % 2,
   at: T0 + i * 1000 + 500,
 });
+const report = (i: number, over: Record<string, unknown> = {}) => ({
+  schema: 'fleetgate/v1',
+  fleet: 'demo',
+  cohort: 'hw3/eu',
+  unit: pseudonym(KEY, `VIN-${i % 3}`),
+  rolloutId: 'r-1',
+  fromMs: T0 + i * 3_600_000,
+  at: T0 + (i + 1) * 3_600_000,
+  evaluated: 100 + i,
+  priority: 10,
+  disagreements: i % 10,
+  uploaded: 20,
+  overBudget: i % 2 === 0,
+  ...over,
+});
 const outcome = (i: number) => ({
   schema: 'fleetgate/v1',
   requestId: `q-${i}`,
@@ -144,15 +159,22 @@ describe('ingested records as Parquet partitions', () => {
       });
       await writer.ingest('label', 'demo', [label(b * 5 + 1)], { where: 'line' });
       await writer.ingest('outcome', 'demo', [outcome(b)], { where: 'line' });
+      await writer.ingest('upload', 'demo', [report(b), report(b + 1), report(b)], { where: 'line' });
+      await writer.ingest('upload', 'other', [report(b, { fleet: 'other' })], { where: 'line' });
     }
     await writer.close();
     const original = await dumpIngested(db);
     assert.equal(original.ingested_inference!.length, 24);
+    assert.equal(original.ingested_uploads!.length, 7 + 6, 'windows 0 to 6 of demo, 0 to 5 of other');
     assert.equal(original[WATERMARKS_TABLE]!.length, 4, 'two cohorts in each fleet');
     rmSync(db);
     const result = await rebuildFromStore(store, db, { cacheDir: base });
     assert.deepEqual(await dumpIngested(db), original);
-    assert.deepEqual(result.rows, { inference: 24, label: 6, outcome: 6, watermarks: 4 });
+    assert.deepEqual(result.rows, { inference: 24, label: 6, outcome: 6, upload: 13, watermarks: 4 });
+    assert.ok(
+      (await store.list('events/upload/')).every((k) => parsePartitionKey(k)?.kind === 'upload'),
+      'upload reports have partitions of their own kind',
+    );
     // Never over an existing database, and the cache is gone.
     await assert.rejects(rebuildFromStore(store, db), /already exists; a rebuild writes a fresh database/);
     assert.deepEqual(
@@ -221,6 +243,7 @@ describe('ingested records as Parquet partitions', () => {
         watermarkMs: T0 + d,
       });
       await writer.ingest('outcome', 'demo', [outcome(d)], { where: 'line' });
+      await writer.ingest('upload', 'demo', [report(d)], { where: 'line' });
     }
     const wmKeys = await partitionKeys(store, 'watermarks');
     assert.equal(wmKeys.length, 3);
@@ -228,8 +251,8 @@ describe('ingested records as Parquet partitions', () => {
     const r = await prune(store, writer, T0 + 2 * DAY + 3600_000);
     assert.deepEqual(r, {
       before: '2025-01-03',
-      partitions: 4,
-      rows: { inference: 4, label: 0, outcome: 2 },
+      partitions: 6,
+      rows: { inference: 4, label: 0, outcome: 2, upload: 2 },
     });
     const left = await store.list('events/');
     assert.deepEqual(
@@ -237,7 +260,7 @@ describe('ingested records as Parquet partitions', () => {
         .map((k) => parsePartitionKey(k)!)
         .filter((p) => p.kind !== 'watermarks')
         .map((p) => p.date),
-      ['2025-01-03', '2025-01-03'],
+      ['2025-01-03', '2025-01-03', '2025-01-03'],
     );
     assert.deepEqual(await partitionKeys(store, 'watermarks'), wmKeys, 'watermarks are never pruned');
     assert.deepEqual(
@@ -265,6 +288,7 @@ describe('ingested records as Parquet partitions', () => {
         watermarkMs: T0 + b,
       });
       await writer.ingest('label', 'demo', [label(b * 2)], { where: 'line' });
+      await writer.ingest('upload', 'demo', [report(b)], { where: 'line' });
     }
     // A crashed batch and its re-send on the second day: the same keys in two partitions.
     crash = true;
@@ -276,16 +300,16 @@ describe('ingested records as Parquet partitions', () => {
     await writer.close();
     const original = await dumpIngested(db);
     const before = await store.list('events/');
-    assert.equal(before.length, 8 * 3 + 2);
+    assert.equal(before.length, 8 * 4 + 2);
     // --date: that day only.
     const first = await compact(store, { date: '2025-01-01' });
     // The last watermark change of each day raised both cohorts, so the merged watermarks are that
     // partition's very bytes: its key is kept, the three others deleted.
-    assert.deepEqual(first, { groups: 3, written: 2, deleted: 11 });
+    assert.deepEqual(first, { groups: 4, written: 3, deleted: 15 });
     const all = await compact(store);
-    assert.deepEqual(all, { groups: 3, written: 2, deleted: 13 });
+    assert.deepEqual(all, { groups: 4, written: 3, deleted: 17 });
     const after = await store.list('events/');
-    assert.equal(after.length, 6, 'one file per kind, fleet and date');
+    assert.equal(after.length, 8, 'one file per kind, fleet and date');
     assert.deepEqual(await compact(store), { groups: 0, written: 0, deleted: 0 }, 'nothing left to merge');
     rmSync(db);
     await rebuildFromStore(store, db);
@@ -315,7 +339,7 @@ describe('ingested records as Parquet partitions', () => {
       assert.equal(await eventsCommand(['prune', '--before', '2025-01-02', '--db', db]), 0);
       assert.match(
         logs.at(-1)!,
-        /before 2025-01-02: 2 partition\(s\), rows \{"inference":2,"label":0,"outcome":0\}/,
+        /before 2025-01-02: 2 partition\(s\), rows \{"inference":2,"label":0,"outcome":0,"upload":0\}/,
       );
       const pruned = await dumpIngested(db);
       const rebuilt = join(base, 'rebuilt.duckdb');

@@ -1,7 +1,9 @@
 /**
  * The event writer on a real DuckDB file: a re-sent batch changes nothing and is counted as duplicates,
  * a batch with one bad record among good ones stores nothing, a failure before commit stores nothing,
- * watermarks only go forward and late events are counted, and a batch of 10,000 goes in at once.
+ * watermarks only go forward and late events are counted, and a batch of 10,000 goes in at once. Upload
+ * reports are stored once per unit and window, and shadow.safety in its column; a writer attached to a
+ * DuckDB instance that holds other tables closes only its own connection.
  */
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -9,6 +11,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
+import { DuckDBInstance } from '@duckdb/node-api';
 import { BatchRefused, EventWriter } from '../../events/writer';
 import { pseudonym } from '../../fleet/pseudonym';
 
@@ -33,6 +36,24 @@ function event(i: number, over: Record<string, unknown> = {}): Record<string, un
     exposureHours: 0.05,
     upload: { tier: 'sample', inclusionProbability: 0.25 },
     at: T0 + i * 1000,
+    ...over,
+  };
+}
+
+function report(over: Record<string, unknown> = {}): Record<string, unknown> {
+  return {
+    schema: 'fleetgate/v1',
+    fleet: 'demo',
+    cohort: 'hw3/eu',
+    unit: pseudonym(KEY, 'VIN-1'),
+    rolloutId: 'r-1',
+    fromMs: T0,
+    at: T0 + 3_600_000,
+    evaluated: 200,
+    priority: 12,
+    disagreements: 5,
+    uploaded: 30,
+    overBudget: true,
     ...over,
   };
 }
@@ -231,6 +252,169 @@ describe('event writer', () => {
       console.log(`10,000 events validated and written in ${ms.toFixed(0)} ms`);
     } finally {
       await w.close();
+    }
+  });
+
+  test('upload reports: stored once per unit, rollout and window; a re-sent batch changes nothing', async () => {
+    let clock = 5000;
+    const w = await EventWriter.open(join(dir, 'g.duckdb'), { now: () => clock++ });
+    try {
+      const next = report({ fromMs: T0 + 3_600_000, at: T0 + 7_200_000, overBudget: false });
+      const other = report({ unit: pseudonym(KEY, 'VIN-2'), evaluated: 50, priority: 0, disagreements: 0 });
+      const batch = [report(), next, other];
+      assert.deepEqual(await w.ingest('upload', 'demo', batch, { where: 'line' }), {
+        accepted: 3,
+        duplicates: 0,
+        late: 0,
+        watermark: null,
+      });
+      const stored = await w.read('SELECT * FROM ingested_uploads ORDER BY unit, from_ms');
+      assert.deepEqual(
+        stored.find((r) => r.unit === pseudonym(KEY, 'VIN-1') && r.from_ms === BigInt(T0)),
+        {
+          fleet: 'demo',
+          schema: 'fleetgate/v1',
+          cohort: 'hw3/eu',
+          unit: pseudonym(KEY, 'VIN-1'),
+          rollout_id: 'r-1',
+          from_ms: BigInt(T0),
+          at: BigInt(T0 + 3_600_000),
+          evaluated: 200,
+          priority: 12,
+          disagreements: 5,
+          uploaded: 30,
+          over_budget: true,
+          ingested_at_ms: 5000n,
+        },
+      );
+      // Re-sent: nothing changes. A second report of the same unit and window (other counters): a
+      // duplicate, the first one stays.
+      const again = await w.ingest('upload', 'demo', batch, { where: 'line' });
+      assert.deepEqual([again.accepted, again.duplicates], [0, 3]);
+      const dup = await w.ingest('upload', 'demo', [report({ uploaded: 1 })], { where: 'line' });
+      assert.deepEqual([dup.accepted, dup.duplicates], [0, 1]);
+      assert.deepEqual(await w.read('SELECT * FROM ingested_uploads ORDER BY unit, from_ms'), stored);
+      // Another rollout or another fleet is another key.
+      const r2 = await w.ingest('upload', 'demo', [report({ rolloutId: 'r-2' })], { where: 'line' });
+      const f2 = await w.ingest('upload', 'other', [report({ fleet: 'other' })], { where: 'line' });
+      assert.deepEqual([r2.accepted, f2.accepted], [1, 1]);
+      // A rule across fields refuses the whole batch; a raw unit id is never repeated.
+      await assert.rejects(
+        w.ingest(
+          'upload',
+          'demo',
+          [report({ fromMs: T0 + 9e6, at: T0 + 10e6 }), report({ unit: 'WVWZZZ1JZXW000099' })],
+          { where: 'row' },
+        ),
+        (err) => {
+          assert.ok(err instanceof BatchRefused);
+          assert.deepEqual(
+            err.problems.map((p) => [p.row, p.field]),
+            [[2, 'unit']],
+          );
+          assert.ok(!JSON.stringify(err.problems).includes('WVWZZZ1JZXW000099'));
+          return true;
+        },
+      );
+      await assert.rejects(
+        w.ingest('upload', 'demo', [report({ fromMs: T0 + 9e6, at: T0 + 10e6, disagreements: 13 })], {
+          where: 'line',
+        }),
+        (err) => {
+          assert.ok(err instanceof BatchRefused);
+          assert.equal(err.problems[0]!.field, 'disagreements');
+          assert.match(err.problems[0]!.message, /at most priority/);
+          return true;
+        },
+      );
+      assert.equal(await count(w, 'ingested_uploads'), 5);
+    } finally {
+      await w.close();
+    }
+  });
+
+  test('shadow.safety is stored in shadow_safety; absent, it is NULL', async () => {
+    const w = await EventWriter.open(join(dir, 'h.duckdb'));
+    try {
+      const shadow = (i: number, safety?: boolean) =>
+        event(i, {
+          phase: 'shadow',
+          arm: 'production',
+          shadow: {
+            digest: 'e'.repeat(64),
+            prediction: 2,
+            confidence: 0.4,
+            latencyMs: 5,
+            ...(safety === undefined ? {} : { safety }),
+          },
+        });
+      await w.ingest(
+        'inference',
+        'demo',
+        [shadow(1, true), shadow(2, false), shadow(3), event(4, { phase: 'canary' })],
+        {
+          where: 'line',
+        },
+      );
+      assert.deepEqual(
+        await w.read(
+          'SELECT event_id, shadow_safety, shadow_prediction FROM ingested_inference ORDER BY event_id',
+        ),
+        [
+          { event_id: 'e-1', shadow_safety: true, shadow_prediction: 2 },
+          { event_id: 'e-2', shadow_safety: false, shadow_prediction: 2 },
+          { event_id: 'e-3', shadow_safety: null, shadow_prediction: 2 },
+          { event_id: 'e-4', shadow_safety: null, shadow_prediction: null },
+        ],
+      );
+    } finally {
+      await w.close();
+    }
+  });
+
+  test('attached to an instance that holds another table: ingests, and closing leaves the instance open', async () => {
+    const instance = await DuckDBInstance.create(join(dir, 'fleet.duckdb'));
+    const own = await instance.connect();
+    try {
+      await own.run('CREATE TABLE fleet_events (id INTEGER, kind VARCHAR)');
+      await own.run(`INSERT INTO fleet_events VALUES (1, 'sim'), (2, 'sim')`);
+      const w = await EventWriter.attach(instance);
+      const r = await w.ingest('inference', 'demo', [event(1), event(2)], { where: 'line' });
+      assert.equal(r.accepted, 2);
+      await w.ingest('upload', 'demo', [report()], { where: 'line' });
+      const read = async (sql: string) => (await own.runAndReadAll(sql)).getRowObjectsJS();
+      assert.deepEqual(await read('SELECT event_id FROM ingested_inference ORDER BY event_id'), [
+        { event_id: 'e-1' },
+        { event_id: 'e-2' },
+      ]);
+      assert.deepEqual(await read('SELECT count(*)::INTEGER AS n FROM ingested_uploads'), [{ n: 1 }]);
+      await w.close();
+      await assert.rejects(
+        w.ingest('inference', 'demo', [event(3)], { where: 'line' }),
+        /the event writer is closed/,
+      );
+      // The instance and its other connections still work, the other table untouched.
+      assert.deepEqual(await read('SELECT count(*)::INTEGER AS n FROM fleet_events'), [{ n: 2 }]);
+      await own.run(`INSERT INTO fleet_events VALUES (3, 'sim')`);
+      const again = await instance.connect();
+      assert.deepEqual(
+        (
+          await again.runAndReadAll('SELECT count(*)::INTEGER AS n FROM ingested_inference')
+        ).getRowObjectsJS(),
+        [{ n: 2 }],
+      );
+      again.closeSync();
+      // A second writer attaches to the same tables (created where missing, so kept).
+      const w2 = await EventWriter.attach(instance);
+      assert.deepEqual(
+        (await w2.ingest('inference', 'demo', [event(2), event(3)], { where: 'line' })).accepted,
+        1,
+      );
+      await w2.close();
+      assert.deepEqual(await read('SELECT count(*)::INTEGER AS n FROM ingested_inference'), [{ n: 3 }]);
+    } finally {
+      own.closeSync();
+      instance.closeSync();
     }
   });
 });
