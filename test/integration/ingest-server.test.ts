@@ -2,7 +2,8 @@
  * The ingestion endpoint over real HTTP on 127.0.0.1 into a real DuckDB file: NDJSON, gzip NDJSON and
  * Parquet (written by DuckDB) batches are stored; every malformed batch gets its 4xx naming what is
  * wrong, and nothing already stored changes; a batch held open makes the next one a 429 with
- * Retry-After; health, metrics and the headers of every answer.
+ * Retry-After; health, metrics and the headers of every answer. Upload reports go to /v1/uploads as
+ * NDJSON and Parquet, once per unit and window.
  */
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -39,6 +40,23 @@ function event(id: string, over: Record<string, unknown> = {}): Record<string, u
     exposureHours: 0.05,
     upload: { tier: 'sample', inclusionProbability: 0.5 },
     at: T0,
+    ...over,
+  };
+}
+function report(over: Record<string, unknown> = {}): Record<string, unknown> {
+  return {
+    schema: 'fleetgate/v1',
+    fleet: 'demo',
+    cohort: 'hw3/eu',
+    unit: pseudonym(KEY, RAW_ID),
+    rolloutId: 'r-7',
+    fromMs: T0,
+    at: T0 + 600_000,
+    evaluated: 40,
+    priority: 6,
+    disagreements: 2,
+    uploaded: 9,
+    overBudget: false,
     ...over,
   };
 }
@@ -363,6 +381,105 @@ describe('ingestion endpoint', () => {
       (await writer.read(`SELECT count(*) AS n FROM ingested_inference WHERE event_id LIKE 'h-%'`))[0]!.n,
       2n,
     );
+  });
+
+  test('upload reports: NDJSON and Parquet are stored once per unit and window; bad ones refused', async () => {
+    const uploads = () =>
+      writer.read('SELECT * EXCLUDE (ingested_at_ms) FROM ingested_uploads ORDER BY from_ms');
+    const batch = ndjson([report(), report({ fromMs: T0 + 600_000, at: T0 + 1_200_000, overBudget: true })]);
+    let res = await post('/v1/uploads/demo', batch);
+    assert.equal(res.status, 200);
+    assert.deepEqual(await res.json(), { accepted: 2, duplicates: 0, late: 0, watermark: null });
+    res = await post('/v1/uploads/demo', gzipSync(batch), { 'Content-Encoding': 'gzip' });
+    assert.deepEqual(await res.json(), { accepted: 0, duplicates: 2, late: 0, watermark: null });
+    res = await post(
+      '/v1/uploads/demo',
+      await parquet(`SELECT 'fleetgate/v1' AS schema, 'demo' AS fleet, 'hw4/us' AS cohort,
+        '${pseudonym(KEY, RAW_ID)}' AS unit, 'r-7' AS rollout_id, (${T0} + i * 600000)::BIGINT AS from_ms,
+        (${T0} + (i + 1) * 600000)::BIGINT AS "at", 50::INTEGER AS evaluated, 5::INTEGER AS priority,
+        (i % 3)::INTEGER AS disagreements, 10::INTEGER AS uploaded, i = 3 AS over_budget FROM range(1, 5) t(i)`),
+      { 'Content-Type': 'application/vnd.apache.parquet' },
+    );
+    const body = await res.text();
+    assert.equal(res.status, 200, body);
+    assert.deepEqual(JSON.parse(body), { accepted: 3, duplicates: 1, late: 0, watermark: null });
+    const rows = await uploads();
+    assert.equal(rows.length, 5);
+    assert.deepEqual(rows[1], {
+      schema: 'fleetgate/v1',
+      fleet: 'demo',
+      cohort: 'hw3/eu',
+      unit: pseudonym(KEY, RAW_ID),
+      rollout_id: 'r-7',
+      from_ms: BigInt(T0 + 600_000),
+      at: BigInt(T0 + 1_200_000),
+      evaluated: 40,
+      priority: 6,
+      disagreements: 2,
+      uploaded: 9,
+      over_budget: true,
+    });
+    assert.deepEqual(
+      rows.map((r) => r.over_budget),
+      [false, true, false, true, false],
+    );
+
+    // Refused whole, naming the field and the fix, never the raw unit id; nothing stored changes.
+    const cases: Array<[string, Promise<Response>, number, string, RegExp]> = [
+      [
+        'uploaded > evaluated',
+        post('/v1/uploads/demo', ndjson([report({ fromMs: T0 + 9e6, at: T0 + 10e6, uploaded: 41 })])),
+        1,
+        'uploaded',
+        /at most evaluated/,
+      ],
+      [
+        'a raw unit id',
+        post('/v1/uploads/demo', ndjson([report({ unit: RAW_ID })])),
+        1,
+        'unit',
+        /never its raw id/,
+      ],
+      [
+        'the window backwards',
+        post('/v1/uploads/demo', ndjson([report({ fromMs: T0 + 1, at: T0 })])),
+        1,
+        'at',
+        /must be after fromMs/,
+      ],
+      [
+        'one window twice with other values',
+        post(
+          '/v1/uploads/demo',
+          ndjson([
+            report({ fromMs: T0 + 20e6, at: T0 + 21e6 }),
+            report({ fromMs: T0 + 20e6, at: T0 + 22e6 }),
+          ]),
+        ),
+        2,
+        'fromMs',
+        /repeats the unit, rolloutId and fromMs of line 1/,
+      ],
+    ];
+    for (const [what, sent, line, field, fix] of cases) {
+      const r = await sent;
+      const text = await r.text();
+      assert.equal(r.status, 400, `${what}: ${text}`);
+      const { error } = JSON.parse(text) as {
+        error: { code: string; problems: Array<Record<string, unknown>> };
+      };
+      assert.equal(error.code, 'invalid-batch', what);
+      assert.deepEqual([error.problems[0]!.line, error.problems[0]!.field], [line, field], what);
+      assert.match(String(error.problems[0]!.message), fix, what);
+      assert.ok(!text.includes(RAW_ID), `${what} repeats the raw id`);
+    }
+    res = await post('/v1/uploads/demo', batch, { 'Fleetgate-Watermark': String(T0) });
+    assert.equal(res.status, 400);
+    assert.equal(((await res.json()) as { error: { code: string } }).error.code, 'bad-watermark');
+    assert.equal(rows.length, (await uploads()).length);
+    const metrics = await (await fetch(`${server.url}/metrics`)).text();
+    assert.match(metrics, /fleetgate_ingest_rows_accepted_total\{kind="upload"\} 5\n/);
+    assert.match(metrics, /fleetgate_ingest_duplicates_total\{kind="upload"\} 3\n/);
   });
 
   test('healthz, metrics, and unknown paths', async () => {

@@ -5,7 +5,8 @@
  * Parquet (written by DuckDB) files of events, labels and outcomes are stored; a second pass reads
  * nothing again; a file re-put with more records stores only the new ones; malformed files are refused,
  * recorded and logged without their contents while stored rows stay as they were; keys outside the
- * layout are skipped with a note; a file over the cap and a gzip bomb are refused.
+ * layout are skipped with a note; a file over the cap and a gzip bomb are refused; upload reports are read
+ * from the folder `uploads`.
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -58,6 +59,21 @@ const label = (eventId: string, labeler = 'team-a') => ({
   label: 2,
   labeler,
   at: T0 + 5,
+});
+const report = (fromMs: number, over: Record<string, unknown> = {}) => ({
+  schema: 'fleetgate/v1',
+  fleet: 'demo',
+  cohort: 'hw3/eu',
+  unit: UNIT,
+  rolloutId: 'r-3',
+  fromMs,
+  at: fromMs + 60_000,
+  evaluated: 30,
+  priority: 4,
+  disagreements: 1,
+  uploaded: 7,
+  overBudget: false,
+  ...over,
 });
 const ndjson = (records: unknown[]) => Buffer.from(records.map((r) => JSON.stringify(r)).join('\n') + '\n');
 
@@ -367,12 +383,51 @@ for (const { name, open } of STORES) {
       assert.deepEqual(r.notes.map((n) => n.key).sort(), [...outside].sort());
       assert.match(
         r.notes.find((n) => n.key === outside[0])!.note,
-        /kind level is not events, labels or outcomes/,
+        /kind level is not events, labels, outcomes or uploads/,
       );
       assert.match(r.notes.find((n) => n.key === outside[1])!.note, /6 levels under the prefix, not 7/);
       assert.match(r.notes.find((n) => n.key === outside[3])!.note, /\.ndjson, \.ndjson\.gz or \.parquet/);
       assert.match(r.notes.find((n) => n.key === outside[4])!.note, /hour levels/);
       assert.deepEqual(await rows(), before);
+    });
+
+    test('upload reports are read from the folder uploads (NDJSON and Parquet), each window once', async () => {
+      const uploads = () => writer.read('SELECT * FROM ingested_uploads ORDER BY from_ms');
+      await put(
+        store,
+        `landing/demo/uploads/${HOUR}/u.ndjson.gz`,
+        gzipSync(ndjson([report(T0), report(T0 + 60_000, { overBudget: true })])),
+      );
+      await put(
+        store,
+        `landing/demo/uploads/${HOUR}/u.parquet`,
+        await parquet(`SELECT 'fleetgate/v1' AS schema, 'demo' AS fleet, 'hw3/eu' AS cohort, '${UNIT}' AS unit,
+          'r-3' AS rollout_id, (${T0} + i * 60000)::BIGINT AS from_ms, (${T0} + (i + 1) * 60000)::BIGINT AS "at",
+          30::INTEGER AS evaluated, 4::INTEGER AS priority, 1::INTEGER AS disagreements, 7::INTEGER AS uploaded,
+          i = 1 AS over_budget FROM range(1, 4) t(i)`),
+      );
+      await put(
+        store,
+        `landing/demo/uploads/${HOUR}/bad.ndjson`,
+        ndjson([report(T0 + 9e6, { priority: 31 })]),
+      );
+      const r = await reader.pass();
+      assert.deepEqual([r.filesRead, r.filesRefused, r.accepted, r.duplicates], [2, 1, 4, 1]);
+      const stored = await uploads();
+      assert.deepEqual(
+        stored.map((x) => [Number(x.from_ms) - T0, x.over_budget, x.fleet, x.unit]),
+        [
+          [0, false, 'demo', UNIT],
+          [60_000, true, 'demo', UNIT],
+          [120_000, false, 'demo', UNIT],
+          [180_000, false, 'demo', UNIT],
+        ],
+      );
+      const bad = (await reader.files()).find((f) => f.key === `landing/demo/uploads/${HOUR}/bad.ndjson`)!;
+      assert.equal(bad.result, 'refused');
+      assert.match(String(bad.problems), /"field":"priority","message":"at most evaluated/);
+      assert.equal((await reader.pass()).filesRead, 0);
+      assert.deepEqual(await uploads(), stored);
     });
   });
 }
@@ -422,6 +477,13 @@ describe('landing zone caps', () => {
       kind: 'label',
       format: 'ndjson',
       gzip: true,
+    });
+    assert.deepEqual(landingFileOf('p', `p/demo/uploads/${HOUR}/f.parquet`), {
+      key: `p/demo/uploads/${HOUR}/f.parquet`,
+      fleet: 'demo',
+      kind: 'upload',
+      format: 'parquet',
+      gzip: false,
     });
     assert.ok('outside' in landingFileOf('p', `p/Demo/labels/${HOUR}/f.ndjson`));
     assert.ok('outside' in landingFileOf('p', `p/demo/constructor/${HOUR}/f.ndjson`));
