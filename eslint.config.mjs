@@ -186,7 +186,10 @@ export default tseslint.config(
   // The composition root wires the simulated OTA channel and the simulated IoT device agent.
   {
     files: ['workers/worker.ts'],
-    rules: simRules(['ota'], 'workers/worker.ts wires the simulated OTA channel (sim/ota) only.'),
+    rules: simRules(
+      ['ota', 'producer'],
+      "workers/worker.ts wires the simulated OTA channel (sim/ota) and the simulated fleet's feed (sim/producer) only.",
+    ),
   },
   {
     files: ['workers/main.ts'],

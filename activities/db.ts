@@ -11,6 +11,7 @@ import { DuckDBInstance } from '@duckdb/node-api';
 import type { DuckDBConnection, DuckDBValue } from '@duckdb/node-api';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
+import { SCHEMA_SQL as INGESTED_SCHEMA_SQL } from '../events/writer';
 
 export interface FleetDatabase {
   instance: DuckDBInstance;
@@ -260,6 +261,8 @@ export async function openFleetDatabase(path: string): Promise<FleetDatabase> {
   const connection = await instance.connect();
   await transaction(connection, async () => {
     await connection.run(SCHEMA);
+    // The ingested records (events/writer.ts) live in the same file: one process owns both.
+    await connection.run(INGESTED_SCHEMA_SQL);
     await connection.run(MIGRATE);
     const [current] = await rows(
       connection,

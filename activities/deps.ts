@@ -2,7 +2,8 @@
  * Interfaces of what activities depend on. `workers/` builds the real implementations and hands them
  * to the activity factories; unit tests of code around them may hand fakes.
  */
-import type { IoContract } from './contracts';
+import type { CohortSpec, FleetManifest } from '../policies/schema';
+import type { IoContract, ShadowInput } from './contracts';
 
 /** Object store: content-addressed blobs, write-once records, pointers moved by compare-and-swap. */
 export interface ObjectStore {
@@ -97,4 +98,44 @@ export interface OtaJob {
   targets: Map<string, string[]>;
   /** What a retry of the activity that created the job returns. */
   result: unknown;
+}
+
+/** One window of a rollout's events that a batch reads: what an in-process producer makes for it. */
+export interface TelemetryWindow {
+  phase: 'shadow' | 'canary';
+  rolloutId: string;
+  /** The fleet's manifest, parsed; `cohorts` are its cohorts the batch reads. */
+  manifest: FleetManifest;
+  cohorts: readonly CohortSpec[];
+  /** The window [fromMs, toMs), and the rollout's start that drift counts from. */
+  fromMs: number;
+  toMs: number;
+  startMs: number;
+  candidateDigest: string;
+  /** The version of each digest, for the SKUs' slowdowns. */
+  versions?: Record<string, string>;
+  /** Shadow: the share of each cohort running the candidate beside production. */
+  share?: number;
+  /** Shadow: the vehicles' upload filter. */
+  edge?: ShadowInput['edge'];
+}
+
+/** A label request sent to the labelers: the producer's event id and when it was requested. */
+export interface LabelRequestOut {
+  eventId: string;
+  requestedAtMs: number;
+}
+
+/**
+ * The fleet's side of the data plane, as the composition root wires it. A real fleet needs none: its
+ * units and labelers send records to ingestion (events/), and the activities read what arrived. An
+ * in-process producer (the simulated fleet of `fleetgate simulate` and the workflow tests) sends a
+ * window's records through the same writer when a batch asks for them, and answers label requests the
+ * same way; the activities read its records exactly as they read a real fleet's.
+ */
+export interface TelemetryFeed {
+  /** Sends the window's inference events and upload reports, with a watermark at its end. */
+  produce(window: TelemetryWindow): Promise<void>;
+  /** The labelers receive these requests (the simulated labeler answers each after its delay). */
+  requestLabels(fleet: string, requests: readonly LabelRequestOut[]): Promise<void>;
 }

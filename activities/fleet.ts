@@ -21,14 +21,12 @@ import { ErrorType, fail } from '../errors';
 import { parseDuration } from '../policies/duration';
 import type { CohortSpec, FleetManifest, Sku } from '../policies/schema';
 import { CRITICAL_CLASS, FEATURES } from '../policies/model-contract';
-import { gaussian, makeRng, poisson } from '../policies/rng';
-import { generateFramesWith } from '../sim/frames';
+import { makeRng } from '../policies/rng';
 import type { FrameConditions, Frames } from '../sim/frames';
-import { edgeFilter, windowBudget } from '../sim/edge';
 import type { EdgeCounters } from './contracts';
 import { loadFleetManifest } from '../fleet/manifest';
 import { pseudonymSql } from '../fleet/pseudonym';
-import { shadowTargets, targetCount, waveShare, waveTargets } from '../fleet/assignment';
+import { targetCount, waveShare, waveTargets } from '../fleet/assignment';
 import { countVehicles, INSTALL, installOutcomes, installsAlways, SimulatedOta } from '../sim/ota';
 import { recordBatchStats } from './analysis';
 import { confinedPath } from './confine';
@@ -47,7 +45,15 @@ import type {
 } from './contracts';
 import { exclusive, exec, num, rows, transaction } from './db';
 import { progress, throwIfCancelled } from './heartbeat';
-import type { ModelRunner, ObjectStore, OtaChannel, RunnerSettings } from './deps';
+import type {
+  ModelRunner,
+  ObjectStore,
+  OtaChannel,
+  RunnerSettings,
+  TelemetryFeed,
+  TelemetryWindow,
+} from './deps';
+import { awaitWatermarks, readWindow } from './telemetry';
 import { sha256 } from './store';
 import { blobKey } from '../workers/model-runner';
 import { budgetRequests, LABEL_TIERS, labelerAnswer, NO_TIER, PRIORITY_CONFIDENCE } from './labels';
@@ -70,7 +76,17 @@ export interface FleetActivityDeps {
    * sends again and refuses bytes that differ from the digest it was asked to deliver (DigestMismatch).
    */
   store?: ObjectStore;
+  /**
+   * An in-process producer of the fleet's records (the simulated fleet): asked for each window a batch
+   * reads. Absent for a real fleet, whose units send through ingestion.
+   */
+  feed?: TelemetryFeed;
+  /** Without a feed: how long a batch waits for every cohort's watermark (default 60 s). */
+  watermarkWaitMs?: number;
 }
+
+/** How long a batch waits for the fleet's watermarks by default. */
+export const DEFAULT_WATERMARK_WAIT_MS = 60_000;
 
 /**
  * Re-checks the artifact a job is about to send: the blob stored under `digest` must exist and hash to
@@ -103,7 +119,6 @@ export async function checkArtifact(
 
 /** Rows per inference call: bounds the memory of one run. */
 export const INFERENCE_CHUNK = 32_768;
-const HOUR_MS = 3_600_000;
 /** Sentinel of an unset prediction in a Uint8Array (stored as NULL). */
 const NO_PRED = 255;
 
@@ -162,7 +177,7 @@ export async function initSimFleet(
 }
 
 export function createFleetActivities(deps: FleetActivityDeps) {
-  const { conn, ota, runner, key, root } = deps;
+  const { conn, ota, key, root, feed } = deps;
   const manifestOf = (input: FleetInput) =>
     loadFleetManifest(confinedPath(root, input.manifest), input.manifest);
 
@@ -332,11 +347,10 @@ export function createFleetActivities(deps: FleetActivityDeps) {
 
     /**
      * One shadow batch: on a `share` of each cohort the candidate runs beside the vehicle's production
-     * model on the same frames; both outputs are logged and nothing the candidate says is acted on.
-     * With `edge`, each vehicle uploads only what its filter keeps (sim/edge.ts), each upload with its
-     * weight, and reports its counters (`shadow_edge`). Uploaded events are sent for labeling in tiers
-     * (disagreement, rare, low confidence, sample; see logBatch). Keyed by
-     * `${rolloutId}:shadow:${fromMs}-${toMs}`.
+     * model on the same frames; both outputs are sent and nothing the candidate says is acted on. With
+     * `edge`, each vehicle uploads only what its filter keeps, each upload with its probability, and
+     * reports its counters (`shadow_edge`). Reads what the fleet sent for the window (`readBatch`).
+     * Keyed by `${rolloutId}:shadow:${fromMs}-${toMs}`.
      */
     async runShadow(input: ShadowInput): Promise<BatchResult> {
       if (!(input.share > 0 && input.share <= 1)) {
@@ -358,126 +372,100 @@ export function createFleetActivities(deps: FleetActivityDeps) {
           `edge.perVehiclePerDay must be a whole number of uploads, at least 1 (got ${e.perVehiclePerDay})`,
         );
       }
-      const batchId = `${input.rolloutId}:shadow:${input.fromMs}-${input.toMs}`;
-      return logBatch(batchId, 'shadow', input, async (manifest, cohort, cohortIndex, fleet, startMs) => {
-        const shadow = shadowTargets(fleet.vehicles, key, input.rolloutId, input.share);
-        const digestOf = new Map(fleet.vehicles.map((v, i) => [v, fleet.digests[i]!]));
-        const sim = simulate(batchId, manifest, cohort, shadow, input.fromMs, input.toMs, startMs);
-        const out = new EventColumns(sim.n);
-        const sku = skuOf(manifest, cohort);
-        const prodDigests = Array.from(sim.vehicle, (v) => digestOf.get(shadow[v]!)!);
-        for (const [digest, idx] of groupBy(prodDigests)) {
-          await infer(
-            runner,
-            digest,
-            sim.frames,
-            idx,
-            sku,
-            out.production,
-            slowdownOf(sku, input.versions, digest),
-          );
-        }
-        await infer(
-          runner,
-          input.candidateDigest,
-          sim.frames,
-          null,
-          sku,
-          out.candidate,
-          slowdownOf(sku, input.versions, input.candidateDigest),
-        );
-        const rate = manifest.labels.rate;
-        const priority = new Uint8Array(sim.n);
-        const lowConfidence = input.edge?.lowConfidence ?? PRIORITY_CONFIDENCE;
-        for (let i = 0; i < sim.n; i++) {
-          out.candidate.lat[i] = out.candidate.ms[i]! * sku.speedFactor * Math.exp(0.2 * gaussian(sim.rng));
-          out.production.lat[i] = out.production.ms[i]! * sku.speedFactor * Math.exp(0.2 * gaussian(sim.rng));
-          const sampled = sim.rng() < rate;
-          const low = Math.min(out.candidate.conf[i]!, out.production.conf[i]!) < lowConfidence;
-          const disagree = out.candidate.pred[i] !== out.production.pred[i];
-          priority[i] = low || disagree ? 1 : sampled ? 2 : 0;
-        }
-        if (!input.edge) {
-          return { sim, out, arm: () => 'shadow', vehicles: shadow, cohortIndex, request: priority };
-        }
-        // The vehicles' upload filter, on its own seeded stream: what is uploaded, and each upload's weight.
-        const perDay = input.edge.perVehiclePerDay;
-        const edge = edgeFilter(
-          {
-            n: sim.n,
-            vehicle: sim.vehicle,
-            vehicles: shadow.length,
-            predCandidate: out.candidate.pred,
-            predProduction: out.production.pred,
-            confCandidate: out.candidate.conf,
-            confProduction: out.production.conf,
-          },
-          {
-            sample: input.edge.sample,
-            lowConfidence,
-            budget: perDay === undefined ? null : windowBudget(perDay, input.toMs - input.fromMs),
-          },
-          makeRng(`${manifest.seed}|${batchId}|${cohort.name}|edge`),
-        );
-        // Only uploaded events can be sent for labeling.
-        for (let i = 0; i < sim.n; i++) if (!edge.keep[i]) priority[i] = 0;
-        return {
-          sim,
-          out,
-          arm: () => 'shadow',
-          vehicles: shadow,
-          cohortIndex,
-          request: priority,
-          keep: edge.keep,
-          weight: edge.weight,
-          edge: edge.counters,
-        };
+      return readBatch('shadow', input, {
+        share: input.share,
+        ...(input.edge ? { edge: input.edge } : {}),
       });
     },
 
     /**
      * One canary batch: every vehicle of each cohort runs the model in its active slot (what was really
      * installed: a vehicle whose install failed or was deferred runs what it ran); an event is in
-     * the 'candidate' arm when that is `candidateDigest`, else in 'production', and only the acting
-     * model's columns are filled. A seeded `labels.rate` share is sent for labeling ('sample'). Keyed by
+     * the 'candidate' arm when that is `candidateDigest`. A seeded `labels.rate` share is sent for
+     * labeling ('sample'). Reads what the fleet sent for the window (`readBatch`). Keyed by
      * `${rolloutId}:canary:${fromMs}-${toMs}`.
      */
     async collectTelemetry(input: TelemetryInput): Promise<BatchResult> {
-      const batchId = `${input.rolloutId}:canary:${input.fromMs}-${input.toMs}`;
-      return logBatch(batchId, 'canary', input, async (manifest, cohort, cohortIndex, fleet, startMs) => {
-        const sim = simulate(batchId, manifest, cohort, fleet.vehicles, input.fromMs, input.toMs, startMs);
-        const out = new EventColumns(sim.n);
-        const sku = skuOf(manifest, cohort);
-        const acting = Array.from(sim.vehicle, (v) => fleet.digests[v]!);
-        const isCandidate = new Uint8Array(sim.n);
-        for (const [digest, idx] of groupBy(acting)) {
-          const slowdown = slowdownOf(sku, input.versions, digest);
-          if (digest === input.candidateDigest) {
-            for (const i of idx) isCandidate[i] = 1;
-            await infer(runner, digest, sim.frames, idx, sku, out.candidate, slowdown);
-          } else {
-            await infer(runner, digest, sim.frames, idx, sku, out.production, slowdown);
-          }
-        }
-        const rate = manifest.labels.rate;
-        const request = new Uint8Array(sim.n);
-        for (let i = 0; i < sim.n; i++) {
-          const noise = Math.exp(0.2 * gaussian(sim.rng));
-          if (isCandidate[i]) out.candidate.lat[i] = out.candidate.ms[i]! * sku.speedFactor * noise;
-          else out.production.lat[i] = out.production.ms[i]! * sku.speedFactor * noise;
-          request[i] = sim.rng() < rate ? 2 : 0;
-        }
-        return {
-          sim,
-          out,
-          arm: (i: number) => (isCandidate[i] ? 'candidate' : 'production'),
-          vehicles: fleet.vehicles,
-          cohortIndex,
-          request,
-        };
-      });
+      return readBatch('canary', input, {});
     },
   };
+
+  /**
+   * Reads one batch of the window [fromMs, toMs) from what the fleet sent (activities/telemetry.ts):
+   * skipped when the batch exists. With an in-process producer (`feed`), it is asked for the window
+   * first; otherwise the batch waits, up to `watermarkWaitMs`, for every cohort's watermark to reach
+   * the window's end, then reads what is there (what comes later is counted in the next batch). The
+   * label requests it made go to the labelers after the commit (again on a retry: they answer once).
+   */
+  async function readBatch(
+    phase: 'shadow' | 'canary',
+    input: TelemetryInput,
+    shadow: Pick<TelemetryWindow, 'share' | 'edge'>,
+  ): Promise<BatchResult> {
+    if (!(Number.isFinite(input.fromMs) && Number.isFinite(input.toMs) && input.toMs > input.fromMs)) {
+      throw fail(
+        ErrorType.InvalidInput,
+        `batch window must have toMs > fromMs (got ${input.fromMs}, ${input.toMs})`,
+      );
+    }
+    const batchId = `${input.rolloutId}:${phase}:${input.fromMs}-${input.toMs}`;
+    const manifest = manifestOf(input);
+    const cohorts = cohortsOf(manifest, input.cohorts);
+    const [before] = await exclusive(conn, () =>
+      rows(conn, `SELECT 1 FROM batches WHERE batch_id = ?`, [batchId]),
+    );
+    if (!before) {
+      progress({ step: `${phase} batch: reading the fleet's events`, batchId });
+      await exclusive(conn, async () => {
+        await requireFleet(manifest);
+        for (const cohort of cohorts) {
+          if ((await ota.inventory(manifest.name, cohort.name)).vehicles.length === 0) {
+            throw fail(ErrorType.NotFound, `cohort ${cohort.name} of fleet ${manifest.name} has no vehicles`);
+          }
+        }
+      });
+      const startMs = await rolloutStart(manifest, input);
+      if (feed) {
+        await feed.produce({
+          phase,
+          rolloutId: input.rolloutId,
+          manifest,
+          cohorts,
+          fromMs: input.fromMs,
+          toMs: input.toMs,
+          startMs,
+          candidateDigest: input.candidateDigest,
+          ...(input.versions ? { versions: input.versions } : {}),
+          ...shadow,
+        });
+      } else {
+        await awaitWatermarks(
+          conn,
+          manifest.name,
+          cohorts.map((c) => c.name),
+          input.toMs,
+          deps.watermarkWaitMs ?? DEFAULT_WATERMARK_WAIT_MS,
+        );
+      }
+    }
+    progress({ step: `${phase} batch: writing`, batchId });
+    const { result, requests } = await readWindow(conn, {
+      batchId,
+      phase,
+      rolloutId: input.rolloutId,
+      fleet: manifest.name,
+      cohorts: cohorts.map((c) => c.name),
+      fromMs: input.fromMs,
+      toMs: input.toMs,
+      candidateDigest: input.candidateDigest,
+      seed: manifest.seed,
+      rate: manifest.labels.rate,
+      lowConfidence: shadow.edge?.lowConfidence ?? PRIORITY_CONFIDENCE,
+      ...(input.labeling ? { labeling: input.labeling } : {}),
+    });
+    if (feed && requests.length > 0) await feed.requestLabels(manifest.name, requests);
+    return result;
+  }
 
   /**
    * The simulated time the rollout started, that drift counts from: `startMs` when the caller gives it;
@@ -505,81 +493,6 @@ export function createFleetActivities(deps: FleetActivityDeps) {
       if (m) start = Math.min(start, Number(m[1]));
     }
     return start;
-  }
-
-  /**
-   * Writes one batch of events: skipped when the batch exists; otherwise every cohort is simulated,
-   * then events, their per-batch statistics (`batch_stats`), ground truth, label requests and the
-   * `batches` row are written in one transaction.
-   * Each event also carries, per model that ran, whether it missed a critical-class frame (a safety
-   * event, known on the vehicle at once), and the vehicle-hours of exposure it stands for.
-   */
-  async function logBatch(
-    batchId: string,
-    phase: 'shadow' | 'canary',
-    input: FleetInput & {
-      cohorts: string[];
-      fromMs: number;
-      toMs: number;
-      startMs?: number;
-      labeling?: LabelingInput;
-    },
-    simulateCohort: (
-      manifest: FleetManifest,
-      cohort: CohortSpec,
-      cohortIndex: number,
-      fleet: CohortFleet,
-      startMs: number,
-    ) => Promise<SimulatedCohort>,
-  ): Promise<BatchResult> {
-    if (!(Number.isFinite(input.fromMs) && Number.isFinite(input.toMs) && input.toMs > input.fromMs)) {
-      throw fail(
-        ErrorType.InvalidInput,
-        `batch window must have toMs > fromMs (got ${input.fromMs}, ${input.toMs})`,
-      );
-    }
-    const existing = () => rows(conn, `SELECT events FROM batches WHERE batch_id = ?`, [batchId]);
-    const [before] = await exclusive(conn, existing);
-    if (before) return { batchId, events: num(before.events), written: false };
-    const manifest = manifestOf(input);
-    const cohorts = cohortsOf(manifest, input.cohorts);
-    const startMs = await rolloutStart(manifest, input);
-    const simulated: SimulatedCohort[] = [];
-    for (const [n, cohort] of cohorts.entries()) {
-      // A batch is written in one transaction: a retry starts it over; the progress shows how far the
-      // lost attempt got.
-      progress({
-        step: `${phase} batch: cohort ${n + 1} of ${cohorts.length}`,
-        batchId,
-        cohort: cohort.name,
-      });
-      const fleet = await exclusive(conn, async () => {
-        await requireFleet(manifest);
-        return ota.inventory(manifest.name, cohort.name);
-      });
-      if (fleet.vehicles.length === 0) {
-        throw fail(ErrorType.NotFound, `cohort ${cohort.name} of fleet ${manifest.name} has no vehicles`);
-      }
-      simulated.push(
-        await simulateCohort(manifest, cohort, manifest.cohorts.indexOf(cohort), fleet, startMs),
-      );
-    }
-    progress({ step: `${phase} batch: writing`, batchId });
-    return writeBatch(conn, {
-      batchId,
-      phase,
-      rolloutId: input.rolloutId,
-      fromMs: input.fromMs,
-      toMs: input.toMs,
-      seed: manifest.seed,
-      labels: { rate: manifest.labels.rate, noise: manifest.labels.noise },
-      labelDelayMs: (cohort) => labelDelayMs(manifest, cohort),
-      // Each event stands for 1 / eventsPerVehicleHour vehicle-hours of driving (events are drawn at
-      // that rate per vehicle), the exposure that safety events are counted in.
-      exposurePerEvent: () => 1 / manifest.eventsPerVehicleHour,
-      labeling: input.labeling,
-      simulated,
-    });
   }
 }
 
@@ -770,9 +683,6 @@ export async function writeBatch(conn: DuckDBConnection, w: BatchWrite): Promise
 
 export type FleetActivities = ReturnType<typeof createFleetActivities>;
 
-/** A cohort's vehicles and the digest each runs, as the OTA channel reports them. */
-type CohortFleet = Awaited<ReturnType<OtaChannel['inventory']>>;
-
 export interface Simulation {
   cohort: string;
   n: number;
@@ -828,34 +738,6 @@ export class EventColumns {
     this.candidate = new ArmColumns(n);
     this.production = new ArmColumns(n);
   }
-}
-
-/**
- * The events of one cohort in [fromMs, toMs): their count ~ Poisson(vehicles x eventsPerVehicleHour x
- * hours), each from a uniformly drawn vehicle at a uniform time, with frames from the batch's seed drawn
- * under the cohort's conditions at the event's time (`conditionsAt`, with drift counted from startMs).
- */
-function simulate(
-  batchId: string,
-  manifest: FleetManifest,
-  cohort: CohortSpec,
-  vehicles: readonly string[],
-  fromMs: number,
-  toMs: number,
-  startMs: number,
-): Simulation {
-  const rng = makeRng(`${manifest.seed}|${batchId}|${cohort.name}|events`);
-  const span = toMs - fromMs;
-  const n = poisson(rng, (vehicles.length * manifest.eventsPerVehicleHour * span) / HOUR_MS);
-  const vehicle = new Uint32Array(n);
-  const ts = new Float64Array(n);
-  for (let i = 0; i < n; i++) {
-    vehicle[i] = Math.floor(rng() * vehicles.length);
-    ts[i] = fromMs + Math.floor(rng() * span);
-  }
-  const at = conditionsAt(manifest, cohort, startMs);
-  const frames = generateFramesWith(makeRng(`${batchId}|${cohort.name}`), n, (i) => at(ts[i]!));
-  return { cohort: cohort.name, n, vehicle, ts, frames, rng };
 }
 
 /**
@@ -997,17 +879,6 @@ async function frameCost(runner: ModelRunner, digest: string, _settings: RunnerS
   return FRAME_COST.baseMs + (FRAME_COST.perKiBMs * bytes) / 1024;
 }
 
-/** Positions of each distinct value, in first-seen order. */
-function groupBy(values: readonly string[]): Map<string, number[]> {
-  const groups = new Map<string, number[]>();
-  values.forEach((v, i) => {
-    let g = groups.get(v);
-    if (!g) groups.set(v, (g = []));
-    g.push(i);
-  });
-  return groups;
-}
-
 /** The requested cohorts of a fleet's (or a service's) manifest, once each; InvalidInput naming any unknown. */
 export function cohortsOf<C extends { name: string }>(
   manifest: { name: string; cohorts: readonly C[] },
@@ -1070,11 +941,6 @@ function shadowTier(out: EventColumns, request: Uint8Array, truth: ArrayLike<num
     return LABEL_TIERS.indexOf('rare');
   if (request[i] === 1) return LABEL_TIERS.indexOf('low_confidence');
   return request[i] === 2 ? SAMPLE : NO_TIER;
-}
-
-/** The labeler's mean delay for a cohort's events. */
-function labelDelayMs(manifest: FleetManifest, cohort: string): number {
-  return parseDuration(manifest.labels.delayByCohort?.[cohort] ?? manifest.labels.delay) ?? 0;
 }
 
 function appendSafety(a: DuckDBAppender, pred: number, truth: number): void {

@@ -160,12 +160,14 @@ export function labelerAnswer(truth: number, noise: number, rng: () => number): 
 }
 
 /**
- * Moves the labels of `rolloutId` that have arrived by `asOfMs` from the labeler's queue into `labels`.
- * A label requested after its event waits the labeler's delay from the request: it arrives at
- * available_at_ms + (requested_at_ms - ts_ms). The label is the labeler's answer: its wrong answer from
- * `sim_label_noise` where it has one, else the truth. With each label it stores what a canary look needs
- * of its event (phase, cohort, arm, ts_ms, and whether each model's prediction differs from the label),
- * so a look reads labels without joining events. Idempotent; returns how many labels were new.
+ * Moves the labels of `rolloutId` that have arrived by `asOfMs` into `labels`: for each requested event,
+ * the first label record ingested for it (events/writer.ts `ingested_labels`, by its `at`; any labeler),
+ * arriving at its `at` or at the request when it was given before. Rollouts whose batches were written
+ * before ingestion existed read the simulated labeler's queue they were written with (`sim_truth`: a
+ * label requested after its event waits the labeler's delay from the request; `sim_label_noise`: its
+ * wrong answers). With each label it stores what a canary look needs of its event (phase, cohort, arm,
+ * ts_ms, and whether each model's prediction differs from the label), so a look reads labels without
+ * joining events. Idempotent; returns how many labels were new.
  */
 export function ingestArrivedLabels(
   conn: DuckDBConnection,
@@ -177,21 +179,30 @@ export function ingestArrivedLabels(
       conn,
       `INSERT INTO labels (event_id, rollout_id, label, arrived_at_ms,
                           phase, cohort, arm, ts_ms, err_candidate, err_production)
-       SELECT event_id, rollout_id, label, arrives,
-              phase, cohort, arm, ts_ms, err_candidate, err_production FROM (
+       SELECT a.event_id, a.rollout_id, a.label, a.arrives,
+              e.phase, e.cohort, e.arm, e.ts_ms,
+              e.pred_candidate <> a.label AS err_candidate,
+              e.pred_production <> a.label AS err_production
+       FROM (
+         SELECT r.event_id, any_value(r.rollout_id) AS rollout_id,
+                arg_min(il.label, il."at") AS label,
+                greatest(min(il."at"), any_value(r.requested_at_ms)) AS arrives
+         FROM label_requests r
+         JOIN ingested_labels il ON il.fleet || ':' || il.event_id = r.event_id
+         WHERE r.rollout_id = $rollout AND r.requested_at_ms <= $asOf
+         GROUP BY r.event_id
+         UNION ALL
          SELECT r.event_id, r.rollout_id, coalesce(n.label, t.label) AS label,
-                t.available_at_ms + greatest(0, r.requested_at_ms - e.ts_ms) AS arrives,
-                e.phase, e.cohort, e.arm, e.ts_ms,
-                e.pred_candidate <> coalesce(n.label, t.label) AS err_candidate,
-                e.pred_production <> coalesce(n.label, t.label) AS err_production
+                t.available_at_ms + greatest(0, r.requested_at_ms - e.ts_ms) AS arrives
          FROM label_requests r
          JOIN sim_truth t ON t.event_id = r.event_id
          JOIN events e ON e.event_id = r.event_id
          LEFT JOIN sim_label_noise n ON n.event_id = r.event_id
-         WHERE r.rollout_id = ? AND r.requested_at_ms <= ?
+         WHERE r.rollout_id = $rollout AND r.requested_at_ms <= $asOf
        ) a
-       WHERE arrives <= ? AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.event_id = a.event_id)`,
-      [rolloutId, asOfMs, asOfMs],
+       JOIN events e ON e.event_id = a.event_id
+       WHERE a.arrives <= $asOf AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.event_id = a.event_id)`,
+      { rollout: rolloutId, asOf: asOfMs },
     ),
   );
 }

@@ -43,6 +43,8 @@ export interface EdgeResult {
   priority: Uint8Array;
   /** Per uploaded event: inverse probability of its upload (0 for events not uploaded). */
   weight: Float64Array;
+  /** Per vehicle: 1 when its would-be uploads exceeded its budget. */
+  overBudgetVehicles: Uint8Array;
   counters: EdgeCounters;
 }
 
@@ -85,6 +87,7 @@ export function edgeFilter(events: EdgeEvents, settings: EdgeSettings, rng: () =
     per[v + 1]! += per[v]!;
   }
   let overBudget = 0;
+  const overBudgetVehicles = new Uint8Array(events.vehicles);
   let uploaded = 0;
   if (budget === null) {
     for (let i = 0; i < n; i++) uploaded += keep[i]!;
@@ -101,6 +104,7 @@ export function edgeFilter(events: EdgeEvents, settings: EdgeSettings, rng: () =
         continue;
       }
       overBudget++;
+      overBudgetVehicles[v] = 1;
       // A seeded uniform subset of `budget` of the `count`: a partial Fisher-Yates shuffle.
       for (let j = 0; j < budget; j++) {
         const k = j + Math.floor(rng() * (count - j));
@@ -124,6 +128,7 @@ export function edgeFilter(events: EdgeEvents, settings: EdgeSettings, rng: () =
     keep,
     priority,
     weight,
+    overBudgetVehicles,
     counters: { vehicles: active, evaluated: n, priority: priorities, disagreements, uploaded, overBudget },
   };
 }

@@ -36,6 +36,15 @@
  *   FLEETGATE_IOT_AGENT_EVERY_MS
  *                           how often the agent looks for new jobs, in ms (default 2000)
  *
+ * Telemetry (the records that decide a rollout; see docs/events.md):
+ *   FLEETGATE_TELEMETRY     "simulated" (default): the simulated fleet sends each window's events and its
+ *                           labeler answers label requests, in process, through the ingestion writer;
+ *                           "ingested": only what fleets and labelers sent (`fleetgate ingest`, the
+ *                           landing zone) decides: a batch waits for the fleet's watermarks, then reads
+ *   FLEETGATE_WATERMARK_WAIT
+ *                           with "ingested": how long a batch waits for every cohort's watermark to reach
+ *                           the window's end before it reads what is there, as a duration (default 60s)
+ *
  * Object store (model blobs, registry records, stage pointers; see activities/store-s3.ts):
  *   FLEETGATE_STORE         "local" (default): the directory <FLEETGATE_DATA_DIR>/store;
  *                           "s3://BUCKET" or "s3://BUCKET/KEY/PREFIX": keys under that prefix of an existing
@@ -70,6 +79,7 @@ import type { GatewayAllow } from '../activities/service';
 import { LocalObjectStore } from '../activities/store';
 import { S3ObjectStore } from '../activities/store-s3';
 import { TASK_QUEUE } from '../workflows/definitions';
+import { parseDuration } from '../policies/duration';
 
 /** Which over-the-air channel the workers deliver through. */
 export type OtaConfig = { kind: 'simulated' } | AwsIotConfig;
@@ -367,4 +377,29 @@ export function allowSharedQueue(env: NodeJS.ProcessEnv = process.env): boolean 
 /** Options for `Connection.connect` / `NativeConnection.connect`. */
 export function connectionOptions(config: Config, address = config.address ?? 'localhost:7233') {
   return { address, tls: config.tls ? {} : undefined, apiKey: config.apiKey };
+}
+
+export interface TelemetryConfig {
+  /** "simulated": the in-process simulated fleet and labeler; "ingested": only what was sent. */
+  kind: 'simulated' | 'ingested';
+  /** With "ingested": how long a batch waits for the watermarks, in ms. */
+  watermarkWaitMs: number;
+}
+
+/** FLEETGATE_TELEMETRY and FLEETGATE_WATERMARK_WAIT; a bad value is an error naming the variable and the fix. */
+export function loadTelemetryConfig(env: NodeJS.ProcessEnv = process.env): TelemetryConfig {
+  const kind = env.FLEETGATE_TELEMETRY || 'simulated';
+  if (kind !== 'simulated' && kind !== 'ingested') {
+    throw new Error(
+      `FLEETGATE_TELEMETRY must be "simulated" or "ingested" (got "${kind}"): "ingested" reads what fleets send to fleetgate ingest`,
+    );
+  }
+  const raw = env.FLEETGATE_WATERMARK_WAIT || '60s';
+  const ms = parseDuration(raw);
+  if (ms === undefined || !(ms >= 0) || ms > 3_600_000) {
+    throw new Error(
+      `FLEETGATE_WATERMARK_WAIT must be a duration from 0s to 1h, such as "60s" or "5m" (got "${raw}")`,
+    );
+  }
+  return { kind, watermarkWaitMs: ms };
 }

@@ -20,14 +20,18 @@ import { createReportActivities } from '../activities/report';
 import { type WebhookConfig, createNotifyActivities } from '../activities/notify';
 import { createDriftActivities } from '../activities/drift';
 import { openFleetDatabase } from '../activities/db';
-import type { ObjectStore, OtaChannel } from '../activities/deps';
+import type { ObjectStore, OtaChannel, TelemetryFeed } from '../activities/deps';
 import { AwsIotJobsChannel } from '../activities/ota-iot';
 import { SimulatedOta } from '../sim/ota';
+import { SimulatedFleetFeed } from '../sim/producer';
+import { EventWriter } from '../events/writer';
 import {
   type AwsIotConfig,
   type OtaConfig,
   loadGatewayAllow,
   loadOtaConfig,
+  loadTelemetryConfig,
+  type TelemetryConfig,
   loadStoreConfig,
   loadWebhookConfig,
   openObjectStore,
@@ -49,6 +53,12 @@ export interface Services {
   key: Buffer;
   /** Over-the-air delivery, as configured (FLEETGATE_OTA). */
   ota: OtaChannel;
+  /** The one writer of ingested records (events/writer.ts), on the fleet database. */
+  writer: EventWriter;
+  /** Where the records that decide a rollout come from, as configured (FLEETGATE_TELEMETRY). */
+  telemetry: TelemetryConfig;
+  /** The in-process simulated fleet and labeler, with FLEETGATE_TELEMETRY=simulated. */
+  feed?: TelemetryFeed;
   /** Signer keys the registry trusts: FLEETGATE_TRUSTED_KEYS and `<dataDir>/trusted-keys/*.pub`. */
   trust: TrustStore;
   /** The AWS IoT client when delivery goes through AWS IoT Jobs. */
@@ -69,6 +79,7 @@ export async function openServices(
   dataDir: string,
   root: string,
   ota: OtaConfig = loadOtaConfig(),
+  telemetry: TelemetryConfig = loadTelemetryConfig(),
 ): Promise<Services> {
   const webhook = loadWebhookConfig();
   const gateways = loadGatewayAllow();
@@ -80,6 +91,8 @@ export async function openServices(
   const trust = await loadTrust(trustedKeyPaths(dataDir));
   let iot: IoTClient | undefined;
   let channel: OtaChannel;
+  let writer: EventWriter | undefined;
+  let feed: TelemetryFeed | undefined;
   try {
     if (ota.kind === 'aws-iot') {
       iot = createIotClient(ota);
@@ -87,12 +100,24 @@ export async function openServices(
     } else {
       channel = new SimulatedOta(db.connection);
     }
+    writer = await EventWriter.attach(db.instance);
+    if (telemetry.kind === 'simulated') {
+      feed = await SimulatedFleetFeed.create({
+        conn: db.connection,
+        ota: channel,
+        runner,
+        writer: writer!,
+        key,
+      });
+    }
   } catch (err) {
     iot?.destroy();
+    await writer?.close();
     db.connection.closeSync();
     db.instance.closeSync();
     throw err;
   }
+  const events = writer!;
   return {
     dataDir,
     root,
@@ -101,6 +126,9 @@ export async function openServices(
     db,
     key,
     ota: channel,
+    writer: events,
+    telemetry,
+    ...(feed ? { feed } : {}),
     trust,
     gateways,
     ...(iot ? { iot } : {}),
@@ -109,6 +137,7 @@ export async function openServices(
       await runner.close();
       if (store instanceof S3ObjectStore) store.close();
       iot?.destroy();
+      await events.close();
       db.connection.closeSync();
       db.instance.closeSync();
     },
@@ -154,7 +183,12 @@ export function createActivities(s: Services) {
     ...createInferenceActivities({ runner: s.runner, store: s.store }),
     ...dispatchFleetActivities(
       s.root,
-      createFleetActivities({ ...fleetDeps, ota: s.ota }),
+      createFleetActivities({
+        ...fleetDeps,
+        ota: s.ota,
+        ...(s.feed ? { feed: s.feed } : {}),
+        watermarkWaitMs: s.telemetry.watermarkWaitMs,
+      }),
       createServiceActivities({ ...fleetDeps, gateways: s.gateways }),
     ),
     ...createLabelActivities({ conn: s.db.connection }),

@@ -1,0 +1,277 @@
+/**
+ * Reading a rollout's window from what ingestion stored (events/writer.ts: `ingested_inference`,
+ * `ingested_uploads`) into the tables the analysis reads (`events`, `batch_stats`, `shadow_edge`,
+ * `label_requests`, `batches`), as one batch, in one transaction. Whatever sent the records, a real
+ * fleet through `fleetgate ingest` or the landing zone, or the simulated one in process, they are read
+ * the same way: the activities never invent an event.
+ *
+ * A batch takes the rollout's records of its phase and cohorts with `at` before the window's end that no
+ * earlier batch took, so an event that arrived after its window was read is counted in the next one,
+ * and the batch says how many of those it took (`late`). An event whose model is not the one the rollout
+ * put there (a canary 'candidate' event of another digest, a shadow event whose shadow model is not the
+ * candidate) is never attributed to the candidate: it is left out and counted (`mismatched`).
+ *
+ * Label requests are made here, as the events are read: each event's tier (shadow: disagreement, rare,
+ * low confidence, else the seeded sample; canary: the sample only), then the rollout's daily budget
+ * (activities/labels.ts). Event ids in the analysis tables are `${fleet}:${eventId}` (ids are unique
+ * per fleet). It must never return rows per event, and never read a record the contract did not pass
+ * (only the writer's tables are read).
+ */
+import type { DuckDBConnection } from '@duckdb/node-api';
+import { CRITICAL_CLASS } from '../policies/model-contract';
+import { makeRng } from '../policies/rng';
+import type { BatchResult, LabelingInput } from './contracts';
+import { exclusive, exec, num, rows, transaction } from './db';
+import { progress } from './heartbeat';
+import { recordBatchStats } from './analysis';
+import { budgetRequests, LABEL_TIERS, NO_TIER } from './labels';
+import type { LabelRequestOut } from './deps';
+
+export interface WindowRead {
+  batchId: string;
+  phase: 'shadow' | 'canary';
+  rolloutId: string;
+  fleet: string;
+  cohorts: readonly string[];
+  fromMs: number;
+  toMs: number;
+  candidateDigest: string;
+  /** The fleet's seed (its manifest's): seeds the label sample and the budget's draws. */
+  seed: number;
+  /** Share of events in no priority tier sent for labeling. */
+  rate: number;
+  /** Below this confidence (of the less confident model) a shadow event is worth a label. */
+  lowConfidence: number;
+  labeling?: LabelingInput;
+}
+
+/** What a batch read: the BatchResult, and the events it took late or left out. */
+export interface WindowResult extends BatchResult {
+  /** Events taken whose `at` is before the window's start: they arrived after their window was read. */
+  late: number;
+  /** Events of the window left out: their model is not the one the rollout put there. */
+  mismatched: number;
+}
+
+const SAMPLE = LABEL_TIERS.indexOf('sample');
+
+/** A SQL string literal. */
+function lit(s: string): string {
+  return `'${s.replaceAll("'", "''")}'`;
+}
+
+/**
+ * The ingested records of the batch not yet read: the rollout's, of its phase and cohorts, before the
+ * window's end; `ok` says whether the model that acted (canary candidate) or ran in shadow is the
+ * candidate.
+ */
+function pendingSql(w: WindowRead): string {
+  const ok =
+    w.phase === 'shadow'
+      ? `i.shadow_digest = ${lit(w.candidateDigest)}`
+      : `(i.arm <> 'candidate' OR i.model_digest = ${lit(w.candidateDigest)})`;
+  return `SELECT i.*, ${ok} AS ok FROM ingested_inference i
+    WHERE i.fleet = ${lit(w.fleet)} AND i.rollout_id = ${lit(w.rolloutId)} AND i.phase = ${lit(w.phase)}
+      AND i.cohort IN (${w.cohorts.map(lit).join(', ') || 'NULL'}) AND i."at" < ${BigInt(w.toMs)}
+      AND NOT EXISTS (SELECT 1 FROM events e WHERE e.event_id = i.fleet || ':' || i.event_id)`;
+}
+
+/** The analysis row of an ingested event: shadow events carry both models; canary ones the acting one's. */
+function insertSql(w: WindowRead): string {
+  const acting = (col: string, arm: 'candidate' | 'production') =>
+    w.phase === 'shadow'
+      ? arm === 'production'
+        ? col
+        : `shadow_${col}`
+      : `CASE WHEN arm = '${arm}' THEN ${col} END`;
+  return `INSERT INTO events (event_id, rollout_id, batch_id, phase, cohort, vehicle, ts_ms, arm,
+      pred_candidate, pred_production, conf_candidate, conf_production, lat_candidate, lat_production,
+      safety_candidate, safety_production, exposure_h, weight, failed)
+    SELECT fleet || ':' || event_id, rollout_id, ${lit(w.batchId)}, phase, cohort, unit, "at",
+      ${w.phase === 'shadow' ? `'shadow'` : 'arm'},
+      ${acting('prediction', 'candidate')}, ${acting('prediction', 'production')},
+      ${acting('confidence', 'candidate')}, ${acting('confidence', 'production')},
+      ${acting('latency_ms', 'candidate')}, ${acting('latency_ms', 'production')},
+      ${acting('safety', 'candidate')}, ${acting('safety', 'production')},
+      exposure_hours, 1 / upload_inclusion_probability, false
+    FROM (${pendingSql(w)}) i WHERE ok`;
+}
+
+/**
+ * Reads the window as batch `w.batchId`: skipped (written: false) when the batch exists. Returns what it
+ * read and the requests it made, which the caller sends to the labelers after the commit.
+ */
+export async function readWindow(
+  conn: DuckDBConnection,
+  w: WindowRead,
+): Promise<{ result: WindowResult; requests: LabelRequestOut[] }> {
+  return transaction(conn, async () => {
+    const [again] = await rows(conn, `SELECT events FROM batches WHERE batch_id = ?`, [w.batchId]);
+    if (again) {
+      return {
+        result: { batchId: w.batchId, events: num(again.events), written: false, late: 0, mismatched: 0 },
+        requests: await requestsOf(conn, w),
+      };
+    }
+    const [counts] = await rows(
+      conn,
+      `SELECT count(*) FILTER (WHERE NOT ok AND "at" >= ?) AS mismatched,
+              count(*) FILTER (WHERE ok AND "at" < ?) AS late
+       FROM (${pendingSql(w)})`,
+      [w.fromMs, w.fromMs],
+    );
+    const total = await exec(conn, insertSql(w));
+    if (w.phase === 'shadow') {
+      // The vehicles' upload reports of windows starting in this one, summed per cohort.
+      await exec(
+        conn,
+        `INSERT INTO shadow_edge (batch_id, rollout_id, cohort, to_ms, vehicles, evaluated, priority,
+                                  disagreements, uploaded, over_budget)
+         SELECT ?, rollout_id, cohort, ?, count(*) FILTER (WHERE evaluated > 0), sum(evaluated),
+                sum(priority), sum(disagreements), sum(uploaded), count(*) FILTER (WHERE over_budget)
+         FROM ingested_uploads
+         WHERE fleet = ? AND rollout_id = ? AND cohort IN (${w.cohorts.map(lit).join(', ') || 'NULL'})
+           AND from_ms >= ? AND from_ms < ?
+         GROUP BY rollout_id, cohort`,
+        [w.batchId, w.toMs, w.fleet, w.rolloutId, w.fromMs, w.toMs],
+      );
+    }
+    await recordBatchStats(conn, {
+      batchId: w.batchId,
+      rolloutId: w.rolloutId,
+      phase: w.phase,
+      fromMs: w.fromMs,
+      toMs: w.toMs,
+    });
+    await requestLabelsFor(conn, w);
+    await exec(conn, `INSERT INTO batches (batch_id, rollout_id, phase, events) VALUES (?, ?, ?, ?)`, [
+      w.batchId,
+      w.rolloutId,
+      w.phase,
+      total,
+    ]);
+    return {
+      result: {
+        batchId: w.batchId,
+        events: total,
+        written: true,
+        late: num(counts?.late),
+        mismatched: num(counts?.mismatched),
+      },
+      requests: await requestsOf(conn, w),
+    };
+  });
+}
+
+/**
+ * The label requests of the batch's events: tiers in a fixed order (cohort, time, id), the seeded sample
+ * drawn in that order, then the daily budget.
+ */
+async function requestLabelsFor(conn: DuckDBConnection, w: WindowRead): Promise<void> {
+  const found = await rows(
+    conn,
+    `SELECT event_id, ts_ms, pred_candidate, pred_production, conf_candidate, conf_production,
+            safety_candidate, safety_production
+     FROM events WHERE batch_id = ? ORDER BY cohort, ts_ms, event_id`,
+    [w.batchId],
+  );
+  const n = found.length;
+  if (n === 0) return;
+  const tiers = new Uint8Array(n).fill(NO_TIER);
+  const at = new Float64Array(n);
+  const sample = makeRng(`${w.seed}|${w.batchId}|sample`);
+  found.forEach((r, i) => {
+    at[i] = num(r.ts_ms);
+    const sampled = sample() < w.rate;
+    tiers[i] = w.phase === 'shadow' ? shadowTier(r, sampled, w.lowConfidence) : sampled ? SAMPLE : NO_TIER;
+  });
+  const plan = await budgetRequests(
+    conn,
+    {
+      rolloutId: w.rolloutId,
+      seed: `${w.seed}|${w.batchId}`,
+      toMs: w.toMs,
+      dailyBudget: w.labeling?.dailyBudget,
+      rate: w.rate,
+    },
+    tiers,
+    at,
+  );
+  const a = await conn.createAppender('label_requests');
+  try {
+    found.forEach((r, i) => {
+      if (!plan.keep[i]) return;
+      a.appendVarchar(String(r.event_id));
+      a.appendVarchar(w.rolloutId);
+      a.appendBigInt(BigInt(at[i]!));
+      a.appendVarchar(LABEL_TIERS[tiers[i]!]!);
+      a.appendDouble(plan.inclusion[i]!);
+      a.endRow();
+    });
+  } finally {
+    a.closeSync();
+  }
+}
+
+/** The batch's label requests, as the labelers know the events: by the producer's id. */
+async function requestsOf(conn: DuckDBConnection, w: WindowRead): Promise<LabelRequestOut[]> {
+  const prefix = `${w.fleet}:`;
+  const found = await rows(
+    conn,
+    `SELECT r.event_id, r.requested_at_ms FROM label_requests r JOIN events e ON e.event_id = r.event_id
+     WHERE e.batch_id = ? AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.event_id = r.event_id)
+     ORDER BY r.event_id`,
+    [w.batchId],
+  );
+  return found.map((r) => ({
+    eventId: String(r.event_id).slice(prefix.length),
+    requestedAtMs: num(r.requested_at_ms),
+  }));
+}
+
+/**
+ * The label tier of a shadow event (index into LABEL_TIERS): 'disagreement' when the models disagree;
+ * 'rare' when either predicts the critical class or either's output was a safety event; 'low_confidence'
+ * when the less confident model is below `lowConfidence`; 'sample' when drawn into the sample; else none.
+ */
+function shadowTier(r: Record<string, unknown>, sampled: boolean, lowConfidence: number): number {
+  const c = r.pred_candidate;
+  const p = r.pred_production;
+  const has = (v: unknown) => v !== null && v !== undefined;
+  if (has(c) && has(p) && num(c) !== num(p)) return LABEL_TIERS.indexOf('disagreement');
+  const critical = (v: unknown) => has(v) && num(v) === CRITICAL_CLASS;
+  if (critical(c) || critical(p) || r.safety_candidate === true || r.safety_production === true) {
+    return LABEL_TIERS.indexOf('rare');
+  }
+  const confs = [r.conf_candidate, r.conf_production].filter(has).map(num);
+  if (confs.length > 0 && Math.min(...confs) < lowConfidence) return LABEL_TIERS.indexOf('low_confidence');
+  return sampled ? SAMPLE : NO_TIER;
+}
+
+/** How often a batch looks at the watermarks while it waits for them. */
+const WATERMARK_POLL_MS = 1_000;
+
+/**
+ * Waits until every cohort's watermark (events/writer.ts: the producer's "everything before W has been
+ * sent") has reached `toMs`, or `maxWaitMs` has passed; heartbeats while it waits. Returns the cohorts
+ * still behind (their batch reads what is there; what comes later is counted in the next one).
+ */
+export async function awaitWatermarks(
+  conn: DuckDBConnection,
+  fleet: string,
+  cohorts: readonly string[],
+  toMs: number,
+  maxWaitMs: number,
+): Promise<string[]> {
+  const deadline = Date.now() + maxWaitMs;
+  for (;;) {
+    const found = await exclusive(conn, () =>
+      rows(conn, `SELECT cohort, watermark_ms FROM ingest_watermarks WHERE fleet = ?`, [fleet]),
+    );
+    const at = new Map(found.map((r) => [String(r.cohort), num(r.watermark_ms)]));
+    const behind = cohorts.filter((c) => !((at.get(c) ?? -Infinity) >= toMs));
+    if (behind.length === 0 || Date.now() >= deadline) return behind;
+    progress({ step: `waiting for the watermark of ${behind.join(', ')} to reach the window's end`, toMs });
+    await new Promise((r) => setTimeout(r, Math.min(WATERMARK_POLL_MS, Math.max(0, deadline - Date.now()))));
+  }
+}
