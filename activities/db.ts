@@ -93,6 +93,12 @@ CREATE TABLE IF NOT EXISTS batches (
   phase VARCHAR NOT NULL CHECK (phase IN ('shadow', 'canary')),
   events BIGINT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS batch_reads (
+  batch_id VARCHAR PRIMARY KEY,
+  rollout_id VARCHAR NOT NULL,
+  phase VARCHAR NOT NULL,
+  ingested_max_ms BIGINT
+);
 CREATE TABLE IF NOT EXISTS events (
   event_id VARCHAR PRIMARY KEY,
   rollout_id VARCHAR NOT NULL,

@@ -124,18 +124,24 @@ export interface TelemetryWindow {
 export interface LabelRequestOut {
   eventId: string;
   requestedAtMs: number;
+  /** The tier it was requested in (activities/labels.ts LABEL_TIERS). */
+  reason?: string;
 }
 
 /**
- * The fleet's side of the data plane, as the composition root wires it. A real fleet needs none: its
- * units and labelers send records to ingestion (events/), and the activities read what arrived. An
+ * The fleet's side of the data plane, as the composition root wires it. For a real fleet it only hands
+ * label requests to the labelers (activities/label-queue.ts): its units and labelers send records to
+ * ingestion (events/), and the activities read what arrived. An
  * in-process producer (the simulated fleet of `fleetgate simulate` and the workflow tests) sends a
  * window's records through the same writer when a batch asks for them, and answers label requests the
  * same way; the activities read its records exactly as they read a real fleet's.
  */
 export interface TelemetryFeed {
-  /** Sends the window's inference events and upload reports, with a watermark at its end. */
-  produce(window: TelemetryWindow): Promise<void>;
+  /**
+   * Sends the window's inference events and upload reports, with a watermark at its end. Absent for a
+   * real fleet: a batch then waits for the watermarks its units send.
+   */
+  produce?(window: TelemetryWindow): Promise<void>;
   /** The labelers receive these requests (the simulated labeler answers each after its delay). */
   requestLabels(fleet: string, requests: readonly LabelRequestOut[]): Promise<void>;
 }

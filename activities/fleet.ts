@@ -425,7 +425,7 @@ export function createFleetActivities(deps: FleetActivityDeps) {
         }
       });
       const startMs = await rolloutStart(manifest, input);
-      if (feed) {
+      if (feed?.produce) {
         await feed.produce({
           phase,
           rolloutId: input.rolloutId,

@@ -5,9 +5,10 @@
  * fleet through `fleetgate ingest` or the landing zone, or the simulated one in process, they are read
  * the same way: the activities never invent an event.
  *
- * A batch takes the rollout's records of its phase and cohorts with `at` before the window's end that no
- * earlier batch took, so an event that arrived after its window was read is counted in the next one,
- * and the batch says how many of those it took (`late`). An event whose model is not the one the rollout
+ * A batch takes the rollout's records of its phase and cohorts with `at` in its window, and those before
+ * it that no earlier batch took (an event that arrived after its window was read is counted in the next
+ * batch, which says how many of those it took: `late`). It reads the window and what was ingested since
+ * the previous batch read, never the whole history again. An event whose model is not the one the rollout
  * put there (a canary 'candidate' event of another digest, a shadow event whose shadow model is not the
  * candidate) is never attributed to the candidate: it is left out and counted (`mismatched`).
  *
@@ -21,7 +22,7 @@ import type { DuckDBConnection } from '@duckdb/node-api';
 import { CRITICAL_CLASS } from '../policies/model-contract';
 import { makeRng } from '../policies/rng';
 import type { BatchResult, LabelingInput } from './contracts';
-import { exclusive, exec, num, rows, transaction } from './db';
+import { columns, exclusive, exec, num, rows, transaction } from './db';
 import { progress } from './heartbeat';
 import { recordBatchStats } from './analysis';
 import { budgetRequests, LABEL_TIERS, NO_TIER } from './labels';
@@ -61,23 +62,31 @@ function lit(s: string): string {
 }
 
 /**
- * The ingested records of the batch not yet read: the rollout's, of its phase and cohorts, before the
- * window's end; `ok` says whether the model that acted (canary candidate) or ran in shadow is the
- * candidate.
+ * How far back, in ingestion time, a batch looks for late events beyond what the previous batch of the
+ * rollout's phase saw: a batch that was being written while that one read is taken by this one.
  */
-function pendingSql(w: WindowRead): string {
+const LATE_MARGIN_MS = 10 * 60_000;
+
+/**
+ * The ingested records a batch may take: the rollout's, of its phase and cohorts, with `at` in the window,
+ * or before it and ingested since the previous batch read (less a margin: `since`); `ok` says whether
+ * the model that acted (canary candidate) or ran in shadow is the candidate. Rows already taken are
+ * skipped by the insert (the analysis tables key events by id).
+ */
+function pendingSql(w: WindowRead, since: number | null): string {
   const ok =
     w.phase === 'shadow'
       ? `i.shadow_digest = ${lit(w.candidateDigest)}`
       : `(i.arm <> 'candidate' OR i.model_digest = ${lit(w.candidateDigest)})`;
+  const late = since === null ? 'true' : `i.ingested_at_ms >= ${BigInt(Math.floor(since))}`;
   return `SELECT i.*, ${ok} AS ok FROM ingested_inference i
     WHERE i.fleet = ${lit(w.fleet)} AND i.rollout_id = ${lit(w.rolloutId)} AND i.phase = ${lit(w.phase)}
       AND i.cohort IN (${w.cohorts.map(lit).join(', ') || 'NULL'}) AND i."at" < ${BigInt(w.toMs)}
-      AND NOT EXISTS (SELECT 1 FROM events e WHERE e.event_id = i.fleet || ':' || i.event_id)`;
+      AND (i."at" >= ${BigInt(w.fromMs)} OR ${late})`;
 }
 
 /** The analysis row of an ingested event: shadow events carry both models; canary ones the acting one's. */
-function insertSql(w: WindowRead): string {
+function insertSql(w: WindowRead, since: number | null): string {
   const acting = (col: string, arm: 'candidate' | 'production') =>
     w.phase === 'shadow'
       ? arm === 'production'
@@ -94,7 +103,8 @@ function insertSql(w: WindowRead): string {
       ${acting('latency_ms', 'candidate')}, ${acting('latency_ms', 'production')},
       ${acting('safety', 'candidate')}, ${acting('safety', 'production')},
       exposure_hours, 1 / upload_inclusion_probability, false
-    FROM (${pendingSql(w)}) i WHERE ok`;
+    FROM (${pendingSql(w, since)}) i WHERE ok
+    ON CONFLICT DO NOTHING`;
 }
 
 /**
@@ -113,14 +123,29 @@ export async function readWindow(
         requests: await requestsOf(conn, w),
       };
     }
-    const [counts] = await rows(
+    const [previous] = await rows(
       conn,
-      `SELECT count(*) FILTER (WHERE NOT ok AND "at" >= ?) AS mismatched,
-              count(*) FILTER (WHERE ok AND "at" < ?) AS late
-       FROM (${pendingSql(w)})`,
-      [w.fromMs, w.fromMs],
+      `SELECT max(ingested_max_ms) AS m FROM batch_reads WHERE rollout_id = ? AND phase = ?`,
+      [w.rolloutId, w.phase],
     );
-    const total = await exec(conn, insertSql(w));
+    const since = previous?.m === null || previous?.m === undefined ? null : num(previous.m) - LATE_MARGIN_MS;
+    const [seen] = await rows(
+      conn,
+      `SELECT count(*) FILTER (WHERE NOT ok AND "at" >= ?) AS mismatched, max(ingested_at_ms) AS ingested
+       FROM (${pendingSql(w, since)})`,
+      [w.fromMs],
+    );
+    const total = await exec(conn, insertSql(w, since));
+    const [late] = await rows(conn, `SELECT count(*) AS n FROM events WHERE batch_id = ? AND ts_ms < ?`, [
+      w.batchId,
+      w.fromMs,
+    ]);
+    await exec(conn, `INSERT INTO batch_reads VALUES (?, ?, ?, ?)`, [
+      w.batchId,
+      w.rolloutId,
+      w.phase,
+      seen?.ingested === null || seen?.ingested === undefined ? null : num(seen.ingested),
+    ]);
     if (w.phase === 'shadow') {
       // The vehicles' upload reports of windows starting in this one, summed per cohort.
       await exec(
@@ -155,8 +180,8 @@ export async function readWindow(
         batchId: w.batchId,
         events: total,
         written: true,
-        late: num(counts?.late),
-        mismatched: num(counts?.mismatched),
+        late: num(late?.n),
+        mismatched: num(seen?.mismatched),
       },
       requests: await requestsOf(conn, w),
     };
@@ -168,23 +193,32 @@ export async function readWindow(
  * drawn in that order, then the daily budget.
  */
 async function requestLabelsFor(conn: DuckDBConnection, w: WindowRead): Promise<void> {
-  const found = await rows(
+  const [ids, ts, pc, pp, cc, cp, sc, sp] = await columns(
     conn,
     `SELECT event_id, ts_ms, pred_candidate, pred_production, conf_candidate, conf_production,
             safety_candidate, safety_production
      FROM events WHERE batch_id = ? ORDER BY cohort, ts_ms, event_id`,
     [w.batchId],
   );
-  const n = found.length;
+  const n = ids!.length;
   if (n === 0) return;
   const tiers = new Uint8Array(n).fill(NO_TIER);
   const at = new Float64Array(n);
   const sample = makeRng(`${w.seed}|${w.batchId}|sample`);
-  found.forEach((r, i) => {
-    at[i] = num(r.ts_ms);
+  for (let i = 0; i < n; i++) {
+    at[i] = num(ts![i]);
     const sampled = sample() < w.rate;
-    tiers[i] = w.phase === 'shadow' ? shadowTier(r, sampled, w.lowConfidence) : sampled ? SAMPLE : NO_TIER;
-  });
+    tiers[i] =
+      w.phase === 'shadow'
+        ? shadowTier(
+            { c: pc![i], p: pp![i], cc: cc![i], cp: cp![i], sc: sc![i], sp: sp![i] },
+            sampled,
+            w.lowConfidence,
+          )
+        : sampled
+          ? SAMPLE
+          : NO_TIER;
+  }
   const plan = await budgetRequests(
     conn,
     {
@@ -199,15 +233,15 @@ async function requestLabelsFor(conn: DuckDBConnection, w: WindowRead): Promise<
   );
   const a = await conn.createAppender('label_requests');
   try {
-    found.forEach((r, i) => {
-      if (!plan.keep[i]) return;
-      a.appendVarchar(String(r.event_id));
+    for (let i = 0; i < n; i++) {
+      if (!plan.keep[i]) continue;
+      a.appendVarchar(String(ids![i]));
       a.appendVarchar(w.rolloutId);
       a.appendBigInt(BigInt(at[i]!));
       a.appendVarchar(LABEL_TIERS[tiers[i]!]!);
       a.appendDouble(plan.inclusion[i]!);
       a.endRow();
-    });
+    }
   } finally {
     a.closeSync();
   }
@@ -218,7 +252,7 @@ async function requestsOf(conn: DuckDBConnection, w: WindowRead): Promise<LabelR
   const prefix = `${w.fleet}:`;
   const found = await rows(
     conn,
-    `SELECT r.event_id, r.requested_at_ms FROM label_requests r JOIN events e ON e.event_id = r.event_id
+    `SELECT r.event_id, r.requested_at_ms, r.reason FROM label_requests r JOIN events e ON e.event_id = r.event_id
      WHERE e.batch_id = ? AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.event_id = r.event_id)
      ORDER BY r.event_id`,
     [w.batchId],
@@ -226,6 +260,7 @@ async function requestsOf(conn: DuckDBConnection, w: WindowRead): Promise<LabelR
   return found.map((r) => ({
     eventId: String(r.event_id).slice(prefix.length),
     requestedAtMs: num(r.requested_at_ms),
+    reason: String(r.reason),
   }));
 }
 
@@ -234,20 +269,19 @@ async function requestsOf(conn: DuckDBConnection, w: WindowRead): Promise<LabelR
  * 'rare' when either predicts the critical class or either's output was a safety event; 'low_confidence'
  * when the less confident model is below `lowConfidence`; 'sample' when drawn into the sample; else none.
  */
-function shadowTier(r: Record<string, unknown>, sampled: boolean, lowConfidence: number): number {
-  const c = r.pred_candidate;
-  const p = r.pred_production;
+function shadowTier(
+  r: { c: unknown; p: unknown; cc: unknown; cp: unknown; sc: unknown; sp: unknown },
+  sampled: boolean,
+  lowConfidence: number,
+): number {
   const has = (v: unknown) => v !== null && v !== undefined;
-  if (has(c) && has(p) && num(c) !== num(p)) return LABEL_TIERS.indexOf('disagreement');
+  if (has(r.c) && has(r.p) && num(r.c) !== num(r.p)) return LABEL_TIERS.indexOf('disagreement');
   const critical = (v: unknown) => has(v) && num(v) === CRITICAL_CLASS;
-  if (critical(c) || critical(p) || r.safety_candidate === true || r.safety_production === true) {
-    return LABEL_TIERS.indexOf('rare');
-  }
-  const confs = [r.conf_candidate, r.conf_production].filter(has).map(num);
-  if (confs.length > 0 && Math.min(...confs) < lowConfidence) return LABEL_TIERS.indexOf('low_confidence');
+  if (critical(r.c) || critical(r.p) || r.sc === true || r.sp === true) return LABEL_TIERS.indexOf('rare');
+  const low = (v: unknown) => has(v) && num(v) < lowConfidence;
+  if (low(r.cc) || low(r.cp)) return LABEL_TIERS.indexOf('low_confidence');
   return sampled ? SAMPLE : NO_TIER;
 }
-
 /** How often a batch looks at the watermarks while it waits for them. */
 const WATERMARK_POLL_MS = 1_000;
 

@@ -41,6 +41,9 @@
  *                           labeler answers label requests, in process, through the ingestion writer;
  *                           "ingested": only what fleets and labelers sent (`fleetgate ingest`, the
  *                           landing zone) decides: a batch waits for the fleet's watermarks, then reads
+ *   FLEETGATE_INGEST_PORT   the worker also serves the ingestion endpoint (`fleetgate ingest`'s, on the
+ *                           worker's own fleet database) on this port; unset: it does not
+ *   FLEETGATE_INGEST_HOST   its address (default 127.0.0.1; 0.0.0.0 to take batches from other machines)
  *   FLEETGATE_WATERMARK_WAIT
  *                           with "ingested": how long a batch waits for every cohort's watermark to reach
  *                           the window's end before it reads what is there, as a duration (default 60s)
@@ -107,6 +110,8 @@ export interface Config {
   root: string;
   ota: OtaConfig;
   store: StoreConfig;
+  /** The ingestion endpoint the worker serves (FLEETGATE_INGEST_PORT); absent: none. */
+  ingest?: { host: string; port: number };
 }
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
@@ -120,7 +125,26 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     root: process.cwd(),
     ota: loadOtaConfig(env),
     store: loadStoreConfig(env),
+    ...(loadIngestConfig(env) ? { ingest: loadIngestConfig(env)! } : {}),
   };
+}
+
+/**
+ * FLEETGATE_INGEST_PORT (and FLEETGATE_INGEST_HOST): the worker also serves the ingestion endpoint on
+ * its fleet database. Unset or empty: it does not.
+ */
+export function loadIngestConfig(
+  env: NodeJS.ProcessEnv = process.env,
+): { host: string; port: number } | undefined {
+  const raw = env.FLEETGATE_INGEST_PORT ?? '';
+  if (raw === '') return undefined;
+  const port = Number(raw);
+  if (!(Number.isInteger(port) && port >= 0 && port <= 65_535)) {
+    throw new Error(
+      `FLEETGATE_INGEST_PORT must be a TCP port from 0 to 65535 (got "${raw}"); unset it for no endpoint`,
+    );
+  }
+  return { host: env.FLEETGATE_INGEST_HOST || '127.0.0.1', port };
 }
 
 /** The OTA channel's configuration; throws on an unknown channel or a setting that is not a number. */

@@ -8,6 +8,7 @@ import { IotDeviceAgent, startAgentLoop } from '../sim/iot-agent';
 import { createFleetgateWorker, openServices } from './worker';
 import { endpointFromEnv } from '../serve/tracing';
 import { workerTracingOptions } from './tracing';
+import { startIngestServer, type IngestServer } from '../events/ingest-server';
 
 export async function runWorker(): Promise<void> {
   const config = loadConfig();
@@ -46,10 +47,30 @@ export async function runWorker(): Promise<void> {
         )
       : undefined;
   if (agent) console.error('fleetgate worker: playing the vehicles of the fleet registered in AWS IoT');
+  // The ingestion endpoint on the fleet database this worker owns (one process opens a DuckDB file).
+  let ingest: IngestServer | undefined;
+  if (config.ingest) {
+    try {
+      ingest = await startIngestServer({
+        writer: services.writer,
+        host: config.ingest.host,
+        port: config.ingest.port,
+        log: (line) => console.error(JSON.stringify({ ingest: line })),
+      });
+    } catch (err) {
+      await agent?.stop();
+      await tracing?.shutdown();
+      await connection.close();
+      await services.close();
+      throw err;
+    }
+    console.error(`fleetgate worker: ingestion endpoint on ${ingest.url} (docs/events.md)`);
+  }
   try {
     // Rejects with a TaskQueueOwnerError when another data store shows up on the task queue.
     await worker.run();
   } finally {
+    await ingest?.close();
     await agent?.stop();
     await tracing?.shutdown();
     await connection.close();

@@ -25,6 +25,7 @@ import { AwsIotJobsChannel } from '../activities/ota-iot';
 import { SimulatedOta } from '../sim/ota';
 import { SimulatedFleetFeed } from '../sim/producer';
 import { EventWriter } from '../events/writer';
+import { StoreLabelQueue } from '../activities/label-queue';
 import {
   type AwsIotConfig,
   type OtaConfig,
@@ -57,8 +58,11 @@ export interface Services {
   writer: EventWriter;
   /** Where the records that decide a rollout come from, as configured (FLEETGATE_TELEMETRY). */
   telemetry: TelemetryConfig;
-  /** The in-process simulated fleet and labeler, with FLEETGATE_TELEMETRY=simulated. */
-  feed?: TelemetryFeed;
+  /**
+   * The in-process simulated fleet and labeler (FLEETGATE_TELEMETRY=simulated), or the label requests as
+   * files in the object store for the labelers of a real fleet (activities/label-queue.ts).
+   */
+  feed: TelemetryFeed;
   /** Signer keys the registry trusts: FLEETGATE_TRUSTED_KEYS and `<dataDir>/trusted-keys/*.pub`. */
   trust: TrustStore;
   /** The AWS IoT client when delivery goes through AWS IoT Jobs. */
@@ -128,7 +132,7 @@ export async function openServices(
     ota: channel,
     writer: events,
     telemetry,
-    ...(feed ? { feed } : {}),
+    feed: feed!,
     trust,
     gateways,
     ...(iot ? { iot } : {}),
@@ -186,7 +190,7 @@ export function createActivities(s: Services) {
       createFleetActivities({
         ...fleetDeps,
         ota: s.ota,
-        ...(s.feed ? { feed: s.feed } : {}),
+        feed: s.feed,
         watermarkWaitMs: s.telemetry.watermarkWaitMs,
       }),
       createServiceActivities({ ...fleetDeps, gateways: s.gateways }),
