@@ -44,6 +44,8 @@ import { FEATURES } from '../policies/model-contract';
 import { generateFrames } from '../sim/frames';
 import { makeRng } from '../policies/rng';
 import { SimulatedOta } from '../sim/ota';
+import { SimulatedFleetFeed } from '../sim/producer';
+import { EventWriter } from '../events/writer';
 import { SIM_BASELINE, SIM_LOOK_SIZE, simulate, type SimulationInput } from '../cli/stats';
 import { MAX_LOOKS } from '../policies/gsd';
 import { sampleSize } from '../policies/planning';
@@ -106,7 +108,13 @@ async function main(): Promise<void> {
   }
   const dataDir = mkdtempSync(join(tmpdir(), 'fleetgate-bench-'));
   trustFixtureSigner(dataDir);
-  const services = await openServices(dataDir, ROOT);
+  // The simulated fleet, sending each window's events as a batch asks for it (sim/producer.ts).
+  const services = await openServices(
+    dataDir,
+    ROOT,
+    { kind: 'simulated' },
+    { kind: 'simulated', watermarkWaitMs: 0 },
+  );
   const results: Result[] = [];
   try {
     const manifest = loadFleetManifest(join(ROOT, FLEET));
@@ -120,10 +128,11 @@ async function main(): Promise<void> {
     );
     const fleet = createFleetActivities({
       conn,
-      ota: new SimulatedOta(conn),
+      ota: services.ota,
       runner: services.runner,
       key: services.key,
       root: ROOT,
+      ...(services.feed ? { feed: services.feed } : {}),
     });
     const analysis = createAnalysisActivities({ conn });
     const labels = createLabelActivities({ conn });
@@ -615,6 +624,7 @@ async function fleetScale(): Promise<Result[]> {
     );
     await plainDb.close();
     const db = await openFleetDatabase(join(dir, 'fleet.duckdb'));
+    let writer: EventWriter | undefined;
     try {
       const conn = db.connection;
       const init = await timed(() =>
@@ -636,13 +646,10 @@ async function fleetScale(): Promise<Result[]> {
         modelBytes: () => Promise.reject(new Error('no inference here')),
         close: async () => undefined,
       };
-      const fleet = createFleetActivities({
-        conn,
-        ota: new SimulatedOta(conn),
-        runner: unusedRunner,
-        key,
-        root: dir,
-      });
+      const ota = new SimulatedOta(conn);
+      writer = await EventWriter.attach(db.instance);
+      const feed = await SimulatedFleetFeed.create({ conn, ota, runner: unusedRunner, writer, key });
+      const fleet = createFleetActivities({ conn, ota, runner: unusedRunner, key, root: dir, feed });
       const ref = { rolloutId: 'bench-fleet', manifest: 'fleet.yaml', cohorts, digest: 'e'.repeat(64) };
       const wave1 = await timed(() => fleet.deliverWave({ ...ref, wave: 1, percent: 1 }));
       const wave2 = await timed(() => fleet.deliverWave({ ...ref, wave: 2, percent: 25 }));
@@ -674,6 +681,7 @@ async function fleetScale(): Promise<Result[]> {
           `(JavaScript heap ${((peakHeap - heap0) / 2 ** 20).toFixed(0)} MB; the rest is DuckDB's buffer pool)`,
       );
     } finally {
+      await writer?.close();
       await db.close();
     }
   } finally {

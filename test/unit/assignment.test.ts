@@ -13,8 +13,8 @@ import { num, openFleetDatabase, rows } from '../../activities/db';
 import type { FleetDatabase } from '../../activities/db';
 import { createFleetActivities, initSimFleet } from '../../activities/fleet';
 import type { ModelRunner } from '../../activities/deps';
+import type { EventWriter } from '../../events/writer';
 import { FleetManifest } from '../../policies/schema';
-import { SimulatedOta } from '../../sim/ota';
 import {
   assignmentRank,
   assignmentRanks,
@@ -28,6 +28,7 @@ import {
 import { loadFleetManifest } from '../../fleet/manifest';
 import { pseudonym, pseudonymSql } from '../../fleet/pseudonym';
 import { simVehicles } from '../../sim/fleet';
+import { simulatedFleet } from '../feed-support';
 import { loadPseudonymKey, pseudonymKeyPath } from '../../workers/secrets';
 
 const KEY = Buffer.from('5a'.repeat(32), 'hex');
@@ -194,12 +195,14 @@ void describe('pseudonym key', () => {
 void describe('the fleet database', () => {
   let dir: string;
   let db: FleetDatabase;
+  let writer: EventWriter | undefined;
   const fleetName = 'privfleet';
   before(async () => {
     dir = mkdtempSync(join(tmpdir(), 'fleetgate-assign-'));
     db = await openFleetDatabase(join(dir, 'fleet.duckdb'));
   });
   after(async () => {
+    await writer?.close();
     await db.close();
     rmSync(dir, { recursive: true, force: true });
   });
@@ -267,13 +270,11 @@ void describe('the fleet database', () => {
       'c0/x': 'd'.repeat(64),
       'c1/x': 'd'.repeat(64),
     });
-    const fleet = createFleetActivities({
-      conn,
-      ota: new SimulatedOta(conn),
-      runner: unusedRunner,
-      key: KEY,
-      root: dir,
-    });
+    // The fleet as the composition root wires it: the producer's tables are in the database too.
+    const sim = await simulatedFleet(db, unusedRunner, KEY);
+    writer = sim.writer;
+    const { ota, feed } = sim;
+    const fleet = createFleetActivities({ conn, ota, runner: unusedRunner, key: KEY, root: dir, feed });
     const deliver = {
       rolloutId: 'rp',
       manifest: 'fleet.yaml',

@@ -15,6 +15,8 @@ import { canaryFull, canaryLook, createAnalysisActivities, eventsSide } from '..
 import { num, openFleetDatabase, rows } from '../../activities/db';
 import type { FleetDatabase } from '../../activities/db';
 import { createFleetActivities, initSimFleet } from '../../activities/fleet';
+import type { BatchResult } from '../../activities/contracts';
+import type { WindowResult } from '../../activities/telemetry';
 import { createLabelActivities, ingestArrivedLabels } from '../../activities/labels';
 import { parseDuration } from '../../policies/duration';
 import { loadFleetManifest } from '../../fleet/manifest';
@@ -22,8 +24,10 @@ import { pseudonym } from '../../fleet/pseudonym';
 import { simVehicles } from '../../sim/fleet';
 import { targetCount, waveTargets } from '../../fleet/assignment';
 import { SimulatedOta } from '../../sim/ota';
+import type { EventWriter } from '../../events/writer';
 import { OnnxModelRunner } from '../../workers/model-runner';
 import { loadPseudonymKey } from '../../workers/secrets';
+import { simulatedFleet, T0 } from '../feed-support';
 
 const ROOT = resolve(__dirname, '..', '..');
 const HOUR = 3_600_000;
@@ -57,6 +61,12 @@ async function one(conn: DuckDBConnection, sql: string, params: (string | number
   return num(row ? Object.values(row)[0] : 0);
 }
 
+/** What a batch took late and left out (a batch's result carries them beside BatchResult's fields). */
+function readOf(result: BatchResult): Pick<WindowResult, 'late' | 'mismatched'> {
+  const { late, mismatched } = result as WindowResult;
+  return { late, mismatched };
+}
+
 function errorType(err: unknown): string | undefined {
   return (err as { type?: string }).type;
 }
@@ -67,6 +77,7 @@ void describe('fleet, label and analysis activities', () => {
   let conn: DuckDBConnection;
   let runner: OnnxModelRunner;
   let key: Buffer;
+  let writer: EventWriter;
   let fleet: ReturnType<typeof createFleetActivities>;
   let labels: ReturnType<typeof createLabelActivities>;
   let analysis: ReturnType<typeof createAnalysisActivities>;
@@ -82,13 +93,16 @@ void describe('fleet, label and analysis activities', () => {
     conn = db.connection;
     const blobs = new Map([production, candidate].map((m) => [m.digest, m.bytes]));
     runner = new OnnxModelRunner(async (digest) => blobs.get(digest));
-    fleet = createFleetActivities({ conn, ota: new SimulatedOta(conn), runner, key, root: dir });
+    const sim = await simulatedFleet(db, runner, key);
+    writer = sim.writer;
+    fleet = createFleetActivities({ conn, ota: sim.ota, runner, key, root: dir, feed: sim.feed });
     labels = createLabelActivities({ conn });
     analysis = createAnalysisActivities({ conn });
   });
 
   after(async () => {
     await runner.close();
+    await writer.close();
     await db.close();
     rmSync(dir, { recursive: true, force: true });
   });
@@ -126,12 +140,13 @@ void describe('fleet, label and analysis activities', () => {
       candidateDigest: candidate.digest,
       cohorts: [A, B],
       share: 0.5,
-      fromMs: 0,
-      toMs: HOUR,
+      fromMs: T0,
+      toMs: T0 + HOUR,
     };
     const first = await fleet.runShadow(input);
     assert.equal(first.written, true);
-    assert.equal(first.batchId, `r1:shadow:0-${HOUR}`);
+    assert.equal(first.batchId, `r1:shadow:${T0}-${T0 + HOUR}`);
+    assert.deepEqual(readOf(first), { late: 0, mismatched: 0 });
     const expected = 0.5 * (SIZES[A] + SIZES[B]) * 20;
     assert.ok(Math.abs(first.events - expected) < 5 * Math.sqrt(expected), `${first.events} events`);
     const second = await fleet.runShadow(input);
@@ -145,8 +160,8 @@ void describe('fleet, label and analysis activities', () => {
         conn,
         `SELECT count(*) FROM events WHERE batch_id = ? AND arm = 'shadow'
          AND pred_candidate IS NOT NULL AND pred_production IS NOT NULL
-         AND lat_candidate > 0 AND lat_production > 0 AND ts_ms >= 0 AND ts_ms < ?`,
-        [first.batchId, HOUR],
+         AND lat_candidate > 0 AND lat_production > 0 AND ts_ms >= ? AND ts_ms < ?`,
+        [first.batchId, T0, T0 + HOUR],
       ),
       first.events,
     );
@@ -291,10 +306,11 @@ void describe('fleet, label and analysis activities', () => {
       ...base,
       candidateDigest: candidate.digest,
       cohorts: [A, B],
-      fromMs: HOUR,
-      toMs: 2 * HOUR,
+      fromMs: T0 + HOUR,
+      toMs: T0 + 2 * HOUR,
     };
     const first = await fleet.collectTelemetry(input);
+    assert.deepEqual(readOf(first), { late: 0, mismatched: 0 });
     assert.equal(first.written, true);
     const expected = (SIZES[A] + SIZES[B]) * 20;
     assert.ok(Math.abs(first.events - expected) < 5 * Math.sqrt(expected), `${first.events} events`);
@@ -313,7 +329,7 @@ void describe('fleet, label and analysis activities', () => {
       await one(conn, `SELECT count(DISTINCT (cohort, arm)) FROM events WHERE batch_id = ?`, [first.batchId]),
     );
     assert.equal(num(stats!.ranges), 1);
-    assert.ok(num(stats!.lo) >= HOUR && num(stats!.hi) < 2 * HOUR);
+    assert.ok(num(stats!.lo) >= T0 + HOUR && num(stats!.hi) < T0 + 2 * HOUR);
     const arms = await rows(
       conn,
       `SELECT cohort, arm,
@@ -344,11 +360,12 @@ void describe('fleet, label and analysis activities', () => {
   void it('lets labels arrive only after their delay, so coverage grows with time', async () => {
     const looks = [HOUR, 2 * HOUR, 3 * HOUR, 4 * HOUR, 5 * HOUR, 2 * HOUR + 2 * DELAY];
     const coverage: number[] = [];
-    for (const asOfMs of looks) {
+    for (const at of looks) {
+      const asOfMs = T0 + at;
       const c = await labels.labelCoverage({ rolloutId: 'r1', asOfMs });
       assert.equal(await one(conn, `SELECT count(*) FROM labels WHERE arrived_at_ms > ?`, [asOfMs]), 0);
       coverage.push(c.coverage);
-      if (asOfMs >= 2 * HOUR) assert.ok(c.requested > 0);
+      if (at >= 2 * HOUR) assert.ok(c.requested > 0);
     }
     assert.equal(coverage[0], 0, 'no label can arrive within the first hour when the delay is at least 1h');
     for (let i = 2; i < looks.length; i++) assert.ok(coverage[i]! >= coverage[i - 1]!, coverage.join(' '));
@@ -369,34 +386,8 @@ void describe('fleet, label and analysis activities', () => {
     );
   });
 
-  void it('requests priority labels once, and late requests wait their own delay', async () => {
-    const asOfMs = 2 * HOUR;
-    const first = await labels.requestLabels({ rolloutId: 'r1', asOfMs });
-    assert.ok(first.requested > 0);
-    assert.deepEqual(await labels.requestLabels({ rolloutId: 'r1', asOfMs }), { requested: 0 });
-    const later = await labels.labelCoverage({ rolloutId: 'r1', asOfMs: asOfMs + DELAY * 0.4 });
-    assert.equal(
-      await one(
-        conn,
-        `SELECT count(*) FROM labels l JOIN label_requests r USING (event_id) WHERE r.requested_at_ms = ?`,
-        [asOfMs],
-      ),
-      0,
-    );
-    assert.ok(later.coverage < 1);
-    const done = await labels.labelCoverage({ rolloutId: 'r1', asOfMs: asOfMs + 2 * DELAY });
-    assert.equal(done.coverage, 1);
-    assert.deepEqual(await labels.labelCoverage({ rolloutId: 'other', asOfMs: 10 * HOUR }), {
-      requested: 0,
-      labeled: 0,
-      coverage: 0,
-      young: 0,
-      cohorts: {},
-    });
-  });
-
   void it('reduces canary events to per-cohort statistics that add up to the event log', async () => {
-    const asOfMs = 2 * HOUR + 2 * DELAY;
+    const asOfMs = T0 + 2 * HOUR + 2 * DELAY;
     const stats = await analysis.analyze({
       rolloutId: 'r1',
       phase: 'canary',
@@ -444,14 +435,14 @@ void describe('fleet, label and analysis activities', () => {
       rolloutId: 'r1',
       phase: 'canary',
       cohorts: [A],
-      asOfMs: 1.5 * HOUR,
+      asOfMs: T0 + 1.5 * HOUR,
     });
     const earlyEvents = early[0]!.candidate.events + early[0]!.production.events;
     assert.equal(
       earlyEvents,
       await one(conn, `SELECT count(*) FROM events WHERE phase = 'canary' AND cohort = ? AND ts_ms < ?`, [
         A,
-        1.5 * HOUR,
+        T0 + 1.5 * HOUR,
       ]),
     );
     assert.equal(early[0]!.candidate.labeled + early[0]!.production.labeled, 0);
@@ -487,7 +478,8 @@ void describe('fleet, label and analysis activities', () => {
     // The canary batch covers [1 h, 2 h): a look at 1.5 h cuts it, and every look reads batch statistics.
     assert.ok(times.includes(1.5 * HOUR));
     let previous = Number.MIN_SAFE_INTEGER;
-    for (const asOfMs of [...times, 2 * HOUR + 3 * DELAY]) {
+    for (const at of [...times, 2 * HOUR + 3 * DELAY]) {
+      const asOfMs = T0 + at;
       const side = await eventsSide(conn, { rollout: 'r1', prev: previous, asof: asOfMs });
       assert.equal(side.source, 'batch_stats', `look as of ${asOfMs}`);
       previous = asOfMs;
@@ -510,7 +502,7 @@ void describe('fleet, label and analysis activities', () => {
   });
 
   void it('reduces shadow events to paired statistics of both models', async () => {
-    const asOfMs = HOUR + 2 * DELAY;
+    const asOfMs = T0 + HOUR + 2 * DELAY;
     const stats = await analysis.analyze({ rolloutId: 'r1', phase: 'shadow', cohorts: [A, B], asOfMs });
     const events = await one(conn, `SELECT count(*) FROM events WHERE phase = 'shadow'`);
     const disagreements = await one(
@@ -553,6 +545,89 @@ void describe('fleet, label and analysis activities', () => {
       ]);
       assert.equal(hits, 0, `${c.table_name}.${c.column_name}`);
     }
+  });
+});
+
+/**
+ * The label wait of rollouts recorded before the per-cohort label wait: it asks, once, for the labels of
+ * the low-confidence events that have none, and each of these late requests waits the labeler's delay
+ * from the request. Those rollouts' batches were written with the simulated labeler's queue in the fleet
+ * database (`sim_truth`), which the hand-made events here stand for; newer rollouts make every request
+ * as their events are read.
+ */
+void describe('late label requests of a rollout from before the label wait', () => {
+  let db: FleetDatabase;
+  let labels: ReturnType<typeof createLabelActivities>;
+
+  before(async () => {
+    db = await openFleetDatabase(':memory:');
+    labels = createLabelActivities({ conn: db.connection });
+    // [id, hours after T0, confidence, delay as a share of DELAY, requested as the event was logged]
+    const ev: [string, number, number, number, boolean][] = [
+      ['e0', 0.2, 0.3, 0.5, true],
+      ['e1', 0.5, 0.4, 0.5, false],
+      ['e2', 1, 0.55, 1.5, false],
+      ['e3', 1.5, 0.9, 1, false],
+      ['e4', 2.5, 0.3, 1, false],
+    ];
+    for (const [id, h, conf, d, requested] of ev) {
+      const ts = T0 + h * HOUR;
+      await db.connection.run(
+        `INSERT INTO events (event_id, rollout_id, batch_id, phase, cohort, vehicle, ts_ms, arm,
+                             pred_candidate, conf_candidate)
+         VALUES ($id, 'old', 'b', 'canary', 'x', 'p', $ts, 'candidate', 0, $conf)`,
+        { id, ts, conf },
+      );
+      await db.connection.run(`INSERT INTO sim_truth VALUES ($id, 0, $at)`, { id, at: ts + d * DELAY });
+      if (requested) {
+        await db.connection.run(`INSERT INTO label_requests VALUES ($id, 'old', $ts, 'sample', 0.2)`, {
+          id,
+          ts,
+        });
+      }
+    }
+  });
+
+  after(async () => {
+    await db.close();
+  });
+
+  void it('requests priority labels once, and late requests wait their own delay', async () => {
+    const conn = db.connection;
+    const asOfMs = T0 + 2 * HOUR;
+    // e1 and e2: unsure, logged before the look, not requested yet; e0 was, e3 is sure, e4 is later.
+    assert.deepEqual(await labels.requestLabels({ rolloutId: 'old', asOfMs }), { requested: 2 });
+    assert.deepEqual(await labels.requestLabels({ rolloutId: 'old', asOfMs }), { requested: 0 });
+    const later = await labels.labelCoverage({ rolloutId: 'old', asOfMs: asOfMs + DELAY * 0.4 });
+    assert.equal(
+      await one(
+        conn,
+        `SELECT count(*) FROM labels l JOIN label_requests r USING (event_id) WHERE r.requested_at_ms = ?`,
+        [asOfMs],
+      ),
+      0,
+    );
+    assert.deepEqual([later.labeled, later.requested], [1, 3]);
+    const done = await labels.labelCoverage({ rolloutId: 'old', asOfMs: asOfMs + 2 * DELAY });
+    assert.equal(done.coverage, 1);
+    // Each late label came back its delay after the request, not after the event.
+    assert.equal(
+      await one(
+        conn,
+        `SELECT count(*) FROM labels l JOIN label_requests r USING (event_id) JOIN sim_truth t USING (event_id)
+         JOIN events e USING (event_id)
+         WHERE r.requested_at_ms = ? AND l.arrived_at_ms = t.available_at_ms + (r.requested_at_ms - e.ts_ms)`,
+        [asOfMs],
+      ),
+      2,
+    );
+    assert.deepEqual(await labels.labelCoverage({ rolloutId: 'other', asOfMs: T0 + 10 * HOUR }), {
+      requested: 0,
+      labeled: 0,
+      coverage: 0,
+      young: 0,
+      cohorts: {},
+    });
   });
 });
 

@@ -23,8 +23,9 @@ import { generateFrames } from '../../sim/frames';
 import { makeRng } from '../../policies/rng';
 import type { FrameConditions, Frames } from '../../sim/frames';
 import { INSTALL, installOutcomes } from '../../sim/ota';
-import { SimulatedOta } from '../../sim/ota';
+import type { EventWriter } from '../../events/writer';
 import { OnnxModelRunner } from '../../workers/model-runner';
+import { simulatedFleet, T0 } from '../feed-support';
 
 const ROOT = resolve(__dirname, '..', '..');
 const HOUR = 3_600_000;
@@ -206,6 +207,7 @@ void describe('the realistic simulated fleet', () => {
   let dir: string;
   let db: FleetDatabase;
   let conn: DuckDBConnection;
+  let writer: EventWriter;
   let fleet: ReturnType<typeof createFleetActivities>;
   const base = { manifest: 'fleet.yaml' };
   const versions = Object.fromEntries([production, regress].map((m) => [m.digest, m.version]));
@@ -215,7 +217,9 @@ void describe('the realistic simulated fleet', () => {
     writeFileSync(join(dir, 'fleet.yaml'), MANIFEST);
     db = await openFleetDatabase(join(dir, 'fleet.duckdb'));
     conn = db.connection;
-    fleet = createFleetActivities({ conn, ota: new SimulatedOta(conn), runner, key: KEY, root: dir });
+    const sim = await simulatedFleet(db, runner, KEY);
+    writer = sim.writer;
+    fleet = createFleetActivities({ conn, ota: sim.ota, runner, key: KEY, root: dir, feed: sim.feed });
     await initSimFleet({ conn, key: KEY, root: dir }, 'fleet.yaml', {
       [A]: production.digest,
       [B]: production.digest,
@@ -223,6 +227,7 @@ void describe('the realistic simulated fleet', () => {
   });
 
   after(async () => {
+    await writer.close();
     await db.close();
     rmSync(dir, { recursive: true, force: true });
   });
@@ -231,8 +236,8 @@ void describe('the realistic simulated fleet', () => {
   async function errorsAround(batchId: string, splitMs: number) {
     const found = await rows(
       conn,
-      `SELECT e.cohort, e.ts_ms >= ? AS late, avg((e.pred_production <> t.label)::INTEGER) AS err, count(*) AS n
-       FROM events e JOIN sim_truth t USING (event_id)
+      `SELECT e.cohort, e.ts_ms >= ? AS late, avg((e.pred_production <> t.truth)::INTEGER) AS err, count(*) AS n
+       FROM events e JOIN sim_labeler t USING (event_id)
        WHERE e.batch_id = ? AND e.arm = 'production' GROUP BY ALL`,
       [splitMs, batchId],
     );
@@ -246,7 +251,7 @@ void describe('the realistic simulated fleet', () => {
   }
 
   void it('drifts the named cohort from start + at on, and no other', async () => {
-    const start = 10 * HOUR;
+    const start = T0 + 10 * HOUR;
     const r = await fleet.collectTelemetry({
       rolloutId: 'drift',
       ...base,
@@ -264,7 +269,7 @@ void describe('the realistic simulated fleet', () => {
   });
 
   void it('without startMs, drift counts from the rollout first batch', async () => {
-    const start = 100 * HOUR;
+    const start = T0 + 100 * HOUR;
     const ref = { rolloutId: 'drift2', ...base, cohorts: [A], candidateDigest: regress.digest };
     await fleet.collectTelemetry({ ...ref, fromMs: start, toMs: start + HOUR });
     const r = await fleet.collectTelemetry({ ...ref, fromMs: start + HOUR, toMs: start + 4 * HOUR });
@@ -344,10 +349,10 @@ void describe('the realistic simulated fleet', () => {
   });
 
   void it('reports telemetry of the candidate from installed vehicles only, slowed on its SKU', async () => {
-    const ref = { rolloutId: 'inst', ...base, cohorts: [A, B], candidateDigest: regress.digest, startMs: 0 };
+    const ref = { rolloutId: 'inst', ...base, cohorts: [A, B], candidateDigest: regress.digest, startMs: T0 };
     // Before the drift (at 2h): dry frames.
-    const slowed = await fleet.collectTelemetry({ ...ref, fromMs: 0, toMs: HOUR / 2, versions });
-    const plain = await fleet.collectTelemetry({ ...ref, fromMs: HOUR / 2, toMs: HOUR });
+    const slowed = await fleet.collectTelemetry({ ...ref, fromMs: T0, toMs: T0 + HOUR / 2, versions });
+    const plain = await fleet.collectTelemetry({ ...ref, fromMs: T0 + HOUR / 2, toMs: T0 + HOUR });
     assert.equal(
       await one(
         conn,

@@ -28,10 +28,11 @@ import {
 } from '../../activities/labels';
 import { FleetManifest, formatIssues, Policy } from '../../policies/schema';
 import { makeRng } from '../../policies/rng';
-import { SimulatedOta } from '../../sim/ota';
+import type { EventWriter } from '../../events/writer';
 import { OnnxModelRunner } from '../../workers/model-runner';
 import { loadPseudonymKey } from '../../workers/secrets';
 import { loadPolicy } from '../support';
+import { simulatedFleet, T0 } from '../feed-support';
 
 const ROOT = resolve(__dirname, '..', '..');
 const HOUR = 3_600_000;
@@ -222,6 +223,7 @@ void describe('label requests of real event batches', () => {
   let db: FleetDatabase;
   let conn: DuckDBConnection;
   let runner: OnnxModelRunner;
+  let writer: EventWriter;
   let fleet: ReturnType<typeof createFleetActivities>;
   let labels: ReturnType<typeof createLabelActivities>;
   const production = model('production');
@@ -236,7 +238,9 @@ void describe('label requests of real event batches', () => {
     conn = db.connection;
     const blobs = new Map([production, candidate].map((m) => [m.digest, m.bytes]));
     runner = new OnnxModelRunner(async (digest) => blobs.get(digest));
-    fleet = createFleetActivities({ conn, ota: new SimulatedOta(conn), runner, key, root: dir });
+    const sim = await simulatedFleet(db, runner, key);
+    writer = sim.writer;
+    fleet = createFleetActivities({ conn, ota: sim.ota, runner, key, root: dir, feed: sim.feed });
     labels = createLabelActivities({ conn });
     const prod = { [A]: production.digest, [B]: production.digest };
     await initSimFleet({ conn, key, root: dir }, 'budget.yaml', prod);
@@ -245,6 +249,7 @@ void describe('label requests of real event batches', () => {
 
   after(async () => {
     await runner.close();
+    await writer.close();
     await db.close();
     rmSync(dir, { recursive: true, force: true });
   });
@@ -262,7 +267,7 @@ void describe('label requests of real event batches', () => {
     });
 
   void it('without a budget, every logged event of a priority tier is requested with inclusion 1', async () => {
-    await shadow('free', 'budget.yaml', 0, 2 * HOUR);
+    await shadow('free', 'budget.yaml', T0, T0 + 2 * HOUR);
     const byTier = await rows(
       conn,
       `SELECT ${TIER_SQL} AS tier, count(*) AS events, count(r.event_id) AS requested,
@@ -287,8 +292,10 @@ void describe('label requests of real event batches', () => {
   });
 
   void it('keeps to the daily budget, paced over the day, in tier order', async () => {
-    // Two simulated days in 3-hour batches; the second day starts at DAY_MS.
-    for (let from = 0; from < 2 * DAY_MS; from += 3 * HOUR) {
+    // Two simulated days in 3-hour batches from T0 (the start of a UTC day); the second starts at T0 + DAY_MS.
+    const day0 = T0 / DAY_MS;
+    assert.ok(Number.isInteger(day0));
+    for (let from = T0; from < T0 + 2 * DAY_MS; from += 3 * HOUR) {
       await shadow('budget', 'budget.yaml', from, from + 3 * HOUR, BUDGET);
       const byDay = await rows(
         conn,
@@ -307,8 +314,8 @@ void describe('label requests of real event batches', () => {
          FROM label_requests WHERE rollout_id = 'budget' GROUP BY ALL ORDER BY day`,
       ),
       [
-        { day: 0, n: BUDGET },
-        { day: 1, n: BUDGET },
+        { day: day0, n: BUDGET },
+        { day: day0 + 1, n: BUDGET },
       ],
     );
     // Per batch: whole tiers, then at most one cut tier (a uniform share, its inclusion), then none.
@@ -358,7 +365,7 @@ void describe('label requests of real event batches', () => {
       conn,
       `SELECT event_id, reason, inclusion FROM label_requests WHERE rollout_id = 'budget' ORDER BY event_id`,
     );
-    const again = await shadow('budget', 'budget.yaml', DAY_MS, DAY_MS + 3 * HOUR, BUDGET);
+    const again = await shadow('budget', 'budget.yaml', T0 + DAY_MS, T0 + DAY_MS + 3 * HOUR, BUDGET);
     assert.equal(again.written, false);
     const after = await rows(
       conn,
@@ -376,26 +383,34 @@ void describe('label requests of real event batches', () => {
   });
 
   void it('a noisy labeler is wrong as often as labels.noise says; the truth stays apart', async () => {
-    await shadow('noisy', 'noisy.yaml', 0, 4 * HOUR);
-    await labels.labelCoverage({ rolloutId: 'noisy', asOfMs: 10 * DAY_MS });
+    await shadow('noisy', 'noisy.yaml', T0, T0 + 4 * HOUR);
+    await labels.labelCoverage({ rolloutId: 'noisy', asOfMs: T0 + 10 * DAY_MS });
+    await labels.labelCoverage({ rolloutId: 'free', asOfMs: T0 + 10 * DAY_MS });
+    // The labeler's private queue (sim_labeler) keeps the truth beside its answer; labels are its answers.
     const [r] = await rows(
       conn,
-      `SELECT count(*) AS n, count(*) FILTER (WHERE l.label <> t.label) AS wrong,
+      `SELECT count(*) AS n, count(*) FILTER (WHERE l.label <> t.truth) AS wrong,
+              count(*) FILTER (WHERE l.label <> t.answer) AS not_answer,
               count(*) FILTER (WHERE l.err_production IS DISTINCT FROM (e.pred_production <> l.label)) AS bad_err
-       FROM labels l JOIN sim_truth t USING (event_id) JOIN events e USING (event_id)
+       FROM labels l JOIN sim_labeler t USING (event_id) JOIN events e USING (event_id)
        WHERE l.rollout_id = 'noisy'`,
     );
     const n = num(r!.n);
     const share = num(r!.wrong) / n;
     assert.ok(n > 1000, `${n} labels`);
     assert.ok(Math.abs(share - 0.2) < 4 * Math.sqrt((0.2 * 0.8) / n), `wrong share ${share}`);
+    assert.equal(num(r!.not_answer), 0, 'a label is the answer the labeler gave');
     assert.equal(num(r!.bad_err), 0, 'errors are scored against the label the labeler gave');
     // The fleet without noise: every label is the truth.
+    assert.ok(
+      (await one(conn, `SELECT count(*) FROM labels WHERE rollout_id = 'free'`)) > 100,
+      'the fleet without noise has labels',
+    );
     assert.equal(
       await one(
         conn,
-        `SELECT count(*) FROM labels l JOIN sim_truth t USING (event_id)
-         WHERE l.rollout_id <> 'noisy' AND l.label <> t.label`,
+        `SELECT count(*) FROM labels l JOIN sim_labeler t USING (event_id)
+         WHERE l.rollout_id <> 'noisy' AND l.label <> t.truth`,
       ),
       0,
     );

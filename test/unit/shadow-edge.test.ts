@@ -22,9 +22,10 @@ import { checkShadowBudget, judgeShadow } from '../../policies/shadow';
 import { edgeFilter, windowBudget } from '../../sim/edge';
 import type { EdgeEvents } from '../../sim/edge';
 import { makeRng } from '../../policies/rng';
-import { SimulatedOta } from '../../sim/ota';
+import type { EventWriter } from '../../events/writer';
 import { OnnxModelRunner } from '../../workers/model-runner';
 import { loadPseudonymKey } from '../../workers/secrets';
+import { simulatedFleet, T0 } from '../feed-support';
 
 const ROOT = resolve(__dirname, '..', '..');
 const HOUR = 3_600_000;
@@ -249,6 +250,7 @@ void describe('the shadow activity with the upload filter', () => {
   let db: FleetDatabase;
   let conn: DuckDBConnection;
   let runner: OnnxModelRunner;
+  let writer: EventWriter;
   let fleet: ReturnType<typeof createFleetActivities>;
   let analysis: ReturnType<typeof createAnalysisActivities>;
   const pack = (name: string) => {
@@ -279,12 +281,15 @@ labels: { rate: 0.5, delay: 1h }
     const blobs = new Map([production, candidate].map((m) => [m.digest, m.bytes]));
     runner = new OnnxModelRunner(async (digest) => blobs.get(digest));
     await initSimFleet({ conn, key, root: dir }, 'fleet.yaml', { [COHORT]: production.digest });
-    fleet = createFleetActivities({ conn, ota: new SimulatedOta(conn), runner, key, root: dir });
+    const sim = await simulatedFleet(db, runner, key);
+    writer = sim.writer;
+    fleet = createFleetActivities({ conn, ota: sim.ota, runner, key, root: dir, feed: sim.feed });
     analysis = createAnalysisActivities({ conn });
   });
 
   after(async () => {
     await runner.close();
+    await writer.close();
     await db.close();
     rmSync(dir, { recursive: true, force: true });
   });
@@ -299,8 +304,8 @@ labels: { rate: 0.5, delay: 1h }
       candidateDigest: candidate.digest,
       cohorts: [COHORT],
       share: 1,
-      fromMs: 0,
-      toMs: 6 * HOUR,
+      fromMs: T0,
+      toMs: T0 + 6 * HOUR,
       ...(edge ? { edge } : {}),
     });
 
@@ -331,7 +336,7 @@ labels: { rate: 0.5, delay: 1h }
       rolloutId: 'filtered',
       phase: 'shadow',
       cohorts: [COHORT],
-      asOfMs: 6 * HOUR,
+      asOfMs: T0 + 6 * HOUR,
     });
     const exact = s!.shadow!.edge.disagreements / s!.shadow!.edge.evaluated;
     const naive = s!.paired!.disagreements / s!.paired!.events;
@@ -346,7 +351,7 @@ labels: { rate: 0.5, delay: 1h }
 
   void it('estimates class recall from labeled uploads like an unfiltered shadow does', async () => {
     await shadow('unfiltered');
-    const asOf = 12 * HOUR;
+    const asOf = T0 + 12 * HOUR;
     const [f] = await analysis.analyze({
       rolloutId: 'filtered',
       phase: 'shadow',
@@ -381,15 +386,15 @@ labels: { rate: 0.5, delay: 1h }
         candidateDigest: candidate.digest,
         cohorts: [COHORT],
         share: 1,
-        fromMs: 0,
-        toMs: 2 * HOUR,
+        fromMs: T0,
+        toMs: T0 + 2 * HOUR,
         edge: { sample: 0.2, lowConfidence: 0.6 },
       });
       const [s] = await analysis.analyze({
         rolloutId: id,
         phase: 'shadow',
         cohorts: [COHORT],
-        asOfMs: 8 * HOUR,
+        asOfMs: T0 + 8 * HOUR,
       });
       const c = s!.shadow!.classes.find((x) => x.cls === 1)!;
       diffs.push(c.recall.candidate - c.recall.production);
