@@ -105,15 +105,10 @@ export async function openServices(
       channel = new SimulatedOta(db.connection);
     }
     writer = await EventWriter.attach(db.instance);
-    if (telemetry.kind === 'simulated') {
-      feed = await SimulatedFleetFeed.create({
-        conn: db.connection,
-        ota: channel,
-        runner,
-        writer: writer!,
-        key,
-      });
-    }
+    feed =
+      telemetry.kind === 'simulated'
+        ? await SimulatedFleetFeed.create({ conn: db.connection, ota: channel, runner, writer, key })
+        : new StoreLabelQueue(store);
   } catch (err) {
     iot?.destroy();
     await writer?.close();
