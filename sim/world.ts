@@ -14,6 +14,7 @@ import { storeDriftReferences } from '../activities/drift';
 import { confinedPath } from '../activities/confine';
 import { openServices, trustFixtureSigner, type Services } from '../workers/worker';
 import { loadFleetManifest } from '../fleet/manifest';
+import type { TelemetryConfig } from '../workers/config';
 
 export interface SimWorld {
   dataDir: string;
@@ -35,13 +36,20 @@ export interface SimWorldOptions {
   production: string;
   /** Who registers production, for the registry's records. */
   by: string;
+  /** Where rollouts read their events (default: the simulated fleet, in process). */
+  telemetry?: TelemetryConfig;
 }
 
 /** Opens the services in `dataDir`, registers production for every cohort and creates the fleet. */
 export async function openSimWorld(opts: SimWorldOptions): Promise<SimWorld> {
   // A simulated world's registry trusts the fixture packs' signer (and any key configured for it).
   trustFixtureSigner(opts.dataDir);
-  const services = await openServices(opts.dataDir, opts.root, { kind: 'simulated' });
+  const services = await openServices(
+    opts.dataDir,
+    opts.root,
+    { kind: 'simulated' },
+    opts.telemetry ?? { kind: 'simulated', watermarkWaitMs: 0 },
+  );
   // A simulated world is a dry run: it never notifies the configured webhook (a test may set one).
   delete services.webhook;
   try {

@@ -1,0 +1,206 @@
+/**
+ * A rollout's batches read what a fleet sent over HTTP, with FLEETGATE_TELEMETRY=ingested: a worker's
+ * services with the ingestion endpoint on their own fleet database (as `fleetgate worker` serves it with
+ * FLEETGATE_INGEST_PORT), events and labels POSTed as NDJSON on 127.0.0.1, and the real fleet, label and
+ * analysis activities. A batch counts exactly the events of its window, leaves out events that claim the
+ * candidate with another model, counts late events in the next batch, waits for the watermark and then
+ * reads what is there, and its label requests reach the labelers as files in the object store; labels
+ * count only once their time has come.
+ */
+import { describe, test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { openSimWorld, type SimWorld } from '../../sim/world';
+import { createActivities } from '../../workers/worker';
+import { startIngestServer, tokenVariable, type IngestServer } from '../../events/ingest-server';
+import { labelRequestPrefix } from '../../activities/label-queue';
+import { num, rows } from '../../activities/db';
+import type { WindowResult } from '../../activities/telemetry';
+
+const ROOT = join(__dirname, '..', '..');
+const FLEET = 'testfleet';
+const TOKEN = 'fleet-token-0123456789abcdef';
+const T = Date.UTC(2026, 2, 1);
+const HOUR = 3_600_000;
+const CAND = 'c'.repeat(64);
+const OTHER = 'e'.repeat(64);
+const unit = (i: number) => (i % 97).toString(16).padStart(20, '0');
+
+type Acts = ReturnType<typeof createActivities>;
+
+function event(id: string, at: number, over: Record<string, unknown> = {}): Record<string, unknown> {
+  return {
+    schema: 'fleetgate/v1',
+    eventId: id,
+    fleet: FLEET,
+    cohort: 'hw3/eu',
+    unit: unit(Number(id.replace(/\D/g, '')) || 0),
+    rolloutId: 'ing-1',
+    phase: 'canary',
+    arm: 'production',
+    modelDigest: 'd'.repeat(64),
+    prediction: 0,
+    confidence: 0.9,
+    latencyMs: 3,
+    safety: false,
+    exposureHours: 0.1,
+    upload: { tier: 'all', inclusionProbability: 1 },
+    at,
+    ...over,
+  };
+}
+
+describe('a rollout reads what the fleet sent (FLEETGATE_TELEMETRY=ingested)', () => {
+  let dir: string;
+  let world: SimWorld;
+  let server: IngestServer;
+  let acts: Acts;
+  let prod: string;
+
+  async function send(kind: 'events' | 'labels', records: Record<string, unknown>[], watermark?: number) {
+    const res = await fetch(`${server.url}/v1/${kind}/${FLEET}`, {
+      method: 'POST',
+      headers: {
+        authorization: `Bearer ${TOKEN}`,
+        'content-type': 'application/x-ndjson',
+        ...(watermark === undefined ? {} : { 'fleetgate-watermark': String(watermark) }),
+      },
+      body: records.map((r) => JSON.stringify(r)).join('\n'),
+    });
+    const body = (await res.json()) as Record<string, unknown>;
+    assert.equal(res.status, 200, JSON.stringify(body));
+    return body;
+  }
+
+  const canary = (cohorts: string[], fromMs: number, toMs: number) =>
+    acts.collectTelemetry({
+      rolloutId: 'ing-1',
+      manifest: 'test/fixtures/fleet.yaml',
+      cohorts,
+      candidateDigest: CAND,
+      fromMs,
+      toMs,
+    }) as Promise<WindowResult>;
+
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'fleetgate-ingested-'));
+    world = await openSimWorld({
+      dataDir: dir,
+      root: ROOT,
+      fleet: 'test/fixtures/fleet.yaml',
+      production: 'models/production',
+      by: 'test',
+      telemetry: { kind: 'ingested', watermarkWaitMs: 1500 },
+    });
+    prod = world.productionDigest;
+    server = await startIngestServer({
+      writer: world.services.writer,
+      env: { [tokenVariable(FLEET)]: TOKEN },
+    });
+    acts = createActivities(world.services);
+  });
+
+  after(async () => {
+    await server?.close();
+    await world?.close(false);
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  test('a batch takes its window: both arms, never a candidate event of another model', async () => {
+    const batch = [
+      ...Array.from({ length: 120 }, (_, i) =>
+        event(`a${i}`, T + i * 1000, { arm: 'candidate', modelDigest: CAND, prediction: i % 2 }),
+      ),
+      ...Array.from({ length: 80 }, (_, i) => event(`b${i}`, T + i * 1000, { modelDigest: prod })),
+      // Claims the candidate's arm with another model: never counted for the candidate.
+      ...Array.from({ length: 5 }, (_, i) => event(`x${i}`, T + i, { arm: 'candidate', modelDigest: OTHER })),
+      // After the window: the next batch's.
+      event('n0', T + HOUR + 5),
+    ];
+    const sent = await send('events', batch, T + HOUR);
+    assert.equal(sent.accepted, 206);
+    const first = await canary(['hw3/eu'], T, T + HOUR);
+    assert.equal(first.written, true);
+    assert.equal(first.events, 200);
+    assert.equal(first.mismatched, 5);
+    assert.equal(first.late, 0);
+    const conn = world.services.db.connection;
+    const byArm = await rows(
+      conn,
+      `SELECT arm, count(*) AS n, count(pred_candidate) AS c, count(pred_production) AS p FROM events
+       WHERE batch_id = ? GROUP BY arm ORDER BY arm`,
+      [first.batchId],
+    );
+    assert.deepEqual(
+      byArm.map((r) => [r.arm, num(r.n), num(r.c), num(r.p)]),
+      [
+        ['candidate', 120, 120, 0],
+        ['production', 80, 0, 80],
+      ],
+    );
+    // The same batch again, and the same records again: nothing changes.
+    assert.equal((await send('events', batch, T + HOUR)).duplicates, 206);
+    assert.deepEqual(await canary(['hw3/eu'], T, T + HOUR), { ...first, written: false, mismatched: 0 });
+  });
+
+  test('events sent after their window was read are counted, late, in the next batch', async () => {
+    await send('events', [event('l0', T + 10), event('l1', T + 20), event('l2', T + 30)]);
+    await send('events', [event('m0', T + HOUR + 60), event('m1', T + HOUR + 70)], T + 2 * HOUR);
+    const second = await canary(['hw3/eu'], T + HOUR, T + 2 * HOUR);
+    assert.equal(second.events, 6, 'n0, m0, m1 and the three late ones');
+    assert.equal(second.late, 3);
+  });
+
+  test('without a watermark a batch waits, then reads what is there', async () => {
+    const at = T + 2 * HOUR;
+    await send('events', [
+      event('u0', at + 100, { cohort: 'hw4/us' }),
+      event('u1', at + 200, { cohort: 'hw4/us' }),
+    ]);
+    const started = Date.now();
+    const r = await canary(['hw4/us'], at, at + HOUR);
+    assert.ok(Date.now() - started >= 1400, `waited ${Date.now() - started} ms for the watermark`);
+    assert.equal(r.events, 2);
+  });
+
+  test('label requests reach the labelers as files; labels count from their time on', async () => {
+    const files = await world.services.store.list(labelRequestPrefix(FLEET));
+    assert.ok(files.length >= 1, 'a request file per batch with requests');
+    const requested: string[] = [];
+    for (const f of files) {
+      const text = (await world.services.store.get(f))!.toString('utf8');
+      for (const line of text.trim().split('\n')) {
+        const r = JSON.parse(line) as {
+          schema: string;
+          eventId: string;
+          requestedAt: number;
+          reason: string;
+        };
+        assert.equal(r.schema, 'fleetgate/v1');
+        assert.equal(r.reason, 'sample');
+        requested.push(r.eventId);
+      }
+    }
+    // labels.rate is 0.3 of the test fleet: about 0.3 of the 208 events read.
+    assert.ok(requested.length > 30 && requested.length < 100, `${requested.length} requests`);
+    const labelAt = T + 5 * HOUR;
+    await send(
+      'labels',
+      requested.map((eventId) => ({
+        schema: 'fleetgate/v1',
+        eventId,
+        label: 1,
+        labeler: 'vendor-a',
+        at: labelAt,
+      })),
+    );
+    const before = await acts.labelCoverage({ rolloutId: 'ing-1', asOfMs: labelAt - 1 });
+    assert.equal(before.labeled, 0, 'no label before its time');
+    const after = await acts.labelCoverage({ rolloutId: 'ing-1', asOfMs: labelAt });
+    assert.equal(after.labeled, requested.length);
+    assert.equal(after.requested, requested.length);
+  });
+});
