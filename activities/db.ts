@@ -263,7 +263,9 @@ ALTER TABLE label_requests_v2 RENAME TO label_requests;
 /** Opens (creating when absent) the fleet database at `path` (':memory:' for a throwaway one). */
 export async function openFleetDatabase(path: string): Promise<FleetDatabase> {
   if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
-  const instance = await DuckDBInstance.create(path);
+  // Checkpoints after 256 MB of write-ahead log rather than DuckDB's 16 MB: every batch commits its
+  // events, and a checkpoint at each few batches rewrote the tables more often than it wrote them.
+  const instance = await DuckDBInstance.create(path, { checkpoint_threshold: '256MB' });
   const connection = await instance.connect();
   await transaction(connection, async () => {
     await connection.run(SCHEMA);
