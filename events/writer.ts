@@ -52,6 +52,7 @@ import {
   type Inference,
   type Problem,
   type RecordKind,
+  type RecordOf,
 } from './contract';
 import { ingestionDate, sqlString, writePartition } from './partitions';
 
@@ -265,6 +266,23 @@ export class EventWriter {
     if (!v.ok) throw new BatchRefused(v.problems, v.problemCount);
     const records = v.records as unknown as Record<string, unknown>[];
     return this.exclusive(() => this.write(kind, fleet, records, opts.watermarkMs));
+  }
+
+  /**
+   * Writes a batch that a producer in this process built as typed contract records, without parsing
+   * it again: the same transaction, dedup, watermarks and partitions as `ingest`. For the simulated
+   * fleet only, whose records a test validates against the contract (test/unit/sim-producer.test.ts);
+   * anything received from outside goes through `ingest`.
+   */
+  async ingestTyped<K extends RecordKind>(
+    kind: K,
+    fleet: string,
+    records: readonly RecordOf<K>[],
+    opts: Pick<IngestOptions, 'watermarkMs'> = {},
+  ): Promise<WriteResult> {
+    if (this.closed) throw new Error('the event writer is closed');
+    const rows = records as unknown as Record<string, unknown>[];
+    return this.exclusive(() => this.write(kind, fleet, rows, opts.watermarkMs));
   }
 
   private async write(

@@ -32,7 +32,7 @@ import type {
 import { exclusive, rows, transaction } from '../activities/db';
 import { ArmColumns, conditionsAt, eventTag, EventColumns, infer, slowdownOf } from '../activities/fleet';
 import { labelerAnswer, PRIORITY_CONFIDENCE } from '../activities/labels';
-import { SCHEMA_VERSION, type Inference, type Label } from '../events/contract';
+import { SCHEMA_VERSION, type Inference, type Label, type Upload } from '../events/contract';
 import type { EventWriter } from '../events/writer';
 import { edgeFilter, windowBudget } from './edge';
 import { generateFramesWith, type Frames } from './frames';
@@ -49,7 +49,7 @@ export interface SimulatedFeedDeps {
   ota: OtaChannel;
   runner: ModelRunner;
   /** The one writer of ingested records, on the same database. */
-  writer: EventWriter;
+  writer: Pick<EventWriter, 'ingestTyped'>;
   /** The pseudonym key: which vehicles run a shadow is keyed by it (fleet/assignment.ts). */
   key: Buffer;
 }
@@ -76,7 +76,7 @@ interface Simulation {
 const SIM_SCHEMA = `
 CREATE TABLE IF NOT EXISTS sim_windows (window_id VARCHAR PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS sim_labeler (
-  event_id VARCHAR PRIMARY KEY,
+  event_id VARCHAR NOT NULL,
   truth UTINYINT NOT NULL,
   answer UTINYINT NOT NULL,
   available_at_ms BIGINT NOT NULL
@@ -118,13 +118,15 @@ export class SimulatedFleetFeed implements TelemetryFeed {
         const chunk = records.slice(start, start + CHUNK);
         const last = start + CHUNK >= records.length;
         if (chunk.length === 0) break;
-        await this.deps.writer.ingest('inference', w.manifest.name, chunk, {
-          where: 'line',
-          ...(last ? { watermarkMs: w.toMs } : {}),
-        });
+        await this.deps.writer.ingestTyped(
+          'inference',
+          w.manifest.name,
+          chunk,
+          last ? { watermarkMs: w.toMs } : {},
+        );
       }
       if (made.uploads.length > 0) {
-        await this.deps.writer.ingest('upload', w.manifest.name, made.uploads, { where: 'line' });
+        await this.deps.writer.ingestTyped('upload', w.manifest.name, made.uploads);
       }
     }
     await exclusive(conn, () =>
@@ -167,7 +169,7 @@ export class SimulatedFleetFeed implements TelemetryFeed {
       at: Number(r.at),
     }));
     for (let start = 0; start < labels.length; start += CHUNK) {
-      await this.deps.writer.ingest('label', fleet, labels.slice(start, start + CHUNK), { where: 'line' });
+      await this.deps.writer.ingestTyped('label', fleet, labels.slice(start, start + CHUNK));
     }
   }
 
@@ -200,7 +202,9 @@ export class SimulatedFleetFeed implements TelemetryFeed {
       } finally {
         a.closeSync();
       }
-      await conn.run(`INSERT INTO sim_labeler SELECT * FROM sim_labeler_stage ON CONFLICT DO NOTHING`);
+      // No key on the queue (an index costs per row): a window is kept once (`sim_windows`), and one
+      // sent again after a crash adds identical rows, whose identical labels the writer counts once.
+      await conn.run(`INSERT INTO sim_labeler SELECT * FROM sim_labeler_stage`);
     });
   }
 
@@ -307,7 +311,7 @@ export class SimulatedFleetFeed implements TelemetryFeed {
     }
     const uploads = [...per.entries()]
       .sort((a, b) => a[0] - b[0])
-      .map(([v, c]) => ({
+      .map(([v, c]): Upload => ({
         schema: SCHEMA_VERSION,
         fleet: w.manifest.name,
         cohort: cohort.name,
@@ -383,7 +387,7 @@ interface Made {
   sim: Simulation;
   sent: number[];
   records: (ids: readonly string[]) => Inference[];
-  uploads: Record<string, unknown>[];
+  uploads: Upload[];
 }
 
 /** Whether a model's prediction missed a critical-class frame: a safety event, known on the vehicle. */
