@@ -12,7 +12,6 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
 import { openSimWorld, type SimWorld } from '../../sim/world';
 import { createActivities } from '../../workers/worker';
 import { startIngestServer, tokenVariable, type IngestServer } from '../../events/ingest-server';
