@@ -269,6 +269,10 @@ export interface BatchResult {
   events: number;
   /** False when the batch had already been written (idempotent retry). */
   written: boolean;
+  /** Events taken whose time is before the window: sent after their own window was read. */
+  late?: number;
+  /** Events of the window left out: their model is not the one the rollout put there. */
+  mismatched?: number;
 }
 
 export interface LabelInput {

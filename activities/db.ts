@@ -35,6 +35,11 @@ export interface FleetDatabase {
  * before those columns existed hold NULL, read as 0: only vehicles' events, which never fail, were
  * logged then. Tail-latency statistics are not cached: quantiles do not add up over looks or batches.
  *
+ * batch_reads: per event batch read from the ingested records (activities/telemetry.ts), the latest
+ * ingestion time it saw, from which the next batch of the rollout's phase looks for late events. The
+ * ingested records themselves (events/writer.ts: ingested_inference, ingested_labels, ingested_outcomes,
+ * ingested_uploads, ingest_watermarks) live in the same file.
+ *
  * events.safety_candidate / safety_production: the frame's true class was the critical one and that
  * model missed it (NULL where the model did not run); known on the vehicle at once (a takeover), not
  * through labels. events.exposure_h: the vehicle-hours one event stands for (1 / eventsPerVehicleHour).

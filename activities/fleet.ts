@@ -1,7 +1,8 @@
 /**
  * Activities of the fleet: describe it, deliver a model to a wave through the over-the-air channel
- * (`OtaChannel`), revert a wave, promote a cohort, and log the shadow and canary events the simulated
- * vehicles produce.
+ * (`OtaChannel`), revert a wave, promote a cohort, and read the shadow and canary events the fleet sent
+ * for a window (activities/telemetry.ts), asking the in-process producer for them first when there is
+ * one (`TelemetryFeed`: the simulated fleet). They never make an event up.
  *
  * Every side effect is keyed so a retried activity changes nothing the second time: an OTA job by
  * `${rolloutId}-w${wave}` or `${rolloutId}-promote-${cohort}`, an event batch by rollout, phase and time
@@ -10,10 +11,10 @@
  * write a vehicle's slots. Vehicles are only ever known by their pseudonyms; these activities must never
  * log, store or return a raw vehicle id, and never return rows per event.
  *
- * The simulated fleet's realism, from its manifest: a wave's targets install, fail or are deferred as
- * `installOutcomes` (sim/ota.ts) draws them, and only installed vehicles get the model; frames are drawn
- * under each cohort's conditions (night, rain, sensor noise), changed by `drift` from its time after the
- * rollout's start on; a SKU's `slowdown` multiplies the latency of the model versions it names.
+ * The simulated channel's realism, from the fleet manifest: a wave's targets install, fail or are
+ * deferred as `installOutcomes` (sim/ota.ts) draws them, and only installed vehicles get the model.
+ * `infer` and `conditionsAt` are shared with the simulated fleet (sim/producer.ts) and the services'
+ * simulated callers (activities/service.ts), which still simulate inside their activity.
  */
 import type { DuckDBAppender, DuckDBConnection } from '@duckdb/node-api';
 import { createHash } from 'node:crypto';

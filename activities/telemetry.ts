@@ -46,11 +46,9 @@ export interface WindowRead {
   labeling?: LabelingInput;
 }
 
-/** What a batch read: the BatchResult, and the events it took late or left out. */
+/** What a batch read: the BatchResult, with the events it took late or left out. */
 export interface WindowResult extends BatchResult {
-  /** Events taken whose `at` is before the window's start: they arrived after their window was read. */
   late: number;
-  /** Events of the window left out: their model is not the one the rollout put there. */
   mismatched: number;
 }
 
