@@ -107,11 +107,7 @@ describe('faults (time-skipping)', () => {
         }
         // The same model, and another one: both refused, neither takes or clears the first one's cohorts.
         for (const [n, pack] of ['models/candidate-good', 'models/candidate-regress'].entries()) {
-          const second = await startRollout(
-            server.env,
-            tq,
-            rolloutRequest(`latecomer-${n}`, pack, week()),
-          );
+          const second = await startRollout(server.env, tq, rolloutRequest(`latecomer-${n}`, pack, week()));
           const r = (await second.result()) as RolloutResult;
           assert.equal(r.outcome, 'rejected', r.reason);
           assert.equal(r.rejectedAt, 'register');

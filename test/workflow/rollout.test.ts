@@ -43,10 +43,7 @@ describe('rolloutWorkflow (time-skipping)', () => {
     const world = await makeWorld();
     try {
       const result = await withWorker(world, async (tq) => {
-        const handle = await start(
-          tq,
-          rolloutRequest(`regress`, 'models/candidate-regress', week()),
-        );
+        const handle = await start(tq, rolloutRequest(`regress`, 'models/candidate-regress', week()));
         const r: RolloutResult = await handle.result();
         await maybeSaveHistory('regress', handle);
         return r;
@@ -84,10 +81,7 @@ describe('rolloutWorkflow (time-skipping)', () => {
         // holds of 12 hours give the final analysis enough labels to show it every time, not only mostly.
         const policy = week();
         for (const w of policy.waves!) w.hold = '12h';
-        const handle = await start(
-          tq,
-          rolloutRequest(`good`, 'models/candidate-good', policy),
-        );
+        const handle = await start(tq, rolloutRequest(`good`, 'models/candidate-good', policy));
         const r: RolloutResult = await handle.result();
         await maybeSaveHistory('good', handle);
         return r;
@@ -125,10 +119,7 @@ describe('rolloutWorkflow (time-skipping)', () => {
         approval: { gate: 'final-wave', required: 1, timeout: '3d' },
       };
       await withWorker(world, async (tq) => {
-        const handle = await start(
-          tq,
-          rolloutRequest(`abort`, 'models/candidate-good', policy),
-        );
+        const handle = await start(tq, rolloutRequest(`abort`, 'models/candidate-good', policy));
         // Let time pass until the rollout waits at the gate before wave 3 (waves 1 and 2 delivered).
         for (let i = 0; i < 100; i++) {
           const s = await handle.query(statusQuery);
@@ -178,10 +169,7 @@ describe('rolloutWorkflow (time-skipping)', () => {
       const policy = week();
       policy.waves![1] = { ...policy.waves![1]!, approval: { gate: 'wave-2', required: 2, timeout: '7d' } };
       await withWorker(world, async (tq) => {
-        const handle = await start(
-          tq,
-          rolloutRequest(`gate`, 'models/candidate-good', policy),
-        );
+        const handle = await start(tq, rolloutRequest(`gate`, 'models/candidate-good', policy));
         for (let i = 0; i < 100; i++) {
           if ((await handle.query(statusQuery)).pendingGate) break;
           await server.env.sleep('1h');
@@ -280,12 +268,7 @@ describe('rolloutWorkflow (time-skipping)', () => {
       const result = await withWorker(world, async (tq) => {
         const handle = await start(
           tq,
-          rolloutRequest(
-            `bench`,
-            'models/candidate-good',
-            week(),
-            'test/fixtures/fleet-slow.yaml',
-          ),
+          rolloutRequest(`bench`, 'models/candidate-good', week(), 'test/fixtures/fleet-slow.yaml'),
         );
         return (await handle.result()) as RolloutResult;
       });
@@ -336,10 +319,7 @@ describe('rolloutWorkflow (time-skipping)', () => {
       const policy = week();
       policy.waves![1] = { ...policy.waves![1]!, percent: 2 };
       await withWorker(world, async (tq) => {
-        const handle = await start(
-          tq,
-          rolloutRequest(`invalid`, 'models/candidate-good', policy),
-        );
+        const handle = await start(tq, rolloutRequest(`invalid`, 'models/candidate-good', policy));
         await assert.rejects(handle.result(), (e: Error) => {
           assert.ok(e instanceof WorkflowFailedError);
           const cause = e.cause as { type?: string; message: string };
