@@ -253,10 +253,43 @@ DROP TABLE label_requests;
 ALTER TABLE label_requests_v2 RENAME TO label_requests;
 `;
 
+/** The owner of a database file another process holds open, as DuckDB names it in its lock error. */
+export class DatabaseLocked extends Error {
+  override name = 'DatabaseLocked';
+  constructor(
+    message: string,
+    readonly pid: number | undefined,
+  ) {
+    super(message);
+  }
+}
+
+/**
+ * DuckDB's lock error ("Could not set lock on file ...: Conflicting lock is held in ... (PID n)") as
+ * what it means here: another process owns this data directory. Any other error is returned as it is.
+ */
+export function lockedError(path: string, err: unknown): unknown {
+  const message = err instanceof Error ? err.message : String(err);
+  if (!/Could not set lock on file/i.test(message)) return err;
+  const pid = /\(PID (\d+)\)/.exec(message)?.[1];
+  return new DatabaseLocked(
+    `the fleet database ${path} is open in another process${pid ? ` (PID ${pid})` : ''}: one process owns a data ` +
+      'directory (the worker that runs its activities, or a command run beside it). Stop that process, run ' +
+      'this command where it runs, or give this one its own FLEETGATE_DATA_DIR (with its own task queue: ' +
+      'FLEETGATE_TASK_QUEUE)',
+    pid === undefined ? undefined : Number(pid),
+  );
+}
+
 /** Opens (creating when absent) the fleet database at `path` (':memory:' for a throwaway one). */
 export async function openFleetDatabase(path: string): Promise<FleetDatabase> {
   if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
-  const instance = await DuckDBInstance.create(path);
+  let instance: DuckDBInstance;
+  try {
+    instance = await DuckDBInstance.create(path);
+  } catch (err) {
+    throw lockedError(path, err);
+  }
   const connection = await instance.connect();
   await transaction(connection, async () => {
     await connection.run(SCHEMA);

@@ -444,7 +444,8 @@ export function validateBatch<K extends RecordKind>(
     for (const p of list)
       if (problems.length < MAX_PROBLEMS) problems.push({ [where]: positions?.[i] ?? i + 1, ...p });
   };
-  const firsts = new Map<string, { i: number; json: string }>();
+  // The first record of each key, stringified only when its key comes again.
+  const firsts = new Map<string, { i: number; data: unknown }>();
   raw.forEach((input, i) => {
     const r = schema.safeParse(input);
     if (!r.success) return add(i, problemsOf(r.error, input));
@@ -457,10 +458,9 @@ export function validateBatch<K extends RecordKind>(
       ]);
     }
     const key = recordKey(kind, r.data);
-    const json = JSON.stringify(r.data);
     const first = firsts.get(key);
-    if (first === undefined) firsts.set(key, { i, json });
-    else if (first.json !== json) {
+    if (first === undefined) firsts.set(key, { i, data: r.data });
+    else if (JSON.stringify(first.data) !== JSON.stringify(r.data)) {
       const at = `${where} ${positions?.[first.i] ?? first.i + 1}`;
       if (kind === 'upload') {
         return add(i, [

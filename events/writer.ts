@@ -302,12 +302,18 @@ export class EventWriter {
       }
       let late = 0;
       if (kind === 'inference') {
-        const rows = await conn.runAndReadAll(
-          `SELECT count(*)::INTEGER AS n FROM ${stage} s JOIN ${WATERMARKS_TABLE} w USING (fleet, cohort)
-           WHERE s."at" < w.watermark_ms AND NOT EXISTS
-             (SELECT 1 FROM ${table} t WHERE t.fleet = s.fleet AND t.event_id = s.event_id)`,
-        );
-        late = rows.getRowObjectsJS()[0]!.n as number;
+        // Late: below the watermark and new. The stored rows are looked at only for the staged rows
+        // below the watermark (none, for a producer that sends its windows in order).
+        const below = `SELECT s.fleet, s.event_id FROM ${stage} s JOIN ${WATERMARKS_TABLE} w USING (fleet, cohort)
+           WHERE s."at" < w.watermark_ms`;
+        const candidates = await conn.runAndReadAll(`SELECT count(*)::INTEGER AS n FROM (${below})`);
+        if ((candidates.getRowObjectsJS()[0]!.n as number) > 0) {
+          const rows = await conn.runAndReadAll(
+            `SELECT count(*)::INTEGER AS n FROM (${below}) s WHERE NOT EXISTS
+               (SELECT 1 FROM ${table} t WHERE t.fleet = s.fleet AND t.event_id = s.event_id)`,
+          );
+          late = rows.getRowObjectsJS()[0]!.n as number;
+        }
       }
       const store = this.options.store;
       const date = ingestionDate(now);
