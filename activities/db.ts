@@ -40,6 +40,8 @@ export interface FleetDatabase {
  * ingested records themselves (events/writer.ts: ingested_inference, ingested_labels, ingested_outcomes,
  * ingested_uploads, ingest_watermarks) live in the same file.
  *
+ * events has no key index (one costs per row in every batch and commit): a batch inserts only events no
+ * earlier batch took (activities/telemetry.ts), and a simulated service's batch is written once.
  * events.safety_candidate / safety_production: the frame's true class was the critical one and that
  * model missed it (NULL where the model did not run); known on the vehicle at once (a takeover), not
  * through labels. events.exposure_h: the vehicle-hours one event stands for (1 / eventsPerVehicleHour).
@@ -105,7 +107,7 @@ CREATE TABLE IF NOT EXISTS batch_reads (
   ingested_max_ms BIGINT
 );
 CREATE TABLE IF NOT EXISTS events (
-  event_id VARCHAR PRIMARY KEY,
+  event_id VARCHAR NOT NULL,
   rollout_id VARCHAR NOT NULL,
   batch_id VARCHAR NOT NULL,
   phase VARCHAR NOT NULL CHECK (phase IN ('shadow', 'canary')),

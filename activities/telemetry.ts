@@ -69,7 +69,7 @@ const LATE_MARGIN_MS = 10 * 60_000;
  * The ingested records a batch may take: the rollout's, of its phase and cohorts, with `at` in the window,
  * or before it and ingested since the previous batch read (less a margin: `since`); `ok` says whether
  * the model that acted (canary candidate) or ran in shadow is the candidate. Rows already taken are
- * skipped by the insert (the analysis tables key events by id).
+ * skipped by the insert (`insertSql`).
  */
 function pendingSql(w: WindowRead, since: number | null): string {
   const ok =
@@ -83,8 +83,13 @@ function pendingSql(w: WindowRead, since: number | null): string {
       AND (i."at" >= ${BigInt(w.fromMs)} OR ${late})`;
 }
 
-/** The analysis row of an ingested event: shadow events carry both models; canary ones the acting one's. */
-function insertSql(w: WindowRead, since: number | null): string {
+/**
+ * The analysis row of an ingested event: shadow events carry both models; canary ones the acting one's.
+ * Events an earlier batch of the rollout's phase took are left out: only those at or after `lowMs` (the
+ * earliest pending event) are looked at, which is none unless late events are pending (a batch's window
+ * begins where the previous one's ended).
+ */
+function insertSql(w: WindowRead, since: number | null, lowMs: number): string {
   const acting = (col: string, arm: 'candidate' | 'production') =>
     w.phase === 'shadow'
       ? arm === 'production'
@@ -101,8 +106,10 @@ function insertSql(w: WindowRead, since: number | null): string {
       ${acting('latency_ms', 'candidate')}, ${acting('latency_ms', 'production')},
       ${acting('safety', 'candidate')}, ${acting('safety', 'production')},
       exposure_hours, 1 / upload_inclusion_probability, false
-    FROM (${pendingSql(w, since)}) i WHERE ok
-    ON CONFLICT DO NOTHING`;
+    FROM (${pendingSql(w, since)}) i
+    WHERE ok AND i.fleet || ':' || i.event_id NOT IN (
+      SELECT event_id FROM events WHERE rollout_id = ${lit(w.rolloutId)} AND phase = ${lit(w.phase)}
+        AND ts_ms >= ${BigInt(Math.floor(lowMs))} AND ts_ms < ${BigInt(w.toMs)})`;
 }
 
 /**
@@ -129,11 +136,15 @@ export async function readWindow(
     const since = previous?.m === null || previous?.m === undefined ? null : num(previous.m) - LATE_MARGIN_MS;
     const [seen] = await rows(
       conn,
-      `SELECT count(*) FILTER (WHERE NOT ok AND "at" >= ?) AS mismatched, max(ingested_at_ms) AS ingested
+      `SELECT count(*) FILTER (WHERE NOT ok AND "at" >= ?) AS mismatched, max(ingested_at_ms) AS ingested,
+              min("at") AS low
        FROM (${pendingSql(w, since)})`,
       [w.fromMs],
     );
-    const total = await exec(conn, insertSql(w, since));
+    const total =
+      seen?.low === null || seen?.low === undefined
+        ? 0
+        : await exec(conn, insertSql(w, since, num(seen.low)));
     const [late] = await rows(conn, `SELECT count(*) AS n FROM events WHERE batch_id = ? AND ts_ms < ?`, [
       w.batchId,
       w.fromMs,
@@ -166,7 +177,7 @@ export async function readWindow(
       fromMs: w.fromMs,
       toMs: w.toMs,
     });
-    await requestLabelsFor(conn, w);
+    const requests = await requestLabelsFor(conn, w);
     await exec(conn, `INSERT INTO batches (batch_id, rollout_id, phase, events) VALUES (?, ?, ?, ?)`, [
       w.batchId,
       w.rolloutId,
@@ -181,16 +192,17 @@ export async function readWindow(
         late: num(late?.n),
         mismatched: num(seen?.mismatched),
       },
-      requests: await requestsOf(conn, w),
+      requests,
     };
   });
 }
 
 /**
  * The label requests of the batch's events: tiers in a fixed order (cohort, time, id), the seeded sample
- * drawn in that order, then the daily budget.
+ * drawn in that order, then the daily budget. Answers them as the labelers know the events (by the
+ * producer's id), in id order.
  */
-async function requestLabelsFor(conn: DuckDBConnection, w: WindowRead): Promise<void> {
+async function requestLabelsFor(conn: DuckDBConnection, w: WindowRead): Promise<LabelRequestOut[]> {
   const [ids, ts, pc, pp, cc, cp, sc, sp] = await columns(
     conn,
     `SELECT event_id, ts_ms, pred_candidate, pred_production, conf_candidate, conf_production,
@@ -199,7 +211,7 @@ async function requestLabelsFor(conn: DuckDBConnection, w: WindowRead): Promise<
     [w.batchId],
   );
   const n = ids!.length;
-  if (n === 0) return;
+  if (n === 0) return [];
   const tiers = new Uint8Array(n).fill(NO_TIER);
   const at = new Float64Array(n);
   const sample = makeRng(`${w.seed}|${w.batchId}|sample`);
@@ -229,11 +241,15 @@ async function requestLabelsFor(conn: DuckDBConnection, w: WindowRead): Promise<
     tiers,
     at,
   );
+  const prefix = `${w.fleet}:`;
+  const made: LabelRequestOut[] = [];
   const a = await conn.createAppender('label_requests');
   try {
     for (let i = 0; i < n; i++) {
       if (!plan.keep[i]) continue;
-      a.appendVarchar(String(ids![i]));
+      const id = String(ids![i]);
+      made.push({ eventId: id.slice(prefix.length), requestedAtMs: at[i]!, reason: LABEL_TIERS[tiers[i]!]! });
+      a.appendVarchar(id);
       a.appendVarchar(w.rolloutId);
       a.appendBigInt(BigInt(at[i]!));
       a.appendVarchar(LABEL_TIERS[tiers[i]!]!);
@@ -243,9 +259,10 @@ async function requestLabelsFor(conn: DuckDBConnection, w: WindowRead): Promise<
   } finally {
     a.closeSync();
   }
+  return made.sort((x, y) => (x.eventId < y.eventId ? -1 : x.eventId > y.eventId ? 1 : 0));
 }
 
-/** The batch's label requests, as the labelers know the events: by the producer's id. */
+/** The label requests of a batch read earlier (asked again), as the labelers know the events: by the producer's id. */
 async function requestsOf(conn: DuckDBConnection, w: WindowRead): Promise<LabelRequestOut[]> {
   const prefix = `${w.fleet}:`;
   const found = await rows(

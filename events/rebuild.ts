@@ -10,8 +10,7 @@
  * partitions (a batch whose commit crashed after its partition was stored, then re-sent; or a compaction
  * that stopped before deleting the small files) keeps the row with the latest `ingested_at_ms`, ties
  * going to the first partition in key order: that is the row the database committed, since a committed
- * key is a duplicate before any later partition is written. The insert still says `ON CONFLICT DO
- * NOTHING`. Watermarks: the greatest per fleet and cohort, with the time it was last raised.
+ * key is a duplicate before any later partition is written. Watermarks: the greatest per fleet and cohort, with the time it was last raised.
  *
  * Prune: partitions of ingestion dates before a day are deleted from the store first, then their rows
  * from the database; a crash in between is finished by running it again, and a rebuild never brings
@@ -173,7 +172,7 @@ export async function rebuildFromStore(
                 .map((c) => `"${c}"`)
                 .join(', ');
               const r = await conn.run(
-                `INSERT INTO ${TABLES[kind].table} (${cols}) ${recordRowsSql(kind, files)} ON CONFLICT DO NOTHING`,
+                `INSERT INTO ${TABLES[kind].table} (${cols}) ${recordRowsSql(kind, files)}`,
               );
               result.rows[kind] = r.rowsChanged;
             }

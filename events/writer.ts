@@ -111,6 +111,25 @@ interface Column {
   get: (fleet: string, r: Record<string, unknown>, now: number) => unknown;
 }
 
+/** Reads a (possibly nested) field of a record, null where absent; one closure per depth (a batch calls it per row). */
+function fieldOf(path: readonly string[]): Column['get'] {
+  type R = Record<string, unknown> | null | undefined;
+  const [a, b, ...rest] = path as [string, string | undefined, ...string[]];
+  if (b === undefined) return (_f, r) => r[a] ?? null;
+  if (rest.length === 0) {
+    return (_f, r) => {
+      const o = r[a];
+      return o !== null && typeof o === 'object' ? ((o as R)![b] ?? null) : null;
+    };
+  }
+  return (_f, r) => {
+    let v: unknown = r;
+    for (const k of path)
+      v = v !== null && typeof v === 'object' ? (v as Record<string, unknown>)[k] : undefined;
+    return v ?? null;
+  };
+}
+
 /** The table's columns (names quoted in SQL: `at` is a keyword): `fleet` (from the URL where the record has none), the record's, ingested_at_ms. */
 function columnsOf(kind: RecordKind): Column[] {
   const record = parquetColumnsOf(kind);
@@ -123,12 +142,7 @@ function columnsOf(kind: RecordKind): Column[] {
       name: c.name,
       type: c.type,
       nullable: c.nullable,
-      get: (_f, r) => {
-        let v: unknown = r;
-        for (const k of c.field)
-          v = v !== null && typeof v === 'object' ? (v as Record<string, unknown>)[k] : undefined;
-        return v ?? null;
-      },
+      get: fieldOf(c.field),
     });
   }
   cols.push({ name: 'ingested_at_ms', type: 'BIGINT', nullable: false, get: (_f, _r, now) => now });
@@ -144,18 +158,34 @@ export function columnNamesOf(kind: RecordKind): string[] {
   return COLUMNS[kind].map((c) => c.name);
 }
 
-/** The staged rows of a kind whose key is not stored yet, in key order. */
-function newRowsSql(kind: RecordKind): string {
+/**
+ * The staged rows of a kind whose key is not stored yet, in key order. The tables have no key index (an
+ * index costs per row, in every insert and commit): the stored keys that the batch repeats are found by a
+ * semi-join whose hash table is the batch's (the stored table is only scanned, its key columns), then
+ * left out by an anti-join on those few.
+ */
+function newRowsSql(kind: RecordKind, order = true): string {
   const { table, key } = TABLES[kind];
-  return `SELECT s.* FROM stage_${kind} s WHERE NOT EXISTS
-    (SELECT 1 FROM ${table} t WHERE ${key.map((k) => `t.${k} = s.${k}`).join(' AND ')})
-    ORDER BY ${key.map((k) => `s.${k}`).join(', ')}`;
+  const using = key.map((k) => `"${k}"`).join(', ');
+  return `WITH stored AS MATERIALIZED (
+      SELECT ${key.map((k) => `t."${k}"`).join(', ')} FROM ${table} t SEMI JOIN stage_${kind} s USING (${using})
+    )
+    SELECT s.* FROM stage_${kind} s ANTI JOIN stored USING (${using})${
+      order
+        ? `
+    ORDER BY ${key.map((k) => `s."${k}"`).join(', ')}`
+        : ''
+    }`;
 }
 
+/**
+ * A kind's table. No primary key: the writer is the only one that inserts (one process holds the
+ * database; its batches run one at a time) and it inserts only new keys (`newRowsSql`).
+ */
 function tableSql(kind: RecordKind): string {
-  const { table, key } = TABLES[kind];
+  const { table } = TABLES[kind];
   const cols = COLUMNS[kind].map((c) => `  "${c.name}" ${c.type}${c.nullable ? '' : ' NOT NULL'}`);
-  return `CREATE TABLE IF NOT EXISTS ${table} (\n${cols.join(',\n')},\n  PRIMARY KEY (${key.join(', ')})\n);
+  return `CREATE TABLE IF NOT EXISTS ${table} (\n${cols.join(',\n')}\n);
 CREATE TEMP TABLE IF NOT EXISTS stage_${kind} AS SELECT * FROM ${table} LIMIT 0;`;
 }
 
@@ -327,8 +357,8 @@ export class EventWriter {
         const candidates = await conn.runAndReadAll(`SELECT count(*)::INTEGER AS n FROM (${below})`);
         if ((candidates.getRowObjectsJS()[0]!.n as number) > 0) {
           const rows = await conn.runAndReadAll(
-            `SELECT count(*)::INTEGER AS n FROM (${below}) s WHERE NOT EXISTS
-               (SELECT 1 FROM ${table} t WHERE t.fleet = s.fleet AND t.event_id = s.event_id)`,
+            `SELECT count(*)::INTEGER AS n FROM (${below}) s
+             WHERE s.event_id IN (SELECT event_id FROM (${newRowsSql(kind, false)}))`,
           );
           late = rows.getRowObjectsJS()[0]!.n as number;
         }
@@ -360,7 +390,7 @@ export class EventWriter {
           }
         }
       }
-      const inserted = await conn.run(`INSERT INTO ${table} SELECT * FROM ${stage} ON CONFLICT DO NOTHING`);
+      const inserted = await conn.run(`INSERT INTO ${table} ${newRowsSql(kind, false)}`);
       const accepted = inserted.rowsChanged;
       let watermark: Record<string, number | null> | null = null;
       if (kind === 'inference') {
