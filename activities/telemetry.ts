@@ -141,14 +141,17 @@ export async function readWindow(
        FROM (${pendingSql(w, since)})`,
       [w.fromMs],
     );
-    const total =
-      seen?.low === null || seen?.low === undefined
-        ? 0
-        : await exec(conn, insertSql(w, since, num(seen.low)));
-    const [late] = await rows(conn, `SELECT count(*) AS n FROM events WHERE batch_id = ? AND ts_ms < ?`, [
-      w.batchId,
-      w.fromMs,
-    ]);
+    // The batch's events are at or after `low` (its earliest: below fromMs when it took late events); the
+    // reads of its events bound their times too, so that DuckDB skips the row groups of other batches.
+    const low = seen?.low === null || seen?.low === undefined ? null : Math.min(num(seen.low), w.fromMs);
+    const total = low === null ? 0 : await exec(conn, insertSql(w, since, low));
+    const span = { batchId: w.batchId, rolloutId: w.rolloutId, fromMs: low ?? w.fromMs, toMs: w.toMs };
+    const [late] = await rows(
+      conn,
+      `SELECT count(*) AS n FROM events
+       WHERE batch_id = ? AND rollout_id = ? AND ts_ms >= ? AND ts_ms < ?`,
+      [w.batchId, w.rolloutId, span.fromMs, w.fromMs],
+    );
     await exec(conn, `INSERT INTO batch_reads VALUES (?, ?, ?, ?)`, [
       w.batchId,
       w.rolloutId,
@@ -170,14 +173,8 @@ export async function readWindow(
         [w.batchId, w.toMs, w.fleet, w.rolloutId, w.fromMs, w.toMs],
       );
     }
-    await recordBatchStats(conn, {
-      batchId: w.batchId,
-      rolloutId: w.rolloutId,
-      phase: w.phase,
-      fromMs: w.fromMs,
-      toMs: w.toMs,
-    });
-    const requests = await requestLabelsFor(conn, w);
+    await recordBatchStats(conn, { ...span, phase: w.phase });
+    const requests = await requestLabelsFor(conn, w, span.fromMs);
     await exec(conn, `INSERT INTO batches (batch_id, rollout_id, phase, events) VALUES (?, ?, ?, ?)`, [
       w.batchId,
       w.rolloutId,
@@ -202,13 +199,18 @@ export async function readWindow(
  * drawn in that order, then the daily budget. Answers them as the labelers know the events (by the
  * producer's id), in id order.
  */
-async function requestLabelsFor(conn: DuckDBConnection, w: WindowRead): Promise<LabelRequestOut[]> {
+async function requestLabelsFor(
+  conn: DuckDBConnection,
+  w: WindowRead,
+  lowMs: number,
+): Promise<LabelRequestOut[]> {
   const [ids, ts, pc, pp, cc, cp, sc, sp] = await columns(
     conn,
     `SELECT event_id, ts_ms, pred_candidate, pred_production, conf_candidate, conf_production,
             safety_candidate, safety_production
-     FROM events WHERE batch_id = ? ORDER BY cohort, ts_ms, event_id`,
-    [w.batchId],
+     FROM events WHERE batch_id = ? AND rollout_id = ? AND ts_ms >= ? AND ts_ms < ?
+     ORDER BY cohort, ts_ms, event_id`,
+    [w.batchId, w.rolloutId, lowMs, w.toMs],
   );
   const n = ids!.length;
   if (n === 0) return [];

@@ -349,16 +349,24 @@ export class EventWriter {
         appender.closeSync();
       }
       let late = 0;
+      // The stored watermarks of the fleet, read once: late rows are found here (the stored rows are
+      // looked at only when some staged row is below its cohort's watermark: none, for a producer that
+      // sends its windows in order), and the batch's answer is computed from them.
+      const stored = new Map<string, number>();
       if (kind === 'inference') {
-        // Late: below the watermark and new. The stored rows are looked at only for the staged rows
-        // below the watermark (none, for a producer that sends its windows in order).
-        const below = `SELECT s.fleet, s.event_id FROM ${stage} s JOIN ${WATERMARKS_TABLE} w USING (fleet, cohort)
-           WHERE s."at" < w.watermark_ms`;
-        const candidates = await conn.runAndReadAll(`SELECT count(*)::INTEGER AS n FROM (${below})`);
-        if ((candidates.getRowObjectsJS()[0]!.n as number) > 0) {
+        const wm = await conn.runAndReadAll(
+          `SELECT cohort, watermark_ms FROM ${WATERMARKS_TABLE} WHERE fleet = $fleet`,
+          { fleet },
+        );
+        for (const r of wm.getRowObjectsJS()) stored.set(r.cohort as string, Number(r.watermark_ms));
+        const below = fresh.some((r) => {
+          const e = r as unknown as Inference;
+          return e.at < (stored.get(e.cohort) ?? -Infinity);
+        });
+        if (below) {
           const rows = await conn.runAndReadAll(
-            `SELECT count(*)::INTEGER AS n FROM (${below}) s
-             WHERE s.event_id IN (SELECT event_id FROM (${newRowsSql(kind, false)}))`,
+            `SELECT count(*)::INTEGER AS n FROM (${newRowsSql(kind, false)}) s
+             JOIN ${WATERMARKS_TABLE} w USING (fleet, cohort) WHERE s."at" < w.watermark_ms`,
           );
           late = rows.getRowObjectsJS()[0]!.n as number;
         }
@@ -405,11 +413,9 @@ export class EventWriter {
             { fleet, w: BigInt(watermarkMs), now: BigInt(now) },
           );
         }
-        const wm = await conn.runAndReadAll(
-          `SELECT cohort, watermark_ms FROM ${WATERMARKS_TABLE} WHERE fleet = $fleet`,
-          { fleet },
-        );
-        const stored = new Map(wm.getRowObjectsJS().map((r) => [r.cohort as string, Number(r.watermark_ms)]));
+        if (watermarkMs !== undefined) {
+          for (const c of cohorts) stored.set(c, Math.max(stored.get(c) ?? -Infinity, watermarkMs));
+        }
         watermark = Object.fromEntries(cohorts.map((c) => [c, stored.get(c) ?? null]));
       }
       await this.options.beforeCommit?.();
