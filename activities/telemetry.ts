@@ -206,8 +206,13 @@ async function requestLabelsFor(
 ): Promise<LabelRequestOut[]> {
   const [ids, ts, pc, pp, cc, cp, sc, sp] = await columns(
     conn,
-    `SELECT event_id, ts_ms, pred_candidate, pred_production, conf_candidate, conf_production,
-            safety_candidate, safety_production
+    // A canary event's tier is the sample's draw alone: its outputs are not read.
+    `SELECT event_id, ts_ms${
+      w.phase === 'shadow'
+        ? `, pred_candidate, pred_production, conf_candidate, conf_production,
+            safety_candidate, safety_production`
+        : ''
+    }
      FROM events WHERE batch_id = ? AND rollout_id = ? AND ts_ms >= ? AND ts_ms < ?
      ORDER BY cohort, ts_ms, event_id`,
     [w.batchId, w.rolloutId, lowMs, w.toMs],
