@@ -112,6 +112,8 @@ export interface Config {
   store: StoreConfig;
   /** The ingestion endpoint the worker serves (FLEETGATE_INGEST_PORT); absent: none. */
   ingest?: { host: string; port: number };
+  /** The landing zone the worker reads into its fleet database (FLEETGATE_LANDING); absent: none. */
+  landing?: LandingConfig;
 }
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
@@ -126,7 +128,33 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     ota: loadOtaConfig(env),
     store: loadStoreConfig(env),
     ...(loadIngestConfig(env) ? { ingest: loadIngestConfig(env)! } : {}),
+    ...(loadLandingConfig(env) ? { landing: loadLandingConfig(env)! } : {}),
   };
+}
+
+/** Where the worker reads a landing zone from, and how often. */
+export interface LandingConfig {
+  /** A key prefix of the store of FLEETGATE_STORE ("" for all of it), or s3://BUCKET/PREFIX. */
+  location: string;
+  everyMs: number;
+}
+
+/**
+ * FLEETGATE_LANDING (and FLEETGATE_LANDING_EVERY, default 5s, from 100ms to 1h): the worker reads the files
+ * that streams put in the landing zone (docs/events.md, "Landing zone") into its fleet database, as
+ * `fleetgate events pull` does into its own. Unset or empty: it does not.
+ */
+export function loadLandingConfig(env: NodeJS.ProcessEnv = process.env): LandingConfig | undefined {
+  const location = env.FLEETGATE_LANDING ?? '';
+  if (location === '') return undefined;
+  const raw = env.FLEETGATE_LANDING_EVERY || '5s';
+  const everyMs = parseDuration(raw);
+  if (everyMs === undefined || !(everyMs >= 100 && everyMs <= 3_600_000)) {
+    throw new Error(
+      `FLEETGATE_LANDING_EVERY must be a duration from 100ms to 1h, such as "5s" or "1m" (got "${raw}")`,
+    );
+  }
+  return { location: location.replace(/\/+$/, ''), everyMs };
 }
 
 /**

@@ -9,6 +9,7 @@ import { createFleetgateWorker, openServices } from './worker';
 import { endpointFromEnv } from '../serve/tracing';
 import { workerTracingOptions } from './tracing';
 import { startIngestServer, type IngestServer } from '../events/ingest-server';
+import { startLandingLoop, type LandingLoop } from './landing';
 
 export async function runWorker(): Promise<void> {
   const config = loadConfig();
@@ -66,10 +67,34 @@ export async function runWorker(): Promise<void> {
     }
     console.error(`fleetgate worker: ingestion endpoint on ${ingest.url} (docs/events.md)`);
   }
+  // The landing zone, read into the same database.
+  let landing: LandingLoop | undefined;
+  if (config.landing) {
+    try {
+      landing = await startLandingLoop({
+        writer: services.writer,
+        config: config.landing,
+        store: config.store,
+        dataDir: config.dataDir,
+        log: (line) => console.error(`fleetgate worker: ${line}`),
+      });
+    } catch (err) {
+      await ingest?.close();
+      await agent?.stop();
+      await tracing?.shutdown();
+      await connection.close();
+      await services.close();
+      throw err;
+    }
+    console.error(
+      `fleetgate worker: reading the landing zone ${config.landing.location || '(the whole store)'} every ${config.landing.everyMs} ms`,
+    );
+  }
   try {
     // Rejects with a TaskQueueOwnerError when another data store shows up on the task queue.
     await worker.run();
   } finally {
+    await landing?.stop();
     await ingest?.close();
     await agent?.stop();
     await tracing?.shutdown();

@@ -18,6 +18,17 @@ import { startIngestServer, tokenVariable, type IngestServer } from '../../event
 import { labelRequestPrefix } from '../../activities/label-queue';
 import { num, rows } from '../../activities/db';
 import type { WindowResult } from '../../activities/telemetry';
+import { gzipSync } from 'node:zlib';
+import { CreateBucketCommand } from '@aws-sdk/client-s3';
+import { startMoto } from '../moto';
+import {
+  createS3Client,
+  loadLandingConfig,
+  loadStoreConfig,
+  openObjectStore,
+  type S3StoreConfig,
+} from '../../workers/config';
+import { startLandingLoop } from '../../workers/landing';
 
 const ROOT = join(__dirname, '..', '..');
 const FLEET = 'testfleet';
@@ -201,5 +212,65 @@ describe('a rollout reads what the fleet sent (FLEETGATE_TELEMETRY=ingested)', (
     const after = await acts.labelCoverage({ rolloutId: 'ing-1', asOfMs: labelAt });
     assert.equal(after.labeled, requested.length);
     assert.equal(after.requested, requested.length);
+  });
+
+  test("files a stream puts in an S3 landing zone are read by the worker's loop and taken by the next batch", async () => {
+    const moto = await startMoto();
+    const env = {
+      FLEETGATE_S3_ENDPOINT: moto.endpoint,
+      AWS_REGION: 'eu-west-1',
+      AWS_ACCESS_KEY_ID: 'test',
+      AWS_SECRET_ACCESS_KEY: 'test',
+    };
+    const bucket = 'fleet-stream';
+    const config = loadStoreConfig({ ...env, FLEETGATE_STORE: `s3://${bucket}/firehose` }) as S3StoreConfig;
+    const admin = createS3Client(config);
+    const lines: string[] = [];
+    const loop = await startLandingLoop({
+      writer: world.services.writer,
+      config: loadLandingConfig({
+        FLEETGATE_LANDING: `s3://${bucket}/firehose/`,
+        FLEETGATE_LANDING_EVERY: '200ms',
+      })!,
+      store: loadStoreConfig({}),
+      dataDir: dir,
+      log: (line) => lines.push(line),
+      env,
+    });
+    try {
+      await admin.send(
+        new CreateBucketCommand({
+          Bucket: bucket,
+          CreateBucketConfiguration: { LocationConstraint: 'eu-west-1' },
+        }),
+      );
+      const zone = openObjectStore(config, dir);
+      const from = T + 10 * HOUR;
+      // What a Firehose stream writes: gzipped NDJSON under the fleet's events/ and the event's UTC hour.
+      const records = Array.from({ length: 60 }, (_, i) =>
+        event(`z${i}`, from + i * 1000, { prediction: i % 3 }),
+      );
+      const body = gzipSync(Buffer.from(records.map((r) => JSON.stringify(r)).join('\n') + '\n'));
+      await zone.putIfAbsent(`${FLEET}/events/2026/03/01/10/part-0001.ndjson.gz`, body);
+      // The same file delivered twice (a stream's retry): nothing counts twice.
+      await zone.putIfAbsent(`${FLEET}/events/2026/03/01/10/part-0001-retry.ndjson.gz`, body);
+      (zone as { close?: () => void }).close?.();
+      for (let i = 0; ; i++) {
+        const [r] = await world.services.writer.read(
+          `SELECT count(*)::INTEGER AS n FROM ingested_inference WHERE fleet = $f AND event_id LIKE 'z%'`,
+          { f: FLEET },
+        );
+        if (r!.n === 60 && lines.length >= 1) break;
+        assert.ok(i < 150, `the loop read ${String(r!.n)} of 60 records: ${lines.join(' | ')}`);
+        await new Promise((res) => setTimeout(res, 100));
+      }
+      const batch = await canary(['hw3/eu'], from, from + HOUR);
+      assert.equal(batch.events, 60);
+      assert.match(lines.join('\n'), /file\(s\) read/);
+    } finally {
+      await loop.stop();
+      admin.destroy();
+      await moto.stop();
+    }
   });
 });
