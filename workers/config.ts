@@ -114,6 +114,29 @@ export interface Config {
   ingest?: { host: string; port: number };
   /** The landing zone the worker reads into its fleet database (FLEETGATE_LANDING); absent: none. */
   landing?: LandingConfig;
+  /** What the worker serves (FLEETGATE_WORKER_ROLE). */
+  role: WorkerRole;
+}
+
+/**
+ * What a `fleetgate worker` serves: `all` (the workflows and every activity, owning its data directory),
+ * `workflows` (the workflows only: it opens no data directory, so any number of them can serve a task
+ * queue beside the one that owns the data), or `activities` (every activity, owning its data directory,
+ * and no workflow).
+ */
+export type WorkerRole = 'all' | 'workflows' | 'activities';
+export const WORKER_ROLES: readonly WorkerRole[] = ['all', 'workflows', 'activities'];
+
+/** FLEETGATE_WORKER_ROLE, default `all`. */
+export function loadWorkerRole(env: NodeJS.ProcessEnv = process.env): WorkerRole {
+  const raw = env.FLEETGATE_WORKER_ROLE || 'all';
+  if (!(WORKER_ROLES as readonly string[]).includes(raw)) {
+    throw new Error(
+      `FLEETGATE_WORKER_ROLE must be ${WORKER_ROLES.map((r) => `"${r}"`).join(', ')} (got "${raw.slice(0, 40)}"): ` +
+        '"workflows" serves the workflows only and opens no data directory; "activities" the activities only',
+    );
+  }
+  return raw as WorkerRole;
 }
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
@@ -129,6 +152,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     store: loadStoreConfig(env),
     ...(loadIngestConfig(env) ? { ingest: loadIngestConfig(env)! } : {}),
     ...(loadLandingConfig(env) ? { landing: loadLandingConfig(env)! } : {}),
+    role: loadWorkerRole(env),
   };
 }
 

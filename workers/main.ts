@@ -3,9 +3,9 @@
  * the environment (see workers/config.ts). Stops cleanly on SIGINT/SIGTERM.
  */
 import { NativeConnection } from '@temporalio/worker';
-import { connectionOptions, loadConfig } from './config';
+import { connectionOptions, loadConfig, type Config } from './config';
 import { IotDeviceAgent, startAgentLoop } from '../sim/iot-agent';
-import { createFleetgateWorker, openServices } from './worker';
+import { createFleetgateWorker, createWorkflowWorker, openServices } from './worker';
 import { endpointFromEnv } from '../serve/tracing';
 import { workerTracingOptions } from './tracing';
 import { startIngestServer, type IngestServer } from '../events/ingest-server';
@@ -13,6 +13,7 @@ import { startLandingLoop, type LandingLoop } from './landing';
 
 export async function runWorker(): Promise<void> {
   const config = loadConfig();
+  if (config.role === 'workflows') return runWorkflowWorker(config);
   const services = await openServices(config.dataDir, config.root);
   const connection = await NativeConnection.connect(connectionOptions(config));
   // Traces of the workflows and activities, when an OTLP endpoint is configured.
@@ -27,6 +28,7 @@ export async function runWorker(): Promise<void> {
       taskQueue: config.taskQueue,
       services,
       tracing: tracing?.options,
+      workflows: config.role === 'all',
     });
   } catch (err) {
     await tracing?.shutdown();
@@ -36,7 +38,7 @@ export async function runWorker(): Promise<void> {
   }
   console.error(
     `fleetgate worker: task queue "${config.taskQueue}" on ${connectionOptions(config).address}, data in ${config.dataDir}, ` +
-      `identity ${worker.options.identity}`,
+      `identity ${worker.options.identity}${config.role === 'activities' ? ', activities only' : ''}`,
   );
   const ota = config.ota;
   const agent =
@@ -108,4 +110,27 @@ if (require.main === module) {
     console.error(err);
     process.exit(1);
   });
+}
+
+/** FLEETGATE_WORKER_ROLE=workflows: the workflows of the task queue, no activity and no data directory. */
+async function runWorkflowWorker(config: Config): Promise<void> {
+  const connection = await NativeConnection.connect(connectionOptions(config));
+  const endpoint = endpointFromEnv();
+  const tracing = endpoint ? await workerTracingOptions(endpoint, 'fleetgate-worker') : undefined;
+  try {
+    const worker = await createWorkflowWorker({
+      connection,
+      namespace: config.namespace,
+      taskQueue: config.taskQueue,
+      tracing: tracing?.options,
+    });
+    console.error(
+      `fleetgate worker: task queue "${config.taskQueue}" on ${connectionOptions(config).address}, workflows only ` +
+        `(no data directory), identity ${worker.options.identity}`,
+    );
+    await worker.run();
+  } finally {
+    await tracing?.shutdown();
+    await connection.close();
+  }
 }

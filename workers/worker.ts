@@ -41,6 +41,7 @@ import { OnnxModelRunner, blobKey } from './model-runner';
 import { loadPseudonymKey } from './secrets';
 import { type TrustStore, loadTrust } from '../activities/pack';
 import { getWorkflowBundle } from './bundle';
+import { hostname } from 'node:os';
 import { heartbeating } from '../activities/heartbeat';
 import { type OwnershipOptions, taskQueueOwnership } from './ownership';
 
@@ -104,7 +105,10 @@ export async function openServices(
     } else {
       channel = new SimulatedOta(db.connection);
     }
-    writer = await EventWriter.attach(db.instance);
+    // What fleets send is also kept as Parquet partitions in the object store (events/partitions.ts), from
+    // which `fleetgate events rebuild` recreates it; the simulated fleet's records are made again from
+    // their seed, so they are not.
+    writer = await EventWriter.attach(db.instance, telemetry.kind === 'simulated' ? {} : { store });
     feed =
       telemetry.kind === 'simulated'
         ? await SimulatedFleetFeed.create({ conn: db.connection, ota: channel, runner, writer, key })
@@ -222,18 +226,48 @@ export async function createFleetgateWorker(opts: {
   tracing?: WorkerTracingOptions;
   /** The check that one data store serves the task queue (workers/ownership.ts): its timings, its env. */
   ownership?: OwnershipOptions;
+  /** Whether it also serves the workflows (default true; false: the activities only, FLEETGATE_WORKER_ROLE=activities). */
+  workflows?: boolean;
 }): Promise<Worker> {
   return Worker.create({
     connection: opts.connection,
     namespace: opts.namespace,
     taskQueue: opts.taskQueue,
-    workflowBundle:
-      opts.workflowBundle ??
-      (await getWorkflowBundle(opts.tracing ? { interceptorModules: WORKFLOW_TRACING_MODULES } : {})),
+    ...(opts.workflows === false
+      ? {}
+      : {
+          workflowBundle:
+            opts.workflowBundle ??
+            (await getWorkflowBundle(opts.tracing ? { interceptorModules: WORKFLOW_TRACING_MODULES } : {})),
+        }),
     activities: opts.activities ?? createActivities(opts.services),
     maxConcurrentActivityTaskExecutions: 4,
     ...opts.tracing,
     // Refuses the task queue (or stops polling it) when a worker with another data store serves it.
     plugins: [taskQueueOwnership(opts.services, opts.ownership)],
+  });
+}
+
+/**
+ * A worker that serves the workflows of a task queue and no activity (FLEETGATE_WORKER_ROLE=workflows):
+ * it opens no data directory and polls no activity task, so any number of them serve the rollouts of a
+ * queue beside the worker that owns the data and runs the activities. A workflow's state is its history:
+ * one that dies mid-rollout is replaced by any other. Its identity names its role, and no store.
+ */
+export async function createWorkflowWorker(opts: {
+  connection: NativeConnection;
+  namespace: string;
+  taskQueue: string;
+  tracing?: WorkerTracingOptions;
+}): Promise<Worker> {
+  return Worker.create({
+    connection: opts.connection,
+    namespace: opts.namespace,
+    taskQueue: opts.taskQueue,
+    identity: `fleetgate/${process.pid}@${hostname()} workflows`,
+    workflowBundle: await getWorkflowBundle(
+      opts.tracing ? { interceptorModules: WORKFLOW_TRACING_MODULES } : {},
+    ),
+    ...opts.tracing,
   });
 }

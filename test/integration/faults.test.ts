@@ -286,3 +286,67 @@ test('an abort sent while a delivery hangs on a dead worker cancels it: the deli
   const report = JSON.parse(readFileSync(result.reportPath!, 'utf8')) as { candidate: { digest: string } };
   assert.equal(await onCandidate(dir, report.candidate.digest), 0, 'no vehicle runs the candidate');
 });
+
+test('workflow workers on two processes serve one rollout beside the owner of the data; a second owner is refused', async () => {
+  const taskQueue = `faults-roles-${process.pid}`;
+  const dir = await dataDir('roles', taskQueue);
+  const env = envFor(dir, taskQueue);
+  const data = await startWorker({ ...env, FLEETGATE_WORKER_ROLE: 'activities' });
+  const workflows = { ...env, FLEETGATE_WORKER_ROLE: 'workflows' };
+  let first: ChildProcess | undefined;
+  let second: ChildProcess | undefined;
+  try {
+    // Another owner of the same data directory: refused with the holder's PID, not DuckDB's lock error.
+    const refused = await fleetgate(['worker'], { ...env, FLEETGATE_WORKER_ROLE: 'activities' });
+    assert.notEqual(refused.code, 0);
+    assert.match(refused.stderr, new RegExp(`open in another process \\(PID ${data.pid}\\)`));
+    assert.doesNotMatch(refused.stderr, /Could not set lock/);
+
+    first = await startWorker(workflows);
+    const id = `faults-roles-${process.pid}`;
+    const handle = await client.workflow.start('rolloutWorkflow', {
+      taskQueue,
+      workflowId: id,
+      args: [request(id, 'models/candidate-good')],
+    });
+    // The workflow worker dies once the canary has begun; another one takes the rollout over.
+    for (const deadline = Date.now() + 90_000; ;) {
+      const { raw } = await handle.describe();
+      if ((raw.pendingActivities ?? []).some((a) => a.activityType?.name === 'collectTelemetry')) break;
+      assert.ok(Date.now() < deadline, 'the canary did not begin within 90 s');
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    await kill(first);
+    second = await startWorker(workflows);
+    const result: RolloutResult = await resultWithin(handle, 150_000);
+    assert.equal(result.outcome, 'completed', result.reason);
+
+    const events = (await handle.fetchHistory()).events!;
+    const workflowIdentities = new Set(
+      events.flatMap((e) =>
+        e.workflowTaskStartedEventAttributes ? [e.workflowTaskStartedEventAttributes.identity!] : [],
+      ),
+    );
+    assert.ok(
+      [first.pid, second.pid].every((pid) =>
+        [...workflowIdentities].some((i) => i.startsWith(`fleetgate/${pid}@`)),
+      ),
+      `both workflow workers ran the rollout's workflow tasks: ${[...workflowIdentities].join(', ')}`,
+    );
+    assert.ok(
+      [...workflowIdentities].every((i) => i.endsWith(' workflows')),
+      'no other worker ran a workflow task',
+    );
+    const activityIdentities = new Set(
+      events.flatMap((e) =>
+        e.activityTaskStartedEventAttributes ? [e.activityTaskStartedEventAttributes.identity!] : [],
+      ),
+    );
+    assert.equal(activityIdentities.size, 1, [...activityIdentities].join(', '));
+    assert.match([...activityIdentities][0]!, new RegExp(`^fleetgate/${data.pid}@.* store=[0-9a-f]{12}$`));
+  } finally {
+    if (first) await kill(first);
+    if (second) await kill(second);
+    await kill(data);
+  }
+});

@@ -137,6 +137,9 @@ describe('a rollout reads what the fleet sent (FLEETGATE_TELEMETRY=ingested)', (
     assert.equal(first.events, 200);
     assert.equal(first.mismatched, 5);
     assert.equal(first.late, 0);
+    // What the fleet sent is also kept in the object store, from which a new data worker rebuilds it.
+    const kept = await world.services.store.list(`events/inference/fleet=${FLEET}/`);
+    assert.ok(kept.length >= 1 && kept.every((k) => k.endsWith('.parquet')), kept.join(', '));
     const conn = world.services.db.connection;
     const byArm = await rows(
       conn,
