@@ -217,7 +217,8 @@ async function requestLabelsFor(
      ORDER BY cohort, ts_ms, event_id`,
     [w.batchId, w.rolloutId, lowMs, w.toMs],
   );
-  const n = ids!.length;
+  // No rows, no columns: a window in which the fleet sent nothing.
+  const n = ids?.length ?? 0;
   if (n === 0) return [];
   const tiers = new Uint8Array(n).fill(NO_TIER);
   const at = new Float64Array(n);

@@ -4,6 +4,8 @@
  *
  *   1. analysis look: the DuckDB aggregation of the analysis activity vs reading every event into
  *      JavaScript and aggregating there (what a look would cost without pushing it into the database);
+ *   1b. a look after ingestion: a canary batch that reads what a fleet sent, and its look, vs the same look
+ *      on events appended in process (scripts/bench-look.ts; the issue's goal: at most 1.2x);
  *   2. inference: batched onnxruntime runs vs one run per frame;
  *   3. canary assignment: waveTargets over a large cohort vs sorting objects by an HMAC hex string;
  *   4. looks over a large log (FLEETGATE_BENCH_EVENTS, default 10 million): the first look vs one plain
@@ -54,6 +56,7 @@ import { packBench } from './bench-pack';
 import { uiBench } from './bench-ui';
 import { serveBench } from './bench-serve';
 import { ingestBench } from './bench-ingest';
+import { lookBench } from './bench-look';
 
 const ROOT = resolve(__dirname, '..');
 const FLEET = 'sim/fleets/demo.yaml';
@@ -204,6 +207,19 @@ async function main(): Promise<void> {
       subjectHeapMB: subject.heapMB,
       baselineHeapMB: baseline.heapMB,
     });
+
+    // 1b. A canary batch and its look on what a fleet sent, against the same look on events written in process.
+    results.push(
+      await lookBench({
+        services,
+        manifest: FLEET,
+        fleet: manifest.name,
+        cohorts,
+        candidateDigest,
+        productionDigest: prod.digest,
+        labelRate: manifest.labels.rate,
+      }),
+    );
 
     // 2. Inference: 20,000 frames batched vs 2,000 frames one at a time (scaled to 20,000).
     const frames = generateFrames(makeRng('bench'), 20_000, 0.3);

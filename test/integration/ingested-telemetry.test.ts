@@ -159,6 +159,13 @@ describe('a rollout reads what the fleet sent (FLEETGATE_TELEMETRY=ingested)', (
     assert.deepEqual(await canary(['hw3/eu'], T, T + HOUR), { ...first, written: false, mismatched: 0 });
   });
 
+  test('a window in which the fleet sent nothing is read as a batch of no events', async () => {
+    const empty = await canary(['hw4/us'], T + 40 * HOUR, T + 41 * HOUR);
+    assert.equal(empty.written, true);
+    assert.equal(empty.events, 0);
+    assert.equal(empty.late, 0);
+  });
+
   test('events sent after their window was read are counted, late, in the next batch', async () => {
     await send('events', [event('l0', T + 10), event('l1', T + 20), event('l2', T + 30)]);
     await send('events', [event('m0', T + HOUR + 60), event('m1', T + HOUR + 70)], T + 2 * HOUR);
