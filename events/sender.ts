@@ -2,9 +2,9 @@
  * A producer's client of the ingestion endpoint (events/ingest-server.ts, docs/events.md): sends typed
  * records of the contract `fleetgate/v1` as gzip NDJSON batches to `POST /v1/{events|labels|outcomes|
  * uploads}/{fleet}` with the fleet's bearer token, read from FLEETGATE_INGEST_TOKEN_<FLEET> (the
- * variable the server reads), and with a batch of inference events the producer's watermark
- * (`Fleetgate-Watermark`) on its last part only, so the watermark is declared once everything before it
- * was stored. It has the shape of the writer's `ingestTyped`, so a producer sends through either.
+ * variable the server reads), in parts of a few thousand records, a few in flight at once, and with a
+ * batch of inference events the producer's watermark (`Fleetgate-Watermark`) on its last part only, sent
+ * once every part before it was stored. It has the shape of the writer's `ingestTyped`, so a producer sends through either.
  *
  * What may succeed later (429, 5xx, a refused or broken connection) is sent again with backoff, after
  * Retry-After when the server gives one; a refusal (400, 401, 403, 404, 413, 415) is an error with the
@@ -25,6 +25,8 @@ const PATH_OF_KIND: Record<RecordKind, string> = {
 
 /** Records per request: well under the endpoint's default caps (100,000 records, 16 MiB unzipped). */
 export const DEFAULT_RECORDS_PER_REQUEST = 5_000;
+/** Requests in flight at once: under the endpoint's default of 4 batches being read or written. */
+export const DEFAULT_CONCURRENCY = 3;
 
 export interface IngestClientOptions {
   /** The endpoint, e.g. http://127.0.0.1:8790. */
@@ -32,6 +34,8 @@ export interface IngestClientOptions {
   /** Where the fleets' tokens are read (default process.env). */
   env?: NodeJS.ProcessEnv;
   recordsPerRequest?: number;
+  /** Requests in flight at once (default DEFAULT_CONCURRENCY). */
+  concurrency?: number;
   /** Attempts of one request before it fails (default 10). */
   attempts?: number;
   /** The first backoff, doubled per attempt up to `maxDelayMs` (defaults 250 ms and 5 s). */
@@ -90,21 +94,43 @@ export class IngestClient {
       );
     }
     const per = this.opts.recordsPerRequest ?? DEFAULT_RECORDS_PER_REQUEST;
+    const concurrency = Math.max(1, this.opts.concurrency ?? DEFAULT_CONCURRENCY);
+    const url = `${this.base}/v1/${PATH_OF_KIND[kind]}/${encodeURIComponent(fleet)}`;
     const total: WriteResult = { accepted: 0, duplicates: 0, late: 0, watermark: null };
-    for (let start = 0; start < records.length; start += per) {
-      const part = records.slice(start, start + per);
-      const last = start + per >= records.length;
-      const body = gzipSync(Buffer.from(part.map((r) => JSON.stringify(r)).join('\n') + '\n'));
-      const r = await this.post(
-        `${this.base}/v1/${PATH_OF_KIND[kind]}/${encodeURIComponent(fleet)}`,
-        token,
-        body,
-        last ? opts.watermarkMs : undefined,
-      );
+    const add = (r: WriteResult) => {
       total.accepted += r.accepted;
       total.duplicates += r.duplicates;
       total.late += r.late;
       if (r.watermark) total.watermark = { ...total.watermark, ...r.watermark };
+    };
+    // Parts in flight, at most `concurrency`; the watermark's part only once all before it are stored.
+    const inFlight: Promise<void>[] = [];
+    try {
+      for (let start = 0; start < records.length; start += per) {
+        const last = start + per >= records.length;
+        const declares = last && opts.watermarkMs !== undefined;
+        if (declares || inFlight.length >= concurrency) {
+          while (inFlight.length > (declares ? 0 : concurrency - 1)) await inFlight.shift();
+        }
+        const body = gzipSync(
+          Buffer.from(
+            records
+              .slice(start, start + per)
+              .map((r) => JSON.stringify(r))
+              .join('\n') + '\n',
+          ),
+          { level: 1 },
+        );
+        const sent = this.post(url, token, body, declares ? opts.watermarkMs : undefined).then(add);
+        // Handled here so a part that fails while an earlier one is awaited is not an unhandled
+        // rejection; awaiting it below still throws its error.
+        sent.catch(() => undefined);
+        inFlight.push(sent);
+      }
+      while (inFlight.length > 0) await inFlight.shift();
+    } finally {
+      // A part refused: the others end before the error is thrown, none of them left unawaited.
+      await Promise.allSettled(inFlight);
     }
     return total;
   }
@@ -163,9 +189,18 @@ export class IngestClient {
 /** The error the endpoint answered with (its JSON), or what can be said without it. */
 function answerError(text: string): { code: string; message: string } {
   try {
-    const e = (JSON.parse(text) as { error?: { code?: unknown; message?: unknown } }).error;
-    if (e && typeof e.code === 'string' && typeof e.message === 'string')
-      return { code: e.code, message: e.message };
+    type Answer = {
+      code?: unknown;
+      message?: unknown;
+      problems?: { line?: number; field?: string; message?: string }[];
+    };
+    const e = (JSON.parse(text) as { error?: Answer }).error;
+    if (e && typeof e.code === 'string' && typeof e.message === 'string') {
+      // A refused batch: its first problem, by line, field and fix (the endpoint never echoes an id).
+      const p = Array.isArray(e.problems) ? e.problems[0] : undefined;
+      const first = p ? ` (first: line ${p.line ?? '?'}, ${p.field ?? '?'}: ${p.message ?? '?'})` : '';
+      return { code: e.code, message: e.message + first };
+    }
   } catch {
     // Not the endpoint's JSON.
   }

@@ -149,7 +149,11 @@ export async function runSimulator(opts: SimulatorOptions): Promise<SimulatorRun
         try {
           const { window, source } = windowOfRequest(parsed.request);
           const sent = await producer.produce(window, source);
-          await store.putIfAbsent(receiptKey(k), Buffer.from(JSON.stringify({ request: k }) + '\n'));
+          // The receipt ends the batch's wait; one already there (a restart) is kept as it is.
+          const receipt = receiptKey(k);
+          if ((await store.get(receipt)) === undefined) {
+            await store.putIfAbsent(receipt, Buffer.from(JSON.stringify({ request: k }) + '\n'));
+          }
           await markDone(k);
           run.windows++;
           run.events += sent.events;
