@@ -206,8 +206,9 @@ export default tseslint.config(
   {
     files: ['cli/main.ts'],
     rules: simRules(
-      ['iot-agent'],
-      'cli/main.ts loads the simulated IoT device agent (sim/iot-agent) for `fleet init` only.',
+      ['iot-agent', 'simulator-process'],
+      'cli/main.ts loads the simulated IoT device agent (sim/iot-agent) for `fleet init` and the simulated ' +
+        'fleet as a process of its own (sim/simulator-process) for `fleet simulate` only.',
       { names: false },
     ),
   },

@@ -25,6 +25,7 @@ import { FleetManifest, Policy, RolloutRequest, formatIssues, policyWarnings } f
 import type * as ServiceSchemaModule from '../policies/service-schema';
 import { formatManifestIssues, manifestKindProblem } from '../policies/manifest-errors';
 import { planRollout, type RolloutPlan } from '../policies/planning';
+import { parseDuration } from '../policies/duration';
 import {
   abortUpdate,
   approveUpdate,
@@ -58,6 +59,7 @@ import type * as DriftActivitiesModule from '../activities/drift';
 import type * as ManifestModule from '../fleet/manifest';
 import type * as ServiceActivitiesModule from '../activities/service';
 import type * as IotAgentModule from '../sim/iot-agent';
+import type * as SimulatorProcessModule from '../sim/simulator-process';
 import type * as SimulateModule from './simulate';
 import type * as ScenarioModule from '../policies/scenario';
 import type * as ModelModule from './model';
@@ -115,6 +117,7 @@ Usage: fleetgate <command> [options]      (fleetgate <command> --help for detail
   worker                      run a worker (workflows and activities)
   server                      run a local Temporal dev server with the data directory's history
   fleet init                  register production and create the simulated fleet (idempotent)
+  fleet simulate              the simulated fleet as a process of its own, sending to an ingestion endpoint
   drift                       scheduled drift checks of production's inputs: schedule, list, check, show, delete
   stats                       boundaries, sample sizes, rate ratios and simulations (no server needed)
   simulate                    dry run of a rollout against a scenario on the time-skipping test server
@@ -199,6 +202,23 @@ Registers the production model pack for every cohort of the fleet and creates th
 the data directory. Safe to run again. Needs the data directory to itself (stop the worker first).
   --fleet MANIFEST       fleet manifest (default ${DEFAULT_FLEET})
   --production PACKDIR   production model pack (default ${DEFAULT_PRODUCTION})`,
+  'fleet simulate': `Usage: fleetgate fleet simulate --ingest URL [--store DIR|s3://BUCKET/PREFIX] [--db FILE]
+                               [--every DURATION] [--once]
+
+The simulated fleet and its labeler as a process of their own, for a worker with
+FLEETGATE_TELEMETRY=simulator: it looks in the object store for the window requests the worker's
+batches publish, runs each window's simulation and sends its events and upload reports to the
+ingestion endpoint (gzip NDJSON, Fleetgate-Watermark at the window's end), and answers the
+label-request files of its fleets with label records. Each fleet's token is read from
+FLEETGATE_INGEST_TOKEN_<FLEET>, as the endpoint reads it. A restart sends nothing twice. Ctrl-C or
+SIGTERM stops it. See docs/events.md.
+  --ingest URL      the ingestion endpoint, e.g. the worker's (FLEETGATE_INGEST_PORT): http://127.0.0.1:8790
+  --store DIR       the worker's object store: its directory (<data dir>/store) or s3://BUCKET/PREFIX
+                    (default: FLEETGATE_STORE under FLEETGATE_DATA_DIR, as the worker opens it)
+  --db FILE         its own DuckDB file: what it sent, its labeler's queue (default <data dir>/simulator.duckdb;
+                    never the worker's fleet.duckdb)
+  --every DURATION  how often it looks for new requests, 10ms to 1m (default 200ms)
+  --once            handle what is there, then exit (exit code 1 when an item failed)`,
   simulate: `Usage: fleetgate simulate --scenario FILE [--policy FILE] [--seed N] [--seeds N] [--json]
        fleetgate simulate --schema
 
@@ -918,12 +938,13 @@ async function serverCommand(args: string[]): Promise<number> {
 
 async function fleetCommand(args: string[]): Promise<number> {
   const sub = args[0];
+  if (sub === 'simulate') return fleetSimulateCommand(args.slice(1));
   if (sub !== 'init') {
     if (sub === undefined || sub === '--help' || sub === '-h') {
-      console.log(HELP['fleet init']);
+      console.log(`${HELP['fleet init']}\n\n${HELP['fleet simulate']}`);
       return sub === undefined ? 2 : 0;
     }
-    throw new UsageError(`unknown command "fleet ${sub}": use "fleet init"`);
+    throw new UsageError(`unknown command "fleet ${sub}": use "fleet init" or "fleet simulate"`);
   }
   const p = parse('fleet init', args.slice(1), { fleet: { type: 'string' }, production: { type: 'string' } });
   if (p.help) return help('fleet init');
@@ -933,6 +954,54 @@ async function fleetCommand(args: string[]): Promise<number> {
   const line = await initFleet(config, manifestPath, packDir, defaultRequester());
   console.log(line);
   return 0;
+}
+
+/** `fleet simulate`: the flags checked here (exit code 2 on a bad one), the process in sim/simulator-process.ts. */
+async function fleetSimulateCommand(args: string[]): Promise<number> {
+  const p = parse('fleet simulate', args, {
+    ingest: { type: 'string' },
+    store: { type: 'string' },
+    db: { type: 'string' },
+    every: { type: 'string' },
+    once: { type: 'boolean' },
+  });
+  if (p.help) return help('fleet simulate');
+  const ingest = required('fleet simulate', p.values, 'ingest');
+  let url: URL | undefined;
+  try {
+    url = new URL(ingest);
+  } catch {
+    url = undefined;
+  }
+  if (!url || (url.protocol !== 'http:' && url.protocol !== 'https:')) {
+    throw new UsageError(
+      `--ingest must be the endpoint's http:// or https:// URL, such as http://127.0.0.1:8790 (got "${safeText(ingest.slice(0, 100))}")`,
+    );
+  }
+  const every = str(p.values, 'every') ?? '200ms';
+  const everyMs = parseDuration(every);
+  if (everyMs === undefined || everyMs < 10 || everyMs > 60_000) {
+    throw new UsageError(
+      `--every must be a duration from 10ms to 1m, such as "200ms" or "2s" (got "${safeText(every.slice(0, 40))}")`,
+    );
+  }
+  const config = loadConfig();
+  const db = resolve(str(p.values, 'db') ?? join(config.dataDir, 'simulator.duckdb'));
+  if (db === resolve(config.dataDir, 'fleet.duckdb') || basename(db) === 'fleet.duckdb') {
+    throw new UsageError(
+      `--db must be a file of its own, not a worker's fleet database (got "${safeText(displayPath(db))}"); ` +
+        `leave it out for ${displayPath(join(config.dataDir, 'simulator.duckdb'))}`,
+    );
+  }
+  const { simulatorCommand } = require('../sim/simulator-process') as typeof SimulatorProcessModule;
+  return simulatorCommand({
+    ingestUrl: ingest,
+    ...(str(p.values, 'store') ? { store: str(p.values, 'store')! } : {}),
+    dbPath: db,
+    dataDir: config.dataDir,
+    everyMs,
+    once: p.values.once === true,
+  });
 }
 
 /**

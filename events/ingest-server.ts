@@ -76,6 +76,12 @@ export interface IngestServerOptions {
   log?: (line: Record<string, unknown>) => void;
   /** The server's clock, for the watermark's skew check (default Date.now). */
   now?: () => number;
+  /**
+   * How far ahead of that clock a watermark may be (default an hour). A worker whose fleet is the
+   * simulated one (FLEETGATE_TELEMETRY=simulator) takes any: that fleet's time runs ahead of the clock by
+   * its rollout's time scale.
+   */
+  maxWatermarkAheadMs?: number;
 }
 
 export interface IngestServer {
@@ -170,6 +176,7 @@ export async function startIngestServer(opts: IngestServerOptions): Promise<Inge
   const maxRecords = opts.maxRecords ?? DEFAULT_MAX_RECORDS;
   const maxPending = opts.maxPending ?? DEFAULT_MAX_PENDING;
   const now = opts.now ?? Date.now;
+  const maxAhead = opts.maxWatermarkAheadMs ?? MAX_WATERMARK_AHEAD_MS;
   const log =
     opts.log ??
     ((line: Record<string, unknown>) =>
@@ -239,7 +246,7 @@ export async function startIngestServer(opts: IngestServerOptions): Promise<Inge
     const s = Array.isArray(h) ? '' : h.trim();
     const w = /^\d{1,16}$/.test(s) ? Number(s) : NaN;
     if (!(w >= MIN_AT_MS && w < END_AT_MS)) throw new HttpError(400, 'bad-watermark', fix);
-    if (w > now() + MAX_WATERMARK_AHEAD_MS) {
+    if (w > now() + maxAhead) {
       throw new HttpError(
         400,
         'bad-watermark',

@@ -10,6 +10,10 @@
  * The activities read these records as they read a real fleet's: nothing here is called by them but
  * through the `TelemetryFeed` the composition root hands them. In process (`fleetgate simulate`, the
  * workflow tests) it runs when a batch asks for its window, so time-skipping needs no clock of its own.
+ * The window's production (`SimulatedProducer`) takes the units and their models from a `UnitSource`
+ * and sends through a `RecordSink`: in process, the OTA channel with the pseudonym key and the writer;
+ * in a process of its own (`fleetgate fleet simulate`, sim/simulator-process.ts), the window request a
+ * worker published and the ingestion endpoint over HTTP.
  *
  * Deterministic: the same manifest seed, rollout and window give the same records on every machine,
  * and a window sent twice changes nothing (the writer counts the second as duplicates). It must never
@@ -42,6 +46,34 @@ const HOUR_MS = 3_600_000;
 const CHUNK = 50_000;
 /** Who the simulated labeler says it is, in its label records. */
 export const SIMULATED_LABELER = 'simulated-labeler';
+
+/**
+ * Where a window's units come from: what a real vehicle knows by itself (which model it runs, whether it
+ * runs the candidate in shadow), and the simulated one must be told.
+ */
+export interface UnitSource {
+  /** The units (pseudonyms) of a fleet's cohort and the digest of the model each runs now (same order). */
+  inventory(fleet: string, cohort: string): Promise<{ vehicles: string[]; digests: string[] }>;
+  /** Shadow: the units of `vehicles` (the cohort's inventory) that run the candidate beside production. */
+  shadowUnits(w: TelemetryWindow, cohort: string, vehicles: readonly string[]): Promise<string[]>;
+}
+
+/** Where the records go: the writer in process, the ingestion endpoint from a process of its own. */
+export type RecordSink = Pick<EventWriter, 'ingestTyped'>;
+
+/** What a window or a label request sent. */
+export interface Sent {
+  events: number;
+  uploads: number;
+  labels: number;
+}
+
+export interface SimulatedProducerDeps {
+  /** The producer's own tables (windows sent, the labeler's private queue) are kept on this connection. */
+  conn: DuckDBConnection;
+  runner: ModelRunner;
+  sink: RecordSink;
+}
 
 export interface SimulatedFeedDeps {
   /** The fleet database: the vehicles (through `ota`) and the labeler's private queue. */
@@ -85,31 +117,66 @@ CREATE TEMP TABLE IF NOT EXISTS sim_labeler_stage AS SELECT * FROM sim_labeler L
 CREATE TEMP TABLE IF NOT EXISTS sim_requested (event_id VARCHAR NOT NULL, requested_at_ms BIGINT NOT NULL);
 `;
 
-/** The simulated fleet and labeler, as a `TelemetryFeed`. */
+/** The simulated fleet and labeler, as a `TelemetryFeed` in process: the OTA channel's units, the writer. */
 export class SimulatedFleetFeed implements TelemetryFeed {
-  private constructor(private readonly deps: SimulatedFeedDeps) {}
+  private constructor(
+    private readonly producer: SimulatedProducer,
+    private readonly source: UnitSource,
+  ) {}
 
   /** The feed of a fleet database (its tables created where missing). */
   static async create(deps: SimulatedFeedDeps): Promise<SimulatedFleetFeed> {
-    await exclusive(deps.conn, () => deps.conn.run(SIM_SCHEMA));
-    return new SimulatedFleetFeed(deps);
+    const { conn, ota, key } = deps;
+    const producer = await SimulatedProducer.create({ conn, runner: deps.runner, sink: deps.writer });
+    return new SimulatedFleetFeed(producer, {
+      inventory: (fleet, cohort) => exclusive(conn, () => ota.inventory(fleet, cohort)),
+      shadowUnits: (w, _cohort, vehicles) =>
+        Promise.resolve(shadowTargets(vehicles, key, w.rolloutId, w.share ?? 1)),
+    });
   }
 
   async produce(w: TelemetryWindow): Promise<void> {
-    const { conn, ota } = this.deps;
+    await this.producer.produce(w, this.source);
+  }
+
+  async requestLabels(fleet: string, requests: readonly LabelRequestOut[]): Promise<void> {
+    await this.producer.requestLabels(fleet, requests);
+  }
+}
+
+/**
+ * The simulated fleet's production of a window and its labeler, whatever tells it the units and wherever
+ * its records go.
+ */
+export class SimulatedProducer {
+  private constructor(private readonly deps: SimulatedProducerDeps) {}
+
+  /** The producer on a database (its tables created where missing). */
+  static async create(deps: SimulatedProducerDeps): Promise<SimulatedProducer> {
+    await exclusive(deps.conn, () => deps.conn.run(SIM_SCHEMA));
+    return new SimulatedProducer(deps);
+  }
+
+  /**
+   * Sends the window's inference events (each cohort's last batch with the watermark at the window's
+   * end) and upload reports; a window already sent sends nothing. Returns what it sent.
+   */
+  async produce(w: TelemetryWindow, source: UnitSource): Promise<Sent> {
+    const { conn } = this.deps;
+    const sent: Sent = { events: 0, uploads: 0, labels: 0 };
     const windowId = `${w.rolloutId}:${w.phase}:${w.fromMs}-${w.toMs}`;
     const [done] = await exclusive(conn, () =>
       rows(conn, `SELECT 1 FROM sim_windows WHERE window_id = ?`, [windowId]),
     );
-    if (done) return;
+    if (done) return sent;
     const tag = eventTag(windowId);
     for (const cohort of w.cohorts) {
       const cohortIndex = w.manifest.cohorts.indexOf(cohort);
-      const fleet = await exclusive(conn, () => ota.inventory(w.manifest.name, cohort.name));
+      const fleet = await source.inventory(w.manifest.name, cohort.name);
       if (fleet.vehicles.length === 0) continue;
       const made =
         w.phase === 'shadow'
-          ? await this.shadow(w, windowId, cohort, fleet)
+          ? await this.shadow(w, windowId, cohort, fleet, source)
           : await this.canary(w, windowId, cohort, fleet);
       const ids = made.sent.map((i) => `${tag}.${cohortIndex}.${i}`);
       await this.keepTruth(w, made.sim, made.sent, ids);
@@ -118,28 +185,31 @@ export class SimulatedFleetFeed implements TelemetryFeed {
         const chunk = records.slice(start, start + CHUNK);
         const last = start + CHUNK >= records.length;
         if (chunk.length === 0) break;
-        await this.deps.writer.ingestTyped(
+        await this.deps.sink.ingestTyped(
           'inference',
           w.manifest.name,
           chunk,
           last ? { watermarkMs: w.toMs } : {},
         );
       }
+      sent.events += records.length;
       if (made.uploads.length > 0) {
-        await this.deps.writer.ingestTyped('upload', w.manifest.name, made.uploads);
+        await this.deps.sink.ingestTyped('upload', w.manifest.name, made.uploads);
+        sent.uploads += made.uploads.length;
       }
     }
     await exclusive(conn, () =>
       rows(conn, `INSERT INTO sim_windows (window_id) VALUES (?) ON CONFLICT DO NOTHING`, [windowId]),
     );
+    return sent;
   }
 
   /**
    * Answers the requests it knows: each label is the labeler's answer and comes back at the event's
-   * time plus its delay, or at the request when asked later than that.
+   * time plus its delay, or at the request when asked later than that. Returns how many it sent.
    */
-  async requestLabels(fleet: string, requests: readonly LabelRequestOut[]): Promise<void> {
-    if (requests.length === 0) return;
+  async requestLabels(fleet: string, requests: readonly LabelRequestOut[]): Promise<number> {
+    if (requests.length === 0) return 0;
     const { conn } = this.deps;
     const prefix = `${fleet}:`;
     const answers = await transaction(conn, async () => {
@@ -169,8 +239,9 @@ export class SimulatedFleetFeed implements TelemetryFeed {
       at: Number(r.at),
     }));
     for (let start = 0; start < labels.length; start += CHUNK) {
-      await this.deps.writer.ingestTyped('label', fleet, labels.slice(start, start + CHUNK));
+      await this.deps.sink.ingestTyped('label', fleet, labels.slice(start, start + CHUNK));
     }
+    return labels.length;
   }
 
   /** The labeler's private queue: each sent event's truth, its answer, when the answer would come back. */
@@ -218,9 +289,10 @@ export class SimulatedFleetFeed implements TelemetryFeed {
     windowId: string,
     cohort: CohortSpec,
     fleet: Inventory,
+    source: UnitSource,
   ): Promise<Made> {
-    const { runner, key } = this.deps;
-    const shadow = shadowTargets(fleet.vehicles, key, w.rolloutId, w.share ?? 1);
+    const { runner } = this.deps;
+    const shadow = await source.shadowUnits(w, cohort.name, fleet.vehicles);
     const digestOf = new Map(fleet.vehicles.map((v, i) => [v, fleet.digests[i]!]));
     const sim = simulate(windowId, w.manifest, cohort, shadow, w.fromMs, w.toMs, w.startMs);
     const out = new EventColumns(sim.n);
@@ -380,7 +452,7 @@ export class SimulatedFleetFeed implements TelemetryFeed {
   }
 }
 
-type Inventory = Awaited<ReturnType<OtaChannel['inventory']>>;
+type Inventory = Awaited<ReturnType<UnitSource['inventory']>>;
 
 /** What a cohort's window made: the sent events (indices into `sim`), their records, upload reports. */
 interface Made {

@@ -40,12 +40,16 @@
  *   FLEETGATE_TELEMETRY     "simulated" (default): the simulated fleet sends each window's events and its
  *                           labeler answers label requests, in process, through the ingestion writer;
  *                           "ingested": only what fleets and labelers sent (`fleetgate ingest`, the
- *                           landing zone) decides: a batch waits for the fleet's watermarks, then reads
+ *                           landing zone) decides: a batch waits for the fleet's watermarks, then reads;
+ *                           "simulator": as "ingested", with the simulated fleet in a process of its own
+ *                           (`fleetgate fleet simulate --ingest URL`): each batch first publishes a window
+ *                           request to the object store (activities/sim-requests.ts), which that process
+ *                           answers by sending the window's events to the ingestion endpoint
  *   FLEETGATE_INGEST_PORT   the worker also serves the ingestion endpoint (`fleetgate ingest`'s, on the
  *                           worker's own fleet database) on this port; unset: it does not
  *   FLEETGATE_INGEST_HOST   its address (default 127.0.0.1; 0.0.0.0 to take batches from other machines)
  *   FLEETGATE_WATERMARK_WAIT
- *                           with "ingested": how long a batch waits for every cohort's watermark to reach
+ *                           with "ingested" or "simulator": how long a batch waits for every cohort's watermark to reach
  *                           the window's end before it reads what is there, as a duration (default 60s)
  *
  * Object store (model blobs, registry records, stage pointers; see activities/store-s3.ts):
@@ -456,18 +460,21 @@ export function connectionOptions(config: Config, address = config.address ?? 'l
 }
 
 export interface TelemetryConfig {
-  /** "simulated": the in-process simulated fleet and labeler; "ingested": only what was sent. */
-  kind: 'simulated' | 'ingested';
-  /** With "ingested": how long a batch waits for the watermarks, in ms. */
+  /**
+   * "simulated": the in-process simulated fleet and labeler; "ingested": only what was sent;
+   * "simulator": only what was sent, by the simulated fleet in a process of its own, asked per window.
+   */
+  kind: 'simulated' | 'ingested' | 'simulator';
+  /** With "ingested" or "simulator": how long a batch waits for the watermarks, in ms. */
   watermarkWaitMs: number;
 }
 
 /** FLEETGATE_TELEMETRY and FLEETGATE_WATERMARK_WAIT; a bad value is an error naming the variable and the fix. */
 export function loadTelemetryConfig(env: NodeJS.ProcessEnv = process.env): TelemetryConfig {
   const kind = env.FLEETGATE_TELEMETRY || 'simulated';
-  if (kind !== 'simulated' && kind !== 'ingested') {
+  if (kind !== 'simulated' && kind !== 'ingested' && kind !== 'simulator') {
     throw new Error(
-      `FLEETGATE_TELEMETRY must be "simulated" or "ingested" (got "${kind}"): "ingested" reads what fleets send to fleetgate ingest`,
+      `FLEETGATE_TELEMETRY must be "simulated", "ingested" or "simulator" (got "${kind.slice(0, 40)}"): "ingested" reads what fleets send to fleetgate ingest, "simulator" what \`fleetgate fleet simulate\` sends`,
     );
   }
   const raw = env.FLEETGATE_WATERMARK_WAIT || '60s';

@@ -59,6 +59,8 @@ export async function runWorker(): Promise<void> {
         host: config.ingest.host,
         port: config.ingest.port,
         log: (line) => console.error(JSON.stringify({ ingest: line })),
+        // The simulated fleet's time runs ahead of the clock by its rollout's time scale.
+        ...(services.telemetry.kind === 'simulator' ? { maxWatermarkAheadMs: Infinity } : {}),
       });
     } catch (err) {
       await agent?.stop();

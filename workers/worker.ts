@@ -26,6 +26,7 @@ import { SimulatedOta } from '../sim/ota';
 import { SimulatedFleetFeed } from '../sim/producer';
 import { EventWriter } from '../events/writer';
 import { StoreLabelQueue } from '../activities/label-queue';
+import { SimulatorFeed } from '../activities/sim-requests';
 import {
   type AwsIotConfig,
   type OtaConfig,
@@ -61,7 +62,8 @@ export interface Services {
   telemetry: TelemetryConfig;
   /**
    * The in-process simulated fleet and labeler (FLEETGATE_TELEMETRY=simulated), or the label requests as
-   * files in the object store for the labelers of a real fleet (activities/label-queue.ts).
+   * files in the object store for the labelers of a real fleet (activities/label-queue.ts), with window
+   * requests for the simulated fleet in a process of its own (=simulator, activities/sim-requests.ts).
    */
   feed: TelemetryFeed;
   /** Signer keys the registry trusts: FLEETGATE_TRUSTED_KEYS and `<dataDir>/trusted-keys/*.pub`. */
@@ -112,7 +114,15 @@ export async function openServices(
     feed =
       telemetry.kind === 'simulated'
         ? await SimulatedFleetFeed.create({ conn: db.connection, ota: channel, runner, writer, key })
-        : new StoreLabelQueue(store);
+        : telemetry.kind === 'simulator'
+          ? new SimulatorFeed({
+              store,
+              conn: db.connection,
+              ota: channel,
+              key,
+              watermarkWaitMs: telemetry.watermarkWaitMs,
+            })
+          : new StoreLabelQueue(store);
   } catch (err) {
     iot?.destroy();
     await writer?.close();

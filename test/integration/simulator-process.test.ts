@@ -1,0 +1,183 @@
+/**
+ * A rollout on a real Temporal dev server whose every event and label comes over HTTP from a separate
+ * producer process: the worker (in this process) runs with FLEETGATE_TELEMETRY=simulator and serves the
+ * ingestion endpoint on a loopback port with the fleet's token, as `fleetgate worker` does with
+ * FLEETGATE_INGEST_PORT; `node bin/fleetgate.js fleet simulate --ingest URL` runs as a child process,
+ * answers the window requests and label-request files the worker's batches write to the object store,
+ * and sends gzip NDJSON to the endpoint. The rollout of models/candidate-regress is decided as the
+ * in-process one of test/integration/rollout.test.ts: hw3/nordic rolled back.
+ */
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Client, Connection } from '@temporalio/client';
+import { NativeConnection } from '@temporalio/worker';
+import { startDevServer, type DevServer } from '../../workers/dev-server';
+import { createFleetgateWorker, quietRuntime } from '../../workers/worker';
+import { approveUpdate, statusQuery, WORKFLOW_TYPE } from '../../workflows/definitions';
+import { RolloutRequest } from '../../policies/schema';
+import { openSimWorld, type SimWorld } from '../../sim/world';
+import { startIngestServer, tokenVariable, type IngestServer } from '../../events/ingest-server';
+import { num, rows } from '../../activities/db';
+import { SIM_REQUEST_PREFIX, isWindowRequestKey } from '../../activities/sim-requests';
+import { loadPolicy, reportOf, resultWithin, rolloutRequest, ROOT, runningDigest } from '../support';
+
+const FLEET = 'testfleet';
+const TOKEN = 'sim-process-token-0123456789';
+
+let server: DevServer;
+let tmp: string;
+
+before(async () => {
+  quietRuntime();
+  tmp = mkdtempSync(join(tmpdir(), 'fleetgate-simproc-'));
+  server = await startDevServer({ dbFile: join(tmp, 'temporal.db') });
+});
+
+after(async () => {
+  await server?.stop();
+  rmSync(tmp, { recursive: true, force: true });
+});
+
+/** The endpoint's counter `name` for a record kind. */
+function counter(metrics: string, name: string, kind: string): number {
+  const m = new RegExp(`^${name}\\{kind="${kind}"\\} (\\d+)$`, 'm').exec(metrics);
+  return m ? Number(m[1]) : 0;
+}
+
+test('a rollout decided on what a separate simulator process sent over HTTP', async () => {
+  const dataDir = join(tmp, 'data');
+  const world: SimWorld = await openSimWorld({
+    dataDir,
+    root: ROOT,
+    fleet: 'test/fixtures/fleet.yaml',
+    production: 'models/production',
+    by: 'test',
+    telemetry: { kind: 'simulator', watermarkWaitMs: 30_000 },
+  });
+  // As workers/main.ts serves it with FLEETGATE_TELEMETRY=simulator: any watermark ahead of the clock.
+  const ingest: IngestServer = await startIngestServer({
+    writer: world.services.writer,
+    env: { [tokenVariable(FLEET)]: TOKEN },
+    maxWatermarkAheadMs: Infinity,
+    log: () => undefined,
+  });
+  let out = '';
+  const child: ChildProcess = spawn(
+    process.execPath,
+    [
+      'bin/fleetgate.js',
+      'fleet',
+      'simulate',
+      '--ingest',
+      ingest.url,
+      '--store',
+      join(dataDir, 'store'),
+      '--db',
+      join(tmp, 'simulator.duckdb'),
+      '--every',
+      '200ms',
+    ],
+    {
+      cwd: ROOT,
+      env: { ...process.env, FLEETGATE_DATA_DIR: join(tmp, 'elsewhere'), [tokenVariable(FLEET)]: TOKEN },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
+  );
+  child.stdout!.on('data', (b: Buffer) => (out += b.toString('utf8')));
+  child.stderr!.on('data', (b: Buffer) => (out += b.toString('utf8')));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  const connection = await NativeConnection.connect({ address: server.address });
+  const clientConn = await Connection.connect({ address: server.address });
+  const client = new Client({ connection: clientConn });
+  const taskQueue = `simproc-${process.pid}`;
+  try {
+    const worker = await createFleetgateWorker({
+      connection,
+      namespace: 'default',
+      taskQueue,
+      services: world.services,
+    });
+    await worker.runUntil(async () => {
+      // The policy tweaks of test/integration/rollout.test.ts: the rollout ends in about a minute.
+      const policy = loadPolicy('examples/demo-policy.yaml');
+      policy.shadow!.duration = '3s';
+      delete policy.shadow!.classGates;
+      policy.waves = [
+        { percent: 5, hold: '6s', looks: 2 },
+        { percent: 25, hold: '6s', looks: 2, approval: { gate: 'wave-2', required: 1, timeout: '10m' } },
+        { percent: 50, hold: '6s', looks: 2 },
+      ];
+      policy.labelWait = { coverage: 0.9, poll: '2s', timeout: '20s' };
+      policy.analysis.escalation = { timeout: '10s' };
+      const id = `simproc-regress-${process.pid}`;
+      const request = RolloutRequest.parse(
+        rolloutRequest(id, 'models/candidate-regress', policy, 'test/fixtures/fleet.yaml', 7200),
+      );
+      const handle = await client.workflow.start(WORKFLOW_TYPE, {
+        taskQueue,
+        workflowId: id,
+        args: [request],
+      });
+      for (let i = 0; ; i++) {
+        if ((await handle.query(statusQuery)).pendingGate) break;
+        const { status } = await handle.describe();
+        if (status.name !== 'RUNNING' || i > 600) {
+          assert.fail(
+            `no gate became pending (${status.name}): ${JSON.stringify(await handle.query(statusQuery))}\n${out}`,
+          );
+        }
+        await new Promise((r) => setTimeout(r, 250));
+      }
+      await handle.executeUpdate(approveUpdate, {
+        args: [{ gate: 'wave-2', reviewer: 'alice', comment: 'looks fine' }],
+      });
+      const result = await resultWithin(handle, 120_000);
+      assert.equal(result.outcome, 'completed', result.reason);
+      const states = Object.fromEntries(result.cohorts.map((c) => [c.cohort, c.state]));
+      assert.equal(states['hw3/nordic'], 'rolled_back', `${JSON.stringify(states)}\n${out}`);
+      assert.equal(states['hw3/eu'], 'promoted', JSON.stringify(states));
+      assert.equal(states['hw4/us'], 'promoted', JSON.stringify(states));
+      const report = reportOf(result);
+      assert.equal((await runningDigest(world, report.candidate.digest))['hw3/nordic'] ?? 0, 0);
+    });
+
+    // Every event and label the rollout read came over HTTP: the endpoint stored exactly what is there.
+    const metrics = await (await fetch(`${ingest.url}/metrics`)).text();
+    const conn = world.services.db.connection;
+    const [stored] = await rows(
+      conn,
+      `SELECT (SELECT count(*) FROM ingested_inference) AS events,
+              (SELECT count(*) FROM ingested_labels) AS labels,
+              (SELECT count(*) FROM ingested_uploads) AS uploads,
+              (SELECT count(*) FROM events) AS read`,
+    );
+    const accepted = (kind: string) => counter(metrics, 'fleetgate_ingest_rows_accepted_total', kind);
+    assert.ok(num(stored!.events) > 10_000, `${num(stored!.events)} events stored`);
+    assert.equal(accepted('inference'), num(stored!.events));
+    assert.ok(num(stored!.labels) > 100, `${num(stored!.labels)} labels stored`);
+    assert.equal(accepted('label'), num(stored!.labels));
+    assert.ok(num(stored!.uploads) > 0);
+    assert.equal(accepted('upload'), num(stored!.uploads));
+    assert.ok(num(stored!.read) > 0 && num(stored!.read) <= num(stored!.events));
+    // The child said what it sent, one line per window and label file, and never a unit.
+    const requests = (await world.services.store.list(SIM_REQUEST_PREFIX)).filter(isWindowRequestKey);
+    const windowLines = out.split('\n').filter((l) => / window testfleet .* upload reports sent$/.test(l));
+    assert.equal(windowLines.length, requests.length, out);
+    assert.match(out, /label-request file label-requests\/testfleet\/.* labels sent for \d+ requests/);
+    const units = (await rows(conn, `SELECT vehicle FROM vehicles`)).map((r) => String(r.vehicle));
+    assert.ok(units.length > 0 && units.every((u) => !out.includes(u)), 'no unit in the log');
+  } finally {
+    child.kill('SIGTERM');
+    const code = await exited;
+    await clientConn.close();
+    await connection.close();
+    await ingest.close();
+    await world.close(false);
+    assert.equal(code, 0, `the simulator stops cleanly on SIGTERM:\n${out}`);
+    assert.match(out, /stopped: \d+ windows/);
+  }
+});
