@@ -9,11 +9,13 @@
  * parsed fleet manifest, the rollout, phase, cohorts, times, candidate digest, versions, shadow share and
  * upload filter) and, per cohort, its units (the OTA channel's pseudonyms) with the model each runs now,
  * and in shadow which of them run the candidate beside production (keyed by the pseudonym key here, so
- * the process needs no key). The process sends the window's records to the ingestion endpoint and then
- * writes `<fromMs>-<toMs>.sent.json` beside the request: a batch stops waiting when every cohort's
- * watermark reached the window's end or that receipt is there (a cohort with nothing to send in a window
- * cannot raise its watermark), or when FLEETGATE_WATERMARK_WAIT has passed. Label requests go to the
- * labelers as files (activities/label-queue.ts), as for a real fleet.
+ * the process needs no key). The process sends the window's records to the ingestion endpoint (or writes
+ * them as files into the landing zone) and then writes `<fromMs>-<toMs>.sent.json` beside the request:
+ * a batch stops waiting when that receipt is there and every landing file it names has been read by the
+ * worker (a row of `landing_files`, events/landing.ts), or when FLEETGATE_WATERMARK_WAIT has passed. The
+ * watermarks alone never end the wait: they are kept per fleet and cohort and never go back, so a
+ * time-scaled rollout leaves them ahead of a later rollout's windows (and the landing zone carries
+ * none). Label requests go to the labelers as files (activities/label-queue.ts), as for a real fleet.
  *
  * Only the simulated fleet reads these objects. Writing is idempotent (write-once keys; a retried batch
  * keeps the request first written). It must never write a raw vehicle id or the pseudonym key, and never
@@ -25,17 +27,17 @@ import { ApplicationFailure } from '@temporalio/common';
 import { ErrorType } from '../errors';
 import { shadowTargets } from '../fleet/assignment';
 import { FleetManifest } from '../policies/schema';
-import { exclusive } from './db';
+import { exclusive, rows } from './db';
 import type { LabelRequestOut, ObjectStore, OtaChannel, TelemetryFeed, TelemetryWindow } from './deps';
 import { progress } from './heartbeat';
 import { StoreLabelQueue } from './label-queue';
-import { awaitWatermarks } from './telemetry';
+import { LANDING_TABLE } from '../events/landing';
 
 /** The prefix of every window request. */
 export const SIM_REQUEST_PREFIX = 'sim-requests/';
 /** The version of the request objects. */
 export const SIM_REQUEST_SCHEMA = 'fleetgate/sim-window/v1';
-/** How often a batch looks at the watermarks and the receipt while it waits. */
+/** How often a batch looks at the receipt and the landing files it names while it waits. */
 const WAIT_POLL_MS = 250;
 
 /** The key of a window's request. */
@@ -53,6 +55,44 @@ export function isWindowRequestKey(key: string): boolean {
 /** The key of the receipt the simulated fleet writes once it sent a window's records. */
 export function receiptKey(requestKey: string): string {
   return requestKey.replace(/\.json$/, '.sent.json');
+}
+
+/**
+ * A window's receipt: the request it answers and, when the records went into the landing zone, the keys
+ * of the files written (as the worker's landing-zone reader records them).
+ */
+export const WindowReceipt = z
+  .object({ request: z.string().optional(), files: z.array(z.string().min(1)).optional() })
+  .passthrough();
+export type WindowReceipt = z.infer<typeof WindowReceipt>;
+
+/** The landing files a receipt names, or none (sent over HTTP, or a receipt of another shape). */
+export function receiptFiles(bytes: Buffer): string[] {
+  try {
+    const r = WindowReceipt.safeParse(JSON.parse(bytes.toString('utf8')));
+    return r.success ? (r.data.files ?? []) : [];
+  } catch {
+    return [];
+  }
+}
+
+/** Of `keys`, those the worker's landing-zone reader has not recorded yet (all while it has no table). */
+export async function landingFilesUnread(conn: DuckDBConnection, keys: readonly string[]): Promise<string[]> {
+  if (keys.length === 0) return [];
+  let read: Set<string>;
+  try {
+    const found = await exclusive(conn, () =>
+      rows(conn, `SELECT key FROM ${LANDING_TABLE} WHERE key IN (${keys.map(() => '?').join(', ')})`, [
+        ...keys,
+      ]),
+    );
+    read = new Set(found.map((r) => String(r.key)));
+  } catch (err) {
+    // No landing-zone reader has opened this database yet: nothing is read.
+    if (/does not exist/i.test(String((err as Error)?.message))) return [...keys];
+    throw err;
+  }
+  return keys.filter((k) => !read.has(k));
 }
 
 const Digest = z.string().regex(/^[0-9a-f]{64}$/, 'a sha256 digest: 64 lowercase hex digits');
@@ -187,9 +227,9 @@ export class SimulatorFeed implements TelemetryFeed {
   }
 
   /**
-   * Publishes the window's request, then waits until every cohort's watermark reached the window's end,
-   * the simulated fleet's receipt of the window is there, or the wait ran out; the batch then reads
-   * what is there (what comes later is counted, late, in the next one).
+   * Publishes the window's request, then waits until the simulated fleet's receipt of the window is
+   * there and the worker has read every landing file it names, or the wait ran out; the batch then
+   * reads what is there (what comes later is counted, late, in the next one).
    */
   async produce(w: TelemetryWindow): Promise<void> {
     const { store, conn, ota, key } = this.deps;
@@ -206,17 +246,18 @@ export class SimulatorFeed implements TelemetryFeed {
       // A retried batch after a wave moved units: the request first written stands (it may be sent).
       if (!(err instanceof ApplicationFailure && err.type === ErrorType.ImmutableConflict)) throw err;
     }
-    const cohorts = w.cohorts.map((c) => c.name);
     const deadline = Date.now() + this.deps.watermarkWaitMs;
     for (;;) {
-      const behind = await awaitWatermarks(conn, fleet, cohorts, w.toMs, 0);
-      if (behind.length === 0) return;
-      if ((await store.get(receiptKey(requestKey))) !== undefined) return;
+      const receipt = await store.get(receiptKey(requestKey));
+      let step = "waiting for the simulated fleet's receipt of the window";
+      if (receipt !== undefined) {
+        const files = receiptFiles(receipt);
+        const unread = await landingFilesUnread(conn, files);
+        if (unread.length === 0) return;
+        step = `waiting for the worker to read ${unread.length} of the window's ${files.length} landing-zone file(s)`;
+      }
       if (Date.now() >= deadline) return;
-      progress({
-        step: `waiting for the simulated fleet: the watermark of ${behind.join(', ')} to reach the window's end`,
-        toMs: w.toMs,
-      });
+      progress({ step, toMs: w.toMs });
       await new Promise((r) => setTimeout(r, Math.min(WAIT_POLL_MS, Math.max(0, deadline - Date.now()))));
     }
   }

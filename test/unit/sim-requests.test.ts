@@ -210,6 +210,39 @@ drift: [{ at: 30m, conditions: { nightShare: 0.9 } }]
     assert.ok(Date.now() - started < 5_000, `waited ${Date.now() - started} ms`);
   });
 
+  it('a batch waits for the receipt even where the watermarks are past its window (a later rollout)', async () => {
+    // An earlier, time-scaled rollout of this data directory left every cohort's watermark far ahead.
+    const ahead = T0 + 1000 * HOUR;
+    for (const cohort of ['hw3/eu', 'hw3/us']) {
+      await rows(db.connection, `INSERT OR REPLACE INTO ingest_watermarks VALUES (?, ?, ?, ?)`, [
+        FLEET,
+        cohort,
+        ahead,
+        Date.now(),
+      ]);
+    }
+    const w: TelemetryWindow = { ...window, phase: 'canary', fromMs: T0 + 7 * HOUR, toMs: T0 + 8 * HOUR };
+    const waiting = new SimulatorFeed({
+      store,
+      conn: db.connection,
+      ota: new SimulatedOta(db.connection),
+      key,
+      watermarkWaitMs: 20_000,
+    });
+    try {
+      const started = Date.now();
+      setTimeout(() => {
+        void store.putIfAbsent(receiptKey(windowRequestKey({ ...w, fleet: FLEET })), Buffer.from('{}\n'));
+      }, 700);
+      await waiting.produce(w);
+      const waited = Date.now() - started;
+      assert.ok(waited >= 650, `read after ${waited} ms, before the simulator sent the window`);
+      assert.ok(waited < 5_000, `waited ${waited} ms`);
+    } finally {
+      await rows(db.connection, `DELETE FROM ingest_watermarks WHERE fleet = ?`, [FLEET]);
+    }
+  });
+
   it('the simulator makes from a request exactly the records of the in-process feed', async () => {
     const inProcess = capture();
     const inFeed = await SimulatedFleetFeed.create({
@@ -283,8 +316,8 @@ drift: [{ at: 30m, conditions: { nightShare: 0.9 } }]
         log: (l: string) => lines.push(l),
       };
       const first = await runSimulator(opts);
-      // The two published windows and the one of the receipt test (already receipted: sent all the same).
-      assert.equal(first.windows, 3);
+      // The two published windows and those of the two receipt tests (already receipted: sent all the same).
+      assert.equal(first.windows, 4);
       assert.equal(first.failed, 0, lines.join('\n'));
       assert.ok(first.events > 1000, `${first.events} events`);
       assert.equal(first.labelFiles, 1);
@@ -306,7 +339,7 @@ drift: [{ at: 30m, conditions: { nightShare: 0.9 } }]
         );
       }
       const [wm] = await query(`SELECT max(watermark_ms) AS w FROM ingest_watermarks`);
-      assert.equal(Number(wm!.w), T0 + 6 * HOUR);
+      assert.equal(Number(wm!.w), T0 + 8 * HOUR);
       // The worker asks for labels of what was sent: the simulator answers them.
       const sentIds = (await query(`SELECT event_id FROM ingested_inference ORDER BY event_id LIMIT 25`)).map(
         (r) => String(r.event_id),
