@@ -1,14 +1,20 @@
 /**
- * `fleetgate demo`: the whole system in one process, in about two and a half minutes. It resets the
- * simulated world, starts a Temporal dev server (unless TEMPORAL_ADDRESS is set) and a worker, rolls
+ * `fleetgate demo`: the whole system in one process and its simulated fleet in another, in about three
+ * minutes. It resets the simulated world, starts a Temporal dev server (unless TEMPORAL_ADDRESS is set)
+ * and a worker whose batches read only what the fleet sent (FLEETGATE_TELEMETRY=simulator semantics),
+ * serves the ingestion endpoint on a loopback port with a token made for the run, and starts the
+ * simulated fleet as its own process (`fleetgate fleet simulate --ingest URL`, cli/demo-fleet.ts), which
+ * sends each window's events and the labels asked for over HTTP. It rolls
  * models/candidate-regress out to the demo fleet with examples/demo-policy.yaml at 600x fleet time,
- * approves its gate as "alice", then rolls models/candidate-good out to a service behind an inference
+ * approves its gate as "alice", says how many events and labels came over HTTP, stops the fleet's
+ * process, then rolls models/candidate-good out to a service behind an inference
  * gateway started in this process (cli/demo-service.ts), and ends with a summary of each: outcome,
  * decision and headline per cohort, report, history length, Web UI link, the gateway's routes.
  *
- * It must stop what it started (worker, services, dev server, gateway) on success, on error and on Ctrl-C;
- * it deletes only the simulated world (<data dir>/store, <data dir>/fleet.duckdb*, the demo gateway's
- * state), never reports or the Temporal history; and it never prints a raw vehicle or caller id.
+ * It must stop what it started (worker, services, endpoint, the fleet's process, dev server, gateway) on
+ * success, on error and on Ctrl-C; it deletes only the simulated world (<data dir>/store,
+ * <data dir>/fleet.duckdb*, <data dir>/simulator.duckdb*, the demo gateway's state), never reports or
+ * the Temporal history; and it never prints a raw vehicle or caller id or the fleet's token.
  */
 import { readdirSync, rmSync } from 'node:fs';
 import { basename, join } from 'node:path';
@@ -45,6 +51,7 @@ import {
 } from './main';
 import { causeMessage, ProgressView, renderResult, watch, WatchInterrupted } from './progress';
 import { runServiceDemo, type ServiceDemo } from './demo-service';
+import { startDemoFleet, type DemoFleet } from './demo-fleet';
 
 const POLICY = 'examples/demo-policy.yaml';
 const FLEET = 'sim/fleets/demo.yaml';
@@ -52,6 +59,8 @@ const PRODUCTION = 'models/production';
 const CANDIDATE = 'models/candidate-regress';
 const TIME_SCALE = 600;
 const REVIEWER = 'alice';
+/** How long a batch waits for the fleet's process to send its window. */
+const WINDOW_WAIT_MS = 60_000;
 
 function say(line: string): void {
   process.stdout.write(`demo: ${line}\n`);
@@ -66,9 +75,13 @@ function resetWorld(dataDir: string): void {
   } catch {
     // No data directory yet: nothing to reset.
   }
-  for (const name of names) if (name.startsWith('fleet.duckdb')) rmSync(join(dataDir, name), { force: true });
+  for (const name of names) {
+    if (name.startsWith('fleet.duckdb') || name.startsWith('simulator.duckdb')) {
+      rmSync(join(dataDir, name), { force: true });
+    }
+  }
   say(
-    `reset the simulated world in ${displayPath(dataDir)} (store, fleet.duckdb); reports and temporal.db are kept`,
+    `reset the simulated world in ${displayPath(dataDir)} (store, fleet.duckdb, simulator.duckdb); reports and temporal.db are kept`,
   );
 }
 
@@ -96,11 +109,15 @@ export async function runDemo(): Promise<number> {
   const config = loadConfig();
   const started = Date.now();
   const interrupt = new AbortController();
+  // Ends the watch of the vehicle rollout when the demo stops for any reason (no watch left waiting).
+  const watchStop = new AbortController();
   let server: DevServer | undefined;
   let services: Services | undefined;
+  let sender: DemoFleet | undefined;
   let workerConn: NativeConnection | undefined;
   let clientConn: Connection | undefined;
   let rollout: Promise<RolloutResult> | undefined;
+  let received: { events: number; labels: number; uploads: number } | undefined;
   let both: Promise<{ vehicles: RolloutResult; secondsVehicles: number; service: ServiceDemo }> | undefined;
 
   let signals = 0;
@@ -112,6 +129,7 @@ export async function runDemo(): Promise<number> {
       return;
     }
     server?.process.kill('SIGKILL');
+    sender?.kill();
     process.exit(130);
   };
   process.on('SIGINT', onSignal);
@@ -122,6 +140,7 @@ export async function runDemo(): Promise<number> {
   // Last resort when the process exits without the cleanup below (an uncaught error): no orphan server.
   const onExit = () => {
     if (server && server.process.exitCode === null) server.process.kill('SIGKILL');
+    sender?.kill();
   };
   process.on('exit', onExit);
   const check = () => {
@@ -152,7 +171,11 @@ export async function runDemo(): Promise<number> {
     check();
 
     quietRuntime();
-    services = await openServices(config.dataDir, config.root);
+    // The vehicle rollout reads only what the fleet's own process sent (FLEETGATE_TELEMETRY=simulator).
+    services = await openServices(config.dataDir, config.root, undefined, {
+      kind: 'simulator',
+      watermarkWaitMs: WINDOW_WAIT_MS,
+    });
     const manifest = loadFleetManifest(FLEET);
     const cohorts = manifest.cohorts.map((c) => c.name);
     const prod = await bootstrapProduction(services, PRODUCTION, cohorts, 'demo');
@@ -166,6 +189,17 @@ export async function runDemo(): Promise<number> {
         `(${cohorts.join(', ')}), all on production ${prod.name}@${prod.version}`,
     );
     check();
+    sender = await startDemoFleet({
+      writer: services.writer,
+      fleet: fleet.fleet,
+      dataDir: config.dataDir,
+      root: config.root,
+    });
+    say(
+      `the fleet sends its events and labels over HTTP to the ingestion endpoint ${sender.url} ` +
+        `(fleetgate fleet simulate --ingest, PID ${sender.pid}, log ${displayPath(sender.logFile)})`,
+    );
+    const fleetDied = sender.died;
 
     clientConn = await Connection.connect(connectionOptions(config, address));
     const client = new Client({ connection: clientConn, namespace: config.namespace });
@@ -203,11 +237,18 @@ export async function runDemo(): Promise<number> {
       });
       say(`started rollout ${id}: ${CANDIDATE} with ${POLICY}, fleet time x${TIME_SCALE}`);
       const view = new ProgressView(process.stdout);
-      return watch(handle, { view, signal: interrupt.signal, onStatus: approver(handle, view) });
+      return watch(handle, {
+        view,
+        signal: AbortSignal.any([interrupt.signal, watchStop.signal]),
+        onStatus: approver(handle, view),
+      });
     })();
     // Then the same workflow on a service: the gateway's routing weights instead of over-the-air waves.
-    both = rollout.then(async (vehicles) => {
+    both = Promise.race([rollout, fleetDied]).then(async (vehicles) => {
       const secondsVehicles = Math.round((Date.now() - started) / 1000);
+      received = await sender!.received();
+      // The service rollout does not need the fleet's process.
+      await sender!.stop();
       check();
       process.stdout.write('\n');
       const service = await runServiceDemo({
@@ -238,6 +279,7 @@ export async function runDemo(): Promise<number> {
       address,
       ownServer: Boolean(server),
       seconds: secondsVehicles,
+      ...(received ? { received } : {}),
     });
     serviceSummary(service, Math.round((Date.now() - started) / 1000) - secondsVehicles);
     return result.outcome === 'completed' && service.result.outcome === 'completed' ? 0 : 1;
@@ -253,10 +295,12 @@ export async function runDemo(): Promise<number> {
   } finally {
     await stopAll([
       // No client call may still be under way when its connection closes.
+      () => watchStop.abort(),
       () => rollout?.catch(() => undefined),
       () => both?.catch(() => undefined),
       () => clientConn?.close(),
       () => workerConn?.close(),
+      () => sender?.close(),
       () => services?.close(),
       () => server?.stop(),
     ]);
@@ -303,6 +347,7 @@ function summary(
     address: string;
     ownServer: boolean;
     seconds: number;
+    received?: { events: number; labels: number; uploads: number };
   },
 ): void {
   const color = Boolean(process.stdout.isTTY) && !process.env.NO_COLOR;
@@ -311,6 +356,12 @@ function summary(
   out.push(renderResult({ ...result, reportPath: undefined }, { color }));
   if (result.reportPath) out.push(`report   ${displayPath(result.reportPath)}`);
   out.push(`history  ${ctx.historyEvents} events`);
+  if (ctx.received) {
+    out.push(
+      `fleet    ${ctx.received.events} events, ${ctx.received.labels} labels and ${ctx.received.uploads} upload ` +
+        `reports came over HTTP from the fleet's process (stored by the endpoint)`,
+    );
+  }
   const ns = encodeURIComponent(ctx.namespace);
   if (ctx.uiUrl) out.push(`web UI   ${ctx.uiUrl}/namespaces/${ns}/workflows/${encodeURIComponent(id)}`);
   const addr = ctx.ownServer ? '127.0.0.1:7233' : ctx.address;
