@@ -202,17 +202,21 @@ Registers the production model pack for every cohort of the fleet and creates th
 the data directory. Safe to run again. Needs the data directory to itself (stop the worker first).
   --fleet MANIFEST       fleet manifest (default ${DEFAULT_FLEET})
   --production PACKDIR   production model pack (default ${DEFAULT_PRODUCTION})`,
-  'fleet simulate': `Usage: fleetgate fleet simulate --ingest URL [--store DIR|s3://BUCKET/PREFIX] [--db FILE]
-                               [--every DURATION] [--once]
+  'fleet simulate': `Usage: fleetgate fleet simulate --ingest URL | --landing PREFIX|s3://BUCKET/PREFIX
+                               [--store DIR|s3://BUCKET/PREFIX] [--db FILE] [--every DURATION] [--once]
 
 The simulated fleet and its labeler as a process of their own, for a worker with
 FLEETGATE_TELEMETRY=simulator: it looks in the object store for the window requests the worker's
 batches publish, runs each window's simulation and sends its events and upload reports to the
 ingestion endpoint (gzip NDJSON, Fleetgate-Watermark at the window's end), and answers the
 label-request files of its fleets with label records. Each fleet's token is read from
-FLEETGATE_INGEST_TOKEN_<FLEET>, as the endpoint reads it. A restart sends nothing twice. Ctrl-C or
-SIGTERM stops it. See docs/events.md.
+FLEETGATE_INGEST_TOKEN_<FLEET>, as the endpoint reads it. With --landing it writes gzip NDJSON files
+into the landing zone instead (no watermark, no token), for a worker with FLEETGATE_LANDING set to the
+same place; each window's receipt names its files, so that the batch waits until the worker read them.
+A restart sends nothing twice. Ctrl-C or SIGTERM stops it. See docs/events.md.
   --ingest URL      the ingestion endpoint, e.g. the worker's (FLEETGATE_INGEST_PORT): http://127.0.0.1:8790
+  --landing PREFIX  instead of --ingest: files at PREFIX/<fleet>/<events|labels|uploads>/<yyyy>/<MM>/<dd>/<HH>/
+                    in the store of --store (the worker's FLEETGATE_LANDING=PREFIX), or under s3://BUCKET/PREFIX
   --store DIR       the worker's object store: its directory (<data dir>/store) or s3://BUCKET/PREFIX
                     (default: FLEETGATE_STORE under FLEETGATE_DATA_DIR, as the worker opens it)
   --db FILE         its own DuckDB file: what it sent, its labeler's queue (default <data dir>/simulator.duckdb;
@@ -960,22 +964,43 @@ async function fleetCommand(args: string[]): Promise<number> {
 async function fleetSimulateCommand(args: string[]): Promise<number> {
   const p = parse('fleet simulate', args, {
     ingest: { type: 'string' },
+    landing: { type: 'string' },
     store: { type: 'string' },
     db: { type: 'string' },
     every: { type: 'string' },
     once: { type: 'boolean' },
   });
   if (p.help) return help('fleet simulate');
-  const ingest = required('fleet simulate', p.values, 'ingest');
-  let url: URL | undefined;
-  try {
-    url = new URL(ingest);
-  } catch {
-    url = undefined;
-  }
-  if (!url || (url.protocol !== 'http:' && url.protocol !== 'https:')) {
+  const landingFlag = str(p.values, 'landing');
+  if (landingFlag !== undefined && str(p.values, 'ingest') !== undefined) {
     throw new UsageError(
-      `--ingest must be the endpoint's http:// or https:// URL, such as http://127.0.0.1:8790 (got "${safeText(ingest.slice(0, 100))}")`,
+      '--ingest and --landing exclude each other: give --ingest URL to send over HTTP, or --landing PREFIX to write files',
+    );
+  }
+  const ingest = landingFlag === undefined ? required('fleet simulate', p.values, 'ingest') : undefined;
+  if (ingest !== undefined) {
+    let url: URL | undefined;
+    try {
+      url = new URL(ingest);
+    } catch {
+      url = undefined;
+    }
+    if (!url || (url.protocol !== 'http:' && url.protocol !== 'https:')) {
+      throw new UsageError(
+        `--ingest must be the endpoint's http:// or https:// URL, such as http://127.0.0.1:8790 (got "${safeText(ingest.slice(0, 100))}")`,
+      );
+    }
+  }
+  const landing = landingFlag?.replace(/\/+$/, '');
+  if (
+    landing !== undefined &&
+    !landing.startsWith('s3://') &&
+    (landing === '' ||
+      landing.startsWith('/') ||
+      landing.split('/').some((s) => s === '' || s === '.' || s === '..'))
+  ) {
+    throw new UsageError(
+      `--landing must be a key prefix of the store such as "landing" (no leading "/", no "." or ".." levels) or s3://BUCKET/PREFIX (got "${safeText(landingFlag!.slice(0, 100))}")`,
     );
   }
   const every = str(p.values, 'every') ?? '200ms';
@@ -995,7 +1020,8 @@ async function fleetSimulateCommand(args: string[]): Promise<number> {
   }
   const { simulatorCommand } = require('../sim/simulator-process') as typeof SimulatorProcessModule;
   return simulatorCommand({
-    ingestUrl: ingest,
+    ...(ingest !== undefined ? { ingestUrl: ingest } : {}),
+    ...(landing !== undefined ? { landing } : {}),
     ...(str(p.values, 'store') ? { store: str(p.values, 'store')! } : {}),
     dbPath: db,
     dataDir: config.dataDir,

@@ -4,16 +4,19 @@
  * worker's batches publish (activities/sim-requests.ts), runs each window's simulation (the code of the
  * in-process feed, sim/producer.ts, with the request's units and shadow units) and sends its inference
  * events, each cohort's last part with `Fleetgate-Watermark` at the window's end, and upload reports to
- * the ingestion endpoint over HTTP (events/sender.ts), then writes the window's receipt beside the
- * request. It answers the label-request files of the fleets it simulates (activities/label-queue.ts) by
- * sending the labeler's label records. Models are the ONNX blobs of the object store, as the worker loads
- * them.
+ * the ingestion endpoint over HTTP (events/sender.ts), or, with `--landing`, writes them as gzip NDJSON
+ * files into the landing zone the worker reads (events/landing-writer.ts; no watermark there), then
+ * writes the window's receipt beside the request (naming the landing files, once they are all in the
+ * store, so that the batch also waits for the worker to read them). It answers the label-request files
+ * of the fleets it simulates (activities/label-queue.ts) by sending (or writing) the labeler's label
+ * records. Models are the ONNX blobs of the object store, as the worker loads them.
  *
  * What it has done (windows sent, label files answered) and the labeler's private queue are kept in a
  * DuckDB file of its own (default `<data dir>/simulator.duckdb`), never the worker's fleet database: a
  * restart sends nothing twice (and the endpoint counts a record sent again as a duplicate). It logs one
  * line per window and per label file, and must never log or send a raw unit id (units are the
- * pseudonyms of the requests), a token, or a record the contract refuses (the endpoint validates them).
+ * pseudonyms of the requests), a token, or a record the contract refuses (the endpoint validates them),
+ * and never overwrite a landing file (write-once keys).
  */
 import { mkdirSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
@@ -28,14 +31,17 @@ import {
   WindowRequest,
 } from '../activities/sim-requests';
 import { IngestClient } from '../events/sender';
+import { LandingWriter } from '../events/landing-writer';
 import { loadStoreConfig, openObjectStore } from '../workers/config';
 import { OnnxModelRunner, blobKey } from '../workers/model-runner';
 import { LocalObjectStore } from '../activities/store';
 import { SimulatedProducer, type UnitSource } from './producer';
 
 export interface SimulatorOptions {
-  /** The ingestion endpoint, e.g. the worker's (FLEETGATE_INGEST_PORT). */
-  ingestUrl: string;
+  /** The ingestion endpoint, e.g. the worker's (FLEETGATE_INGEST_PORT); unused with `landing`. */
+  ingestUrl?: string;
+  /** Instead of the endpoint: files in this landing zone (the store and key prefix the worker reads). */
+  landing?: { store: ObjectStore; prefix: string };
   /** The worker's object store: window requests, label-request files and model blobs. */
   store: ObjectStore;
   runner: ModelRunner;
@@ -117,15 +123,20 @@ export async function runSimulator(opts: SimulatorOptions): Promise<SimulatorRun
       );
       done.add(key);
     };
-    const client = new IngestClient({
-      url: opts.ingestUrl,
-      ...(opts.env ? { env: opts.env } : {}),
-      ...(signal ? { signal } : {}),
-      onRetry: ({ status, delayMs }) =>
-        log(
-          `the endpoint ${status === 0 ? 'could not be reached' : `answered ${status}`}; again in ${delayMs} ms`,
-        ),
-    });
+    const landing = opts.landing ? new LandingWriter(opts.landing) : undefined;
+    if (!landing && opts.ingestUrl === undefined)
+      throw new Error('give the ingestion endpoint or a landing zone');
+    const client =
+      landing ??
+      new IngestClient({
+        url: opts.ingestUrl!,
+        ...(opts.env ? { env: opts.env } : {}),
+        ...(signal ? { signal } : {}),
+        onRetry: ({ status, delayMs }) =>
+          log(
+            `the endpoint ${status === 0 ? 'could not be reached' : `answered ${status}`}; again in ${delayMs} ms`,
+          ),
+      });
     const producer = await SimulatedProducer.create({ conn, runner: opts.runner, sink: client });
     /** Requests that are not window requests of this version: said once, never tried again. */
     const unreadable = new Set<string>();
@@ -148,11 +159,17 @@ export async function runSimulator(opts: SimulatorOptions): Promise<SimulatorRun
         }
         try {
           const { window, source } = windowOfRequest(parsed.request);
+          landing?.takeWritten();
           const sent = await producer.produce(window, source);
-          // The receipt ends the batch's wait; one already there (a restart) is kept as it is.
+          // The receipt ends the batch's wait, written once every file is in the store and naming them;
+          // one already there (a restart) is kept as it is.
+          const files = landing?.takeWritten();
           const receipt = receiptKey(k);
           if ((await store.get(receipt)) === undefined) {
-            await store.putIfAbsent(receipt, Buffer.from(JSON.stringify({ request: k }) + '\n'));
+            await store.putIfAbsent(
+              receipt,
+              Buffer.from(JSON.stringify({ request: k, ...(files ? { files } : {}) }) + '\n'),
+            );
           }
           await markDone(k);
           run.windows++;
@@ -160,7 +177,7 @@ export async function runSimulator(opts: SimulatorOptions): Promise<SimulatorRun
           log(
             `window ${window.manifest.name} ${window.rolloutId} ${window.phase} ` +
               `${new Date(window.fromMs).toISOString()}..${new Date(window.toMs).toISOString()}: ` +
-              `${sent.events} events, ${sent.uploads} upload reports sent`,
+              `${sent.events} events, ${sent.uploads} upload reports ${landing ? `written in ${files!.length} landing file(s)` : 'sent'}`,
           );
         } catch (err) {
           if (signal?.aborted) break;
@@ -182,11 +199,13 @@ export async function runSimulator(opts: SimulatorOptions): Promise<SimulatorRun
             continue;
           }
           try {
+            landing?.takeWritten();
             const n = await producer.requestLabels(fleet, requests.requests);
             await markDone(k);
             run.labelFiles++;
             run.labels += n;
-            log(`label-request file ${k}: ${n} labels sent for ${requests.requests.length} requests`);
+            const where = landing ? ` in ${landing.takeWritten().length} landing file(s)` : '';
+            log(`label-request file ${k}: ${n} labels sent${where} for ${requests.requests.length} requests`);
           } catch (err) {
             if (signal?.aborted) break;
             run.failed++;
@@ -272,7 +291,10 @@ function pause(ms: number, signal?: AbortSignal): Promise<void> {
 
 /** What `fleetgate fleet simulate` was given, checked by the command. */
 export interface SimulatorCommand {
-  ingestUrl: string;
+  /** The ingestion endpoint; or `landing`. */
+  ingestUrl?: string;
+  /** A key prefix of the store (`store`), or s3://BUCKET/PREFIX: files there instead of HTTP. */
+  landing?: string;
   /** A store directory, or s3://BUCKET/PREFIX; absent: the configured store (FLEETGATE_STORE). */
   store?: string;
   dbPath: string;
@@ -295,6 +317,12 @@ export async function simulatorCommand(c: SimulatorCommand): Promise<number> {
   const store = storeConfig
     ? openObjectStore(storeConfig, c.dataDir)
     : new LocalObjectStore(resolve(c.store!));
+  const landing =
+    c.landing === undefined
+      ? undefined
+      : c.landing.startsWith('s3://')
+        ? { store: openLandingS3(c.landing, c.dataDir), prefix: '' }
+        : { store, prefix: c.landing };
   const runner = new OnnxModelRunner((digest) => store.get(blobKey(digest)));
   const stop = new AbortController();
   const onSignal = () => stop.abort(new Error('stopped by a signal'));
@@ -302,12 +330,13 @@ export async function simulatorCommand(c: SimulatorCommand): Promise<number> {
   process.once('SIGTERM', onSignal);
   const log = (line: string) => console.log(`fleetgate fleet simulate: ${line}`);
   log(
-    `sending to ${new URL(c.ingestUrl).origin}, looking for window requests every ${c.everyMs} ms` +
-      `${c.once ? ' (once)' : ''}; its own database ${c.dbPath}`,
+    `${landing ? `writing files into the landing zone ${c.landing}` : `sending to ${new URL(c.ingestUrl!).origin}`}, ` +
+      `looking for window requests every ${c.everyMs} ms${c.once ? ' (once)' : ''}; its own database ${c.dbPath}`,
   );
   try {
     const run = await runSimulator({
-      ingestUrl: c.ingestUrl,
+      ...(c.ingestUrl !== undefined ? { ingestUrl: c.ingestUrl } : {}),
+      ...(landing ? { landing } : {}),
       store,
       runner,
       dbPath: c.dbPath,
@@ -326,5 +355,15 @@ export async function simulatorCommand(c: SimulatorCommand): Promise<number> {
     process.off('SIGTERM', onSignal);
     await runner.close();
     (store as { close?: () => void }).close?.();
+    if (landing && landing.store !== store) (landing.store as { close?: () => void }).close?.();
+  }
+}
+
+/** The store of an s3:// landing zone (endpoint and credentials as FLEETGATE_STORE's); errors name --landing. */
+function openLandingS3(location: string, dataDir: string): ObjectStore {
+  try {
+    return openObjectStore(loadStoreConfig({ ...process.env, FLEETGATE_STORE: location }), dataDir);
+  } catch (err) {
+    throw new Error((err as Error).message.replace('FLEETGATE_STORE=', '--landing '), { cause: err });
   }
 }
