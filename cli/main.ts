@@ -139,10 +139,13 @@ const HELP: Record<string, string> = {
   ...GATE_HELP,
   demo: `Usage: fleetgate demo
 
-Runs the whole demo in one process and prints a summary; about 2 minutes.
-  - resets the simulated world in the data directory (store, fleet.duckdb; keeps reports, temporal.db)
+Runs the whole demo and prints a summary; about 3.5 minutes.
+  - resets the simulated world in the data directory (store, fleet.duckdb, simulator.duckdb; keeps
+    reports, temporal.db)
   - starts a Temporal dev server with <data dir>/temporal.db, unless TEMPORAL_ADDRESS is set
   - registers models/production for every cohort of ${DEFAULT_FLEET} and creates the simulated fleet
+  - serves the ingestion endpoint on a loopback port and starts the simulated fleet as a process of its
+    own (fleet simulate --ingest URL, log in <data dir>/simulator.log) that sends over HTTP
   - runs a worker and one rollout of models/candidate-regress with examples/demo-policy.yaml at 600x
     fleet time, approving its gate as "alice"
 Exit code 0 when the rollout completed.`,
