@@ -22,8 +22,11 @@ import type { RecordKind, RecordOf } from './contract';
 import { LANDING_KINDS } from './landing';
 import type { WriteResult } from './writer';
 
-/** Records per file: well under the reader's default caps (100,000 records, 16 MiB unzipped). */
-export const DEFAULT_RECORDS_PER_FILE = 5_000;
+/**
+ * Records per file: under the reader's default caps (100,000 records, 16 MiB unzipped; an inference event
+ * is about 500 bytes of JSON), and few files, since a reader's pass asks the store for each file's version.
+ */
+export const DEFAULT_RECORDS_PER_FILE = 15_000;
 
 const DIR_OF_KIND = Object.fromEntries(
   Object.entries(LANDING_KINDS).map(([dir, kind]) => [kind, dir]),
