@@ -205,3 +205,10 @@ export async function resultWithin(handle: WorkflowHandle, limitMs: number): Pro
     clearTimeout(timer);
   }
 }
+
+/**
+ * The `skip` option of a test that runs with `npm run test:long` only (FLEETGATE_LONG=1), so that
+ * `npm test` stays within its time on a 2-core machine: the reason says where it runs.
+ */
+export const LONG_ONLY: string | false =
+  process.env.FLEETGATE_LONG === '1' ? false : 'a long test: it runs with npm run test:long';

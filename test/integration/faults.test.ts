@@ -19,7 +19,7 @@ import { startDevServer, type DevServer } from '../../workers/dev-server';
 import { quietRuntime } from '../../workers/worker';
 import { abortUpdate, type RolloutResult } from '../../workflows/definitions';
 import { RolloutRequest } from '../../policies/schema';
-import { ROOT, loadPolicy, resultWithin, rolloutRequest } from '../support';
+import { LONG_ONLY, ROOT, loadPolicy, resultWithin, rolloutRequest } from '../support';
 
 const BIN = join(ROOT, 'bin', 'fleetgate.js');
 const FLEET = 'test/fixtures/fleet.yaml';
@@ -192,100 +192,115 @@ async function rolloutWithKilledWorker(
   assert.fail('no kill landed while a look ran, in 5 tries');
 }
 
-test('a worker killed mid-look: status names the activity in flight, the next worker retries it after the heartbeat timeout, the rollout completes', async () => {
-  const taskQueue = `faults-retry-${process.pid}`;
-  const dir = await dataDir('retry', taskQueue);
-  const env = envFor(dir, taskQueue);
-  const id = `faults-retry-${process.pid}`;
-  const { handle, killed } = await rolloutWithKilledWorker(id, 'models/candidate-good', env, taskQueue);
+test(
+  'a worker killed mid-look: status names the activity in flight, the next worker retries it after the heartbeat timeout, the rollout completes',
+  { skip: LONG_ONLY },
+  async () => {
+    const taskQueue = `faults-retry-${process.pid}`;
+    const dir = await dataDir('retry', taskQueue);
+    const env = envFor(dir, taskQueue);
+    const id = `faults-retry-${process.pid}`;
+    const { handle, killed } = await rolloutWithKilledWorker(id, 'models/candidate-good', env, taskQueue);
 
-  // No worker is alive: the status query cannot be answered, but the server's view says why it waits.
-  const status = await fleetgate(['status', id], env);
-  assert.equal(status.code, 1);
-  assert.match(status.stderr, /no answer from rollout/);
-  assert.match(status.stderr, new RegExp(`in flight: activity ${killed} started, attempt 1`));
+    // No worker is alive: the status query cannot be answered, but the server's view says why it waits.
+    const status = await fleetgate(['status', id], env);
+    assert.equal(status.code, 1);
+    assert.match(status.stderr, /no answer from rollout/);
+    assert.match(status.stderr, new RegExp(`in flight: activity ${killed} started, attempt 1`));
 
-  const next = await startWorker(env);
-  try {
-    // Its start-to-close timeout is 5 minutes: a retry that comes within this bound came from the
-    // heartbeat timeout.
-    const result: RolloutResult = await resultWithin(handle, 150_000);
-    assert.equal(result.outcome, 'completed', result.reason);
+    const next = await startWorker(env);
+    try {
+      // Its start-to-close timeout is 5 minutes: a retry that comes within this bound came from the
+      // heartbeat timeout.
+      const result: RolloutResult = await resultWithin(handle, 150_000);
+      assert.equal(result.outcome, 'completed', result.reason);
+      const retried = (await handle.fetchHistory()).events!.filter(
+        (e) =>
+          e.activityTaskStartedEventAttributes && (e.activityTaskStartedEventAttributes.attempt ?? 1) > 1,
+      );
+      assert.ok(retried.length > 0, 'the killed activity was retried');
+      const lastFailure = retried.map(
+        (e) => e.activityTaskStartedEventAttributes!.lastFailure?.message ?? '',
+      );
+      assert.ok(
+        lastFailure.some((m) => /heartbeat/i.test(m)),
+        `a retry follows a heartbeat timeout: ${lastFailure.join('; ')}`,
+      );
+    } finally {
+      await kill(next);
+    }
+  },
+);
+
+test(
+  'an abort sent while an activity hangs on a dead worker does not wait for it, and every change is compensated',
+  { skip: LONG_ONLY },
+  async () => {
+    const taskQueue = `faults-abort-${process.pid}`;
+    const dir = await dataDir('abort', taskQueue);
+    const env = envFor(dir, taskQueue);
+    const id = `faults-abort-${process.pid}`;
+    const { handle } = await rolloutWithKilledWorker(id, 'models/candidate-good', env, taskQueue);
+    const next = await startWorker(env);
+    let result: RolloutResult;
+    try {
+      // The dead activity's start-to-close timeout is 5 minutes; the abort cancels what only reads without
+      // waiting for it (it waits at most for the workflow's tasks to move off the dead worker's queue).
+      const receipt = await Promise.race([
+        handle.executeUpdate(abortUpdate, { args: [{ reason: 'chaos drill', by: 'ops' }] }),
+        new Promise<never>((_, reject) =>
+          setTimeout(() => reject(new Error('the abort still waits after 60 s')), 60_000),
+        ),
+      ]);
+      assert.equal(receipt.outcome, 'aborted');
+      assert.ok(receipt.compensations > 0, 'the delivered wave and the candidate pointers were compensated');
+      result = (await handle.result()) as RolloutResult;
+      assert.equal(result.outcome, 'aborted');
+    } finally {
+      await kill(next);
+    }
+    const report = JSON.parse(readFileSync(result.reportPath!, 'utf8')) as { candidate: { digest: string } };
+    assert.equal(await onCandidate(dir, report.candidate.digest), 0, 'no vehicle runs the candidate');
+  },
+);
+
+test(
+  'an abort sent while a delivery hangs on a dead worker cancels it: the delivery is not retried, nothing stays installed',
+  { skip: LONG_ONLY },
+  async () => {
+    const taskQueue = `faults-deliver-${process.pid}`;
+    const dir = await dataDir('deliver', taskQueue);
+    const env = envFor(dir, taskQueue);
+    const id = `faults-deliver-${process.pid}`;
+    const { handle } = await rolloutWithKilledWorker(id, 'models/candidate-good', env, taskQueue, [
+      'deliverWave',
+    ]);
+    const next = await startWorker(env);
+    let result: RolloutResult;
+    try {
+      // A delivery used to be non-cancellable: the abort waited out its 5-minute start-to-close timeout, then
+      // its retry delivered the wave, then it was reverted. Now the abort cancels it; its worker being dead,
+      // it ends at its heartbeat timeout (20 s) and is not retried.
+      const receipt = await Promise.race([
+        handle.executeUpdate(abortUpdate, { args: [{ reason: 'chaos drill', by: 'ops' }] }),
+        new Promise<never>((_, reject) =>
+          setTimeout(() => reject(new Error('the abort still waits after 90 s')), 90_000),
+        ),
+      ]);
+      assert.equal(receipt.outcome, 'aborted');
+      result = (await handle.result()) as RolloutResult;
+    } finally {
+      await kill(next);
+    }
+    // No activity ran a second attempt: the delivery on the dead worker was not retried after the abort.
     const retried = (await handle.fetchHistory()).events!.filter(
-      (e) => e.activityTaskStartedEventAttributes && (e.activityTaskStartedEventAttributes.attempt ?? 1) > 1,
+      (e) => (e.activityTaskStartedEventAttributes?.attempt ?? 1) > 1,
     );
-    assert.ok(retried.length > 0, 'the killed activity was retried');
-    const lastFailure = retried.map((e) => e.activityTaskStartedEventAttributes!.lastFailure?.message ?? '');
-    assert.ok(
-      lastFailure.some((m) => /heartbeat/i.test(m)),
-      `a retry follows a heartbeat timeout: ${lastFailure.join('; ')}`,
-    );
-  } finally {
-    await kill(next);
-  }
-});
-
-test('an abort sent while an activity hangs on a dead worker does not wait for it, and every change is compensated', async () => {
-  const taskQueue = `faults-abort-${process.pid}`;
-  const dir = await dataDir('abort', taskQueue);
-  const env = envFor(dir, taskQueue);
-  const id = `faults-abort-${process.pid}`;
-  const { handle } = await rolloutWithKilledWorker(id, 'models/candidate-good', env, taskQueue);
-  const next = await startWorker(env);
-  let result: RolloutResult;
-  try {
-    // The dead activity's start-to-close timeout is 5 minutes; the abort cancels what only reads without
-    // waiting for it (it waits at most for the workflow's tasks to move off the dead worker's queue).
-    const receipt = await Promise.race([
-      handle.executeUpdate(abortUpdate, { args: [{ reason: 'chaos drill', by: 'ops' }] }),
-      new Promise<never>((_, reject) =>
-        setTimeout(() => reject(new Error('the abort still waits after 60 s')), 60_000),
-      ),
-    ]);
-    assert.equal(receipt.outcome, 'aborted');
-    assert.ok(receipt.compensations > 0, 'the delivered wave and the candidate pointers were compensated');
-    result = (await handle.result()) as RolloutResult;
-    assert.equal(result.outcome, 'aborted');
-  } finally {
-    await kill(next);
-  }
-  const report = JSON.parse(readFileSync(result.reportPath!, 'utf8')) as { candidate: { digest: string } };
-  assert.equal(await onCandidate(dir, report.candidate.digest), 0, 'no vehicle runs the candidate');
-});
-
-test('an abort sent while a delivery hangs on a dead worker cancels it: the delivery is not retried, nothing stays installed', async () => {
-  const taskQueue = `faults-deliver-${process.pid}`;
-  const dir = await dataDir('deliver', taskQueue);
-  const env = envFor(dir, taskQueue);
-  const id = `faults-deliver-${process.pid}`;
-  const { handle } = await rolloutWithKilledWorker(id, 'models/candidate-good', env, taskQueue, [
-    'deliverWave',
-  ]);
-  const next = await startWorker(env);
-  let result: RolloutResult;
-  try {
-    // A delivery used to be non-cancellable: the abort waited out its 5-minute start-to-close timeout, then
-    // its retry delivered the wave, then it was reverted. Now the abort cancels it; its worker being dead,
-    // it ends at its heartbeat timeout (20 s) and is not retried.
-    const receipt = await Promise.race([
-      handle.executeUpdate(abortUpdate, { args: [{ reason: 'chaos drill', by: 'ops' }] }),
-      new Promise<never>((_, reject) =>
-        setTimeout(() => reject(new Error('the abort still waits after 90 s')), 90_000),
-      ),
-    ]);
-    assert.equal(receipt.outcome, 'aborted');
-    result = (await handle.result()) as RolloutResult;
-  } finally {
-    await kill(next);
-  }
-  // No activity ran a second attempt: the delivery on the dead worker was not retried after the abort.
-  const retried = (await handle.fetchHistory()).events!.filter(
-    (e) => (e.activityTaskStartedEventAttributes?.attempt ?? 1) > 1,
-  );
-  assert.equal(retried.length, 0, 'the cancelled delivery was not retried');
-  const report = JSON.parse(readFileSync(result.reportPath!, 'utf8')) as { candidate: { digest: string } };
-  assert.equal(await onCandidate(dir, report.candidate.digest), 0, 'no vehicle runs the candidate');
-});
+    assert.equal(retried.length, 0, 'the cancelled delivery was not retried');
+    const report = JSON.parse(readFileSync(result.reportPath!, 'utf8')) as { candidate: { digest: string } };
+    assert.equal(await onCandidate(dir, report.candidate.digest), 0, 'no vehicle runs the candidate');
+  },
+);
 
 test('workflow workers on two processes serve one rollout beside the owner of the data; a second owner is refused', async () => {
   const taskQueue = `faults-roles-${process.pid}`;
