@@ -100,7 +100,7 @@ export interface OtaJob {
   result: unknown;
 }
 
-/** One window of a rollout's events that a batch reads: what an in-process producer makes for it. */
+/** One window of a rollout's events that a batch reads: what the simulated fleet is asked to send for it. */
 export interface TelemetryWindow {
   phase: 'shadow' | 'canary';
   rolloutId: string;

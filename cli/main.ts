@@ -980,7 +980,12 @@ async function fleetSimulateCommand(args: string[]): Promise<number> {
       '--ingest and --landing exclude each other: give --ingest URL to send over HTTP, or --landing PREFIX to write files',
     );
   }
-  const ingest = landingFlag === undefined ? required('fleet simulate', p.values, 'ingest') : undefined;
+  if (landingFlag === undefined && str(p.values, 'ingest') === undefined) {
+    throw new UsageError(
+      'fleet simulate needs --ingest URL (to send over HTTP) or --landing PREFIX (to write files to a landing zone)',
+    );
+  }
+  const ingest = landingFlag === undefined ? str(p.values, 'ingest') : undefined;
   if (ingest !== undefined) {
     let url: URL | undefined;
     try {
