@@ -6,6 +6,8 @@
 import { mkdtempSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import YAML from 'yaml';
 import type { WorkflowHandle } from '@temporalio/client';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
@@ -14,7 +16,7 @@ import { Worker, type WorkflowBundle } from '@temporalio/worker';
 import { historyToJSON } from '@temporalio/common/lib/proto-utils';
 import { openSimWorld } from '../sim/world';
 import { createActivities, quietRuntime, type Services } from '../workers/worker';
-import { temporalTestServer } from '../workers/tools';
+import { temporalCli, temporalTestServer } from '../workers/tools';
 import { getWorkflowBundle } from '../workers/bundle';
 import { WORKFLOW_TYPE, statusQuery, type RolloutResult } from '../workflows/definitions';
 import type { MetricResult } from '../policies/decide';
@@ -38,6 +40,39 @@ export async function makeWorld(fleet = 'test/fixtures/fleet.yaml'): Promise<Wor
 
 export function loadPolicy(file: string): PolicyInput {
   return YAML.parse(readFileSync(join(ROOT, file), 'utf8')) as PolicyInput;
+}
+
+/**
+ * examples/demo-policy.yaml, shortened for a candidate-regress rollout on a dev server at 7200x that ends
+ * in about a minute: a 3 s shadow, three 6 s waves of two looks with a one-reviewer gate "wave-2" on the
+ * second. At 7200x the shadow's labels would already show the night recall drop and reject hw3/nordic at
+ * the shadow's class gates (that path is tested in test/workflow/shadow.test.ts), so they are off: the
+ * regression is followed through every phase to its rollback in the canary. Data too thin to decide holds
+ * its cohorts after 10 s instead of waiting a day for the reviewers.
+ */
+export function devServerRegressPolicy(): PolicyInput {
+  const policy = loadPolicy('examples/demo-policy.yaml');
+  policy.shadow!.duration = '3s';
+  delete policy.shadow!.classGates;
+  policy.waves = [
+    { percent: 5, hold: '6s', looks: 2 },
+    { percent: 25, hold: '6s', looks: 2, approval: { gate: 'wave-2', required: 1, timeout: '10m' } },
+    { percent: 50, hold: '6s', looks: 2 },
+  ];
+  policy.labelWait = { coverage: 0.9, poll: '2s', timeout: '20s' };
+  policy.analysis.escalation = { timeout: '10s' };
+  return policy;
+}
+
+/**
+ * Runs the Temporal CLI against `address` without blocking this process's event loop (a worker under
+ * test may run here too, and the CLI's update waits for it); its standard output.
+ */
+export async function temporalAsync(address: string, args: string[]): Promise<string> {
+  const { stdout } = await promisify(execFile)(temporalCli(), [...args, '--address', address], {
+    encoding: 'utf8',
+  });
+  return stdout;
 }
 
 export function rolloutRequest(

@@ -5,21 +5,19 @@
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Client, Connection } from '@temporalio/client';
 import { NativeConnection } from '@temporalio/worker';
 import { startDevServer, type DevServer } from '../../workers/dev-server';
-import { temporalCli } from '../../workers/tools';
 import { createFleetgateWorker, quietRuntime } from '../../workers/worker';
 import { statusQuery } from '../../workflows/definitions';
 import { RolloutRequest } from '../../policies/schema';
 import {
   LONG_ONLY,
-  loadPolicy,
+  devServerRegressPolicy,
+  temporalAsync,
   makeWorld,
   resultWithin,
   rolloutRequest,
@@ -41,16 +39,7 @@ after(async () => {
   rmSync(tmp, { recursive: true, force: true });
 });
 
-/**
- * Runs the Temporal CLI without blocking this process's event loop: the worker under test runs here
- * too, and the CLI's update waits for it.
- */
-async function cli(args: string[]): Promise<string> {
-  const { stdout } = await promisify(execFile)(temporalCli(), [...args, '--address', server.address], {
-    encoding: 'utf8',
-  });
-  return stdout;
-}
+const cli = (args: string[]) => temporalAsync(server.address, args);
 
 test(
   'a rollout started with the Temporal CLI runs every phase on the dev server',
@@ -69,20 +58,7 @@ test(
         services: world.services,
       });
       await worker.runUntil(async () => {
-        const policy = loadPolicy('examples/demo-policy.yaml');
-        policy.shadow!.duration = '3s';
-        // This test follows the regression through every phase to its rollback in the canary. At 7200x the
-        // shadow's labels would already show the night recall drop and reject hw3/nordic at the shadow's
-        // class gates (that path is tested in test/workflow/shadow.test.ts), so they are off here.
-        delete policy.shadow!.classGates;
-        policy.waves = [
-          { percent: 5, hold: '6s', looks: 2 },
-          { percent: 25, hold: '6s', looks: 2, approval: { gate: 'wave-2', required: 1, timeout: '10m' } },
-          { percent: 50, hold: '6s', looks: 2 },
-        ];
-        policy.labelWait = { coverage: 0.9, poll: '2s', timeout: '20s' };
-        // Data too thin to decide holds its cohorts after 10 s instead of waiting a day for the reviewers.
-        policy.analysis.escalation = { timeout: '10s' };
+        const policy = devServerRegressPolicy();
         const id = `it-regress-${process.pid}`;
         // 7200x: a 3-second look covers six hours of driving, the test fleet's mean label delay.
         const request = RolloutRequest.parse(

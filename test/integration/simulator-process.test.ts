@@ -12,12 +12,10 @@
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
-import { temporalCli } from '../../workers/tools';
 import { Client, Connection } from '@temporalio/client';
 import { NativeConnection } from '@temporalio/worker';
 import { startDevServer, type DevServer } from '../../workers/dev-server';
@@ -40,7 +38,8 @@ import { startLandingLoop } from '../../workers/landing';
 import { startMoto } from '../moto';
 import {
   LONG_ONLY,
-  loadPolicy,
+  devServerRegressPolicy,
+  temporalAsync,
   reportOf,
   resultWithin,
   rolloutRequest,
@@ -65,16 +64,7 @@ after(async () => {
   rmSync(tmp, { recursive: true, force: true });
 });
 
-/**
- * Runs the Temporal CLI without blocking this process's event loop: the worker under test runs here
- * too, and the CLI's update waits for it.
- */
-async function temporal(args: string[]): Promise<string> {
-  const { stdout } = await promisify(execFile)(temporalCli(), [...args, '--address', server.address], {
-    encoding: 'utf8',
-  });
-  return stdout;
-}
+const temporal = (args: string[]) => temporalAsync(server.address, args);
 
 /** The endpoint's counter `name` for a record kind. */
 function counter(metrics: string, name: string, kind: string): number {
@@ -95,16 +85,7 @@ async function decide(
   out: () => string,
   withinMs = 120_000,
 ): Promise<void> {
-  const policy = loadPolicy('examples/demo-policy.yaml');
-  policy.shadow!.duration = '3s';
-  delete policy.shadow!.classGates;
-  policy.waves = [
-    { percent: 5, hold: '6s', looks: 2 },
-    { percent: 25, hold: '6s', looks: 2, approval: { gate: 'wave-2', required: 1, timeout: '10m' } },
-    { percent: 50, hold: '6s', looks: 2 },
-  ];
-  policy.labelWait = { coverage: 0.9, poll: '2s', timeout: '20s' };
-  policy.analysis.escalation = { timeout: '10s' };
+  const policy = devServerRegressPolicy();
   const request = RolloutRequest.parse(
     rolloutRequest(id, 'models/candidate-regress', policy, 'test/fixtures/fleet.yaml', 7200),
   );
