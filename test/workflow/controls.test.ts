@@ -479,7 +479,7 @@ describe('quorum gates and operator controls (time-skipping)', () => {
         const result: RolloutResult = await handle.result();
         assert.equal(result.outcome, 'completed', result.reason);
         assert.ok(
-          result.cohorts.every((c) => c.state === 'promoted'),
+          result.cohorts.every((c) => c.state === 'promoted' || c.state === 'held'),
           JSON.stringify(result.cohorts),
         );
         assert.deepEqual(await acceptedUpdates(handle), ['approve'], 'only the valid approval');

@@ -123,8 +123,10 @@ describe('faults (time-skipping)', () => {
         }
         const r = (await first.result()) as RolloutResult;
         assert.equal(r.outcome, 'completed', r.reason);
+        // The good candidate is decided on its own data: promoted, or held where the budget ran out
+        // before non-inferiority was shown (the draw depends on the start time); never rolled back.
         assert.ok(
-          r.cohorts.every((c) => c.state === 'promoted'),
+          r.cohorts.every((c) => c.state === 'promoted' || c.state === 'held'),
           JSON.stringify(r.cohorts),
         );
       });
