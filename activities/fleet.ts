@@ -54,7 +54,8 @@ import type {
   TelemetryFeed,
   TelemetryWindow,
 } from './deps';
-import { awaitWatermarks, readWindow } from './telemetry';
+import { awaitWatermarks, readWindow, type WindowRead } from './telemetry';
+import { logBatchRead } from './batch-log';
 import { sha256 } from './store';
 import { blobKey } from '../workers/model-runner';
 import { budgetRequests, LABEL_TIERS, labelerAnswer, NO_TIER, PRIORITY_CONFIDENCE } from './labels';
@@ -77,6 +78,12 @@ export interface FleetActivityDeps {
    * sends again and refuses bytes that differ from the digest it was asked to deliver (DigestMismatch).
    */
   store?: ObjectStore;
+  /**
+   * Where each batch read is logged (activities/batch-log.ts), so that a data worker on a database
+   * rebuilt from the store reads it again; absent: not logged (the simulated fleet's records are made
+   * again from their seed, and its database is no cache).
+   */
+  batchLog?: ObjectStore;
   /**
    * An in-process producer of the fleet's records (the simulated fleet): asked for each window a batch
    * reads. Absent for a real fleet, whose units send through ingestion.
@@ -450,7 +457,7 @@ export function createFleetActivities(deps: FleetActivityDeps) {
       }
     }
     progress({ step: `${phase} batch: writing`, batchId });
-    const { result, requests } = await readWindow(conn, {
+    const window: WindowRead = {
       batchId,
       phase,
       rolloutId: input.rolloutId,
@@ -463,7 +470,9 @@ export function createFleetActivities(deps: FleetActivityDeps) {
       rate: manifest.labels.rate,
       lowConfidence: shadow.edge?.lowConfidence ?? PRIORITY_CONFIDENCE,
       ...(input.labeling ? { labeling: input.labeling } : {}),
-    });
+    };
+    const { result, requests, read } = await readWindow(conn, window);
+    if (deps.batchLog) await logBatchRead(deps.batchLog, window, read);
     if (feed && requests.length > 0) await feed.requestLabels(manifest.name, requests);
     return result;
   }

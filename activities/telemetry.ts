@@ -71,7 +71,7 @@ const LATE_MARGIN_MS = 10 * 60_000;
  * the model that acted (canary candidate) or ran in shadow is the candidate. Rows already taken are
  * skipped by the insert (`insertSql`).
  */
-function pendingSql(w: WindowRead, since: number | null): string {
+function pendingSql(w: WindowRead, since: number | null, upTo?: Replay['upToMs']): string {
   const ok =
     w.phase === 'shadow'
       ? `i.shadow_digest = ${lit(w.candidateDigest)}`
@@ -80,7 +80,19 @@ function pendingSql(w: WindowRead, since: number | null): string {
   return `SELECT i.*, ${ok} AS ok FROM ingested_inference i
     WHERE i.fleet = ${lit(w.fleet)} AND i.rollout_id = ${lit(w.rolloutId)} AND i.phase = ${lit(w.phase)}
       AND i.cohort IN (${w.cohorts.map(lit).join(', ') || 'NULL'}) AND i."at" < ${BigInt(w.toMs)}
-      AND (i."at" >= ${BigInt(w.fromMs)} OR ${late})`;
+      AND (i."at" >= ${BigInt(w.fromMs)} OR ${late})${
+        upTo === undefined ? '' : upTo === null ? ' AND false' : ` AND i.ingested_at_ms <= ${BigInt(upTo)}`
+      }`;
+}
+
+/**
+ * A batch read again on a database rebuilt from the store (activities/batch-log.ts): the `since` the first
+ * read used, and the latest ingestion time of what it took (null: it took nothing), so that the records
+ * ingested after it are left to the batches that took them.
+ */
+export interface Replay {
+  since: number | null;
+  upToMs: number | null;
 }
 
 /**
@@ -89,7 +101,7 @@ function pendingSql(w: WindowRead, since: number | null): string {
  * earliest pending event) are looked at, which is none unless late events are pending (a batch's window
  * begins where the previous one's ended).
  */
-function insertSql(w: WindowRead, since: number | null, lowMs: number): string {
+function insertSql(w: WindowRead, since: number | null, lowMs: number, upTo?: Replay['upToMs']): string {
   const acting = (col: string, arm: 'candidate' | 'production') =>
     w.phase === 'shadow'
       ? arm === 'production'
@@ -106,7 +118,7 @@ function insertSql(w: WindowRead, since: number | null, lowMs: number): string {
       ${acting('latency_ms', 'candidate')}, ${acting('latency_ms', 'production')},
       ${acting('safety', 'candidate')}, ${acting('safety', 'production')},
       exposure_hours, 1 / upload_inclusion_probability, false
-    FROM (${pendingSql(w, since)}) i
+    FROM (${pendingSql(w, since, upTo)}) i
     WHERE ok AND i.fleet || ':' || i.event_id NOT IN (
       SELECT event_id FROM events WHERE rollout_id = ${lit(w.rolloutId)} AND phase = ${lit(w.phase)}
         AND ts_ms >= ${BigInt(Math.floor(lowMs))} AND ts_ms < ${BigInt(w.toMs)})`;
@@ -119,32 +131,44 @@ function insertSql(w: WindowRead, since: number | null, lowMs: number): string {
 export async function readWindow(
   conn: DuckDBConnection,
   w: WindowRead,
-): Promise<{ result: WindowResult; requests: LabelRequestOut[] }> {
+  replay?: Replay,
+): Promise<{ result: WindowResult; requests: LabelRequestOut[]; read: Replay }> {
   return transaction(conn, async () => {
     const [again] = await rows(conn, `SELECT events FROM batches WHERE batch_id = ?`, [w.batchId]);
+    const sinceOf = async (except: string | null) => {
+      const [previous] = await rows(
+        conn,
+        `SELECT max(ingested_max_ms) AS m FROM batch_reads WHERE rollout_id = ? AND phase = ? AND batch_id <> ?`,
+        [w.rolloutId, w.phase, except ?? ''],
+      );
+      return previous?.m === null || previous?.m === undefined ? null : num(previous.m) - LATE_MARGIN_MS;
+    };
     if (again) {
+      const [own] = await rows(conn, `SELECT ingested_max_ms AS m FROM batch_reads WHERE batch_id = ?`, [
+        w.batchId,
+      ]);
       return {
         result: { batchId: w.batchId, events: num(again.events), written: false, late: 0, mismatched: 0 },
         requests: await requestsOf(conn, w),
+        // Asked again before any later batch of its phase: the batches before it are the ones it followed.
+        read: {
+          since: replay ? replay.since : await sinceOf(w.batchId),
+          upToMs: own?.m === null || own?.m === undefined ? null : num(own.m),
+        },
       };
     }
-    const [previous] = await rows(
-      conn,
-      `SELECT max(ingested_max_ms) AS m FROM batch_reads WHERE rollout_id = ? AND phase = ?`,
-      [w.rolloutId, w.phase],
-    );
-    const since = previous?.m === null || previous?.m === undefined ? null : num(previous.m) - LATE_MARGIN_MS;
+    const since = replay ? replay.since : await sinceOf(null);
     const [seen] = await rows(
       conn,
       `SELECT count(*) FILTER (WHERE NOT ok AND "at" >= ?) AS mismatched, max(ingested_at_ms) AS ingested,
               min("at") AS low
-       FROM (${pendingSql(w, since)})`,
+       FROM (${pendingSql(w, since, replay?.upToMs)})`,
       [w.fromMs],
     );
     // The batch's events are at or after `low` (its earliest: below fromMs when it took late events); the
     // reads of its events bound their times too, so that DuckDB skips the row groups of other batches.
     const low = seen?.low === null || seen?.low === undefined ? null : Math.min(num(seen.low), w.fromMs);
-    const total = low === null ? 0 : await exec(conn, insertSql(w, since, low));
+    const total = low === null ? 0 : await exec(conn, insertSql(w, since, low, replay?.upToMs));
     const span = { batchId: w.batchId, rolloutId: w.rolloutId, fromMs: low ?? w.fromMs, toMs: w.toMs };
     const [late] = await rows(
       conn,
@@ -190,6 +214,10 @@ export async function readWindow(
         mismatched: num(seen?.mismatched),
       },
       requests,
+      read: {
+        since,
+        upToMs: seen?.ingested === null || seen?.ingested === undefined ? null : num(seen.ingested),
+      },
     };
   });
 }

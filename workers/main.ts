@@ -10,6 +10,8 @@ import { endpointFromEnv } from '../serve/tracing';
 import { workerTracingOptions } from './tracing';
 import { startIngestServer, type IngestServer } from '../events/ingest-server';
 import { startLandingLoop, type LandingLoop } from './landing';
+import { type DataOwnerError, acquireLease, keepLease, leaseHolder } from './data-lease';
+import { dataDirId } from './ownership';
 
 export async function runWorker(): Promise<void> {
   const config = loadConfig();
@@ -20,7 +22,19 @@ export async function runWorker(): Promise<void> {
   const endpoint = endpointFromEnv();
   const tracing = endpoint ? await workerTracingOptions(endpoint, 'fleetgate-worker') : undefined;
   let worker: Awaited<ReturnType<typeof createFleetgateWorker>>;
+  let stopLease: (() => void) | undefined;
+  let leaseLost: DataOwnerError | undefined;
   try {
+    if (services.owner === 'store') {
+      // One data worker per object store whose database is a cache of it (workers/data-lease.ts).
+      const holder = leaseHolder(dataDirId(config.dataDir));
+      const etag = await acquireLease(services.store, holder);
+      stopLease = keepLease(services.store, holder, etag, (err) => {
+        leaseLost = err;
+        console.error(`fleetgate worker: ${err.message}`);
+        if (worker?.getState() === 'RUNNING') worker.shutdown();
+      });
+    }
     // Refused (TaskQueueOwnerError) when a worker with another data store serves the task queue.
     worker = await createFleetgateWorker({
       connection,
@@ -31,6 +45,7 @@ export async function runWorker(): Promise<void> {
       workflows: config.role === 'all',
     });
   } catch (err) {
+    stopLease?.();
     await tracing?.shutdown();
     await connection.close();
     await services.close();
@@ -97,7 +112,9 @@ export async function runWorker(): Promise<void> {
   try {
     // Rejects with a TaskQueueOwnerError when another data store shows up on the task queue.
     await worker.run();
+    if (leaseLost) throw leaseLost;
   } finally {
+    stopLease?.();
     await landing?.stop();
     await ingest?.close();
     await agent?.stop();

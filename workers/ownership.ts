@@ -61,10 +61,22 @@ export function storeLocation(store: ObjectStore): string {
   return store instanceof S3ObjectStore ? `s3://${store.bucket}/${store.prefix}` : 'local';
 }
 
-/** The store id of a data directory and its registry store: 12 hex digits, stable across restarts. */
-export function storeId(dataDir: string, store: ObjectStore): string {
+/**
+ * The store id of a data directory and its registry store: 12 hex digits, stable across restarts. When
+ * the fleet database is a cache of an S3 store (`owner: 'store'`, workers/data-lease.ts) any data
+ * directory on it is the same store, so the id names the object store alone.
+ */
+export function storeId(
+  dataDir: string,
+  store: ObjectStore,
+  owner: 'directory' | 'store' = 'directory',
+): string {
   return createHash('sha256')
-    .update(`${dataDirId(dataDir)}\n${storeLocation(store)}`)
+    .update(
+      owner === 'store'
+        ? `object-store\n${storeLocation(store)}`
+        : `${dataDirId(dataDir)}\n${storeLocation(store)}`,
+    )
     .digest('hex')
     .slice(0, 12);
 }
@@ -209,7 +221,7 @@ export interface OwnershipOptions {
  * One plugin per worker.
  */
 export function taskQueueOwnership(
-  services: { dataDir: string; store: ObjectStore },
+  services: { dataDir: string; store: ObjectStore; owner?: 'directory' | 'store' },
   options: OwnershipOptions = {},
 ): WorkerPlugin {
   const log = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
@@ -226,7 +238,7 @@ export function taskQueueOwnership(
   return {
     name: 'fleetgate-task-queue-ownership',
     async configureWorker(opts: WorkerOptions): Promise<WorkerOptions> {
-      const own = storeId(services.dataDir, services.store);
+      const own = storeId(services.dataDir, services.store, services.owner);
       const identity = opts.identity ? `${opts.identity} store=${own}` : workerIdentity(own);
       if (allowSharedQueue(options.env)) {
         log(

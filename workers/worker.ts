@@ -5,7 +5,7 @@
  * in fleetgate constructs clients or stores.
  */
 import { delimiter, join, resolve } from 'node:path';
-import { copyFileSync, mkdirSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync } from 'node:fs';
 import { type NativeConnection, Runtime, Worker, type WorkflowBundle } from '@temporalio/worker';
 import { IoTClient } from '@aws-sdk/client-iot';
 import { S3ObjectStore } from '../activities/store-s3';
@@ -25,6 +25,8 @@ import { AwsIotJobsChannel } from '../activities/ota-iot';
 import { SimulatedOta } from '../sim/ota';
 import { SimulatedFleetFeed } from '../sim/producer';
 import { EventWriter } from '../events/writer';
+import { listPartitions, rebuildFromStore } from '../events/rebuild';
+import { batchRestorer } from '../activities/batch-log';
 import { StoreLabelQueue } from '../activities/label-queue';
 import { SimulatorFeed } from '../activities/sim-requests';
 import {
@@ -58,6 +60,13 @@ export interface Services {
   ota: OtaChannel;
   /** The one writer of ingested records (events/writer.ts), on the fleet database. */
   writer: EventWriter;
+  /**
+   * What owns the fleet database: its data directory, or the object store when the database is a cache
+   * of it (a real fleet's records kept as partitions, delivery through AWS IoT, an S3 store): a new data
+   * directory on that store rebuilds it, and one data worker at a time holds the store's lease
+   * (workers/data-lease.ts).
+   */
+  owner: 'directory' | 'store';
   /** Where the records that decide a rollout come from, as configured (FLEETGATE_TELEMETRY). */
   telemetry: TelemetryConfig;
   /**
@@ -87,13 +96,28 @@ export async function openServices(
   root: string,
   ota: OtaConfig = loadOtaConfig(),
   telemetry: TelemetryConfig = loadTelemetryConfig(),
+  log: (line: string) => void = (line) => process.stderr.write(`${line}\n`),
 ): Promise<Services> {
   const webhook = loadWebhookConfig();
   const gateways = loadGatewayAllow();
   mkdirSync(dataDir, { recursive: true });
   const store = openObjectStore(loadStoreConfig(), dataDir);
   const runner = new OnnxModelRunner((digest) => store.get(blobKey(digest)));
-  const db = await openFleetDatabase(join(dataDir, 'fleet.duckdb'));
+  const dbFile = join(dataDir, 'fleet.duckdb');
+  // The fleet database of a real fleet is a cache of the object store: a new data directory on the same
+  // store starts from the Parquet partitions of what was ingested (events/rebuild.ts).
+  if (telemetry.kind !== 'simulated' && !existsSync(dbFile)) {
+    const { partitions } = await listPartitions(store);
+    if (partitions.length > 0) {
+      const r = await rebuildFromStore(store, dbFile, { cacheDir: dataDir });
+      const count = (o: Record<string, number>) => Object.values(o).reduce((a, b) => a + b, 0);
+      log(
+        `fleetgate: rebuilt the fleet database from ${count(r.partitions)} partitions of the store ` +
+          `(${r.rows.inference} events, ${r.rows.label} labels, ${r.rows.upload} upload reports)`,
+      );
+    }
+  }
+  const db = await openFleetDatabase(dbFile);
   const key = loadPseudonymKey(dataDir);
   const trust = await loadTrust(trustedKeyPaths(dataDir));
   let iot: IoTClient | undefined;
@@ -140,6 +164,10 @@ export async function openServices(
     key,
     ota: channel,
     writer: events,
+    owner:
+      telemetry.kind !== 'simulated' && ota.kind === 'aws-iot' && store instanceof S3ObjectStore
+        ? 'store'
+        : 'directory',
     telemetry,
     feed: feed!,
     trust,
@@ -191,27 +219,53 @@ export function createIotClient(config: AwsIotConfig): IoTClient {
  */
 export function createActivities(s: Services) {
   const fleetDeps = { conn: s.db.connection, runner: s.runner, key: s.key, root: s.root, store: s.store };
+  // A real fleet's batch reads are logged in the store, and read again by a worker whose database was
+  // rebuilt (activities/batch-log.ts) before any activity of the rollout reads the database.
+  const cache = s.telemetry.kind !== 'simulated';
+  const restoring = cache
+    ? restoreFirst(batchRestorer(s.db.connection, s.store, (line) => process.stderr.write(`${line}\n`)))
+    : <T>(a: T) => a;
   return heartbeating({
     ...createRegistryActivities(s),
     ...createInferenceActivities({ runner: s.runner, store: s.store }),
-    ...dispatchFleetActivities(
-      s.root,
-      createFleetActivities({
-        ...fleetDeps,
-        ota: s.ota,
-        feed: s.feed,
-        watermarkWaitMs: s.telemetry.watermarkWaitMs,
-      }),
-      createServiceActivities({ ...fleetDeps, gateways: s.gateways }),
+    ...restoring(
+      dispatchFleetActivities(
+        s.root,
+        createFleetActivities({
+          ...fleetDeps,
+          ota: s.ota,
+          feed: s.feed,
+          watermarkWaitMs: s.telemetry.watermarkWaitMs,
+          ...(cache ? { batchLog: s.store } : {}),
+        }),
+        createServiceActivities({ ...fleetDeps, gateways: s.gateways }),
+      ),
     ),
-    ...createLabelActivities({ conn: s.db.connection }),
-    ...createAnalysisActivities({ conn: s.db.connection }),
+    ...restoring(createLabelActivities({ conn: s.db.connection })),
+    ...restoring(createAnalysisActivities({ conn: s.db.connection })),
     ...createReportActivities({ dataDir: s.dataDir }),
     ...createNotifyActivities({ webhook: s.webhook }),
     ...createDriftActivities({ store: s.store, root: s.root }),
   });
 }
 export type Activities = ReturnType<typeof createActivities>;
+
+/** Each activity of `activities` whose input names a rollout first has `restore` run for it. */
+function restoreFirst(restore: (rolloutId: string) => Promise<void>) {
+  return <T extends object>(activities: T): T =>
+    Object.fromEntries(
+      Object.entries(activities).map(([name, fn]) => [
+        name,
+        typeof fn !== 'function'
+          ? fn
+          : async (...args: unknown[]) => {
+              const rolloutId = (args[0] as { rolloutId?: unknown } | undefined)?.rolloutId;
+              if (typeof rolloutId === 'string') await restore(rolloutId);
+              return (fn as (...a: unknown[]) => unknown)(...args);
+            },
+      ]),
+    ) as T;
+}
 
 let runtimeInstalled = false;
 /** Keeps the SDK's own logging to warnings, so progress views stay readable. */

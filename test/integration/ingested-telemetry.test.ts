@@ -9,11 +9,11 @@
  */
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { cpSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { openSimWorld, type SimWorld } from '../../sim/world';
-import { createActivities } from '../../workers/worker';
+import { createActivities, openServices } from '../../workers/worker';
 import { startIngestServer, tokenVariable, type IngestServer } from '../../events/ingest-server';
 import { labelRequestPrefix } from '../../activities/label-queue';
 import { num, rows } from '../../activities/db';
@@ -222,6 +222,53 @@ describe('a rollout reads what the fleet sent (FLEETGATE_TELEMETRY=ingested)', (
     const after = await acts.labelCoverage({ rolloutId: 'ing-1', asOfMs: labelAt });
     assert.equal(after.labeled, requested.length);
     assert.equal(after.requested, requested.length);
+  });
+
+  test("a new data directory on the same store rebuilds the database and reads the rollout's batches again, alike", async () => {
+    // The same object store under another data directory (a copy of the local store stands for S3).
+    const dir2 = join(dir, 'new-owner');
+    cpSync(join(dir, 'store'), join(dir2, 'store'), { recursive: true });
+    const lines: string[] = [];
+    const services = await openServices(
+      dir2,
+      ROOT,
+      { kind: 'simulated' },
+      { kind: 'ingested', watermarkWaitMs: 1500 },
+      (line) => lines.push(line),
+    );
+    try {
+      assert.match(
+        lines.join('\n'),
+        /rebuilt the fleet database from \d+ partitions of the store \(21\d events/,
+      );
+      const acts2 = createActivities(services);
+      const labelAt = T + 5 * HOUR;
+      // The first activity of the rollout reads its logged batches again, before it reads the database.
+      const coverage = await acts2.labelCoverage({ rolloutId: 'ing-1', asOfMs: labelAt });
+      assert.deepEqual(coverage, await acts.labelCoverage({ rolloutId: 'ing-1', asOfMs: labelAt }));
+      const snapshot = (conn: typeof services.db.connection) =>
+        rows(
+          conn,
+          `SELECT 'events' AS t, batch_id AS k, count(*) AS n, sum(ts_ms) AS s FROM events GROUP BY ALL
+           UNION ALL SELECT 'batches', batch_id, events, 0 FROM batches
+           UNION ALL SELECT 'stats', batch_id || cohort || arm, events, lat_sum FROM batch_stats
+           UNION ALL SELECT 'requests', reason, count(*), sum(inclusion) FROM label_requests GROUP BY ALL
+           UNION ALL SELECT 'labels', rollout_id, count(*), sum(label) FROM labels GROUP BY ALL
+           ORDER BY ALL`,
+        );
+      const before = await snapshot(world.services.db.connection);
+      assert.ok(before.filter((r) => r.t === 'batches').length >= 4);
+      assert.deepEqual(await snapshot(services.db.connection), before);
+      // Records ingested after a batch was read are left to the batch that took them: the second batch
+      // took three late events, read again it takes the same three.
+      const late = await rows(
+        services.db.connection,
+        `SELECT count(*) AS n FROM events WHERE batch_id LIKE '%canary:${T + HOUR}-%' AND ts_ms < ${T + HOUR}`,
+      );
+      assert.equal(num(late[0]!.n), 3);
+    } finally {
+      await services.close();
+    }
   });
 
   test("files a stream puts in an S3 landing zone are read by the worker's loop and taken by the next batch", async () => {
