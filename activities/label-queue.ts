@@ -38,7 +38,10 @@ export class StoreLabelQueue {
         )
         .join('\n') + '\n',
     );
-    const hour = new Date(Math.min(...requests.map((r) => r.requestedAtMs))).toISOString();
+    // A loop, not Math.min(...): a batch may ask for more labels than a call takes arguments.
+    let first = Infinity;
+    for (const r of requests) first = Math.min(first, r.requestedAtMs);
+    const hour = new Date(first).toISOString();
     const path = `${hour.slice(0, 4)}/${hour.slice(5, 7)}/${hour.slice(8, 10)}/${hour.slice(11, 13)}`;
     const digest = createHash('sha256').update(body).digest('hex').slice(0, 32);
     await this.store.putIfAbsent(`${labelRequestPrefix(fleet)}${path}/${digest}.ndjson`, body);

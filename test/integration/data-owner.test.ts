@@ -194,7 +194,11 @@ test(
       for (;;) {
         if ((await handle.query(statusQuery)).pendingGate) break;
         const { status } = await handle.describe();
-        assert.equal(status.name, 'RUNNING', JSON.stringify(await handle.query(statusQuery)));
+        assert.equal(
+          status.name,
+          'RUNNING',
+          `${b!.said()}\n${JSON.stringify(await handle.query(statusQuery))}`,
+        );
         await new Promise((r) => setTimeout(r, 250));
       }
       await handle.executeUpdate('approve', { args: [{ gate: 'wave-2', reviewer: 'alice' }] });
