@@ -67,12 +67,20 @@ async function current(store: ObjectStore): Promise<{ lease?: DataOwnerLease; et
   }
 }
 
-/** Takes the store's lease for `holder`, or throws DataOwnerError naming the live holder. */
+/** The data directory a holder names (`dir=<id>`), or undefined. */
+export function holderDir(holder: string): string | undefined {
+  return /(?:^|\s)dir=([0-9a-f]+)(?:\s|$)/.exec(holder)?.[1];
+}
+
+/**
+ * Takes the store's lease for `holder`, or throws DataOwnerError naming the live holder. Returns the
+ * lease's etag (to renew it from) and who held it before (undefined: nobody ever did).
+ */
 export async function acquireLease(
   store: ObjectStore,
   holder: string,
   opts: { ttlMs?: number; now?: () => number } = {},
-): Promise<string> {
+): Promise<{ etag: string; previous?: string }> {
   const ttlMs = opts.ttlMs ?? LEASE_TTL_MS;
   const now = opts.now ?? Date.now;
   const { lease, etag } = await current(store);
@@ -88,7 +96,8 @@ export async function acquireLease(
     }
   }
   try {
-    return await store.compareAndSwap(LEASE_KEY, etag, body(holder, now(), ttlMs));
+    const tag = await store.compareAndSwap(LEASE_KEY, etag, body(holder, now(), ttlMs));
+    return { etag: tag, ...(lease ? { previous: lease.holder } : {}) };
   } catch (err) {
     if (isConflict(err)) {
       throw new DataOwnerError(

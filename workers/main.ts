@@ -10,31 +10,27 @@ import { endpointFromEnv } from '../serve/tracing';
 import { workerTracingOptions } from './tracing';
 import { startIngestServer, type IngestServer } from '../events/ingest-server';
 import { startLandingLoop, type LandingLoop } from './landing';
-import { type DataOwnerError, acquireLease, keepLease, leaseHolder } from './data-lease';
-import { dataDirId } from './ownership';
+import type { DataOwnerError } from './data-lease';
 
 export async function runWorker(): Promise<void> {
   const config = loadConfig();
   if (config.role === 'workflows') return runWorkflowWorker(config);
-  const services = await openServices(config.dataDir, config.root);
+  let worker: Awaited<ReturnType<typeof createFleetgateWorker>> | undefined;
+  let leaseLost: DataOwnerError | undefined;
+  // One data worker per object store whose database is a cache of it (workers/data-lease.ts): one that
+  // finds its lease taken stops serving.
+  const services = await openServices(config.dataDir, config.root, undefined, undefined, undefined, {
+    lease: (err) => {
+      leaseLost = err;
+      console.error(`fleetgate worker: ${err.message}`);
+      if (worker?.getState() === 'RUNNING') worker.shutdown();
+    },
+  });
   const connection = await NativeConnection.connect(connectionOptions(config));
   // Traces of the workflows and activities, when an OTLP endpoint is configured.
   const endpoint = endpointFromEnv();
   const tracing = endpoint ? await workerTracingOptions(endpoint, 'fleetgate-worker') : undefined;
-  let worker: Awaited<ReturnType<typeof createFleetgateWorker>>;
-  let stopLease: (() => void) | undefined;
-  let leaseLost: DataOwnerError | undefined;
   try {
-    if (services.owner === 'store') {
-      // One data worker per object store whose database is a cache of it (workers/data-lease.ts).
-      const holder = leaseHolder(dataDirId(config.dataDir));
-      const etag = await acquireLease(services.store, holder);
-      stopLease = keepLease(services.store, holder, etag, (err) => {
-        leaseLost = err;
-        console.error(`fleetgate worker: ${err.message}`);
-        if (worker?.getState() === 'RUNNING') worker.shutdown();
-      });
-    }
     // Refused (TaskQueueOwnerError) when a worker with another data store serves the task queue.
     worker = await createFleetgateWorker({
       connection,
@@ -45,7 +41,6 @@ export async function runWorker(): Promise<void> {
       workflows: config.role === 'all',
     });
   } catch (err) {
-    stopLease?.();
     await tracing?.shutdown();
     await connection.close();
     await services.close();
@@ -111,10 +106,10 @@ export async function runWorker(): Promise<void> {
   }
   try {
     // Rejects with a TaskQueueOwnerError when another data store shows up on the task queue.
-    await worker.run();
+    // A lease lost while the worker was being made: it never polls.
+    if (!leaseLost) await worker.run();
     if (leaseLost) throw leaseLost;
   } finally {
-    stopLease?.();
     await landing?.stop();
     await ingest?.close();
     await agent?.stop();

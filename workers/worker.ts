@@ -5,7 +5,7 @@
  * in fleetgate constructs clients or stores.
  */
 import { delimiter, join, resolve } from 'node:path';
-import { copyFileSync, existsSync, mkdirSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, rmSync } from 'node:fs';
 import { type NativeConnection, Runtime, Worker, type WorkflowBundle } from '@temporalio/worker';
 import { IoTClient } from '@aws-sdk/client-iot';
 import { S3ObjectStore } from '../activities/store-s3';
@@ -46,7 +46,8 @@ import { type TrustStore, loadTrust } from '../activities/pack';
 import { getWorkflowBundle } from './bundle';
 import { hostname } from 'node:os';
 import { heartbeating } from '../activities/heartbeat';
-import { type OwnershipOptions, taskQueueOwnership } from './ownership';
+import { type OwnershipOptions, dataDirId, taskQueueOwnership } from './ownership';
+import { type DataOwnerError, acquireLease, holderDir, keepLease, leaseHolder } from './data-lease';
 
 export interface Services {
   dataDir: string;
@@ -67,6 +68,11 @@ export interface Services {
    * (workers/data-lease.ts).
    */
   owner: 'directory' | 'store';
+  /**
+   * The store's lease, when this process took it (`openServices(..., { lease: onLost })`), renewed until
+   * `close()`.
+   */
+  lease?: { holder: string; stop: () => void };
   /** Where the records that decide a rollout come from, as configured (FLEETGATE_TELEMETRY). */
   telemetry: TelemetryConfig;
   /**
@@ -97,6 +103,7 @@ export async function openServices(
   ota: OtaConfig = loadOtaConfig(),
   telemetry: TelemetryConfig = loadTelemetryConfig(),
   log: (line: string) => void = (line) => process.stderr.write(`${line}\n`),
+  options: { lease?: (lost: DataOwnerError) => void } = {},
 ): Promise<Services> {
   const webhook = loadWebhookConfig();
   const gateways = loadGatewayAllow();
@@ -104,6 +111,31 @@ export async function openServices(
   const store = openObjectStore(loadStoreConfig(), dataDir);
   const runner = new OnnxModelRunner((digest) => store.get(blobKey(digest)));
   const dbFile = join(dataDir, 'fleet.duckdb');
+  const owner: Services['owner'] =
+    telemetry.kind !== 'simulated' && ota.kind === 'aws-iot' && store instanceof S3ObjectStore
+      ? 'store'
+      : 'directory';
+  let lease: Services['lease'];
+  if (owner === 'store' && options.lease) {
+    // One data worker per store (workers/data-lease.ts), taken before the database is opened: a database
+    // left by an earlier turn of this directory is kept only when no other directory owned the store
+    // since; otherwise it lacks what the other one ingested and read, and is rebuilt.
+    const holder = leaseHolder(dataDirId(dataDir));
+    const taken = await acquireLease(store, holder);
+    // Renewed from now on, through a long rebuild too; `onLost` is told when another worker took it.
+    lease = { holder, stop: keepLease(store, holder, taken.etag, options.lease) };
+    if (
+      taken.previous !== undefined &&
+      holderDir(taken.previous) !== holderDir(holder) &&
+      existsSync(dbFile)
+    ) {
+      rmSync(dbFile, { force: true });
+      rmSync(`${dbFile}.wal`, { force: true });
+      log(
+        `fleetgate: ${taken.previous} owned the store since this data directory did: its fleet database is rebuilt`,
+      );
+    }
+  }
   // The fleet database of a real fleet is a cache of the object store: a new data directory on the same
   // store starts from the Parquet partitions of what was ingested (events/rebuild.ts).
   if (telemetry.kind !== 'simulated' && !existsSync(dbFile)) {
@@ -164,10 +196,8 @@ export async function openServices(
     key,
     ota: channel,
     writer: events,
-    owner:
-      telemetry.kind !== 'simulated' && ota.kind === 'aws-iot' && store instanceof S3ObjectStore
-        ? 'store'
-        : 'directory',
+    owner,
+    ...(lease ? { lease } : {}),
     telemetry,
     feed: feed!,
     trust,
@@ -175,6 +205,7 @@ export async function openServices(
     ...(iot ? { iot } : {}),
     ...(webhook ? { webhook } : {}),
     async close() {
+      lease?.stop();
       await runner.close();
       if (store instanceof S3ObjectStore) store.close();
       iot?.destroy();

@@ -77,7 +77,7 @@ test(
   withStore(async (store) => {
     let now = 0;
     const clock = { now: () => now, ttlMs: 300 };
-    const etag = await acquireLease(store, 'first', clock);
+    const { etag } = await acquireLease(store, 'first', clock);
     let lost: DataOwnerError | undefined;
     const stop = keepLease(store, 'first', etag, (err) => (lost = err), clock);
     try {
