@@ -206,7 +206,7 @@ export function createActivities(s: Services) {
     ),
     ...createLabelActivities({ conn: s.db.connection }),
     ...createAnalysisActivities({ conn: s.db.connection }),
-    ...createReportActivities({ dataDir: s.dataDir }),
+    ...createReportActivities({ dataDir: s.dataDir, store: s.store }),
     ...createNotifyActivities({ webhook: s.webhook }),
     ...createDriftActivities({ store: s.store, root: s.root }),
   });
