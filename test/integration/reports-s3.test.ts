@@ -138,12 +138,10 @@ void test('model register needs only the object store: it registers while anothe
 
 void test('a report written by the activity on machine A is rendered by fleetgate report on machine B', async () => {
   const report = JSON.parse(readFileSync(FIXTURE, 'utf8')) as Record<string, unknown>;
-  const registered = JSON.parse(ok(fleetgate(dataB, 'model', 'show', 'hazard-detector@1.1.0', '--json'))) as {
-    record: { name: string; version: string; digest: string };
-    rollouts: unknown[];
-  };
-  assert.deepEqual(registered.rollouts, []);
-  const { name, version, digest } = registered.record;
+  // The version registered above (read from the store itself), the candidate of this report.
+  const stored = await store.get('registry/hazard-detector/1.1.0.json');
+  assert.ok(stored, 'hazard-detector@1.1.0 is registered in the store');
+  const { name, version, digest } = JSON.parse(stored.toString()) as Record<string, string>;
   const id = 'store-report-1';
   const written = { ...report, rolloutId: id, workflowId: id, candidate: { name, version, digest } };
   const acts = createReportActivities({ dataDir: dataA, store });
