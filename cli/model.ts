@@ -22,7 +22,7 @@ import { parseArgs } from 'node:util';
 import { ApplicationFailure } from '@temporalio/common';
 import type { ModelRecord } from '../activities/contracts';
 import type { ObjectStore } from '../activities/deps';
-import type { PointerHistoryEntry, Stage } from '../activities/registry';
+import type { PointerHistoryEntry, RegistryDeps, Stage } from '../activities/registry';
 import type { BuildOptions } from '../workers/pack-build';
 import { loadConfig, openObjectStore, type Config } from '../workers/config';
 import { ModelManifest, formatIssues } from '../policies/schema';
@@ -618,34 +618,45 @@ async function withStore<T>(fn: (store: ObjectStore, config: Config) => Promise<
   }
 }
 
+/**
+ * Runs `fn` with the registry alone, as a worker's register step uses it: the configured object store,
+ * the trusted keys and onnxruntime for the contract. Never the fleet database, which a running worker
+ * owns, so what needs only the registry (model register, fleet init of a service) runs beside a worker.
+ */
+export async function withRegistry<T>(
+  fn: (deps: RegistryDeps, config: Config) => Promise<T>,
+  config: Config = loadConfig(),
+): Promise<T> {
+  const { trustedKeyPaths } = require('../workers/worker') as typeof WorkerModule;
+  const { loadTrust } = require('../activities/pack') as typeof PackModule;
+  const { OnnxModelRunner, blobKey } = require('../workers/model-runner') as typeof ModelRunnerModule;
+  const trust = await loadTrust(trustedKeyPaths(config.dataDir));
+  const store = openObjectStore(config.store, config.dataDir);
+  const runner = new OnnxModelRunner((digest) => store.get(blobKey(digest)));
+  try {
+    return await fn({ store, runner, trust, root: config.root }, config);
+  } finally {
+    await runner.close();
+    const closable = store as { close?: () => unknown };
+    if (typeof closable.close === 'function') await closable.close();
+  }
+}
+
 async function registerCommand(args: string[], io: ModelIo): Promise<number> {
   const p = parse('register', args, { json: { type: 'boolean' } }, ['DIR'], io);
   if (!p) return 0;
   const dir = await packDirArg('register', p.positionals[0]!);
-  const config = loadConfig();
-  const { trustedKeyPaths } = require('../workers/worker') as typeof WorkerModule;
-  const { loadTrust } = require('../activities/pack') as typeof PackModule;
-  const { OnnxModelRunner, blobKey } = require('../workers/model-runner') as typeof ModelRunnerModule;
   const { createRegistryActivities } = require('../activities/registry') as typeof RegistryModule;
   const read = require('../activities/registry-read') as typeof RegistryReadModule;
-  // The registry alone (object store, trusted keys, onnxruntime for the contract), as a worker's
-  // register step uses it: never the fleet database, which a running worker owns.
-  const trust = await loadTrust(trustedKeyPaths(config.dataDir));
-  const { record, existed } = await withStore(async (store) => {
-    const runner = new OnnxModelRunner((digest) => store.get(blobKey(digest)));
-    try {
-      const draft = await readManifestName(dir);
-      const existed =
-        draft !== undefined && (await read.readRecord(store, draft.name, draft.version)) !== undefined;
-      const registry = createRegistryActivities({ store, runner, trust, root: config.root });
-      const record = await registry.registerCandidate({
-        rolloutId: `model-register-${defaultRequester()}`,
-        packDir: dir,
-      });
-      return { record, existed };
-    } finally {
-      await runner.close();
-    }
+  const { record, existed } = await withRegistry(async (deps) => {
+    const draft = await readManifestName(dir);
+    const existed =
+      draft !== undefined && (await read.readRecord(deps.store, draft.name, draft.version)) !== undefined;
+    const record = await createRegistryActivities(deps).registerCandidate({
+      rolloutId: `model-register-${defaultRequester()}`,
+      packDir: dir,
+    });
+    return { record, existed };
   });
   if (p.values.json) {
     io.out(JSON.stringify(record, null, 2));

@@ -2,8 +2,8 @@
  * The CLI's read commands from the object store and nothing else, on moto's S3 (test/moto.ts): the
  * report activity of a worker with data directory A puts the report in the store, and `fleetgate report`,
  * `fleetgate model show` and `fleetgate drift show`, run as real processes with an empty data directory
- * B and the same FLEETGATE_STORE, read it there. `fleetgate model register` runs while another process
- * holds A's fleet database open, as a running worker does. A retried report activity writes the same
+ * B and the same FLEETGATE_STORE, read it there. `fleetgate model register` and `fleetgate fleet init` of a
+ * service run while another process holds A's fleet database open, as a running worker does. A retried report activity writes the same
  * bytes; a store that refuses the write fails an attempt, and only the last attempt keeps the local
  * files alone.
  */
@@ -130,6 +130,19 @@ void test('model register needs only the object store: it registers while anothe
     assert.ok((await store.get(record.recordKey)) !== undefined, 'the record is in the S3 store');
     // Again: a no-op, still beside the holder.
     assert.match(ok(fleetgate(dataA, 'model', 'register', 'models/candidate-good')), /already registered/);
+  } finally {
+    holder.kill('SIGKILL');
+    holder = undefined;
+  }
+});
+
+void test('fleet init of a service needs only the object store: it runs while another process holds the fleet database', async () => {
+  holder = await holdFleetDatabase(dataA);
+  try {
+    const line = ok(fleetgate(dataA, 'fleet', 'init', '--fleet', 'examples/service/ranker.yaml'));
+    assert.match(line, /^service "[^"]+": production hazard-detector@\S+ .* in \d+ cohort\(s\)/);
+    const pointers = (await store.list('pointers/')).filter((k) => k.endsWith('/production.json'));
+    assert.ok(pointers.length > 0, 'production pointers in the S3 store');
   } finally {
     holder.kill('SIGKILL');
     holder = undefined;
