@@ -1098,23 +1098,19 @@ async function initServiceLine(
   packDir: string,
   by: string,
 ): Promise<string> {
-  const { openServices } = require('../workers/worker') as typeof WorkerModule;
   const { initService } = require('../activities/service') as typeof ServiceActivitiesModule;
-  const services = await openServices(config.dataDir, config.root, config.ota);
-  try {
-    const {
-      service,
-      cohorts,
-      production: prod,
-    } = await initService(services, resolve(manifestPath), packDir, by);
-    return (
-      `service "${service}": production ${prod.name}@${prod.version} (${prod.digest.slice(0, 12)}) in ` +
-      `${cohorts.length} cohort(s) (${cohorts.join(', ')}); the gateway serves it from the registry; ` +
-      `data in ${displayPath(config.dataDir)}`
-    );
-  } finally {
-    await services.close();
-  }
+  const { withRegistry } = require('./model') as typeof ModelModule;
+  // A service has no vehicles: the registry alone, never the fleet database a running worker owns.
+  const {
+    service,
+    cohorts,
+    production: prod,
+  } = await withRegistry((deps) => initService(deps, resolve(manifestPath), packDir, by), config);
+  return (
+    `service "${service}": production ${prod.name}@${prod.version} (${prod.digest.slice(0, 12)}) in ` +
+    `${cohorts.length} cohort(s) (${cohorts.join(', ')}); the gateway serves it from the registry; ` +
+    `data in ${displayPath(config.dataDir)}`
+  );
 }
 
 /** A path relative to the working directory when it is inside it. */

@@ -3,25 +3,26 @@
  *
  *   keygen, pack, sign, verify   keys and signed packs, on local files only
  *   trust add|list|remove        the signer keys the registry trusts (<data dir>/trusted-keys)
- *   register                     a pack as an immutable registry version, through the composition root
+ *   register                     a pack as an immutable registry version, through the registry activities
  *   list, show, history          read-only queries of the registry (activities/registry-read.ts) and of
- *                                the rollout reports of the data directory
+ *                                the rollout reports (the object store's, then the data directory's)
  *
  * A thin shell: it parses and checks flags, calls the pack, registry and build modules and prints (a few
  * lines, or JSON with --json where the output is data). Heavy modules (onnxruntime, DuckDB, the worker)
- * are loaded only by the subcommands that need them; only `register` opens the data directory's
- * services. A refusal prints its error type and message and exits 1; a mistake in how the command was
- * called prints one line naming the flag or value and exits 2. It never prints a private key, nor a
+ * are loaded only by the subcommands that need them. No subcommand opens the fleet database (a running
+ * worker owns it): the registry is the object store alone. A refusal prints its error type and message
+ * and exits 1; a mistake in how the command was called prints one line naming the flag or value and
+ * exits 2. It never prints a private key, nor a
  * control character or bidi override of a record, a pointer's history or a report (cli/terminal.ts).
  */
 import { createPublicKey } from 'node:crypto';
 import { promises as fs } from 'node:fs';
-import { basename, dirname, join, relative, resolve } from 'node:path';
+import { dirname, join, relative, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ApplicationFailure } from '@temporalio/common';
 import type { ModelRecord } from '../activities/contracts';
 import type { ObjectStore } from '../activities/deps';
-import type { PointerHistoryEntry, Stage } from '../activities/registry';
+import type { PointerHistoryEntry, RegistryDeps, Stage } from '../activities/registry';
 import type { BuildOptions } from '../workers/pack-build';
 import { loadConfig, openObjectStore, type Config } from '../workers/config';
 import { ModelManifest, formatIssues } from '../policies/schema';
@@ -29,9 +30,10 @@ import type * as PackModule from '../activities/pack';
 import type * as PackBuildModule from '../workers/pack-build';
 import type * as RegistryModule from '../activities/registry';
 import type * as RegistryReadModule from '../activities/registry-read';
-import type * as ReportModule from '../activities/report';
+import type * as ReportCliModule from './report';
 import type * as InferenceModule from '../activities/inference';
 import type * as WorkerModule from '../workers/worker';
+import type * as ModelRunnerModule from '../workers/model-runner';
 import { safeOutput, safeStrings } from './terminal';
 
 /** Where the command writes; the process's stdout and stderr unless a caller captures them. */
@@ -126,12 +128,12 @@ remove  deletes the data directory's files of the key whose id starts with KEYID
   register: `Usage: fleetgate model register DIR [--json]
 
 Verifies the pack as "model verify" does and records it as an immutable registry version (record,
-signed manifest, signature, every file as a content-addressed blob), through the same services a
-worker opens: the data directory's store, its trusted keys, onnxruntime for the contract. DIR is read
-relative to the working directory and must be inside it. Moves no pointer. Registering the same pack
-again is a no-op; other bytes under a registered name@version, and a registered model under another
-name@version, are refused (ImmutableConflict). Needs
-the data directory's DuckDB file to itself (stop the worker first), as "fleet init" does.
+signed manifest, signature, every file as a content-addressed blob), with what a worker's register
+step uses: the object store (FLEETGATE_STORE), the trusted keys, onnxruntime for the contract. DIR is
+read relative to the working directory and must be inside it. Moves no pointer. Registering the same
+pack again is a no-op; other bytes under a registered name@version, and a registered model under
+another name@version, are refused (ImmutableConflict). Opens no fleet database, so it runs beside a
+worker.
   --json   print the record`,
   list: `Usage: fleetgate model list [--json]
 
@@ -141,7 +143,8 @@ only) and the cohorts where it is production or candidate now.`,
 
 The model card of a registered version: every field of its registry record, where it is production or
 candidate now and every pointer move to or from it, the bench reports stored with it, and the outcome per
-cohort of every rollout of it found in <data dir>/reports (matched by the candidate's digest).`,
+cohort of every rollout of it (matched by the candidate's digest) found in the object store's reports/
+(FLEETGATE_STORE), or in <data dir>/reports for reports written before workers put them in the store.`,
   history: `Usage: fleetgate model history [--cohort C] [--stage production|candidate] [--at ISO-TIME] [--json]
 
 Every move of the stage pointers, per cohort: when, from -> to (as name@version), which rollout moved
@@ -615,28 +618,46 @@ async function withStore<T>(fn: (store: ObjectStore, config: Config) => Promise<
   }
 }
 
+/**
+ * Runs `fn` with the registry alone, as a worker's register step uses it: the configured object store,
+ * the trusted keys and onnxruntime for the contract. Never the fleet database, which a running worker
+ * owns, so what needs only the registry (model register, fleet init of a service) runs beside a worker.
+ */
+export async function withRegistry<T>(
+  fn: (deps: RegistryDeps, config: Config) => Promise<T>,
+  config: Config = loadConfig(),
+): Promise<T> {
+  const { trustedKeyPaths } = require('../workers/worker') as typeof WorkerModule;
+  const { loadTrust } = require('../activities/pack') as typeof PackModule;
+  const { OnnxModelRunner, blobKey } = require('../workers/model-runner') as typeof ModelRunnerModule;
+  const trust = await loadTrust(trustedKeyPaths(config.dataDir));
+  const store = openObjectStore(config.store, config.dataDir);
+  const runner = new OnnxModelRunner((digest) => store.get(blobKey(digest)));
+  try {
+    return await fn({ store, runner, trust, root: config.root }, config);
+  } finally {
+    await runner.close();
+    const closable = store as { close?: () => unknown };
+    if (typeof closable.close === 'function') await closable.close();
+  }
+}
+
 async function registerCommand(args: string[], io: ModelIo): Promise<number> {
   const p = parse('register', args, { json: { type: 'boolean' } }, ['DIR'], io);
   if (!p) return 0;
   const dir = await packDirArg('register', p.positionals[0]!);
-  const config = loadConfig();
-  const { openServices } = require('../workers/worker') as typeof WorkerModule;
   const { createRegistryActivities } = require('../activities/registry') as typeof RegistryModule;
   const read = require('../activities/registry-read') as typeof RegistryReadModule;
-  const services = await openServices(config.dataDir, config.root, config.ota);
-  let record: ModelRecord;
-  let existed: boolean;
-  try {
+  const { record, existed } = await withRegistry(async (deps) => {
     const draft = await readManifestName(dir);
-    existed =
-      draft !== undefined && (await read.readRecord(services.store, draft.name, draft.version)) !== undefined;
-    record = await createRegistryActivities(services).registerCandidate({
+    const existed =
+      draft !== undefined && (await read.readRecord(deps.store, draft.name, draft.version)) !== undefined;
+    const record = await createRegistryActivities(deps).registerCandidate({
       rolloutId: `model-register-${defaultRequester()}`,
       packDir: dir,
     });
-  } finally {
-    await services.close();
-  }
+    return { record, existed };
+  });
   if (p.values.json) {
     io.out(JSON.stringify(record, null, 2));
     return 0;
@@ -742,19 +763,21 @@ export interface RolloutOfVersion {
   cohorts: { cohort: string; state: string; wave?: number; vehicles?: number; headline?: string }[];
 }
 
-/** Rollouts whose candidate was this version (same digest and name@version), from `<data dir>/reports`. */
-async function rolloutsOf(dataDir: string, record: ModelRecord, io: ModelIo): Promise<RolloutOfVersion[]> {
-  const { reportPath } = require('../activities/report') as typeof ReportModule;
-  const dir = dirname(reportPath(dataDir, 'x'));
-  let files: string[];
-  try {
-    files = (await fs.readdir(dir)).filter((f) => f.endsWith('.json')).sort();
-  } catch {
-    return [];
-  }
+/**
+ * Rollouts whose candidate was this version (same digest and name@version), from the reports of the
+ * object store (reports/<id>.json) and of `<data dir>/reports` (written before workers put them in the
+ * store); a report in both is read from the store.
+ */
+async function rolloutsOf(
+  store: ObjectStore,
+  dataDir: string,
+  record: ModelRecord,
+  io: ModelIo,
+): Promise<RolloutOfVersion[]> {
+  const { listReportIds, readReport } = require('./report') as typeof ReportCliModule;
+  const src = { store, dataDir };
   const out: RolloutOfVersion[] = [];
-  for (const f of files) {
-    const file = join(dir, f);
+  for (const id of await listReportIds(src)) {
     let report: {
       rolloutId?: string;
       outcome?: string;
@@ -764,10 +787,14 @@ async function rolloutsOf(dataDir: string, record: ModelRecord, io: ModelIo): Pr
       candidate?: { name?: string; version?: string; digest?: string };
       cohorts?: RolloutOfVersion['cohorts'];
     };
+    let where = id;
     try {
-      report = JSON.parse(await fs.readFile(file, 'utf8')) as typeof report;
+      const found = await readReport(src, id);
+      if (!found) continue;
+      where = found.where;
+      report = JSON.parse(found.text) as typeof report;
     } catch (err) {
-      io.err(`fleetgate: note: skipped the report ${displayPath(file)}: ${(err as Error).message}`);
+      io.err(`fleetgate: note: skipped the report ${where}: ${(err as Error).message}`);
       continue;
     }
     const c = report.candidate;
@@ -778,12 +805,12 @@ async function rolloutsOf(dataDir: string, record: ModelRecord, io: ModelIo): Pr
     )
       continue;
     out.push({
-      rolloutId: report.rolloutId ?? basename(f, '.json'),
+      rolloutId: report.rolloutId ?? id,
       outcome: report.outcome ?? 'unknown',
       ...(report.reason ? { reason: report.reason } : {}),
       ...(report.startedAt ? { startedAt: report.startedAt } : {}),
       ...(report.finishedAt ? { finishedAt: report.finishedAt } : {}),
-      report: displayPath(file),
+      report: where,
       cohorts: (report.cohorts ?? []).map((k) => ({
         cohort: k.cohort,
         state: k.state,
@@ -837,7 +864,7 @@ async function showCommand(args: string[], io: ModelIo): Promise<number> {
     moves.sort((a, b) => a.at.localeCompare(b.at));
     const { benchReports } = require('../activities/inference') as typeof InferenceModule;
     const bench = await benchReports(store, record.recordKey);
-    const rollouts = await rolloutsOf(config.dataDir, record, io);
+    const rollouts = await rolloutsOf(store, config.dataDir, record, io);
     const registeredAt = (await read.registeredAt(store, record.recordKey)) ?? null;
     if (p.values.json) {
       io.out(
@@ -872,7 +899,9 @@ async function showCommand(args: string[], io: ModelIo): Promise<number> {
     io.out(`bench reports (${bench.length})`);
     for (const b of safeStrings(bench))
       io.out(`  ${b.sku.name.padEnd(8)}rollout ${b.rolloutId}: ${benchLine(b)}`);
-    io.out(`rollouts (${rollouts.length}, from ${displayPath(join(config.dataDir, 'reports'))})`);
+    io.out(
+      `rollouts (${rollouts.length}, from ${storeName(config)} reports/ and ${displayPath(join(config.dataDir, 'reports'))})`,
+    );
     for (const r of safeStrings(rollouts)) {
       io.out(
         `  ${r.rolloutId}: ${r.outcome}${r.startedAt ? `, ${r.startedAt} to ${r.finishedAt ?? '?'}` : ''}`,

@@ -4,22 +4,22 @@
  *   GET  /api/rollouts                 every rollout, from the visibility list and its search attributes
  *                                      (phase, candidate, outcome), so listing needs no query per rollout
  *   GET  /api/rollouts/:id             one rollout: a running one's `statusQuery`, an ended one's report
- *                                      JSON in <data dir>/reports/<id>.json; with its charts drawn by
- *                                      activities/report-html.ts
+ *                                      JSON from the object store (reports/<id>.json), else from
+ *                                      <data dir>/reports/<id>.json (cli/report.ts `readReport`); with
+ *                                      its charts drawn by activities/report-html.ts
  *   POST /api/rollouts/:id/:action     approve, reject, abort, pause, resume, rollback-cohort (one cohort's
  *                                      emergency rollback): the workflow's validated
  *                                      updates of workflows/definitions.ts; a refusal is a 409 with the
  *                                      validator's reason
  *
- * A client of Temporal and a reader of the reports directory, nothing else: it never changes a rollout
+ * A client of Temporal and a reader of the reports, nothing else: it never changes a rollout
  * except through those updates, never serves a file by a path taken from a request (a report is read
- * only when its id is one of the directory's), answers only requests whose Host is the address it
+ * only under a rollout id, which names no directory), answers only requests whose Host is the address it
  * listens on and takes POSTs only as JSON from its own origin (so another site's page cannot drive it).
  * Every answer forbids framing (`X-Frame-Options: DENY` and a Content-Security-Policy header with
  * `frame-ancestors 'none'`), so no other page can put the page's buttons under a visitor's click.
  * Statuses and reports hold no vehicle identifier, and it adds none.
  */
-import { readFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { parseArgs } from 'node:util';
 import {
@@ -46,10 +46,10 @@ import {
   type PendingGate,
   type RolloutStatus,
 } from '../workflows/definitions';
-import { connectionOptions, loadConfig } from '../workers/config';
+import { connectionOptions, loadConfig, openObjectStore } from '../workers/config';
 import { renderMetricCharts } from '../activities/report-html';
-import { reportPath } from '../activities/report';
-import { reportIds } from './report';
+import type { ObjectStore } from '../activities/deps';
+import { closeStore, readReport } from './report';
 import { causeMessage } from './progress';
 import { renderUiPage } from './ui-page';
 
@@ -59,7 +59,9 @@ Serves a live status page of the rollouts at http://ADDRESS:N/ until Ctrl-C: the
 (phase, candidate, outcome), and for one rollout its phase, wave, look, cohorts, metric charts and
 decision log, redrawn every 2 s; a running rollout's pending gate can be approved or rejected, and the
 rollout paused, resumed or aborted and one of its cohorts rolled back, through the same validated
-updates as the CLI (a refusal shows the validator's reason). Ended rollouts are read from <data dir>/reports.
+updates as the CLI (a refusal shows the validator's reason). Ended rollouts' reports are read from the
+object store (FLEETGATE_STORE), and from <data dir>/reports for those written before workers put them
+there; the list comes from Temporal alone.
   --port N          port (default 8480; 0: any free port)
   --host ADDRESS    address to listen on (default 127.0.0.1; anything else exposes the page's actions)`;
 
@@ -109,6 +111,8 @@ export interface RolloutView {
 export interface UiServerOptions {
   client: Client;
   dataDir: string;
+  /** The object store whose reports/ are read first; none: the data directory's reports only. */
+  store?: ObjectStore;
   host?: string;
   port?: number;
   /** Only the rollouts of this task queue (default: every rollout of the namespace). */
@@ -268,16 +272,18 @@ async function rolloutView(opts: UiServerOptions, id: string): Promise<RolloutVi
       );
     }
   }
-  if (!reportIds(opts.dataDir).includes(id)) {
-    return emptyView(
-      id,
-      status,
-      `rollout "${id}" ended (${status.toLowerCase()}) and has no report in the data directory`,
-    );
-  }
   let report: unknown;
   try {
-    report = JSON.parse(readFileSync(reportPath(opts.dataDir, id), 'utf8'));
+    const found = await readReport({ dataDir: opts.dataDir, store: opts.store }, id);
+    if (!found) {
+      return emptyView(
+        id,
+        status,
+        `rollout "${id}" ended (${status.toLowerCase()}) and has no report in the ` +
+          (opts.store ? 'object store or the data directory' : 'data directory'),
+      );
+    }
+    report = JSON.parse(found.text);
   } catch (err) {
     return emptyView(id, status, `the report of "${id}" cannot be read: ${causeMessage(err)}`);
   }
@@ -555,10 +561,12 @@ export async function uiCommand(args: string[]): Promise<number> {
     return 1;
   }
   const client = new Client({ connection, namespace: config.namespace });
+  const store = openObjectStore(config.store, config.dataDir);
   let ui: UiServer;
   try {
-    ui = await startUiServer({ client, dataDir: config.dataDir, host, port });
+    ui = await startUiServer({ client, dataDir: config.dataDir, store, host, port });
   } catch (err) {
+    closeStore(store);
     await connection.close();
     console.error(`fleetgate: cannot listen on ${host}:${port}: ${causeMessage(err)}`);
     return 1;
@@ -566,6 +574,7 @@ export async function uiCommand(args: string[]): Promise<number> {
   console.log(`fleetgate: status page at ${ui.url} (Temporal at ${conn.address}); Ctrl-C stops it`);
   await new Promise<void>((res) => process.once('SIGINT', () => res()));
   await ui.close();
+  closeStore(store);
   await connection.close();
   return 0;
 }

@@ -274,7 +274,7 @@ export function createActivities(s: Services) {
     ),
     ...restoring(createLabelActivities({ conn: s.db.connection })),
     ...restoring(createAnalysisActivities({ conn: s.db.connection })),
-    ...createReportActivities({ dataDir: s.dataDir }),
+    ...createReportActivities({ dataDir: s.dataDir, store: s.store }),
     ...createNotifyActivities({ webhook: s.webhook }),
     ...createDriftActivities({ store: s.store, root: s.root }),
   });

@@ -1,6 +1,7 @@
 /**
  * The status page's server (cli/ui.ts) over real HTTP with a stand-in Temporal client: the list read
  * from search attributes, an ended rollout read from its report (test/fixtures/report-demo.json), the
+ * same read from the object store's reports/ with an empty data directory, the
  * refusals it gives before anything reaches Temporal (Host, Origin, content type, a missing field), a
  * validator's refusal passed through as 409, and the page's own Content-Security-Policy.
  * The browser test against a real rollout is test/integration/ui.test.ts.
@@ -8,7 +9,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { copyFileSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -17,6 +18,8 @@ import { ApplicationFailure, TypedSearchAttributes } from '@temporalio/common';
 import { rollbackCohortUpdate, SEARCH_ATTRIBUTES } from '../../workflows/definitions';
 import { startUiServer, type UiServer } from '../../cli/ui';
 import { renderUiPage } from '../../cli/ui-page';
+import { reportKey } from '../../activities/report';
+import { LocalObjectStore } from '../../activities/store';
 
 const ROOT = resolve(__dirname, '..', '..');
 const REPORTED = 'demo-20261122-061738';
@@ -251,4 +254,31 @@ test('every answer (page, JSON, refusals, errors, 404s) forbids framing and snif
   assert.ok(
     answers[0]!.body.includes(`<meta http-equiv="Content-Security-Policy" content="${renderUiPage().csp}">`),
   );
+});
+
+test('an ended rollout is read from the object store’s reports/ when the data directory has none', async () => {
+  const empty = mkdtempSync(join(tmpdir(), 'fleetgate-ui-empty-'));
+  const store = new LocalObjectStore(mkdtempSync(join(tmpdir(), 'fleetgate-ui-store-')));
+  const fixture = readFileSync(join(ROOT, 'test/fixtures/report-demo.json'));
+  await store.putIfAbsent(reportKey('stored-1'), fixture);
+  const other = await startUiServer({ client: fakeClient, dataDir: empty, store, port: 0 });
+  try {
+    const res = await fetch(new URL('/api/rollouts/stored-1', other.url));
+    assert.equal(res.status, 200);
+    const v = (await res.json()) as { source: string; outcome: string; decisions: unknown[] };
+    assert.equal(v.source, 'report');
+    assert.equal(v.outcome, 'completed');
+    assert.ok(v.decisions.length > 30, 'the whole decision log');
+    const none = (await (await fetch(new URL('/api/rollouts/stored-2', other.url))).json()) as {
+      note: string;
+    };
+    assert.equal(
+      none.note,
+      'rollout "stored-2" ended (completed) and has no report in the object store or the data directory',
+    );
+  } finally {
+    await other.close();
+    rmSync(empty, { recursive: true, force: true });
+    rmSync(store.root, { recursive: true, force: true });
+  }
 });
