@@ -9,14 +9,10 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import {
-  referenceKey,
-  simulatedFeatures,
-  storeDriftReferences,
-  type DriftReference,
-} from '../../activities/drift';
+import { referenceKey, storeDriftReferences, type DriftReference } from '../../activities/drift';
 import type { ModelRecord } from '../../activities/contracts';
 import { LocalObjectStore } from '../../activities/store';
+import { simulatedFeatures } from '../../sim/features';
 import { loadFleetManifest } from '../../fleet/manifest';
 import { ROOT } from '../support';
 
@@ -32,18 +28,18 @@ test('references are written once per cohort and kept as registered', async () =
   try {
     const store = new LocalObjectStore(dir);
     const manifest = loadFleetManifest(join(ROOT, 'test/fixtures/fleet-drift.yaml'));
-    const keys = await storeDriftReferences(store, record, manifest);
+    const keys = await storeDriftReferences(store, record, manifest, simulatedFeatures);
     assert.deepEqual(keys, [
       'registry/prod/1.0.0.drift/driftfleet/hw3/eu.json',
       'registry/prod/1.0.0.drift/driftfleet/hw4/us.json',
       'registry/prod/1.0.0.drift/driftfleet/hw3/nordic.json',
     ]);
     const first = await store.get(keys[1]!);
-    assert.deepEqual(await storeDriftReferences(store, record, manifest), keys);
+    assert.deepEqual(await storeDriftReferences(store, record, manifest, simulatedFeatures), keys);
     assert.ok(first!.equals((await store.get(keys[1]!))!), 'the same bytes on a second run');
 
     const changed = { ...manifest, cohorts: manifest.cohorts.map((c) => ({ ...c, nightShare: 0.9 })) };
-    await storeDriftReferences(store, record, changed);
+    await storeDriftReferences(store, record, changed, simulatedFeatures);
     const kept = JSON.parse(
       (await store.get(referenceKey(record.recordKey, 'driftfleet', 'hw4/us')))!.toString(),
     ) as DriftReference;
