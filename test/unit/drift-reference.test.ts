@@ -9,7 +9,13 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { referenceKey, storeDriftReferences, type DriftReference } from '../../activities/drift';
+import {
+  REFERENCE_FRAMES,
+  referenceKey,
+  storeDriftReferences,
+  type DriftReference,
+  type FeatureSource,
+} from '../../activities/drift';
 import type { ModelRecord } from '../../activities/contracts';
 import { LocalObjectStore } from '../../activities/store';
 import { simulatedFeatures } from '../../sim/features';
@@ -71,4 +77,31 @@ test("the simulated source applies the manifest's drift from its time on", async
     `${spread(after.features)} vs ${spread(before.features)}`,
   );
   assert.equal(after.count, 4000);
+});
+
+test("a cohort's reference bins the feature source's sample, under the conditions the source names", async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'fleetgate-drift-src-'));
+  try {
+    const store = new LocalObjectStore(dir);
+    const manifest = loadFleetManifest(join(ROOT, 'test/fixtures/fleet-drift.yaml'));
+    const asked: string[] = [];
+    // A source that is not the simulated fleet: every feature j of frame i is i + j.
+    const source: FeatureSource = {
+      currentFeatures: () => Promise.reject(new Error('a reference reads no current features')),
+      referenceFeatures: ({ cohort, count, seed }) => {
+        asked.push(`${cohort.name}|${count}|${seed}`);
+        const features = new Float32Array(count * 8).map((_, k) => Math.floor(k / 8) + (k % 8));
+        return Promise.resolve({ count, features, conditions: { nightShare: 0.5 } });
+      },
+    };
+    const [key] = await storeDriftReferences(store, record, manifest, source, ['hw4/us']);
+    assert.deepEqual(asked, [`hw4/us|${REFERENCE_FRAMES}|${manifest.seed}|drift-reference|hw4/us`]);
+    const stored = JSON.parse((await store.get(key!))!.toString()) as DriftReference;
+    assert.deepEqual(stored.conditions, { nightShare: 0.5 });
+    // The first decile of feature 3 over frames 0..n-1 (values 3..n+2), interpolated.
+    const edge = stored.features[3]!.edges[0]!;
+    assert.ok(Math.abs(edge - (3 + (REFERENCE_FRAMES - 1) / 10)) < 1e-9, String(edge));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
