@@ -13,8 +13,8 @@
  *
  * What a wave's install did on each target is the channel's to say (`OtaChannel.installOutcomes`: the
  * simulated fleet draws it from the manifest's install model), and only installed vehicles get the model.
- * `infer` and `conditionsAt` are shared with the simulated fleet (sim/producer.ts) and the services'
- * simulated callers (activities/service.ts), which still simulate inside their activity.
+ * `infer` and `conditionsAt` are shared with the simulated fleet (sim/producer.ts, sim/features.ts);
+ * `writeBatch` with the services' activities (activities/service.ts), which log what their callers sent.
  */
 import type { DuckDBAppender, DuckDBConnection } from '@duckdb/node-api';
 import { createHash } from 'node:crypto';
@@ -206,9 +206,10 @@ export function createFleetActivities(deps: FleetActivityDeps) {
      * Delivers `digest` to the wave's share of each cohort (sticky, monotone, stratified; vehicles
      * already running it are skipped) as OTA job `${rolloutId}-w${wave}`. Of these new targets, those
      * whose install the channel reports deferred (a precondition did not hold) or failed
-     * (`OtaChannel.installOutcomes`; the simulated fleet's are keyed by rollout, wave and pseudonym) are left out of the job and keep what they run; `installs` counts them
-     * per cohort (present when the fleet models install outcomes for a delivered cohort). A retry returns
-     * the recorded result and changes nothing.
+     * (`OtaChannel.installOutcomes`; the simulated fleet's are keyed by rollout, wave and pseudonym) are
+     * left out of the job and keep what they run; `installs` counts them per cohort (present when the
+     * fleet models install outcomes for a delivered cohort). A retry returns the recorded result and
+     * changes nothing.
      */
     async deliverWave(input: DeliverInput): Promise<DeliveryResult> {
       const manifest = manifestOf(input);
@@ -258,6 +259,13 @@ export function createFleetActivities(deps: FleetActivityDeps) {
           const chosen = new Set(waveTargets(fleet.vehicles, key, input.rolloutId, input.percent));
           const fresh = fleet.vehicles.filter((v, i) => chosen.has(v) && fleet.digests[i] !== input.digest);
           const outcome = await ota.installOutcomes(wave, fresh);
+          if (outcome.length !== fresh.length) {
+            throw fail(
+              ErrorType.Unavailable,
+              `OTA job ${jobId}: the channel reported ${outcome.length} install outcome(s) for the ` +
+                `${fresh.length} new target(s) of cohort ${cohort.name}; nothing was delivered`,
+            );
+          }
           let failed = 0;
           let deferred = 0;
           for (const o of outcome) {

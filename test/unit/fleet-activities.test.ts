@@ -884,6 +884,21 @@ void describe('wave delivery inside the fleet database', () => {
     }
   });
 
+  void it('refuses a channel that reports install outcomes for other targets, delivering nothing', async () => {
+    const { conn, fleet } = await open(true, () => Promise.resolve(new Uint8Array(1)));
+    const input = { rolloutId: 'short', manifest: 'fleet.yaml', cohorts: [...names], digest: 'e'.repeat(64) };
+    await assert.rejects(
+      fleet.deliverWave({ ...input, wave: 1, percent: 25 }),
+      (err: Error & { type?: string }) =>
+        err.type === 'Unavailable' &&
+        /OTA job short-w1: the channel reported 1 install outcome\(s\) for the \d+ new target\(s\) of cohort c0\/x; nothing was delivered/.test(
+          err.message,
+        ),
+    );
+    assert.equal(await one(conn, `SELECT count(*) FROM ota_jobs WHERE job_id = 'short-w1'`), 0);
+    assert.equal(await one(conn, `SELECT count(*) FROM ota_targets WHERE job_id = 'short-w1'`), 0);
+  });
+
   void it('stores the vehicles of each cohort in generation order', async () => {
     const { conn } = await open(false);
     const manifest = loadFleetManifest(join(dirs.at(-1)!, 'fleet.yaml'));
