@@ -28,7 +28,8 @@ const forbiddenInWorkflows = [
  */
 const SIM_MESSAGE =
   'Production code does not import the simulator (sim/): pseudonyms, assignment and manifests are in fleet/, ' +
-  'seeded draws and the model contract in policies/.';
+  'seeded draws, the model contract and the input frames in policies/; activities take the simulated sources ' +
+  'from the composition root.';
 function simRegex(allowed) {
   const except = allowed.length > 0 ? `(?!(${allowed.join('|')})$)` : '';
   return `^(\\.\\./)+sim(/${except}|$)`;
@@ -75,9 +76,14 @@ const movedOutOfSim = {
     'CLASSES',
     'CRITICAL_CLASS',
     'EdgeCounters',
+    'countVehicles',
+    'INSTALL',
+    'installsAlways',
   ],
   message:
-    'Moved out of sim/: import it from fleet/ (pseudonym, assignment, manifest) or policies/ (rng, model-contract), or its contract from activities/contracts.ts.',
+    'Moved out of sim/: import it from fleet/ (pseudonym, assignment, manifest) or policies/ (rng, model-contract, ' +
+    'frames), its contract from activities/contracts.ts or activities/deps.ts (install outcomes), or countVehicles ' +
+    'from activities/db.ts.',
 };
 /**
  * The floor for files that may import exactly the sim/ modules `allowed`, for the reason `why`. With
@@ -167,7 +173,7 @@ export default tseslint.config(
   },
   // Production code and the simulator: no file below imports sim/ but the exemptions that follow.
   {
-    files: ['serve/**/*.ts', 'workers/**/*.ts', 'cli/**/*.ts', 'events/**/*.ts'],
+    files: ['activities/**/*.ts', 'serve/**/*.ts', 'workers/**/*.ts', 'cli/**/*.ts', 'events/**/*.ts'],
     rules: simRules(),
   },
   // fleet/ is a lower layer: pseudonyms, assignment and manifests, for activities, the gateway and the CLI.
@@ -183,12 +189,13 @@ export default tseslint.config(
       ],
     }),
   },
-  // The composition root wires the simulated OTA channel and the simulated IoT device agent.
+  // The composition root chooses the simulated sources the activities are handed: OTA, feed, features, callers.
   {
     files: ['workers/worker.ts'],
     rules: simRules(
-      ['ota', 'producer'],
-      "workers/worker.ts wires the simulated OTA channel (sim/ota) and the simulated fleet's feed (sim/producer) only.",
+      ['ota', 'producer', 'features', 'users'],
+      "workers/worker.ts wires the simulated OTA channel (sim/ota), the simulated fleet's feed (sim/producer), " +
+        "the drift checks' simulated features (sim/features) and a service's simulated callers (sim/users) only.",
     ),
   },
   {
@@ -210,19 +217,6 @@ export default tseslint.config(
       'cli/main.ts loads the simulated IoT device agent (sim/iot-agent) for `fleet init` and the simulated ' +
         'fleet as a process of its own (sim/simulator-process) for `fleet simulate` only.',
       { names: false },
-    ),
-  },
-  /*
-   * Temporary: activities still draw the simulated telemetry (frames, the vehicles' upload filter), the
-   * simulated OTA outcomes and the simulated callers from sim/, until the composition root chooses their
-   * sources. Nothing else comes from sim/.
-   */
-  {
-    files: ['activities/**/*.ts'],
-    rules: simRules(
-      ['frames', 'edge', 'ota', 'users'],
-      'activities/ may import sim/frames, sim/edge, sim/ota and sim/users only, for the simulated telemetry, ' +
-        'OTA and callers, and only until the composition root chooses those sources.',
     ),
   },
   {

@@ -389,3 +389,9 @@ export function num(value: unknown): number {
   if (value === null || value === undefined) return 0;
   return Number(value);
 }
+
+/** How many vehicles of `fleet` the fleet database holds (0 for a fleet it does not know). Takes no lock. */
+export async function countVehicles(conn: DuckDBConnection, fleet: string): Promise<number> {
+  const [row] = await rows(conn, `SELECT count(*) AS n FROM vehicles WHERE fleet = ?`, [fleet]);
+  return num(row?.n);
+}

@@ -1,8 +1,11 @@
 /**
- * Interfaces of what activities depend on. `workers/` builds the real implementations and hands them
- * to the activity factories; unit tests of code around them may hand fakes.
+ * Interfaces of what activities depend on, and the small vocabulary they share (install outcomes).
+ * `workers/` builds the implementations, real or simulated, and hands them to the activity factories;
+ * unit tests of code around them may hand fakes. Nothing here may import the simulator (sim/).
  */
+import type { Frames } from '../policies/frames';
 import type { CohortSpec, FleetManifest } from '../policies/schema';
+import type { ServiceCohort } from '../policies/service-schema';
 import type { IoContract, ShadowInput } from './contracts';
 
 /** Object store: content-addressed blobs, write-once records, pointers moved by compare-and-swap. */
@@ -56,7 +59,8 @@ export interface RunnerSettings {
  * where a job takes effect at once, and AWS IoT Jobs (activities/ota-iot.ts: a thing group per cohort and
  * job, an IoT job whose id is derived from `jobId`), where a vehicle runs the new model only once it has
  * applied the job and reported it, so `inventory` and `running` show what vehicles report, not what was
- * ordered. Vehicles are known by their pseudonyms only. The channel does not serialise its calls: a
+ * ordered. The channel, not the activity, says what a delivery did on each vehicle (`installOutcomes`).
+ * Vehicles are known by their pseudonyms only. The channel does not serialise its calls: a
  * caller that reads, then creates or reverts a job, makes those calls in one unit of work (for the
  * simulated fleet, one transaction on the fleet database's connection; AWS IoT needs none, as its ids
  * make a repeated call harmless).
@@ -85,6 +89,72 @@ export interface OtaChannel {
    * second call, or an unknown job, reverts 0.
    */
   revertJob(jobId: string, cohorts: readonly string[]): Promise<number>;
+  /**
+   * What installing now does on each of `targets`, the new targets of a canary wave in one cohort: an
+   * `INSTALL` code per target, in the same order. Only the vehicles that install go into the job; a
+   * deferred or failed one keeps what it runs and is tried again by the next wave that targets it. The
+   * simulated fleet draws them from the cohort's install model (keyed, so a retry decides the same); a
+   * channel whose vehicles report their own installs (AWS IoT Jobs) answers `installed` for every target
+   * and shows what the vehicles did in `inventory` and `running`.
+   */
+  installOutcomes(wave: WaveInstall, targets: readonly string[]): Promise<Uint8Array>;
+  /**
+   * Present when the channel keeps its vehicles in the fleet database: deliverWave then chooses each
+   * cohort's targets and their installs there instead of ranking the inventory in JavaScript (same
+   * targets, same outcomes).
+   */
+  readonly stagedWaves?: StagedWaves;
+}
+
+/** What happened to one targeted vehicle when a wave was installed. */
+export const INSTALL = { installed: 0, deferred: 1, failed: 2 } as const;
+export type InstallOutcome = (typeof INSTALL)[keyof typeof INSTALL];
+
+/** The install model of one cohort, from the fleet manifest: its availability shares and its SKU's failure rate. */
+export interface InstallModel {
+  availability: CohortSpec['availability'];
+  installFailureRate: number;
+}
+
+/** True when every target installs (all shares 1, no failures): the manifest models no install outcome. */
+export function installsAlways(model: InstallModel): boolean {
+  const { online, parked, batteryOk } = model.availability;
+  return online >= 1 && parked >= 1 && batteryOk >= 1 && model.installFailureRate <= 0;
+}
+
+/** One cohort's part of canary wave `wave` of `rolloutId`, for the install outcomes of its targets. */
+export interface WaveInstall {
+  rolloutId: string;
+  wave: number;
+  fleet: string;
+  cohort: string;
+  model: InstallModel;
+  /** The pseudonym key: a simulated install is drawn from keyed streams. */
+  key: Buffer;
+}
+
+/** What staging one cohort's part of a wave did. */
+export interface StagedWave {
+  /** New targets: chosen and not yet running the digest. */
+  targeted: number;
+  failed: number;
+  deferred: number;
+  /** Appended to the job's targets: targeted - failed - deferred. */
+  installed: number;
+}
+
+/** A channel's waves chosen inside the fleet database (`OtaChannel.stagedWaves`). */
+export interface StagedWaves {
+  /** Vehicles per cohort of the fleet; cohorts with none are absent. */
+  cohortSizes(fleet: string): Promise<Map<string, number>>;
+  /**
+   * Stages one cohort's part of job `jobId`: the first `count` vehicles by the wave's keyed rank, of
+   * which those not running `digest` are the new targets, their installs decided as `installOutcomes`
+   * decides them; those that install are appended to the job's targets.
+   */
+  stageWave(wave: WaveInstall & { jobId: string; digest: string; count: number }): Promise<StagedWave>;
+  /** Completes a job whose targets were staged: switches them, logs one op per cohort with any (`counts`). */
+  finishJob(job: Omit<OtaJob, 'targets'>, counts: ReadonlyMap<string, number>): Promise<void>;
 }
 export interface OtaJob {
   jobId: string;
@@ -144,4 +214,58 @@ export interface TelemetryFeed {
   produce?(window: TelemetryWindow): Promise<void>;
   /** The labelers receive these requests (the simulated labeler answers each after its delay). */
   requestLabels(fleet: string, requests: readonly LabelRequestOut[]): Promise<void>;
+}
+
+/**
+ * The load a service's rollout sends through its inference gateway in each batch window: the callers of
+ * each cohort, and how their requests are sent. The composition root chooses it (workers/worker.ts: the
+ * simulated users of sim/users.ts); the service activities then read back, from the gateway's event log,
+ * what was served. Callers are known by their keyed pseudonyms only.
+ */
+export interface CallerLoad {
+  /** The callers of one cohort of `service`, their pseudonyms under `key`. */
+  population(key: Buffer, service: string, cohort: ServiceCohort): CallerPopulation;
+  /**
+   * Posts every request of `requests` to the gateway at `gatewayUrl`, `concurrency` at a time, request i
+   * with request id `requestIds(i)`. Throws when the gateway refuses or cannot be reached; a request the
+   * gateway failed (5xx) is a fact of the service, which its event log records.
+   */
+  send(
+    gatewayUrl: string,
+    requests: CallerRequests,
+    concurrency: number,
+    requestIds: (i: number) => string,
+  ): Promise<unknown>;
+}
+
+/** The callers of one cohort of a service. */
+export interface CallerPopulation {
+  readonly cohort: ServiceCohort;
+  /** Keyed pseudonym of each caller, by caller index. */
+  readonly pseudonyms: readonly string[];
+  /** How many callers the gateway's router gives the candidate at `weight` percent under `salt`. */
+  candidateCallers(key: Buffer, salt: string, weight: number): number;
+  /**
+   * The requests of [fromMs, toMs), at most `cap`, seeded by `seed` and the batch id: a retried batch
+   * gets the same requests.
+   */
+  draw(seed: number, batchId: string, fromMs: number, toMs: number, cap: number): CallerRequests;
+}
+
+/** One window's requests of a cohort, as a batch of events is written from them. */
+export interface CallerRequests {
+  readonly cohort: string;
+  readonly n: number;
+  /** Per request: the caller's index in the population. */
+  readonly vehicle: Uint32Array;
+  /** Per request: its simulated time, ms since the epoch, ascending. */
+  readonly ts: Float64Array;
+  /** Per request: its features and its true class (the caller's outcome). */
+  readonly frames: Frames;
+  /** Continues the draw's seeded stream (label sampling and delays). */
+  readonly rng: () => number;
+  /** The population's pseudonyms, by caller index. */
+  readonly pseudonyms: readonly string[];
+  /** The caller pseudonym of request i. */
+  callerPseudonym(i: number): string;
 }

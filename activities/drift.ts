@@ -7,15 +7,16 @@
  *   <record key without .json>.drift/<fleet>/<cohort>.json     DriftReference: quantile bins per feature
  *   drift/checks/<schedule>/<check>.json                       DriftCheckResult: one per check
  *
- * A reference is a pure function of the fleet manifest (its seed and the cohort's conditions), so every
- * writer writes the same bytes: `fleetgate fleet init` writes it when production is registered, and a
+ * A reference is a pure function of the fleet manifest (its seed and the cohort's conditions) through the
+ * feature source, so every writer writes the same bytes: `fleetgate fleet init` writes it when production is registered, and a
  * check writes it for a production model registered by a rollout (a promoted candidate). A check's result
  * is a pure function of its input (check id, simulated time, policy) and of the stored reference, so a
  * retried activity finds its result stored and returns it.
  *
- * Where the current features come from is a dependency (`FeatureSource`): the simulated fleet draws
- * them under the manifest's conditions at the check's simulated time, drift included; a deployment would
- * read its logged features. These activities never return or store a frame, only bin counts and
+ * Where the features come from is a dependency the composition root chooses (`FeatureSource`): the
+ * simulated fleet (sim/features.ts) draws them under the manifest's conditions, at the check's simulated
+ * time with drift included for the current ones; a deployment would read its logged features. These
+ * activities never draw a feature themselves. These activities never return or store a frame, only bin counts and
  * statistics, and never a vehicle identifier.
  */
 import { Context } from '@temporalio/activity';
@@ -34,14 +35,12 @@ import {
 import { DRIFT_FEATURES, type DriftPolicy } from '../policies/drift-schema';
 import type { CohortSpec, FleetManifest } from '../policies/schema';
 import { FEATURES } from '../policies/model-contract';
-import { generateFrames, type FrameConditions } from '../sim/frames';
-import { makeRng } from '../policies/rng';
+import type { FrameConditions } from '../policies/frames';
 import { loadFleetManifest } from '../fleet/manifest';
 import { FINAL_COHORT_STATES, pauseUpdate, statusQuery, WORKFLOW_TYPE } from '../workflows/definitions';
 import { confinedPath } from './confine';
 import type { ModelRecord } from './contracts';
 import type { ObjectStore } from './deps';
-import { conditionsAt } from './fleet';
 import { pointerHistory, readPointer } from './registry';
 import { parseStoredJson } from './store';
 
@@ -148,7 +147,11 @@ export interface HoldResult {
   refused: { rolloutId: string; why: string }[];
 }
 
-/** Where the current features of a cohort come from. */
+/**
+ * Where a cohort's features come from: the current ones a check compares, and the reference sample stored
+ * when production is registered. The composition root chooses it (workers/worker.ts: the simulated fleet,
+ * sim/features.ts; a deployment would read its logged and its training features).
+ */
 export interface FeatureSource {
   /**
    * `count` frames' features of `cohort` as of simulated time `simAtMs` (row-major [count, FEATURES]),
@@ -162,16 +165,18 @@ export interface FeatureSource {
     count: number;
     seed: string;
   }): Promise<{ count: number; features: Float32Array }>;
+  /**
+   * The reference sample of `cohort`: `count` frames' features (row-major [count, FEATURES]) under the
+   * conditions they were drawn in, which the reference records. The same request must give the same
+   * sample (a reference is written once, and every writer must write the same bytes).
+   */
+  referenceFeatures(req: {
+    manifest: FleetManifest;
+    cohort: CohortSpec;
+    count: number;
+    seed: string;
+  }): Promise<{ count: number; features: Float32Array; conditions: FrameConditions }>;
 }
-
-/** The simulated fleet: frames under the cohort's conditions at that time, the manifest's drift applied. */
-export const simulatedFeatures: FeatureSource = {
-  async currentFeatures({ manifest, cohort, simAtMs, originMs, count, seed }) {
-    const conditions = conditionsAt(manifest, cohort, originMs)(simAtMs);
-    const f = generateFrames(makeRng(seed), count, conditions);
-    return { count: f.count, features: f.features };
-  },
-};
 
 /** Cohort names hold "/": a file-safe segment for keys (letters, digits, ".", "_", "-"). */
 function segment(s: string): string {
@@ -201,19 +206,20 @@ function column(features: Float32Array, count: number, j: number): Float64Array 
   return out;
 }
 
-/** A cohort's reference: REFERENCE_FRAMES seeded frames under its own conditions, binned per feature. */
-export function buildReference(
+/** A cohort's reference: REFERENCE_FRAMES of the source's reference sample, binned per feature. */
+export async function buildReference(
   manifest: FleetManifest,
   cohort: CohortSpec,
   record: ModelRecord,
-): DriftReference {
-  const conditions: FrameConditions = {
-    nightShare: cohort.nightShare,
-    rainShare: cohort.rainShare,
-    sensorNoise: cohort.sensorNoise,
-  };
+  source: FeatureSource,
+): Promise<DriftReference> {
   const seed = `${manifest.seed}|drift-reference|${cohort.name}`;
-  const frames = generateFrames(makeRng(seed), REFERENCE_FRAMES, conditions);
+  const { conditions, ...frames } = await source.referenceFeatures({
+    manifest,
+    cohort,
+    count: REFERENCE_FRAMES,
+    seed,
+  });
   const features = DRIFT_FEATURES.map((feature, j) => {
     const values = column(frames.features, frames.count, j);
     const edges = quantileEdges(values, REFERENCE_BINS);
@@ -242,6 +248,7 @@ export async function storeDriftReferences(
   store: ObjectStore,
   record: ModelRecord,
   manifest: FleetManifest,
+  source: FeatureSource,
   cohorts: readonly string[] = manifest.cohorts.map((c) => c.name),
 ): Promise<string[]> {
   const keys: string[] = [];
@@ -249,7 +256,7 @@ export async function storeDriftReferences(
     if (!cohorts.includes(cohort.name)) continue;
     const key = referenceKey(record.recordKey, manifest.name, cohort.name);
     try {
-      await store.putIfAbsent(key, json(buildReference(manifest, cohort, record)));
+      await store.putIfAbsent(key, json(await buildReference(manifest, cohort, record, source)));
     } catch (err) {
       // The manifest's conditions changed since production was registered: the reference stays the one
       // of the registration (write-once), which is what drift is measured against.
@@ -312,8 +319,8 @@ export interface DriftActivityDeps {
   store: ObjectStore;
   /** Directory that fleet manifest paths are resolved against. */
   root: string;
-  /** Where current features come from (default: the simulated fleet). */
-  features?: FeatureSource;
+  /** Where the current features and a missing reference's sample come from (the composition root's choice). */
+  features: FeatureSource;
   /** The Temporal client that finds and pauses rollouts (default: the worker's, from the activity context). */
   temporal?: () => Client;
   /** The rollouts that may need a hold (default: `runningRollouts`, a visibility query). */
@@ -330,7 +337,7 @@ export function runningRollouts(client: Client): AsyncIterable<{ workflowId: str
 
 export function createDriftActivities(deps: DriftActivityDeps) {
   const { store, root } = deps;
-  const source = deps.features ?? simulatedFeatures;
+  const source = deps.features;
   const temporal = deps.temporal ?? (() => Context.current().client);
   const listRollouts = deps.rollouts ?? runningRollouts;
 
@@ -385,7 +392,7 @@ export function createDriftActivities(deps: DriftActivityDeps) {
         const refKey = referenceKey(record.recordKey, manifest.name, cohort.name);
         let refBytes = await store.get(refKey);
         if (refBytes === undefined) {
-          refBytes = json(buildReference(manifest, cohort, record));
+          refBytes = json(await buildReference(manifest, cohort, record, source));
           await store.putIfAbsent(refKey, refBytes);
           referencesWritten++;
         }

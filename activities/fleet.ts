@@ -11,10 +11,10 @@
  * write a vehicle's slots. Vehicles are only ever known by their pseudonyms; these activities must never
  * log, store or return a raw vehicle id, and never return rows per event.
  *
- * The simulated channel's realism, from the fleet manifest: a wave's targets install, fail or are
- * deferred as `installOutcomes` (sim/ota.ts) draws them, and only installed vehicles get the model.
- * `infer` and `conditionsAt` are shared with the simulated fleet (sim/producer.ts) and the services'
- * simulated callers (activities/service.ts), which still simulate inside their activity.
+ * What a wave's install did on each target is the channel's to say (`OtaChannel.installOutcomes`: the
+ * simulated fleet draws it from the manifest's install model), and only installed vehicles get the model.
+ * `infer` and `conditionsAt` are shared with the simulated fleet (sim/producer.ts, sim/features.ts);
+ * `writeBatch` with the services' activities (activities/service.ts), which log what their callers sent.
  */
 import type { DuckDBAppender, DuckDBConnection } from '@duckdb/node-api';
 import { createHash } from 'node:crypto';
@@ -23,12 +23,11 @@ import { parseDuration } from '../policies/duration';
 import type { CohortSpec, FleetManifest, Sku } from '../policies/schema';
 import { CRITICAL_CLASS, FEATURES } from '../policies/model-contract';
 import { makeRng } from '../policies/rng';
-import type { FrameConditions, Frames } from '../sim/frames';
+import type { FrameConditions, Frames } from '../policies/frames';
 import type { EdgeCounters } from './contracts';
 import { loadFleetManifest } from '../fleet/manifest';
 import { pseudonymSql } from '../fleet/pseudonym';
 import { targetCount, waveShare, waveTargets } from '../fleet/assignment';
-import { countVehicles, INSTALL, installOutcomes, installsAlways, SimulatedOta } from '../sim/ota';
 import { recordBatchStats } from './analysis';
 import { confinedPath } from './confine';
 import type {
@@ -44,15 +43,17 @@ import type {
   ShadowInput,
   TelemetryInput,
 } from './contracts';
-import { exclusive, exec, num, rows, transaction } from './db';
+import { countVehicles, exclusive, exec, num, rows, transaction } from './db';
 import { progress, throwIfCancelled } from './heartbeat';
-import type {
-  ModelRunner,
-  ObjectStore,
-  OtaChannel,
-  RunnerSettings,
-  TelemetryFeed,
-  TelemetryWindow,
+import {
+  INSTALL,
+  installsAlways,
+  type ModelRunner,
+  type ObjectStore,
+  type OtaChannel,
+  type RunnerSettings,
+  type TelemetryFeed,
+  type TelemetryWindow,
 } from './deps';
 import { awaitWatermarks, readWindow, type WindowRead } from './telemetry';
 import { logBatchRead } from './batch-log';
@@ -211,10 +212,11 @@ export function createFleetActivities(deps: FleetActivityDeps) {
     /**
      * Delivers `digest` to the wave's share of each cohort (sticky, monotone, stratified; vehicles
      * already running it are skipped) as OTA job `${rolloutId}-w${wave}`. Of these new targets, those
-     * whose install is deferred (a precondition did not hold) or fails (`installOutcomes`, keyed by
-     * rollout, wave and pseudonym) are left out of the job and keep what they run; `installs` counts them
-     * per cohort (present when the fleet models install outcomes for a delivered cohort). A retry returns
-     * the recorded result and changes nothing.
+     * whose install the channel reports deferred (a precondition did not hold) or failed
+     * (`OtaChannel.installOutcomes`; the simulated fleet's are keyed by rollout, wave and pseudonym) are
+     * left out of the job and keep what they run; `installs` counts them per cohort (present when the
+     * fleet models install outcomes for a delivered cohort). A retry returns the recorded result and
+     * changes nothing.
      */
     async deliverWave(input: DeliverInput): Promise<DeliveryResult> {
       const manifest = manifestOf(input);
@@ -225,10 +227,10 @@ export function createFleetActivities(deps: FleetActivityDeps) {
         if (recorded) return recorded as DeliveryResult;
         await checkArtifact(deps.store, input.digest, jobId);
         await requireFleet(manifest);
-        // The simulated channel chooses each cohort's targets inside the fleet database; any other
-        // channel's inventory is ranked here. Both give the same targets and outcomes (unit-tested).
-        const sim = ota instanceof SimulatedOta ? ota : undefined;
-        const sizes = sim ? await sim.cohortSizes(manifest.name) : undefined;
+        // A channel that keeps its vehicles in the fleet database chooses each cohort's targets there; any
+        // other channel's inventory is ranked here. Both give the same targets and outcomes (unit-tested).
+        const staged = ota.stagedWaves;
+        const sizes = staged ? await staged.cohortSizes(manifest.name) : undefined;
         const share = waveShare(input.percent);
         const targets = new Map<string, string[]>();
         const installed = new Map<string, number>();
@@ -240,27 +242,37 @@ export function createFleetActivities(deps: FleetActivityDeps) {
             installFailureRate: skuOf(manifest, cohort).installFailureRate,
           };
           modelled ||= !installsAlways(model);
-          if (sim) {
-            const staged = await sim.stageWave({
+          const wave = {
+            rolloutId: input.rolloutId,
+            wave: input.wave,
+            fleet: manifest.name,
+            cohort: cohort.name,
+            model,
+            key,
+          };
+          if (staged) {
+            const stagedWave = await staged.stageWave({
+              ...wave,
               jobId,
-              rolloutId: input.rolloutId,
-              wave: input.wave,
-              fleet: manifest.name,
-              cohort: cohort.name,
               digest: input.digest,
               count: targetCount(sizes!.get(cohort.name) ?? 0, share),
-              key,
-              model,
             });
-            const { targeted, failed, deferred } = staged;
+            const { targeted, failed, deferred } = stagedWave;
             installs[cohort.name] = { targeted, failed, deferred };
-            installed.set(cohort.name, staged.installed);
+            installed.set(cohort.name, stagedWave.installed);
             continue;
           }
           const fleet = await ota.inventory(manifest.name, cohort.name);
           const chosen = new Set(waveTargets(fleet.vehicles, key, input.rolloutId, input.percent));
           const fresh = fleet.vehicles.filter((v, i) => chosen.has(v) && fleet.digests[i] !== input.digest);
-          const outcome = installOutcomes(key, input.rolloutId, input.wave, fresh, model);
+          const outcome = await ota.installOutcomes(wave, fresh);
+          if (outcome.length !== fresh.length) {
+            throw fail(
+              ErrorType.Unavailable,
+              `OTA job ${jobId}: the channel reported ${outcome.length} install outcome(s) for the ` +
+                `${fresh.length} new target(s) of cohort ${cohort.name}; nothing was delivered`,
+            );
+          }
           let failed = 0;
           let deferred = 0;
           for (const o of outcome) {
@@ -289,7 +301,7 @@ export function createFleetActivities(deps: FleetActivityDeps) {
         };
         // An abort that cancelled the delivery meanwhile rolls the whole wave back here: nothing lands.
         throwIfCancelled(`delivery of wave ${input.wave}`);
-        if (sim) await sim.finishJob(job, installed);
+        if (staged) await staged.finishJob(job, installed);
         else await ota.createJob({ ...job, targets });
         return result;
       });

@@ -9,7 +9,7 @@
  *
  * - contract: probs of shape [n, 2], finite, rows summing to 1;
  * - golden set: when the model's registry record has one, its inputs must give its outputs within its
- *   tolerance (without one, the contract is checked on deterministic frames from sim/frames.ts);
+ *   tolerance (without one, the contract is checked on deterministic frames from policies/frames.ts);
  * - determinism: `repeats` runs of the batch are bitwise identical;
  * - latency: p50/p95/p99 of batch-1 runs, scaled to the SKU (its speed factor, times the SKU's `slowdown`
  *   for the model's version), against the SKU's budget or the pack's budget for the SKU when stricter;
@@ -39,7 +39,7 @@ import { parseStoredJson } from './store';
 import { ErrorType, fail } from '../errors';
 import type { Sku } from '../policies/schema';
 import { FEATURES } from '../policies/model-contract';
-import { generateFrames } from '../sim/frames';
+import { generateFrames } from '../policies/frames';
 import { makeRng } from '../policies/rng';
 import {
   CLASSES,

@@ -28,7 +28,7 @@ export type LabelReason = (typeof LABEL_TIERS)[number];
 /** Tier index of an event that gets no request. */
 export const NO_TIER = 255;
 export const DAY_MS = 86_400_000;
-/** Classes the labeler answers with: the simulated frames' truth is binary (sim/frames.ts). */
+/** Classes the labeler answers with: the frames' truth is binary (policies/frames.ts). */
 export const LABEL_CLASSES = 2;
 
 /** Below this confidence (of the less confident model, when two ran) an event is worth a label. */

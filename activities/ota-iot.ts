@@ -17,6 +17,8 @@
  *   executed vehicles failed, were rejected or timed out) and an in-progress timeout. Its document holds
  *   the digest, the groups and the `result` that `recordedJob` gives back.
  * A revert of a cohort is a second job, `fg-<hash>-revert-<cohort slug>`, targeting that cohort's group.
+ * Install outcomes are the vehicles' own: every target of a wave goes into its job (`installOutcomes`), and
+ * a vehicle that could not install reports so through its execution and attributes.
  *
  * Idempotency: every id and name is a pure function of the fleetgate job id and cohort. `createJob` looks
  * the job up first and, when AWS answers ResourceAlreadyExistsException, compares what is there: a retried
@@ -43,7 +45,7 @@ import {
 } from '@aws-sdk/client-iot';
 import { createHash } from 'node:crypto';
 import { ErrorType, fail } from '../errors';
-import type { OtaChannel, OtaJob } from './deps';
+import { INSTALL, type OtaChannel, type OtaJob, type WaveInstall } from './deps';
 
 /** The thing type of every vehicle; it allows more than three attributes per thing. */
 export const THING_TYPE = 'fleetgate-vehicle';
@@ -125,6 +127,15 @@ export class AwsIotJobsChannel implements OtaChannel {
 
   async vehicleCount(fleet: string): Promise<number> {
     return (await listVehicles(this.client, ATTR.fleet, fleet)).length;
+  }
+
+  /**
+   * Every target is handed to the job: a vehicle that cannot install now (offline, driving, low battery)
+   * or whose install fails says so itself, through its job execution and its reported `model`, which
+   * `inventory` and `running` read. Nothing is drawn here.
+   */
+  installOutcomes(_wave: WaveInstall, targets: readonly string[]): Promise<Uint8Array> {
+    return Promise.resolve(new Uint8Array(targets.length).fill(INSTALL.installed));
   }
 
   async inventory(fleet: string, cohort: string): Promise<{ vehicles: string[]; digests: string[] }> {

@@ -5,8 +5,8 @@
  *
  * A wave is a routing weight (`PUT /admin/routes/:cohort`, serve/api.ts), a revert sets the candidate's
  * weight and mirror to 0 at once, a promotion makes the candidate the production arm; the shadow mirrors
- * a share of production's requests to the candidate. Traffic is the manifest's simulated user population
- * (sim/users.ts), sent over real HTTP; what the gateway served is read back from its event log
+ * a share of production's requests to the candidate. Traffic is the callers the composition root chooses
+ * (`CallerLoad`: the manifest's simulated user population, sim/users.ts), sent over real HTTP; what the gateway served is read back from its event log
  * (`GET /admin/events`) and written as a batch of events exactly as a fleet's (activities/fleet.ts
  * `writeBatch`), so the labels and the analysis apply unchanged.
  *
@@ -42,7 +42,6 @@ import {
 } from '../serve/api';
 import { canarySalt, waveShare } from '../fleet/assignment';
 import { loadServiceManifest, manifestKind } from '../fleet/manifest';
-import { send, UserPopulation, type UserRequests } from '../sim/users';
 import { bootstrapProduction, type RegistryDeps } from './registry';
 import type {
   BatchResult,
@@ -59,7 +58,7 @@ import type {
 import { confinedPath } from './confine';
 import { exclusive, num, rows } from './db';
 import { progress, resumeFrom, throwIfCancelled, type Progress } from './heartbeat';
-import type { ModelRunner, ObjectStore } from './deps';
+import type { CallerLoad, CallerPopulation, CallerRequests, ModelRunner, ObjectStore } from './deps';
 import {
   checkArtifact,
   cohortsOf,
@@ -84,6 +83,8 @@ export interface ServiceActivityDeps {
   store?: ObjectStore;
   /** The gateways this worker may call (FLEETGATE_GATEWAY_ALLOW): a manifest names one of these or none. */
   gateways: GatewayAllow;
+  /** The callers whose requests a batch sends through the gateway (the composition root's choice). */
+  callers: CallerLoad;
 }
 
 /**
@@ -250,12 +251,12 @@ export function createServiceActivities(deps: ServiceActivityDeps) {
   const armOf = (m: ServiceManifest, digest: string): ArmRef => ({ digest, ...m.gateway.candidateArm });
 
   // Pseudonyms of a population cost one HMAC per caller: computed once per service, cohort and size.
-  const populations = new Map<string, UserPopulation>();
-  const populationOf = (m: ServiceManifest, c: ServiceCohort): UserPopulation => {
+  const populations = new Map<string, CallerPopulation>();
+  const populationOf = (m: ServiceManifest, c: ServiceCohort): CallerPopulation => {
     const id = `${m.name}|${c.name}|${c.callers}`;
     let p = populations.get(id);
     if (!p || p.cohort !== c) {
-      p = new UserPopulation(key, m.name, c);
+      p = deps.callers.population(key, m.name, c);
       populations.set(id, p);
     }
     return p;
@@ -318,7 +319,7 @@ export function createServiceActivities(deps: ServiceActivityDeps) {
     ) => Promise<void>,
     build: (
       m: ServiceManifest,
-      draw: UserRequests,
+      draw: CallerRequests,
       events: GatewayEvent[],
       cohortIndex: number,
     ) => SimulatedCohort,
@@ -361,7 +362,7 @@ export function createServiceActivities(deps: ServiceActivityDeps) {
         last,
         sent: j,
       });
-      await send(m.gateway.url, draw, m.load.concurrency, (i) => `${tag}.${indexOf[j]}.${i}`);
+      await deps.callers.send(m.gateway.url, draw, m.load.concurrency, (i) => `${tag}.${indexOf[j]}.${i}`);
       progress({
         step: `${phase} batch: sent cohort ${j + 1} of ${draws.length}`,
         batchId,
@@ -395,7 +396,7 @@ export function createServiceActivities(deps: ServiceActivityDeps) {
     gw: GatewayAdmin,
     after: number,
     tag: string,
-    draws: UserRequests[],
+    draws: CallerRequests[],
     indexOf: number[],
   ): Promise<GatewayEvent[][]> {
     const position = new Map(indexOf.map((cohortIndex, j) => [cohortIndex, j]));

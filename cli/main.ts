@@ -1062,7 +1062,7 @@ export async function initFleet(
     const prod = await bootstrapProduction(services, packDir, cohorts, by);
     // The drift checks' reference (fleetgate drift), stored beside production's record as it is registered.
     const { storeDriftReferences } = require('../activities/drift') as typeof DriftActivitiesModule;
-    await storeDriftReferences(services.store, prod, manifest);
+    await storeDriftReferences(services.store, prod, manifest, services.features);
     const productionByCohort = Object.fromEntries(cohorts.map((c) => [c, prod.digest]));
     const production =
       `production ${prod.name}@${prod.version} (${prod.digest.slice(0, 12)}) in ${cohorts.length} cohort(s) ` +

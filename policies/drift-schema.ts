@@ -7,7 +7,7 @@
  */
 import { z } from 'zod';
 
-/** The features of the simulated fleet's frames (sim/frames.ts): four camera and four radar channels. */
+/** The features of the models' input frames (policies/frames.ts): four camera and four radar channels. */
 export const DRIFT_FEATURES = [
   'camera0',
   'camera1',

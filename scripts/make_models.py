@@ -1,7 +1,7 @@
 """Makes the ONNX model fixtures under models/ (deterministic, seeded).
 
 The fixtures are small logistic-regression hazard classifiers trained with numpy on the same generative
-process as sim/frames.ts (the constants are read back from that file and checked, so the two cannot
+process as policies/frames.ts (the constants are read back from that file and checked, so the two cannot
 drift apart). Each pack is a directory with model.onnx and a manifest.json draft in the ModelManifest format (release
 counter, hashes of the training data and of this script, compatible SKUs, budgets); `fleetgate model pack`
 then adds the inference config and golden files, and `fleetgate model sign` signs it with the fixture
@@ -26,11 +26,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
-FRAMES_TS = ROOT / "sim" / "frames.ts"
+FRAMES_TS = ROOT / "policies" / "frames.ts"
 # The models' input width (FEATURES) is the model contract's, not the simulator's.
 CONTRACT_TS = ROOT / "policies" / "model-contract.ts"
 
-# The generative process of sim/frames.ts.
+# The generative process of policies/frames.ts.
 FEATURES = 8
 HAZARD_PRIOR = 0.3
 CAMERA_WEIGHTS = np.array([1.0, 0.8, 0.6, 0.4])
@@ -53,7 +53,7 @@ TRAIN_NIGHT_SHARE = 0.4
 
 
 def check_constants() -> None:
-    """Fails when sim/frames.ts (or policies/model-contract.ts) no longer matches the constants above."""
+    """Fails when policies/frames.ts (or policies/model-contract.ts) no longer matches the constants above."""
     src = FRAMES_TS.read_text(encoding="utf-8") + CONTRACT_TS.read_text(encoding="utf-8")
 
     def number(name: str) -> float:
@@ -90,7 +90,7 @@ def check_constants() -> None:
 
 
 def generate(rng: np.random.Generator, count: int, night_share: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Frames as sim/frames.ts draws them: (features [count, 8], labels, night)."""
+    """Frames as policies/frames.ts draws them: (features [count, 8], labels, night)."""
     y = (rng.random(count) < HAZARD_PRIOR).astype(np.int64)
     night = rng.random(count) < night_share
     s = (2 * y - 1).astype(np.float64)[:, None]

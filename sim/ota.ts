@@ -4,37 +4,30 @@
  * the new model into the inactive slot and makes it the active one, and a revert switches back only the
  * vehicles whose active slot still holds that job's model.
  *
- * `installOutcomes` is the simulated install itself: which of a wave's targets install, fail or are
- * deferred, drawn per vehicle from keyed streams (never Math.random), so a retried delivery decides the
- * same. deliverWave (activities/fleet.ts) hands only the vehicles that install to `createJob`: a failed or
- * deferred vehicle keeps its slots, runs what it ran, and is not touched by a revert.
+ * `installOutcomes` is the simulated install itself, this channel's answer to `OtaChannel.installOutcomes`:
+ * which of a wave's targets install, fail or are deferred, drawn per vehicle from keyed streams (never
+ * Math.random), so a retried delivery decides the same. deliverWave (activities/fleet.ts) hands only the
+ * vehicles that install to `createJob` (or stages only those, `stagedWaves`): a failed or deferred
+ * vehicle keeps its slots, runs what it ran, and is not touched by a revert.
  *
  * Its methods take no lock: callers run them inside `exclusive` or `transaction` on the same connection
  * (see activities/db.ts), and this module must never call either itself, which would wait forever. It
  * must never store, log or return a raw vehicle id, only pseudonyms.
  */
 import type { DuckDBConnection } from '@duckdb/node-api';
-import { columns, exec, num, rows } from '../activities/db';
-import type { OtaChannel, OtaJob } from '../activities/deps';
+import { columns, countVehicles, exec, num, rows } from '../activities/db';
+import {
+  INSTALL,
+  installsAlways,
+  type InstallModel,
+  type OtaChannel,
+  type OtaJob,
+  type StagedWave,
+  type StagedWaves,
+  type WaveInstall,
+} from '../activities/deps';
 import { ErrorType, fail } from '../errors';
-import type { CohortSpec } from '../policies/schema';
 import { canarySalt, keyedUniforms, saltedSql } from '../fleet/assignment';
-
-/** What happened to one targeted vehicle in a simulated install. */
-export const INSTALL = { installed: 0, deferred: 1, failed: 2 } as const;
-export type InstallOutcome = (typeof INSTALL)[keyof typeof INSTALL];
-
-/** The install model of one cohort: its availability shares and its SKU's failure rate. */
-export interface InstallModel {
-  availability: CohortSpec['availability'];
-  installFailureRate: number;
-}
-
-/** True when every target installs (all shares 1, no failures): nothing to draw. */
-export function installsAlways(model: InstallModel): boolean {
-  const { online, parked, batteryOk } = model.availability;
-  return online >= 1 && parked >= 1 && batteryOk >= 1 && model.installFailureRate <= 0;
-}
 
 /**
  * The outcome of installing on each of `targets` in wave `wave` of `rolloutId`, from four keyed uniforms
@@ -78,21 +71,19 @@ function installOutcomeSql(h: string): string {
     ELSE ${INSTALL.installed} END`;
 }
 
-/** What `SimulatedOta.stageWave` did in one cohort. */
-export interface StagedWave {
-  /** New targets: chosen and not yet running the digest. */
-  targeted: number;
-  failed: number;
-  deferred: number;
-  /** Appended to the job's targets: targeted - failed - deferred. */
-  installed: number;
-}
-
 /** The digest of a vehicle's active slot, as SQL. */
 const ACTIVE_DIGEST = `CASE active WHEN 'a' THEN slot_a ELSE slot_b END`;
 
-export class SimulatedOta implements OtaChannel {
+export class SimulatedOta implements OtaChannel, StagedWaves {
+  /** Its waves are chosen and drawn inside the fleet database. */
+  readonly stagedWaves: StagedWaves = this;
+
   constructor(private readonly conn: DuckDBConnection) {}
+
+  /** The simulated install of a wave's new targets in one cohort: `installOutcomes` below. */
+  installOutcomes(wave: WaveInstall, targets: readonly string[]): Promise<Uint8Array> {
+    return Promise.resolve(installOutcomes(wave.key, wave.rolloutId, wave.wave, targets, wave.model));
+  }
 
   vehicleCount(fleet: string): Promise<number> {
     return countVehicles(this.conn, fleet);
@@ -141,17 +132,7 @@ export class SimulatedOta implements OtaChannel {
    * `installOutcomes` draws them (none fail when `installsAlways`). Those that install are appended to the
    * targets of job `jobId` with the slot each had active; `finishJob` then switches them.
    */
-  async stageWave(wave: {
-    jobId: string;
-    rolloutId: string;
-    wave: number;
-    fleet: string;
-    cohort: string;
-    digest: string;
-    count: number;
-    key: Buffer;
-    model: InstallModel;
-  }): Promise<StagedWave> {
+  async stageWave(wave: WaveInstall & { jobId: string; digest: string; count: number }): Promise<StagedWave> {
     const { conn } = this;
     const rank = saltedSql(wave.key, canarySalt(wave.rolloutId), 'rank');
     const draw = installsAlways(wave.model)
@@ -334,12 +315,6 @@ export class SimulatedOta implements OtaChannel {
     }
     return reverted;
   }
-}
-
-/** How many vehicles the fleet has. Takes no lock. */
-export async function countVehicles(conn: DuckDBConnection, fleet: string): Promise<number> {
-  const [row] = await rows(conn, `SELECT count(*) AS n FROM vehicles WHERE fleet = ?`, [fleet]);
-  return num(row?.n);
 }
 
 /** The cohort's vehicles and the digest of each one's active slot. Takes no lock. */

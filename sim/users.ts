@@ -9,6 +9,7 @@
  * cohort, so a retried batch sends the same requests. The service manifest's loaders are production code
  * (fleet/manifest.ts).
  *
+ * The composition root hands it to the service activities as their `CallerLoad` (`simulatedCallers`).
  * Activity-side only (node:crypto, fetch); workflows never import it.
  */
 import { ErrorType, fail } from '../errors';
@@ -26,6 +27,7 @@ import {
 } from '../serve/api';
 import { FEATURES } from '../policies/model-contract';
 import { generateFramesWith, type Frames } from './frames';
+import type { CallerLoad, CallerPopulation, CallerRequests } from '../activities/deps';
 
 const HOUR_MS = 3_600_000;
 /** Attempts of a request the gateway answers 429 (its queue is full), with exponential backoff. */
@@ -33,7 +35,7 @@ export const MAX_ATTEMPTS = 8;
 const BACKOFF_MS = 10;
 
 /** The callers of one cohort of a service. */
-export class UserPopulation {
+export class UserPopulation implements CallerPopulation {
   /** Keyed pseudonym of each caller, by caller index. */
   readonly pseudonyms: readonly string[];
   readonly #service: string;
@@ -102,7 +104,7 @@ export class UserPopulation {
  * One window's requests of a cohort. Fields are as `Simulation` of activities/fleet.ts wants them
  * (`vehicle` is the caller index), so a batch of them is written like a fleet's.
  */
-export class UserRequests {
+export class UserRequests implements CallerRequests {
   readonly #rawId: (k: number) => string;
   readonly #population: UserPopulation;
 
@@ -247,3 +249,17 @@ export async function send(
   await Promise.all(workers);
   return result;
 }
+
+/** The simulated users as the service activities' `CallerLoad`: the composition root hands them this. */
+export const simulatedCallers: CallerLoad = {
+  population: (key, service, cohort) => new UserPopulation(key, service, cohort),
+  send: (gatewayUrl, requests, concurrency, requestIds) => {
+    if (!(requests instanceof UserRequests)) {
+      throw fail(
+        ErrorType.InvalidInput,
+        `the simulated users send only their own requests (cohort ${requests.cohort}): draw them from their population`,
+      );
+    }
+    return send(gatewayUrl, requests, concurrency, requestIds);
+  },
+};

@@ -57,7 +57,7 @@ export async function openSimWorld(opts: SimWorldOptions): Promise<SimWorld> {
     const cohorts = manifest.cohorts.map((c) => c.name);
     const prod = await bootstrapProduction(services, opts.production, cohorts, opts.by);
     // The reference the drift checks compare with, stored beside production's record as it is registered.
-    await storeDriftReferences(services.store, prod, manifest);
+    await storeDriftReferences(services.store, prod, manifest, services.features);
     await initSimFleet(
       { conn: services.db.connection, key: services.key, root: opts.root },
       opts.fleet,

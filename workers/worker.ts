@@ -1,6 +1,7 @@
 /**
  * The composition root: builds the stores, the model runner, the DuckDB database, the pseudonym key, the
- * over-the-air channel (the simulated fleet, or AWS IoT Jobs with its `IoTClient`) and the notifications'
+ * over-the-air channel (the simulated fleet, or AWS IoT Jobs with its `IoTClient`), the drift checks'
+ * feature source and a service's callers (the simulated fleet's and users') and the notifications'
  * webhook from configuration, hands them to the activity factories and creates the worker. Nothing else
  * in fleetgate constructs clients or stores.
  */
@@ -18,12 +19,14 @@ import { createLabelActivities } from '../activities/labels';
 import { createAnalysisActivities } from '../activities/analysis';
 import { createReportActivities } from '../activities/report';
 import { type WebhookConfig, createNotifyActivities } from '../activities/notify';
-import { createDriftActivities } from '../activities/drift';
+import { createDriftActivities, type FeatureSource } from '../activities/drift';
 import { openFleetDatabase } from '../activities/db';
-import type { ObjectStore, OtaChannel, TelemetryFeed } from '../activities/deps';
+import type { CallerLoad, ObjectStore, OtaChannel, TelemetryFeed } from '../activities/deps';
 import { AwsIotJobsChannel } from '../activities/ota-iot';
 import { SimulatedOta } from '../sim/ota';
 import { SimulatedFleetFeed } from '../sim/producer';
+import { simulatedFeatures } from '../sim/features';
+import { simulatedCallers } from '../sim/users';
 import { EventWriter } from '../events/writer';
 import { listPartitions, rebuildFromStore } from '../events/rebuild';
 import { batchRestorer } from '../activities/batch-log';
@@ -89,6 +92,10 @@ export interface Services {
   webhook?: WebhookConfig;
   /** The inference gateways a service's rollout may call (FLEETGATE_GATEWAY_ALLOW). */
   gateways: GatewayAllow;
+  /** Where the drift checks' features come from: the simulated fleet's (sim/features.ts). */
+  features: FeatureSource;
+  /** The callers a service's rollout sends through its gateway: the simulated users (sim/users.ts). */
+  callers: CallerLoad;
   close(): Promise<void>;
 }
 
@@ -202,6 +209,8 @@ export async function openServices(
     feed: feed!,
     trust,
     gateways,
+    features: simulatedFeatures,
+    callers: simulatedCallers,
     ...(iot ? { iot } : {}),
     ...(webhook ? { webhook } : {}),
     async close() {
@@ -269,14 +278,14 @@ export function createActivities(s: Services) {
           watermarkWaitMs: s.telemetry.watermarkWaitMs,
           ...(cache ? { batchLog: s.store } : {}),
         }),
-        createServiceActivities({ ...fleetDeps, gateways: s.gateways }),
+        createServiceActivities({ ...fleetDeps, gateways: s.gateways, callers: s.callers }),
       ),
     ),
     ...restoring(createLabelActivities({ conn: s.db.connection })),
     ...restoring(createAnalysisActivities({ conn: s.db.connection })),
     ...createReportActivities({ dataDir: s.dataDir, store: s.store }),
     ...createNotifyActivities({ webhook: s.webhook }),
-    ...createDriftActivities({ store: s.store, root: s.root }),
+    ...createDriftActivities({ store: s.store, root: s.root, features: s.features }),
   });
 }
 export type Activities = ReturnType<typeof createActivities>;

@@ -14,6 +14,7 @@ import type { DuckDBConnection } from '@duckdb/node-api';
 import { canaryFull, canaryLook, createAnalysisActivities, eventsSide } from '../../activities/analysis';
 import { num, openFleetDatabase, rows } from '../../activities/db';
 import type { FleetDatabase } from '../../activities/db';
+import { INSTALL, type OtaChannel } from '../../activities/deps';
 import { createFleetActivities, initSimFleet } from '../../activities/fleet';
 import type { BatchResult } from '../../activities/contracts';
 import type { WindowResult } from '../../activities/telemetry';
@@ -777,7 +778,7 @@ void describe('wave delivery inside the fleet database', () => {
     for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
   });
 
-  async function open(generic: boolean) {
+  async function open(generic: boolean, outcomes?: OtaChannel['installOutcomes']) {
     const dir = mkdtempSync(join(tmpdir(), 'fleetgate-twin-'));
     dirs.push(dir);
     writeFileSync(
@@ -806,6 +807,7 @@ void describe('wave delivery inside the fleet database', () => {
           recordedJob: sim.recordedJob.bind(sim),
           createJob: sim.createJob.bind(sim),
           revertJob: sim.revertJob.bind(sim),
+          installOutcomes: outcomes ?? sim.installOutcomes.bind(sim),
         }
       : sim;
     const unusedRunner = {
@@ -854,6 +856,47 @@ void describe('wave delivery inside the fleet database', () => {
       await rows(conn, `SELECT job_id, result FROM ota_jobs ORDER BY job_id`),
     ];
     assert.deepEqual(await state(inDb.conn), await state(inJs.conn));
+  });
+
+  void it('takes install outcomes from the channel and draws none itself', async () => {
+    // A channel whose vehicles report their own installs (AWS IoT Jobs) hands every target to the job,
+    // whatever install model the manifest gives the simulated fleet.
+    const asked: string[] = [];
+    const { conn, fleet } = await open(true, (wave, targets) => {
+      asked.push(`${wave.cohort}:${wave.wave}:${targets.length}`);
+      return Promise.resolve(new Uint8Array(targets.length).fill(INSTALL.installed));
+    });
+    const input = { rolloutId: 'own', manifest: 'fleet.yaml', cohorts: [...names], digest: 'e'.repeat(64) };
+    const got = await fleet.deliverWave({ ...input, wave: 1, percent: 25 });
+    assert.deepEqual(
+      asked,
+      names.map((c) => `${c}:1:${got.installs![c]!.targeted}`),
+    );
+    for (const c of names) {
+      const { targeted, failed, deferred } = got.installs![c]!;
+      assert.ok(targeted > 0);
+      assert.deepEqual({ failed, deferred }, { failed: 0, deferred: 0 }, c);
+      assert.equal(got.vehicles[c], targeted);
+      assert.equal(
+        await one(conn, `SELECT count(*) FROM ota_targets WHERE job_id = 'own-w1' AND cohort = ?`, [c]),
+        targeted,
+      );
+    }
+  });
+
+  void it('refuses a channel that reports install outcomes for other targets, delivering nothing', async () => {
+    const { conn, fleet } = await open(true, () => Promise.resolve(new Uint8Array(1)));
+    const input = { rolloutId: 'short', manifest: 'fleet.yaml', cohorts: [...names], digest: 'e'.repeat(64) };
+    await assert.rejects(
+      fleet.deliverWave({ ...input, wave: 1, percent: 25 }),
+      (err: Error & { type?: string }) =>
+        err.type === 'Unavailable' &&
+        /OTA job short-w1: the channel reported 1 install outcome\(s\) for the \d+ new target\(s\) of cohort c0\/x; nothing was delivered/.test(
+          err.message,
+        ),
+    );
+    assert.equal(await one(conn, `SELECT count(*) FROM ota_jobs WHERE job_id = 'short-w1'`), 0);
+    assert.equal(await one(conn, `SELECT count(*) FROM ota_targets WHERE job_id = 'short-w1'`), 0);
   });
 
   void it('stores the vehicles of each cohort in generation order', async () => {

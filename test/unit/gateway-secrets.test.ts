@@ -83,6 +83,7 @@ function activities(gateways: GatewayAllow) {
     root: ROOT,
     store: services.store,
     gateways,
+    callers: services.callers,
   });
 }
 

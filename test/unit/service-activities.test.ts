@@ -112,6 +112,7 @@ before(async () => {
     root: ROOT,
     store: services.store,
     gateways: { loopback: true, origins: [] },
+    callers: services.callers,
   });
 });
 

@@ -1,9 +1,9 @@
 /**
  * The simulator floor of eslint.config.mjs, through ESLint's Node API on snippets linted as if they were
- * files of the repository: production code (serve/, policies/, fleet/, workers/, cli/) may not import
+ * files of the repository: production code (activities/, serve/, policies/, fleet/, workers/, cli/) may not import
  * sim/, at any depth and through a lazy require too; the composition root and the simulation commands
- * import exactly the sim/ modules they wire; activities/ only the simulated telemetry, OTA and callers,
- * and never what moved out of sim/ (pseudonyms, assignment, manifests, seeded draws).
+ * import exactly the sim/ modules they wire, and never what moved out of sim/ (pseudonyms, assignment,
+ * manifests, seeded draws, the vehicle count); activities/ imports no sim/ module at all.
  */
 import assert from 'node:assert/strict';
 import { join, resolve } from 'node:path';
@@ -93,11 +93,18 @@ describe('the simulator floor', () => {
   it('lets the composition root import exactly the sim/ modules it wires', async () => {
     const worker = await floorErrors(
       'workers/worker.ts',
-      "import { SimulatedOta } from '../sim/ota';\nimport { openSimWorld } from '../sim/world';\nexport const a = [SimulatedOta, openSimWorld];\n",
+      "import { SimulatedOta } from '../sim/ota';\nimport { openSimWorld } from '../sim/world';\n" +
+        "import { simulatedFeatures } from '../sim/features';\nimport { simulatedCallers } from '../sim/users';\n" +
+        "import { countVehicles } from '../sim/ota';\n" +
+        'export const a = [SimulatedOta, openSimWorld, simulatedFeatures, simulatedCallers, countVehicles];\n',
     );
     assert.deepEqual(
       worker.map((e) => e.line),
-      [2],
+      [2, 5],
+    );
+    assert.match(
+      worker[1]!.message,
+      /'countVehicles' import from '\.\.\/sim\/ota' is restricted.*Moved out of sim\//,
     );
     const main = await floorErrors(
       'cli/main.ts',
@@ -109,28 +116,29 @@ describe('the simulator floor', () => {
     );
   });
 
-  it('lets activities import the simulated telemetry, OTA and callers, but nothing that moved out of sim/', async () => {
-    const allowed = await floorErrors(
-      'activities/x.ts',
-      "import { generateFrames } from '../sim/frames';\nimport { edgeFilter } from '../sim/edge';\nimport { SimulatedOta } from '../sim/ota';\nimport { send } from '../sim/users';\nexport const a = [generateFrames, edgeFilter, SimulatedOta, send];\n",
-    );
-    assert.deepEqual(allowed, []);
-
+  it('refuses every sim/ module in activities/, as an import and as a lazy require', async () => {
     const refused = await floorErrors(
       'activities/x.ts',
-      "import { simVehicles } from '../sim/fleet';\nimport { pseudonym } from '../sim/users';\nimport { makeRng } from '../sim/frames';\nexport const a = [simVehicles, pseudonym, makeRng];\n",
+      "import { generateFrames } from '../sim/frames';\nimport { edgeFilter } from '../sim/edge';\n" +
+        "import { SimulatedOta } from '../sim/ota';\nimport { send } from '../sim/users';\n" +
+        "import { simulatedFeatures } from '../sim/features';\n" +
+        'export const a = [generateFrames, edgeFilter, SimulatedOta, send, simulatedFeatures];\n' +
+        "export const lazy = require('../sim/ota') as unknown;\n",
     );
     assert.deepEqual(
       refused.map((e) => e.line),
-      [1, 2, 3],
+      [1, 2, 3, 4, 5, 7],
     );
-    assert.match(
-      refused[0]!.message,
-      /activities\/ may import sim\/frames, sim\/edge, sim\/ota and sim\/users only/,
+    assert.match(refused[0]!.message, /does not import the simulator \(sim\/\)/);
+    assert.match(refused[0]!.message, /activities take the simulated sources from the composition root/);
+  });
+
+  it('lets activities import what moved out of sim/: frames, install outcomes, the vehicle count', async () => {
+    const errors = await floorErrors(
+      'activities/x.ts',
+      "import { generateFrames } from '../policies/frames';\nimport { INSTALL } from './deps';\n" +
+        "import { countVehicles } from './db';\nexport const a = [generateFrames, INSTALL, countVehicles];\n",
     );
-    assert.match(
-      refused[1]!.message,
-      /'pseudonym' import from '\.\.\/sim\/users' is restricted.*Moved out of sim\//,
-    );
+    assert.deepEqual(errors, []);
   });
 });

@@ -151,6 +151,7 @@ describe('driftCheckWorkflow', () => {
       ...createDriftActivities({
         store: world.services.store,
         root: ROOT,
+        features: world.services.features,
         temporal: () => client,
         rollouts: async function* () {
           for (const workflowId of standInIds) yield { workflowId };
@@ -223,6 +224,7 @@ describe('driftCheckWorkflow', () => {
       ...createDriftActivities({
         store: world.services.store,
         root: ROOT,
+        features: world.services.features,
         temporal: () => client,
         rollouts: async function* () {
           yield { workflowId: rolloutId };
