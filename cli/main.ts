@@ -63,6 +63,7 @@ import type * as SimulatorProcessModule from '../sim/simulator-process';
 import type * as SimulateModule from './simulate';
 import type * as ScenarioModule from '../policies/scenario';
 import type * as ModelModule from './model';
+import type * as SecretsModule from '../workers/secrets';
 import type * as ReportModule from './report';
 import type * as DriftModule from './drift';
 import type * as GateModule from './gate';
@@ -1057,26 +1058,45 @@ export async function initFleet(
     return initServiceLine(config, manifestPath, packDir, by);
   const manifest = loadFleetManifest(manifestPath);
   const cohorts = manifest.cohorts.map((c) => c.name);
+  const { storeDriftReferences } = require('../activities/drift') as typeof DriftActivitiesModule;
+  const productionLine = (prod: { name: string; version: string; digest: string }) =>
+    `production ${prod.name}@${prod.version} (${prod.digest.slice(0, 12)}) in ${cohorts.length} cohort(s) ` +
+    `(${cohorts.join(', ')})`;
+  if (config.ota.kind === 'aws-iot') {
+    // Delivery through AWS IoT Jobs: the vehicles are things there, registered by pseudonym. The registry
+    // and AWS IoT alone, never the fleet database, so it runs beside the worker that owns it.
+    const ota = config.ota;
+    const { createIotClient, featureSource } = require('../workers/worker') as typeof WorkerModule;
+    const { loadPseudonymKey } = require('../workers/secrets') as typeof SecretsModule;
+    const { withRegistry } = require('./model') as typeof ModelModule;
+    const { IotDeviceAgent } = require('../sim/iot-agent') as typeof IotAgentModule;
+    return withRegistry(async (deps) => {
+      const prod = await bootstrapProduction(deps, packDir, cohorts, by);
+      await storeDriftReferences(deps.store, prod, manifest, featureSource());
+      const productionByCohort = Object.fromEntries(cohorts.map((c) => [c, prod.digest]));
+      const client = createIotClient(ota);
+      try {
+        const iot = await new IotDeviceAgent(client).provision(
+          manifest,
+          loadPseudonymKey(config.dataDir),
+          productionByCohort,
+        );
+        return (
+          `fleet "${iot.fleet}": ${iot.vehicles} vehicles registered as AWS IoT things (${iot.created} new); ` +
+          `${productionLine(prod)}; data in ${displayPath(config.dataDir)}`
+        );
+      } finally {
+        client.destroy();
+      }
+    }, config);
+  }
   const services = await openServices(config.dataDir, config.root, config.ota);
   try {
     const prod = await bootstrapProduction(services, packDir, cohorts, by);
     // The drift checks' reference (fleetgate drift), stored beside production's record as it is registered.
-    const { storeDriftReferences } = require('../activities/drift') as typeof DriftActivitiesModule;
     await storeDriftReferences(services.store, prod, manifest, services.features);
     const productionByCohort = Object.fromEntries(cohorts.map((c) => [c, prod.digest]));
-    const production =
-      `production ${prod.name}@${prod.version} (${prod.digest.slice(0, 12)}) in ${cohorts.length} cohort(s) ` +
-      `(${cohorts.join(', ')})`;
-    if (services.iot) {
-      // Delivery through AWS IoT Jobs: the vehicles are things there, registered by pseudonym.
-      const { IotDeviceAgent } = require('../sim/iot-agent') as typeof IotAgentModule;
-      const agent = new IotDeviceAgent(services.iot);
-      const iot = await agent.provision(manifest, services.key, productionByCohort);
-      return (
-        `fleet "${iot.fleet}": ${iot.vehicles} vehicles registered as AWS IoT things (${iot.created} new); ` +
-        `${production}; data in ${displayPath(config.dataDir)}`
-      );
-    }
+    const production = productionLine(prod);
     const fleet = await initSimFleet(
       { conn: services.db.connection, key: services.key, root: services.root },
       manifestPath,

@@ -209,7 +209,7 @@ export async function openServices(
     feed: feed!,
     trust,
     gateways,
-    features: simulatedFeatures,
+    features: featureSource(),
     callers: simulatedCallers,
     ...(iot ? { iot } : {}),
     ...(webhook ? { webhook } : {}),
@@ -242,6 +242,11 @@ export function trustFixtureSigner(dataDir: string): void {
   const dir = join(dataDir, 'trusted-keys');
   mkdirSync(dir, { recursive: true });
   copyFileSync(join(__dirname, '..', FIXTURE_SIGNER), join(dir, 'fixture-signer.pub'));
+}
+
+/** Where drift checks' features come from: the simulated fleet's (sim/features.ts), for every caller. */
+export function featureSource(): FeatureSource {
+  return simulatedFeatures;
 }
 
 /** The AWS IoT client of the configuration: its endpoint (e.g. moto), region and credentials. */

@@ -10,7 +10,15 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { CreateBucketCommand, GetObjectCommand, type S3Client } from '@aws-sdk/client-s3';
@@ -143,6 +151,41 @@ void test('fleet init of a service needs only the object store: it runs while an
     assert.match(line, /^service "[^"]+": production hazard-detector@\S+ .* in \d+ cohort\(s\)/);
     const pointers = (await store.list('pointers/')).filter((k) => k.endsWith('/production.json'));
     assert.ok(pointers.length > 0, 'production pointers in the S3 store');
+  } finally {
+    holder.kill('SIGKILL');
+    holder = undefined;
+  }
+});
+
+void test('fleet init of a vehicle fleet through AWS IoT needs no fleet database: it runs while another process holds it', async () => {
+  holder = await holdFleetDatabase(dataA);
+  try {
+    const iotEnv = {
+      FLEETGATE_OTA: 'aws-iot',
+      FLEETGATE_AWS_ENDPOINT: moto.endpoint,
+      FLEETGATE_PSEUDONYM_KEY: 'cd'.repeat(32),
+    };
+    // The test fleet, four vehicles a cohort (moto registers things one by one).
+    const small = join(tmp, 'small-fleet.yaml');
+    writeFileSync(
+      small,
+      readFileSync(join(ROOT, 'test/fixtures/fleet.yaml'), 'utf8')
+        .replace(/name: testfleet/, 'name: smallfleet')
+        .replace(/vehicles: 300/g, 'vehicles: 4'),
+    );
+    const run = () =>
+      spawnSync(process.execPath, [BIN, 'fleet', 'init', '--fleet', small], {
+        cwd: ROOT,
+        env: { ...env(dataA), ...iotEnv },
+        encoding: 'utf8',
+      });
+    const first = ok(run());
+    assert.match(
+      first,
+      /fleet "smallfleet": 12 vehicles registered as AWS IoT things \(12 new\); production hazard-detector@/,
+    );
+    // Again: nothing new, still beside the holder.
+    assert.match(ok(run()), /registered as AWS IoT things \(0 new\)/);
   } finally {
     holder.kill('SIGKILL');
     holder = undefined;
