@@ -231,7 +231,21 @@ export class EventWriter {
   /** Opens (creating where needed) the database file, or ":memory:". */
   static async open(file: string, options: WriterOptions = {}): Promise<EventWriter> {
     if (file !== ':memory:') mkdirSync(dirname(file), { recursive: true });
-    const instance = await DuckDBInstance.create(file);
+    let instance: DuckDBInstance;
+    try {
+      instance = await DuckDBInstance.create(file);
+    } catch (err) {
+      // DuckDB's lock error, as what it means here: another process writes this database.
+      const message = err instanceof Error ? err.message : String(err);
+      if (!/Could not set lock on file/i.test(message)) throw err;
+      const pid = /\(PID (\d+)\)/.exec(message)?.[1];
+      throw new Error(
+        `the ingestion database ${file} is open in another process${pid ? ` (PID ${pid})` : ''}: one process ` +
+          'writes a database (a `fleetgate ingest`, a worker, or an `events` command). Stop that process, ' +
+          'or give this one its own database (--db, or another FLEETGATE_DATA_DIR)',
+        { cause: err },
+      );
+    }
     try {
       return await EventWriter.on(instance, options, true);
     } catch (err) {

@@ -11,6 +11,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
+import { spawn } from 'node:child_process';
 import { DuckDBInstance } from '@duckdb/node-api';
 import { BatchRefused, EventWriter } from '../../events/writer';
 import { pseudonym } from '../../fleet/pseudonym';
@@ -417,4 +418,34 @@ describe('event writer', () => {
       instance.closeSync();
     }
   });
+});
+
+test('a database another process writes is refused with that process and what to do, not DuckDB lock error', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'fleetgate-writer-lock-'));
+  const file = join(dir, 'ingest.duckdb');
+  const holder = spawn(
+    process.execPath,
+    [
+      '--import',
+      'tsx',
+      '-e',
+      `require('./events/writer').EventWriter.open(${JSON.stringify(file)}).then(() => { console.log('ready'); setInterval(() => {}, 1000); });`,
+    ],
+    { cwd: join(__dirname, '..', '..'), stdio: ['ignore', 'pipe', 'inherit'] },
+  );
+  try {
+    await new Promise<void>((resolve, reject) => {
+      holder.stdout!.on('data', (d: Buffer) => d.toString().includes('ready') && resolve());
+      holder.once('exit', (code) => reject(new Error(`the holder exited (${code})`)));
+    });
+    await assert.rejects(EventWriter.open(file), (err: Error) => {
+      assert.match(err.message, new RegExp(`open in another process \\(PID ${holder.pid}\\)`));
+      assert.match(err.message, /give this one its own database \(--db, or another FLEETGATE_DATA_DIR\)/);
+      assert.doesNotMatch(err.message, /Could not set lock/);
+      return true;
+    });
+  } finally {
+    holder.kill('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
