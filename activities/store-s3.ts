@@ -146,9 +146,17 @@ export class S3ObjectStore implements ObjectStore {
   }
 
   async list(prefix: string): Promise<string[]> {
+    return (await this.listVersions(prefix)).map((o) => o.key);
+  }
+
+  /**
+   * Keys under a prefix, sorted, each with the version its listing gives (`s3:<ETag>:<size>`, what a
+   * HEAD of the key says), so that a reader that remembers versions asks nothing per key.
+   */
+  async listVersions(prefix: string): Promise<{ key: string; version: string | null }[]> {
     const cut = prefix.lastIndexOf('/');
     if (cut > 0) checkKey(prefix.slice(0, cut)); // as LocalObjectStore.list does
-    const keys: string[] = [];
+    const keys: { key: string; version: string | null }[] = [];
     let token: string | undefined;
     do {
       let page;
@@ -167,11 +175,13 @@ export class S3ObjectStore implements ObjectStore {
       for (const o of page.Contents ?? []) {
         const key = o.Key?.slice(this.prefix.length);
         // Only keys this store could have written: no folder markers ("a/") or "."-names from other tools.
-        if (key !== undefined && isStoreKey(key)) keys.push(key);
+        if (key !== undefined && isStoreKey(key)) {
+          keys.push({ key, version: o.ETag ? `s3:${o.ETag}:${o.Size ?? ''}` : null });
+        }
       }
       token = page.IsTruncated ? page.NextContinuationToken : undefined;
     } while (token);
-    return keys.sort();
+    return keys.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
   }
 
   async delete(key: string): Promise<void> {

@@ -9,7 +9,8 @@
  * One file is one batch: all of it is stored, or, when any record breaks the contract, none of it. Each
  * file read is recorded in the table `landing_files` of the writer's DuckDB database (made through a
  * connection the writer gives), with its etag (sha256 of its bytes, as ObjectStore.etag), a cheap version
- * of the store's own (S3 ETag and size, or a local file's size, mtime and inode) and its result. A file
+ * of the store's own (S3 ETag and size, as the listing gives them, so that a pass over files already read
+ * costs the listing alone; or a local file's size, mtime and inode) and its result. A file
  * whose version or etag is the one recorded is skipped without being read again; a file replaced with
  * other bytes is read again, and the records it already gave count as duplicates. A refused file is
  * recorded as refused (with its problem count and first problems), so it is not read again until it
@@ -318,7 +319,13 @@ export class LandingReader {
       notes: [],
     };
     const base = prefix === '' ? '' : `${prefix}/`;
-    const keys = await store.list(fleet === undefined ? base : `${base}${fleet}/`);
+    const where = fleet === undefined ? base : `${base}${fleet}/`;
+    // On S3 the listing gives each key's version: no request per file to tell a file already read.
+    const listed =
+      store instanceof S3ObjectStore
+        ? new Map((await store.listVersions(where)).map((o) => [o.key, o.version]))
+        : undefined;
+    const keys = listed ? [...listed.keys()] : await store.list(where);
     const recorded = new Map<string, Recorded>(
       (
         await this.conn.runAndReadAll(
@@ -345,7 +352,7 @@ export class LandingReader {
         continue;
       }
       const before = recorded.get(key);
-      const version = await versionOf(store, key);
+      const version = listed ? (listed.get(key) ?? null) : await versionOf(store, key);
       if (before && version !== null && before.version === version) {
         r.filesSkipped++;
         continue;
