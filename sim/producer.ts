@@ -159,16 +159,17 @@ export class SimulatedProducer {
 
   /**
    * Sends the window's inference events (each cohort's last batch with the watermark at the window's
-   * end) and upload reports; a window already sent sends nothing. Returns what it sent.
+   * end) and upload reports; a window already sent sends nothing, unless `again` (the same records:
+   * for a landing zone whose files must be named again after a stop). Returns what it sent.
    */
-  async produce(w: TelemetryWindow, source: UnitSource): Promise<Sent> {
+  async produce(w: TelemetryWindow, source: UnitSource, opts: { again?: boolean } = {}): Promise<Sent> {
     const { conn } = this.deps;
     const sent: Sent = { events: 0, uploads: 0, labels: 0 };
     const windowId = `${w.rolloutId}:${w.phase}:${w.fromMs}-${w.toMs}`;
     const [done] = await exclusive(conn, () =>
       rows(conn, `SELECT 1 FROM sim_windows WHERE window_id = ?`, [windowId]),
     );
-    if (done) return sent;
+    if (done && !opts.again) return sent;
     const tag = eventTag(windowId);
     for (const cohort of w.cohorts) {
       const cohortIndex = w.manifest.cohorts.indexOf(cohort);

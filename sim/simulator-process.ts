@@ -160,12 +160,15 @@ export async function runSimulator(opts: SimulatorOptions): Promise<SimulatorRun
         try {
           const { window, source } = windowOfRequest(parsed.request);
           landing?.takeWritten();
-          const sent = await producer.produce(window, source);
+          const receipt = receiptKey(k);
+          const receipted = (await store.get(receipt)) !== undefined;
+          // A window sent to a landing zone before a stop that came before its receipt is written again:
+          // the same records make the same files (content-named, write-once), which the receipt then names.
+          const sent = await producer.produce(window, source, { again: landing !== undefined && !receipted });
           // The receipt ends the batch's wait, written once every file is in the store and naming them;
           // one already there (a restart) is kept as it is.
           const files = landing?.takeWritten();
-          const receipt = receiptKey(k);
-          if ((await store.get(receipt)) === undefined) {
+          if (!receipted) {
             await store.putIfAbsent(
               receipt,
               Buffer.from(JSON.stringify({ request: k, ...(files ? { files } : {}) }) + '\n'),

@@ -22,6 +22,7 @@ import type { TelemetryWindow } from '../../activities/deps';
 import { LocalObjectStore } from '../../activities/store';
 import { StoreLabelQueue } from '../../activities/label-queue';
 import {
+  receiptFiles,
   receiptKey,
   SimulatorFeed,
   windowRequestKey,
@@ -364,6 +365,41 @@ drift: [{ at: 30m, conditions: { nightShare: 0.9 } }]
       await server.close();
       await writer.close();
     }
+  });
+
+  it('with a landing zone, a window whose receipt a stop kept from being written names its files again', async () => {
+    const w: TelemetryWindow = { ...window, phase: 'canary', fromMs: T0 + 10 * HOUR, toMs: T0 + 11 * HOUR };
+    await feed.produce(w); // publishes the request; nobody answers within the wait
+    const k = windowRequestKey({ ...w, fleet: FLEET });
+    const dbPath = join(dir, 'simulator-landing.duckdb');
+    const opts = {
+      landing: { store, prefix: 'zone' },
+      store,
+      runner,
+      dbPath,
+      everyMs: 50,
+      once: true,
+      log: () => undefined,
+    };
+    await runSimulator(opts);
+    const files = receiptFiles((await store.get(receiptKey(k)))!);
+    assert.ok(
+      files.length > 0 && files.every((f) => f.startsWith(`zone/${FLEET}/events/`)),
+      files.join(', '),
+    );
+    // A stop after the window was written and before its receipt: the receipt is not there, and the
+    // process has not marked the request done.
+    await store.delete(receiptKey(k));
+    const db2 = await openFleetDatabase(dbPath);
+    await rows(db2.connection, `DELETE FROM sim_done WHERE key = ?`, [k]);
+    await db2.close();
+    const again = await runSimulator(opts);
+    assert.equal(again.windows, 1);
+    assert.deepEqual(
+      receiptFiles((await store.get(receiptKey(k)))!),
+      files,
+      'the same files (content-named), named again, so the batch waits for them',
+    );
   });
 });
 
