@@ -250,7 +250,10 @@ export async function startIngestServer(opts: IngestServerOptions): Promise<Inge
       throw new HttpError(
         400,
         'bad-watermark',
-        `the watermark is over an hour ahead of the server's clock; ${fix}`,
+        `the watermark is ${Math.ceil((w - now()) / 1000)} s ahead of the server's clock, more than the ` +
+          `${Math.round(maxAhead / 1000)} s of clock skew it takes; a producer whose time runs ahead of the ` +
+          'clock (a time-scaled simulated fleet) sends to a worker with FLEETGATE_TELEMETRY=simulator, which ' +
+          `takes any; ${fix}`,
         {
           value: w,
         },

@@ -479,7 +479,13 @@ describe('the ingestion client', () => {
     const client = new IngestClient({ url: server.url, env });
     await assert.rejects(
       client.ingestTyped('inference', FLEET, [event], { watermarkMs: ahead }),
-      /400 bad-watermark/,
+      (err: Error) => {
+        assert.match(err.message, /400 bad-watermark/);
+        // It says how far ahead, what it takes, and where a time-scaled fleet sends instead.
+        assert.match(err.message, /1800\d s ahead of the server's clock, more than the 3600 s of clock skew/);
+        assert.match(err.message, /FLEETGATE_TELEMETRY=simulator/);
+        return true;
+      },
     );
     const open = await startIngestServer({
       writer,
