@@ -36,6 +36,7 @@ import type { ModelManifest } from '../policies/schema';
 import { compareContracts } from '../policies/contract';
 import { type TrustStore, verifyPackDir } from './pack';
 import { blobKey } from '../workers/model-runner';
+import { recordRollout } from '../events/rollouts';
 
 export interface RegistryDeps {
   store: ObjectStore;
@@ -276,6 +277,10 @@ export function createRegistryActivities(deps: RegistryDeps) {
       );
     }
     const recordKey = input.digest === null ? null : await recordOfDigest(store, input.digest);
+    // A rollout taking a cohort is recorded, so that ingestion takes its events (events/rollouts.ts).
+    if (stage === 'candidate' && input.digest !== null && input.rolloutId) {
+      await recordRollout(store, input.rolloutId);
+    }
     for (let attempt = 0; ; attempt++) {
       const { pointer, etag } = await readPointer(store, cohort, stage);
       if (pointer) await repairHistory(store, cohort, stage, pointer);

@@ -16,6 +16,7 @@ import type * as ServerModule from './ingest-server';
 import type * as RebuildModule from './rebuild';
 import type * as LandingModule from './landing';
 import type * as ConfigModule from '../workers/config';
+import { storeRollouts } from './rollouts';
 
 export const EVENTS_HELP = `Usage: fleetgate events schema [--kind inference|label|outcome|upload] [--format json-schema|parquet]
        fleetgate events pull --landing PREFIX [--fleet F] [--every 30s] [--db FILE] [--max-file-bytes N]
@@ -237,7 +238,8 @@ export async function ingestCommand(args: string[]): Promise<number> {
     console.error(`fleetgate: ${(err as Error).message}`);
     return 2;
   }
-  const writer = await EventWriter.open(db, { store });
+  // Events of a rollout the store does not record are refused (events/rollouts.ts).
+  const writer = await EventWriter.open(db, { store, rollouts: storeRollouts(store) });
   let server;
   try {
     server = await startIngestServer({ writer, port, host: v.host ?? '127.0.0.1', maxBodyBytes, maxPending });

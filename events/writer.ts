@@ -45,6 +45,7 @@ import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { ObjectStore } from '../activities/deps';
 import {
+  MAX_PROBLEMS,
   parquetColumnsOf,
   recordKey,
   validateBatch,
@@ -55,6 +56,7 @@ import {
   type RecordOf,
 } from './contract';
 import { ingestionDate, sqlString, writePartition } from './partitions';
+import type { RolloutDirectory } from './rollouts';
 
 /** A batch refused by the contract: nothing of it was written. */
 export class BatchRefused extends Error {
@@ -93,6 +95,11 @@ export interface WriterOptions {
   store?: ObjectStore;
   /** Directory of the temporary Parquet files (default the system's). */
   tmpDir?: string;
+  /**
+   * The rollouts this endpoint knows (events/rollouts.ts): an inference event or upload report naming
+   * another rollout refuses its batch. Absent: any rollout id is taken (a database no rollout reads).
+   */
+  rollouts?: RolloutDirectory;
 }
 
 /** Table of each kind, and the columns of its key. */
@@ -309,7 +316,39 @@ export class EventWriter {
     const v = validateBatch(kind, fleet, raw, opts.where, opts.positions);
     if (!v.ok) throw new BatchRefused(v.problems, v.problemCount);
     const records = v.records as unknown as Record<string, unknown>[];
+    if (this.options.rollouts && (kind === 'inference' || kind === 'upload')) {
+      await this.refuseUnknownRollouts(this.options.rollouts, records, opts);
+    }
     return this.exclusive(() => this.write(kind, fleet, records, opts.watermarkMs));
+  }
+
+  /** Refuses the batch (nothing written) when a record names a rollout the directory does not know. */
+  private async refuseUnknownRollouts(
+    rollouts: RolloutDirectory,
+    records: readonly Record<string, unknown>[],
+    opts: IngestOptions,
+  ): Promise<void> {
+    const verdict = new Map<string, boolean>();
+    const problems: Problem[] = [];
+    let problemCount = 0;
+    for (let i = 0; i < records.length; i++) {
+      const id = records[i]!.rolloutId;
+      if (typeof id !== 'string') continue;
+      let known = verdict.get(id);
+      if (known === undefined) verdict.set(id, (known = await rollouts.known(id)));
+      if (known) continue;
+      problemCount++;
+      if (problems.length < MAX_PROBLEMS) {
+        problems.push({
+          [opts.where]: opts.positions?.[i] ?? i + 1,
+          field: 'rolloutId',
+          message:
+            `names no rollout this worker knows (${JSON.stringify(id.slice(0, 100))}): send the id of a running ` +
+            'rollout (fleetgate status lists them), or leave rolloutId out of events that belong to no rollout',
+        });
+      }
+    }
+    if (problemCount > 0) throw new BatchRefused(problems, problemCount);
   }
 
   /**

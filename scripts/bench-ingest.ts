@@ -35,6 +35,7 @@ import { parquetColumnsOf, SCHEMA_VERSION, type Inference } from '../events/cont
 import { NDJSON, PARQUET, tokenVariable } from '../events/ingest-server';
 import { sqlString } from '../events/partitions';
 import { rebuildFromStore } from '../events/rebuild';
+import { recordRollout } from '../events/rollouts';
 import { append, EventWriter, SCHEMA_SQL, TABLES } from '../events/writer';
 import { pseudonym } from '../fleet/pseudonym';
 import { makeRng } from '../policies/rng';
@@ -157,6 +158,8 @@ interface Server {
 async function startServer(root: string, dir: string, token: string): Promise<Server> {
   const env: NodeJS.ProcessEnv = { ...process.env, FLEETGATE_DATA_DIR: dir, [tokenVariable(FLEET)]: token };
   delete env.FLEETGATE_STORE;
+  // The rollout the events name, as a worker records it when the rollout takes its cohorts.
+  await recordRollout(new LocalObjectStore(join(dir, 'store')), 'bench-rollout');
   const child: ChildProcess = spawn(
     process.execPath,
     [join(root, 'bin/fleetgate.js'), 'ingest', '--port', '0', '--db', join(dir, 'ingest.duckdb')],

@@ -28,6 +28,7 @@ import { SimulatedFleetFeed } from '../sim/producer';
 import { simulatedFeatures } from '../sim/features';
 import { simulatedCallers } from '../sim/users';
 import { EventWriter } from '../events/writer';
+import { storeRollouts } from '../events/rollouts';
 import { listPartitions, rebuildFromStore } from '../events/rebuild';
 import { batchRestorer } from '../activities/batch-log';
 import { StoreLabelQueue } from '../activities/label-queue';
@@ -173,7 +174,10 @@ export async function openServices(
     // What fleets send is also kept as Parquet partitions in the object store (events/partitions.ts), from
     // which `fleetgate events rebuild` recreates it; the simulated fleet's records are made again from
     // their seed, so they are not.
-    writer = await EventWriter.attach(db.instance, telemetry.kind === 'simulated' ? {} : { store });
+    writer = await EventWriter.attach(
+      db.instance,
+      telemetry.kind === 'simulated' ? {} : { store, rollouts: storeRollouts(store) },
+    );
     feed =
       telemetry.kind === 'simulated'
         ? await SimulatedFleetFeed.create({ conn: db.connection, ota: channel, runner, writer, key })

@@ -15,6 +15,7 @@ import { join } from 'node:path';
 import { openSimWorld, type SimWorld } from '../../sim/world';
 import { createActivities, openServices } from '../../workers/worker';
 import { startIngestServer, tokenVariable, type IngestServer } from '../../events/ingest-server';
+import { recordRollout } from '../../events/rollouts';
 import { labelRequestPrefix } from '../../activities/label-queue';
 import { num, rows } from '../../activities/db';
 import type { WindowResult } from '../../activities/telemetry';
@@ -106,6 +107,8 @@ describe('a rollout reads what the fleet sent (FLEETGATE_TELEMETRY=ingested)', (
       telemetry: { kind: 'ingested', watermarkWaitMs: 1500 },
     });
     prod = world.productionDigest;
+    // The rollout the events name, as it is recorded when it takes its cohorts (events/rollouts.ts).
+    await recordRollout(world.services.store, 'ing-1');
     server = await startIngestServer({
       writer: world.services.writer,
       env: { [tokenVariable(FLEET)]: TOKEN },
@@ -157,6 +160,33 @@ describe('a rollout reads what the fleet sent (FLEETGATE_TELEMETRY=ingested)', (
     // The same batch again, and the same records again: nothing changes.
     assert.equal((await send('events', batch, T + HOUR)).duplicates, 206);
     assert.deepEqual(await canary(['hw3/eu'], T, T + HOUR), { ...first, written: false, mismatched: 0 });
+  });
+
+  test('events of a rollout the worker does not know are refused, naming the line and the field; nothing is stored', async () => {
+    const before = await rows(world.services.db.connection, `SELECT count(*) AS n FROM ingested_inference`);
+    const res = await fetch(`${server.url}/v1/events/${FLEET}`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/x-ndjson' },
+      body: [event('k0', T), event('k1', T, { rolloutId: 'ing-l' }), event('k2', T, { rolloutId: 'ing-l' })]
+        .map((r) => JSON.stringify(r))
+        .join('\n'),
+    });
+    assert.equal(res.status, 400);
+    const { error: body } = (await res.json()) as {
+      error: { code: string; problems: { line: number; field: string; message: string }[] };
+    };
+    assert.equal(body.code, 'invalid-batch');
+    assert.deepEqual(
+      body.problems.map((p) => [p.line, p.field]),
+      [
+        [2, 'rolloutId'],
+        [3, 'rolloutId'],
+      ],
+    );
+    assert.match(body.problems[0]!.message, /names no rollout this worker knows \("ing-l"\)/);
+    assert.match(body.problems[0]!.message, /fleetgate status lists them/);
+    const after = await rows(world.services.db.connection, `SELECT count(*) AS n FROM ingested_inference`);
+    assert.equal(num(after[0]!.n), num(before[0]!.n), 'nothing of the batch was stored');
   });
 
   test('a window in which the fleet sent nothing is read as a batch of no events', async () => {
