@@ -21,6 +21,7 @@ import type { DuckDBConnection } from '@duckdb/node-api';
 import type { ObjectStore } from './deps';
 import { exclusive, rows } from './db';
 import { readWindow, type Replay, type WindowRead } from './telemetry';
+import { recordRollout } from '../events/rollouts';
 
 export const BATCH_READS_PREFIX = 'batch-reads/';
 
@@ -83,7 +84,8 @@ export async function restoreBatches(
 }
 
 /**
- * Restores each rollout once per process, before the first activity that reads its batches: later
+ * Records each rollout (events/rollouts.ts) and restores it, once per process, before the first activity
+ * that reads its batches: later
  * batches of the rollout are read here and need nothing from the log. A failed restore is tried again by
  * the next activity (the one that asked fails and is retried).
  */
@@ -98,10 +100,14 @@ export function batchRestorer(
     if (done.has(rolloutId)) return;
     let p = running.get(rolloutId);
     if (!p) {
-      p = restoreBatches(conn, store, rolloutId).then((n) => {
-        if (n > 0) log(`fleetgate: read ${n} logged batches of rollout ${rolloutId} again from the store`);
-        done.add(rolloutId);
-      });
+      // A rollout started before rollouts were recorded (events/rollouts.ts) is recorded here, at its first
+      // activity on this worker, so that ingestion takes its events from then on.
+      p = recordRollout(store, rolloutId)
+        .then(() => restoreBatches(conn, store, rolloutId))
+        .then((n) => {
+          if (n > 0) log(`fleetgate: read ${n} logged batches of rollout ${rolloutId} again from the store`);
+          done.add(rolloutId);
+        });
       running.set(rolloutId, p);
       void p.finally(() => running.delete(rolloutId)).catch(() => undefined);
     }
