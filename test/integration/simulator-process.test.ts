@@ -83,7 +83,7 @@ async function decide(
   world: SimWorld,
   id: string,
   out: () => string,
-  withinMs = 120_000,
+  withinMs = 300_000,
 ): Promise<void> {
   const policy = devServerRegressPolicy();
   const request = RolloutRequest.parse(
