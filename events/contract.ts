@@ -614,3 +614,39 @@ export function recordFromColumns(kind: RecordKind, row: Record<string, unknown>
   }
   return out;
 }
+
+/**
+ * The records of a Parquet result read by columns (`columns[c][row]` of the column named `names[c]`),
+ * each the record that `recordFromColumns` makes of its row, without a row object in between.
+ */
+export function recordsFromColumns(
+  kind: RecordKind,
+  names: readonly string[],
+  columns: readonly (readonly unknown[])[],
+): Record<string, unknown>[] {
+  const index = new Map<string, number>();
+  names.forEach((n, i) => index.set(n, i));
+  const cols = parquetColumnsOf(kind).flatMap((col) => {
+    const i = index.get(col.name);
+    return i === undefined ? [] : [{ values: columns[i]!, field: col.field }];
+  });
+  const n = columns[0]?.length ?? 0;
+  const out: Record<string, unknown>[] = new Array(n);
+  for (let row = 0; row < n; row++) {
+    const record: Record<string, unknown> = {};
+    for (const { values, field } of cols) {
+      let v = values[row];
+      if (v === null || v === undefined) continue;
+      if (typeof v === 'bigint') v = Number(v);
+      let target = record;
+      for (let d = 0; d < field.length - 1; d++) {
+        const k = field[d]!;
+        if (!Object.hasOwn(target, k)) target[k] = {};
+        target = target[k] as Record<string, unknown>;
+      }
+      target[field[field.length - 1]!] = v;
+    }
+    out[row] = record;
+  }
+  return out;
+}

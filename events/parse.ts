@@ -20,7 +20,7 @@ import type { DuckDBConnection } from '@duckdb/node-api';
 import {
   MAX_PROBLEMS,
   parquetColumnsOf,
-  recordFromColumns,
+  recordsFromColumns,
   validateBatch,
   type Problem,
   type RecordKind,
@@ -128,13 +128,14 @@ export async function parquetRecords(
       await conn.runAndReadAll('SELECT count(*) AS n FROM read_parquet($f)', { f: file })
     ).getRowObjectsJS()[0]!.n;
     if (Number(n) > opts.maxRecords) throw new BatchUnreadable('too-many-records');
-    let rows;
+    let read;
     try {
-      rows = (await conn.runAndReadAll('SELECT * FROM read_parquet($f)', { f: file })).getRowObjectsJS();
+      read = await conn.runAndReadAll('SELECT * FROM read_parquet($f)', { f: file });
     } catch {
       throw new BatchUnreadable('bad-parquet');
     }
-    return rows.map((row) => recordFromColumns(kind, row));
+    // By columns: no row object between the file and the records.
+    return recordsFromColumns(kind, read.columnNames(), read.getColumnsJS());
   } finally {
     conn?.closeSync();
     await unlink(file).catch(() => undefined);
