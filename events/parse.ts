@@ -20,7 +20,7 @@ import type { DuckDBConnection } from '@duckdb/node-api';
 import {
   MAX_PROBLEMS,
   parquetColumnsOf,
-  recordFromColumns,
+  recordsFromColumns,
   validateBatch,
   type Problem,
   type RecordKind,
@@ -66,25 +66,36 @@ export function parseNdjson(text: string): { raw: unknown[]; positions: number[]
   const raw: unknown[] = [];
   const positions: number[] = [];
   const problems: Problem[] = [];
-  const lines = text.split('\n');
-  lines.forEach((line, i) => {
-    const l = line.endsWith('\r') ? line.slice(0, -1) : line;
-    if (l.trim() === '') return;
-    let value: unknown;
-    try {
-      value = JSON.parse(l);
-    } catch {
-      // The parser's message quotes the line: never repeated.
-      problems.push({
-        line: i + 1,
-        field: '(line)',
-        message: 'not JSON: send one JSON object per line (NDJSON)',
-      });
-      return;
+  // Line by line without splitting the text first; JSON.parse takes the "\r" of CRLF as whitespace, and a
+  // blank line is told from a bad one only when it fails to parse.
+  let line = 0;
+  for (let start = 0; start <= text.length;) {
+    let end = text.indexOf('\n', start);
+    if (end < 0) end = text.length;
+    line++;
+    if (end > start) {
+      const l = text.slice(start, end);
+      let value: unknown;
+      let parsed = true;
+      try {
+        value = JSON.parse(l);
+      } catch {
+        parsed = false;
+      }
+      if (parsed) {
+        raw.push(value);
+        positions.push(line);
+      } else if (l.trim() !== '') {
+        // The parser's message quotes the line: never repeated.
+        problems.push({
+          line,
+          field: '(line)',
+          message: 'not JSON: send one JSON object per line (NDJSON)',
+        });
+      }
     }
-    raw.push(value);
-    positions.push(i + 1);
-  });
+    start = end + 1;
+  }
   return { raw, positions, problems };
 }
 
@@ -128,13 +139,14 @@ export async function parquetRecords(
       await conn.runAndReadAll('SELECT count(*) AS n FROM read_parquet($f)', { f: file })
     ).getRowObjectsJS()[0]!.n;
     if (Number(n) > opts.maxRecords) throw new BatchUnreadable('too-many-records');
-    let rows;
+    let read;
     try {
-      rows = (await conn.runAndReadAll('SELECT * FROM read_parquet($f)', { f: file })).getRowObjectsJS();
+      read = await conn.runAndReadAll('SELECT * FROM read_parquet($f)', { f: file });
     } catch {
       throw new BatchUnreadable('bad-parquet');
     }
-    return rows.map((row) => recordFromColumns(kind, row));
+    // By columns: no row object between the file and the records.
+    return recordsFromColumns(kind, read.columnNames(), read.getColumnsJS());
   } finally {
     conn?.closeSync();
     await unlink(file).catch(() => undefined);

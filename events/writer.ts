@@ -166,23 +166,24 @@ export function columnNamesOf(kind: RecordKind): string[] {
 }
 
 /**
- * The staged rows of a kind whose key is not stored yet, in key order. The tables have no key index (an
- * index costs per row, in every insert and commit): the stored keys that the batch repeats are found by a
- * semi-join whose hash table is the batch's (the stored table is only scanned, its key columns), then
- * left out by an anti-join on those few.
+ * The staged rows of a kind whose key is not stored yet. The tables have no key index (an index costs
+ * per row, in every insert and commit): the stored keys that the batch repeats are found by a semi-join
+ * whose hash table is the batch's (the stored table is only scanned, its key columns, and DuckDB pushes
+ * the min and max of the batch's keys into that scan, so row groups of other key ranges are skipped),
+ * then left out by an anti-join on those few. A batch evaluates it once, into `fresh_<kind>`.
  */
-function newRowsSql(kind: RecordKind, order = true): string {
+function newRowsSql(kind: RecordKind): string {
   const { table, key } = TABLES[kind];
   const using = key.map((k) => `"${k}"`).join(', ');
   return `WITH stored AS MATERIALIZED (
       SELECT ${key.map((k) => `t."${k}"`).join(', ')} FROM ${table} t SEMI JOIN stage_${kind} s USING (${using})
     )
-    SELECT s.* FROM stage_${kind} s ANTI JOIN stored USING (${using})${
-      order
-        ? `
-    ORDER BY ${key.map((k) => `s."${k}"`).join(', ')}`
-        : ''
-    }`;
+    SELECT s.* FROM stage_${kind} s ANTI JOIN stored USING (${using})`;
+}
+
+/** The new rows of the batch (`fresh_<kind>`) in key order: the rows of its partition. */
+function freshRowsSql(kind: RecordKind): string {
+  return `SELECT * FROM fresh_${kind} ORDER BY ${TABLES[kind].key.map((k) => `"${k}"`).join(', ')}`;
 }
 
 /**
@@ -193,7 +194,8 @@ function tableSql(kind: RecordKind): string {
   const { table } = TABLES[kind];
   const cols = COLUMNS[kind].map((c) => `  "${c.name}" ${c.type}${c.nullable ? '' : ' NOT NULL'}`);
   return `CREATE TABLE IF NOT EXISTS ${table} (\n${cols.join(',\n')}\n);
-CREATE TEMP TABLE IF NOT EXISTS stage_${kind} AS SELECT * FROM ${table} LIMIT 0;`;
+CREATE TEMP TABLE IF NOT EXISTS stage_${kind} AS SELECT * FROM ${table} LIMIT 0;
+CREATE TEMP TABLE IF NOT EXISTS fresh_${kind} AS SELECT * FROM ${table} LIMIT 0;`;
 }
 
 export const SCHEMA_SQL = `${(Object.keys(TABLES) as RecordKind[]).map(tableSql).join('\n')}
@@ -391,6 +393,7 @@ export class EventWriter {
     await conn.run('BEGIN TRANSACTION');
     try {
       await conn.run(`DELETE FROM ${stage}`);
+      await conn.run(`DELETE FROM fresh_${kind}`);
       const cols = COLUMNS[kind];
       const appender = await conn.createAppender(stage);
       try {
@@ -401,6 +404,9 @@ export class EventWriter {
       } finally {
         appender.closeSync();
       }
+      // The new rows, found once: the late count, the partition and the insert all read them.
+      const found = await conn.run(`INSERT INTO fresh_${kind} ${newRowsSql(kind)}`);
+      const accepted = found.rowsChanged;
       let late = 0;
       // The stored watermarks of the fleet, read once: late rows are found here (the stored rows are
       // looked at only when some staged row is below its cohort's watermark: none, for a producer that
@@ -418,7 +424,7 @@ export class EventWriter {
         });
         if (below) {
           const rows = await conn.runAndReadAll(
-            `SELECT count(*)::INTEGER AS n FROM (${newRowsSql(kind, false)}) s
+            `SELECT count(*)::INTEGER AS n FROM fresh_${kind} s
              JOIN ${WATERMARKS_TABLE} w USING (fleet, cohort) WHERE s."at" < w.watermark_ms`,
           );
           late = rows.getRowObjectsJS()[0]!.n as number;
@@ -427,9 +433,8 @@ export class EventWriter {
       const store = this.options.store;
       const date = ingestionDate(now);
       if (store) {
-        const fresh = await conn.runAndReadAll(`SELECT count(*)::INTEGER AS n FROM (${newRowsSql(kind)})`);
-        if ((fresh.getRowObjectsJS()[0]!.n as number) > 0) {
-          await writePartition(conn, store, { kind, fleet, date }, newRowsSql(kind), this.options.tmpDir);
+        if (accepted > 0) {
+          await writePartition(conn, store, { kind, fleet, date }, freshRowsSql(kind), this.options.tmpDir);
         }
         if (kind === 'inference' && watermarkMs !== undefined && cohorts.length > 0) {
           // The cohorts whose watermark this batch raises, with their new value.
@@ -451,8 +456,7 @@ export class EventWriter {
           }
         }
       }
-      const inserted = await conn.run(`INSERT INTO ${table} ${newRowsSql(kind, false)}`);
-      const accepted = inserted.rowsChanged;
+      if (accepted > 0) await conn.run(`INSERT INTO ${table} SELECT * FROM fresh_${kind}`);
       let watermark: Record<string, number | null> | null = null;
       if (kind === 'inference') {
         if (watermarkMs !== undefined && cohorts.length > 0) {

@@ -14,6 +14,9 @@
  *      writing them through the writer in the first place (FLEETGATE_BENCH_REBUILD_EVENTS, default 1M;
  *      10M with FLEETGATE_BENCH_FULL=1, the issue's figure).
  *
+ * FLEETGATE_BENCH_INGEST_PROFILE=DIR has each server write a CPU profile (node --cpu-prof) into DIR, to see
+ * where its time goes.
+ *
  * The server is a child process, not an in-process `startIngestServer`: so it is what operators run
  * (the command's store, flags and shutdown), it has an event loop and a core of its own instead of
  * sharing them with the senders, and its resident set is its own. Events carry keyed pseudonyms
@@ -154,6 +157,12 @@ interface Server {
   close(): Promise<void>;
 }
 
+/** With FLEETGATE_BENCH_INGEST_PROFILE=DIR, the server writes a CPU profile of its run into DIR (node --cpu-prof). */
+function profileArgs(): string[] {
+  const dir = process.env.FLEETGATE_BENCH_INGEST_PROFILE;
+  return dir ? ['--cpu-prof', `--cpu-prof-dir=${dir}`] : [];
+}
+
 /** `fleetgate ingest --port 0` in a fresh data directory (the local object store), with the fleet's token. */
 async function startServer(root: string, dir: string, token: string): Promise<Server> {
   const env: NodeJS.ProcessEnv = { ...process.env, FLEETGATE_DATA_DIR: dir, [tokenVariable(FLEET)]: token };
@@ -162,7 +171,15 @@ async function startServer(root: string, dir: string, token: string): Promise<Se
   await recordRollout(new LocalObjectStore(join(dir, 'store')), 'bench-rollout');
   const child: ChildProcess = spawn(
     process.execPath,
-    [join(root, 'bin/fleetgate.js'), 'ingest', '--port', '0', '--db', join(dir, 'ingest.duckdb')],
+    [
+      ...profileArgs(),
+      join(root, 'bin/fleetgate.js'),
+      'ingest',
+      '--port',
+      '0',
+      '--db',
+      join(dir, 'ingest.duckdb'),
+    ],
     { env, stdio: ['ignore', 'pipe', 'inherit'] },
   );
   const exited = new Promise<number | null>((res) => child.once('exit', (code) => res(code)));
