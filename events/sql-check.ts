@@ -52,7 +52,13 @@ const len = (x: string, lo: number, hi: number) => `(strlen(${x}) >= ${lo} AND s
 const PRINTABLE = '[!-~]+';
 const NAME = '[a-z0-9][a-z0-9._-]*';
 const DIGEST = '[0-9a-f]{64}';
-const SHADOW = ['shadow_digest', 'shadow_prediction', 'shadow_confidence', 'shadow_latency_ms', 'shadow_safety'];
+const SHADOW = [
+  'shadow_digest',
+  'shadow_prediction',
+  'shadow_confidence',
+  'shadow_latency_ms',
+  'shadow_safety',
+];
 
 /**
  * Each inference column's rule on its value `c` (quoted column), where it is not null; a column absent
@@ -130,7 +136,11 @@ export function rowCheckSql(kind: RecordKind, described: ReadonlyMap<string, str
       projected.push(`"${c.name}"`);
     }
     const q = `"${c.name}"`;
-    rules.push(c.nullable ? `(${q} IS NULL OR ${INFERENCE[c.name]!(q)})` : `(${q} IS NOT NULL AND ${INFERENCE[c.name]!(q)})`);
+    rules.push(
+      c.nullable
+        ? `(${q} IS NULL OR ${INFERENCE[c.name]!(q)})`
+        : `(${q} IS NOT NULL AND ${INFERENCE[c.name]!(q)})`,
+    );
   }
   rules.push(...ROW_RULES);
   return `SELECT file_row_number, coalesce(${rules.join('\n AND ')}, false) AS ok, "event_id", "cohort", "rollout_id"

@@ -421,9 +421,11 @@ export class EventWriter {
       await conn.run(`DELETE FROM fresh_${kind}`);
       if (sql) {
         // Checked in SQL: no key repeats, so every row is staged. DuckDB's error may name the file.
-        await conn.run(`INSERT INTO ${stage} SELECT *, ${BigInt(now)}::BIGINT FROM (${sql.select})`).catch(() => {
-          throw new Error('the checked batch could not be staged');
-        });
+        await conn
+          .run(`INSERT INTO ${stage} SELECT *, ${BigInt(now)}::BIGINT FROM (${sql.select})`)
+          .catch(() => {
+            throw new Error('the checked batch could not be staged');
+          });
       } else {
         const cols = COLUMNS[kind];
         const appender = await conn.createAppender(stage);
@@ -450,10 +452,12 @@ export class EventWriter {
           { fleet },
         );
         for (const r of wm.getRowObjectsJS()) stored.set(r.cohort as string, Number(r.watermark_ms));
-        const below = sql !== undefined || fresh.some((r) => {
-          const e = r as unknown as Inference;
-          return e.at < (stored.get(e.cohort) ?? -Infinity);
-        });
+        const below =
+          sql !== undefined ||
+          fresh.some((r) => {
+            const e = r as unknown as Inference;
+            return e.at < (stored.get(e.cohort) ?? -Infinity);
+          });
         if (below) {
           const rows = await conn.runAndReadAll(
             `SELECT count(*)::INTEGER AS n FROM fresh_${kind} s
