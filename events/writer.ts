@@ -3,7 +3,9 @@
  * it a batch of raw records of one kind for one fleet, and it validates the whole batch against the
  * contract (events/contract.ts) before anything is written, then writes it in one DuckDB transaction:
  * all of the batch, or none of it. A refused batch (`BatchRefused`, naming each bad record's position,
- * field and fix) changes nothing already stored.
+ * field and fix) changes nothing already stored. A Parquet batch that passed the contract's SQL check
+ * (events/sql-check.ts, as strict as the contract or stricter) is given as `ingestChecked` and staged
+ * from its file in SQL, in the same transaction; any other goes through `ingest`.
  *
  * Exactly once by id: a record whose key is already stored (fleet + eventId for inference events,
  * fleet + eventId + labeler for labels, fleet + requestId for outcomes, fleet + unit + rolloutId +
