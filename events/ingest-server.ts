@@ -292,11 +292,14 @@ export async function startIngestServer(opts: IngestServerOptions): Promise<Inge
         maxRecords,
         tmpDir: tmp,
         connect: () => writer.connect(),
+        sqlWrite: (checked) =>
+          writer.ingestChecked(kind, fleet, checked, watermarkMs === undefined ? {} : { watermarkMs }),
       });
     } catch (err) {
       if (err instanceof BatchUnreadable) throw httpErrorOf(err, kind, maxBody, maxRecords);
       throw err;
     }
+    if (batch.written) return batch.written;
     const { raw, where, positions } = batch;
     return writer.ingest(kind, fleet, raw, { where, positions, watermarkMs });
   }

@@ -421,11 +421,14 @@ export class LandingReader {
         maxRecords: this.maxRecords,
         tmpDir: this.tmp,
         connect: () => writer.connect(),
+        sqlWrite: (checked) => writer.ingestChecked(file.kind, file.fleet, checked),
       });
-      const w = await writer.ingest(file.kind, file.fleet, batch.raw, {
-        where: batch.where,
-        ...(batch.positions ? { positions: batch.positions } : {}),
-      });
+      const w =
+        batch.written ??
+        (await writer.ingest(file.kind, file.fleet, batch.raw, {
+          where: batch.where,
+          ...(batch.positions ? { positions: batch.positions } : {}),
+        }));
       await record('accepted', w);
       r.filesRead++;
       r.accepted += w.accepted;

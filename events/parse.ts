@@ -5,7 +5,8 @@
  * exclusively in the caller's own directory. `parseBatch` puts them together: bytes in, the raw records of
  * one batch out, ready for `EventWriter.ingest`, or a refusal (`BatchUnreadable` for a batch that cannot be
  * read at all, `BatchRefused` naming each bad line) that its caller turns into an HTTP answer or a record of
- * a refused file.
+ * a refused file. Given `sqlWrite`, a Parquet batch of valid records is checked and written in SQL from its
+ * temporary file (events/sql-check.ts) before the file is removed, and `parseBatch` answers what was written.
  *
  * It must never put a record, a line or a file path in an error (the JSON parser's message quotes the
  * line, so it is never repeated), never hold more than `maxBytes` of decompressed bytes, and never leave a
@@ -25,7 +26,8 @@ import {
   type Problem,
   type RecordKind,
 } from './contract';
-import { BatchRefused } from './writer';
+import { sqlCheck, type SqlBatch } from './sql-check';
+import { BatchRefused, type WriteResult } from './writer';
 
 const gunzipAsync = promisify(gunzip);
 
@@ -114,6 +116,24 @@ export async function parquetRecords(
   kind: RecordKind,
   opts: { tmpDir: string; connect: () => Promise<DuckDBConnection>; maxRecords: number },
 ): Promise<unknown[]> {
+  return (await readParquet(body, kind, opts)).raw!;
+}
+
+/**
+ * The records of a Parquet batch as `parquetRecords` reads them or, given `sqlWrite` and a batch that
+ * passes the SQL check, what `sqlWrite` wrote of it (when it wrote it: else the records).
+ */
+async function readParquet(
+  body: Buffer,
+  kind: RecordKind,
+  opts: {
+    tmpDir: string;
+    connect: () => Promise<DuckDBConnection>;
+    maxRecords: number;
+    fleet?: string;
+    sqlWrite?: (batch: SqlBatch) => Promise<WriteResult | undefined>;
+  },
+): Promise<{ raw?: unknown[]; written?: WriteResult }> {
   const file = join(opts.tmpDir, `${randomUUID()}.parquet`);
   const handle = await open(file, 'wx', 0o600);
   try {
@@ -139,6 +159,12 @@ export async function parquetRecords(
       await conn.runAndReadAll('SELECT count(*) AS n FROM read_parquet($f)', { f: file })
     ).getRowObjectsJS()[0]!.n;
     if (Number(n) > opts.maxRecords) throw new BatchUnreadable('too-many-records');
+    if (opts.sqlWrite && opts.fleet !== undefined && Number(n) > 0) {
+      const types = new Map(described.map((d) => [String(d.column_name), String(d.column_type)]));
+      const checked = await sqlCheck(conn, kind, opts.fleet, file, types);
+      const written = checked && (await opts.sqlWrite(checked));
+      if (written) return { written };
+    }
     let read;
     try {
       read = await conn.runAndReadAll('SELECT * FROM read_parquet($f)', { f: file });
@@ -146,7 +172,7 @@ export async function parquetRecords(
       throw new BatchUnreadable('bad-parquet');
     }
     // By columns: no row object between the file and the records.
-    return recordsFromColumns(kind, read.columnNames(), read.getColumnsJS());
+    return { raw: recordsFromColumns(kind, read.columnNames(), read.getColumnsJS()) };
   } finally {
     conn?.closeSync();
     await unlink(file).catch(() => undefined);
@@ -165,6 +191,8 @@ export interface ParseOptions {
   tmpDir: string;
   /** A connection to read Parquet on (closed after). */
   connect: () => Promise<DuckDBConnection>;
+  /** Writes a Parquet batch that passed the SQL check (`EventWriter.ingestChecked`); undefined: not written. */
+  sqlWrite?: (batch: SqlBatch) => Promise<WriteResult | undefined>;
 }
 
 /** A batch ready for `EventWriter.ingest`. */
@@ -172,6 +200,8 @@ export interface ParsedBatch {
   raw: unknown[];
   where: 'line' | 'row';
   positions?: number[];
+  /** Set when the batch was already written through the SQL fast path (`raw` is then empty). */
+  written?: WriteResult;
 }
 
 /**
@@ -189,7 +219,9 @@ export async function parseBatch(body: Buffer, opts: ParseOptions): Promise<Pars
   if (opts.format === 'ndjson') {
     ({ raw, positions, problems: parseProblems } = parseNdjson(body.toString('utf8')));
   } else {
-    raw = await parquetRecords(body, opts.kind, opts);
+    const read = await readParquet(body, opts.kind, opts);
+    if (read.written) return { raw: [], where, written: read.written };
+    raw = read.raw!;
   }
   if (raw.length + parseProblems.length > opts.maxRecords) throw new BatchUnreadable('too-many-records');
   if (raw.length + parseProblems.length === 0) throw new BatchUnreadable('empty');

@@ -3,7 +3,9 @@
  * it a batch of raw records of one kind for one fleet, and it validates the whole batch against the
  * contract (events/contract.ts) before anything is written, then writes it in one DuckDB transaction:
  * all of the batch, or none of it. A refused batch (`BatchRefused`, naming each bad record's position,
- * field and fix) changes nothing already stored.
+ * field and fix) changes nothing already stored. A Parquet batch that passed the contract's SQL check
+ * (events/sql-check.ts, as strict as the contract or stricter) is given as `ingestChecked` and staged
+ * from its file in SQL, in the same transaction; any other goes through `ingest`.
  *
  * Exactly once by id: a record whose key is already stored (fleet + eventId for inference events,
  * fleet + eventId + labeler for labels, fleet + requestId for outcomes, fleet + unit + rolloutId +
@@ -57,6 +59,7 @@ import {
 } from './contract';
 import { ingestionDate, sqlString, writePartition } from './partitions';
 import type { RolloutDirectory } from './rollouts';
+import type { SqlBatch } from './sql-check';
 
 /** A batch refused by the contract: nothing of it was written. */
 export class BatchRefused extends Error {
@@ -354,6 +357,25 @@ export class EventWriter {
   }
 
   /**
+   * Writes a Parquet batch that passed the SQL check (events/sql-check.ts), staged from its file in SQL:
+   * the same transaction, dedup, watermarks and partitions as `ingest`. Answers undefined, writing
+   * nothing, when a rollout id of the batch is unknown, so that `ingest` refuses it in its own words.
+   */
+  async ingestChecked(
+    kind: RecordKind,
+    fleet: string,
+    batch: SqlBatch,
+    opts: Pick<IngestOptions, 'watermarkMs'> = {},
+  ): Promise<WriteResult | undefined> {
+    if (this.closed) throw new Error('the event writer is closed');
+    const rollouts = this.options.rollouts;
+    if (rollouts && (kind === 'inference' || kind === 'upload')) {
+      for (const id of batch.rolloutIds) if (!(await rollouts.known(id))) return undefined;
+    }
+    return this.exclusive(() => this.write(kind, fleet, batch, opts.watermarkMs));
+  }
+
+  /**
    * Writes a batch that a producer in this process built as typed contract records, without parsing
    * it again: the same transaction, dedup, watermarks and partitions as `ingest`. For the simulated
    * fleet only, whose records a test validates against the contract (test/unit/sim-producer.test.ts);
@@ -373,10 +395,12 @@ export class EventWriter {
   private async write(
     kind: RecordKind,
     fleet: string,
-    records: Record<string, unknown>[],
+    batch: Record<string, unknown>[] | SqlBatch,
     watermarkMs: number | undefined,
   ): Promise<WriteResult> {
     const now = (this.options.now ?? Date.now)();
+    const sql = Array.isArray(batch) ? undefined : batch;
+    const records = Array.isArray(batch) ? batch : [];
     const seen = new Set<string>();
     const fresh: Record<string, unknown>[] = [];
     for (const r of records) {
@@ -385,8 +409,11 @@ export class EventWriter {
       seen.add(k);
       fresh.push(r);
     }
-    const cohorts =
-      kind === 'inference' ? [...new Set(fresh.map((r) => (r as unknown as Inference).cohort))] : [];
+    const cohorts = sql
+      ? sql.cohorts
+      : kind === 'inference'
+        ? [...new Set(fresh.map((r) => (r as unknown as Inference).cohort))]
+        : [];
     const { table } = TABLES[kind];
     const stage = `stage_${kind}`;
     const conn = this.conn;
@@ -394,15 +421,24 @@ export class EventWriter {
     try {
       await conn.run(`DELETE FROM ${stage}`);
       await conn.run(`DELETE FROM fresh_${kind}`);
-      const cols = COLUMNS[kind];
-      const appender = await conn.createAppender(stage);
-      try {
-        for (const r of fresh) {
-          for (const c of cols) append(appender, c.type, c.get(fleet, r, now));
-          appender.endRow();
+      if (sql) {
+        // Checked in SQL: no key repeats, so every row is staged. DuckDB's error may name the file.
+        await conn
+          .run(`INSERT INTO ${stage} SELECT *, ${BigInt(now)}::BIGINT FROM (${sql.select})`)
+          .catch(() => {
+            throw new Error('the checked batch could not be staged');
+          });
+      } else {
+        const cols = COLUMNS[kind];
+        const appender = await conn.createAppender(stage);
+        try {
+          for (const r of fresh) {
+            for (const c of cols) append(appender, c.type, c.get(fleet, r, now));
+            appender.endRow();
+          }
+        } finally {
+          appender.closeSync();
         }
-      } finally {
-        appender.closeSync();
       }
       // The new rows, found once: the late count, the partition and the insert all read them.
       const found = await conn.run(`INSERT INTO fresh_${kind} ${newRowsSql(kind)}`);
@@ -418,10 +454,12 @@ export class EventWriter {
           { fleet },
         );
         for (const r of wm.getRowObjectsJS()) stored.set(r.cohort as string, Number(r.watermark_ms));
-        const below = fresh.some((r) => {
-          const e = r as unknown as Inference;
-          return e.at < (stored.get(e.cohort) ?? -Infinity);
-        });
+        const below =
+          sql !== undefined ||
+          fresh.some((r) => {
+            const e = r as unknown as Inference;
+            return e.at < (stored.get(e.cohort) ?? -Infinity);
+          });
         if (below) {
           const rows = await conn.runAndReadAll(
             `SELECT count(*)::INTEGER AS n FROM fresh_${kind} s
@@ -477,7 +515,8 @@ export class EventWriter {
       }
       await this.options.beforeCommit?.();
       await conn.run('COMMIT');
-      return { accepted, duplicates: records.length - accepted, late, watermark };
+      const count = sql ? sql.records : records.length;
+      return { accepted, duplicates: count - accepted, late, watermark };
     } catch (err) {
       await conn.run('ROLLBACK').catch(() => undefined);
       throw err;
