@@ -254,7 +254,6 @@ after(() => {
 });
 
 describe('SQL check of Parquet inference batches', () => {
-
   test('accepts every valid fixture, and never a row that validateBatch refuses', async () => {
     const base = VALID.map(rowOf);
     const valid = await parquetOf(base, CONTRACT_TYPES);
