@@ -7,35 +7,9 @@
  */
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
 import { RECORD_SCHEMAS, validateBatch, type RecordKind } from '../../events/contract';
 import { fastCheckOf } from '../../events/fast-check';
-import { pseudonym } from '../../fleet/pseudonym';
-
-const UNIT = pseudonym(randomBytes(32), 'WVWZZZ1JZXW000001');
-const SHADOW = { digest: 'b'.repeat(64), prediction: 0, confidence: 0.6, latencyMs: 4 };
-
-function inference(over: Record<string, unknown> = {}): Record<string, unknown> {
-  return {
-    schema: 'fleetgate/v1',
-    eventId: 'b1-000001',
-    fleet: 'demo',
-    cohort: 'hw3/eu',
-    unit: UNIT,
-    rolloutId: null,
-    phase: 'production',
-    arm: 'production',
-    modelDigest: 'a'.repeat(64),
-    prediction: 1,
-    confidence: 0.9,
-    latencyMs: 3.5,
-    safety: false,
-    exposureHours: 0.05,
-    upload: { tier: 'sample', inclusionProbability: 0.1 },
-    at: Date.UTC(2025, 0, 1),
-    ...over,
-  };
-}
+import { SHADOW, UNIT, VALID_INFERENCE, inference } from '../events-support';
 
 function upload(over: Record<string, unknown> = {}): Record<string, unknown> {
   return {
@@ -73,15 +47,9 @@ const outcome = (over: Record<string, unknown> = {}) => ({
 
 const VALID: Record<RecordKind, Record<string, unknown>[]> = {
   inference: [
-    inference(),
+    ...VALID_INFERENCE.slice(0, 1),
     (({ rolloutId: _r, ...r }) => r)(inference()),
-    inference({ phase: 'shadow', rolloutId: 'r-1', shadow: SHADOW }),
-    inference({ phase: 'shadow', rolloutId: 'r-1', shadow: { ...SHADOW, safety: true } }),
-    inference({ phase: 'canary', rolloutId: 'r-1', arm: 'candidate' }),
-    inference({ phase: 'canary', rolloutId: 'r-1', arm: 'production' }),
-    inference({ inputRef: 'inputs/demo/b1-000001.bin', confidence: 0, latencyMs: 0 }),
-    inference({ upload: { tier: 'priority', inclusionProbability: 1 } }),
-    inference({ cohort: 'web-eu', eventId: 'e'.repeat(128), at: Date.UTC(2100, 0, 1) - 1 }),
+    ...VALID_INFERENCE.slice(1),
   ],
   label: [label(), label({ labeler: 'Team Ü' }), label({ label: 65535, labeler: 'l'.repeat(128) })],
   outcome: ['ok', 'error', 'timeout'].map((o) => outcome({ outcome: o })),

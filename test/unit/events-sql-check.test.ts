@@ -12,7 +12,6 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
 import { DuckDBInstance, type DuckDBConnection } from '@duckdb/node-api';
 import { LocalObjectStore } from '../../activities/store';
 import { parquetColumnsOf, validateBatch, type ColumnType } from '../../events/contract';
@@ -20,44 +19,12 @@ import { parseBatch, parquetRecords } from '../../events/parse';
 import { rowCheckSql, sqlCheck } from '../../events/sql-check';
 import { append, BatchRefused, EventWriter, type WriteResult } from '../../events/writer';
 import { pseudonym } from '../../fleet/pseudonym';
+import { SHADOW, UNIT, VALID_INFERENCE, inference } from '../events-support';
 
-const UNIT = pseudonym(randomBytes(32), 'WVWZZZ1JZXW000001');
-const SHADOW = { digest: 'b'.repeat(64), prediction: 0, confidence: 0.6, latencyMs: 4 };
 const COLS = parquetColumnsOf('inference');
 
-function inference(over: Record<string, unknown> = {}): Record<string, unknown> {
-  return {
-    schema: 'fleetgate/v1',
-    eventId: 'b1-000001',
-    fleet: 'demo',
-    cohort: 'hw3/eu',
-    unit: UNIT,
-    rolloutId: null,
-    phase: 'production',
-    arm: 'production',
-    modelDigest: 'a'.repeat(64),
-    prediction: 1,
-    confidence: 0.9,
-    latencyMs: 3.5,
-    safety: false,
-    exposureHours: 0.05,
-    upload: { tier: 'sample', inclusionProbability: 0.1 },
-    at: Date.UTC(2025, 0, 1),
-    ...over,
-  };
-}
-
-/** The valid inference fixtures of the contract's tests (test/unit/events-fast-check.test.ts). */
-const VALID = [
-  inference(),
-  inference({ phase: 'shadow', rolloutId: 'r-1', shadow: SHADOW }),
-  inference({ phase: 'shadow', rolloutId: 'r-1', shadow: { ...SHADOW, safety: true } }),
-  inference({ phase: 'canary', rolloutId: 'r-1', arm: 'candidate' }),
-  inference({ phase: 'canary', rolloutId: 'r-1', arm: 'production' }),
-  inference({ inputRef: 'inputs/demo/b1-000001.bin', confidence: 0, latencyMs: 0 }),
-  inference({ upload: { tier: 'priority', inclusionProbability: 1 } }),
-  inference({ cohort: 'web-eu', eventId: 'e'.repeat(128), at: Date.UTC(2100, 0, 1) - 1 }),
-];
+/** The valid inference fixtures of the contract's tests (test/events-support.ts). */
+const VALID = VALID_INFERENCE;
 
 /** Odd values of each column type (a row holds one of them in one column). */
 const ODD: Record<ColumnType, unknown[]> = {
