@@ -2,7 +2,7 @@
  * What the tests of ingestion share: `dumpIngested(file)`, every table of an ingestion database (the
  * record tables and the watermarks), each ordered by its key, to compare a database with a rebuilt one
  * (it only reads; it must never be used on a database another process holds open); and the valid
- * records of the contract's tests (`inference(over)`, `VALID_INFERENCE`), which the fast check and the
+ * records of the contract's tests (`inference(over)`, `uploadReport(over)`, `VALID_INFERENCE`), which the fast check and the
  * SQL check are both held against.
  */
 import { randomBytes } from 'node:crypto';
@@ -10,8 +10,11 @@ import { DuckDBInstance } from '@duckdb/node-api';
 import { TABLES, WATERMARKS_TABLE } from '../events/writer';
 import { pseudonym } from '../fleet/pseudonym';
 
-/** A unit's keyed pseudonym, under a key made for the run. */
-export const UNIT = pseudonym(randomBytes(32), 'WVWZZZ1JZXW000001');
+/** The pseudonym key of the run, and a raw vehicle id that must never be stored or shown. */
+export const UNIT_KEY = randomBytes(32);
+export const RAW_ID = 'WVWZZZ1JZXW000001';
+/** That vehicle's keyed pseudonym. */
+export const UNIT = pseudonym(UNIT_KEY, RAW_ID);
 /** The shadow model's output of a shadow event. */
 export const SHADOW = { digest: 'b'.repeat(64), prediction: 0, confidence: 0.6, latencyMs: 4 };
 
@@ -34,6 +37,25 @@ export function inference(over: Record<string, unknown> = {}): Record<string, un
     exposureHours: 0.05,
     upload: { tier: 'sample', inclusionProbability: 0.1 },
     at: Date.UTC(2025, 0, 1),
+    ...over,
+  };
+}
+
+/** A valid upload report of a shadow window, with `over` laid on top. */
+export function uploadReport(over: Record<string, unknown> = {}): Record<string, unknown> {
+  return {
+    schema: 'fleetgate/v1',
+    fleet: 'demo',
+    cohort: 'hw3/eu',
+    unit: UNIT,
+    rolloutId: 'r-1',
+    fromMs: Date.UTC(2025, 0, 1),
+    at: Date.UTC(2025, 0, 1, 1),
+    evaluated: 120,
+    priority: 9,
+    disagreements: 4,
+    uploaded: 20,
+    overBudget: false,
     ...over,
   };
 }

@@ -7,7 +7,6 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { randomBytes } from 'node:crypto';
 import {
   Inference,
   Label,
@@ -23,53 +22,10 @@ import {
 } from '../../events/contract';
 import { eventsCommand, schemaText } from '../../events/cli';
 import { pseudonym } from '../../fleet/pseudonym';
+import { RAW_ID, SHADOW, UNIT_KEY, inference, uploadReport } from '../events-support';
 
 const ROOT = resolve(__dirname, '..', '..');
-const KEY = randomBytes(32);
-const DIGEST = 'a'.repeat(64);
-const RAW_ID = 'WVWZZZ1JZXW000001';
-
-export function inference(over: Record<string, unknown> = {}): Record<string, unknown> {
-  return {
-    schema: 'fleetgate/v1',
-    eventId: 'b1-000001',
-    fleet: 'demo',
-    cohort: 'hw3/eu',
-    unit: pseudonym(KEY, RAW_ID),
-    rolloutId: null,
-    phase: 'production',
-    arm: 'production',
-    modelDigest: DIGEST,
-    prediction: 1,
-    confidence: 0.9,
-    latencyMs: 3.5,
-    safety: false,
-    exposureHours: 0.05,
-    upload: { tier: 'sample', inclusionProbability: 0.1 },
-    at: Date.UTC(2025, 0, 1),
-    ...over,
-  };
-}
-
-const SHADOW = { digest: 'b'.repeat(64), prediction: 0, confidence: 0.6, latencyMs: 4 };
-
-export function uploadReport(over: Record<string, unknown> = {}): Record<string, unknown> {
-  return {
-    schema: 'fleetgate/v1',
-    fleet: 'demo',
-    cohort: 'hw3/eu',
-    unit: pseudonym(KEY, RAW_ID),
-    rolloutId: 'r-1',
-    fromMs: Date.UTC(2025, 0, 1),
-    at: Date.UTC(2025, 0, 1, 1),
-    evaluated: 120,
-    priority: 9,
-    disagreements: 4,
-    uploaded: 20,
-    overBudget: false,
-    ...over,
-  };
-}
+const KEY = UNIT_KEY;
 
 describe('event contract', () => {
   test('accepts the records of every phase, label records and outcomes', () => {

@@ -9,25 +9,7 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { RECORD_SCHEMAS, validateBatch, type RecordKind } from '../../events/contract';
 import { fastCheckOf } from '../../events/fast-check';
-import { SHADOW, UNIT, VALID_INFERENCE, inference } from '../events-support';
-
-function upload(over: Record<string, unknown> = {}): Record<string, unknown> {
-  return {
-    schema: 'fleetgate/v1',
-    fleet: 'demo',
-    cohort: 'hw3/eu',
-    unit: UNIT,
-    rolloutId: 'r-1',
-    fromMs: Date.UTC(2025, 0, 1),
-    at: Date.UTC(2025, 0, 1, 1),
-    evaluated: 120,
-    priority: 9,
-    disagreements: 4,
-    uploaded: 20,
-    overBudget: false,
-    ...over,
-  };
-}
+import { SHADOW, VALID_INFERENCE, inference, uploadReport } from '../events-support';
 
 const label = (over: Record<string, unknown> = {}) => ({
   schema: 'fleetgate/v1',
@@ -54,10 +36,10 @@ const VALID: Record<RecordKind, Record<string, unknown>[]> = {
   label: [label(), label({ labeler: 'Team Ü' }), label({ label: 65535, labeler: 'l'.repeat(128) })],
   outcome: ['ok', 'error', 'timeout'].map((o) => outcome({ outcome: o })),
   upload: [
-    upload(),
-    upload({ evaluated: 0, priority: 0, disagreements: 0, uploaded: 0 }),
-    upload({ priority: 120, disagreements: 120, uploaded: 120, overBudget: true }),
-    upload({ at: Date.UTC(2025, 0, 1) + 1 }),
+    uploadReport(),
+    uploadReport({ evaluated: 0, priority: 0, disagreements: 0, uploaded: 0 }),
+    uploadReport({ priority: 120, disagreements: 120, uploaded: 120, overBudget: true }),
+    uploadReport({ at: Date.UTC(2025, 0, 1) + 1 }),
   ],
 };
 
@@ -222,12 +204,12 @@ describe('fast check of the event contract', () => {
       ['label', label({ labeler: '' })],
       ['label', label({ label: 70000 })],
       ['outcome', outcome({ outcome: 'failed' })],
-      ['upload', upload({ at: Date.UTC(2025, 0, 1) })],
-      ['upload', upload({ priority: 121 })],
-      ['upload', upload({ disagreements: 10 })],
-      ['upload', upload({ uploaded: 121 })],
-      ['upload', upload({ evaluated: 2 ** 31 })],
-      ['upload', upload({ rolloutId: null })],
+      ['upload', uploadReport({ at: Date.UTC(2025, 0, 1) })],
+      ['upload', uploadReport({ priority: 121 })],
+      ['upload', uploadReport({ disagreements: 10 })],
+      ['upload', uploadReport({ uploaded: 121 })],
+      ['upload', uploadReport({ evaluated: 2 ** 31 })],
+      ['upload', uploadReport({ rolloutId: null })],
     ];
     for (const [kind, input] of bad) {
       assert.equal(fastCheckOf(kind)(input), undefined, `${kind}: ${JSON.stringify(input)}`);
