@@ -4,12 +4,13 @@
  * as a running `fleetgate worker` holds it), and `fleet init` runs as a process of its own. It registers
  * production and has the worker create the vehicles through `fleetInitWorkflow`, prints the same line as
  * without a worker, and a second run changes nothing. With Temporal unreachable it says so, naming
- * TEMPORAL_ADDRESS, before writing anything; with the worker stopped it opens the database itself.
+ * TEMPORAL_ADDRESS, before writing anything; with the worker stopped it opens the database itself. A live
+ * data lease of the store (workers/data-lease.ts) is an owner too, whatever the local database.
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -17,6 +18,8 @@ import { NativeConnection } from '@temporalio/worker';
 import { freePort, startDevServer, type DevServer } from '../../workers/dev-server';
 import { createFleetgateWorker, openServices, quietRuntime, trustFixtureSigner } from '../../workers/worker';
 import { readPointer } from '../../activities/registry';
+import { openObjectStore } from '../../workers/config';
+import { acquireLease, leaseHolder } from '../../workers/data-lease';
 import { ROOT } from '../support';
 
 const BIN = join(ROOT, 'bin', 'fleetgate.js');
@@ -174,4 +177,25 @@ void test('fleet init of a simulated fleet while another process owns the data d
   } finally {
     await services.close();
   }
+});
+
+void test("fleet init of a simulated fleet while a data worker holds the store's lease goes through that worker, not the local database", async () => {
+  const dataDir = join(tmp, 'leased');
+  trustFixtureSigner(dataDir);
+  // A live data worker of the store (workers/data-lease.ts), on another data directory: the local fleet
+  // database is free, but it is not the owner's.
+  const store = openObjectStore({ kind: 'local' }, dataDir);
+  const holder = leaseHolder('0123456789ab'.repeat(2), 4242, 'host-b');
+  await acquireLease(store, holder);
+  const port = await freePort();
+  const r = await fleetInit(dataDir, `finit-leased-${process.pid}`, {
+    TEMPORAL_ADDRESS: `127.0.0.1:${port}`,
+  });
+  assert.equal(r.code, 1, r.stdout + r.stderr);
+  assert.match(
+    r.stderr,
+    /the data worker 4242@host-b dir=0123456789ab holds the store's lease \(owner\/lease\.json\)/,
+  );
+  assert.match(r.stderr, new RegExp(`127\\.0\\.0\\.1:${port} \\(TEMPORAL_ADDRESS\\)`));
+  assert.equal(existsSync(join(dataDir, 'fleet.duckdb')), false, 'the local database was not opened');
 });
