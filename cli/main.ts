@@ -205,7 +205,8 @@ Runs until Ctrl-C.`,
 
 Registers the production model pack for every cohort of the fleet and creates the simulated fleet in
 the data directory. Safe to run again. While a worker owns the data directory's fleet database, that
-worker creates the vehicles: fleet init then needs Temporal (TEMPORAL_ADDRESS) and waits for it.
+worker creates the vehicles: fleet init then needs Temporal and the worker's task queue
+(TEMPORAL_ADDRESS, FLEETGATE_TASK_QUEUE) and waits for it.
   --fleet MANIFEST       fleet manifest (default ${DEFAULT_FLEET})
   --production PACKDIR   production model pack (default ${DEFAULT_PRODUCTION})`,
   'fleet simulate': `Usage: fleetgate fleet simulate --ingest URL | --landing PREFIX|s3://BUCKET/PREFIX
