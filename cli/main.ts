@@ -55,6 +55,7 @@ import type * as TracingModule from '../serve/tracing';
 import type * as WorkerTracingModule from '../workers/tracing';
 import type * as RegistryModule from '../activities/registry';
 import type * as FleetActivitiesModule from '../activities/fleet';
+import type * as FleetOwnerModule from './fleet-owner';
 import type * as DriftActivitiesModule from '../activities/drift';
 import type * as ManifestModule from '../fleet/manifest';
 import type * as ServiceActivitiesModule from '../activities/service';
@@ -203,7 +204,9 @@ Runs until Ctrl-C.`,
   'fleet init': `Usage: fleetgate fleet init [--fleet MANIFEST] [--production PACKDIR]
 
 Registers the production model pack for every cohort of the fleet and creates the simulated fleet in
-the data directory. Safe to run again. Needs the data directory to itself (stop the worker first).
+the data directory. Safe to run again. While a worker owns the data directory's fleet database, that
+worker creates the vehicles: fleet init then needs Temporal and the worker's task queue
+(TEMPORAL_ADDRESS, FLEETGATE_TASK_QUEUE) and waits for it.
   --fleet MANIFEST       fleet manifest (default ${DEFAULT_FLEET})
   --production PACKDIR   production model pack (default ${DEFAULT_PRODUCTION})`,
   'fleet simulate': `Usage: fleetgate fleet simulate --ingest URL | --landing PREFIX|s3://BUCKET/PREFIX
@@ -1090,7 +1093,34 @@ export async function initFleet(
       }
     }, config);
   }
-  const services = await openServices(config.dataDir, config.root, config.ota);
+  // A running owner of the data (a worker holding the fleet database or the store's lease) creates the
+  // vehicles itself, on its task queue (cli/fleet-owner.ts); otherwise they are created here.
+  const { initThroughOwner, leaseOwner, lockOwner } = require('./fleet-owner') as typeof FleetOwnerModule;
+  let owner = await leaseOwner(config);
+  let services: Awaited<ReturnType<typeof openServices>> | undefined;
+  if (owner === undefined) {
+    try {
+      services = await openServices(config.dataDir, config.root, config.ota);
+    } catch (err) {
+      owner = lockOwner(err);
+      if (owner === undefined) throw err;
+    }
+  }
+  const simLine = (fleet: { fleet: string; vehicles: number; created: boolean }, production: string) =>
+    `fleet "${fleet.fleet}" ${fleet.created ? 'created' : 'already there'}: ${fleet.vehicles} simulated vehicles; ` +
+    `${production}; data in ${displayPath(config.dataDir)}`;
+  if (!services) {
+    const r = await initThroughOwner({
+      config,
+      owner: owner!,
+      manifestPath,
+      manifest,
+      packDir,
+      by,
+      CliError,
+    });
+    return simLine(r.fleet, productionLine(r.production));
+  }
   try {
     const prod = await bootstrapProduction(services, packDir, cohorts, by);
     // The drift checks' reference (fleetgate drift), stored beside production's record as it is registered.
@@ -1102,10 +1132,7 @@ export async function initFleet(
       manifestPath,
       productionByCohort,
     );
-    return (
-      `fleet "${fleet.fleet}" ${fleet.created ? 'created' : 'already there'}: ${fleet.vehicles} simulated vehicles; ` +
-      `${production}; data in ${displayPath(config.dataDir)}`
-    );
+    return simLine(fleet, production);
   } finally {
     await services.close();
   }

@@ -158,3 +158,15 @@ export function keepLease(
     clearTimeout(timer);
   };
 }
+
+/**
+ * The store's lease when a holder renewed it within its time to live (a data worker is running), or
+ * undefined: never taken, run out or unreadable. Only reads.
+ */
+export async function liveLease(
+  store: ObjectStore,
+  now: () => number = Date.now,
+): Promise<DataOwnerLease | undefined> {
+  const { lease } = await current(store);
+  return lease && lease.renewedAtMs + lease.ttlMs > now() ? lease : undefined;
+}

@@ -183,7 +183,7 @@ const TASK_QUEUE_TYPE = { workflow: 1, activity: 2 } as const;
 
 /** The pollers of `taskQueue`'s workflow and activity queues, as the server lists them. */
 export async function describePollers(
-  connection: NativeConnection,
+  connection: Pick<NativeConnection, 'workflowService'>,
   namespace: string,
   taskQueue: string,
 ): Promise<Poller[]> {

@@ -13,6 +13,7 @@ import { S3ObjectStore } from '../activities/store-s3';
 import { createRegistryActivities } from '../activities/registry';
 import { createInferenceActivities } from '../activities/inference';
 import { createFleetActivities } from '../activities/fleet';
+import { createFleetInitActivities } from '../activities/fleet-init';
 import { WORKFLOW_TRACING_MODULES, type WorkerTracingOptions } from './tracing';
 import { type GatewayAllow, createServiceActivities, dispatchFleetActivities } from '../activities/service';
 import { createLabelActivities } from '../activities/labels';
@@ -50,7 +51,7 @@ import { type TrustStore, loadTrust } from '../activities/pack';
 import { getWorkflowBundle } from './bundle';
 import { hostname } from 'node:os';
 import { heartbeating } from '../activities/heartbeat';
-import { type OwnershipOptions, dataDirId, taskQueueOwnership } from './ownership';
+import { type OwnershipOptions, dataDirId, storeId, taskQueueOwnership } from './ownership';
 import { type DataOwnerError, acquireLease, holderDir, keepLease, leaseHolder } from './data-lease';
 
 export interface Services {
@@ -295,6 +296,15 @@ export function createActivities(s: Services) {
     ...createReportActivities({ dataDir: s.dataDir, store: s.store }),
     ...createNotifyActivities({ webhook: s.webhook }),
     ...createDriftActivities({ store: s.store, root: s.root, features: s.features }),
+    // `fleet init` of a simulated fleet while this worker owns the fleet database (workflows/fleet-init.ts).
+    ...createFleetInitActivities({
+      conn: s.db.connection,
+      key: s.key,
+      root: s.root,
+      store: s.store,
+      storeId: storeId(s.dataDir, s.store, s.owner),
+      vehiclesInDatabase: s.ota instanceof SimulatedOta,
+    }),
   });
 }
 export type Activities = ReturnType<typeof createActivities>;

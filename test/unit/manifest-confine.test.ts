@@ -101,11 +101,12 @@ describe('a manifest outside the worker directory is refused, never read', () =>
     assert.throws(() => confinedPath(root, 'dir.yaml'), /"dir\.yaml" is not a regular file/);
   });
 
-  it("the worker's activities refuse them: fleet, service dispatch and drift", async () => {
+  it("the worker's activities refuse them: fleet, service dispatch, drift and fleet init", async () => {
     for (const manifest of outside()) {
       const calls: [string, () => Promise<unknown>][] = [
         ['describeFleet', () => acts.describeFleet({ rolloutId: 'r', manifest })],
         ['revertWave', () => acts.revertWave({ rolloutId: 'r', manifest, cohorts: ['hw3/eu'], wave: 1 })],
+        ['createSimulatedFleet', () => acts.createSimulatedFleet({ manifest })],
         [
           'driftCheck',
           () =>
