@@ -77,15 +77,32 @@ export async function writePartition(
   selectSql: string,
   tmpDir: string = tmpdir(),
 ): Promise<string> {
+  return putPartition(store, p, await partitionBytes(conn, selectSql, tmpDir));
+}
+
+/** The Parquet bytes of the rows of `selectSql`, run on `conn` (so inside its open transaction). */
+export async function partitionBytes(
+  conn: DuckDBConnection,
+  selectSql: string,
+  tmpDir: string = tmpdir(),
+): Promise<Buffer> {
   const dir = await fs.mkdtemp(join(tmpDir, 'fleetgate-partition-'));
   try {
     const file = join(dir, 'batch.parquet');
     await conn.run(`COPY (${selectSql}) TO ${sqlString(file)} (FORMAT parquet)`);
-    const bytes = await fs.readFile(file);
-    const key = partitionKey(p.kind, p.fleet, p.date, sha256Hex(bytes));
-    await store.putIfAbsent(key, bytes);
-    return key;
+    return await fs.readFile(file);
   } finally {
     await fs.rm(dir, { recursive: true, force: true });
   }
+}
+
+/** Puts a partition's bytes in the store under their content's key (once), and answers the key. */
+export async function putPartition(
+  store: ObjectStore,
+  p: { kind: PartitionKind; fleet: string; date: string },
+  bytes: Buffer,
+): Promise<string> {
+  const key = partitionKey(p.kind, p.fleet, p.date, sha256Hex(bytes));
+  await store.putIfAbsent(key, bytes);
+  return key;
 }

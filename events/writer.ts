@@ -59,7 +59,7 @@ import {
   type RecordKind,
   type RecordOf,
 } from './contract';
-import { ingestionDate, sqlString, writePartition } from './partitions';
+import { ingestionDate, partitionBytes, putPartition, sqlString } from './partitions';
 import type { RolloutDirectory } from './rollouts';
 import type { SqlBatch } from './sql-check';
 
@@ -529,9 +529,20 @@ export class EventWriter {
       }
       const store = this.options.store;
       const date = ingestionDate(now);
+      // The partitions are put in the store while the rows are inserted; all are in before the commit.
+      // Each put is caught as it starts (its failure kept, thrown below), so it is never left unhandled.
+      const puts: Promise<{ failed: unknown } | undefined>[] = [];
+      const put = (p: Parameters<typeof putPartition>[1], bytes: Buffer) =>
+        puts.push(
+          putPartition(store!, p, bytes).then(
+            () => undefined,
+            (failed: unknown) => ({ failed }),
+          ),
+        );
       if (store) {
         if (accepted > 0) {
-          await writePartition(conn, store, { kind, fleet, date }, freshRowsSql(kind), this.options.tmpDir);
+          const bytes = await partitionBytes(conn, freshRowsSql(kind), this.options.tmpDir);
+          put({ kind, fleet, date }, bytes);
         }
         if (kind === 'inference' && watermarkMs !== undefined && cohorts.length > 0) {
           // The cohorts whose watermark this batch raises, with their new value.
@@ -543,13 +554,8 @@ export class EventWriter {
             ORDER BY c.cohort`;
           const n = await conn.runAndReadAll(`SELECT count(*)::INTEGER AS n FROM (${raised})`);
           if ((n.getRowObjectsJS()[0]!.n as number) > 0) {
-            await writePartition(
-              conn,
-              store,
-              { kind: 'watermarks', fleet, date },
-              raised,
-              this.options.tmpDir,
-            );
+            const bytes = await partitionBytes(conn, raised, this.options.tmpDir);
+            put({ kind: 'watermarks', fleet, date }, bytes);
           }
         }
       }
@@ -572,6 +578,7 @@ export class EventWriter {
         }
         watermark = Object.fromEntries(cohorts.map((c) => [c, stored.get(c) ?? null]));
       }
+      for (const r of await Promise.all(puts)) if (r) throw r.failed;
       await this.options.beforeCommit?.();
       await conn.run('COMMIT');
       const count = sql ? sql.records : records.length;
