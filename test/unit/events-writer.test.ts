@@ -14,6 +14,8 @@ import { randomBytes } from 'node:crypto';
 import { spawn } from 'node:child_process';
 import { DuckDBInstance } from '@duckdb/node-api';
 import { BatchRefused, EventWriter } from '../../events/writer';
+import { LocalObjectStore } from '../../activities/store';
+import type { ObjectStore } from '../../activities/deps';
 import { pseudonym } from '../../fleet/pseudonym';
 
 const KEY = randomBytes(32);
@@ -162,6 +164,35 @@ describe('event writer', () => {
       fail = false;
       const r = await w.ingest('inference', 'demo', [event(1), event(2)], { where: 'line' });
       assert.equal(r.accepted, 2);
+    } finally {
+      await w.close();
+    }
+  });
+
+  test('a store that refuses the partition rolls the batch back; the batch sent again goes in', async () => {
+    // The local store, with its partition writes failing while `refuse` is set.
+    const local = new LocalObjectStore(join(dir, 'refusing-store'));
+    let refuse = true;
+    const store: ObjectStore = Object.assign(Object.create(local) as LocalObjectStore, {
+      putIfAbsent: async (key: string, body: Buffer) => {
+        if (refuse) throw new Error('the store refused the write');
+        return local.putIfAbsent(key, body);
+      },
+    });
+    const w = await EventWriter.open(join(dir, 'refused.duckdb'), { store });
+    try {
+      await assert.rejects(
+        w.ingest('inference', 'demo', [event(1), event(2)], { where: 'line', watermarkMs: T0 }),
+        /the store refused the write/,
+      );
+      assert.equal(await count(w), 0);
+      assert.equal(await count(w, 'ingest_watermarks'), 0);
+      assert.deepEqual(await local.list('events/'), []);
+      refuse = false;
+      const r = await w.ingest('inference', 'demo', [event(1), event(2)], { where: 'line', watermarkMs: T0 });
+      assert.equal(r.accepted, 2);
+      assert.equal(await count(w), 2);
+      assert.equal((await local.list('events/')).length, 2); // the events' partition and the watermarks'
     } finally {
       await w.close();
     }
