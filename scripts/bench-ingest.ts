@@ -8,6 +8,8 @@
  *      rows in this process into the same table (one appender and commit per batch). The goals of the
  *      issue, at least 0.5x the appender and at least 100,000 events/s, are printed as met or not: figures
  *      to read, never a failure.
+ *      Beside the rates, the CPU time per 10,000 events (every thread) of the server (/proc/<pid>/stat), of
+ *      the senders and of the appender: on a host of few cores, what an event costs bounds the rate.
  *   2. The server's peak resident set (VmHWM of /proc/<pid>/status, Linux) against its resident set after
  *      a warm-up batch.
  *   3. Rebuilding the database from the Parquet partitions of N events (`rebuildFromStore`) against
@@ -221,6 +223,18 @@ function memoryOf(pid: number): { rssKB: number; peakKB: number } | undefined {
 }
 
 /** Sends bodies over `senders` concurrent connections; 429 is retried after 50 ms (and counted). */
+/** CPU time (user + system, ms) a process has used so far, every thread (/proc/<pid>/stat, Linux). */
+function cpuMsOf(pid: number | undefined): number | undefined {
+  if (pid === undefined) return undefined;
+  try {
+    // Fields after the command's closing parenthesis: utime and stime are the 12th and 13th.
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+    return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100; // USER_HZ is 100 on Linux
+  } catch {
+    return undefined;
+  }
+}
+
 async function sendAll(url: string, token: string, bodies: Body[], senders: number) {
   let next = 0;
   const sum = { accepted: 0, duplicates: 0, retries: 0 };
@@ -290,12 +304,16 @@ export async function ingestBench(root: string): Promise<BenchRow[]> {
     const baseDb = await DuckDBInstance.create(join(dir, 'appender.duckdb'));
     const baseConn = await baseDb.connect();
     let appenderMs: number;
+    let appenderCpuMs: number;
     try {
       await baseConn.run(SCHEMA_SQL);
       await appendRows(baseConn, TABLE, batches[0]!, Date.now());
       const t0 = process.hrtime.bigint();
+      const cpu0 = process.cpuUsage();
       for (const batch of batches.slice(1)) await appendRows(baseConn, TABLE, batch, Date.now());
       appenderMs = since(t0);
+      const cpu = process.cpuUsage(cpu0);
+      appenderCpuMs = (cpu.user + cpu.system) / 1000;
       const n = Number(
         (await baseConn.runAndReadAll(`SELECT count(*)::BIGINT AS n FROM ${TABLE}`)).getRowObjectsJS()[0]!.n,
       );
@@ -317,6 +335,9 @@ export async function ingestBench(root: string): Promise<BenchRow[]> {
       warmKB?: number;
       peakKB?: number;
       retries: number;
+      /** CPU time of the server (every thread) and of this process's senders during the timed run. */
+      serverCpuMs?: number;
+      sendersCpuMs: number;
     }[] = [];
     for (const format of formats) {
       const serverDir = mkdtempSync(join(dir, 'server-'));
@@ -324,10 +345,18 @@ export async function ingestBench(root: string): Promise<BenchRow[]> {
       let run;
       let warm;
       let peak;
+      let serverCpuMs: number | undefined;
+      let sendersCpuMs = 0;
       try {
         const warmUp = await sendAll(server.url, token, bodies[format].slice(0, 1), 1);
         warm = memoryOf(server.pid);
+        const cpu0 = cpuMsOf(server.pid);
+        const own0 = process.cpuUsage();
         run = await sendAll(server.url, token, bodies[format].slice(1), senders);
+        const cpu1 = cpuMsOf(server.pid);
+        const own = process.cpuUsage(own0);
+        serverCpuMs = cpu0 !== undefined && cpu1 !== undefined ? cpu1 - cpu0 : undefined;
+        sendersCpuMs = (own.user + own.system) / 1000;
         peak = memoryOf(server.pid);
         if (warmUp.accepted + run.accepted !== batches.length * batchSize || run.duplicates !== 0) {
           throw new Error(
@@ -353,6 +382,8 @@ export async function ingestBench(root: string): Promise<BenchRow[]> {
         warmKB: warm?.rssKB,
         peakKB: peak?.peakKB,
         retries: run.retries,
+        serverCpuMs,
+        sendersCpuMs,
       });
     }
     const met = (ok: boolean) => (ok ? 'met' : 'not met');
@@ -369,6 +400,18 @@ export async function ingestBench(root: string): Promise<BenchRow[]> {
           )
           .join('; ') +
         `; DuckDB appender in-process ${perSecond(appenderRate)}`,
+    );
+    // Where the cores went: on a host of few cores, the CPU an event costs bounds the rate.
+    const per10k = (ms: number) => `${((ms / timedEvents) * 10_000).toFixed(0)} ms`;
+    console.log(
+      `CPU time per 10,000 events (every thread): ` +
+        measured
+          .map(
+            (m) =>
+              `${m.format} server ${m.serverCpuMs === undefined ? 'n/a' : per10k(m.serverCpuMs)}, senders ${per10k(m.sendersCpuMs)}`,
+          )
+          .join('; ') +
+        `; appender ${per10k(appenderCpuMs)}`,
     );
     for (const m of measured) {
       rows.push({
