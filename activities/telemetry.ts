@@ -225,34 +225,38 @@ export async function readWindow(
 /**
  * The label requests of the batch's events: tiers in a fixed order (cohort, time, id), the seeded sample
  * drawn in that order, then the daily budget. Answers them as the labelers know the events (by the
- * producer's id), in id order.
+ * producer's id), in id order. Only what decides a tier comes into JavaScript: the requests are
+ * written by DuckDB from the chosen events' places in that order (`label_plan`, a temporary table made
+ * and dropped inside the batch's transaction), and only the requested events' ids are read back.
  */
 async function requestLabelsFor(
   conn: DuckDBConnection,
   w: WindowRead,
   lowMs: number,
 ): Promise<LabelRequestOut[]> {
-  const [ids, ts, pc, pp, cc, cp, sc, sp] = await columns(
+  const batch = `FROM events WHERE batch_id = $batch AND rollout_id = $rollout AND ts_ms >= $low AND ts_ms < $to`;
+  const order = 'ORDER BY cohort, ts_ms, event_id';
+  const params = { batch: w.batchId, rollout: w.rolloutId, low: lowMs, to: w.toMs };
+  const [ts, pc, pp, cc, cp, sc, sp] = await columns(
     conn,
-    // A canary event's tier is the sample's draw alone: its outputs are not read.
-    `SELECT event_id, ts_ms${
+    // A canary event's tier is the sample's draw alone: its outputs are not read. Times are whole
+    // milliseconds, exact as doubles.
+    `SELECT ts_ms::DOUBLE AS ts_ms${
       w.phase === 'shadow'
         ? `, pred_candidate, pred_production, conf_candidate, conf_production,
             safety_candidate, safety_production`
         : ''
     }
-     FROM events WHERE batch_id = ? AND rollout_id = ? AND ts_ms >= ? AND ts_ms < ?
-     ORDER BY cohort, ts_ms, event_id`,
-    [w.batchId, w.rolloutId, lowMs, w.toMs],
+     ${batch} ${order}`,
+    params,
   );
   // No rows, no columns: a window in which the fleet sent nothing.
-  const n = ids?.length ?? 0;
+  const n = ts?.length ?? 0;
   if (n === 0) return [];
   const tiers = new Uint8Array(n).fill(NO_TIER);
-  const at = new Float64Array(n);
+  const at = Float64Array.from(ts as number[]);
   const sample = makeRng(`${w.seed}|${w.batchId}|sample`);
   for (let i = 0; i < n; i++) {
-    at[i] = num(ts![i]);
     const sampled = sample() < w.rate;
     tiers[i] =
       w.phase === 'shadow'
@@ -277,24 +281,34 @@ async function requestLabelsFor(
     tiers,
     at,
   );
-  const prefix = `${w.fleet}:`;
-  const made: LabelRequestOut[] = [];
-  const a = await conn.createAppender('label_requests');
+  await exec(conn, `CREATE OR REPLACE TEMP TABLE label_plan (i UINTEGER, tier UTINYINT, inclusion DOUBLE)`);
+  const a = await conn.createAppender('label_plan');
   try {
     for (let i = 0; i < n; i++) {
       if (!plan.keep[i]) continue;
-      const id = String(ids![i]);
-      made.push({ eventId: id.slice(prefix.length), requestedAtMs: at[i]!, reason: LABEL_TIERS[tiers[i]!]! });
-      a.appendVarchar(id);
-      a.appendVarchar(w.rolloutId);
-      a.appendBigInt(BigInt(at[i]!));
-      a.appendVarchar(LABEL_TIERS[tiers[i]!]!);
+      a.appendUInteger(i);
+      a.appendUTinyInt(tiers[i]!);
       a.appendDouble(plan.inclusion[i]!);
       a.endRow();
     }
   } finally {
     a.closeSync();
   }
+  const [ids, requested, reasons] = await columns(
+    conn,
+    `INSERT INTO label_requests (event_id, rollout_id, requested_at_ms, reason, inclusion)
+     SELECT e.event_id, $rollout, e.ts_ms, [${LABEL_TIERS.map(lit).join(', ')}][p.tier + 1], p.inclusion
+     FROM (SELECT event_id, ts_ms, row_number() OVER (${order}) - 1 AS i ${batch}) e JOIN label_plan p USING (i)
+     RETURNING event_id, requested_at_ms::DOUBLE, reason`,
+    params,
+  );
+  await exec(conn, `DROP TABLE label_plan`);
+  const prefix = `${w.fleet}:`;
+  const made: LabelRequestOut[] = (ids ?? []).map((id, j) => ({
+    eventId: String(id).slice(prefix.length),
+    requestedAtMs: requested![j] as number,
+    reason: String(reasons![j]),
+  }));
   return made.sort((x, y) => (x.eventId < y.eventId ? -1 : x.eventId > y.eventId ? 1 : 0));
 }
 

@@ -19,7 +19,8 @@
  *      10. ingestion: `fleetgate ingest` over HTTP (NDJSON, gzip, Parquet) against DuckDB's appender, its
  *      peak resident set, and a rebuild from partitions against the write (scripts/bench-ingest.ts).
  *
- * `npm run bench -- ingest` runs only the sections named (those of ALONE), without the statistics.
+ * `npm run bench -- ingest` (or `look`, or both) runs only the sections named (those of ALONE), without the
+ * statistics.
  *
  * Then the statistics of the sequential designs, from the seeded simulation of `fleetgate stats simulate`:
  * the A/A false-alarm rate of each design over many looks against α, and power and samples to a decision
@@ -88,7 +89,48 @@ async function best<T>(n: number, fn: () => Promise<T>) {
 /** Sections that `npm run bench -- NAME...` runs alone. */
 const ALONE: Record<string, () => Promise<Result[]>> = {
   ingest: () => ingestBench(ROOT),
+  look: async () => [await lookAlone()],
 };
+
+/** Section 1b alone: the fleet, its production model and the candidate it needs, then its row. */
+async function lookAlone(): Promise<Result> {
+  const dataDir = mkdtempSync(join(tmpdir(), 'fleetgate-bench-'));
+  trustFixtureSigner(dataDir);
+  const services = await openServices(
+    dataDir,
+    ROOT,
+    { kind: 'simulated' },
+    { kind: 'simulated', watermarkWaitMs: 0 },
+  );
+  try {
+    const manifest = loadFleetManifest(join(ROOT, FLEET));
+    const cohorts = manifest.cohorts.map((c) => c.name);
+    const prod = await bootstrapProduction(services, 'models/production', cohorts, 'bench');
+    await initSimFleet(
+      { conn: services.db.connection, key: services.key, root: ROOT },
+      FLEET,
+      Object.fromEntries(cohorts.map((c) => [c, prod.digest])),
+    );
+    const candidateDigest = (
+      await createRegistryActivities(services).registerCandidate({
+        rolloutId: 'bench',
+        packDir: 'models/candidate-good',
+      })
+    ).digest;
+    return await lookBench({
+      services,
+      manifest: FLEET,
+      fleet: manifest.name,
+      cohorts,
+      candidateDigest,
+      productionDigest: prod.digest,
+      labelRate: manifest.labels.rate,
+    });
+  } finally {
+    await services.close();
+    rmSync(dataDir, { recursive: true, force: true });
+  }
+}
 
 async function main(): Promise<void> {
   const only = process.argv.slice(2);
