@@ -169,11 +169,20 @@ export function columnNamesOf(kind: RecordKind): string[] {
 }
 
 /**
- * The staged rows of a kind whose key is not stored yet. The tables have no key index (an index costs
- * per row, in every insert and commit): the stored keys that the batch repeats are found by a semi-join
+ * How many staged rows of a kind repeat a stored key. The tables have no key index (an index costs per
+ * row, in every insert and commit): the stored keys that the batch repeats are found by a semi-join
  * whose hash table is the batch's (the stored table is only scanned, its key columns, and DuckDB pushes
- * the min and max of the batch's keys into that scan, so row groups of other key ranges are skipped),
- * then left out by an anti-join on those few. A batch evaluates it once, into `fresh_<kind>`.
+ * the min and max of the batch's keys into that scan, so row groups of other key ranges are skipped).
+ */
+function storedRepeatsSql(kind: RecordKind): string {
+  const { table, key } = TABLES[kind];
+  return `SELECT count(*)::BIGINT AS n FROM ${table} t SEMI JOIN stage_${kind} s USING (${key.map((k) => `"${k}"`).join(', ')})`;
+}
+
+/**
+ * The staged rows of a kind whose key is not stored yet: the stored keys the batch repeats, found by the
+ * semi-join of `storedRepeatsSql`, left out by an anti-join on those few. Evaluated only when some key
+ * repeats, into `fresh_<kind>`.
  */
 function newRowsSql(kind: RecordKind): string {
   const { table, key } = TABLES[kind];
@@ -184,9 +193,9 @@ function newRowsSql(kind: RecordKind): string {
     SELECT s.* FROM stage_${kind} s ANTI JOIN stored USING (${using})`;
 }
 
-/** The new rows of the batch (`fresh_<kind>`) in key order: the rows of its partition. */
-function freshRowsSql(kind: RecordKind): string {
-  return `SELECT * FROM fresh_${kind} ORDER BY ${TABLES[kind].key.map((k) => `"${k}"`).join(', ')}`;
+/** The new rows of the batch (in table `rows`) in key order: the rows of its partition. */
+function partitionRowsSql(kind: RecordKind, rows: string): string {
+  return `SELECT * FROM ${rows} ORDER BY ${TABLES[kind].key.map((k) => `"${k}"`).join(', ')}`;
 }
 
 /**
@@ -440,9 +449,18 @@ export class EventWriter {
           appender.closeSync();
         }
       }
-      // The new rows, found once: the late count, the partition and the insert all read them.
-      const found = await conn.run(`INSERT INTO fresh_${kind} ${newRowsSql(kind)}`);
-      const accepted = found.rowsChanged;
+      // The new rows, found once: the late count, the partition and the insert all read them. In the
+      // common case no staged key is stored yet (the stage holds no key twice), and they are the stage.
+      const staged = sql ? sql.records : fresh.length;
+      const repeats = Number(
+        (await conn.runAndReadAll(storedRepeatsSql(kind))).getRowObjectsJS()[0]!.n as bigint,
+      );
+      let rows = stage;
+      let accepted = staged;
+      if (repeats > 0) {
+        accepted = (await conn.run(`INSERT INTO fresh_${kind} ${newRowsSql(kind)}`)).rowsChanged;
+        rows = `fresh_${kind}`;
+      }
       let late = 0;
       // The stored watermarks of the fleet, read once: late rows are found here (the stored rows are
       // looked at only when some staged row is below its cohort's watermark: none, for a producer that
@@ -461,11 +479,11 @@ export class EventWriter {
             return e.at < (stored.get(e.cohort) ?? -Infinity);
           });
         if (below) {
-          const rows = await conn.runAndReadAll(
-            `SELECT count(*)::INTEGER AS n FROM fresh_${kind} s
+          const lateRows = await conn.runAndReadAll(
+            `SELECT count(*)::INTEGER AS n FROM ${rows} s
              JOIN ${WATERMARKS_TABLE} w USING (fleet, cohort) WHERE s."at" < w.watermark_ms`,
           );
-          late = rows.getRowObjectsJS()[0]!.n as number;
+          late = lateRows.getRowObjectsJS()[0]!.n as number;
         }
       }
       const store = this.options.store;
@@ -482,7 +500,7 @@ export class EventWriter {
         );
       if (store) {
         if (accepted > 0) {
-          const bytes = await partitionBytes(conn, freshRowsSql(kind), this.options.tmpDir);
+          const bytes = await partitionBytes(conn, partitionRowsSql(kind, rows), this.options.tmpDir);
           put({ kind, fleet, date }, bytes);
         }
         if (kind === 'inference' && watermarkMs !== undefined && cohorts.length > 0) {
@@ -500,7 +518,7 @@ export class EventWriter {
           }
         }
       }
-      if (accepted > 0) await conn.run(`INSERT INTO ${table} SELECT * FROM fresh_${kind}`);
+      if (accepted > 0) await conn.run(`INSERT INTO ${table} SELECT * FROM ${rows}`);
       let watermark: Record<string, number | null> | null = null;
       if (kind === 'inference') {
         if (watermarkMs !== undefined && cohorts.length > 0) {
