@@ -70,6 +70,12 @@ export interface OtaChannel {
   vehicleCount(fleet: string): Promise<number>;
   /** The vehicles of a fleet's cohort, with the digest of the model each runs now (same order). */
   inventory(fleet: string, cohort: string): Promise<{ vehicles: string[]; digests: string[] }>;
+  /**
+   * Whether the fleet's cohort has at least one vehicle: false for a cohort or fleet the channel does not
+   * know, and for a cohort of that name that only another fleet has. Reads at most one vehicle where the
+   * channel can (never the cohort's inventory), for callers that need only to know it is not empty.
+   */
+  hasVehicles(fleet: string, cohort: string): Promise<boolean>;
   /** Vehicles per cohort running `digest` now; cohorts with none are absent. */
   running(fleet: string, digest: string): Promise<Map<string, number>>;
   /**

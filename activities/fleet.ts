@@ -437,9 +437,12 @@ export function createFleetActivities(deps: FleetActivityDeps) {
     if (!before) {
       progress({ step: `${phase} batch: reading the fleet's events`, batchId });
       await exclusive(conn, async () => {
-        await requireFleet(manifest);
+        // Only whether each cohort is empty, never its inventory nor the fleet's count (on AWS IoT both
+        // list every vehicle); a fleet with no vehicles at all is told to initialise first, as before.
+        if (cohorts.length === 0) await requireFleet(manifest);
         for (const cohort of cohorts) {
-          if ((await ota.inventory(manifest.name, cohort.name)).vehicles.length === 0) {
+          if (!(await ota.hasVehicles(manifest.name, cohort.name))) {
+            await requireFleet(manifest);
             throw fail(ErrorType.NotFound, `cohort ${cohort.name} of fleet ${manifest.name} has no vehicles`);
           }
         }

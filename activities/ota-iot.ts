@@ -34,6 +34,7 @@ import {
   DescribeThingGroupCommand,
   GetJobDocumentCommand,
   type IoTClient,
+  ListThingsCommand,
   type JobExecutionsRolloutConfig,
   type AbortConfig,
   type TimeoutConfig,
@@ -146,6 +147,28 @@ export class AwsIotJobsChannel implements OtaChannel {
       vehicles: things.map((t) => t.name),
       digests: things.map((t) => t.attributes[ATTR.model] ?? ''),
     };
+  }
+
+  /**
+   * One ListThings request for at most one thing of the cohort: a thing of this fleet answers true, an
+   * empty answer without a next page false. ListThings filters on one attribute only, so when another
+   * fleet has a cohort of the same name and its thing comes first, the listing goes on, a page at a time
+   * and keeping none, until a thing of this fleet or the end: exact, and at worst what `inventory` costs.
+   */
+  async hasVehicles(fleet: string, cohort: string): Promise<boolean> {
+    const { client } = this;
+    const query = { attributeName: ATTR.cohort, attributeValue: cohort, thingTypeName: THING_TYPE };
+    const ofFleet = (things: { attributes?: Record<string, string> }[] | undefined) =>
+      (things ?? []).some((t) => t.attributes?.[ATTR.fleet] === fleet);
+    const first = await send(() => client.send(new ListThingsCommand({ ...query, maxResults: 1 })));
+    if (ofFleet(first.things)) return true;
+    if (!first.nextToken) return false;
+    return send(async () => {
+      for await (const page of paginateListThings({ client, pageSize: PAGE }, query)) {
+        if (ofFleet(page.things)) return true;
+      }
+      return false;
+    });
   }
 
   async running(fleet: string, digest: string): Promise<Map<string, number>> {

@@ -94,6 +94,15 @@ export class SimulatedOta implements OtaChannel, StagedWaves {
     return { vehicles, digests };
   }
 
+  /** One row at most: `SELECT 1 ... LIMIT 1`, no cohort read. */
+  async hasVehicles(fleet: string, cohort: string): Promise<boolean> {
+    const found = await rows(this.conn, `SELECT 1 FROM vehicles WHERE fleet = ? AND cohort = ? LIMIT 1`, [
+      fleet,
+      cohort,
+    ]);
+    return found.length > 0;
+  }
+
   async running(fleet: string, digest: string): Promise<Map<string, number>> {
     const found = await rows(
       this.conn,

@@ -428,6 +428,69 @@ test('fleet init registers the fleet in AWS IoT, and a worker with FLEETGATE_IOT
   assert.deepEqual(errors, []);
 });
 
+test('hasVehicles asks AWS for one thing of the cohort, and tells a cohort of another fleet apart', async () => {
+  // A second fleet: hw3/eu shares its name with a cohort of FLEET, hw5/apac is its own.
+  const other = 'otherfleet';
+  const file = join(tmp, 'other-fleet.yaml');
+  writeFileSync(
+    file,
+    YAML.stringify({
+      apiVersion: 'fleetgate/v1',
+      kind: 'Fleet',
+      name: other,
+      seed: 9,
+      skus: [
+        { name: 'hw3', speedFactor: 10, latencyBudgetMs: 50 },
+        { name: 'hw5', speedFactor: 4, latencyBudgetMs: 50 },
+      ],
+      cohorts: ['hw3/eu', 'hw5/apac'].map((name) => ({
+        name,
+        sku: name.split('/')[0],
+        region: name.split('/')[1],
+        vehicles: 3,
+        nightShare: 0.1,
+      })),
+      eventsPerVehicleHour: 10,
+      labels: { rate: 0.3, delay: '6h' },
+    }),
+  );
+  const made = await agent.provision(loadFleetManifest(file), services.key, {
+    'hw3/eu': PROD,
+    'hw5/apac': PROD,
+  });
+  assert.equal(made.vehicles, 6);
+
+  /** The answer, and the requests sent to AWS for it (the client's middleware records each one). */
+  const ask = async (fleet: string, cohort: string) => {
+    const from = requests.length;
+    const answer = await channel.hasVehicles(fleet, cohort);
+    return { answer, sent: requests.slice(from) };
+  };
+  const one = (cohort: string) =>
+    `GET /things ${JSON.stringify({ maxResults: '1', attributeName: ATTR.cohort, attributeValue: cohort, thingTypeName: THING_TYPE })} `;
+
+  // A provisioned cohort: one request, for at most one thing.
+  for (const cohort of COHORTS) {
+    const { answer, sent } = await ask(FLEET, cohort);
+    assert.equal(answer, true, `${FLEET} ${cohort}`);
+    assert.deepEqual(sent, [one(cohort)]);
+  }
+  // A cohort no fleet has: one request too.
+  const unknown = await ask(FLEET, 'hw9/none');
+  assert.deepEqual(unknown, { answer: false, sent: [one('hw9/none')] });
+  // A cohort only another fleet has: its thing comes back first, so the listing goes on to its end.
+  const othersOnly = await ask(FLEET, 'hw5/apac');
+  assert.equal(othersOnly.answer, false);
+  assert.equal(othersOnly.sent[0], one('hw5/apac'));
+  assert.ok(othersOnly.sent.length <= 2, `${othersOnly.sent.length} requests`);
+  assert.equal(await channel.hasVehicles(other, 'hw5/apac'), true);
+  assert.equal(await channel.hasVehicles(other, 'hw4/us'), false);
+  assert.equal(await channel.hasVehicles('no-such-fleet', 'hw3/eu'), false);
+  // Two fleets with a cohort of the same name: each has vehicles there.
+  assert.equal(await channel.hasVehicles(FLEET, 'hw3/eu'), true);
+  assert.equal(await channel.hasVehicles(other, 'hw3/eu'), true);
+});
+
 test('no raw vehicle id appears in any request sent to AWS', () => {
   assert.ok(requests.length > 100, `requests were recorded (${requests.length})`);
   assert.ok(!requests.some((r) => r.endsWith(UNREADABLE)), 'every request body was read');

@@ -803,6 +803,7 @@ void describe('wave delivery inside the fleet database', () => {
       ? {
           vehicleCount: sim.vehicleCount.bind(sim),
           inventory: sim.inventory.bind(sim),
+          hasVehicles: sim.hasVehicles.bind(sim),
           running: sim.running.bind(sim),
           recordedJob: sim.recordedJob.bind(sim),
           createJob: sim.createJob.bind(sim),
