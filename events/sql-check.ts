@@ -43,6 +43,8 @@ export interface SqlBatch {
   cohorts: string[];
   /** The distinct non-null rollout ids, for the writer's unknown-rollout check. */
   rolloutIds: string[];
+  /** The batch's temporary file, which an error must never show. */
+  file: string;
 }
 
 const num = (x: string, lo: number, hi: number) => `(isfinite(${x}) AND ${x} >= ${lo} AND ${x} <= ${hi})`;
@@ -199,7 +201,7 @@ export async function sqlCheck(
           .getRowObjectsJS()
           .map((r) => String(r.rollout_id))
       : [];
-    return { select: stageSelect(kind, file, described), records: n, cohorts, rolloutIds };
+    return { select: stageSelect(kind, file, described), records: n, cohorts, rolloutIds, file };
   } catch {
     return undefined;
   }

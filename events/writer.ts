@@ -174,9 +174,9 @@ export function columnNamesOf(kind: RecordKind): string[] {
  * whose hash table is the batch's (the stored table is only scanned, its key columns, and DuckDB pushes
  * the min and max of the batch's keys into that scan, so row groups of other key ranges are skipped).
  */
-function storedRepeatsSql(kind: RecordKind): string {
+function storedRepeatsSql(kind: RecordKind, rows: string): string {
   const { table, key } = TABLES[kind];
-  return `SELECT count(*)::BIGINT AS n FROM ${table} t SEMI JOIN stage_${kind} s USING (${key.map((k) => `"${k}"`).join(', ')})`;
+  return `SELECT count(*)::BIGINT AS n FROM ${table} t SEMI JOIN ${rows} s USING (${key.map((k) => `"${k}"`).join(', ')})`;
 }
 
 /**
@@ -218,6 +218,13 @@ CREATE TABLE IF NOT EXISTS ${WATERMARKS_TABLE} (
   updated_at_ms BIGINT NOT NULL,
   PRIMARY KEY (fleet, cohort)
 );`;
+
+/** The error to throw for `err`: DuckDB's error on a checked batch's file names the file, never shown. */
+function shownError(err: unknown, sql: SqlBatch | undefined): unknown {
+  return sql && err instanceof Error && err.message.includes(sql.file)
+    ? new Error('the checked batch could not be written')
+    : err;
+}
 
 /** Appends one value of a contract column's type (null as NULL). */
 export function append(a: DuckDBAppender, type: ColumnType, v: unknown): void {
@@ -430,13 +437,23 @@ export class EventWriter {
     try {
       await conn.run(`DELETE FROM ${stage}`);
       await conn.run(`DELETE FROM fresh_${kind}`);
+      const staged = sql ? sql.records : fresh.length;
+      // The batch's rows; for a checked batch none of whose keys is stored yet (the common case), read
+      // from its file where they are needed (the file's key columns alone for the count) and not staged.
+      let rows = stage;
+      // All of the batch's rows, new or not: the cohorts whose watermark it declares.
+      let all = stage;
+      let repeats = -1;
       if (sql) {
-        // Checked in SQL: no key repeats, so every row is staged. DuckDB's error may name the file.
-        await conn
-          .run(`INSERT INTO ${stage} SELECT *, ${BigInt(now)}::BIGINT FROM (${sql.select})`)
-          .catch(() => {
+        const fromFile = `(SELECT *, ${BigInt(now)}::BIGINT AS "ingested_at_ms" FROM (${sql.select}))`;
+        repeats = await this.storedRepeats(kind, fromFile);
+        if (repeats === 0) rows = all = fromFile;
+        else {
+          // Checked in SQL: no key repeats within it, so every row is staged. DuckDB's error may name the file.
+          await conn.run(`INSERT INTO ${stage} SELECT * FROM ${fromFile}`).catch(() => {
             throw new Error('the checked batch could not be staged');
           });
+        }
       } else {
         const cols = COLUMNS[kind];
         const appender = await conn.createAppender(stage);
@@ -451,11 +468,7 @@ export class EventWriter {
       }
       // The new rows, found once: the late count, the partition and the insert all read them. In the
       // common case no staged key is stored yet (the stage holds no key twice), and they are the stage.
-      const staged = sql ? sql.records : fresh.length;
-      const repeats = Number(
-        (await conn.runAndReadAll(storedRepeatsSql(kind))).getRowObjectsJS()[0]!.n as bigint,
-      );
-      let rows = stage;
+      if (repeats < 0) repeats = await this.storedRepeats(kind, stage);
       let accepted = staged;
       if (repeats > 0) {
         accepted = (await conn.run(`INSERT INTO fresh_${kind} ${newRowsSql(kind)}`)).rowsChanged;
@@ -507,7 +520,7 @@ export class EventWriter {
           // The cohorts whose watermark this batch raises, with their new value.
           const raised = `SELECT ${sqlString(fleet)} AS fleet, c.cohort, ${BigInt(watermarkMs)}::BIGINT AS watermark_ms,
               ${BigInt(now)}::BIGINT AS updated_at_ms
-            FROM (SELECT DISTINCT cohort FROM ${stage}) c
+            FROM (SELECT DISTINCT cohort FROM ${all}) c
             LEFT JOIN ${WATERMARKS_TABLE} w ON w.fleet = ${sqlString(fleet)} AND w.cohort = c.cohort
             WHERE w.watermark_ms IS NULL OR w.watermark_ms < ${BigInt(watermarkMs)}
             ORDER BY c.cohort`;
@@ -524,7 +537,7 @@ export class EventWriter {
         if (watermarkMs !== undefined && cohorts.length > 0) {
           await conn.run(
             `INSERT INTO ${WATERMARKS_TABLE}
-             SELECT $fleet, cohort, $w, $now FROM (SELECT DISTINCT cohort FROM ${stage})
+             SELECT $fleet, cohort, $w, $now FROM (SELECT DISTINCT cohort FROM ${all})
              ON CONFLICT (fleet, cohort) DO UPDATE SET
                watermark_ms = excluded.watermark_ms,
                updated_at_ms = excluded.updated_at_ms
@@ -544,8 +557,14 @@ export class EventWriter {
       return { accepted, duplicates: count - accepted, late, watermark };
     } catch (err) {
       await conn.run('ROLLBACK').catch(() => undefined);
-      throw err;
+      throw shownError(err, sql);
     }
+  }
+
+  /** How many of the batch's `rows` (a table, or a subquery in parentheses) repeat a stored key. */
+  private async storedRepeats(kind: RecordKind, rows: string): Promise<number> {
+    const r = await this.conn.runAndReadAll(storedRepeatsSql(kind, rows));
+    return Number(r.getRowObjectsJS()[0]!.n as bigint);
   }
 
   /**

@@ -426,6 +426,8 @@ describe('Parquet batches through the SQL fast path', () => {
         [first, Date.UTC(2025, 0, 1, 0, 30)],
         [second, Date.UTC(2025, 0, 1, 0, 20)],
         [first, undefined],
+        // Nothing new, and a later watermark: it still moves for the batch's cohorts.
+        [second, Date.UTC(2025, 0, 1, 1, 0)],
       ] as const) {
         const a = await send(fast.w, body, true, wm);
         const b = await send(slow.w, body, false, wm);
@@ -440,6 +442,16 @@ describe('Parquet batches through the SQL fast path', () => {
       assert.deepStrictEqual(
         await fast.w.read('SELECT * FROM ingest_watermarks ORDER BY ALL'),
         await slow.w.read('SELECT * FROM ingest_watermarks ORDER BY ALL'),
+      );
+      assert.deepStrictEqual(
+        (await fast.w.read('SELECT cohort, watermark_ms FROM ingest_watermarks ORDER BY cohort')).map((r) => [
+          r.cohort,
+          Number(r.watermark_ms),
+        ]),
+        [
+          ['hw3/eu', Date.UTC(2025, 0, 1, 1, 0)],
+          ['web-eu', Date.UTC(2025, 0, 1, 1, 0)],
+        ],
       );
       const keys = async (s: LocalObjectStore) => (await s.list('')).sort();
       assert.deepStrictEqual(await keys(fast.store), await keys(slow.store));
