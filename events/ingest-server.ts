@@ -294,6 +294,8 @@ export async function startIngestServer(opts: IngestServerOptions): Promise<Inge
         connect: () => writer.connect(),
         sqlWrite: (checked) =>
           writer.ingestChecked(kind, fleet, checked, watermarkMs === undefined ? {} : { watermarkMs }),
+        ndjsonWrite: ({ raw, positions, file }) =>
+          writer.ingest(kind, fleet, raw, { where: 'line', positions, watermarkMs, ndjsonFile: file }),
       });
     } catch (err) {
       if (err instanceof BatchUnreadable) throw httpErrorOf(err, kind, maxBody, maxRecords);

@@ -422,6 +422,8 @@ export class LandingReader {
         tmpDir: this.tmp,
         connect: () => writer.connect(),
         sqlWrite: (checked) => writer.ingestChecked(file.kind, file.fleet, checked),
+        ndjsonWrite: ({ raw, positions, file: ndjsonFile }) =>
+          writer.ingest(file.kind, file.fleet, raw, { where: 'line', positions, ndjsonFile }),
       });
       const w =
         batch.written ??

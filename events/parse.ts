@@ -7,11 +7,14 @@
  * read at all, `BatchRefused` naming each bad line) that its caller turns into an HTTP answer or a record of
  * a refused file. Given `sqlWrite`, a Parquet batch of valid records is checked and written in SQL from its
  * temporary file (events/sql-check.ts) before the file is removed, and `parseBatch` answers what was written.
+ * Given `ndjsonWrite`, an NDJSON batch is handed to the writer with its text in a temporary file too, from
+ * which DuckDB's JSON reader stages the records once JavaScript has validated them.
  *
  * It must never put a record, a line or a file path in an error (the JSON parser's message quotes the
  * line, so it is never repeated), never hold more than `maxBytes` of decompressed bytes, and never leave a
  * temporary file behind.
  */
+import { isUtf8 } from 'node:buffer';
 import { randomUUID } from 'node:crypto';
 import { open, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -134,13 +137,7 @@ async function readParquet(
     sqlWrite?: (batch: SqlBatch) => Promise<WriteResult | undefined>;
   },
 ): Promise<{ raw?: unknown[]; written?: WriteResult }> {
-  const file = join(opts.tmpDir, `${randomUUID()}.parquet`);
-  const handle = await open(file, 'wx', 0o600);
-  try {
-    await handle.writeFile(body);
-  } finally {
-    await handle.close();
-  }
+  const file = await exclusiveFile(opts.tmpDir, 'parquet', body);
   let conn: DuckDBConnection | undefined;
   try {
     conn = await opts.connect();
@@ -187,12 +184,21 @@ export interface ParseOptions {
   /** Largest batch once decompressed. */
   maxBytes: number;
   maxRecords: number;
-  /** A directory of the caller's own (mode 0700) for Parquet's temporary files. */
+  /** A directory of the caller's own (mode 0700) for the temporary files of Parquet and NDJSON batches. */
   tmpDir: string;
   /** A connection to read Parquet on (closed after). */
   connect: () => Promise<DuckDBConnection>;
   /** Writes a Parquet batch that passed the SQL check (`EventWriter.ingestChecked`); undefined: not written. */
   sqlWrite?: (batch: SqlBatch) => Promise<WriteResult | undefined>;
+  /**
+   * Writes an NDJSON batch whose lines are all JSON (`EventWriter.ingest`, which validates them), with a
+   * maker of a temporary file of its text (`IngestOptions.ndjsonFile`), removed once it answers.
+   */
+  ndjsonWrite?: (batch: {
+    raw: unknown[];
+    positions: number[];
+    file: () => Promise<string>;
+  }) => Promise<WriteResult>;
 }
 
 /** A batch ready for `EventWriter.ingest`. */
@@ -216,8 +222,9 @@ export async function parseBatch(body: Buffer, opts: ParseOptions): Promise<Pars
   let positions: number[] | undefined;
   let parseProblems: Problem[] = [];
   const where = opts.format === 'ndjson' ? 'line' : 'row';
+  const text = opts.format === 'ndjson' ? body.toString('utf8') : '';
   if (opts.format === 'ndjson') {
-    ({ raw, positions, problems: parseProblems } = parseNdjson(body.toString('utf8')));
+    ({ raw, positions, problems: parseProblems } = parseNdjson(text));
   } else {
     const read = await readParquet(body, opts.kind, opts);
     if (read.written) return { raw: [], where, written: read.written };
@@ -231,5 +238,36 @@ export async function parseBatch(body: Buffer, opts: ParseOptions): Promise<Pars
     const all = [...parseProblems, ...(v.ok ? [] : v.problems)].sort((a, b) => (a.line ?? 0) - (b.line ?? 0));
     throw new BatchRefused(all.slice(0, MAX_PROBLEMS), parseProblems.length + (v.ok ? 0 : v.problemCount));
   }
+  if (opts.ndjsonWrite && positions) {
+    // The text as the JavaScript parser read it, for DuckDB's reader: the body itself when it is valid
+    // UTF-8, else its text with the invalid bytes replaced as JavaScript replaced them.
+    let file: string | undefined;
+    const bytes = isUtf8(body) ? body : text;
+    try {
+      const written = await opts.ndjsonWrite({
+        raw,
+        positions,
+        file: async () => (file ??= await exclusiveFile(opts.tmpDir, 'ndjson', bytes)),
+      });
+      return { raw: [], where, written };
+    } finally {
+      if (file !== undefined) await unlink(file).catch(() => undefined);
+    }
+  }
   return { raw, where, ...(positions ? { positions } : {}) };
+}
+
+/** A new file of `data` in `dir`, created exclusively (mode 0600) under a random name; its path. */
+async function exclusiveFile(dir: string, ext: string, data: Buffer | string): Promise<string> {
+  const file = join(dir, `${randomUUID()}.${ext}`);
+  const handle = await open(file, 'wx', 0o600);
+  try {
+    await handle.writeFile(data);
+  } catch (err) {
+    await handle.close();
+    await unlink(file).catch(() => undefined);
+    throw err;
+  }
+  await handle.close();
+  return file;
 }

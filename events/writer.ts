@@ -44,7 +44,9 @@
  */
 import { DuckDBInstance, type DuckDBAppender, type DuckDBConnection } from '@duckdb/node-api';
 import { mkdirSync } from 'node:fs';
-import { dirname } from 'node:path';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
 import type { ObjectStore } from '../activities/deps';
 import {
   MAX_PROBLEMS,
@@ -87,6 +89,16 @@ export interface IngestOptions {
   positions?: readonly number[];
   /** The producer's watermark for the batch's cohorts (inference events only), epoch ms. */
   watermarkMs?: number;
+  /**
+   * Makes a file of the batch's NDJSON text (events/parse.ts), asked for once its records passed the
+   * contract: DuckDB's JSON reader then makes their rows of it (`jsonStageSql`) into a Parquet file,
+   * outside the turn of the writes, and the write reads them from there as it reads a checked Parquet
+   * batch, rather than appending the records value by value from JavaScript. The records stay the
+   * truth: when a key repeats within the batch, or the reader fails (a field repeated within an object,
+   * which JavaScript resolves to the last one) or gives back another number of rows, the records are
+   * appended as without a file.
+   */
+  ndjsonFile?: () => Promise<string>;
 }
 
 export interface WriterOptions {
@@ -226,6 +238,38 @@ function shownError(err: unknown, sql: SqlBatch | undefined): unknown {
     : err;
 }
 
+/**
+ * A SELECT of the table's columns of `kind` but `ingested_at_ms`, in table order, over an NDJSON file of
+ * its records read by DuckDB's JSON reader with the contract's fields and types given (nested objects
+ * as STRUCTs; no detection). Only for records that already passed the contract: the reader ignores
+ * unknown fields and casts what it can, which the contract refuses first.
+ */
+export function jsonStageSql(kind: RecordKind, fleet: string, file: string): string {
+  const record = parquetColumnsOf(kind);
+  const members = new Map<string, string[]>();
+  const types = new Map<string, string>();
+  for (const c of record) {
+    const [top, sub, ...deeper] = c.field;
+    if (deeper.length > 0) throw new Error(`the contract's field ${c.field.join('.')} is nested too deep`);
+    if (sub === undefined) types.set(top!, c.type);
+    else members.set(top!, [...(members.get(top!) ?? []), `"${sub}" ${c.type}`]);
+  }
+  for (const [top, list] of members) types.set(top, `STRUCT(${list.join(', ')})`);
+  const spec = [...types].map(([k, t]) => `${sqlString(k)}: ${sqlString(t)}`).join(', ');
+  const select = COLUMNS[kind]
+    .filter((c) => c.name !== 'ingested_at_ms')
+    .map((c) => {
+      const col = record.find((r) => r.name === c.name);
+      if (col === undefined) return `${sqlString(fleet)} AS "${c.name}"`;
+      const [top, sub] = col.field;
+      return sub === undefined
+        ? `"${top}" AS "${c.name}"`
+        : `struct_extract("${top}", ${sqlString(sub)}) AS "${c.name}"`;
+    });
+  return `SELECT ${select.join(', ')} FROM read_json(${sqlString(file)}, format = 'newline_delimited',
+    records = true, columns = {${spec}})`;
+}
+
 /** Appends one value of a contract column's type (null as NULL). */
 export function append(a: DuckDBAppender, type: ColumnType, v: unknown): void {
   if (v === null) return a.appendNull();
@@ -340,7 +384,27 @@ export class EventWriter {
     if (this.options.rollouts && (kind === 'inference' || kind === 'upload')) {
       await this.refuseUnknownRollouts(this.options.rollouts, records, opts);
     }
-    return this.exclusive(() => this.write(kind, fleet, records, opts.watermarkMs));
+    // An NDJSON batch is read again by DuckDB, into a Parquet file of its rows, outside the writes' turn.
+    const unique =
+      opts.ndjsonFile !== undefined &&
+      new Set(records.map((r) => recordKey(kind, r))).size === records.length;
+    const rows = unique
+      ? await this.rowsOfJson(kind, fleet, await opts.ndjsonFile!(), records.length)
+      : undefined;
+    try {
+      if (!rows) return await this.exclusive(() => this.write(kind, fleet, records, opts.watermarkMs));
+      // Written as a checked batch is: from the rows' file, without staging them when no key is stored.
+      const batch: SqlBatch = {
+        select: `SELECT * FROM read_parquet(${sqlString(rows.file)})`,
+        records: records.length,
+        cohorts: kind === 'inference' ? [...new Set(records.map((r) => r.cohort as string))] : [],
+        rolloutIds: [],
+        file: rows.file,
+      };
+      return await this.exclusive(() => this.write(kind, fleet, batch, opts.watermarkMs));
+    } finally {
+      if (rows) await rm(rows.dir, { recursive: true, force: true });
+    }
   }
 
   /** Refuses the batch (nothing written) when a record names a rollout the directory does not know. */
@@ -565,6 +629,35 @@ export class EventWriter {
   private async storedRepeats(kind: RecordKind, rows: string): Promise<number> {
     const r = await this.conn.runAndReadAll(storedRepeatsSql(kind, rows));
     return Number(r.getRowObjectsJS()[0]!.n as bigint);
+  }
+
+  /**
+   * The table rows (but `ingested_at_ms`, which the write adds) of the `n` validated records of an NDJSON
+   * file, read by DuckDB's JSON reader (`jsonStageSql`) on a connection of its own and kept as a Parquet
+   * file in a new directory (removed by the caller). Undefined when the reader fails or reads another
+   * number of rows: the records are then appended.
+   */
+  private async rowsOfJson(
+    kind: RecordKind,
+    fleet: string,
+    ndjson: string,
+    n: number,
+  ): Promise<{ dir: string; file: string } | undefined> {
+    const dir = await mkdtemp(join(this.options.tmpDir ?? tmpdir(), 'fleetgate-rows-'));
+    const file = join(dir, 'rows.parquet');
+    const conn = await this.instance.connect();
+    try {
+      const r = await conn.run(
+        `COPY (${jsonStageSql(kind, fleet, ndjson)}) TO ${sqlString(file)} (FORMAT parquet, COMPRESSION uncompressed)`,
+      );
+      if (r.rowsChanged === n) return { dir, file };
+    } catch {
+      // The reader's verdict differs from the contract's (a field repeated within an object): append.
+    } finally {
+      conn.closeSync();
+    }
+    await rm(dir, { recursive: true, force: true });
+    return undefined;
   }
 
   /**
