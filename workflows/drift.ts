@@ -9,26 +9,23 @@
  * schema as the CLI's, and the check's time is the workflow's clock. History carries the summary the
  * activity returns (verdicts and rounded statistics), never frames.
  */
-import { ApplicationFailure, proxyActivities, workflowInfo, type RetryPolicy } from '@temporalio/workflow';
-import { ErrorType, nonRetryableErrorTypes } from '../errors';
+import { ApplicationFailure, proxyActivities, workflowInfo } from '@temporalio/workflow';
+import { ErrorType } from '../errors';
 import { DriftCheckRequest, type DriftCheckRequestInput } from '../policies/drift-schema';
 import { formatIssues } from '../policies/schema';
 import type { createDriftActivities, DriftCheckSummary, HoldResult } from '../activities/drift';
 import type { createNotifyActivities } from '../activities/notify';
+import { ACTIVITY_RETRY } from './rollout';
 
-const retry: RetryPolicy = {
-  initialInterval: '1s',
-  backoffCoefficient: 2,
-  maximumInterval: '30s',
-  maximumAttempts: 5,
-  nonRetryableErrorTypes,
-};
-const acts = proxyActivities<ReturnType<typeof createDriftActivities>>({ startToCloseTimeout: '5m', retry });
+const acts = proxyActivities<ReturnType<typeof createDriftActivities>>({
+  startToCloseTimeout: '5m',
+  retry: ACTIVITY_RETRY,
+});
 /** As the rollout's notifications: retried with backoff for at most 10 minutes, then given up. */
 const notifyActs = proxyActivities<ReturnType<typeof createNotifyActivities>>({
   startToCloseTimeout: '30s',
   scheduleToCloseTimeout: '10m',
-  retry: { ...retry, initialInterval: '2s', maximumInterval: '1m', maximumAttempts: 10 },
+  retry: { ...ACTIVITY_RETRY, initialInterval: '2s', maximumInterval: '1m', maximumAttempts: 10 },
 });
 
 export interface DriftCheckOutcome extends DriftCheckSummary {

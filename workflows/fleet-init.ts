@@ -8,10 +8,10 @@
  * Deterministic code only: the activity is imported as a type; history carries the manifest path and the
  * fleet's name, vehicle count and store id, never a vehicle.
  */
-import { ApplicationFailure, proxyActivities, type RetryPolicy } from '@temporalio/workflow';
-import { ErrorType, nonRetryableErrorTypes } from '../errors';
+import { ApplicationFailure, proxyActivities } from '@temporalio/workflow';
+import { ErrorType } from '../errors';
 import type { createFleetInitActivities, FleetInitInput, FleetInitResult } from '../activities/fleet-init';
-import { HEARTBEAT_TIMEOUT } from './rollout';
+import { ACTIVITY_RETRY, HEARTBEAT_TIMEOUT } from './rollout';
 
 export const FLEET_INIT_WORKFLOW_TYPE = 'fleetInitWorkflow';
 
@@ -20,13 +20,6 @@ export function fleetInitWorkflowId(taskQueue: string, fleet: string): string {
   return `fleet-init/${taskQueue}/${fleet}`;
 }
 
-const retry: RetryPolicy = {
-  initialInterval: '1s',
-  backoffCoefficient: 2,
-  maximumInterval: '30s',
-  maximumAttempts: 5,
-  nonRetryableErrorTypes,
-};
 /**
  * A million vehicles take seconds; the schedule-to-close timeout ends an init that no worker takes
  * (its caller has gone, or the worker stopped) instead of leaving it open.
@@ -35,7 +28,7 @@ const acts = proxyActivities<ReturnType<typeof createFleetInitActivities>>({
   startToCloseTimeout: '5m',
   scheduleToCloseTimeout: '10m',
   heartbeatTimeout: HEARTBEAT_TIMEOUT,
-  retry,
+  retry: ACTIVITY_RETRY,
 });
 
 export async function fleetInitWorkflow(input: FleetInitInput): Promise<FleetInitResult> {

@@ -104,13 +104,15 @@ type Activities = ReturnType<typeof createRegistryActivities> &
   ReturnType<typeof createAnalysisActivities> &
   ReturnType<typeof createReportActivities>;
 
-const retry: RetryPolicy = {
+/** The retry policy of fleetgate's activities, in every workflow: backoff from 1 s to 30 s, 5 attempts. */
+export const ACTIVITY_RETRY: RetryPolicy = {
   initialInterval: '1s',
   backoffCoefficient: 2,
   maximumInterval: '30s',
   maximumAttempts: 5,
   nonRetryableErrorTypes,
 };
+const retry = ACTIVITY_RETRY;
 /**
  * Every activity heartbeats while it runs (activities/heartbeat.ts): one on a worker that died is retried
  * elsewhere once this much passes without a heartbeat, not when its start-to-close timeout ends.
