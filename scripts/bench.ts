@@ -92,8 +92,11 @@ const ALONE: Record<string, () => Promise<Result[]>> = {
   look: async () => [await lookAlone()],
 };
 
-/** Section 1b alone: the fleet, its production model and the candidate it needs, then its row. */
-async function lookAlone(): Promise<Result> {
+/**
+ * A new data directory that trusts the fixtures' signer, and its services with the simulated fleet,
+ * which sends each window's events as a batch asks for it (sim/producer.ts).
+ */
+async function benchServices() {
   const dataDir = mkdtempSync(join(tmpdir(), 'fleetgate-bench-'));
   trustFixtureSigner(dataDir);
   const services = await openServices(
@@ -102,6 +105,12 @@ async function lookAlone(): Promise<Result> {
     { kind: 'simulated' },
     { kind: 'simulated', watermarkWaitMs: 0 },
   );
+  return { dataDir, services };
+}
+
+/** Section 1b alone: the fleet, its production model and the candidate it needs, then its row. */
+async function lookAlone(): Promise<Result> {
+  const { dataDir, services } = await benchServices();
   try {
     const manifest = loadFleetManifest(join(ROOT, FLEET));
     const cohorts = manifest.cohorts.map((c) => c.name);
@@ -151,15 +160,7 @@ async function main(): Promise<void> {
     );
     return;
   }
-  const dataDir = mkdtempSync(join(tmpdir(), 'fleetgate-bench-'));
-  trustFixtureSigner(dataDir);
-  // The simulated fleet, sending each window's events as a batch asks for it (sim/producer.ts).
-  const services = await openServices(
-    dataDir,
-    ROOT,
-    { kind: 'simulated' },
-    { kind: 'simulated', watermarkWaitMs: 0 },
-  );
+  const { dataDir, services } = await benchServices();
   const results: Result[] = [];
   try {
     const manifest = loadFleetManifest(join(ROOT, FLEET));
