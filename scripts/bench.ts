@@ -39,7 +39,7 @@ import { createAnalysisActivities } from '../activities/analysis';
 import { createLabelActivities } from '../activities/labels';
 import { openFleetDatabase, rows, transaction } from '../activities/db';
 import { canaryFull, canaryLook, recordBatchStats } from '../activities/analysis';
-import { openServices, trustFixtureSigner } from '../workers/worker';
+import { openServices, trustFixtureSigner, type Services } from '../workers/worker';
 import { loadFleetManifest } from '../fleet/manifest';
 import { pseudonym } from '../fleet/pseudonym';
 import { waveTargets } from '../fleet/assignment';
@@ -57,7 +57,7 @@ import { packBench } from './bench-pack';
 import { uiBench } from './bench-ui';
 import { serveBench } from './bench-serve';
 import { ingestBench } from './bench-ingest';
-import { lookBench } from './bench-look';
+import { lookBench, type LookBenchInput } from './bench-look';
 
 const ROOT = resolve(__dirname, '..');
 const FLEET = 'sim/fleets/demo.yaml';
@@ -108,33 +108,42 @@ async function benchServices() {
   return { dataDir, services };
 }
 
+/**
+ * The bench fleet in `services`: production registered for every cohort, the simulated vehicles, the
+ * good candidate registered for rollout "bench"; and the look-after-ingestion row's input on it.
+ */
+async function benchFleet(services: Services) {
+  const manifest = loadFleetManifest(join(ROOT, FLEET));
+  const cohorts = manifest.cohorts.map((c) => c.name);
+  const prod = await bootstrapProduction(services, 'models/production', cohorts, 'bench');
+  await initSimFleet(
+    { conn: services.db.connection, key: services.key, root: ROOT },
+    FLEET,
+    Object.fromEntries(cohorts.map((c) => [c, prod.digest])),
+  );
+  const candidateDigest = (
+    await createRegistryActivities(services).registerCandidate({
+      rolloutId: 'bench',
+      packDir: 'models/candidate-good',
+    })
+  ).digest;
+  const look: LookBenchInput = {
+    services,
+    manifest: FLEET,
+    fleet: manifest.name,
+    cohorts,
+    candidateDigest,
+    productionDigest: prod.digest,
+    labelRate: manifest.labels.rate,
+  };
+  return { manifest, cohorts, prod, candidateDigest, look };
+}
+
 /** Section 1b alone: the fleet, its production model and the candidate it needs, then its row. */
 async function lookAlone(): Promise<Result> {
   const { dataDir, services } = await benchServices();
   try {
-    const manifest = loadFleetManifest(join(ROOT, FLEET));
-    const cohorts = manifest.cohorts.map((c) => c.name);
-    const prod = await bootstrapProduction(services, 'models/production', cohorts, 'bench');
-    await initSimFleet(
-      { conn: services.db.connection, key: services.key, root: ROOT },
-      FLEET,
-      Object.fromEntries(cohorts.map((c) => [c, prod.digest])),
-    );
-    const candidateDigest = (
-      await createRegistryActivities(services).registerCandidate({
-        rolloutId: 'bench',
-        packDir: 'models/candidate-good',
-      })
-    ).digest;
-    return await lookBench({
-      services,
-      manifest: FLEET,
-      fleet: manifest.name,
-      cohorts,
-      candidateDigest,
-      productionDigest: prod.digest,
-      labelRate: manifest.labels.rate,
-    });
+    return await lookBench((await benchFleet(services)).look);
   } finally {
     await services.close();
     rmSync(dataDir, { recursive: true, force: true });
@@ -163,15 +172,9 @@ async function main(): Promise<void> {
   const { dataDir, services } = await benchServices();
   const results: Result[] = [];
   try {
-    const manifest = loadFleetManifest(join(ROOT, FLEET));
-    const cohorts = manifest.cohorts.map((c) => c.name);
-    const prod = await bootstrapProduction(services, 'models/production', cohorts, 'bench');
+    const bench = await benchFleet(services);
+    const { cohorts, candidateDigest, prod } = bench;
     const conn = services.db.connection;
-    await initSimFleet(
-      { conn, key: services.key, root: ROOT },
-      FLEET,
-      Object.fromEntries(cohorts.map((c) => [c, prod.digest])),
-    );
     const fleet = createFleetActivities({
       conn,
       ota: services.ota,
@@ -183,10 +186,6 @@ async function main(): Promise<void> {
     const analysis = createAnalysisActivities({ conn });
     const labels = createLabelActivities({ conn });
     const rolloutId = 'bench';
-    const registry = createRegistryActivities(services);
-    const candidateDigest = (
-      await registry.registerCandidate({ rolloutId, packDir: 'models/candidate-good' })
-    ).digest;
     const ref = { rolloutId, manifest: FLEET };
 
     // 1. Analysis look over a day of canary telemetry.
@@ -252,17 +251,7 @@ async function main(): Promise<void> {
     });
 
     // 1b. A canary batch and its look on what a fleet sent, against the same look on events written in process.
-    results.push(
-      await lookBench({
-        services,
-        manifest: FLEET,
-        fleet: manifest.name,
-        cohorts,
-        candidateDigest,
-        productionDigest: prod.digest,
-        labelRate: manifest.labels.rate,
-      }),
-    );
+    results.push(await lookBench(bench.look));
 
     // 2. Inference: 20,000 frames batched vs 2,000 frames one at a time (scaled to 20,000).
     const frames = generateFrames(makeRng('bench'), 20_000, 0.3);
